@@ -1,0 +1,56 @@
+/* CPU feature detection and the internal dispatch interface between sm4.c (portable code and
+ * the public entry points) and sm4_x86.c (vectorised kernels). Not part of the cffi interface.
+ */
+#ifndef HSMPOOL_GM_CPU_H
+#define HSMPOOL_GM_CPU_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "sm4.h"
+
+/* CPU feature bits reported by hsm_gm_cpu_features() (x86-64 only; 0 elsewhere). Each bit is
+ * set only if the OS also saves the register state the feature needs (XGETBV). */
+#define HSM_CPU_AVX2 (1u << 0)
+#define HSM_CPU_AESNI (1u << 1)
+#define HSM_CPU_PCLMUL (1u << 2)
+#define HSM_CPU_GFNI (1u << 3)      /* usable with VEX (ymm) encoding */
+#define HSM_CPU_VPCLMUL (1u << 4)   /* VEX/EVEX ymm/zmm carry-less multiply */
+#define HSM_CPU_AVX512 (1u << 5)    /* F + BW + VL + DQ with zmm state enabled */
+#define HSM_CPU_VAES (1u << 6)
+
+unsigned hsm_gm_cpu_features(void);
+
+/* Layout of hsm_sm4_gcm_key.htab (the first bytes are shared by all implementations, so
+ * hsm_gm_set_impl may switch implementations between set_key and use):
+ *   [0, 256)    16 x (hi, lo) uint64: the 4-bit (Shoup) table of the portable GHASH
+ *   [256, 512)  H^16 .. H^1 in bit-reflected form times x^-1, for (V)PCLMULQDQ GHASH
+ *               (only filled when the CPU has PCLMULQDQ) */
+#define HSM_HTAB_4BIT 0
+#define HSM_HTAB_CLMUL 256
+#define HSM_HTAB_CLMUL_POWERS 16
+
+/* Implementation function tables. ctr32: GCM-style counter (the low 32 bits of ctr wrap);
+ * ctr128: the whole 16-byte block is one big-endian counter. Both advance ctr by
+ * ceil(len / 16) and accept any byte count. ghash: y = GHASH_H(y, in[0..16*nblocks)). */
+typedef struct {
+    void (*ecb)(const uint32_t rk[32], const uint8_t *in, uint8_t *out, size_t nblocks);
+    void (*ctr128)(const uint32_t rk[32], uint8_t ctr[16], const uint8_t *in, uint8_t *out,
+                   size_t len);
+    void (*ctr32)(const uint32_t rk[32], uint8_t ctr[16], const uint8_t *in, uint8_t *out,
+                  size_t len);
+    void (*ghash)(const uint8_t *htab, uint8_t y[16], const uint8_t *in, size_t nblocks);
+} hsm_sm4_impl_ops;
+
+extern const hsm_sm4_impl_ops hsm_sm4_portable_ops;
+#if defined(__x86_64__)
+extern const hsm_sm4_impl_ops hsm_sm4_avx2_ops;
+extern const hsm_sm4_impl_ops hsm_sm4_avx512_ops;
+/* Fill htab[HSM_HTAB_CLMUL...] from h (needs PCLMULQDQ). */
+void hsm_ghash_clmul_init(uint8_t *htab, const uint8_t h[16]);
+#endif
+
+/* Portable single-block helpers shared with sm4_x86.c. */
+void hsm_sm4_portable_block(const uint32_t rk[32], const uint8_t in[16], uint8_t out[16]);
+
+#endif

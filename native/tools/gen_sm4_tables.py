@@ -1,0 +1,179 @@
+#!/usr/bin/env python3
+"""Derive the constant tables used by native/sm4*.c and print them as C.
+
+Everything is computed from the SM4 S-box of GB/T 32907-2016 (below), so the tables in the C
+sources can be regenerated and re-checked:
+
+  * the four 256-entry T-tables of the portable path: T_j[x] = L(S[x] << (24 - 8j)),
+  * the two GFNI affine matrices for the vectorised S-box.  The SM4 S-box factors as
+        S(x) = A * inv_F(A*x + c) + c,   A = circulant(0xA7) (row i = rol8(0xA7, i)), c = 0xD3,
+    with inv_F the inversion in GF(2^8) = GF(2)[t]/(t^8+t^7+t^6+t^5+t^4+t^2+1) (0x1F5).
+    GF2P8AFFINEINVQB inverts in the AES field GF(2)[t]/(0x11B) instead, so a field isomorphism
+    phi: F -> F_aes is folded into the matrices:
+        S(x) = (A * phi^-1) * inv_aes( (phi * A) * x + phi(c) ) + c,
+    i.e. pre = gf2p8affine(x, phi*A, phi(c)); S = gf2p8affineinv(pre, A*phi^-1, c).
+  * the 16-entry reduction table of the 4-bit (Shoup) portable GHASH.
+
+The script checks every derived object against the S-box on all 256 inputs (emulating the exact
+GFNI instruction semantics, where output bit i is the parity of matrix byte 7-i AND the input).
+
+Usage: python3 native/tools/gen_sm4_tables.py > /tmp/tables.inc
+"""
+
+from __future__ import annotations
+
+SBOX_HEX = """
+d6 90 e9 fe cc e1 3d b7 16 b6 14 c2 28 fb 2c 05 2b 67 9a 76 2a be 04 c3 aa 44 13 26 49 86 06 99
+9c 42 50 f4 91 ef 98 7a 33 54 0b 43 ed cf ac 62 e4 b3 1c a9 c9 08 e8 95 80 df 94 fa 75 8f 3f a6
+47 07 a7 fc f3 73 17 ba 83 59 3c 19 e6 85 4f a8 68 6b 81 b2 71 64 da 8b f8 eb 0f 4b 70 56 9d 35
+1e 24 0e 5e 63 58 d1 a2 25 22 7c 3b 01 21 78 87 d4 00 46 57 9f d3 27 52 4c 36 02 e7 a0 c4 c8 9e
+ea bf 8a d2 40 c7 38 b5 a3 f7 f2 ce f9 61 15 a1 e0 ae 5d a4 9b 34 1a 55 ad 93 32 30 f5 8c b1 e3
+1d f6 e2 2e 82 66 ca 60 c0 29 23 ab 0d 53 4e 6f d5 db 37 45 de fd 8e 2f 03 ff 6a 72 6d 6c 5b 51
+8d 1b af 92 bb dd bc 7f 11 d9 5c 41 1f 10 5a d8 0a c1 31 88 a5 cd 7b bd 2d 74 d0 12 b8 e5 b4 b0
+89 69 97 4a 0c 96 77 7e 65 b9 f1 09 c5 6e c6 84 18 f0 7d ec 3a dc 4d 20 79 ee 5f 3e d7 cb 39 48
+"""
+SBOX = [int(v, 16) for v in SBOX_HEX.split()]
+POLY_SM4 = 0x1F5
+POLY_AES = 0x11B
+
+
+def gf_mul(a: int, b: int, poly: int) -> int:
+    r = 0
+    while b:
+        if b & 1:
+            r ^= a
+        b >>= 1
+        a <<= 1
+        if a & 0x100:
+            a ^= poly
+    return r
+
+
+def gf_inv(a: int, poly: int) -> int:
+    if a == 0:
+        return 0
+    r = 1
+    for _ in range(254):  # a^254 = a^-1
+        r = gf_mul(r, a, poly)
+    return r
+
+
+# 8x8 bit matrices as a list of 8 row masks: output bit i = parity(row[i] & x)
+def mat_apply(rows: list[int], x: int) -> int:
+    return sum(((bin(rows[i] & x).count("1") & 1) << i) for i in range(8))
+
+
+def mat_from_columns(cols: list[int]) -> list[int]:
+    return [sum(((cols[j] >> i) & 1) << j for j in range(8)) for i in range(8)]
+
+
+def mat_from_function(f) -> list[int]:
+    return mat_from_columns([f(1 << j) for j in range(8)])
+
+
+def mat_mul(a: list[int], b: list[int]) -> list[int]:
+    return mat_from_function(lambda x: mat_apply(a, mat_apply(b, x)))
+
+
+def mat_to_gfni(rows: list[int]) -> int:
+    """The 64-bit GFNI operand: byte 7-i holds row i."""
+    return sum(rows[i] << (8 * (7 - i)) for i in range(8))
+
+
+def gfni_affine(x: int, m: int, imm: int) -> int:
+    return sum((((bin(((m >> (8 * (7 - i))) & 0xFF) & x).count("1") & 1) << i) for i in range(8))) ^ imm
+
+
+def gfni_affineinv(x: int, m: int, imm: int) -> int:
+    return gfni_affine(gf_inv(x, POLY_AES), m, imm)
+
+
+def rol32(x: int, n: int) -> int:
+    return ((x << n) | (x >> (32 - n))) & 0xFFFFFFFF
+
+
+def lin(b: int) -> int:
+    return b ^ rol32(b, 2) ^ rol32(b, 10) ^ rol32(b, 18) ^ rol32(b, 24)
+
+
+def derive_gfni() -> tuple[int, int, int, int]:
+    a_rows = [((0xA7 << i) | (0xA7 >> (8 - i))) & 0xFF for i in range(8)]
+    c = 0xD3
+    inv_sm4 = [gf_inv(v, POLY_SM4) for v in range(256)]
+    assert all(mat_apply(a_rows, inv_sm4[mat_apply(a_rows, x) ^ c]) ^ c == SBOX[x] for x in range(256))
+    # beta: a root in the AES field of the SM4 field polynomial; phi(t^i) = beta^i
+    beta = next(b for b in range(2, 256) if _eval_poly(POLY_SM4, b) == 0)
+    cols, p = [], 1
+    for _ in range(8):
+        cols.append(p)
+        p = gf_mul(p, beta, POLY_AES)
+    phi = mat_from_columns(cols)
+    phi_inv_tab = {mat_apply(phi, v): v for v in range(256)}
+    assert len(phi_inv_tab) == 256
+    phi_inv = mat_from_function(lambda y: phi_inv_tab[y])
+    # phi is a field isomorphism
+    for u in range(256):
+        for v in (3, 0x53, 0xA7, u):
+            assert mat_apply(phi, gf_mul(u, v, POLY_SM4)) == gf_mul(
+                mat_apply(phi, u), mat_apply(phi, v), POLY_AES
+            )
+    pre = mat_mul(phi, a_rows)
+    pre_c = mat_apply(phi, c)
+    post = mat_mul(a_rows, phi_inv)
+    post_c = c
+    m_pre, m_post = mat_to_gfni(pre), mat_to_gfni(post)
+    for x in range(256):
+        assert gfni_affineinv(gfni_affine(x, m_pre, pre_c), m_post, post_c) == SBOX[x]
+    return m_pre, pre_c, m_post, post_c
+
+
+def _eval_poly(poly: int, b: int) -> int:
+    r = 0
+    for i in range(8, -1, -1):
+        r = gf_mul(r, b, POLY_AES)
+        if (poly >> i) & 1:
+            r ^= 1
+    return r
+
+
+def ghash_r4() -> list[int]:
+    # bit b of r is the coefficient of t^(127-b) before a 4-bit right shift; afterwards it is
+    # t^(128+3-b) = t^(3-b) * (1 + t + t^2 + t^7): 0xE1 << 56 in the high word, shifted by 3-b
+    out = []
+    for r in range(16):
+        v = 0
+        for b in range(4):
+            if (r >> b) & 1:
+                v ^= 0xE100000000000000 >> (3 - b)
+        out.append(v)
+    return out
+
+
+def main() -> None:
+    assert sorted(SBOX) == list(range(256))
+    t0 = [lin(s << 24) for s in SBOX]
+    print("/* generated by native/tools/gen_sm4_tables.py */")
+    print("static const uint8_t SM4_SBOX[256] = {")
+    for i in range(0, 256, 16):
+        print("    " + ", ".join(f"0x{v:02x}" for v in SBOX[i : i + 16]) + ",")
+    print("};")
+    for j in range(4):
+        tab = [((v >> (8 * j)) | (v << (32 - 8 * j))) & 0xFFFFFFFF for v in t0]
+        print(f"static const uint32_t SM4_T{j}[256] = {{")
+        for i in range(0, 256, 6):
+            print("    " + ", ".join(f"0x{v:08x}u" for v in tab[i : i + 6]) + ",")
+        print("};")
+    m_pre, pre_c, m_post, post_c = derive_gfni()
+    print(f"#define SM4_GFNI_PRE_MATRIX 0x{m_pre:016x}ULL")
+    print(f"#define SM4_GFNI_PRE_CONST 0x{pre_c:02x}")
+    print(f"#define SM4_GFNI_POST_MATRIX 0x{m_post:016x}ULL")
+    print(f"#define SM4_GFNI_POST_CONST 0x{post_c:02x}")
+    print("static const uint64_t GHASH_R4[16] = {")
+    r4 = ghash_r4()
+    for i in range(0, 16, 4):
+        print("    " + ", ".join(f"0x{v:016x}ULL" for v in r4[i : i + 4]) + ",")
+    print("};")
+
+
+if __name__ == "__main__":
+    main()
