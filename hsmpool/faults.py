@@ -68,7 +68,7 @@ class FaultInjector:
     """Writes the shim's fault rules file (atomically; each write changes its mtime)."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
+        self.path = Path(path).absolute()
         self._rules: dict[str, _Rule] = {}
         self._lock = threading.Lock()
         self._last_mtime_ns = 0

@@ -42,6 +42,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <p11-kit/pkcs11.h>
 
@@ -741,7 +742,8 @@ static void faults_reset(void)
     g_rules_exist = 0;
     g_nrules = 0;
     g_nslots = 0;
-    memset(g_sessions, 0, sizeof g_sessions);
+    if (g_nsessions > 0) /* untouched (and never paged in) unless faults were on */
+        memset(g_sessions, 0, sizeof g_sessions);
     g_nsessions = 0;
     pthread_mutex_unlock(&g_fault_lock);
 }
@@ -765,9 +767,20 @@ static CK_RV shim_C_Initialize(CK_VOID_PTR args)
         return rv;
     faults_reset();
     const char *path = getenv("HSMPOOL_P11_FAULTS");
-    int on = path != NULL && path[0] != '\0' && strlen(path) < sizeof g_fault_path;
-    if (on)
-        strcpy(g_fault_path, path);
+    int on = 0;
+    if (path != NULL && path[0] != '\0') {
+        if (path[0] == '/') {
+            on = strlen(path) < sizeof g_fault_path;
+            if (on)
+                strcpy(g_fault_path, path);
+        } else { /* pin a relative path to the directory current at C_Initialize */
+            char cwd[PATH_MAX];
+            if (getcwd(cwd, sizeof cwd) != NULL) {
+                int len = snprintf(g_fault_path, sizeof g_fault_path, "%s/%s", cwd, path);
+                on = len > 0 && (size_t)len < sizeof g_fault_path;
+            }
+        }
+    }
     __atomic_store_n(&g_faults_on, on, __ATOMIC_RELAXED);
     return CKR_OK;
 }
