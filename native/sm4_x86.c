@@ -1,33 +1,595 @@
-/* SM4 vectorised kernels for x86-64 (placeholder: forwards to the portable code). */
+/* SM4 and GHASH kernels for x86-64, selected at run time (see gm_cpu.c).
+ *
+ * Built with the project's plain CFLAGS: every function carries its own
+ * __attribute__((target(...))), and nothing here runs unless the CPU reported the features.
+ *
+ * SM4 S-box with GFNI: S(x) = A*inv(A*x + c) + c over GF(2)[t]/(0x1F5). GF2P8AFFINEINVQB inverts
+ * over the AES polynomial 0x11B, so both matrices absorb a field isomorphism; the matrices come
+ * from native/tools/gen_sm4_tables.py, which checks them on all 256 inputs
+ * (native/tests_c/sbox_selftest.c re-checks them on the real instructions).
+ *
+ * Data layout: 16 (AVX-512) or 8 (AVX2) blocks are loaded, byte-swapped to host-order words and
+ * transposed (4x4 within each 128-bit lane) so that vector j holds word j of every block; a
+ * round is then lane-parallel. In counter mode the transposed counter words are generated
+ * directly (word 3 = c3 + lane offset), so only the output is transposed.
+ *
+ * GHASH with (V)PCLMULQDQ works on byte-reversed blocks ("bit-reflected" 128-bit integers,
+ * bit i = coefficient of x^(127-i)). A carry-less product of two such values represents
+ * x*a*b, so htab holds H^k * x^-1; products of up to 16 blocks are summed unreduced and reduced
+ * once (two multiplications by 0xC2 << 56).
+ */
 #if defined(__x86_64__)
+#include <immintrin.h>
+#include <string.h>
+
 #include "gm_cpu.h"
 
-void hsm_ghash_clmul_init(uint8_t *htab, const uint8_t h[16])
+#define SM4_GFNI_PRE_MATRIX 0x4c287db91a22505dLL
+#define SM4_GFNI_PRE_CONST 0x3e
+#define SM4_GFNI_POST_MATRIX 0xf3ab34a974a6b589ULL
+#define SM4_GFNI_POST_CONST 0xd3
+
+#define TGT_CLMUL __attribute__((target("sse4.1,pclmul")))
+#define TGT_AVX2 __attribute__((target("avx2,gfni,pclmul")))
+#define TGT_AVX512                                                                            \
+    __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,gfni,vpclmulqdq,avx2,pclmul")))
+#define INLINE static inline __attribute__((always_inline))
+
+static inline uint32_t be32(const uint8_t *p)
 {
-    (void)htab;
-    (void)h;
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
 }
 
-static void fwd_ecb(const uint32_t rk[32], const uint8_t *in, uint8_t *out, size_t n)
+static inline void put_be32(uint8_t *p, uint32_t v)
 {
-    hsm_sm4_portable_ops.ecb(rk, in, out, n);
+    p[0] = (uint8_t)(v >> 24);
+    p[1] = (uint8_t)(v >> 16);
+    p[2] = (uint8_t)(v >> 8);
+    p[3] = (uint8_t)v;
 }
-static void fwd_ctr128(const uint32_t rk[32], uint8_t c[16], const uint8_t *in, uint8_t *out,
-                       size_t len)
+
+/* ================================================================ GHASH, PCLMULQDQ (xmm) */
+
+#define BSWAP128_MASK 15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0
+
+TGT_CLMUL INLINE __m128i x_bswap(__m128i v)
 {
-    hsm_sm4_portable_ops.ctr128(rk, c, in, out, len);
+    return _mm_shuffle_epi8(v, _mm_setr_epi8(BSWAP128_MASK));
 }
-static void fwd_ctr32(const uint32_t rk[32], uint8_t c[16], const uint8_t *in, uint8_t *out,
-                      size_t len)
+
+/* 256-bit (hi:lo) -> 128-bit reduction modulo x^128 + x^7 + x^2 + x + 1 (reflected). */
+TGT_CLMUL INLINE __m128i x_reduce(__m128i lo, __m128i hi)
 {
-    hsm_sm4_portable_ops.ctr32(rk, c, in, out, len);
+    const __m128i k = _mm_set_epi64x(0, (long long)0xc200000000000000ULL);
+    __m128i t = _mm_clmulepi64_si128(lo, k, 0x00);
+    lo = _mm_xor_si128(_mm_shuffle_epi32(lo, 0x4e), t);
+    t = _mm_clmulepi64_si128(lo, k, 0x00);
+    lo = _mm_xor_si128(_mm_shuffle_epi32(lo, 0x4e), t);
+    return _mm_xor_si128(hi, lo);
 }
-static void fwd_ghash(const uint8_t *htab, uint8_t y[16], const uint8_t *in, size_t n)
+
+/* Accumulate a*b (unreduced) into lo/mid/hi. */
+#define X_MUL_ACC(a, b, lo, mid, hi)                                                          \
+    do {                                                                                      \
+        lo = _mm_xor_si128(lo, _mm_clmulepi64_si128(a, b, 0x00));                             \
+        hi = _mm_xor_si128(hi, _mm_clmulepi64_si128(a, b, 0x11));                             \
+        mid = _mm_xor_si128(mid, _mm_clmulepi64_si128(a, b, 0x01));                           \
+        mid = _mm_xor_si128(mid, _mm_clmulepi64_si128(a, b, 0x10));                           \
+    } while (0)
+
+TGT_CLMUL INLINE __m128i x_fold(__m128i lo, __m128i mid, __m128i hi)
 {
-    hsm_sm4_portable_ops.ghash(htab, y, in, n);
+    lo = _mm_xor_si128(lo, _mm_slli_si128(mid, 8));
+    hi = _mm_xor_si128(hi, _mm_srli_si128(mid, 8));
+    return x_reduce(lo, hi);
 }
-const hsm_sm4_impl_ops hsm_sm4_avx2_ops = {fwd_ecb, fwd_ctr128, fwd_ctr32, fwd_ghash};
-const hsm_sm4_impl_ops hsm_sm4_avx512_ops = {fwd_ecb, fwd_ctr128, fwd_ctr32, fwd_ghash};
+
+TGT_CLMUL static __m128i x_mul(__m128i a, __m128i b)
+{
+    __m128i lo = _mm_setzero_si128(), mid = lo, hi = lo;
+    X_MUL_ACC(a, b, lo, mid, hi);
+    return x_fold(lo, mid, hi);
+}
+
+TGT_CLMUL void hsm_ghash_clmul_init(uint8_t *htab, const uint8_t h[16])
+{
+    /* reflected H, then times x^-1 = x^127 + x^6 + x + 1: shift left by one, and fold the bit
+     * shifted out (x^0 * x^-1) back in as 0xC2..01 */
+    __m128i hr = x_bswap(_mm_loadu_si128((const __m128i *)h));
+    uint64_t lo = (uint64_t)_mm_cvtsi128_si64(hr), hi = (uint64_t)_mm_extract_epi64(hr, 1);
+    uint64_t carry = hi >> 63;
+    hi = (hi << 1) | (lo >> 63);
+    lo <<= 1;
+    hi ^= 0xc200000000000000ULL & (0 - carry);
+    lo ^= carry;
+    __m128i p1 = _mm_set_epi64x((long long)hi, (long long)lo), p = p1;
+    __m128i *tab = (__m128i *)(htab + HSM_HTAB_CLMUL);
+    for (int k = 1; k <= HSM_HTAB_CLMUL_POWERS; k++) {
+        _mm_storeu_si128(tab + (HSM_HTAB_CLMUL_POWERS - k), p); /* H^16 first, H^1 last */
+        p = x_mul(p, p1);
+    }
+}
+
+/* AVX2-tier GHASH: xmm PCLMULQDQ, 8 blocks per reduction. */
+TGT_CLMUL static void ghash_clmul(const uint8_t *htab, uint8_t y[16], const uint8_t *in,
+                                  size_t nblocks)
+{
+    const __m128i *tab = (const __m128i *)(htab + HSM_HTAB_CLMUL);
+    __m128i acc = x_bswap(_mm_loadu_si128((const __m128i *)y));
+    while (nblocks) {
+        size_t n = nblocks < 8 ? nblocks : 8;
+        const __m128i *pw = tab + (HSM_HTAB_CLMUL_POWERS - n); /* block i pairs with H^(n-i) */
+        __m128i lo = _mm_setzero_si128(), mid = lo, hi = lo;
+        __m128i x = _mm_xor_si128(acc, x_bswap(_mm_loadu_si128((const __m128i *)in)));
+        X_MUL_ACC(x, _mm_loadu_si128(pw), lo, mid, hi);
+        for (size_t i = 1; i < n; i++) {
+            x = x_bswap(_mm_loadu_si128((const __m128i *)(in + 16 * i)));
+            __m128i hp = _mm_loadu_si128(pw + i);
+            X_MUL_ACC(x, hp, lo, mid, hi);
+        }
+        acc = x_fold(lo, mid, hi);
+        in += 16 * n;
+        nblocks -= n;
+    }
+    _mm_storeu_si128((__m128i *)y, x_bswap(acc));
+}
+
+/* ================================================================ GHASH, VPCLMULQDQ (zmm) */
+
+TGT_AVX512 INLINE __m512i z_bswap128(__m512i v)
+{
+    return _mm512_shuffle_epi8(v, _mm512_broadcast_i32x4(_mm_setr_epi8(BSWAP128_MASK)));
+}
+
+TGT_AVX512 INLINE __m128i z_hxor(__m512i v)
+{
+    __m256i t = _mm256_xor_si256(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64(v, 1));
+    return _mm_xor_si128(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1));
+}
+
+#define Z_MUL_ACC(a, b, lo, mid, hi)                                                          \
+    do {                                                                                      \
+        lo = _mm512_xor_si512(lo, _mm512_clmulepi64_epi128(a, b, 0x00));                      \
+        hi = _mm512_xor_si512(hi, _mm512_clmulepi64_epi128(a, b, 0x11));                      \
+        mid = _mm512_ternarylogic_epi64(mid, _mm512_clmulepi64_epi128(a, b, 0x01),            \
+                                        _mm512_clmulepi64_epi128(a, b, 0x10), 0x96);          \
+    } while (0)
+
+/* 16 blocks per reduction; a short last piece uses masked loads and H^n..H^1. */
+TGT_AVX512 static void ghash_vpclmul(const uint8_t *htab, uint8_t y[16], const uint8_t *in,
+                                     size_t nblocks)
+{
+    const uint8_t *tab = htab + HSM_HTAB_CLMUL;
+    __m128i acc = x_bswap(_mm_loadu_si128((const __m128i *)y));
+    const __m512i h0 = _mm512_loadu_si512(tab), h1 = _mm512_loadu_si512(tab + 64),
+                  h2 = _mm512_loadu_si512(tab + 128), h3 = _mm512_loadu_si512(tab + 192);
+    for (; nblocks >= 16; nblocks -= 16, in += 256) {
+        __m512i d0 = z_bswap128(_mm512_loadu_si512(in));
+        __m512i d1 = z_bswap128(_mm512_loadu_si512(in + 64));
+        __m512i d2 = z_bswap128(_mm512_loadu_si512(in + 128));
+        __m512i d3 = z_bswap128(_mm512_loadu_si512(in + 192));
+        d0 = _mm512_xor_si512(d0, _mm512_zextsi128_si512(acc));
+        __m512i lo = _mm512_setzero_si512(), mid = lo, hi = lo;
+        Z_MUL_ACC(d0, h0, lo, mid, hi);
+        Z_MUL_ACC(d1, h1, lo, mid, hi);
+        Z_MUL_ACC(d2, h2, lo, mid, hi);
+        Z_MUL_ACC(d3, h3, lo, mid, hi);
+        acc = x_fold(z_hxor(lo), z_hxor(mid), z_hxor(hi));
+    }
+    if (nblocks) {
+        size_t bytes = 16 * nblocks;
+        const uint8_t *pw = tab + 16 * (HSM_HTAB_CLMUL_POWERS - nblocks);
+        __m512i lo = _mm512_setzero_si512(), mid = lo, hi = lo;
+        for (size_t off = 0; off < bytes; off += 64) {
+            size_t r = bytes - off;
+            __mmask64 m = r >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << r) - 1);
+            __m512i d = z_bswap128(_mm512_maskz_loadu_epi8(m, in + off));
+            if (off == 0)
+                d = _mm512_xor_si512(d, _mm512_zextsi128_si512(acc));
+            __m512i hp = _mm512_maskz_loadu_epi8(m, pw + off);
+            Z_MUL_ACC(d, hp, lo, mid, hi);
+        }
+        acc = x_fold(z_hxor(lo), z_hxor(mid), z_hxor(hi));
+    }
+    _mm_storeu_si128((__m128i *)y, x_bswap(acc));
+}
+
+/* ================================================================ SM4, AVX-512 + GFNI */
+
+/* byte-swap every 32-bit word */
+#define WBSWAP_MASK 3, 2, 1, 0, 7, 6, 5, 4, 11, 10, 9, 8, 15, 14, 13, 12
+
+#define Z_CONSTS                                                                              \
+    const __m512i zpre = _mm512_set1_epi64(SM4_GFNI_PRE_MATRIX);                              \
+    const __m512i zpost = _mm512_set1_epi64((long long)SM4_GFNI_POST_MATRIX);                 \
+    const __m512i zwbs = _mm512_broadcast_i32x4(_mm_setr_epi8(WBSWAP_MASK))
+
+#define Z_ROUND(X0, X1, X2, X3, K)                                                            \
+    do {                                                                                      \
+        __m512i t_ = _mm512_xor_si512(_mm512_ternarylogic_epi32(X1, X2, X3, 0x96), K);        \
+        t_ = _mm512_gf2p8affine_epi64_epi8(t_, zpre, SM4_GFNI_PRE_CONST);                     \
+        t_ = _mm512_gf2p8affineinv_epi64_epi8(t_, zpost, SM4_GFNI_POST_CONST);                \
+        __m512i y_ = _mm512_ternarylogic_epi32(t_, _mm512_rol_epi32(t_, 8),                   \
+                                               _mm512_rol_epi32(t_, 16), 0x96);               \
+        X0 = _mm512_ternarylogic_epi32(X0, t_, _mm512_rol_epi32(t_, 24), 0x96);               \
+        X0 = _mm512_xor_si512(X0, _mm512_rol_epi32(y_, 2));                                   \
+    } while (0)
+
+/* 4x4 transpose of 32-bit words inside each 128-bit lane (an involution) */
+#define Z_TRANSPOSE(A, B, C, D)                                                               \
+    do {                                                                                      \
+        __m512i t0_ = _mm512_unpacklo_epi32(A, B), t1_ = _mm512_unpackhi_epi32(A, B);         \
+        __m512i t2_ = _mm512_unpacklo_epi32(C, D), t3_ = _mm512_unpackhi_epi32(C, D);         \
+        A = _mm512_unpacklo_epi64(t0_, t2_);                                                  \
+        B = _mm512_unpackhi_epi64(t0_, t2_);                                                  \
+        C = _mm512_unpacklo_epi64(t1_, t3_);                                                  \
+        D = _mm512_unpackhi_epi64(t1_, t3_);                                                  \
+    } while (0)
+
+/* Load 16 blocks (m: byte masks for a short group) into transposed words X0..X3. */
+#define Z_LOAD(p, X0, X1, X2, X3, m0, m1, m2, m3)                                             \
+    do {                                                                                      \
+        X0 = _mm512_shuffle_epi8(_mm512_maskz_loadu_epi8(m0, (p)), zwbs);                     \
+        X1 = _mm512_shuffle_epi8(_mm512_maskz_loadu_epi8(m1, (p) + 64), zwbs);                \
+        X2 = _mm512_shuffle_epi8(_mm512_maskz_loadu_epi8(m2, (p) + 128), zwbs);               \
+        X3 = _mm512_shuffle_epi8(_mm512_maskz_loadu_epi8(m3, (p) + 192), zwbs);               \
+        Z_TRANSPOSE(X0, X1, X2, X3);                                                          \
+    } while (0)
+
+/* Untranspose the round output (words in reverse order) and store, optionally xored with in. */
+#define Z_STORE(out, in, X0, X1, X2, X3, m0, m1, m2, m3, XORIN)                               \
+    do {                                                                                      \
+        Z_TRANSPOSE(X3, X2, X1, X0);                                                          \
+        X3 = _mm512_shuffle_epi8(X3, zwbs);                                                   \
+        X2 = _mm512_shuffle_epi8(X2, zwbs);                                                   \
+        X1 = _mm512_shuffle_epi8(X1, zwbs);                                                   \
+        X0 = _mm512_shuffle_epi8(X0, zwbs);                                                   \
+        if (XORIN) {                                                                          \
+            X3 = _mm512_xor_si512(X3, _mm512_maskz_loadu_epi8(m0, (in)));                     \
+            X2 = _mm512_xor_si512(X2, _mm512_maskz_loadu_epi8(m1, (in) + 64));                \
+            X1 = _mm512_xor_si512(X1, _mm512_maskz_loadu_epi8(m2, (in) + 128));               \
+            X0 = _mm512_xor_si512(X0, _mm512_maskz_loadu_epi8(m3, (in) + 192));               \
+        }                                                                                     \
+        _mm512_mask_storeu_epi8((out), m0, X3);                                               \
+        _mm512_mask_storeu_epi8((out) + 64, m1, X2);                                          \
+        _mm512_mask_storeu_epi8((out) + 128, m2, X1);                                         \
+        _mm512_mask_storeu_epi8((out) + 192, m3, X0);                                         \
+    } while (0)
+
+#define ALL64 (~(__mmask64)0)
+
+TGT_AVX512 INLINE __mmask64 z_mask(size_t bytes, size_t off)
+{
+    if (bytes >= off + 64)
+        return ALL64;
+    if (bytes <= off)
+        return 0;
+    return ((__mmask64)1 << (bytes - off)) - 1;
+}
+
+/* 32 rounds on four groups of 16 blocks */
+#define Z_ROUNDS4(rk)                                                                         \
+    for (int r_ = 0; r_ < 32; r_ += 4) {                                                      \
+        __m512i k_ = _mm512_set1_epi32((int)(rk)[r_]);                                        \
+        Z_ROUND(a0, a1, a2, a3, k_);                                                          \
+        Z_ROUND(b0, b1, b2, b3, k_);                                                          \
+        Z_ROUND(c0, c1, c2, c3, k_);                                                          \
+        Z_ROUND(d0, d1, d2, d3, k_);                                                          \
+        k_ = _mm512_set1_epi32((int)(rk)[r_ + 1]);                                            \
+        Z_ROUND(a1, a2, a3, a0, k_);                                                          \
+        Z_ROUND(b1, b2, b3, b0, k_);                                                          \
+        Z_ROUND(c1, c2, c3, c0, k_);                                                          \
+        Z_ROUND(d1, d2, d3, d0, k_);                                                          \
+        k_ = _mm512_set1_epi32((int)(rk)[r_ + 2]);                                            \
+        Z_ROUND(a2, a3, a0, a1, k_);                                                          \
+        Z_ROUND(b2, b3, b0, b1, k_);                                                          \
+        Z_ROUND(c2, c3, c0, c1, k_);                                                          \
+        Z_ROUND(d2, d3, d0, d1, k_);                                                          \
+        k_ = _mm512_set1_epi32((int)(rk)[r_ + 3]);                                            \
+        Z_ROUND(a3, a0, a1, a2, k_);                                                          \
+        Z_ROUND(b3, b0, b1, b2, k_);                                                          \
+        Z_ROUND(c3, c0, c1, c2, k_);                                                          \
+        Z_ROUND(d3, d0, d1, d2, k_);                                                          \
+    }
+
+#define Z_ROUNDS1(rk)                                                                         \
+    for (int r_ = 0; r_ < 32; r_ += 4) {                                                      \
+        Z_ROUND(a0, a1, a2, a3, _mm512_set1_epi32((int)(rk)[r_]));                            \
+        Z_ROUND(a1, a2, a3, a0, _mm512_set1_epi32((int)(rk)[r_ + 1]));                        \
+        Z_ROUND(a2, a3, a0, a1, _mm512_set1_epi32((int)(rk)[r_ + 2]));                        \
+        Z_ROUND(a3, a0, a1, a2, _mm512_set1_epi32((int)(rk)[r_ + 3]));                        \
+    }
+
+TGT_AVX512 static void z_ecb(const uint32_t rk[32], const uint8_t *in, uint8_t *out,
+                             size_t nblocks)
+{
+    Z_CONSTS;
+    for (; nblocks >= 64; nblocks -= 64, in += 1024, out += 1024) {
+        __m512i a0, a1, a2, a3, b0, b1, b2, b3, c0, c1, c2, c3, d0, d1, d2, d3;
+        Z_LOAD(in, a0, a1, a2, a3, ALL64, ALL64, ALL64, ALL64);
+        Z_LOAD(in + 256, b0, b1, b2, b3, ALL64, ALL64, ALL64, ALL64);
+        Z_LOAD(in + 512, c0, c1, c2, c3, ALL64, ALL64, ALL64, ALL64);
+        Z_LOAD(in + 768, d0, d1, d2, d3, ALL64, ALL64, ALL64, ALL64);
+        Z_ROUNDS4(rk);
+        Z_STORE(out, in, a0, a1, a2, a3, ALL64, ALL64, ALL64, ALL64, 0);
+        Z_STORE(out + 256, in, b0, b1, b2, b3, ALL64, ALL64, ALL64, ALL64, 0);
+        Z_STORE(out + 512, in, c0, c1, c2, c3, ALL64, ALL64, ALL64, ALL64, 0);
+        Z_STORE(out + 768, in, d0, d1, d2, d3, ALL64, ALL64, ALL64, ALL64, 0);
+    }
+    while (nblocks) {
+        size_t n = nblocks < 16 ? nblocks : 16, bytes = 16 * n;
+        __mmask64 m0 = z_mask(bytes, 0), m1 = z_mask(bytes, 64), m2 = z_mask(bytes, 128),
+                  m3 = z_mask(bytes, 192);
+        __m512i a0, a1, a2, a3;
+        Z_LOAD(in, a0, a1, a2, a3, m0, m1, m2, m3);
+        Z_ROUNDS1(rk);
+        Z_STORE(out, in, a0, a1, a2, a3, m0, m1, m2, m3, 0);
+        in += bytes, out += bytes, nblocks -= n;
+    }
+}
+
+/* Counter mode with only the low word counting (wraps mod 2^32); c: host-order words. */
+TGT_AVX512 static void z_ctr32_words(const uint32_t rk[32], uint32_t c[4], const uint8_t *in,
+                                     uint8_t *out, size_t len)
+{
+    Z_CONSTS;
+    /* element e = 4L + k of a transposed vector is block 4k + L */
+    const __m512i iota = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    const __m512i w0 = _mm512_set1_epi32((int)c[0]), w1 = _mm512_set1_epi32((int)c[1]),
+                  w2 = _mm512_set1_epi32((int)c[2]);
+    __m512i w3 = _mm512_add_epi32(_mm512_set1_epi32((int)c[3]), iota);
+    const __m512i sixteen = _mm512_set1_epi32(16);
+    uint32_t used = (uint32_t)((len + 15) / 16);
+    for (; len >= 1024; len -= 1024, in += 1024, out += 1024) {
+        __m512i a0 = w0, a1 = w1, a2 = w2, a3 = w3;
+        __m512i b0 = w0, b1 = w1, b2 = w2, b3 = _mm512_add_epi32(w3, sixteen);
+        __m512i c0 = w0, c1 = w1, c2 = w2, c3 = _mm512_add_epi32(b3, sixteen);
+        __m512i d0 = w0, d1 = w1, d2 = w2, d3 = _mm512_add_epi32(c3, sixteen);
+        w3 = _mm512_add_epi32(d3, sixteen);
+        Z_ROUNDS4(rk);
+        Z_STORE(out, in, a0, a1, a2, a3, ALL64, ALL64, ALL64, ALL64, 1);
+        Z_STORE(out + 256, in + 256, b0, b1, b2, b3, ALL64, ALL64, ALL64, ALL64, 1);
+        Z_STORE(out + 512, in + 512, c0, c1, c2, c3, ALL64, ALL64, ALL64, ALL64, 1);
+        Z_STORE(out + 768, in + 768, d0, d1, d2, d3, ALL64, ALL64, ALL64, ALL64, 1);
+    }
+    while (len) {
+        size_t bytes = len < 256 ? len : 256;
+        __mmask64 m0 = z_mask(bytes, 0), m1 = z_mask(bytes, 64), m2 = z_mask(bytes, 128),
+                  m3 = z_mask(bytes, 192);
+        __m512i a0 = w0, a1 = w1, a2 = w2, a3 = w3;
+        w3 = _mm512_add_epi32(w3, sixteen);
+        Z_ROUNDS1(rk);
+        Z_STORE(out, in, a0, a1, a2, a3, m0, m1, m2, m3, 1);
+        in += bytes, out += bytes, len -= bytes;
+    }
+    c[3] += used;
+}
+
+/* ================================================================ SM4, AVX2 + GFNI */
+
+#define Y_CONSTS                                                                              \
+    const __m256i ypre = _mm256_set1_epi64x(SM4_GFNI_PRE_MATRIX);                             \
+    const __m256i ypost = _mm256_set1_epi64x((long long)SM4_GFNI_POST_MATRIX);                \
+    const __m256i ywbs = _mm256_broadcastsi128_si256(_mm_setr_epi8(WBSWAP_MASK));             \
+    const __m256i yr8 = _mm256_broadcastsi128_si256(                                          \
+        _mm_setr_epi8(3, 0, 1, 2, 7, 4, 5, 6, 11, 8, 9, 10, 15, 12, 13, 14));                 \
+    const __m256i yr16 = _mm256_broadcastsi128_si256(                                         \
+        _mm_setr_epi8(2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13));                 \
+    const __m256i yr24 = _mm256_broadcastsi128_si256(                                         \
+        _mm_setr_epi8(1, 2, 3, 0, 5, 6, 7, 4, 9, 10, 11, 8, 13, 14, 15, 12))
+
+#define Y_ROUND(X0, X1, X2, X3, K)                                                            \
+    do {                                                                                      \
+        __m256i t_ = _mm256_xor_si256(_mm256_xor_si256(X1, X2), _mm256_xor_si256(X3, K));     \
+        t_ = _mm256_gf2p8affine_epi64_epi8(t_, ypre, SM4_GFNI_PRE_CONST);                     \
+        t_ = _mm256_gf2p8affineinv_epi64_epi8(t_, ypost, SM4_GFNI_POST_CONST);                \
+        __m256i y_ = _mm256_xor_si256(_mm256_xor_si256(t_, _mm256_shuffle_epi8(t_, yr8)),     \
+                                      _mm256_shuffle_epi8(t_, yr16));                         \
+        X0 = _mm256_xor_si256(X0, _mm256_xor_si256(t_, _mm256_shuffle_epi8(t_, yr24)));       \
+        X0 = _mm256_xor_si256(                                                                \
+            X0, _mm256_or_si256(_mm256_slli_epi32(y_, 2), _mm256_srli_epi32(y_, 30)));        \
+    } while (0)
+
+#define Y_TRANSPOSE(A, B, C, D)                                                               \
+    do {                                                                                      \
+        __m256i t0_ = _mm256_unpacklo_epi32(A, B), t1_ = _mm256_unpackhi_epi32(A, B);         \
+        __m256i t2_ = _mm256_unpacklo_epi32(C, D), t3_ = _mm256_unpackhi_epi32(C, D);         \
+        A = _mm256_unpacklo_epi64(t0_, t2_);                                                  \
+        B = _mm256_unpackhi_epi64(t0_, t2_);                                                  \
+        C = _mm256_unpacklo_epi64(t1_, t3_);                                                  \
+        D = _mm256_unpackhi_epi64(t1_, t3_);                                                  \
+    } while (0)
+
+#define Y_LOAD(p, X0, X1, X2, X3)                                                             \
+    do {                                                                                      \
+        X0 = _mm256_shuffle_epi8(_mm256_loadu_si256((const __m256i *)(p)), ywbs);             \
+        X1 = _mm256_shuffle_epi8(_mm256_loadu_si256((const __m256i *)((p) + 32)), ywbs);      \
+        X2 = _mm256_shuffle_epi8(_mm256_loadu_si256((const __m256i *)((p) + 64)), ywbs);      \
+        X3 = _mm256_shuffle_epi8(_mm256_loadu_si256((const __m256i *)((p) + 96)), ywbs);      \
+        Y_TRANSPOSE(X0, X1, X2, X3);                                                          \
+    } while (0)
+
+#define Y_STORE(out, in, X0, X1, X2, X3, XORIN)                                               \
+    do {                                                                                      \
+        Y_TRANSPOSE(X3, X2, X1, X0);                                                          \
+        X3 = _mm256_shuffle_epi8(X3, ywbs);                                                   \
+        X2 = _mm256_shuffle_epi8(X2, ywbs);                                                   \
+        X1 = _mm256_shuffle_epi8(X1, ywbs);                                                   \
+        X0 = _mm256_shuffle_epi8(X0, ywbs);                                                   \
+        if (XORIN) {                                                                          \
+            X3 = _mm256_xor_si256(X3, _mm256_loadu_si256((const __m256i *)(in)));             \
+            X2 = _mm256_xor_si256(X2, _mm256_loadu_si256((const __m256i *)((in) + 32)));      \
+            X1 = _mm256_xor_si256(X1, _mm256_loadu_si256((const __m256i *)((in) + 64)));      \
+            X0 = _mm256_xor_si256(X0, _mm256_loadu_si256((const __m256i *)((in) + 96)));      \
+        }                                                                                     \
+        _mm256_storeu_si256((__m256i *)(out), X3);                                            \
+        _mm256_storeu_si256((__m256i *)((out) + 32), X2);                                     \
+        _mm256_storeu_si256((__m256i *)((out) + 64), X1);                                     \
+        _mm256_storeu_si256((__m256i *)((out) + 96), X0);                                     \
+    } while (0)
+
+#define Y_ROUNDS2(rk)                                                                         \
+    for (int r_ = 0; r_ < 32; r_ += 4) {                                                      \
+        __m256i k_ = _mm256_set1_epi32((int)(rk)[r_]);                                        \
+        Y_ROUND(a0, a1, a2, a3, k_);                                                          \
+        Y_ROUND(b0, b1, b2, b3, k_);                                                          \
+        k_ = _mm256_set1_epi32((int)(rk)[r_ + 1]);                                            \
+        Y_ROUND(a1, a2, a3, a0, k_);                                                          \
+        Y_ROUND(b1, b2, b3, b0, k_);                                                          \
+        k_ = _mm256_set1_epi32((int)(rk)[r_ + 2]);                                            \
+        Y_ROUND(a2, a3, a0, a1, k_);                                                          \
+        Y_ROUND(b2, b3, b0, b1, k_);                                                          \
+        k_ = _mm256_set1_epi32((int)(rk)[r_ + 3]);                                            \
+        Y_ROUND(a3, a0, a1, a2, k_);                                                          \
+        Y_ROUND(b3, b0, b1, b2, k_);                                                          \
+    }
+
+#define Y_ROUNDS1(rk)                                                                         \
+    for (int r_ = 0; r_ < 32; r_ += 4) {                                                      \
+        Y_ROUND(a0, a1, a2, a3, _mm256_set1_epi32((int)(rk)[r_]));                            \
+        Y_ROUND(a1, a2, a3, a0, _mm256_set1_epi32((int)(rk)[r_ + 1]));                        \
+        Y_ROUND(a2, a3, a0, a1, _mm256_set1_epi32((int)(rk)[r_ + 2]));                        \
+        Y_ROUND(a3, a0, a1, a2, _mm256_set1_epi32((int)(rk)[r_ + 3]));                        \
+    }
+
+TGT_AVX2 static void y_ecb(const uint32_t rk[32], const uint8_t *in, uint8_t *out,
+                           size_t nblocks)
+{
+    Y_CONSTS;
+    for (; nblocks >= 16; nblocks -= 16, in += 256, out += 256) {
+        __m256i a0, a1, a2, a3, b0, b1, b2, b3;
+        Y_LOAD(in, a0, a1, a2, a3);
+        Y_LOAD(in + 128, b0, b1, b2, b3);
+        Y_ROUNDS2(rk);
+        Y_STORE(out, in, a0, a1, a2, a3, 0);
+        Y_STORE(out + 128, in, b0, b1, b2, b3, 0);
+    }
+    while (nblocks) {
+        size_t n = nblocks < 8 ? nblocks : 8;
+        uint8_t buf[128];
+        const uint8_t *src = in;
+        uint8_t *dst = out;
+        if (n < 8) {
+            memset(buf, 0, sizeof buf);
+            memcpy(buf, in, 16 * n);
+            src = dst = buf;
+        }
+        __m256i a0, a1, a2, a3;
+        Y_LOAD(src, a0, a1, a2, a3);
+        Y_ROUNDS1(rk);
+        Y_STORE(dst, src, a0, a1, a2, a3, 0);
+        if (n < 8) {
+            memcpy(out, buf, 16 * n);
+            memset(buf, 0, sizeof buf);
+            __asm__ volatile("" : : "r"(buf) : "memory");
+        }
+        in += 16 * n, out += 16 * n, nblocks -= n;
+    }
+}
+
+TGT_AVX2 static void y_ctr32_words(const uint32_t rk[32], uint32_t c[4], const uint8_t *in,
+                                   uint8_t *out, size_t len)
+{
+    Y_CONSTS;
+    /* element e = 4L + k is block 2k + L */
+    const __m256i iota = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+    const __m256i w0 = _mm256_set1_epi32((int)c[0]), w1 = _mm256_set1_epi32((int)c[1]),
+                  w2 = _mm256_set1_epi32((int)c[2]);
+    const __m256i eight = _mm256_set1_epi32(8);
+    __m256i w3 = _mm256_add_epi32(_mm256_set1_epi32((int)c[3]), iota);
+    uint32_t used = (uint32_t)((len + 15) / 16);
+    for (; len >= 256; len -= 256, in += 256, out += 256) {
+        __m256i a0 = w0, a1 = w1, a2 = w2, a3 = w3;
+        __m256i b0 = w0, b1 = w1, b2 = w2, b3 = _mm256_add_epi32(w3, eight);
+        w3 = _mm256_add_epi32(b3, eight);
+        Y_ROUNDS2(rk);
+        Y_STORE(out, in, a0, a1, a2, a3, 1);
+        Y_STORE(out + 128, in + 128, b0, b1, b2, b3, 1);
+    }
+    while (len) {
+        size_t n = len < 128 ? len : 128;
+        uint8_t buf[128];
+        const uint8_t *src = in;
+        uint8_t *dst = out;
+        if (n < 128) {
+            memset(buf, 0, sizeof buf);
+            memcpy(buf, in, n);
+            src = dst = buf;
+        }
+        __m256i a0 = w0, a1 = w1, a2 = w2, a3 = w3;
+        w3 = _mm256_add_epi32(w3, eight);
+        Y_ROUNDS1(rk);
+        Y_STORE(dst, src, a0, a1, a2, a3, 1);
+        if (n < 128) {
+            memcpy(out, buf, n);
+            memset(buf, 0, sizeof buf);
+            __asm__ volatile("" : : "r"(buf) : "memory");
+        }
+        in += n, out += n, len -= n;
+    }
+    c[3] += used;
+}
+
+/* ================================================================ counter wrappers */
+
+typedef void (*ctr_words_fn)(const uint32_t rk[32], uint32_t c[4], const uint8_t *in,
+                             uint8_t *out, size_t len);
+
+static void ctr32(ctr_words_fn f, const uint32_t rk[32], uint8_t ctr[16], const uint8_t *in,
+                  uint8_t *out, size_t len)
+{
+    uint32_t c[4] = {be32(ctr), be32(ctr + 4), be32(ctr + 8), be32(ctr + 12)};
+    f(rk, c, in, out, len);
+    put_be32(ctr + 12, c[3]);
+}
+
+/* 128-bit counter: split the request where the low word wraps and carry by hand. */
+static void ctr128(ctr_words_fn f, const uint32_t rk[32], uint8_t ctr[16], const uint8_t *in,
+                   uint8_t *out, size_t len)
+{
+    uint32_t c[4] = {be32(ctr), be32(ctr + 4), be32(ctr + 8), be32(ctr + 12)};
+    while (len) {
+        uint64_t room = (uint64_t)1 << 32;
+        room -= c[3]; /* blocks before the low word wraps */
+        size_t nb = (len + 15) / 16;
+        size_t take = len;
+        if ((uint64_t)nb > room)
+            take = (size_t)room * 16;
+        f(rk, c, in, out, take);
+        if (c[3] == 0 && take > 0) { /* wrapped exactly at the end of this piece */
+            if (++c[2] == 0 && ++c[1] == 0)
+                ++c[0];
+        }
+        in += take, out += take, len -= take;
+    }
+    for (int i = 0; i < 4; i++)
+        put_be32(ctr + 4 * i, c[i]);
+}
+
+TGT_AVX512 static void z_ctr128(const uint32_t rk[32], uint8_t ctr[16], const uint8_t *in,
+                                uint8_t *out, size_t len)
+{
+    ctr128(z_ctr32_words, rk, ctr, in, out, len);
+}
+TGT_AVX512 static void z_ctr32(const uint32_t rk[32], uint8_t ctr[16], const uint8_t *in,
+                               uint8_t *out, size_t len)
+{
+    ctr32(z_ctr32_words, rk, ctr, in, out, len);
+}
+TGT_AVX2 static void y_ctr128(const uint32_t rk[32], uint8_t ctr[16], const uint8_t *in,
+                              uint8_t *out, size_t len)
+{
+    ctr128(y_ctr32_words, rk, ctr, in, out, len);
+}
+TGT_AVX2 static void y_ctr32(const uint32_t rk[32], uint8_t ctr[16], const uint8_t *in,
+                             uint8_t *out, size_t len)
+{
+    ctr32(y_ctr32_words, rk, ctr, in, out, len);
+}
+
+const hsm_sm4_impl_ops hsm_sm4_avx2_ops = {y_ecb, y_ctr128, y_ctr32, ghash_clmul};
+const hsm_sm4_impl_ops hsm_sm4_avx512_ops = {z_ecb, z_ctr128, z_ctr32, ghash_vpclmul};
+
 #else
 typedef int hsm_sm4_x86_unused;
 #endif
