@@ -1,0 +1,331 @@
+"""One token of the pool: login, bounded sessions, key-handle cache, breaker and stats.
+
+A :class:`Member` keeps one *anchor* session that logged in (login state is per token and
+per process in PKCS#11, so the worker sessions share it) and that owns the session objects
+made by unwrapping blobs; those handles are valid in every session of the process, and are
+kept in an LRU. Worker sessions are leased for exactly one operation and evicted if the
+operation raised a device fault.
+
+The breaker: ``failure_threshold`` consecutive failures (a device fault, or a call slower than
+``slow_call_ms``) eject the member; the pool's prober then probes it with backoff and
+readmits it when a probe answers quickly. On readmission the anchor session and the handle
+cache are rebuilt, since a token that really went away lost both.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from hsmpool import _p11
+from hsmpool._p11 import Module, P11Error, TokenInfo
+from hsmpool._stats import Histogram
+from hsmpool.config import PoolSettings, TokenConfig
+from hsmpool.errors import LeaseTimeoutError, LoginError
+
+T = TypeVar("T")
+
+
+class MemberState(enum.Enum):
+    HEALTHY = "healthy"
+    EJECTED = "ejected"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True, slots=True)
+class MemberStats:
+    """A snapshot of one member, as returned by ``Pool.stats()``."""
+
+    name: str
+    label: str
+    serial: str
+    instance: str | None
+    state: str
+    in_flight: int
+    ops: int
+    errors: int
+    ejections: int
+    sessions_open: int
+    cached_keys: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+
+
+class Member:
+    def __init__(
+        self,
+        config: TokenConfig,
+        module: Module,
+        info: TokenInfo,
+        settings: PoolSettings,
+        instance: str | None,
+    ) -> None:
+        self.name = config.name
+        self.config = config
+        self.module = module
+        self.info = info
+        self.slot = info.slot
+        self.weight = config.weight
+        self.instance = instance
+        self.settings = settings
+        self.mechanisms = module.mechanisms(info.slot)
+        self.state = MemberState.HEALTHY
+        self._lock = threading.Lock()
+        self._free = threading.Condition(self._lock)
+        self._idle: list[int] = []
+        self._open = 0
+        self.in_flight = 0
+        self.ops = 0
+        self.errors = 0
+        self.ejections = 0
+        self._consecutive = 0
+        self._hist = Histogram()
+        self._slow_ns = int(settings.slow_call_ms * 1e6)
+        self._threshold = settings.failure_threshold
+        self._cache: OrderedDict[bytes, int] = OrderedDict()
+        self._cache_size = settings.key_cache_size
+        self.on_eject: Callable[[Member], None] | None = None
+        # Serialises use of the anchor session (unwraps, destroys, domain-key work).
+        self.anchor_lock = threading.Lock()
+        self.anchor = self._login()
+        # Per-instance domain keys on this token: label -> object handle (set by the pool).
+        self.domain_keys: dict[str, int] = {}
+
+    # --- login -----------------------------------------------------------------------
+
+    def _login(self) -> int:
+        session = self.module.open_session(self.slot)
+        try:
+            self.module.login(session, self.config.user_pin())
+        except P11Error as exc:
+            self.module.close_session(session)
+            if exc.rv in (_p11.CKR_PIN_INCORRECT, _p11.CKR_PIN_LOCKED, 0x0A1, 0x0A2):
+                raise LoginError(f"token {self.name!r} refused the PIN ({exc.name})") from None
+            raise
+        return session
+
+    # --- sessions --------------------------------------------------------------------
+
+    def _lease(self) -> int:
+        with self._lock:
+            self.in_flight += 1
+            if self._idle:
+                return self._idle.pop()
+            if self._open < self.settings.sessions_per_token:
+                self._open += 1
+                opening = True
+            else:
+                opening = False
+                deadline = time.monotonic() + self.settings.lease_timeout
+                while not self._idle:
+                    left = deadline - time.monotonic()
+                    if left <= 0 or not self._free.wait(left):
+                        if self._idle:
+                            break
+                        self.in_flight -= 1
+                        raise LeaseTimeoutError(
+                            f"token {self.name!r}: no session free within "
+                            f"{self.settings.lease_timeout:g} s"
+                        )
+                return self._idle.pop()
+        if opening:
+            try:
+                return self.module.open_session(self.slot)
+            except BaseException:
+                with self._lock:
+                    self._open -= 1
+                    self.in_flight -= 1
+                raise
+        raise AssertionError("unreachable")
+
+    def _release(self, session: int, elapsed_ns: int, ok: bool, evict: bool) -> bool:
+        """Return a session; count the call. True if this call ejected the member."""
+        eject = False
+        with self._lock:
+            self.in_flight -= 1
+            self.ops += 1
+            self._hist.add(elapsed_ns)
+            if evict:
+                self._open -= 1
+            else:
+                self._idle.append(session)
+                self._free.notify()
+            if ok and elapsed_ns < self._slow_ns:
+                self._consecutive = 0
+            else:
+                if not ok:
+                    self.errors += 1
+                self._consecutive += 1
+                if self._consecutive >= self._threshold and self.state is MemberState.HEALTHY:
+                    self.state = MemberState.EJECTED
+                    self.ejections += 1
+                    eject = True
+        if evict:
+            try:
+                self.module.close_session(session)
+            except P11Error:
+                pass
+        return eject
+
+    def run(self, fn: Callable[[int], T]) -> T:
+        """Run ``fn(session)`` on a leased session; count it; feed the breaker.
+
+        Device faults are re-raised as :class:`P11Error` for the pool to retry elsewhere;
+        any other exception (bad input) passes through without counting as a failure.
+        """
+        session = self._lease()
+        t0 = time.perf_counter_ns()
+        try:
+            result = fn(session)
+        except P11Error as exc:
+            fault = exc.rv in _p11.DEVICE_FAULTS
+            if self._release(session, time.perf_counter_ns() - t0, not fault, fault):
+                self._ejected()
+            raise
+        except BaseException:
+            if self._release(session, time.perf_counter_ns() - t0, True, False):
+                self._ejected()
+            raise
+        if self._release(session, time.perf_counter_ns() - t0, True, False):
+            self._ejected()
+        return result
+
+    def _ejected(self) -> None:
+        with self._lock:
+            self._cache.clear()
+        if self.on_eject is not None:
+            self.on_eject(self)
+
+    def record_failure(self) -> None:
+        """Count a failure observed outside :meth:`run` (e.g. a failed unwrap)."""
+        eject = False
+        with self._lock:
+            self.errors += 1
+            self._consecutive += 1
+            if self._consecutive >= self._threshold and self.state is MemberState.HEALTHY:
+                self.state = MemberState.EJECTED
+                self.ejections += 1
+                eject = True
+        if eject:
+            self._ejected()
+
+    # --- health ----------------------------------------------------------------------
+
+    def probe(self) -> bool:
+        """One health check, outside the breaker: a fresh session and a random draw."""
+        t0 = time.perf_counter_ns()
+        try:
+            session = self.module.open_session(self.slot)
+        except P11Error:
+            return False
+        try:
+            self.module.random(session, 16)
+        except P11Error:
+            return False
+        finally:
+            try:
+                self.module.close_session(session)
+            except P11Error:
+                pass
+        return time.perf_counter_ns() - t0 < self._slow_ns
+
+    def readmit(self) -> None:
+        """Rebuild the login and the handle cache after a successful probe, then admit."""
+        with self._lock:
+            old_idle, self._idle = self._idle, []
+            self._open -= len(old_idle)
+            self._cache.clear()
+        for s in old_idle:
+            try:
+                self.module.close_session(s)
+            except P11Error:
+                pass
+        with self.anchor_lock:
+            old_anchor = self.anchor
+            self.anchor = self._login()
+            try:
+                self.module.close_session(old_anchor)
+            except P11Error:
+                pass
+        with self._lock:
+            self._consecutive = 0
+            self.state = MemberState.HEALTHY
+
+    # --- unwrapped-key cache ---------------------------------------------------------
+
+    def cached_handle(self, blob: bytes) -> int | None:
+        cache = self._cache
+        handle = cache.get(blob)
+        if handle is not None:
+            try:
+                cache.move_to_end(blob)
+            except KeyError:
+                pass
+        return handle
+
+    def cache_handle(self, blob: bytes, handle: int) -> int:
+        """Remember a handle; returns the handle to use (an existing one wins a race)."""
+        evicted: list[int] = []
+        with self._lock:
+            existing = self._cache.get(blob)
+            if existing is not None:
+                evicted.append(handle)
+                handle = existing
+            else:
+                self._cache[blob] = handle
+                while len(self._cache) > self._cache_size:
+                    evicted.append(self._cache.popitem(last=False)[1])
+        for h in evicted:
+            self._destroy(h)
+        return handle
+
+    def invalidate(self, blob: bytes) -> None:
+        with self._lock:
+            handle = self._cache.pop(blob, None)
+        if handle is not None:
+            self._destroy(handle)
+
+    def _destroy(self, handle: int) -> None:
+        with self.anchor_lock:
+            try:
+                self.module.destroy_object(self.anchor, handle)
+            except P11Error:
+                pass
+
+    # --- stats and shutdown ----------------------------------------------------------
+
+    def stats(self) -> MemberStats:
+        with self._lock:
+            return MemberStats(
+                name=self.name,
+                label=self.info.label,
+                serial=self.info.serial,
+                instance=self.instance,
+                state=self.state.value,
+                in_flight=self.in_flight,
+                ops=self.ops,
+                errors=self.errors,
+                ejections=self.ejections,
+                sessions_open=self._open,
+                cached_keys=len(self._cache),
+                p50_ms=self._hist.percentile(0.50) * 1e3,
+                p90_ms=self._hist.percentile(0.90) * 1e3,
+                p99_ms=self._hist.percentile(0.99) * 1e3,
+            )
+
+    def close(self) -> None:
+        with self._lock:
+            self.state = MemberState.CLOSED
+            idle, self._idle = self._idle, []
+            self._cache.clear()
+        for s in [*idle, self.anchor]:
+            try:
+                self.module.close_session(s)
+            except P11Error:
+                pass

@@ -1,0 +1,253 @@
+"""The pool: modules, members (tokens), instances (tenants), balancing and health.
+
+``Pool.open(config)`` loads each PKCS#11 module once (through the shim copy), finds every
+configured token by label or serial, logs in, probes its mechanisms, and makes sure every
+instance's domain keys are on every token of its partition (copying them where missing).
+
+Balancing is least in-flight, weighted, among the healthy members of an instance that offer
+the mechanisms an operation needs. A device fault on one member is retried on another; the
+member's breaker ejects it after consecutive failures and a background prober readmits it.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import TypeVar
+
+from hsmpool import _p11
+from hsmpool._p11 import Module, P11Error
+from hsmpool._shim import shim_for
+from hsmpool.config import PoolConfig, TokenConfig, load_config
+from hsmpool.errors import (
+    ConfigError,
+    InstanceNotFoundError,
+    LoginError,
+    ModuleLoadError,
+    PoolUnavailableError,
+    TokenError,
+    TokenNotFoundError,
+    UnsupportedOperationError,
+)
+from hsmpool.member import Member, MemberState, MemberStats
+
+T = TypeVar("T")
+
+__all__ = ["Pool"]
+
+
+class Pool:
+    """A pool of PKCS#11 tokens partitioned into instances. Thread-safe."""
+
+    def __init__(self, config: PoolConfig) -> None:
+        from hsmpool.instance import Instance  # the instance layer sits on top of the pool
+
+        self.config = config
+        self.settings = config.settings
+        self._modules: dict[str, Module] = {}
+        self.members: dict[str, Member] = {}
+        self._closed = False
+        self._prober: threading.Thread | None = None
+        self._probe_wake = threading.Event()
+        self._lock = threading.Lock()
+        try:
+            owner = {t: i.name for i in config.instances.values() for t in i.tokens}
+            for tok in config.tokens.values():
+                self.members[tok.name] = self._open_member(tok, owner.get(tok.name))
+            self.instances: dict[str, Instance] = {}
+            for inst in config.instances.values():
+                members = [self.members[t] for t in inst.tokens]
+                self.instances[inst.name] = Instance(self, inst.name, members)
+        except BaseException:
+            self.close()
+            raise
+        for m in self.members.values():
+            m.on_eject = self._on_eject
+
+    @classmethod
+    def open(cls, config: PoolConfig | str | os.PathLike[str]) -> Pool:
+        """Open a pool from a :class:`PoolConfig` or the path of a TOML file."""
+        if not isinstance(config, PoolConfig):
+            config = load_config(config)
+        return cls(config)
+
+    # --- opening -----------------------------------------------------------------------
+
+    def _module(self, name: str) -> Module:
+        mod = self._modules.get(name)
+        if mod is not None:
+            return mod
+        mcfg = self.config.modules[name]
+        for key, value in mcfg.env.items():
+            os.environ[key] = value
+        if not Path(mcfg.path).exists():
+            raise ModuleLoadError(f"module {name!r}: library {mcfg.path!r} does not exist")
+        try:
+            path = shim_for(mcfg.path)
+        except (OSError, RuntimeError) as exc:
+            raise ModuleLoadError(f"module {name!r}: cannot prepare the shim: {exc}") from None
+        try:
+            mod = Module(path)
+        except OSError as exc:
+            raise ModuleLoadError(f"module {name!r}: cannot load {mcfg.path!r}: {exc}") from None
+        except P11Error as exc:
+            raise ModuleLoadError(f"module {name!r}: {exc}") from None
+        self._modules[name] = mod
+        return mod
+
+    def _open_member(self, tok: TokenConfig, instance: str | None) -> Member:
+        mod = self._module(tok.module)
+        try:
+            infos = [mod.token_info(s) for s in mod.slots()]
+        except P11Error as exc:
+            raise ModuleLoadError(f"module {tok.module!r}: cannot list tokens: {exc}") from None
+        if tok.label is not None:
+            matches = [i for i in infos if i.label == tok.label]
+            what = f"label {tok.label!r}"
+        else:
+            matches = [i for i in infos if i.serial == tok.serial]
+            what = f"serial {tok.serial!r}"
+        if not matches:
+            raise TokenNotFoundError(f"token {tok.name!r}: no token with {what} in module "
+                                     f"{tok.module!r}")
+        if len(matches) > 1:
+            raise ConfigError(f"token {tok.name!r}: several tokens have {what}; use 'serial'")
+        try:
+            return Member(tok, mod, matches[0], self.settings, instance)
+        except LoginError:
+            raise
+        except P11Error as exc:
+            raise TokenError(f"token {tok.name!r}: cannot open: {exc}", exc.name) from None
+
+    # --- public API --------------------------------------------------------------------
+
+    def instance(self, name: str) -> Instance:
+        try:
+            return self.instances[name]
+        except KeyError:
+            raise InstanceNotFoundError(f"no instance {name!r} in this pool") from None
+
+    def stats(self) -> dict[str, MemberStats]:
+        """Per token: state, in-flight, ops, errors, latency percentiles."""
+        return {name: m.stats() for name, m in self.members.items()}
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._probe_wake.set()
+        for m in self.members.values():
+            m.close()
+        for mod in self._modules.values():
+            mod.close()
+        self._modules.clear()
+
+    def __enter__(self) -> Pool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- execution ---------------------------------------------------------------------
+
+    def execute(self, members: tuple[Member, ...], fn: Callable[[Member, int], T],
+                what: str) -> T:
+        """Run ``fn(member, session)`` on the least-loaded healthy member; fail over.
+
+        Device faults move the operation to another member; when every capable member has
+        failed once, the round starts again until the operation timeout.
+        """
+        if not members:
+            raise UnsupportedOperationError(f"no token of this partition supports {what}")
+        tried: list[Member] = []
+        deadline = 0.0
+        last: P11Error | None = None
+        while True:
+            best = None
+            best_load = 0.0
+            for m in members:
+                if m.state is MemberState.HEALTHY and m not in tried:
+                    load = (m.in_flight + 1) / m.weight
+                    if best is None or load < best_load:
+                        best, best_load = m, load
+            if best is None:
+                if not any(m.state is MemberState.HEALTHY for m in members):
+                    raise PoolUnavailableError(
+                        f"{what}: no healthy token in the partition"
+                        + (f" (last error {last.name})" if last else "")
+                    )
+                if deadline == 0.0:
+                    deadline = time.monotonic() + self.settings.operation_timeout
+                elif time.monotonic() > deadline:
+                    raise PoolUnavailableError(
+                        f"{what}: every token failed"
+                        + (f" (last error {last.name})" if last else "")
+                    )
+                tried.clear()
+                time.sleep(0.001)
+                continue
+            member = best
+            try:
+                return member.run(lambda s: fn(member, s))
+            except P11Error as exc:
+                if exc.rv not in _p11.DEVICE_FAULTS:
+                    raise
+                last = exc
+                tried.append(member)
+
+    # --- health ------------------------------------------------------------------------
+
+    def _on_eject(self, member: Member) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            if self._prober is None or not self._prober.is_alive():
+                self._prober = threading.Thread(
+                    target=_probe_loop, args=(weakref.ref(self),), name="hsmpool-prober",
+                    daemon=True,
+                )
+                self._prober.start()
+        self._probe_wake.set()
+
+    def ejected(self) -> Iterable[Member]:
+        return [m for m in self.members.values() if m.state is MemberState.EJECTED]
+
+
+def _probe_loop(ref: weakref.ref[Pool]) -> None:
+    """Probe ejected members with exponential backoff; readmit those that answer."""
+    backoff: dict[str, float] = {}
+    due: dict[str, float] = {}
+    while True:
+        pool = ref()
+        if pool is None or pool._closed:
+            return
+        settings = pool.settings
+        now = time.monotonic()
+        ejected = list(pool.ejected())
+        for m in ejected:
+            if m.name not in due:
+                backoff[m.name] = settings.probe_interval
+                due[m.name] = now + settings.probe_interval
+            if now < due[m.name]:
+                continue
+            ok = m.probe()
+            if ok:
+                try:
+                    m.readmit()
+                except (P11Error, LoginError, ConfigError):
+                    ok = False
+            if ok:
+                backoff.pop(m.name, None)
+                due.pop(m.name, None)
+            else:
+                backoff[m.name] = min(backoff[m.name] * 2, settings.probe_max_interval)
+                due[m.name] = time.monotonic() + backoff[m.name]
+        wake = pool._probe_wake
+        wait = min((d - time.monotonic() for d in due.values()), default=1.0)
+        del pool
+        wake.wait(max(wait, 0.005))
+        wake.clear()

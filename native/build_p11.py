@@ -1,0 +1,83 @@
+"""cffi build script for the pool's own PKCS#11 binding (native/p11glue.c).
+
+The pool talks to PKCS#11 modules through this thin glue rather than python-pkcs11: one
+C call per operation (Init and the single-part call together), no per-object Python
+classes, and C_Initialize always with CKF_OS_LOCKING_OK.
+"""
+
+from pathlib import Path
+
+from cffi import FFI
+
+HERE = Path(__file__).resolve().parent
+
+CDEF = """
+typedef struct { unsigned long type; void *pValue; unsigned long ulValueLen; } CK_ATTRIBUTE;
+typedef struct { unsigned long mechanism; void *pParameter; unsigned long ulParameterLen; }
+    CK_MECHANISM;
+typedef struct { unsigned long hashAlg; unsigned long mgf; unsigned long sLen; }
+    CK_RSA_PKCS_PSS_PARAMS;
+typedef struct {
+    unsigned long hashAlg; unsigned long mgf; unsigned long source;
+    void *pSourceData; unsigned long ulSourceDataLen;
+} CK_RSA_PKCS_OAEP_PARAMS;
+typedef struct hp11_module hp11_module;
+
+hp11_module *hp11_load(const char *path, char *err, unsigned long errlen);
+unsigned long hp11_initialize(hp11_module *m);
+void hp11_unload(hp11_module *m);
+unsigned long hp11_slot_list(hp11_module *m, unsigned long *slots, unsigned long *count);
+unsigned long hp11_token_info(hp11_module *m, unsigned long slot, unsigned char *label,
+    unsigned char *manufacturer, unsigned char *model, unsigned char *serial,
+    unsigned long *flags);
+unsigned long hp11_mechanisms(hp11_module *m, unsigned long slot, unsigned long *mechs,
+    unsigned long *count);
+unsigned long hp11_open_session(hp11_module *m, unsigned long slot, unsigned long *session);
+unsigned long hp11_close_session(hp11_module *m, unsigned long session);
+unsigned long hp11_login(hp11_module *m, unsigned long session, unsigned long user_type,
+    const unsigned char *pin, unsigned long pin_len);
+unsigned long hp11_logout(hp11_module *m, unsigned long session);
+unsigned long hp11_generate_key(hp11_module *m, unsigned long session, unsigned long mech,
+    CK_ATTRIBUTE *tpl, unsigned long n, unsigned long *key);
+unsigned long hp11_generate_key_pair(hp11_module *m, unsigned long session, unsigned long mech,
+    CK_ATTRIBUTE *pub, unsigned long npub, CK_ATTRIBUTE *priv, unsigned long npriv,
+    unsigned long *pub_key, unsigned long *priv_key);
+unsigned long hp11_create_object(hp11_module *m, unsigned long session, CK_ATTRIBUTE *tpl,
+    unsigned long n, unsigned long *obj);
+unsigned long hp11_destroy_object(hp11_module *m, unsigned long session, unsigned long obj);
+unsigned long hp11_get_attributes(hp11_module *m, unsigned long session, unsigned long obj,
+    CK_ATTRIBUTE *tpl, unsigned long n);
+unsigned long hp11_find(hp11_module *m, unsigned long session, CK_ATTRIBUTE *tpl,
+    unsigned long n, unsigned long *objs, unsigned long max, unsigned long *found);
+unsigned long hp11_wrap(hp11_module *m, unsigned long session, CK_MECHANISM *mech,
+    unsigned long wrapping_key, unsigned long key, unsigned char *out, unsigned long *out_len);
+unsigned long hp11_unwrap(hp11_module *m, unsigned long session, CK_MECHANISM *mech,
+    unsigned long unwrapping_key, const unsigned char *wrapped, unsigned long wrapped_len,
+    CK_ATTRIBUTE *tpl, unsigned long n, unsigned long *key);
+unsigned long hp11_random(hp11_module *m, unsigned long session, unsigned char *out,
+    unsigned long len);
+unsigned long hp11_crypt(hp11_module *m, int op, unsigned long session, CK_MECHANISM *mech,
+    unsigned long key, const unsigned char *in, unsigned long in_len, unsigned char *out,
+    unsigned long *out_len);
+unsigned long hp11_verify(hp11_module *m, unsigned long session, CK_MECHANISM *mech,
+    unsigned long key, const unsigned char *data, unsigned long data_len,
+    const unsigned char *sig, unsigned long sig_len);
+unsigned long hp11_gcm(hp11_module *m, int op, unsigned long session, unsigned long key,
+    const unsigned char *iv, unsigned long iv_len, const unsigned char *aad,
+    unsigned long aad_len, const unsigned char *in, unsigned long in_len, unsigned char *out,
+    unsigned long *out_len);
+"""
+
+ffibuilder = FFI()
+ffibuilder.cdef(CDEF)
+ffibuilder.set_source(
+    "hsmpool._p11_cffi",
+    '#include "p11glue.h"\n',
+    sources=[str(HERE / "p11glue.c")],
+    include_dirs=[str(HERE), "/usr/include/p11-kit-1"],
+    libraries=["dl"],
+    extra_compile_args=["-O2", "-std=gnu11"],
+)
+
+if __name__ == "__main__":
+    ffibuilder.compile(verbose=True)
