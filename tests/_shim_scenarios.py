@@ -53,8 +53,23 @@ def _gcm_roundtrip(key: Any, data: bytes) -> bool:
     return bool(pt == data and ct != data)
 
 
+def _cbc_roundtrip(key: Any, data: bytes) -> bool:
+    iv = os.urandom(16)
+    ct = key.encrypt(data, mechanism=Mechanism.AES_CBC_PAD, mechanism_param=iv)
+    pt = key.decrypt(ct, mechanism=Mechanism.AES_CBC_PAD, mechanism_param=iv)
+    return bool(pt == data and ct != data)
+
+
 def hammer(args: Args) -> Args:
-    """N threads, one session each, AES-GCM round trips and ECDSA sign/verify."""
+    """N threads, one session each, AES-GCM round trips and ECDSA sign/verify.
+
+    With "faults_file", the fault path runs too: a thread keeps rewriting the rules (a no-op
+    hang on the hammered token, errors on another one) while the workers run.
+    """
+    injector = None
+    if args.get("faults_file"):
+        injector = FaultInjector(args["faults_file"])
+        os.environ.update(injector.env())
     lib = pkcs11.lib(args["module"])
     token = lib.get_token(token_label=args["label"])
     main = token.open(user_pin=_pin(args))  # login is per application: other sessions share it
@@ -96,7 +111,22 @@ def hammer(args: Args) -> Args:
         with lock:
             counts.append(mine)
 
+    rewrites = 0
+
+    def toggler() -> None:
+        nonlocal rewrites
+        assert injector is not None
+        while time.monotonic() < deadline:
+            injector.fail(args["label"], "hang", every=2, hang_ms=0)
+            injector.fail(args["other"], "device_error")
+            time.sleep(0.005)
+            injector.heal()
+            time.sleep(0.005)
+            rewrites += 3
+
     threads = [threading.Thread(target=worker) for _ in range(int(args["threads"]))]
+    if injector is not None:
+        threads.append(threading.Thread(target=toggler))
     for t in threads:
         t.start()
     for t in threads:
@@ -108,6 +138,7 @@ def hammer(args: Args) -> Args:
         "sign": sum(c["sign"] for c in counts),
         "bad": sum(c["bad"] for c in counts),
         "failures": failures,
+        "rewrites": rewrites,
     }
 
 
@@ -174,6 +205,36 @@ def two_modules(args: Args) -> Args:
     return out
 
 
+def mixed(args: Args) -> Args:
+    """SoftHSM2 and openCryptoki, each behind its own shim copy, in one process."""
+    injector = FaultInjector(args["faults_file"])
+    os.environ.update(injector.env())
+    results: Args = {}
+    sessions = {}
+    for name in ("softhsm", "ock"):
+        spec = args[name]
+        lib = pkcs11.lib(spec["module"])
+        with open(spec["pin_file"], encoding="utf-8") as f:
+            pin = f.read().strip()
+        sessions[name] = lib.get_token(token_label=spec["label"]).open(user_pin=pin)
+        # openCryptoki 3.8 soft token has no AES-GCM: CBC-PAD on both.
+        results[f"{name}_aes"] = _cbc_roundtrip(
+            sessions[name].generate_key(KeyType.AES, 256, store=False), b"m" * 33
+        )
+
+    def random_on(session: Any) -> str:
+        return str(_outcome(lambda: session.generate_random(64))["result"])
+
+    injector.fail(args["ock"]["label"], "device_error")
+    for name, session in sessions.items():
+        results[f"{name}_faulted"] = random_on(session)
+    injector.heal()
+    for name, session in sessions.items():
+        results[f"{name}_healed"] = random_on(session)
+        session.close()
+    return results
+
+
 def load(args: Args) -> Args:
     """Load a module with python-pkcs11 and list its token labels, or report the error."""
     try:
@@ -209,6 +270,7 @@ SCENARIOS: dict[str, Callable[[Args], Args]] = {
     "hammer": hammer,
     "faults": faults,
     "two_modules": two_modules,
+    "mixed": mixed,
     "load": load,
     "bench": bench,
 }

@@ -186,6 +186,27 @@ def test_sixteen_threads_on_one_token(shim_tokens: dict[str, str], cache: Path) 
     assert out["gcm"] > 0 and out["sign"] > 0
 
 
+def test_sixteen_threads_with_fault_rules_changing(
+    shim_tokens: dict[str, str], cache: Path, tmp_path: Path
+) -> None:
+    out = run_scenario(
+        "hammer",
+        {
+            "module": shim_for(SOFTHSM),
+            "label": "shimtest-0",
+            "other": "shimtest-1",
+            "threads": 16,
+            "seconds": 2,
+            "faults_file": str(tmp_path / "faults"),
+        },
+        shim_tokens,
+    )
+    assert out["failures"] == []
+    assert out["bad"] == 0
+    assert out["gcm"] > 0 and out["sign"] > 0
+    assert out["rewrites"] > 0
+
+
 # --- faults -----------------------------------------------------------------------------------
 
 
@@ -278,6 +299,53 @@ def test_two_real_modules_in_one_process(
         "lib2": "ok",
         "lib2_gcm": True,
         "lib1_healed": "ok",
+    }
+
+
+def _ock_env() -> dict[str, str] | None:
+    """openCryptoki soft token details from softhsm-config/opencryptoki.sh, if set up."""
+    env_file = ROOT / "var" / "opencryptoki" / "ock.env"
+    if not env_file.is_file():
+        return None
+    values = dict(line.split("=", 1) for line in env_file.read_text().splitlines() if "=" in line)
+    needed = ("OCK_MODULE", "OCK_LABEL", "OCK_USER_PIN_FILE")
+    if not all(values.get(k) for k in needed) or not os.path.exists(values["OCK_MODULE"]):
+        return None
+    if not os.access(values["OCK_USER_PIN_FILE"], os.R_OK):
+        return None
+    return values
+
+
+def test_softhsm_and_opencryptoki_in_one_process(
+    shim_tokens: dict[str, str], cache: Path, tmp_path: Path
+) -> None:
+    ock = _ock_env()
+    if ock is None:
+        pytest.skip("openCryptoki soft token not set up (softhsm-config/opencryptoki.sh)")
+    out = run_scenario(
+        "mixed",
+        {
+            "faults_file": str(tmp_path / "faults"),
+            "softhsm": {
+                "module": shim_for(SOFTHSM),
+                "label": "shimtest-0",
+                "pin_file": shim_tokens["pin_file"],
+            },
+            "ock": {
+                "module": shim_for(ock["OCK_MODULE"]),
+                "label": ock["OCK_LABEL"],
+                "pin_file": ock["OCK_USER_PIN_FILE"],
+            },
+        },
+        shim_tokens,
+    )
+    assert out == {
+        "softhsm_aes": True,
+        "ock_aes": True,
+        "softhsm_faulted": "ok",
+        "ock_faulted": "DeviceError",
+        "softhsm_healed": "ok",
+        "ock_healed": "ok",
     }
 
 
