@@ -583,7 +583,7 @@ static void gcm_j0(const hsm_sm4_impl_ops *o, const hsm_sm4_gcm_key *gk, const u
     o->ghash(gk->htab, j0, lenblk, 1);
 }
 
-#define GCM_CHUNK 1024 /* bytes encrypted then hashed while still in L1 */
+#define GCM_CHUNK 2048 /* bytes encrypted then hashed while still in L1 */
 
 /* Shared by encrypt and decrypt: hash the AAD, run CTR over in -> out hashing the ciphertext
  * (out when encrypting; in when decrypting, hashed before it may be overwritten), and produce

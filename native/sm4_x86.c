@@ -28,6 +28,12 @@
 #define SM4_GFNI_PRE_CONST 0x3e
 #define SM4_GFNI_POST_MATRIX 0xf3ab34a974a6b589ULL
 #define SM4_GFNI_POST_CONST 0xd3
+#define SM4_GFNI_POST_L0_MATRIX 0xf3abc702400fc12fULL
+#define SM4_GFNI_POST_L0_CONST 0x9f
+#define SM4_GFNI_POST_L1_MATRIX 0xb589f3ab34a974a6ULL
+#define SM4_GFNI_POST_L1_CONST 0x4f
+#define SM4_GFNI_POST_L3_MATRIX 0x462234a974a6b589ULL
+#define SM4_GFNI_POST_L3_CONST 0xd0
 
 #define TGT_CLMUL __attribute__((target("sse4.1,pclmul")))
 #define TGT_AVX2 __attribute__((target("avx2,gfni,pclmul")))
@@ -292,6 +298,46 @@ TGT_AVX512 INLINE __mmask64 z_mask(size_t bytes, size_t off)
         Z_ROUND(d3, d0, d1, d2, k_);                                                          \
     }
 
+#define Z_ROUNDS8(rk)  \
+    for (int r_ = 0; r_ < 32; r_ += 4) {  \
+        __m512i k_ = _mm512_set1_epi32((int)(rk)[r_ + 0]);  \
+        Z_ROUND(a0, a1, a2, a3, k_);  \
+        Z_ROUND(b0, b1, b2, b3, k_);  \
+        Z_ROUND(c0, c1, c2, c3, k_);  \
+        Z_ROUND(d0, d1, d2, d3, k_);  \
+        Z_ROUND(e0, e1, e2, e3, k_);  \
+        Z_ROUND(f0, f1, f2, f3, k_);  \
+        Z_ROUND(g0, g1, g2, g3, k_);  \
+        Z_ROUND(h0, h1, h2, h3, k_);  \
+        k_ = _mm512_set1_epi32((int)(rk)[r_ + 1]);  \
+        Z_ROUND(a1, a2, a3, a0, k_);  \
+        Z_ROUND(b1, b2, b3, b0, k_);  \
+        Z_ROUND(c1, c2, c3, c0, k_);  \
+        Z_ROUND(d1, d2, d3, d0, k_);  \
+        Z_ROUND(e1, e2, e3, e0, k_);  \
+        Z_ROUND(f1, f2, f3, f0, k_);  \
+        Z_ROUND(g1, g2, g3, g0, k_);  \
+        Z_ROUND(h1, h2, h3, h0, k_);  \
+        k_ = _mm512_set1_epi32((int)(rk)[r_ + 2]);  \
+        Z_ROUND(a2, a3, a0, a1, k_);  \
+        Z_ROUND(b2, b3, b0, b1, k_);  \
+        Z_ROUND(c2, c3, c0, c1, k_);  \
+        Z_ROUND(d2, d3, d0, d1, k_);  \
+        Z_ROUND(e2, e3, e0, e1, k_);  \
+        Z_ROUND(f2, f3, f0, f1, k_);  \
+        Z_ROUND(g2, g3, g0, g1, k_);  \
+        Z_ROUND(h2, h3, h0, h1, k_);  \
+        k_ = _mm512_set1_epi32((int)(rk)[r_ + 3]);  \
+        Z_ROUND(a3, a0, a1, a2, k_);  \
+        Z_ROUND(b3, b0, b1, b2, k_);  \
+        Z_ROUND(c3, c0, c1, c2, k_);  \
+        Z_ROUND(d3, d0, d1, d2, k_);  \
+        Z_ROUND(e3, e0, e1, e2, k_);  \
+        Z_ROUND(f3, f0, f1, f2, k_);  \
+        Z_ROUND(g3, g0, g1, g2, k_);  \
+        Z_ROUND(h3, h0, h1, h2, k_);  \
+    }
+
 #define Z_ROUNDS1(rk)                                                                         \
     for (int r_ = 0; r_ < 32; r_ += 4) {                                                      \
         Z_ROUND(a0, a1, a2, a3, _mm512_set1_epi32((int)(rk)[r_]));                            \
@@ -304,6 +350,26 @@ TGT_AVX512 static void z_ecb(const uint32_t rk[32], const uint8_t *in, uint8_t *
                              size_t nblocks)
 {
     Z_CONSTS;
+    for (; nblocks >= 128; nblocks -= 128, in += 2048, out += 2048) {
+        __m512i a0, a1, a2, a3, b0, b1, b2, b3, c0, c1, c2, c3, d0, d1, d2, d3, e0, e1, e2, e3, f0, f1, f2, f3, g0, g1, g2, g3, h0, h1, h2, h3;
+        Z_LOAD(in + 0, a0, a1, a2, a3, ALL64, ALL64, ALL64, ALL64);
+        Z_LOAD(in + 256, b0, b1, b2, b3, ALL64, ALL64, ALL64, ALL64);
+        Z_LOAD(in + 512, c0, c1, c2, c3, ALL64, ALL64, ALL64, ALL64);
+        Z_LOAD(in + 768, d0, d1, d2, d3, ALL64, ALL64, ALL64, ALL64);
+        Z_LOAD(in + 1024, e0, e1, e2, e3, ALL64, ALL64, ALL64, ALL64);
+        Z_LOAD(in + 1280, f0, f1, f2, f3, ALL64, ALL64, ALL64, ALL64);
+        Z_LOAD(in + 1536, g0, g1, g2, g3, ALL64, ALL64, ALL64, ALL64);
+        Z_LOAD(in + 1792, h0, h1, h2, h3, ALL64, ALL64, ALL64, ALL64);
+        Z_ROUNDS8(rk);
+        Z_STORE(out + 0, in, a0, a1, a2, a3, ALL64, ALL64, ALL64, ALL64, 0);
+        Z_STORE(out + 256, in, b0, b1, b2, b3, ALL64, ALL64, ALL64, ALL64, 0);
+        Z_STORE(out + 512, in, c0, c1, c2, c3, ALL64, ALL64, ALL64, ALL64, 0);
+        Z_STORE(out + 768, in, d0, d1, d2, d3, ALL64, ALL64, ALL64, ALL64, 0);
+        Z_STORE(out + 1024, in, e0, e1, e2, e3, ALL64, ALL64, ALL64, ALL64, 0);
+        Z_STORE(out + 1280, in, f0, f1, f2, f3, ALL64, ALL64, ALL64, ALL64, 0);
+        Z_STORE(out + 1536, in, g0, g1, g2, g3, ALL64, ALL64, ALL64, ALL64, 0);
+        Z_STORE(out + 1792, in, h0, h1, h2, h3, ALL64, ALL64, ALL64, ALL64, 0);
+    }
     for (; nblocks >= 64; nblocks -= 64, in += 1024, out += 1024) {
         __m512i a0, a1, a2, a3, b0, b1, b2, b3, c0, c1, c2, c3, d0, d1, d2, d3;
         Z_LOAD(in, a0, a1, a2, a3, ALL64, ALL64, ALL64, ALL64);
@@ -340,6 +406,26 @@ TGT_AVX512 static void z_ctr32_words(const uint32_t rk[32], uint32_t c[4], const
     __m512i w3 = _mm512_add_epi32(_mm512_set1_epi32((int)c[3]), iota);
     const __m512i sixteen = _mm512_set1_epi32(16);
     uint32_t used = (uint32_t)((len + 15) / 16);
+    for (; len >= 2048; len -= 2048, in += 2048, out += 2048) {
+        __m512i a0 = w0, a1 = w1, a2 = w2, a3 = w3;
+        __m512i b0 = w0, b1 = w1, b2 = w2, b3 = _mm512_add_epi32(w3, sixteen);
+        __m512i c0 = w0, c1 = w1, c2 = w2, c3 = _mm512_add_epi32(b3, sixteen);
+        __m512i d0 = w0, d1 = w1, d2 = w2, d3 = _mm512_add_epi32(c3, sixteen);
+        __m512i e0 = w0, e1 = w1, e2 = w2, e3 = _mm512_add_epi32(d3, sixteen);
+        __m512i f0 = w0, f1 = w1, f2 = w2, f3 = _mm512_add_epi32(e3, sixteen);
+        __m512i g0 = w0, g1 = w1, g2 = w2, g3 = _mm512_add_epi32(f3, sixteen);
+        __m512i h0 = w0, h1 = w1, h2 = w2, h3 = _mm512_add_epi32(g3, sixteen);
+        w3 = _mm512_add_epi32(h3, sixteen);
+        Z_ROUNDS8(rk);
+        Z_STORE(out, in, a0, a1, a2, a3, ALL64, ALL64, ALL64, ALL64, 1);
+        Z_STORE(out + 256, in + 256, b0, b1, b2, b3, ALL64, ALL64, ALL64, ALL64, 1);
+        Z_STORE(out + 512, in + 512, c0, c1, c2, c3, ALL64, ALL64, ALL64, ALL64, 1);
+        Z_STORE(out + 768, in + 768, d0, d1, d2, d3, ALL64, ALL64, ALL64, ALL64, 1);
+        Z_STORE(out + 1024, in + 1024, e0, e1, e2, e3, ALL64, ALL64, ALL64, ALL64, 1);
+        Z_STORE(out + 1280, in + 1280, f0, f1, f2, f3, ALL64, ALL64, ALL64, ALL64, 1);
+        Z_STORE(out + 1536, in + 1536, g0, g1, g2, g3, ALL64, ALL64, ALL64, ALL64, 1);
+        Z_STORE(out + 1792, in + 1792, h0, h1, h2, h3, ALL64, ALL64, ALL64, ALL64, 1);
+    }
     for (; len >= 1024; len -= 1024, in += 1024, out += 1024) {
         __m512i a0 = w0, a1 = w1, a2 = w2, a3 = w3;
         __m512i b0 = w0, b1 = w1, b2 = w2, b3 = _mm512_add_epi32(w3, sixteen);
@@ -369,7 +455,9 @@ TGT_AVX512 static void z_ctr32_words(const uint32_t rk[32], uint32_t c[4], const
 
 #define Y_CONSTS                                                                              \
     const __m256i ypre = _mm256_set1_epi64x(SM4_GFNI_PRE_MATRIX);                             \
-    const __m256i ypost = _mm256_set1_epi64x((long long)SM4_GFNI_POST_MATRIX);                \
+    const __m256i yl0 = _mm256_set1_epi64x((long long)SM4_GFNI_POST_L0_MATRIX);               \
+    const __m256i yl1 = _mm256_set1_epi64x((long long)SM4_GFNI_POST_L1_MATRIX);               \
+    const __m256i yl3 = _mm256_set1_epi64x((long long)SM4_GFNI_POST_L3_MATRIX);               \
     const __m256i ywbs = _mm256_broadcastsi128_si256(_mm_setr_epi8(WBSWAP_MASK));             \
     const __m256i yr8 = _mm256_broadcastsi128_si256(                                          \
         _mm_setr_epi8(3, 0, 1, 2, 7, 4, 5, 6, 11, 8, 9, 10, 15, 12, 13, 14));                 \
@@ -378,16 +466,19 @@ TGT_AVX512 static void z_ctr32_words(const uint32_t rk[32], uint32_t c[4], const
     const __m256i yr24 = _mm256_broadcastsi128_si256(                                         \
         _mm_setr_epi8(1, 2, 3, 0, 5, 6, 7, 4, 9, 10, 11, 8, 13, 14, 15, 12))
 
+/* The post-inversion matrices fold the 2-bit rotate of L in (see gen_sm4_tables.py):
+ * L(S(x)) = P0 ^ rol8(P1) ^ rol16(P1) ^ rol24(P3), each P a GF2P8AFFINEINVQB of one pre-affine
+ * output; byte rotates are single shuffles, so AVX2 needs no shift/or rotates. */
 #define Y_ROUND(X0, X1, X2, X3, K)                                                            \
     do {                                                                                      \
         __m256i t_ = _mm256_xor_si256(_mm256_xor_si256(X1, X2), _mm256_xor_si256(X3, K));     \
         t_ = _mm256_gf2p8affine_epi64_epi8(t_, ypre, SM4_GFNI_PRE_CONST);                     \
-        t_ = _mm256_gf2p8affineinv_epi64_epi8(t_, ypost, SM4_GFNI_POST_CONST);                \
-        __m256i y_ = _mm256_xor_si256(_mm256_xor_si256(t_, _mm256_shuffle_epi8(t_, yr8)),     \
-                                      _mm256_shuffle_epi8(t_, yr16));                         \
-        X0 = _mm256_xor_si256(X0, _mm256_xor_si256(t_, _mm256_shuffle_epi8(t_, yr24)));       \
-        X0 = _mm256_xor_si256(                                                                \
-            X0, _mm256_or_si256(_mm256_slli_epi32(y_, 2), _mm256_srli_epi32(y_, 30)));        \
+        __m256i p0_ = _mm256_gf2p8affineinv_epi64_epi8(t_, yl0, SM4_GFNI_POST_L0_CONST);      \
+        __m256i p1_ = _mm256_gf2p8affineinv_epi64_epi8(t_, yl1, SM4_GFNI_POST_L1_CONST);      \
+        __m256i p3_ = _mm256_gf2p8affineinv_epi64_epi8(t_, yl3, SM4_GFNI_POST_L3_CONST);      \
+        p0_ = _mm256_xor_si256(p0_, _mm256_shuffle_epi8(p1_, yr8));                           \
+        p1_ = _mm256_xor_si256(_mm256_shuffle_epi8(p1_, yr16), _mm256_shuffle_epi8(p3_, yr24)); \
+        X0 = _mm256_xor_si256(X0, _mm256_xor_si256(p0_, p1_));                                \
     } while (0)
 
 #define Y_TRANSPOSE(A, B, C, D)                                                               \
@@ -444,6 +535,70 @@ TGT_AVX512 static void z_ctr32_words(const uint32_t rk[32], uint32_t c[4], const
         Y_ROUND(b3, b0, b1, b2, k_);                                                          \
     }
 
+#define Y_ROUNDS4(rk)                                                                         \
+    for (int r_ = 0; r_ < 32; r_ += 4) {                                                      \
+        __m256i k_ = _mm256_set1_epi32((int)(rk)[r_]);                                        \
+        Y_ROUND(a0, a1, a2, a3, k_);                                                          \
+        Y_ROUND(b0, b1, b2, b3, k_);                                                          \
+        Y_ROUND(c0, c1, c2, c3, k_);                                                          \
+        Y_ROUND(d0, d1, d2, d3, k_);                                                          \
+        k_ = _mm256_set1_epi32((int)(rk)[r_ + 1]);                                            \
+        Y_ROUND(a1, a2, a3, a0, k_);                                                          \
+        Y_ROUND(b1, b2, b3, b0, k_);                                                          \
+        Y_ROUND(c1, c2, c3, c0, k_);                                                          \
+        Y_ROUND(d1, d2, d3, d0, k_);                                                          \
+        k_ = _mm256_set1_epi32((int)(rk)[r_ + 2]);                                            \
+        Y_ROUND(a2, a3, a0, a1, k_);                                                          \
+        Y_ROUND(b2, b3, b0, b1, k_);                                                          \
+        Y_ROUND(c2, c3, c0, c1, k_);                                                          \
+        Y_ROUND(d2, d3, d0, d1, k_);                                                          \
+        k_ = _mm256_set1_epi32((int)(rk)[r_ + 3]);                                            \
+        Y_ROUND(a3, a0, a1, a2, k_);                                                          \
+        Y_ROUND(b3, b0, b1, b2, k_);                                                          \
+        Y_ROUND(c3, c0, c1, c2, k_);                                                          \
+        Y_ROUND(d3, d0, d1, d2, k_);                                                          \
+    }
+
+#define Y_ROUNDS8(rk)  \
+    for (int r_ = 0; r_ < 32; r_ += 4) {  \
+        __m256i k_ = _mm256_set1_epi32((int)(rk)[r_ + 0]);  \
+        Y_ROUND(a0, a1, a2, a3, k_);  \
+        Y_ROUND(b0, b1, b2, b3, k_);  \
+        Y_ROUND(c0, c1, c2, c3, k_);  \
+        Y_ROUND(d0, d1, d2, d3, k_);  \
+        Y_ROUND(e0, e1, e2, e3, k_);  \
+        Y_ROUND(f0, f1, f2, f3, k_);  \
+        Y_ROUND(g0, g1, g2, g3, k_);  \
+        Y_ROUND(h0, h1, h2, h3, k_);  \
+        k_ = _mm256_set1_epi32((int)(rk)[r_ + 1]);  \
+        Y_ROUND(a1, a2, a3, a0, k_);  \
+        Y_ROUND(b1, b2, b3, b0, k_);  \
+        Y_ROUND(c1, c2, c3, c0, k_);  \
+        Y_ROUND(d1, d2, d3, d0, k_);  \
+        Y_ROUND(e1, e2, e3, e0, k_);  \
+        Y_ROUND(f1, f2, f3, f0, k_);  \
+        Y_ROUND(g1, g2, g3, g0, k_);  \
+        Y_ROUND(h1, h2, h3, h0, k_);  \
+        k_ = _mm256_set1_epi32((int)(rk)[r_ + 2]);  \
+        Y_ROUND(a2, a3, a0, a1, k_);  \
+        Y_ROUND(b2, b3, b0, b1, k_);  \
+        Y_ROUND(c2, c3, c0, c1, k_);  \
+        Y_ROUND(d2, d3, d0, d1, k_);  \
+        Y_ROUND(e2, e3, e0, e1, k_);  \
+        Y_ROUND(f2, f3, f0, f1, k_);  \
+        Y_ROUND(g2, g3, g0, g1, k_);  \
+        Y_ROUND(h2, h3, h0, h1, k_);  \
+        k_ = _mm256_set1_epi32((int)(rk)[r_ + 3]);  \
+        Y_ROUND(a3, a0, a1, a2, k_);  \
+        Y_ROUND(b3, b0, b1, b2, k_);  \
+        Y_ROUND(c3, c0, c1, c2, k_);  \
+        Y_ROUND(d3, d0, d1, d2, k_);  \
+        Y_ROUND(e3, e0, e1, e2, k_);  \
+        Y_ROUND(f3, f0, f1, f2, k_);  \
+        Y_ROUND(g3, g0, g1, g2, k_);  \
+        Y_ROUND(h3, h0, h1, h2, k_);  \
+    }
+
 #define Y_ROUNDS1(rk)                                                                         \
     for (int r_ = 0; r_ < 32; r_ += 4) {                                                      \
         Y_ROUND(a0, a1, a2, a3, _mm256_set1_epi32((int)(rk)[r_]));                            \
@@ -456,6 +611,38 @@ TGT_AVX2 static void y_ecb(const uint32_t rk[32], const uint8_t *in, uint8_t *ou
                            size_t nblocks)
 {
     Y_CONSTS;
+    for (; nblocks >= 64; nblocks -= 64, in += 1024, out += 1024) {
+        __m256i a0, a1, a2, a3, b0, b1, b2, b3, c0, c1, c2, c3, d0, d1, d2, d3, e0, e1, e2, e3, f0, f1, f2, f3, g0, g1, g2, g3, h0, h1, h2, h3;
+        Y_LOAD(in + 0, a0, a1, a2, a3);
+        Y_LOAD(in + 128, b0, b1, b2, b3);
+        Y_LOAD(in + 256, c0, c1, c2, c3);
+        Y_LOAD(in + 384, d0, d1, d2, d3);
+        Y_LOAD(in + 512, e0, e1, e2, e3);
+        Y_LOAD(in + 640, f0, f1, f2, f3);
+        Y_LOAD(in + 768, g0, g1, g2, g3);
+        Y_LOAD(in + 896, h0, h1, h2, h3);
+        Y_ROUNDS8(rk);
+        Y_STORE(out + 0, in, a0, a1, a2, a3, 0);
+        Y_STORE(out + 128, in, b0, b1, b2, b3, 0);
+        Y_STORE(out + 256, in, c0, c1, c2, c3, 0);
+        Y_STORE(out + 384, in, d0, d1, d2, d3, 0);
+        Y_STORE(out + 512, in, e0, e1, e2, e3, 0);
+        Y_STORE(out + 640, in, f0, f1, f2, f3, 0);
+        Y_STORE(out + 768, in, g0, g1, g2, g3, 0);
+        Y_STORE(out + 896, in, h0, h1, h2, h3, 0);
+    }
+    for (; nblocks >= 32; nblocks -= 32, in += 512, out += 512) {
+        __m256i a0, a1, a2, a3, b0, b1, b2, b3, c0, c1, c2, c3, d0, d1, d2, d3;
+        Y_LOAD(in, a0, a1, a2, a3);
+        Y_LOAD(in + 128, b0, b1, b2, b3);
+        Y_LOAD(in + 256, c0, c1, c2, c3);
+        Y_LOAD(in + 384, d0, d1, d2, d3);
+        Y_ROUNDS4(rk);
+        Y_STORE(out, in, a0, a1, a2, a3, 0);
+        Y_STORE(out + 128, in, b0, b1, b2, b3, 0);
+        Y_STORE(out + 256, in, c0, c1, c2, c3, 0);
+        Y_STORE(out + 384, in, d0, d1, d2, d3, 0);
+    }
     for (; nblocks >= 16; nblocks -= 16, in += 256, out += 256) {
         __m256i a0, a1, a2, a3, b0, b1, b2, b3;
         Y_LOAD(in, a0, a1, a2, a3);
@@ -498,6 +685,38 @@ TGT_AVX2 static void y_ctr32_words(const uint32_t rk[32], uint32_t c[4], const u
     const __m256i eight = _mm256_set1_epi32(8);
     __m256i w3 = _mm256_add_epi32(_mm256_set1_epi32((int)c[3]), iota);
     uint32_t used = (uint32_t)((len + 15) / 16);
+    for (; len >= 1024; len -= 1024, in += 1024, out += 1024) {
+        __m256i a0 = w0, a1 = w1, a2 = w2, a3 = w3;
+        __m256i b0 = w0, b1 = w1, b2 = w2, b3 = _mm256_add_epi32(w3, eight);
+        __m256i c0 = w0, c1 = w1, c2 = w2, c3 = _mm256_add_epi32(b3, eight);
+        __m256i d0 = w0, d1 = w1, d2 = w2, d3 = _mm256_add_epi32(c3, eight);
+        __m256i e0 = w0, e1 = w1, e2 = w2, e3 = _mm256_add_epi32(d3, eight);
+        __m256i f0 = w0, f1 = w1, f2 = w2, f3 = _mm256_add_epi32(e3, eight);
+        __m256i g0 = w0, g1 = w1, g2 = w2, g3 = _mm256_add_epi32(f3, eight);
+        __m256i h0 = w0, h1 = w1, h2 = w2, h3 = _mm256_add_epi32(g3, eight);
+        w3 = _mm256_add_epi32(h3, eight);
+        Y_ROUNDS8(rk);
+        Y_STORE(out, in, a0, a1, a2, a3, 1);
+        Y_STORE(out + 128, in + 128, b0, b1, b2, b3, 1);
+        Y_STORE(out + 256, in + 256, c0, c1, c2, c3, 1);
+        Y_STORE(out + 384, in + 384, d0, d1, d2, d3, 1);
+        Y_STORE(out + 512, in + 512, e0, e1, e2, e3, 1);
+        Y_STORE(out + 640, in + 640, f0, f1, f2, f3, 1);
+        Y_STORE(out + 768, in + 768, g0, g1, g2, g3, 1);
+        Y_STORE(out + 896, in + 896, h0, h1, h2, h3, 1);
+    }
+    for (; len >= 512; len -= 512, in += 512, out += 512) {
+        __m256i a0 = w0, a1 = w1, a2 = w2, a3 = w3;
+        __m256i b0 = w0, b1 = w1, b2 = w2, b3 = _mm256_add_epi32(w3, eight);
+        __m256i c0 = w0, c1 = w1, c2 = w2, c3 = _mm256_add_epi32(b3, eight);
+        __m256i d0 = w0, d1 = w1, d2 = w2, d3 = _mm256_add_epi32(c3, eight);
+        w3 = _mm256_add_epi32(d3, eight);
+        Y_ROUNDS4(rk);
+        Y_STORE(out, in, a0, a1, a2, a3, 1);
+        Y_STORE(out + 128, in + 128, b0, b1, b2, b3, 1);
+        Y_STORE(out + 256, in + 256, c0, c1, c2, c3, 1);
+        Y_STORE(out + 384, in + 384, d0, d1, d2, d3, 1);
+    }
     for (; len >= 256; len -= 256, in += 256, out += 256) {
         __m256i a0 = w0, a1 = w1, a2 = w2, a3 = w3;
         __m256i b0 = w0, b1 = w1, b2 = w2, b3 = _mm256_add_epi32(w3, eight);

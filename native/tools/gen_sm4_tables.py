@@ -149,6 +149,42 @@ def ghash_r4() -> list[int]:
     return out
 
 
+def derive_gfni_split_l(m_post: int, post_c: int) -> list[tuple[int, int]]:
+    """Post matrices that fold parts of L into the S-box output (used by the AVX2 path).
+
+    With byte-local maps M2(b) = b << 2, M6(b) = b >> 6 and R2(b) = rol8(b, 2):
+        L(s) = (s ^ M2 s) ^ rol32(R2 s, 8) ^ rol32(R2 s, 16) ^ rol32(s ^ M6 s, 24)
+    so three GF2P8AFFINEINVQB with matrices N*post (N = I^M2, R2, I^M6) replace the 2-bit
+    rotate of L. Returns [(matrix, const)] for N = I^M2, R2, I^M6.
+    """
+    post_rows = [(m_post >> (8 * (7 - i))) & 0xFF for i in range(8)]
+    maps = [
+        lambda b: b ^ ((b << 2) & 0xFF),
+        lambda b: ((b << 2) | (b >> 6)) & 0xFF,
+        lambda b: b ^ (b >> 6),
+    ]
+    out = []
+    for f in maps:
+        n = mat_from_function(f)
+        out.append((mat_to_gfni(mat_mul(n, post_rows)), mat_apply(n, post_c)))
+    # check the whole round function against the T-table formulation on many words
+    import random
+
+    rng = random.Random(1)
+    pre = derive_gfni()
+    for _ in range(2000):
+        x = rng.getrandbits(32)
+        bs = [(x >> (8 * i)) & 0xFF for i in range(4)]
+        u = [gfni_affine(b, pre[0], pre[1]) for b in bs]
+        parts = []
+        for m, c in out:
+            parts.append(sum(gfni_affineinv(u[i], m, c) << (8 * i) for i in range(4)))
+        got = parts[0] ^ rol32(parts[1], 8) ^ rol32(parts[1], 16) ^ rol32(parts[2], 24)
+        sx = sum(SBOX[bs[i]] << (8 * i) for i in range(4))
+        assert got == lin(sx)
+    return out
+
+
 def main() -> None:
     assert sorted(SBOX) == list(range(256))
     t0 = [lin(s << 24) for s in SBOX]
@@ -168,6 +204,9 @@ def main() -> None:
     print(f"#define SM4_GFNI_PRE_CONST 0x{pre_c:02x}")
     print(f"#define SM4_GFNI_POST_MATRIX 0x{m_post:016x}ULL")
     print(f"#define SM4_GFNI_POST_CONST 0x{post_c:02x}")
+    for name, (m, c) in zip(("L0", "L1", "L3"), derive_gfni_split_l(m_post, post_c)):
+        print(f"#define SM4_GFNI_POST_{name}_MATRIX 0x{m:016x}ULL")
+        print(f"#define SM4_GFNI_POST_{name}_CONST 0x{c:02x}")
     print("static const uint64_t GHASH_R4[16] = {")
     r4 = ghash_r4()
     for i in range(0, 16, 4):
