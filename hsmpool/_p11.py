@@ -198,6 +198,23 @@ DEVICE_FAULTS: Final = frozenset(
 )
 
 
+#: The subset of DEVICE_FAULTS that can only mean a sick token or session. Where a bad input
+#: can also produce CKR_GENERAL_ERROR or CKR_FUNCTION_FAILED (unwrapping a corrupt blob),
+#: only these are retried: a forged blob must not eject healthy tokens.
+HARD_FAULTS: Final = frozenset(
+    {
+        CKR_DEVICE_ERROR,
+        CKR_DEVICE_MEMORY,
+        CKR_DEVICE_REMOVED,
+        CKR_SESSION_CLOSED,
+        CKR_SESSION_HANDLE_INVALID,
+        CKR_TOKEN_NOT_PRESENT,
+        CKR_USER_NOT_LOGGED_IN,
+        CKR_CRYPTOKI_NOT_INITIALIZED,
+    }
+)
+
+
 class P11Error(Exception):
     """A PKCS#11 function returned something other than CKR_OK."""
 
@@ -307,8 +324,45 @@ def _text(raw: Any, n: int) -> str:
     return bytes(ffi.buffer(raw, n)).decode("utf-8", "replace").rstrip(" \0")
 
 
+_REGISTRY: dict[str, tuple[Module, int]] = {}
+_REGISTRY_LOCK = threading.Lock()
+
+
+def acquire_module(path: str) -> Module:
+    """The process-wide :class:`Module` for a library path, loaded on first use.
+
+    A library is loaded and initialised once per process (dlopen returns the same handle
+    for the same file, and C_Initialize may run once), so pools share it, counted.
+    """
+    with _REGISTRY_LOCK:
+        hit = _REGISTRY.get(path)
+        if hit is not None:
+            _REGISTRY[path] = (hit[0], hit[1] + 1)
+            return hit[0]
+        mod = Module(path)
+        _REGISTRY[path] = (mod, 1)
+        return mod
+
+
+def release_module(mod: Module) -> None:
+    """Drop one reference; the last one finalises and unloads the library."""
+    with _REGISTRY_LOCK:
+        hit = _REGISTRY.get(mod.path)
+        if hit is None or hit[0] is not mod:
+            return
+        if hit[1] > 1:
+            _REGISTRY[mod.path] = (mod, hit[1] - 1)
+            return
+        del _REGISTRY[mod.path]
+    mod.close()
+
+
 class Module:
-    """One loaded and initialised PKCS#11 library (usually through the shim)."""
+    """One loaded and initialised PKCS#11 library (usually through the shim).
+
+    Use :func:`acquire_module` / :func:`release_module` rather than the constructor when
+    several users in one process may load the same library.
+    """
 
     def __init__(self, path: str) -> None:
         err = ffi.new("char[512]")

@@ -8,6 +8,7 @@ unwrapping the blob into a session object there (cached per token) if needed.
 
 from __future__ import annotations
 
+import copy
 import enum
 import hashlib
 import hmac
@@ -30,6 +31,7 @@ from hsmpool.errors import (
     InvalidBlobError,
     InvalidTagError,
     TokenError,
+    UnsupportedOperationError,
 )
 from hsmpool.member import Member, MemberState
 
@@ -159,16 +161,16 @@ class Instance:
         if len(ids) > 1:
             raise ConfigError(f"instance {self.name!r}: the tokens of its partition hold "
                               f"different {domain} keys")
+        wrappers = [m for m in self.members if p.CKM_AES_KEY_WRAP_PAD in m.mechanisms]
         if not found:
-            creator = next((m for m in self.members if p.CKM_AES_KEY_WRAP_PAD in m.mechanisms),
-                           None)
-            if creator is None:
-                raise ConfigError(f"instance {self.name!r}: no token of its partition can "
-                                  "wrap keys (CKM_AES_KEY_WRAP_PAD)")
-            found[creator.name] = _kek.generate_domain_key(creator, domain, self.name)
+            if not wrappers:
+                # No member can wrap keys: the instance serves keyless operations only
+                # (random bytes); key operations raise UnsupportedOperationError.
+                return
+            found[wrappers[0].name] = _kek.generate_domain_key(wrappers[0], domain, self.name)
         kek_id = next(iter(found.values()))[1]
         source = next(m for m in self.members if m.name in found)
-        for m in self.members:
+        for m in wrappers:
             if m.name in found:
                 m.domain_keys[domain] = found[m.name][0]
             elif p.CKM_RSA_PKCS_OAEP in m.mechanisms:
@@ -178,8 +180,14 @@ class Instance:
 
     def add_member(self, member: Member) -> None:
         """Admit a token to the partition at run time, copying the domain keys to it."""
-        for domain in _kek.DOMAINS:
-            source = next(m for m in self.members if domain in m.domain_keys)
+        if member.instance not in (None, self.name) or member in self.members:
+            raise ConfigError(f"token {member.name!r} already belongs to instance "
+                              f"{member.instance!r}")
+        can_wrap = p.CKM_AES_KEY_WRAP_PAD in member.mechanisms
+        for domain in _kek.DOMAINS if can_wrap else ():
+            source = next((m for m in self.members if domain in m.domain_keys), None)
+            if source is None:
+                continue
             member.domain_keys[domain] = _kek.copy_domain_key(
                 source, member, domain, self.name, self.kek_ids[domain],
                 source.domain_keys[domain])
@@ -187,16 +195,31 @@ class Instance:
         self.members = (*self.members, member)
         self._by_need.clear()
 
+    def only(self, *names: str) -> Instance:
+        """A view of this instance restricted to some of its members (self-tests, tooling).
+
+        The view shares the domain keys and the members (their sessions, caches and
+        breakers); only the routing differs.
+        """
+        chosen = tuple(m for m in self.members if m.name in names)
+        if len(chosen) != len(set(names)):
+            unknown = sorted(set(names) - {m.name for m in chosen})
+            raise ConfigError(f"instance {self.name!r} has no token(s) {unknown}")
+        view = copy.copy(self)
+        view.members = chosen
+        view._by_need = {}
+        return view
+
     # --- routing -----------------------------------------------------------------------
 
     def capable(self, need: tuple[int, ...]) -> tuple[Member, ...]:
         """Members that offer every mechanism in ``need`` (cached)."""
         hit = self._by_need.get(need)
         if hit is None:
+            keyed = p.CKM_AES_KEY_WRAP_PAD in need
             hit = tuple(m for m in self.members
                         if all(x in m.mechanisms for x in need)
-                        and (not need or "kek" in m.domain_keys
-                             or p.CKM_AES_KEY_WRAP_PAD not in need))
+                        and (not keyed or "kek" in m.domain_keys))
             self._by_need[need] = hit
         return hit
 
@@ -205,7 +228,11 @@ class Instance:
 
     def _blob(self, blob: BlobLike) -> KeyBlob:
         kb = KeyBlob.parse(blob)
-        if kb.kek_id != self.kek_ids[kb.spec.domain]:
+        own = self.kek_ids.get(kb.spec.domain)
+        if own is None:
+            raise UnsupportedOperationError(f"no token of instance {self.name!r} can unwrap "
+                                            "keys (CKM_AES_KEY_WRAP_PAD)")
+        if kb.kek_id != own:
             raise ForeignBlobError(f"key blob was not wrapped by instance {self.name!r}")
         return kb
 
@@ -219,11 +246,8 @@ class Instance:
                 handle = member.module.unwrap(member.anchor, _kek.WRAP_PAD, kek, kb.wrapped,
                                               _UNWRAP_TEMPLATES[kb.spec])
             except P11Error as exc:
-                if exc.rv in (p.CKR_DEVICE_ERROR, p.CKR_DEVICE_REMOVED, p.CKR_DEVICE_MEMORY,
-                              p.CKR_TOKEN_NOT_PRESENT, p.CKR_SESSION_HANDLE_INVALID,
-                              p.CKR_SESSION_CLOSED, p.CKR_USER_NOT_LOGGED_IN):
-                    member.record_failure()
-                    raise
+                if exc.rv in p.HARD_FAULTS:
+                    raise  # the member is unwell: Member.run counts it, the pool retries
                 raise InvalidBlobError("key blob could not be unwrapped (corrupt, or not "
                                        f"a {kb.spec.name} key)") from None
         return member.cache_handle(kb.raw, handle)
@@ -345,7 +369,7 @@ class Instance:
                 h = m.module.unwrap(s, _kek.WRAP_PAD, m.domain_keys["swkek"], kb.wrapped,
                                     _SECRET_UNWRAP)
             except P11Error as exc:
-                if exc.rv in p.DEVICE_FAULTS and exc.rv != p.CKR_GENERAL_ERROR:
+                if exc.rv in p.HARD_FAULTS:
                     raise
                 raise InvalidBlobError("key blob could not be unwrapped") from None
             try:

@@ -179,7 +179,12 @@ class Member:
         Device faults are re-raised as :class:`P11Error` for the pool to retry elsewhere;
         any other exception (bad input) passes through without counting as a failure.
         """
-        session = self._lease()
+        try:
+            session = self._lease()
+        except P11Error as exc:
+            if exc.rv in _p11.DEVICE_FAULTS:
+                self.record_failure()
+            raise
         t0 = time.perf_counter_ns()
         try:
             result = fn(session)

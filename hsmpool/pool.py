@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from hsmpool import _p11
-from hsmpool._p11 import Module, P11Error
+from hsmpool._p11 import Module, P11Error, acquire_module, release_module
 from hsmpool._shim import shim_for
 from hsmpool.config import PoolConfig, TokenConfig, load_config
 from hsmpool.errors import (
@@ -91,7 +91,7 @@ class Pool:
         except (OSError, RuntimeError) as exc:
             raise ModuleLoadError(f"module {name!r}: cannot prepare the shim: {exc}") from None
         try:
-            mod = Module(path)
+            mod = acquire_module(path)
         except OSError as exc:
             raise ModuleLoadError(f"module {name!r}: cannot load {mcfg.path!r}: {exc}") from None
         except P11Error as exc:
@@ -143,7 +143,7 @@ class Pool:
         for m in self.members.values():
             m.close()
         for mod in self._modules.values():
-            mod.close()
+            release_module(mod)
         self._modules.clear()
 
     def __enter__(self) -> Pool:

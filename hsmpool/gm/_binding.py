@@ -8,7 +8,7 @@ from hsmpool._gm_cffi import ffi, lib
 
 from .exceptions import DecryptionError
 
-__all__ = ["BytesLike", "alloc", "buf", "ensure", "ffi", "lib", "out_bytes"]
+__all__ = ["BytesLike", "alloc", "buf", "ensure", "ffi", "lib", "new_output", "out_bytes"]
 
 BytesLike = bytes | bytearray | memoryview
 
@@ -33,6 +33,21 @@ def buf(name: str, obj: object) -> tuple[Any, int]:
             return b"", 0
         return ffi.from_buffer("uint8_t[]", mv), n
     raise TypeError(f"{name} must be bytes, bytearray or memoryview, not {type(obj).__name__}")
+
+
+def new_output(n: int) -> tuple[bytes, Any]:
+    """A new n-byte result object and a C pointer through which to fill it.
+
+    ``bytes(n)`` is, for n >= 1, a fresh, unshared, not-yet-hashed object, so the C code writes
+    the result straight into it: no second buffer and no copy (about five times faster at 1 MiB
+    than allocate-then-copy, and faster at 32 B too). The object must not escape before it is
+    filled. This relies on CPython's bytes layout, which is the only runtime this extension
+    (a CPython abi3 module) is built for.
+    """
+    if n == 0:
+        return b"", ffi.NULL
+    b = bytes(n)
+    return b, ffi.from_buffer("uint8_t[]", b)
 
 
 def out_bytes(cdata: Any, n: int) -> bytes:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ._binding import BytesLike, alloc, buf, ffi, lib, out_bytes
+from ._binding import BytesLike, alloc, buf, ffi, lib, new_output, out_bytes
 from .exceptions import InvalidTag
 
 __all__ = ["SM4CBC", "SM4CTR", "SM4ECB", "SM4GCM"]
@@ -55,12 +55,12 @@ class SM4ECB(_KeyedSM4):
             raise ValueError("ECB data must be a multiple of 16 bytes")
         if n == 0:
             return b""
-        out = alloc("uint8_t[]", n)
+        res, out = new_output(n)
         if encrypt:
             lib.hsm_sm4_ecb_encrypt(self._ks, d, out, n // BLOCK)
         else:
             lib.hsm_sm4_ecb_decrypt(self._ks, d, out, n // BLOCK)
-        return out_bytes(out, n)
+        return res
 
     def encrypt(self, data: BytesLike) -> bytes:
         return self._run(data, True)
@@ -87,7 +87,7 @@ class SM4CBC(_KeyedSM4):
         ivc = _iv16("iv", iv)
         d, n = buf("data", data)
         full = n - n % BLOCK
-        out = alloc("uint8_t[]", full + BLOCK)
+        res, out = new_output(full + BLOCK)
         if full:
             lib.hsm_sm4_cbc_encrypt(self._ks, ivc, d, out, full // BLOCK)
         # The last block: the tail of data plus the padding, chained through ivc.
@@ -96,7 +96,7 @@ class SM4CBC(_KeyedSM4):
         if n - full:
             ffi.memmove(last, ffi.from_buffer("uint8_t[]", data) + full, n - full)
         lib.hsm_sm4_cbc_encrypt(self._ks, ivc, last, out + full, 1)
-        return out_bytes(out, full + BLOCK)
+        return res
 
     def decrypt(self, iv: BytesLike, data: BytesLike) -> bytes:
         ivc = _iv16("iv", iv)
@@ -127,9 +127,9 @@ class SM4CTR(_KeyedSM4):
         d, n = buf("data", data)
         if n == 0:
             return b""
-        out = alloc("uint8_t[]", n)
+        res, out = new_output(n)
         lib.hsm_sm4_ctr(self._ks, ctr, d, out, n)
-        return out_bytes(out, n)
+        return res
 
     decrypt = encrypt
 
@@ -178,9 +178,9 @@ class SM4GCM:
         nv, nn, d, n, a, an = self._args(nonce, data, associated_data)
         if n > _GCM_MAX_LEN:
             raise OverflowError("data too long for one GCM invocation")
-        out = alloc("uint8_t[]", n + _GCM_TAG)
+        res, out = new_output(n + _GCM_TAG)
         lib.hsm_sm4_gcm_encrypt(self._gk, nv, nn, a, an, d, n, out, out + n, _GCM_TAG)
-        return out_bytes(out, n + _GCM_TAG)
+        return res
 
     def decrypt(
         self, nonce: BytesLike, data: BytesLike, associated_data: BytesLike | None = None
@@ -189,8 +189,10 @@ class SM4GCM:
         if n < _GCM_TAG:
             raise InvalidTag()
         ct_len = n - _GCM_TAG
-        out = alloc("uint8_t[]", max(ct_len, 1))
+        res, out = new_output(ct_len)
+        if ct_len == 0:
+            out = ffi.new("uint8_t[1]")  # the C side may zero `out` on failure
         dp = ffi.from_buffer("uint8_t[]", data)
         if lib.hsm_sm4_gcm_decrypt(self._gk, nv, nn, a, an, dp, ct_len, dp + ct_len, _GCM_TAG, out):
             raise InvalidTag()
-        return out_bytes(out, ct_len)
+        return res
