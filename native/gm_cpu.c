@@ -65,14 +65,30 @@ unsigned hsm_gm_cpu_features(void)
     return (unsigned)f;
 }
 
-int hsm_gm_best_impl(void)
+int hsm_gm_impl_available(int impl)
 {
     unsigned f = hsm_gm_cpu_features();
-    const unsigned avx2 = HSM_CPU_AVX2 | HSM_CPU_PCLMUL | HSM_CPU_GFNI;
-    const unsigned avx512 = avx2 | HSM_CPU_AVX512 | HSM_CPU_VPCLMUL;
-    if ((f & avx512) == avx512)
+    const unsigned base = HSM_CPU_AVX2 | HSM_CPU_PCLMUL;
+    const unsigned avx512 = base | HSM_CPU_GFNI | HSM_CPU_AVX512 | HSM_CPU_VPCLMUL;
+    switch (impl) {
+    case HSM_GM_IMPL_PORTABLE:
+        return 1;
+    case HSM_GM_IMPL_AVX2:
+        return (f & base) == base && (f & (HSM_CPU_GFNI | HSM_CPU_AESNI)) != 0;
+    case HSM_GM_IMPL_AVX2_AESNI:
+        return (f & (base | HSM_CPU_AESNI)) == (base | HSM_CPU_AESNI);
+    case HSM_GM_IMPL_AVX512:
+        return (f & avx512) == avx512;
+    default:
+        return 0;
+    }
+}
+
+int hsm_gm_best_impl(void)
+{
+    if (hsm_gm_impl_available(HSM_GM_IMPL_AVX512))
         return HSM_GM_IMPL_AVX512;
-    if ((f & avx2) == avx2)
+    if (hsm_gm_impl_available(HSM_GM_IMPL_AVX2))
         return HSM_GM_IMPL_AVX2;
     return HSM_GM_IMPL_PORTABLE;
 }
@@ -99,7 +115,7 @@ int hsm_gm_impl(void)
 
 int hsm_gm_set_impl(int impl)
 {
-    if (impl < HSM_GM_IMPL_PORTABLE || impl > hsm_gm_best_impl())
+    if (!hsm_gm_impl_available(impl))
         return -1;
     __atomic_store_n(&g_impl, impl, __ATOMIC_RELEASE);
     return 0;

@@ -46,6 +46,7 @@ extern const hsm_sm4_impl_ops hsm_sm4_portable_ops;
 #if defined(__x86_64__)
 extern const hsm_sm4_impl_ops hsm_sm4_avx2_ops;
 extern const hsm_sm4_impl_ops hsm_sm4_avx512_ops;
+extern const hsm_sm4_impl_ops hsm_sm4_avx2_aesni_ops;
 /* Fill htab[HSM_HTAB_CLMUL...] from h (needs PCLMULQDQ). */
 void hsm_ghash_clmul_init(uint8_t *htab, const uint8_t h[16]);
 #endif

@@ -477,7 +477,10 @@ static const hsm_sm4_impl_ops *ops(void)
     case HSM_GM_IMPL_AVX512:
         return &hsm_sm4_avx512_ops;
     case HSM_GM_IMPL_AVX2:
-        return &hsm_sm4_avx2_ops;
+        return (hsm_gm_cpu_features() & HSM_CPU_GFNI) ? &hsm_sm4_avx2_ops
+                                                       : &hsm_sm4_avx2_aesni_ops;
+    case HSM_GM_IMPL_AVX2_AESNI:
+        return &hsm_sm4_avx2_aesni_ops;
     default:
         break;
     }

@@ -18,6 +18,10 @@
 #define HSM_GM_IMPL_PORTABLE 0
 #define HSM_GM_IMPL_AVX2 1   /* AVX2 with GFNI (or AES-NI) for the S-box, PCLMULQDQ GHASH */
 #define HSM_GM_IMPL_AVX512 2 /* AVX-512 with GFNI, VPCLMULQDQ GHASH */
+/* Not a preference level: the AVX2 implementation with the AES-NI S-box, which
+ * HSM_GM_IMPL_AVX2 uses by itself on CPUs without GFNI. hsm_gm_set_impl accepts it on any CPU
+ * with AVX2 + AES-NI + PCLMULQDQ so that tests can cover it on GFNI machines too. */
+#define HSM_GM_IMPL_AVX2_AESNI 3
 
 /* The implementation in use (after the env var and the CPU have been consulted). */
 int hsm_gm_impl(void);
@@ -25,6 +29,8 @@ int hsm_gm_impl(void);
 int hsm_gm_best_impl(void);
 /* Force an implementation (for tests and benchmarks). Returns 0, or -1 if the CPU lacks it. */
 int hsm_gm_set_impl(int impl);
+/* 1 if this CPU can run implementation impl (any of the ids above), else 0. */
+int hsm_gm_impl_available(int impl);
 
 typedef struct {
     uint32_t rk_enc[32];

@@ -35,8 +35,14 @@
 #define SM4_GFNI_POST_L3_MATRIX 0x462234a974a6b589ULL
 #define SM4_GFNI_POST_L3_CONST 0xd0
 
+#define SM4_AESNI_PRE_LO 0x3e, 0xb2, 0x0e, 0x82, 0xbb, 0x37, 0x8b, 0x07, 0xa1, 0x2d, 0x91, 0x1d, 0x24, 0xa8, 0x14, 0x98
+#define SM4_AESNI_PRE_HI 0x00, 0xdc, 0x2e, 0xf2, 0xc5, 0x19, 0xeb, 0x37, 0x08, 0xd4, 0x26, 0xfa, 0xcd, 0x11, 0xe3, 0x3f
+#define SM4_AESNI_POST_LO 0x6c, 0xd4, 0xa6, 0x1e, 0x52, 0xea, 0x98, 0x20, 0x0b, 0xb3, 0xc1, 0x79, 0x35, 0x8d, 0xff, 0x47
+#define SM4_AESNI_POST_HI 0x00, 0xe0, 0x50, 0xb0, 0x9d, 0x7d, 0xcd, 0x2d, 0xc0, 0x20, 0x90, 0x70, 0x5d, 0xbd, 0x0d, 0xed
+
 #define TGT_CLMUL __attribute__((target("sse4.1,pclmul")))
 #define TGT_AVX2 __attribute__((target("avx2,gfni,pclmul")))
+#define TGT_AVX2_AESNI __attribute__((target("avx2,aes,pclmul")))
 #define TGT_AVX512                                                                            \
     __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,gfni,vpclmulqdq,avx2,pclmul")))
 #define INLINE static inline __attribute__((always_inline))
@@ -749,6 +755,250 @@ TGT_AVX2 static void y_ctr32_words(const uint32_t rk[32], uint32_t c[4], const u
     c[3] += used;
 }
 
+/* ================================================================ SM4, AVX2 + AES-NI S-box */
+/* For AVX2 CPUs without GFNI. S(x) = post(SubBytes_aes(pre(x))) with pre/post affine maps
+ * evaluated by nibble lookups (tables from gen_sm4_tables.py). AESENCLAST with a zero round key
+ * computes ShiftRows(SubBytes(v)), so its input is pre-permuted by InvShiftRows. Without VAES
+ * the 256-bit vector goes through two 128-bit AESENCLAST. */
+
+#define A_CONSTS                                                                              \
+    const __m256i ywbs = _mm256_broadcastsi128_si256(_mm_setr_epi8(WBSWAP_MASK));             \
+    const __m256i yr8 = _mm256_broadcastsi128_si256(                                          \
+        _mm_setr_epi8(3, 0, 1, 2, 7, 4, 5, 6, 11, 8, 9, 10, 15, 12, 13, 14));                 \
+    const __m256i yr16 = _mm256_broadcastsi128_si256(                                         \
+        _mm_setr_epi8(2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13));                 \
+    const __m256i yr24 = _mm256_broadcastsi128_si256(                                         \
+        _mm_setr_epi8(1, 2, 3, 0, 5, 6, 7, 4, 9, 10, 11, 8, 13, 14, 15, 12));                 \
+    const __m256i ainvsr = _mm256_broadcastsi128_si256(                                       \
+        _mm_setr_epi8(0, 13, 10, 7, 4, 1, 14, 11, 8, 5, 2, 15, 12, 9, 6, 3));                 \
+    const __m256i a0f = _mm256_set1_epi8(0x0f);                                               \
+    const __m256i apre_lo = _mm256_broadcastsi128_si256(_mm_setr_epi8(SM4_AESNI_PRE_LO));     \
+    const __m256i apre_hi = _mm256_broadcastsi128_si256(_mm_setr_epi8(SM4_AESNI_PRE_HI));     \
+    const __m256i apost_lo = _mm256_broadcastsi128_si256(_mm_setr_epi8(SM4_AESNI_POST_LO));   \
+    const __m256i apost_hi = _mm256_broadcastsi128_si256(_mm_setr_epi8(SM4_AESNI_POST_HI))
+
+#define A_AFFINE(v, lo, hi)                                                                   \
+    _mm256_xor_si256(_mm256_shuffle_epi8(lo, _mm256_and_si256(v, a0f)),                       \
+                     _mm256_shuffle_epi8(hi, _mm256_and_si256(_mm256_srli_epi16(v, 4), a0f)))
+
+TGT_AVX2_AESNI INLINE __m256i a_sbox(__m256i v, __m256i ainvsr, __m256i a0f, __m256i apre_lo,
+                                     __m256i apre_hi, __m256i apost_lo, __m256i apost_hi)
+{
+    v = _mm256_shuffle_epi8(A_AFFINE(v, apre_lo, apre_hi), ainvsr);
+    __m128i lo = _mm_aesenclast_si128(_mm256_castsi256_si128(v), _mm_setzero_si128());
+    __m128i hi = _mm_aesenclast_si128(_mm256_extracti128_si256(v, 1), _mm_setzero_si128());
+    v = _mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1);
+    return A_AFFINE(v, apost_lo, apost_hi);
+}
+
+#define A_ROUND(X0, X1, X2, X3, K)                                                            \
+    do {                                                                                      \
+        __m256i t_ = _mm256_xor_si256(_mm256_xor_si256(X1, X2), _mm256_xor_si256(X3, K));     \
+        t_ = a_sbox(t_, ainvsr, a0f, apre_lo, apre_hi, apost_lo, apost_hi);                   \
+        __m256i y_ = _mm256_xor_si256(_mm256_xor_si256(t_, _mm256_shuffle_epi8(t_, yr8)),     \
+                                      _mm256_shuffle_epi8(t_, yr16));                         \
+        X0 = _mm256_xor_si256(X0, _mm256_xor_si256(t_, _mm256_shuffle_epi8(t_, yr24)));       \
+        X0 = _mm256_xor_si256(                                                                \
+            X0, _mm256_or_si256(_mm256_slli_epi32(y_, 2), _mm256_srli_epi32(y_, 30)));        \
+    } while (0)
+
+#define A_ROUNDS4(rk)  \
+    for (int r_ = 0; r_ < 32; r_ += 4) {  \
+        __m256i k_ = _mm256_set1_epi32((int)(rk)[r_ + 0]);  \
+        A_ROUND(a0, a1, a2, a3, k_);  \
+        A_ROUND(b0, b1, b2, b3, k_);  \
+        A_ROUND(c0, c1, c2, c3, k_);  \
+        A_ROUND(d0, d1, d2, d3, k_);  \
+        k_ = _mm256_set1_epi32((int)(rk)[r_ + 1]);  \
+        A_ROUND(a1, a2, a3, a0, k_);  \
+        A_ROUND(b1, b2, b3, b0, k_);  \
+        A_ROUND(c1, c2, c3, c0, k_);  \
+        A_ROUND(d1, d2, d3, d0, k_);  \
+        k_ = _mm256_set1_epi32((int)(rk)[r_ + 2]);  \
+        A_ROUND(a2, a3, a0, a1, k_);  \
+        A_ROUND(b2, b3, b0, b1, k_);  \
+        A_ROUND(c2, c3, c0, c1, k_);  \
+        A_ROUND(d2, d3, d0, d1, k_);  \
+        k_ = _mm256_set1_epi32((int)(rk)[r_ + 3]);  \
+        A_ROUND(a3, a0, a1, a2, k_);  \
+        A_ROUND(b3, b0, b1, b2, k_);  \
+        A_ROUND(c3, c0, c1, c2, k_);  \
+        A_ROUND(d3, d0, d1, d2, k_);  \
+    }
+
+#define A_ROUNDS8(rk)  \
+    for (int r_ = 0; r_ < 32; r_ += 4) {  \
+        __m256i k_ = _mm256_set1_epi32((int)(rk)[r_ + 0]);  \
+        A_ROUND(a0, a1, a2, a3, k_);  \
+        A_ROUND(b0, b1, b2, b3, k_);  \
+        A_ROUND(c0, c1, c2, c3, k_);  \
+        A_ROUND(d0, d1, d2, d3, k_);  \
+        A_ROUND(e0, e1, e2, e3, k_);  \
+        A_ROUND(f0, f1, f2, f3, k_);  \
+        A_ROUND(g0, g1, g2, g3, k_);  \
+        A_ROUND(h0, h1, h2, h3, k_);  \
+        k_ = _mm256_set1_epi32((int)(rk)[r_ + 1]);  \
+        A_ROUND(a1, a2, a3, a0, k_);  \
+        A_ROUND(b1, b2, b3, b0, k_);  \
+        A_ROUND(c1, c2, c3, c0, k_);  \
+        A_ROUND(d1, d2, d3, d0, k_);  \
+        A_ROUND(e1, e2, e3, e0, k_);  \
+        A_ROUND(f1, f2, f3, f0, k_);  \
+        A_ROUND(g1, g2, g3, g0, k_);  \
+        A_ROUND(h1, h2, h3, h0, k_);  \
+        k_ = _mm256_set1_epi32((int)(rk)[r_ + 2]);  \
+        A_ROUND(a2, a3, a0, a1, k_);  \
+        A_ROUND(b2, b3, b0, b1, k_);  \
+        A_ROUND(c2, c3, c0, c1, k_);  \
+        A_ROUND(d2, d3, d0, d1, k_);  \
+        A_ROUND(e2, e3, e0, e1, k_);  \
+        A_ROUND(f2, f3, f0, f1, k_);  \
+        A_ROUND(g2, g3, g0, g1, k_);  \
+        A_ROUND(h2, h3, h0, h1, k_);  \
+        k_ = _mm256_set1_epi32((int)(rk)[r_ + 3]);  \
+        A_ROUND(a3, a0, a1, a2, k_);  \
+        A_ROUND(b3, b0, b1, b2, k_);  \
+        A_ROUND(c3, c0, c1, c2, k_);  \
+        A_ROUND(d3, d0, d1, d2, k_);  \
+        A_ROUND(e3, e0, e1, e2, k_);  \
+        A_ROUND(f3, f0, f1, f2, k_);  \
+        A_ROUND(g3, g0, g1, g2, k_);  \
+        A_ROUND(h3, h0, h1, h2, k_);  \
+    }
+
+#define A_ROUNDS1(rk)                                                                         \
+    for (int r_ = 0; r_ < 32; r_ += 4) {                                                      \
+        A_ROUND(a0, a1, a2, a3, _mm256_set1_epi32((int)(rk)[r_]));                            \
+        A_ROUND(a1, a2, a3, a0, _mm256_set1_epi32((int)(rk)[r_ + 1]));                        \
+        A_ROUND(a2, a3, a0, a1, _mm256_set1_epi32((int)(rk)[r_ + 2]));                        \
+        A_ROUND(a3, a0, a1, a2, _mm256_set1_epi32((int)(rk)[r_ + 3]));                        \
+    }
+
+TGT_AVX2_AESNI static void a_ecb(const uint32_t rk[32], const uint8_t *in, uint8_t *out,
+                                 size_t nblocks)
+{
+    A_CONSTS;
+    for (; nblocks >= 64; nblocks -= 64, in += 1024, out += 1024) {
+        __m256i a0, a1, a2, a3, b0, b1, b2, b3, c0, c1, c2, c3, d0, d1, d2, d3, e0, e1, e2, e3, f0, f1, f2, f3, g0, g1, g2, g3, h0, h1, h2, h3;
+        Y_LOAD(in + 0, a0, a1, a2, a3);
+        Y_LOAD(in + 128, b0, b1, b2, b3);
+        Y_LOAD(in + 256, c0, c1, c2, c3);
+        Y_LOAD(in + 384, d0, d1, d2, d3);
+        Y_LOAD(in + 512, e0, e1, e2, e3);
+        Y_LOAD(in + 640, f0, f1, f2, f3);
+        Y_LOAD(in + 768, g0, g1, g2, g3);
+        Y_LOAD(in + 896, h0, h1, h2, h3);
+        A_ROUNDS8(rk);
+        Y_STORE(out + 0, in, a0, a1, a2, a3, 0);
+        Y_STORE(out + 128, in, b0, b1, b2, b3, 0);
+        Y_STORE(out + 256, in, c0, c1, c2, c3, 0);
+        Y_STORE(out + 384, in, d0, d1, d2, d3, 0);
+        Y_STORE(out + 512, in, e0, e1, e2, e3, 0);
+        Y_STORE(out + 640, in, f0, f1, f2, f3, 0);
+        Y_STORE(out + 768, in, g0, g1, g2, g3, 0);
+        Y_STORE(out + 896, in, h0, h1, h2, h3, 0);
+    }
+    for (; nblocks >= 32; nblocks -= 32, in += 512, out += 512) {
+        __m256i a0, a1, a2, a3, b0, b1, b2, b3, c0, c1, c2, c3, d0, d1, d2, d3;
+        Y_LOAD(in, a0, a1, a2, a3);
+        Y_LOAD(in + 128, b0, b1, b2, b3);
+        Y_LOAD(in + 256, c0, c1, c2, c3);
+        Y_LOAD(in + 384, d0, d1, d2, d3);
+        A_ROUNDS4(rk);
+        Y_STORE(out, in, a0, a1, a2, a3, 0);
+        Y_STORE(out + 128, in, b0, b1, b2, b3, 0);
+        Y_STORE(out + 256, in, c0, c1, c2, c3, 0);
+        Y_STORE(out + 384, in, d0, d1, d2, d3, 0);
+    }
+    while (nblocks) {
+        size_t n = nblocks < 8 ? nblocks : 8;
+        uint8_t buf[128];
+        const uint8_t *src = in;
+        uint8_t *dst = out;
+        if (n < 8) {
+            memset(buf, 0, sizeof buf);
+            memcpy(buf, in, 16 * n);
+            src = dst = buf;
+        }
+        __m256i a0, a1, a2, a3;
+        Y_LOAD(src, a0, a1, a2, a3);
+        A_ROUNDS1(rk);
+        Y_STORE(dst, src, a0, a1, a2, a3, 0);
+        if (n < 8) {
+            memcpy(out, buf, 16 * n);
+            memset(buf, 0, sizeof buf);
+            __asm__ volatile("" : : "r"(buf) : "memory");
+        }
+        in += 16 * n, out += 16 * n, nblocks -= n;
+    }
+}
+
+TGT_AVX2_AESNI static void a_ctr32_words(const uint32_t rk[32], uint32_t c[4], const uint8_t *in,
+                                         uint8_t *out, size_t len)
+{
+    A_CONSTS;
+    const __m256i iota = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+    const __m256i w0 = _mm256_set1_epi32((int)c[0]), w1 = _mm256_set1_epi32((int)c[1]),
+                  w2 = _mm256_set1_epi32((int)c[2]);
+    const __m256i eight = _mm256_set1_epi32(8);
+    __m256i w3 = _mm256_add_epi32(_mm256_set1_epi32((int)c[3]), iota);
+    uint32_t used = (uint32_t)((len + 15) / 16);
+    for (; len >= 1024; len -= 1024, in += 1024, out += 1024) {
+        __m256i a0 = w0, a1 = w1, a2 = w2, a3 = w3;
+        __m256i b0 = w0, b1 = w1, b2 = w2, b3 = _mm256_add_epi32(w3, eight);
+        __m256i c0 = w0, c1 = w1, c2 = w2, c3 = _mm256_add_epi32(b3, eight);
+        __m256i d0 = w0, d1 = w1, d2 = w2, d3 = _mm256_add_epi32(c3, eight);
+        __m256i e0 = w0, e1 = w1, e2 = w2, e3 = _mm256_add_epi32(d3, eight);
+        __m256i f0 = w0, f1 = w1, f2 = w2, f3 = _mm256_add_epi32(e3, eight);
+        __m256i g0 = w0, g1 = w1, g2 = w2, g3 = _mm256_add_epi32(f3, eight);
+        __m256i h0 = w0, h1 = w1, h2 = w2, h3 = _mm256_add_epi32(g3, eight);
+        w3 = _mm256_add_epi32(h3, eight);
+        A_ROUNDS8(rk);
+        Y_STORE(out, in, a0, a1, a2, a3, 1);
+        Y_STORE(out + 128, in + 128, b0, b1, b2, b3, 1);
+        Y_STORE(out + 256, in + 256, c0, c1, c2, c3, 1);
+        Y_STORE(out + 384, in + 384, d0, d1, d2, d3, 1);
+        Y_STORE(out + 512, in + 512, e0, e1, e2, e3, 1);
+        Y_STORE(out + 640, in + 640, f0, f1, f2, f3, 1);
+        Y_STORE(out + 768, in + 768, g0, g1, g2, g3, 1);
+        Y_STORE(out + 896, in + 896, h0, h1, h2, h3, 1);
+    }
+    for (; len >= 512; len -= 512, in += 512, out += 512) {
+        __m256i a0 = w0, a1 = w1, a2 = w2, a3 = w3;
+        __m256i b0 = w0, b1 = w1, b2 = w2, b3 = _mm256_add_epi32(w3, eight);
+        __m256i c0 = w0, c1 = w1, c2 = w2, c3 = _mm256_add_epi32(b3, eight);
+        __m256i d0 = w0, d1 = w1, d2 = w2, d3 = _mm256_add_epi32(c3, eight);
+        w3 = _mm256_add_epi32(d3, eight);
+        A_ROUNDS4(rk);
+        Y_STORE(out, in, a0, a1, a2, a3, 1);
+        Y_STORE(out + 128, in + 128, b0, b1, b2, b3, 1);
+        Y_STORE(out + 256, in + 256, c0, c1, c2, c3, 1);
+        Y_STORE(out + 384, in + 384, d0, d1, d2, d3, 1);
+    }
+    while (len) {
+        size_t n = len < 128 ? len : 128;
+        uint8_t buf[128];
+        const uint8_t *src = in;
+        uint8_t *dst = out;
+        if (n < 128) {
+            memset(buf, 0, sizeof buf);
+            memcpy(buf, in, n);
+            src = dst = buf;
+        }
+        __m256i a0 = w0, a1 = w1, a2 = w2, a3 = w3;
+        w3 = _mm256_add_epi32(w3, eight);
+        A_ROUNDS1(rk);
+        Y_STORE(dst, src, a0, a1, a2, a3, 1);
+        if (n < 128) {
+            memcpy(out, buf, n);
+            memset(buf, 0, sizeof buf);
+            __asm__ volatile("" : : "r"(buf) : "memory");
+        }
+        in += n, out += n, len -= n;
+    }
+    c[3] += used;
+}
+
 /* ================================================================ counter wrappers */
 
 typedef void (*ctr_words_fn)(const uint32_t rk[32], uint32_t c[4], const uint8_t *in,
@@ -806,6 +1056,18 @@ TGT_AVX2 static void y_ctr32(const uint32_t rk[32], uint8_t ctr[16], const uint8
     ctr32(y_ctr32_words, rk, ctr, in, out, len);
 }
 
+TGT_AVX2_AESNI static void a_ctr128(const uint32_t rk[32], uint8_t ctr[16], const uint8_t *in,
+                                    uint8_t *out, size_t len)
+{
+    ctr128(a_ctr32_words, rk, ctr, in, out, len);
+}
+TGT_AVX2_AESNI static void a_ctr32(const uint32_t rk[32], uint8_t ctr[16], const uint8_t *in,
+                                   uint8_t *out, size_t len)
+{
+    ctr32(a_ctr32_words, rk, ctr, in, out, len);
+}
+
+const hsm_sm4_impl_ops hsm_sm4_avx2_aesni_ops = {a_ecb, a_ctr128, a_ctr32, ghash_clmul};
 const hsm_sm4_impl_ops hsm_sm4_avx2_ops = {y_ecb, y_ctr128, y_ctr32, ghash_clmul};
 const hsm_sm4_impl_ops hsm_sm4_avx512_ops = {z_ecb, z_ctr128, z_ctr32, ghash_vpclmul};
 

@@ -185,6 +185,46 @@ def derive_gfni_split_l(m_post: int, post_c: int) -> list[tuple[int, int]]:
     return out
 
 
+def aes_sbox(x: int) -> int:
+    b = gf_inv(x, POLY_AES)
+    r = 0x63
+    for i in range(8):
+        bit = 0
+        for k in (0, 4, 5, 6, 7):
+            bit ^= (b >> ((i + k) % 8)) & 1
+        r ^= bit << i
+    return r
+
+
+def derive_aesni() -> tuple[list[int], list[int], list[int], list[int]]:
+    """Nibble tables for an S-box built on AESENCLAST (for CPUs without GFNI).
+
+    S(x) = post(SubBytes_aes(pre(x))) with pre(x) = (phi*A)*x + phi(c) and
+    post(z) = (A*phi^-1*Aff_aes^-1)*z + (A*phi^-1*Aff_aes^-1)(0x63) + c; each affine map is
+    evaluated with two 16-entry byte lookups (low and high nibble). Returns
+    (pre_lo, pre_hi, post_lo, post_hi); the constants live in the *_lo tables.
+    """
+    assert aes_sbox(0) == 0x63 and aes_sbox(1) == 0x7C and aes_sbox(0x53) == 0xED
+    m_pre, pre_c, m_post, post_c = derive_gfni()
+    pre_rows = [(m_pre >> (8 * (7 - i))) & 0xFF for i in range(8)]
+    post_rows = [(m_post >> (8 * (7 - i))) & 0xFF for i in range(8)]
+    # Aff_aes: z = Aff(inv) ^ 0x63
+    aff = mat_from_function(lambda v: aes_sbox(gf_inv(v, POLY_AES)) ^ 0x63)
+    aff_inv_tab = {mat_apply(aff, v): v for v in range(256)}
+    aff_inv = mat_from_function(lambda z: aff_inv_tab[z])
+    q = mat_mul(post_rows, aff_inv)
+    qc = mat_apply(q, 0x63) ^ post_c
+    pre_lo = [mat_apply(pre_rows, n) ^ pre_c for n in range(16)]
+    pre_hi = [mat_apply(pre_rows, n << 4) for n in range(16)]
+    post_lo = [mat_apply(q, n) ^ qc for n in range(16)]
+    post_hi = [mat_apply(q, n << 4) for n in range(16)]
+    for x in range(256):
+        y = pre_lo[x & 15] ^ pre_hi[x >> 4]
+        z = aes_sbox(y)
+        assert post_lo[z & 15] ^ post_hi[z >> 4] == SBOX[x]
+    return pre_lo, pre_hi, post_lo, post_hi
+
+
 def main() -> None:
     assert sorted(SBOX) == list(range(256))
     t0 = [lin(s << 24) for s in SBOX]
@@ -207,6 +247,9 @@ def main() -> None:
     for name, (m, c) in zip(("L0", "L1", "L3"), derive_gfni_split_l(m_post, post_c)):
         print(f"#define SM4_GFNI_POST_{name}_MATRIX 0x{m:016x}ULL")
         print(f"#define SM4_GFNI_POST_{name}_CONST 0x{c:02x}")
+    for name, tab in zip(("PRE_LO", "PRE_HI", "POST_LO", "POST_HI"), derive_aesni()):
+        vals = ", ".join(f"0x{v:02x}" for v in tab)
+        print(f"#define SM4_AESNI_{name} {vals}")
     print("static const uint64_t GHASH_R4[16] = {")
     r4 = ghash_r4()
     for i in range(0, 16, 4):
