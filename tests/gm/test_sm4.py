@@ -231,3 +231,22 @@ def test_generate_key() -> None:
 def test_set_implementation_rejects_unknown() -> None:
     with pytest.raises(ValueError):
         gm.set_implementation("sse9")
+
+
+@pytest.mark.parametrize("n", [1, 2, 15, 16, 17, 1000])
+def test_results_are_fresh_bytes(n: int) -> None:
+    # Results are written straight into new bytes objects: they must be independent objects,
+    # never a shared constant, and hash like any other bytes.
+    key, nonce = os.urandom(16), os.urandom(16)
+    ctr = gm.SM4CTR(key)
+    pt = b"\x00" * n
+    a, b = ctr.encrypt(nonce, pt), ctr.encrypt(nonce, pt)
+    assert type(a) is bytes and a == b and a is not b
+    assert hash(a) == hash(bytes(bytearray(a)))
+    assert {a: 1}[bytes(bytearray(a))] == 1
+    other = ctr.encrypt(os.urandom(16), pt)
+    assert a == b  # producing another result did not touch earlier ones
+    assert other != a or n < 4
+    g = gm.SM4GCM(key)
+    c1 = g.encrypt(nonce[:12], pt, None)
+    assert g.decrypt(nonce[:12], c1, None) == pt and c1 == g.encrypt(nonce[:12], pt, None)
