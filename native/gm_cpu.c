@@ -4,7 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#if defined(HSM_GM_X86)
 #include <cpuid.h>
 
 static uint64_t xgetbv0(void)

@@ -9,6 +9,13 @@
 
 #include "sm4.h"
 
+/* The x86-64 kernels (sm4_x86.c) and CPUID detection are built on x86-64 with GCC or clang,
+ * unless HSM_GM_PORTABLE_ONLY is defined (used to test the portable-only build). */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) &&                     \
+    !defined(HSM_GM_PORTABLE_ONLY)
+#define HSM_GM_X86 1
+#endif
+
 /* CPU feature bits reported by hsm_gm_cpu_features() (x86-64 only; 0 elsewhere). Each bit is
  * set only if the OS also saves the register state the feature needs (XGETBV). */
 #define HSM_CPU_AVX2 (1u << 0)
@@ -43,7 +50,7 @@ typedef struct {
 } hsm_sm4_impl_ops;
 
 extern const hsm_sm4_impl_ops hsm_sm4_portable_ops;
-#if defined(__x86_64__)
+#if defined(HSM_GM_X86)
 extern const hsm_sm4_impl_ops hsm_sm4_avx2_ops;
 extern const hsm_sm4_impl_ops hsm_sm4_avx512_ops;
 extern const hsm_sm4_impl_ops hsm_sm4_avx2_aesni_ops;

@@ -472,7 +472,7 @@ const hsm_sm4_impl_ops hsm_sm4_portable_ops = {portable_ecb, portable_ctr128, po
 
 static const hsm_sm4_impl_ops *ops(void)
 {
-#if defined(__x86_64__)
+#if defined(HSM_GM_X86)
     switch (hsm_gm_impl()) {
     case HSM_GM_IMPL_AVX512:
         return &hsm_sm4_avx512_ops;
@@ -549,7 +549,7 @@ void hsm_sm4_gcm_set_key(hsm_sm4_gcm_key *gk, const uint8_t key[16])
     hsm_sm4_set_key(&gk->ks, key);
     hsm_sm4_portable_block(gk->ks.rk_enc, zero, gk->h);
     ghash_4bit_init(gk->htab, gk->h);
-#if defined(__x86_64__)
+#if defined(HSM_GM_X86)
     if (hsm_gm_cpu_features() & HSM_CPU_PCLMUL)
         hsm_ghash_clmul_init(gk->htab, gk->h);
 #endif

@@ -18,11 +18,11 @@
  * x*a*b, so htab holds H^k * x^-1; products of up to 16 blocks are summed unreduced and reduced
  * once (two multiplications by 0xC2 << 56).
  */
-#if defined(__x86_64__)
+#include "gm_cpu.h"
+
+#if defined(HSM_GM_X86)
 #include <immintrin.h>
 #include <string.h>
-
-#include "gm_cpu.h"
 
 #define SM4_GFNI_PRE_MATRIX 0x4c287db91a22505dLL
 #define SM4_GFNI_PRE_CONST 0x3e
