@@ -250,3 +250,22 @@ def test_results_are_fresh_bytes(n: int) -> None:
     g = gm.SM4GCM(key)
     c1 = g.encrypt(nonce[:12], pt, None)
     assert g.decrypt(nonce[:12], c1, None) == pt and c1 == g.encrypt(nonce[:12], pt, None)
+
+
+def test_key_schedules_are_wiped_on_release() -> None:
+    from hsmpool.gm._binding import ffi
+
+    key = os.urandom(16)
+    cases: list[tuple[Any, str, str]] = [
+        (gm.SM4CTR(key), "_ks", "hsm_sm4_key"),
+        (gm.SM4GCM(key), "_gk", "hsm_sm4_gcm_key"),
+    ]
+    for obj, attr, typ in cases:
+        mem = ffi.buffer(getattr(obj, attr), ffi.sizeof(typ))
+        assert any(bytes(mem))
+        obj.__del__()  # what the garbage collector calls
+        assert not any(bytes(mem))
+    h = gm.SM3(b"secret-ish")
+    hmem = ffi.buffer(h._ctx, ffi.sizeof("hsm_sm3_ctx"))
+    h.__del__()
+    assert not any(bytes(hmem))
