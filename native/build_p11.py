@@ -11,6 +11,15 @@ from cffi import FFI
 
 HERE = Path(__file__).resolve().parent
 
+
+def _rel(p: Path) -> str:
+    # setuptools wants paths relative to the project root; cffi resolves them from the cwd.
+    try:
+        return str(p.relative_to(Path.cwd()))
+    except ValueError:
+        return str(p)
+
+
 CDEF = """
 typedef struct { unsigned long type; void *pValue; unsigned long ulValueLen; } CK_ATTRIBUTE;
 typedef struct { unsigned long mechanism; void *pParameter; unsigned long ulParameterLen; }
@@ -73,8 +82,8 @@ ffibuilder.cdef(CDEF)
 ffibuilder.set_source(
     "hsmpool._p11_cffi",
     '#include "p11glue.h"\n',
-    sources=[str(HERE / "p11glue.c")],
-    include_dirs=[str(HERE), "/usr/include/p11-kit-1"],
+    sources=[_rel(HERE / "p11glue.c")],
+    include_dirs=[_rel(HERE), "/usr/include/p11-kit-1"],
     libraries=["dl"],
     extra_compile_args=["-O2", "-std=gnu11"],
 )
