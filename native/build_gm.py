@@ -3,7 +3,8 @@
 Sources: every ``native/sm4*.c`` plus ``native/gm_cpu.c`` (SM4 and its modes, with run-time
 CPU dispatch), ``native/sm3.c`` (SM3, HMAC-SM3) and ``native/sm2.c`` (SM2 over the system
 libcrypto). The SM4 files are globbed so new vector paths are picked up without editing this
-file. No global ``-m`` flags: the vector code selects its ISA with target attributes.
+file. ``HSMPOOL_GM_PORTABLE_ONLY=1`` in the environment builds the portable SM4 path only.
+No global ``-m`` flags: the vector code selects its ISA with target attributes.
 
 cffi releases the GIL around every call in API mode, which is what we want: all of these
 functions are pure computations on caller-owned buffers.
@@ -11,6 +12,7 @@ functions are pure computations on caller-owned buffers.
 Build in place with ``python3 setup.py build_ext --inplace`` (or ``pip install -e .``).
 """
 
+import os
 from pathlib import Path
 
 from cffi import FFI
@@ -22,9 +24,11 @@ SM4_CDEF = """
 #define HSM_GM_IMPL_PORTABLE ...
 #define HSM_GM_IMPL_AVX2 ...
 #define HSM_GM_IMPL_AVX512 ...
+#define HSM_GM_IMPL_AVX2_AESNI ...
 int hsm_gm_impl(void);
 int hsm_gm_best_impl(void);
 int hsm_gm_set_impl(int impl);
+int hsm_gm_impl_available(int impl);
 
 typedef struct { ...; } hsm_sm4_key;
 void hsm_sm4_set_key(hsm_sm4_key *ks, const uint8_t key[16]);
@@ -131,6 +135,10 @@ sources += [HERE / "sm3.c", HERE / "sm2.c"]
 cdef = (SM4_CDEF if have_sm4 else "") + SM3_CDEF + SM2_CDEF
 headers = ('#include "sm4.h"\n' if have_sm4 else "") + '#include "sm3.h"\n#include "sm2.h"\n'
 
+# HSMPOOL_GM_PORTABLE_ONLY=1 at build time compiles the portable SM4 code only (what a non-x86
+# build gets), to test that configuration on an x86 machine.
+macros = [("HSM_GM_PORTABLE_ONLY", "1")] if os.environ.get("HSMPOOL_GM_PORTABLE_ONLY") else []
+
 ffibuilder = FFI()
 ffibuilder.cdef(cdef)
 ffibuilder.set_source(
@@ -138,6 +146,7 @@ ffibuilder.set_source(
     headers,
     sources=[_rel(s) for s in sources],
     include_dirs=[_rel(HERE)],
+    define_macros=macros,
     libraries=["crypto"],
     extra_compile_args=["-O3", "-std=gnu11"],
 )

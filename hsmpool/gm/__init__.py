@@ -43,19 +43,21 @@ _NAMES = {
     int(lib.HSM_GM_IMPL_PORTABLE): "portable",
     int(lib.HSM_GM_IMPL_AVX2): "avx2",
     int(lib.HSM_GM_IMPL_AVX512): "avx512",
+    int(lib.HSM_GM_IMPL_AVX2_AESNI): "avx2-aesni",
 }
 _IDS = {name: i for i, name in _NAMES.items()}
 
 
 def implementation() -> str:
-    """The SM4 implementation in use: "avx512", "avx2" or "portable"."""
+    """The SM4 implementation in use: "avx512", "avx2" or "portable" (or "avx2-aesni", the
+    AVX2 code with an AES-NI S-box that "avx2" means on CPUs without GFNI, when forced)."""
     return _NAMES[int(lib.hsm_gm_impl())]
 
 
 def available_implementations() -> list[str]:
-    """The implementations this CPU can run, best last ("portable" is always there)."""
-    best = int(lib.hsm_gm_best_impl())
-    return [name for i, name in sorted(_NAMES.items()) if i <= best]
+    """The implementations this CPU can run ("portable" always, first; the best last)."""
+    order = ["portable", "avx2-aesni", "avx2", "avx512"]
+    return [n for n in order if lib.hsm_gm_impl_available(_IDS[n])]
 
 
 def set_implementation(name: str) -> None:
