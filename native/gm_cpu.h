@@ -58,6 +58,17 @@ extern const hsm_sm4_impl_ops hsm_sm4_avx2_aesni_ops;
 void hsm_ghash_clmul_init(uint8_t *htab, const uint8_t h[16]);
 #endif
 
+#if defined(HSM_GM_X86)
+/* Self-test of the vector S-box + linear transform of every kernel family the CPU can run:
+ * the round function T (x -> L(S(x))) on 256 words that put every byte value in every byte
+ * position, against the portable tables. Returns 0, or a bitmask of failing families
+ * (1: AVX-512 GFNI, 2: AVX2 GFNI, 4: AVX2 AES-NI). */
+int hsm_sm4_x86_selftest(void);
+#endif
+
+/* The portable round function T(x) = L(S(x)) (T-tables). */
+uint32_t hsm_sm4_portable_t(uint32_t x);
+
 /* Portable single-block helpers shared with sm4_x86.c. */
 void hsm_sm4_portable_block(const uint32_t rk[32], const uint8_t in[16], uint8_t out[16]);
 

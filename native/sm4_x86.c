@@ -999,6 +999,80 @@ TGT_AVX2_AESNI static void a_ctr32_words(const uint32_t rk[32], uint32_t c[4], c
     c[3] += used;
 }
 
+/* ================================================================ self-test */
+
+static void selftest_words(uint32_t w[256])
+{
+    for (uint32_t i = 0; i < 256; i++)
+        w[i] = (i << 24) | (((i + 1) & 255) << 16) | (((i + 7) & 255) << 8) | ((i + 100) & 255);
+}
+
+TGT_AVX512 static int selftest_avx512(void)
+{
+    Z_CONSTS;
+    (void)zwbs;
+    uint32_t w[256], got[256];
+    selftest_words(w);
+    for (int i = 0; i < 256; i += 16) {
+        __m512i x0 = _mm512_setzero_si512(), x1 = _mm512_loadu_si512(w + i), x2 = x0, x3 = x0;
+        Z_ROUND(x0, x1, x2, x3, _mm512_setzero_si512());
+        _mm512_storeu_si512(got + i, x0);
+    }
+    for (int i = 0; i < 256; i++)
+        if (got[i] != hsm_sm4_portable_t(w[i]))
+            return 1;
+    return 0;
+}
+
+TGT_AVX2 static int selftest_avx2(void)
+{
+    Y_CONSTS;
+    (void)ywbs;
+    uint32_t w[256], got[256];
+    selftest_words(w);
+    for (int i = 0; i < 256; i += 8) {
+        __m256i x0 = _mm256_setzero_si256(), x1 = _mm256_loadu_si256((const __m256i *)(w + i));
+        __m256i x2 = x0, x3 = x0;
+        Y_ROUND(x0, x1, x2, x3, _mm256_setzero_si256());
+        _mm256_storeu_si256((__m256i *)(got + i), x0);
+    }
+    for (int i = 0; i < 256; i++)
+        if (got[i] != hsm_sm4_portable_t(w[i]))
+            return 1;
+    return 0;
+}
+
+TGT_AVX2_AESNI static int selftest_aesni(void)
+{
+    A_CONSTS;
+    (void)ywbs;
+    uint32_t w[256], got[256];
+    selftest_words(w);
+    for (int i = 0; i < 256; i += 8) {
+        __m256i x0 = _mm256_setzero_si256(), x1 = _mm256_loadu_si256((const __m256i *)(w + i));
+        __m256i x2 = x0, x3 = x0;
+        A_ROUND(x0, x1, x2, x3, _mm256_setzero_si256());
+        _mm256_storeu_si256((__m256i *)(got + i), x0);
+    }
+    for (int i = 0; i < 256; i++)
+        if (got[i] != hsm_sm4_portable_t(w[i]))
+            return 1;
+    return 0;
+}
+
+int hsm_sm4_x86_selftest(void)
+{
+    int fail = 0;
+    if (hsm_gm_impl_available(HSM_GM_IMPL_AVX512) && selftest_avx512())
+        fail |= 1;
+    if ((hsm_gm_cpu_features() & (HSM_CPU_AVX2 | HSM_CPU_GFNI)) == (HSM_CPU_AVX2 | HSM_CPU_GFNI) &&
+        selftest_avx2())
+        fail |= 2;
+    if (hsm_gm_impl_available(HSM_GM_IMPL_AVX2_AESNI) && selftest_aesni())
+        fail |= 4;
+    return fail;
+}
+
 /* ================================================================ counter wrappers */
 
 typedef void (*ctr_words_fn)(const uint32_t rk[32], uint32_t c[4], const uint8_t *in,
