@@ -31,11 +31,11 @@ unsigned hsm_gm_cpu_features(void);
 /* Layout of hsm_sm4_gcm_key.htab (the first bytes are shared by all implementations, so
  * hsm_gm_set_impl may switch implementations between set_key and use):
  *   [0, 256)    16 x (hi, lo) uint64: the 4-bit (Shoup) table of the portable GHASH
- *   [256, 512)  H^16 .. H^1 in bit-reflected form times x^-1, for (V)PCLMULQDQ GHASH
+ *   [256, 768)  H^32 .. H^1 in bit-reflected form times x^-1, for (V)PCLMULQDQ GHASH
  *               (only filled when the CPU has PCLMULQDQ) */
 #define HSM_HTAB_4BIT 0
 #define HSM_HTAB_CLMUL 256
-#define HSM_HTAB_CLMUL_POWERS 16
+#define HSM_HTAB_CLMUL_POWERS 32
 
 /* Implementation function tables. ctr32: GCM-style counter (the low 32 bits of ctr wrap);
  * ctr128: the whole 16-byte block is one big-endian counter. Both advance ctr by

@@ -380,12 +380,10 @@ static void portable_ctr(const uint32_t rk[32], uint8_t ctr[16], const uint8_t *
         }
         size_t n = len < 64 ? len : 64;
         size_t used = (n + 15) / 16;
-        if (used == 4) {
+        if (used == 1)
+            hsm_sm4_portable_block(rk, cb, ks);
+        else /* 2-4 blocks: the interleaved path costs about as much as one block */
             sm4_portable_block4(rk, cb, ks);
-        } else {
-            for (size_t i = 0; i < used; i++)
-                hsm_sm4_portable_block(rk, cb + 16 * i, ks + 16 * i);
-        }
         for (size_t i = 0; i < n; i++)
             out[i] = in[i] ^ ks[i];
         if (used < 4) {
@@ -590,6 +588,40 @@ static void gcm_j0(const hsm_sm4_impl_ops *o, const hsm_sm4_gcm_key *gk, const u
 
 #define GCM_CHUNK 2048 /* bytes encrypted then hashed while still in L1 */
 
+#define GCM_SMALL_MAX 240   /* E(J0) and up to 15 data blocks: one 16-block vector group */
+#define GCM_SMALL_BLOCKS 16 /* AAD + data + length blocks hashed in one aggregated pass */
+
+/* Short messages: one counter-mode call encrypts J0 together with the data (so E(J0), the tag
+ * mask, costs no extra pass), and AAD || C || lengths are hashed with a single GHASH call
+ * (one reduction on the vector paths). Stack copies are wiped. */
+static void gcm_small(const hsm_sm4_impl_ops *o, const hsm_sm4_gcm_key *gk, const uint8_t j0[16],
+                      const uint8_t *aad, size_t aad_len, const uint8_t *in, size_t len,
+                      uint8_t *out, int decrypt, uint8_t full_tag[16])
+{
+    uint8_t ks[16 + GCM_SMALL_MAX], g[16 * GCM_SMALL_BLOCKS], ctr[16], y[16] = {0};
+    size_t aad_pad = (aad_len + 15) & ~(size_t)15, len_pad = (len + 15) & ~(size_t)15;
+    memset(g, 0, aad_pad + len_pad);
+    if (aad_len)
+        memcpy(g, aad, aad_len);
+    memset(ks, 0, 16);
+    if (len)
+        memcpy(ks + 16, in, len);
+    if (decrypt && len)
+        memcpy(g + aad_pad, in, len);
+    memcpy(ctr, j0, 16);
+    o->ctr32(gk->ks.rk_enc, ctr, ks, ks, 16 + len); /* ks = E(J0) || in ^ keystream */
+    if (!decrypt && len)
+        memcpy(g + aad_pad, ks + 16, len);
+    store_be64(g + aad_pad + len_pad, (uint64_t)aad_len * 8);
+    store_be64(g + aad_pad + len_pad + 8, (uint64_t)len * 8);
+    o->ghash(gk->htab, y, g, (aad_pad + len_pad) / 16 + 1);
+    if (len)
+        memcpy(out, ks + 16, len);
+    xor16(full_tag, y, ks);
+    wipe(ks, 16 + len);
+    wipe(g, aad_pad + len_pad);
+}
+
 /* Shared by encrypt and decrypt: hash the AAD, run CTR over in -> out hashing the ciphertext
  * (out when encrypting; in when decrypting, hashed before it may be overwritten), and produce
  * the full 16-byte tag. */
@@ -601,6 +633,11 @@ static void gcm_crypt(const hsm_sm4_gcm_key *gk, const uint8_t *nonce, size_t no
     const uint32_t *rk = gk->ks.rk_enc;
     uint8_t j0[16], ctr[16], y[16] = {0}, lenblk[16];
     gcm_j0(o, gk, nonce, nonce_len, j0);
+    size_t aad_blocks = (aad_len + 15) / 16, data_blocks = (len + 15) / 16;
+    if (len <= GCM_SMALL_MAX && aad_blocks + data_blocks + 1 <= GCM_SMALL_BLOCKS) {
+        gcm_small(o, gk, j0, aad, aad_len, in, len, out, decrypt, full_tag);
+        return;
+    }
     ghash_bytes(o, gk->htab, y, aad, aad_len);
     store_be64(lenblk, (uint64_t)aad_len * 8);
     store_be64(lenblk + 8, (uint64_t)len * 8);

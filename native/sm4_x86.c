@@ -117,7 +117,7 @@ TGT_CLMUL void hsm_ghash_clmul_init(uint8_t *htab, const uint8_t h[16])
     __m128i p1 = _mm_set_epi64x((long long)hi, (long long)lo), p = p1;
     __m128i *tab = (__m128i *)(htab + HSM_HTAB_CLMUL);
     for (int k = 1; k <= HSM_HTAB_CLMUL_POWERS; k++) {
-        _mm_storeu_si128(tab + (HSM_HTAB_CLMUL_POWERS - k), p); /* H^16 first, H^1 last */
+        _mm_storeu_si128(tab + (HSM_HTAB_CLMUL_POWERS - k), p); /* H^32 first, H^1 last */
         p = x_mul(p, p1);
     }
 }
@@ -167,26 +167,38 @@ TGT_AVX512 INLINE __m128i z_hxor(__m512i v)
                                         _mm512_clmulepi64_epi128(a, b, 0x10), 0x96);          \
     } while (0)
 
-/* 16 blocks per reduction; a short last piece uses masked loads and H^n..H^1. */
+/* 32 blocks per reduction; a short last piece uses masked loads and H^n..H^1. */
 TGT_AVX512 static void ghash_vpclmul(const uint8_t *htab, uint8_t y[16], const uint8_t *in,
                                      size_t nblocks)
 {
     const uint8_t *tab = htab + HSM_HTAB_CLMUL;
     __m128i acc = x_bswap(_mm_loadu_si128((const __m128i *)y));
-    const __m512i h0 = _mm512_loadu_si512(tab), h1 = _mm512_loadu_si512(tab + 64),
-                  h2 = _mm512_loadu_si512(tab + 128), h3 = _mm512_loadu_si512(tab + 192);
-    for (; nblocks >= 16; nblocks -= 16, in += 256) {
-        __m512i d0 = z_bswap128(_mm512_loadu_si512(in));
-        __m512i d1 = z_bswap128(_mm512_loadu_si512(in + 64));
-        __m512i d2 = z_bswap128(_mm512_loadu_si512(in + 128));
-        __m512i d3 = z_bswap128(_mm512_loadu_si512(in + 192));
-        d0 = _mm512_xor_si512(d0, _mm512_zextsi128_si512(acc));
-        __m512i lo = _mm512_setzero_si512(), mid = lo, hi = lo;
-        Z_MUL_ACC(d0, h0, lo, mid, hi);
-        Z_MUL_ACC(d1, h1, lo, mid, hi);
-        Z_MUL_ACC(d2, h2, lo, mid, hi);
-        Z_MUL_ACC(d3, h3, lo, mid, hi);
-        acc = x_fold(z_hxor(lo), z_hxor(mid), z_hxor(hi));
+    if (nblocks >= 32) {
+        const __m512i h0 = _mm512_loadu_si512(tab), h1 = _mm512_loadu_si512(tab + 64),
+                      h2 = _mm512_loadu_si512(tab + 128), h3 = _mm512_loadu_si512(tab + 192),
+                      h4 = _mm512_loadu_si512(tab + 256), h5 = _mm512_loadu_si512(tab + 320),
+                      h6 = _mm512_loadu_si512(tab + 384), h7 = _mm512_loadu_si512(tab + 448);
+        for (; nblocks >= 32; nblocks -= 32, in += 512) {
+            __m512i d0 = z_bswap128(_mm512_loadu_si512(in));
+            __m512i d1 = z_bswap128(_mm512_loadu_si512(in + 64));
+            __m512i d2 = z_bswap128(_mm512_loadu_si512(in + 128));
+            __m512i d3 = z_bswap128(_mm512_loadu_si512(in + 192));
+            __m512i d4 = z_bswap128(_mm512_loadu_si512(in + 256));
+            __m512i d5 = z_bswap128(_mm512_loadu_si512(in + 320));
+            __m512i d6 = z_bswap128(_mm512_loadu_si512(in + 384));
+            __m512i d7 = z_bswap128(_mm512_loadu_si512(in + 448));
+            d0 = _mm512_xor_si512(d0, _mm512_zextsi128_si512(acc));
+            __m512i lo = _mm512_setzero_si512(), mid = lo, hi = lo;
+            Z_MUL_ACC(d0, h0, lo, mid, hi);
+            Z_MUL_ACC(d1, h1, lo, mid, hi);
+            Z_MUL_ACC(d2, h2, lo, mid, hi);
+            Z_MUL_ACC(d3, h3, lo, mid, hi);
+            Z_MUL_ACC(d4, h4, lo, mid, hi);
+            Z_MUL_ACC(d5, h5, lo, mid, hi);
+            Z_MUL_ACC(d6, h6, lo, mid, hi);
+            Z_MUL_ACC(d7, h7, lo, mid, hi);
+            acc = x_fold(z_hxor(lo), z_hxor(mid), z_hxor(hi));
+        }
     }
     if (nblocks) {
         size_t bytes = 16 * nblocks;
