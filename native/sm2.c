@@ -108,7 +108,7 @@ static uint8_t *der_put_uint256(uint8_t *p, const uint8_t v[32]) {
     size_t i = 0;
     while (i < 31 && v[i] == 0) i++;
     size_t n = 32 - i;
-    int pad = (v[i] & 0x80) ? 1 : 0;
+    size_t pad = (v[i] & 0x80) ? 1 : 0;
     *p++ = 0x02;
     *p++ = (uint8_t)(n + pad);
     if (pad) *p++ = 0;
@@ -242,6 +242,16 @@ done:
     return rc;
 }
 
+/* Encrypted PEM keys are not supported: refuse any passphrase request (OpenSSL's default
+ * callback would prompt on the terminal). */
+static int no_passphrase(char *buf, int size, int rwflag, void *u) {
+    (void)buf;
+    (void)size;
+    (void)rwflag;
+    (void)u;
+    return -1;
+}
+
 static int is_sm2_group(EVP_PKEY *pkey) {
     char name[32];
     size_t n = 0;
@@ -266,7 +276,7 @@ int hsm_sm2_from_private_encoded(const uint8_t *data, size_t len, int fmt, hsm_s
     } else if (fmt == HSM_SM2_FMT_PEM) {
         BIO *bio = BIO_new_mem_buf(data, (int)len);
         if (bio == NULL) return HSM_SM2_EINTERNAL;
-        pkey = PEM_read_bio_PrivateKey(bio, NULL, NULL, NULL);
+        pkey = PEM_read_bio_PrivateKey(bio, NULL, no_passphrase, NULL);
         BIO_free(bio);
     } else {
         return HSM_SM2_EINVAL;
@@ -296,7 +306,7 @@ int hsm_sm2_from_public_encoded(const uint8_t *data, size_t len, int fmt, hsm_sm
     } else if (fmt == HSM_SM2_FMT_PEM) {
         BIO *bio = BIO_new_mem_buf(data, (int)len);
         if (bio == NULL) return HSM_SM2_EINTERNAL;
-        pkey = PEM_read_bio_PUBKEY(bio, NULL, NULL, NULL);
+        pkey = PEM_read_bio_PUBKEY(bio, NULL, no_passphrase, NULL);
         BIO_free(bio);
     } else {
         return HSM_SM2_EINVAL;

@@ -161,6 +161,16 @@ def test_openssl_cli_interop(tmp_path: Path) -> None:
         text=True,
     ).stdout
     assert "SM2" in text
+    # An encrypted PEM is refused (ValueError), never a passphrase prompt.
+    enc = subprocess.run(
+        ["openssl", "pkey", "-in", str(key), "-aes256", "-passout", "pass:secret"],
+        check=True,
+        capture_output=True,
+        stdin=subprocess.DEVNULL,
+    ).stdout
+    assert b"ENCRYPTED" in enc
+    with pytest.raises(ValueError):
+        gm.SM2PrivateKey.from_pem(enc)
 
 
 # ---- malformed input ------------------------------------------------------------------------
