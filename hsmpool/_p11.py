@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from hsmpool._p11_cffi import ffi, lib
 
@@ -551,7 +551,7 @@ class Module:
             return self.crypt(op, session, mech, key, data, int(n[0]))
         if rv:
             raise _fail(rv, ("C_Encrypt", "C_Decrypt", "C_Sign")[op])
-        return ffi.buffer(out, n[0])[:]
+        return cast(bytes, ffi.buffer(out, n[0])[:])
 
     def verify(self, session: int, mech: Mechanism, key: int, data: bytes, sig: bytes) -> bool:
         rv = lib.hp11_verify(self._m, session, mech.ptr, key, data, len(data), sig, len(sig))
@@ -572,4 +572,4 @@ class Module:
         )
         if rv:
             raise _fail(rv, "C_Encrypt" if op == ENCRYPT else "C_Decrypt")
-        return ffi.buffer(out, n[0])[:]
+        return cast(bytes, ffi.buffer(out, n[0])[:])

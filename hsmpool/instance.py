@@ -16,9 +16,9 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, TypeVar
 
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
-from cryptography.exceptions import InvalidSignature
 
 from hsmpool import _p11 as p
 from hsmpool import kek as _kek
@@ -68,7 +68,8 @@ class SignAlgorithm(enum.Enum):
         return self.name.split("_")[0] + ("_PSS" if "PSS" in self.name else "")
 
 
-_HASHES: Final = {"sha256": hashes.SHA256, "sha384": hashes.SHA384, "sha512": hashes.SHA512}
+_HASHES: Final[dict[str, hashes.HashAlgorithm]] = {
+    "sha256": hashes.SHA256(), "sha384": hashes.SHA384(), "sha512": hashes.SHA512()}
 # DER DigestInfo prefixes (RFC 8017, section 9.2, note 1).
 _DIGEST_INFO: Final = {
     "sha256": bytes.fromhex("3031300d060960864801650304020105000420"),
@@ -118,7 +119,9 @@ def _unwrap_template(spec: KeySpec) -> Template:
     return Template(common)
 
 
-_UNWRAP_TEMPLATES: Final = {s: _unwrap_template(s) for s in KeySpec if s is not KeySpec.SECRET}
+_UNWRAP_TEMPLATES: Final[dict[KeySpec, Template]] = {
+    s: _unwrap_template(s) for s in KeySpec if s is not KeySpec.SECRET
+}
 
 # Mechanisms each kind of operation needs on a member.
 _NEED_UNWRAP: Final = (p.CKM_AES_KEY_WRAP_PAD,)
@@ -482,15 +485,15 @@ class Instance:
         kb = self._blob(blob)
         pk = serialization.load_der_public_key(self.public_key(kb))
         data = _bytes(message, "message")
-        hash_cls = _HASHES[algorithm.hash_name]
+        hash_alg = _HASHES[algorithm.hash_name]
         chosen: hashes.HashAlgorithm | utils.Prehashed = (
-            utils.Prehashed(hash_cls()) if is_digest else hash_cls())
+            utils.Prehashed(hash_alg) if is_digest else hash_alg)
         try:
             if isinstance(pk, rsa.RSAPublicKey) and algorithm.family == "RSA":
                 pk.verify(signature, data, padding.PKCS1v15(), chosen)
             elif isinstance(pk, rsa.RSAPublicKey) and algorithm.family == "RSA_PSS":
-                pk.verify(signature, data, padding.PSS(padding.MGF1(hash_cls()),
-                                                       hash_cls.digest_size), chosen)
+                pk.verify(signature, data, padding.PSS(padding.MGF1(hash_alg),
+                                                       hash_alg.digest_size), chosen)
             elif isinstance(pk, ec.EllipticCurvePublicKey) and algorithm.family == "ECDSA":
                 pk.verify(signature, data, ec.ECDSA(chosen))
             else:

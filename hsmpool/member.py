@@ -223,14 +223,16 @@ class Member:
     # --- health ----------------------------------------------------------------------
 
     def probe(self) -> bool:
-        """One health check, outside the breaker: a fresh session and a random draw."""
+        """One health check, outside the breaker: a fresh session and a few random draws,
+        all of which must answer quickly (a token failing every Nth call stays out)."""
         t0 = time.perf_counter_ns()
         try:
             session = self.module.open_session(self.slot)
         except P11Error:
             return False
         try:
-            self.module.random(session, 16)
+            for _ in range(self._threshold + 2):
+                self.module.random(session, 16)
         except P11Error:
             return False
         finally:

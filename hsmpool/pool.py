@@ -11,13 +11,14 @@ member's breaker ejects it after consecutive failures and a background prober re
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from hsmpool import _p11
 from hsmpool._p11 import Module, P11Error, acquire_module, release_module
@@ -34,6 +35,9 @@ from hsmpool.errors import (
     UnsupportedOperationError,
 )
 from hsmpool.member import Member, MemberState, MemberStats
+
+if TYPE_CHECKING:
+    from hsmpool.instance import Instance
 
 T = TypeVar("T")
 
@@ -192,7 +196,7 @@ class Pool:
                 continue
             member = best
             try:
-                return member.run(lambda s: fn(member, s))
+                return member.run(functools.partial(fn, member))
             except P11Error as exc:
                 if exc.rv not in _p11.DEVICE_FAULTS:
                     raise

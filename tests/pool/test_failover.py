@@ -123,7 +123,7 @@ def test_token_fails_mid_run(pool: Pool, faults: FaultInjector, kind: str, every
         time.sleep(0.7)
     assert load.errors == [], [repr(e) for e in load.errors[:3]]
     st = pool.stats()[victim]
-    assert st.ejections == ejections + 1
+    assert st.ejections >= ejections + 1
     assert st.ops > served, "the readmitted token got no more work"
     if kind != "hang":
         assert st.errors > 0
