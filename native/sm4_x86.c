@@ -225,18 +225,25 @@ TGT_AVX512 static void ghash_vpclmul(const uint8_t *htab, uint8_t y[16], const u
 
 #define Z_CONSTS                                                                              \
     const __m512i zpre = _mm512_set1_epi64(SM4_GFNI_PRE_MATRIX);                              \
-    const __m512i zpost = _mm512_set1_epi64((long long)SM4_GFNI_POST_MATRIX);                 \
+    const __m512i zl0 = _mm512_set1_epi64((long long)SM4_GFNI_POST_L0_MATRIX);                \
+    const __m512i zl1 = _mm512_set1_epi64((long long)SM4_GFNI_POST_L1_MATRIX);                \
+    const __m512i zl3 = _mm512_set1_epi64((long long)SM4_GFNI_POST_L3_MATRIX);                \
     const __m512i zwbs = _mm512_broadcast_i32x4(_mm_setr_epi8(WBSWAP_MASK))
 
+/* One round on 16 blocks. The three post-inversion matrices fold the 2-bit rotate of L in
+ * (see gen_sm4_tables.py): L(S(x)) = P0 ^ rol8(P1) ^ rol16(P1) ^ rol24(P3), each P one
+ * GF2P8AFFINEINVQB of the same pre-affine output; shorter dependency chain than computing S
+ * then L with five rotates. */
 #define Z_ROUND(X0, X1, X2, X3, K)                                                            \
     do {                                                                                      \
         __m512i t_ = _mm512_xor_si512(_mm512_ternarylogic_epi32(X1, X2, X3, 0x96), K);        \
         t_ = _mm512_gf2p8affine_epi64_epi8(t_, zpre, SM4_GFNI_PRE_CONST);                     \
-        t_ = _mm512_gf2p8affineinv_epi64_epi8(t_, zpost, SM4_GFNI_POST_CONST);                \
-        __m512i y_ = _mm512_ternarylogic_epi32(t_, _mm512_rol_epi32(t_, 8),                   \
-                                               _mm512_rol_epi32(t_, 16), 0x96);               \
-        X0 = _mm512_ternarylogic_epi32(X0, t_, _mm512_rol_epi32(t_, 24), 0x96);               \
-        X0 = _mm512_xor_si512(X0, _mm512_rol_epi32(y_, 2));                                   \
+        __m512i p0_ = _mm512_gf2p8affineinv_epi64_epi8(t_, zl0, SM4_GFNI_POST_L0_CONST);      \
+        __m512i p1_ = _mm512_gf2p8affineinv_epi64_epi8(t_, zl1, SM4_GFNI_POST_L1_CONST);      \
+        __m512i p3_ = _mm512_gf2p8affineinv_epi64_epi8(t_, zl3, SM4_GFNI_POST_L3_CONST);      \
+        X0 = _mm512_ternarylogic_epi32(X0, p0_, _mm512_rol_epi32(p1_, 8), 0x96);              \
+        X0 = _mm512_ternarylogic_epi32(X0, _mm512_rol_epi32(p1_, 16),                         \
+                                       _mm512_rol_epi32(p3_, 24), 0x96);                      \
     } while (0)
 
 /* 4x4 transpose of 32-bit words inside each 128-bit lane (an involution) */
@@ -484,7 +491,7 @@ TGT_AVX512 static void z_ctr32_words(const uint32_t rk[32], uint32_t c[4], const
     const __m256i yr24 = _mm256_broadcastsi128_si256(                                         \
         _mm_setr_epi8(1, 2, 3, 0, 5, 6, 7, 4, 9, 10, 11, 8, 13, 14, 15, 12))
 
-/* The post-inversion matrices fold the 2-bit rotate of L in (see gen_sm4_tables.py):
+/* As in the AVX-512 round, the post-inversion matrices fold the 2-bit rotate of L in:
  * L(S(x)) = P0 ^ rol8(P1) ^ rol16(P1) ^ rol24(P3), each P a GF2P8AFFINEINVQB of one pre-affine
  * output; byte rotates are single shuffles, so AVX2 needs no shift/or rotates. */
 #define Y_ROUND(X0, X1, X2, X3, K)                                                            \
