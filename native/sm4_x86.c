@@ -167,6 +167,16 @@ TGT_AVX512 INLINE __m128i z_hxor(__m512i v)
                                         _mm512_clmulepi64_epi128(a, b, 0x10), 0x96);          \
     } while (0)
 
+/* (a.lo ^ a.hi) in the low qword of every lane */
+#define Z_KARA(a) _mm512_xor_si512(a, _mm512_shuffle_epi32(a, _MM_PERM_BADC))
+
+#define Z_KMUL_ACC(a, b, bk, lo, mid, hi)                                                     \
+    do {                                                                                      \
+        lo = _mm512_xor_si512(lo, _mm512_clmulepi64_epi128(a, b, 0x00));                      \
+        hi = _mm512_xor_si512(hi, _mm512_clmulepi64_epi128(a, b, 0x11));                      \
+        mid = _mm512_xor_si512(mid, _mm512_clmulepi64_epi128(Z_KARA(a), bk, 0x00));           \
+    } while (0)
+
 /* 32 blocks per reduction; a short last piece uses masked loads and H^n..H^1. */
 TGT_AVX512 static void ghash_vpclmul(const uint8_t *htab, uint8_t y[16], const uint8_t *in,
                                      size_t nblocks)
@@ -174,10 +184,14 @@ TGT_AVX512 static void ghash_vpclmul(const uint8_t *htab, uint8_t y[16], const u
     const uint8_t *tab = htab + HSM_HTAB_CLMUL;
     __m128i acc = x_bswap(_mm_loadu_si128((const __m128i *)y));
     if (nblocks >= 32) {
+        /* Karatsuba: lo = a.lo*b.lo, hi = a.hi*b.hi, mid = (a.lo^a.hi)*(b.lo^b.hi) ^ lo ^ hi;
+         * the (b.lo^b.hi) of the powers are computed once per call */
         const __m512i h0 = _mm512_loadu_si512(tab), h1 = _mm512_loadu_si512(tab + 64),
                       h2 = _mm512_loadu_si512(tab + 128), h3 = _mm512_loadu_si512(tab + 192),
                       h4 = _mm512_loadu_si512(tab + 256), h5 = _mm512_loadu_si512(tab + 320),
                       h6 = _mm512_loadu_si512(tab + 384), h7 = _mm512_loadu_si512(tab + 448);
+        const __m512i k0 = Z_KARA(h0), k1 = Z_KARA(h1), k2 = Z_KARA(h2), k3 = Z_KARA(h3),
+                      k4 = Z_KARA(h4), k5 = Z_KARA(h5), k6 = Z_KARA(h6), k7 = Z_KARA(h7);
         for (; nblocks >= 32; nblocks -= 32, in += 512) {
             __m512i d0 = z_bswap128(_mm512_loadu_si512(in));
             __m512i d1 = z_bswap128(_mm512_loadu_si512(in + 64));
@@ -189,14 +203,15 @@ TGT_AVX512 static void ghash_vpclmul(const uint8_t *htab, uint8_t y[16], const u
             __m512i d7 = z_bswap128(_mm512_loadu_si512(in + 448));
             d0 = _mm512_xor_si512(d0, _mm512_zextsi128_si512(acc));
             __m512i lo = _mm512_setzero_si512(), mid = lo, hi = lo;
-            Z_MUL_ACC(d0, h0, lo, mid, hi);
-            Z_MUL_ACC(d1, h1, lo, mid, hi);
-            Z_MUL_ACC(d2, h2, lo, mid, hi);
-            Z_MUL_ACC(d3, h3, lo, mid, hi);
-            Z_MUL_ACC(d4, h4, lo, mid, hi);
-            Z_MUL_ACC(d5, h5, lo, mid, hi);
-            Z_MUL_ACC(d6, h6, lo, mid, hi);
-            Z_MUL_ACC(d7, h7, lo, mid, hi);
+            Z_KMUL_ACC(d0, h0, k0, lo, mid, hi);
+            Z_KMUL_ACC(d1, h1, k1, lo, mid, hi);
+            Z_KMUL_ACC(d2, h2, k2, lo, mid, hi);
+            Z_KMUL_ACC(d3, h3, k3, lo, mid, hi);
+            Z_KMUL_ACC(d4, h4, k4, lo, mid, hi);
+            Z_KMUL_ACC(d5, h5, k5, lo, mid, hi);
+            Z_KMUL_ACC(d6, h6, k6, lo, mid, hi);
+            Z_KMUL_ACC(d7, h7, k7, lo, mid, hi);
+            mid = _mm512_ternarylogic_epi64(mid, lo, hi, 0x96);
             acc = x_fold(z_hxor(lo), z_hxor(mid), z_hxor(hi));
         }
     }
