@@ -320,6 +320,79 @@ class Instance:
             _destroy(m, s, priv)
         return KeyBlob.build(spec, self.kek_ids["kek"], spki, wrapped)
 
+    def import_key(self, spec: KeySpec, material: bytes) -> KeyBlob:
+        """Import caller-supplied material as an HSM key (BYOK) and return it wrapped.
+
+        ``material`` is the raw key for AES_256 (32 bytes) and HMAC specs (16..64 bytes), and
+        a DER PKCS#8 private key for RSA and EC specs, which must match the spec. The
+        material goes into a token as a session object, is wrapped there and destroyed.
+        """
+        if spec is KeySpec.SECRET:
+            return self.import_secret(material)
+        material = _bytes(material, "material")
+        attrs: dict[int, p.AttrValue] = {p.CKA_TOKEN: False, p.CKA_PRIVATE: True,
+                                         p.CKA_SENSITIVE: True, p.CKA_EXTRACTABLE: True}
+        spki = b""
+        if spec is KeySpec.AES_256:
+            if len(material) != 32:
+                raise ValueError("AES_256 key material must be 32 bytes")
+            attrs.update({p.CKA_CLASS: p.CKO_SECRET_KEY, p.CKA_KEY_TYPE: p.CKK_AES,
+                          p.CKA_VALUE: material, p.CKA_ENCRYPT: True, p.CKA_DECRYPT: True})
+        elif spec.is_hmac:
+            if not 16 <= len(material) <= 128:
+                raise ValueError("HMAC key material must be 16..128 bytes")
+            attrs.update({p.CKA_CLASS: p.CKO_SECRET_KEY, p.CKA_KEY_TYPE: p.CKK_GENERIC_SECRET,
+                          p.CKA_VALUE: material, p.CKA_SIGN: True, p.CKA_VERIFY: True})
+        else:
+            try:
+                key = serialization.load_der_private_key(material, password=None)
+            except (ValueError, TypeError):
+                raise ValueError("key material is not a DER PKCS#8 private key") from None
+            if spec.is_rsa:
+                if not isinstance(key, rsa.RSAPrivateKey) or key.key_size != RSA_BITS[spec]:
+                    raise ValueError(f"key material is not an {spec.name} private key")
+                nums = key.private_numbers()
+                pub = nums.public_numbers
+
+                def be(x: int) -> bytes:
+                    return x.to_bytes((x.bit_length() + 7) // 8 or 1, "big")
+
+                attrs.update({
+                    p.CKA_CLASS: p.CKO_PRIVATE_KEY, p.CKA_KEY_TYPE: p.CKK_RSA,
+                    p.CKA_MODULUS: be(pub.n), p.CKA_PUBLIC_EXPONENT: be(pub.e),
+                    p.CKA_PRIVATE_EXPONENT: be(nums.d), p.CKA_PRIME_1: be(nums.p),
+                    p.CKA_PRIME_2: be(nums.q), p.CKA_EXPONENT_1: be(nums.dmp1),
+                    p.CKA_EXPONENT_2: be(nums.dmq1), p.CKA_COEFFICIENT: be(nums.iqmp),
+                    p.CKA_SIGN: True, p.CKA_DECRYPT: True})
+            elif spec.is_ec:
+                if (not isinstance(key, ec.EllipticCurvePrivateKey)
+                        or key.curve.name != _CURVES[spec].name):
+                    raise ValueError(f"key material is not an {spec.name} private key")
+                value = key.private_numbers().private_value.to_bytes(32, "big")
+                attrs.update({p.CKA_CLASS: p.CKO_PRIVATE_KEY, p.CKA_KEY_TYPE: p.CKK_EC,
+                              p.CKA_EC_PARAMS: EC_PARAMS[spec], p.CKA_VALUE: value,
+                              p.CKA_SIGN: True})
+            else:
+                raise AssertionError(spec)
+            spki = key.public_key().public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        template = Template(attrs)
+
+        def op(m: Member, s: int) -> KeyBlob:
+            try:
+                obj = m.module.create_object(s, template)
+            except P11Error as exc:
+                if exc.rv in p.HARD_FAULTS:
+                    raise
+                raise ValueError(f"the token refused the key material ({exc.name})") from None
+            try:
+                wrapped = m.module.wrap(s, _kek.WRAP_PAD, m.domain_keys["kek"], obj)
+            finally:
+                _destroy(m, s, obj)
+            return KeyBlob.build(spec, self.kek_ids["kek"], spki, wrapped)
+
+        return self._run((p.CKM_AES_KEY_WRAP_PAD,), op, f"importing a {spec.name} key")
+
     def generate_secret(self, length: int) -> KeyBlob:
         """Random SOFTWARE material of ``length`` bytes, made and wrapped inside a token."""
         if not 1 <= length <= 512:

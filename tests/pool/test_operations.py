@@ -216,3 +216,45 @@ def test_stats_count_operations(pool: Pool, inst: Instance) -> None:
     assert st.ops >= before + 10
     assert st.state == "healthy" and st.in_flight == 0
     assert 0 < st.p50_ms <= st.p99_ms
+
+
+def test_import_key_material(inst: Instance) -> None:
+    """BYOK: imported keys behave like the same key outside (checked with cryptography)."""
+    import os
+
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    raw = os.urandom(32)
+    aes = inst.import_key(KeySpec.AES_256, raw)
+    ct = inst.encrypt(aes, b"imported", b"aad")
+    assert AESGCM(raw).decrypt(ct[:12], ct[12:], b"aad") == b"imported"
+    nonce = os.urandom(12)
+    assert inst.decrypt(aes, nonce + AESGCM(raw).encrypt(nonce, b"x", b""), b"") == b"x"
+
+    import hmac as std_hmac
+    mac_key = os.urandom(32)
+    blob = inst.import_key(KeySpec.HMAC_SHA256, mac_key)
+    assert inst.hmac(blob, b"m") == std_hmac.new(mac_key, b"m", hashlib.sha256).digest()
+
+    for spec, private in ((KeySpec.RSA_2048, rsa.generate_private_key(65537, 2048)),
+                          (KeySpec.EC_P256, ec.generate_private_key(ec.SECP256R1())),
+                          (KeySpec.EC_SECP256K1, ec.generate_private_key(ec.SECP256K1()))):
+        der = private.private_bytes(serialization.Encoding.DER,
+                                    serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption())
+        blob = inst.import_key(spec, der)
+        alg = SignAlgorithm.RSA_PSS_SHA256 if spec.is_rsa else SignAlgorithm.ECDSA_SHA256
+        sig = inst.sign(blob, b"msg", alg)
+        pub = private.public_key()
+        if isinstance(pub, rsa.RSAPublicKey):
+            pub.verify(sig, b"msg", padding.PSS(padding.MGF1(hashes.SHA256()), 32),
+                       hashes.SHA256())
+        else:
+            assert isinstance(pub, ec.EllipticCurvePublicKey)
+            pub.verify(sig, b"msg", ec.ECDSA(hashes.SHA256()))
+    with pytest.raises(ValueError):
+        inst.import_key(KeySpec.AES_256, b"short")
+    with pytest.raises(ValueError):
+        inst.import_key(KeySpec.RSA_2048, b"not der")
+    with pytest.raises(ValueError):
+        inst.import_key(KeySpec.RSA_3072, der)  # an EC key is not an RSA_3072 key
