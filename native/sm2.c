@@ -266,7 +266,8 @@ static int is_sm2_group(EVP_PKEY *pkey) {
 int hsm_sm2_from_private_encoded(const uint8_t *data, size_t len, int fmt, hsm_sm2_key **out) {
     EVP_PKEY *pkey = NULL;
     BIGNUM *priv = NULL;
-    uint8_t d[32];
+    uint8_t d[32], pub[65];
+    size_t n = 0;
     int rc = HSM_SM2_EINVAL;
     if (len > 1u << 20) return HSM_SM2_EINVAL;
     if (fmt == HSM_SM2_FMT_DER) {
@@ -285,7 +286,19 @@ int hsm_sm2_from_private_encoded(const uint8_t *data, size_t len, int fmt, hsm_s
     if (!EVP_PKEY_get_bn_param(pkey, OSSL_PKEY_PARAM_PRIV_KEY, &priv) ||
         BN_bn2binpad(priv, d, 32) != 32)
         goto done;
+    /* The public point stored beside d (libcrypto derives it when absent) must be d * G:
+     * a mismatch means a corrupted or spliced key. */
+    if (!EVP_PKEY_set_utf8_string_param(pkey, OSSL_PKEY_PARAM_EC_POINT_CONVERSION_FORMAT,
+                                        "uncompressed") ||
+        !EVP_PKEY_get_octet_string_param(pkey, OSSL_PKEY_PARAM_PUB_KEY, pub, sizeof pub, &n) ||
+        n != 65)
+        goto done;
     rc = hsm_sm2_from_private_raw(d, 32, out);
+    if (rc == HSM_SM2_OK && memcmp((*out)->pub, pub, 65) != 0) {
+        hsm_sm2_free(*out);
+        *out = NULL;
+        rc = HSM_SM2_EINVAL;
+    }
 done:
     secure_zero(d, sizeof d);
     BN_clear_free(priv);

@@ -250,6 +250,11 @@ def test_encoded_keys_wrong_kind_curve_or_framing() -> None:
             gm.SM2PublicKey.from_der(bad)
     with pytest.raises(ValueError):
         gm.SM2PublicKey.from_pem(priv.to_pem())
+    # PKCS#8 whose stored public point (the DER's last 65 bytes here) is not d * G.
+    other = gm.SM2PrivateKey.generate().public_key().to_bytes()
+    assert der.endswith(priv.public_key().to_bytes())
+    with pytest.raises(ValueError):
+        gm.SM2PrivateKey.from_der(der[:-65] + other)
     # A NIST P-256 key is not an SM2 key.
     p256 = ec.generate_private_key(ec.SECP256R1())
     p256_der = p256.private_bytes(
