@@ -32,7 +32,10 @@ def hmac_sm3(key: BytesLike, data: BytesLike) -> bytes:
 
 
 class SM3:
-    """Incremental SM3, hashlib-style. ``digest()`` does not finalise the object."""
+    """Incremental SM3, hashlib-style. ``digest()`` does not finalise the object.
+
+    One object must not be updated from two threads at once (share the result of ``copy()``
+    instead); the one-shot :func:`sm3` has no such restriction."""
 
     __slots__ = ("_ctx",)
     name = "sm3"
@@ -72,7 +75,8 @@ class SM3:
 
 
 class HMACSM3:
-    """Incremental HMAC-SM3. ``digest()`` does not finalise the object."""
+    """Incremental HMAC-SM3. ``digest()`` does not finalise the object. Not for concurrent
+    updates from several threads (like :class:`SM3`)."""
 
     __slots__ = ("_ctx",)
     name = "hmac-sm3"
