@@ -47,6 +47,9 @@ typedef struct {
     void (*ctr32)(const uint32_t rk[32], uint8_t ctr[16], const uint8_t *in, uint8_t *out,
                   size_t len);
     void (*ghash)(const uint8_t *htab, uint8_t y[16], const uint8_t *in, size_t nblocks);
+    /* CBC encryption is serial: one block at a time (vector S-box: constant time) */
+    void (*cbc_enc)(const uint32_t rk[32], uint8_t iv[16], const uint8_t *in, uint8_t *out,
+                    size_t nblocks);
 } hsm_sm4_impl_ops;
 
 extern const hsm_sm4_impl_ops hsm_sm4_portable_ops;
@@ -61,13 +64,19 @@ void hsm_ghash_clmul_init(uint8_t *htab, const uint8_t h[16]);
 #if defined(HSM_GM_X86)
 /* Self-test of the vector S-box + linear transform of every kernel family the CPU can run:
  * the round function T (x -> L(S(x))) on 256 words that put every byte value in every byte
- * position, against the portable tables. Returns 0, or a bitmask of failing families
- * (1: AVX-512 GFNI, 2: AVX2 GFNI, 4: AVX2 AES-NI). */
+ * position, against the portable tables, and the single-block/key-schedule S-boxes. Returns 0,
+ * or a bitmask of failing families (1: AVX-512 GFNI, 2: AVX2 GFNI, 4: AVX2 AES-NI,
+ * 8: single-word GFNI, 16: single-word AES-NI). */
 int hsm_sm4_x86_selftest(void);
+
+/* The S-box on the four bytes of a word without table lookups (for the key schedule):
+ * GFNI if the CPU has it, else AES-NI; returns 0 and sets *out, or -1 if neither exists. */
+int hsm_sm4_x86_tau(uint32_t in, uint32_t *out);
 #endif
 
-/* The portable round function T(x) = L(S(x)) (T-tables). */
+/* The portable round function T(x) = L(S(x)) (T-tables) and S-box on a word (table). */
 uint32_t hsm_sm4_portable_t(uint32_t x);
+uint32_t hsm_sm4_portable_tau(uint32_t x);
 
 /* Portable single-block helpers shared with sm4_x86.c. */
 void hsm_sm4_portable_block(const uint32_t rk[32], const uint8_t in[16], uint8_t out[16]);

@@ -266,8 +266,12 @@ void hsm_sm4_set_key(hsm_sm4_key *ks, const uint8_t key[16])
         for (int j = 0; j < 4; j++)
             ck = (ck << 8) | (uint8_t)((4 * i + j) * 7);
         uint32_t t = k[(i + 1) & 3] ^ k[(i + 2) & 3] ^ k[(i + 3) & 3] ^ ck;
-        t = ((uint32_t)SM4_SBOX[t >> 24] << 24) | ((uint32_t)SM4_SBOX[(t >> 16) & 0xff] << 16) |
-            ((uint32_t)SM4_SBOX[(t >> 8) & 0xff] << 8) | SM4_SBOX[t & 0xff];
+#if defined(HSM_GM_X86)
+        if (hsm_sm4_x86_tau(t, &t) != 0)
+#endif
+            t = ((uint32_t)SM4_SBOX[t >> 24] << 24) |
+                ((uint32_t)SM4_SBOX[(t >> 16) & 0xff] << 16) |
+                ((uint32_t)SM4_SBOX[(t >> 8) & 0xff] << 8) | SM4_SBOX[t & 0xff];
         t ^= rol32(t, 13) ^ rol32(t, 23);
         k[i & 3] ^= t;
         ks->rk_enc[i] = k[i & 3];
@@ -295,6 +299,12 @@ void hsm_sm4_wipe(hsm_sm4_key *ks) { wipe(ks, sizeof *ks); }
      SM4_T3[(v) & 0xff])
 
 uint32_t hsm_sm4_portable_t(uint32_t x) { return SM4_T(x); }
+
+uint32_t hsm_sm4_portable_tau(uint32_t x)
+{
+    return ((uint32_t)SM4_SBOX[x >> 24] << 24) | ((uint32_t)SM4_SBOX[(x >> 16) & 0xff] << 16) |
+           ((uint32_t)SM4_SBOX[(x >> 8) & 0xff] << 8) | SM4_SBOX[x & 0xff];
+}
 
 void hsm_sm4_portable_block(const uint32_t rk[32], const uint8_t in[16], uint8_t out[16])
 {
@@ -465,8 +475,21 @@ static void portable_ghash(const uint8_t *htab, uint8_t y[16], const uint8_t *in
     store_be64(y + 8, yl);
 }
 
+static void portable_cbc_enc(const uint32_t rk[32], uint8_t iv[16], const uint8_t *in,
+                             uint8_t *out, size_t nblocks)
+{
+    uint8_t x[16];
+    memcpy(x, iv, 16);
+    for (; nblocks; nblocks--, in += 16, out += 16) {
+        xor16(x, x, in);
+        hsm_sm4_portable_block(rk, x, x);
+        memcpy(out, x, 16);
+    }
+    memcpy(iv, x, 16);
+}
+
 const hsm_sm4_impl_ops hsm_sm4_portable_ops = {portable_ecb, portable_ctr128, portable_ctr32,
-                                               portable_ghash};
+                                               portable_ghash, portable_cbc_enc};
 
 /* ---------------------------------------------------------------- dispatch */
 
@@ -501,14 +524,7 @@ void hsm_sm4_ecb_decrypt(const hsm_sm4_key *ks, const uint8_t *in, uint8_t *out,
 void hsm_sm4_cbc_encrypt(const hsm_sm4_key *ks, uint8_t iv[16], const uint8_t *in, uint8_t *out,
                          size_t nblocks)
 {
-    uint8_t x[16];
-    memcpy(x, iv, 16);
-    for (; nblocks; nblocks--, in += 16, out += 16) {
-        xor16(x, x, in);
-        hsm_sm4_portable_block(ks->rk_enc, x, x);
-        memcpy(out, x, 16);
-    }
-    memcpy(iv, x, 16);
+    ops()->cbc_enc(ks->rk_enc, iv, in, out, nblocks);
 }
 
 void hsm_sm4_cbc_decrypt(const hsm_sm4_key *ks, uint8_t iv[16], const uint8_t *in, uint8_t *out,
@@ -547,7 +563,7 @@ void hsm_sm4_gcm_set_key(hsm_sm4_gcm_key *gk, const uint8_t key[16])
     static const uint8_t zero[16] = {0};
     memset(gk, 0, sizeof *gk);
     hsm_sm4_set_key(&gk->ks, key);
-    hsm_sm4_portable_block(gk->ks.rk_enc, zero, gk->h);
+    ops()->ecb(gk->ks.rk_enc, zero, gk->h, 1);
     ghash_4bit_init(gk->htab, gk->h);
 #if defined(HSM_GM_X86)
     if (hsm_gm_cpu_features() & HSM_CPU_PCLMUL)
@@ -655,7 +671,7 @@ static void gcm_crypt(const hsm_sm4_gcm_key *gk, const uint8_t *nonce, size_t no
         in += n, out += n, len -= n;
     }
     o->ghash(gk->htab, y, lenblk, 1);
-    hsm_sm4_portable_block(rk, j0, j0);
+    o->ecb(rk, j0, j0, 1);
     xor16(full_tag, y, j0);
 }
 

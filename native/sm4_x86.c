@@ -1040,6 +1040,126 @@ TGT_AVX2_AESNI static void a_ctr32_words(const uint32_t rk[32], uint32_t c[4], c
     c[3] += used;
 }
 
+/* ================================================================ single blocks */
+/* CBC encryption and the key schedule are serial; these run one block (or word) at a time with
+ * the vector S-boxes so that no table is indexed by key- or data-dependent values. Every lane
+ * holds the same word (so AESENCLAST's ShiftRows, which only moves bytes between the
+ * identical columns, needs no compensation). */
+
+#define TGT_GFNI1 __attribute__((target("gfni,avx2")))
+#define TGT_AESNI1 __attribute__((target("aes,avx2")))
+
+#define X_CONSTS1                                                                             \
+    const __m128i r8 = _mm_setr_epi8(3, 0, 1, 2, 7, 4, 5, 6, 11, 8, 9, 10, 15, 12, 13, 14);   \
+    const __m128i r16 = _mm_setr_epi8(2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13);  \
+    const __m128i r24 = _mm_setr_epi8(1, 2, 3, 0, 5, 6, 7, 4, 9, 10, 11, 8, 13, 14, 15, 12)
+
+TGT_GFNI1 INLINE __m128i g1_pre(__m128i t)
+{
+    return _mm_gf2p8affine_epi64_epi8(t, _mm_set1_epi64x(SM4_GFNI_PRE_MATRIX), SM4_GFNI_PRE_CONST);
+}
+
+#define G1_ROUND(X0, X1, X2, X3, K)                                                           \
+    do {                                                                                      \
+        __m128i t_ = g1_pre(_mm_xor_si128(_mm_xor_si128(X1, X2), _mm_xor_si128(X3, K)));      \
+        __m128i p0_ = _mm_gf2p8affineinv_epi64_epi8(                                          \
+            t_, _mm_set1_epi64x((long long)SM4_GFNI_POST_L0_MATRIX), SM4_GFNI_POST_L0_CONST); \
+        __m128i p1_ = _mm_gf2p8affineinv_epi64_epi8(                                          \
+            t_, _mm_set1_epi64x((long long)SM4_GFNI_POST_L1_MATRIX), SM4_GFNI_POST_L1_CONST); \
+        __m128i p3_ = _mm_gf2p8affineinv_epi64_epi8(                                          \
+            t_, _mm_set1_epi64x((long long)SM4_GFNI_POST_L3_MATRIX), SM4_GFNI_POST_L3_CONST); \
+        p0_ = _mm_xor_si128(p0_, _mm_shuffle_epi8(p1_, r8));                                  \
+        p1_ = _mm_xor_si128(_mm_shuffle_epi8(p1_, r16), _mm_shuffle_epi8(p3_, r24));          \
+        X0 = _mm_xor_si128(X0, _mm_xor_si128(p0_, p1_));                                      \
+    } while (0)
+
+TGT_AESNI1 INLINE __m128i a1_affine(__m128i v, __m128i lo, __m128i hi)
+{
+    const __m128i m = _mm_set1_epi8(0x0f);
+    return _mm_xor_si128(_mm_shuffle_epi8(lo, _mm_and_si128(v, m)),
+                         _mm_shuffle_epi8(hi, _mm_and_si128(_mm_srli_epi16(v, 4), m)));
+}
+
+TGT_AESNI1 INLINE __m128i a1_sbox(__m128i v)
+{
+    v = a1_affine(v, _mm_setr_epi8(SM4_AESNI_PRE_LO), _mm_setr_epi8(SM4_AESNI_PRE_HI));
+    v = _mm_aesenclast_si128(v, _mm_setzero_si128());
+    return a1_affine(v, _mm_setr_epi8(SM4_AESNI_POST_LO), _mm_setr_epi8(SM4_AESNI_POST_HI));
+}
+
+#define A1_ROUND(X0, X1, X2, X3, K)                                                           \
+    do {                                                                                      \
+        __m128i t_ = a1_sbox(_mm_xor_si128(_mm_xor_si128(X1, X2), _mm_xor_si128(X3, K)));     \
+        __m128i y_ = _mm_xor_si128(_mm_xor_si128(t_, _mm_shuffle_epi8(t_, r8)),               \
+                                   _mm_shuffle_epi8(t_, r16));                                \
+        X0 = _mm_xor_si128(X0, _mm_xor_si128(t_, _mm_shuffle_epi8(t_, r24)));                 \
+        X0 = _mm_xor_si128(X0, _mm_or_si128(_mm_slli_epi32(y_, 2), _mm_srli_epi32(y_, 30)));  \
+    } while (0)
+
+#define CBC_ENC_BODY(ROUND)                                                                   \
+    X_CONSTS1;                                                                                \
+    uint32_t v0 = be32(iv), v1 = be32(iv + 4), v2 = be32(iv + 8), v3 = be32(iv + 12);         \
+    for (; nblocks; nblocks--, in += 16, out += 16) {                                         \
+        __m128i x0 = _mm_set1_epi32((int)(v0 ^ be32(in)));                                    \
+        __m128i x1 = _mm_set1_epi32((int)(v1 ^ be32(in + 4)));                                \
+        __m128i x2 = _mm_set1_epi32((int)(v2 ^ be32(in + 8)));                                \
+        __m128i x3 = _mm_set1_epi32((int)(v3 ^ be32(in + 12)));                               \
+        for (int r = 0; r < 32; r += 4) {                                                     \
+            ROUND(x0, x1, x2, x3, _mm_set1_epi32((int)rk[r]));                                \
+            ROUND(x1, x2, x3, x0, _mm_set1_epi32((int)rk[r + 1]));                            \
+            ROUND(x2, x3, x0, x1, _mm_set1_epi32((int)rk[r + 2]));                            \
+            ROUND(x3, x0, x1, x2, _mm_set1_epi32((int)rk[r + 3]));                            \
+        }                                                                                     \
+        v0 = (uint32_t)_mm_cvtsi128_si32(x3);                                                 \
+        v1 = (uint32_t)_mm_cvtsi128_si32(x2);                                                 \
+        v2 = (uint32_t)_mm_cvtsi128_si32(x1);                                                 \
+        v3 = (uint32_t)_mm_cvtsi128_si32(x0);                                                 \
+        put_be32(out, v0), put_be32(out + 4, v1), put_be32(out + 8, v2);                      \
+        put_be32(out + 12, v3);                                                               \
+    }                                                                                         \
+    put_be32(iv, v0), put_be32(iv + 4, v1), put_be32(iv + 8, v2), put_be32(iv + 12, v3)
+
+TGT_GFNI1 static void g1_cbc_enc(const uint32_t rk[32], uint8_t iv[16], const uint8_t *in,
+                                 uint8_t *out, size_t nblocks)
+{
+    CBC_ENC_BODY(G1_ROUND);
+}
+
+TGT_AESNI1 static void a1_cbc_enc(const uint32_t rk[32], uint8_t iv[16], const uint8_t *in,
+                                  uint8_t *out, size_t nblocks)
+{
+    CBC_ENC_BODY(A1_ROUND);
+}
+
+TGT_GFNI1 static uint32_t g1_tau(uint32_t x)
+{
+    __m128i v = _mm_gf2p8affine_epi64_epi8(_mm_cvtsi32_si128((int)x),
+                                           _mm_set1_epi64x(SM4_GFNI_PRE_MATRIX),
+                                           SM4_GFNI_PRE_CONST);
+    v = _mm_gf2p8affineinv_epi64_epi8(v, _mm_set1_epi64x((long long)SM4_GFNI_POST_MATRIX),
+                                      SM4_GFNI_POST_CONST);
+    return (uint32_t)_mm_cvtsi128_si32(v);
+}
+
+TGT_AESNI1 static uint32_t a1_tau(uint32_t x)
+{
+    return (uint32_t)_mm_cvtsi128_si32(a1_sbox(_mm_set1_epi32((int)x)));
+}
+
+int hsm_sm4_x86_tau(uint32_t in, uint32_t *out)
+{
+    unsigned f = hsm_gm_cpu_features();
+    if ((f & (HSM_CPU_GFNI | HSM_CPU_AVX2)) == (HSM_CPU_GFNI | HSM_CPU_AVX2)) {
+        *out = g1_tau(in);
+        return 0;
+    }
+    if ((f & (HSM_CPU_AESNI | HSM_CPU_AVX2)) == (HSM_CPU_AESNI | HSM_CPU_AVX2)) {
+        *out = a1_tau(in);
+        return 0;
+    }
+    return -1;
+}
+
 /* ================================================================ self-test */
 
 static void selftest_words(uint32_t w[256])
@@ -1111,6 +1231,18 @@ int hsm_sm4_x86_selftest(void)
         fail |= 2;
     if (hsm_gm_impl_available(HSM_GM_IMPL_AVX2_AESNI) && selftest_aesni())
         fail |= 4;
+    unsigned f = hsm_gm_cpu_features();
+    uint32_t w[256];
+    selftest_words(w);
+    for (int i = 0; i < 256; i++) {
+        uint32_t want = hsm_sm4_portable_tau(w[i]);
+        if ((f & (HSM_CPU_GFNI | HSM_CPU_AVX2)) == (HSM_CPU_GFNI | HSM_CPU_AVX2) &&
+            g1_tau(w[i]) != want)
+            fail |= 8;
+        if ((f & (HSM_CPU_AESNI | HSM_CPU_AVX2)) == (HSM_CPU_AESNI | HSM_CPU_AVX2) &&
+            a1_tau(w[i]) != want)
+            fail |= 16;
+    }
     return fail;
 }
 
@@ -1182,9 +1314,11 @@ TGT_AVX2_AESNI static void a_ctr32(const uint32_t rk[32], uint8_t ctr[16], const
     ctr32(a_ctr32_words, rk, ctr, in, out, len);
 }
 
-const hsm_sm4_impl_ops hsm_sm4_avx2_aesni_ops = {a_ecb, a_ctr128, a_ctr32, ghash_clmul};
-const hsm_sm4_impl_ops hsm_sm4_avx2_ops = {y_ecb, y_ctr128, y_ctr32, ghash_clmul};
-const hsm_sm4_impl_ops hsm_sm4_avx512_ops = {z_ecb, z_ctr128, z_ctr32, ghash_vpclmul};
+const hsm_sm4_impl_ops hsm_sm4_avx2_aesni_ops = {a_ecb, a_ctr128, a_ctr32, ghash_clmul,
+                                                  a1_cbc_enc};
+const hsm_sm4_impl_ops hsm_sm4_avx2_ops = {y_ecb, y_ctr128, y_ctr32, ghash_clmul, g1_cbc_enc};
+const hsm_sm4_impl_ops hsm_sm4_avx512_ops = {z_ecb, z_ctr128, z_ctr32, ghash_vpclmul,
+                                             g1_cbc_enc};
 
 #else
 typedef int hsm_sm4_x86_unused;
