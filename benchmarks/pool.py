@@ -27,9 +27,10 @@ GCM call, and the SHA-256 of the message computed in Python before the raw ECDSA
 
 Tokens live in ``var/bench-tokens`` (git-ignored), made by ``softhsm-config/make-tokens.sh``;
 hsmpool-0 is the 1-token partition and also the raw token. Keys are generated once in the
-parent and handed to the pool processes as blob bytes; raw processes make their own session
-keys. Results go to ``bench-results/pool.json``. The bars printed at the end come from the
-issue; they are a report, not a test.
+parent and handed to the pool processes as blob bytes, and every pool call is given those
+bytes (so parsing the blob is part of each call, as in a KMS front end); raw processes make
+their own session keys. Results go to ``bench-results/pool.json``. The bars printed at the
+end come from the issue; they are a report, not a test.
 """
 
 from __future__ import annotations
@@ -545,7 +546,19 @@ def meta(seconds: float, warmup: float) -> dict[str, Any]:
         "message_bytes": len(MESSAGE), "partitions": {str(k): [f"hsmpool-{i}" for i in v]
                                                       for k, v in PARTITIONS.items()},
         "raw_token": f"hsmpool-{RAW_TOKEN}",
+        "softhsm2": _command(["softhsm2-util", "--version"]),
+        "git_commit": _command(["git", "-C", str(ROOT), "rev-parse", "HEAD"]),
+        "hsmpool_modified": bool(_command(["git", "-C", str(ROOT), "status", "--porcelain",
+                                           "--", "hsmpool", "native"])),
     }
+
+
+def _command(argv: list[str]) -> str:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+    except OSError:
+        return ""
+    return done.stdout.strip()
 
 
 # --- profiling -------------------------------------------------------------------------------
