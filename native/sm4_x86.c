@@ -28,12 +28,14 @@
 #define SM4_GFNI_PRE_CONST 0x3e
 #define SM4_GFNI_POST_MATRIX 0xf3ab34a974a6b589ULL
 #define SM4_GFNI_POST_CONST 0xd3
-#define SM4_GFNI_POST_L0_MATRIX 0xf3abc702400fc12fULL
-#define SM4_GFNI_POST_L0_CONST 0x9f
-#define SM4_GFNI_POST_L1_MATRIX 0xb589f3ab34a974a6ULL
-#define SM4_GFNI_POST_L1_CONST 0x4f
-#define SM4_GFNI_POST_L3_MATRIX 0x462234a974a6b589ULL
-#define SM4_GFNI_POST_L3_CONST 0xd0
+#define SM4_GFNI_DOMAIN_MATRIX 0x4c287db91a22505dULL
+#define SM4_GFNI_DOMAIN_INV_MATRIX 0xb3a4f5863284728bULL
+#define SM4_GFNI_POST_D0_MATRIX 0x040db891e9a481b7ULL
+#define SM4_GFNI_POST_D0_CONST 0x72
+#define SM4_GFNI_POST_D1_MATRIX 0x2c020425162040adULL
+#define SM4_GFNI_POST_D1_CONST 0x63
+#define SM4_GFNI_POST_D3_MATRIX 0x280fbcb4ff84c11aULL
+#define SM4_GFNI_POST_D3_CONST 0x11
 
 #define SM4_AESNI_PRE_LO 0x3e, 0xb2, 0x0e, 0x82, 0xbb, 0x37, 0x8b, 0x07, 0xa1, 0x2d, 0x91, 0x1d, 0x24, 0xa8, 0x14, 0x98
 #define SM4_AESNI_PRE_HI 0x00, 0xdc, 0x2e, 0xf2, 0xc5, 0x19, 0xeb, 0x37, 0x08, 0xd4, 0x26, 0xfa, 0xcd, 0x11, 0xe3, 0x3f
@@ -240,29 +242,50 @@ TGT_AVX512 static void ghash_vpclmul(const uint8_t *htab, uint8_t y[16], const u
     _mm_storeu_si128((__m128i *)y, x_bswap(acc));
 }
 
+/* Round keys in the pre-affine domain: D(rk) ^ 0x3e in every byte (D byte-local, see
+ * gen_sm4_tables.py), so that X1^X2^X3^K' in the domain is the S-box's pre-affine output. */
+__attribute__((target("avx2,gfni"))) static void dom_keys(const uint32_t rk[32], uint32_t out[32])
+{
+    const __m256i m = _mm256_set1_epi64x((long long)SM4_GFNI_PRE_MATRIX);
+    for (int i = 0; i < 32; i += 8) {
+        __m256i k = _mm256_loadu_si256((const __m256i *)(rk + i));
+        k = _mm256_gf2p8affine_epi64_epi8(k, m, SM4_GFNI_PRE_CONST);
+        _mm256_storeu_si256((__m256i *)(out + i), k);
+    }
+}
+
+static void wipe_keys(uint32_t k[32])
+{
+    memset(k, 0, 32 * sizeof k[0]);
+    __asm__ volatile("" : : "r"(k) : "memory");
+}
+
 /* ================================================================ SM4, AVX-512 + GFNI */
 
 /* byte-swap every 32-bit word */
 #define WBSWAP_MASK 3, 2, 1, 0, 7, 6, 5, 4, 11, 10, 9, 8, 15, 14, 13, 12
 
 #define Z_CONSTS                                                                              \
-    const __m512i zpre = _mm512_set1_epi64(SM4_GFNI_PRE_MATRIX);                              \
-    const __m512i zl0 = _mm512_set1_epi64((long long)SM4_GFNI_POST_L0_MATRIX);                \
-    const __m512i zl1 = _mm512_set1_epi64((long long)SM4_GFNI_POST_L1_MATRIX);                \
-    const __m512i zl3 = _mm512_set1_epi64((long long)SM4_GFNI_POST_L3_MATRIX);                \
+    const __m512i zdom = _mm512_set1_epi64((long long)SM4_GFNI_DOMAIN_MATRIX);                \
+    const __m512i zdinv = _mm512_set1_epi64((long long)SM4_GFNI_DOMAIN_INV_MATRIX);           \
+    const __m512i zd0 = _mm512_set1_epi64((long long)SM4_GFNI_POST_D0_MATRIX);                \
+    const __m512i zd1 = _mm512_set1_epi64((long long)SM4_GFNI_POST_D1_MATRIX);                \
+    const __m512i zd3 = _mm512_set1_epi64((long long)SM4_GFNI_POST_D3_MATRIX);                \
     const __m512i zwbs = _mm512_broadcast_i32x4(_mm_setr_epi8(WBSWAP_MASK))
 
-/* One round on 16 blocks. The three post-inversion matrices fold the 2-bit rotate of L in
- * (see gen_sm4_tables.py): L(S(x)) = P0 ^ rol8(P1) ^ rol16(P1) ^ rol24(P3), each P one
- * GF2P8AFFINEINVQB of the same pre-affine output; shorter dependency chain than computing S
- * then L with five rotates. */
+/* into / out of the pre-affine domain (see dom_keys) */
+#define ZD(v) _mm512_gf2p8affine_epi64_epi8(v, zdom, 0)
+#define ZDI(v) _mm512_gf2p8affine_epi64_epi8(v, zdinv, 0)
+
+/* One round on 16 blocks, state and round key in the pre-affine domain (dom_keys): the S-box
+ * input needs no affine step, and the three post-inversion matrices fold in both the way back
+ * and the 2-bit rotate of L: L(S(x)) = P0 ^ rol8(P1) ^ rol16(P1) ^ rol24(P3). */
 #define Z_ROUND(X0, X1, X2, X3, K)                                                            \
     do {                                                                                      \
         __m512i t_ = _mm512_xor_si512(_mm512_ternarylogic_epi32(X1, X2, X3, 0x96), K);        \
-        t_ = _mm512_gf2p8affine_epi64_epi8(t_, zpre, SM4_GFNI_PRE_CONST);                     \
-        __m512i p0_ = _mm512_gf2p8affineinv_epi64_epi8(t_, zl0, SM4_GFNI_POST_L0_CONST);      \
-        __m512i p1_ = _mm512_gf2p8affineinv_epi64_epi8(t_, zl1, SM4_GFNI_POST_L1_CONST);      \
-        __m512i p3_ = _mm512_gf2p8affineinv_epi64_epi8(t_, zl3, SM4_GFNI_POST_L3_CONST);      \
+        __m512i p0_ = _mm512_gf2p8affineinv_epi64_epi8(t_, zd0, SM4_GFNI_POST_D0_CONST);      \
+        __m512i p1_ = _mm512_gf2p8affineinv_epi64_epi8(t_, zd1, SM4_GFNI_POST_D1_CONST);      \
+        __m512i p3_ = _mm512_gf2p8affineinv_epi64_epi8(t_, zd3, SM4_GFNI_POST_D3_CONST);      \
         X0 = _mm512_ternarylogic_epi32(X0, p0_, _mm512_rol_epi32(p1_, 8), 0x96);              \
         X0 = _mm512_ternarylogic_epi32(X0, _mm512_rol_epi32(p1_, 16),                         \
                                        _mm512_rol_epi32(p3_, 24), 0x96);                      \
@@ -287,11 +310,13 @@ TGT_AVX512 static void ghash_vpclmul(const uint8_t *htab, uint8_t y[16], const u
         X2 = _mm512_shuffle_epi8(_mm512_maskz_loadu_epi8(m2, (p) + 128), zwbs);               \
         X3 = _mm512_shuffle_epi8(_mm512_maskz_loadu_epi8(m3, (p) + 192), zwbs);               \
         Z_TRANSPOSE(X0, X1, X2, X3);                                                          \
+        X0 = ZD(X0), X1 = ZD(X1), X2 = ZD(X2), X3 = ZD(X3);                                   \
     } while (0)
 
 /* Untranspose the round output (words in reverse order) and store, optionally xored with in. */
 #define Z_STORE(out, in, X0, X1, X2, X3, m0, m1, m2, m3, XORIN)                               \
     do {                                                                                      \
+        X0 = ZDI(X0), X1 = ZDI(X1), X2 = ZDI(X2), X3 = ZDI(X3);                               \
         Z_TRANSPOSE(X3, X2, X1, X0);                                                          \
         X3 = _mm512_shuffle_epi8(X3, zwbs);                                                   \
         X2 = _mm512_shuffle_epi8(X2, zwbs);                                                   \
@@ -397,6 +422,8 @@ TGT_AVX512 static void z_ecb(const uint32_t rk[32], const uint8_t *in, uint8_t *
                              size_t nblocks)
 {
     Z_CONSTS;
+    uint32_t rkd[32];
+    dom_keys(rk, rkd);
     for (; nblocks >= 128; nblocks -= 128, in += 2048, out += 2048) {
         __m512i a0, a1, a2, a3, b0, b1, b2, b3, c0, c1, c2, c3, d0, d1, d2, d3, e0, e1, e2, e3, f0, f1, f2, f3, g0, g1, g2, g3, h0, h1, h2, h3;
         Z_LOAD(in + 0, a0, a1, a2, a3, ALL64, ALL64, ALL64, ALL64);
@@ -407,7 +434,7 @@ TGT_AVX512 static void z_ecb(const uint32_t rk[32], const uint8_t *in, uint8_t *
         Z_LOAD(in + 1280, f0, f1, f2, f3, ALL64, ALL64, ALL64, ALL64);
         Z_LOAD(in + 1536, g0, g1, g2, g3, ALL64, ALL64, ALL64, ALL64);
         Z_LOAD(in + 1792, h0, h1, h2, h3, ALL64, ALL64, ALL64, ALL64);
-        Z_ROUNDS8(rk);
+        Z_ROUNDS8(rkd);
         Z_STORE(out + 0, in, a0, a1, a2, a3, ALL64, ALL64, ALL64, ALL64, 0);
         Z_STORE(out + 256, in, b0, b1, b2, b3, ALL64, ALL64, ALL64, ALL64, 0);
         Z_STORE(out + 512, in, c0, c1, c2, c3, ALL64, ALL64, ALL64, ALL64, 0);
@@ -423,7 +450,7 @@ TGT_AVX512 static void z_ecb(const uint32_t rk[32], const uint8_t *in, uint8_t *
         Z_LOAD(in + 256, b0, b1, b2, b3, ALL64, ALL64, ALL64, ALL64);
         Z_LOAD(in + 512, c0, c1, c2, c3, ALL64, ALL64, ALL64, ALL64);
         Z_LOAD(in + 768, d0, d1, d2, d3, ALL64, ALL64, ALL64, ALL64);
-        Z_ROUNDS4(rk);
+        Z_ROUNDS4(rkd);
         Z_STORE(out, in, a0, a1, a2, a3, ALL64, ALL64, ALL64, ALL64, 0);
         Z_STORE(out + 256, in, b0, b1, b2, b3, ALL64, ALL64, ALL64, ALL64, 0);
         Z_STORE(out + 512, in, c0, c1, c2, c3, ALL64, ALL64, ALL64, ALL64, 0);
@@ -435,10 +462,11 @@ TGT_AVX512 static void z_ecb(const uint32_t rk[32], const uint8_t *in, uint8_t *
                   m3 = z_mask(bytes, 192);
         __m512i a0, a1, a2, a3;
         Z_LOAD(in, a0, a1, a2, a3, m0, m1, m2, m3);
-        Z_ROUNDS1(rk);
+        Z_ROUNDS1(rkd);
         Z_STORE(out, in, a0, a1, a2, a3, m0, m1, m2, m3, 0);
         in += bytes, out += bytes, nblocks -= n;
     }
+    wipe_keys(rkd);
 }
 
 /* Counter mode with only the low word counting (wraps mod 2^32); c: host-order words. */
@@ -446,10 +474,12 @@ TGT_AVX512 static void z_ctr32_words(const uint32_t rk[32], uint32_t c[4], const
                                      uint8_t *out, size_t len)
 {
     Z_CONSTS;
+    uint32_t rkd[32];
+    dom_keys(rk, rkd);
     /* element e = 4L + k of a transposed vector is block 4k + L */
     const __m512i iota = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
-    const __m512i w0 = _mm512_set1_epi32((int)c[0]), w1 = _mm512_set1_epi32((int)c[1]),
-                  w2 = _mm512_set1_epi32((int)c[2]);
+    const __m512i w0 = ZD(_mm512_set1_epi32((int)c[0])), w1 = ZD(_mm512_set1_epi32((int)c[1])),
+                  w2 = ZD(_mm512_set1_epi32((int)c[2]));
     __m512i w3 = _mm512_add_epi32(_mm512_set1_epi32((int)c[3]), iota);
     const __m512i sixteen = _mm512_set1_epi32(16);
     uint32_t used = (uint32_t)((len + 15) / 16);
@@ -463,7 +493,8 @@ TGT_AVX512 static void z_ctr32_words(const uint32_t rk[32], uint32_t c[4], const
         __m512i g0 = w0, g1 = w1, g2 = w2, g3 = _mm512_add_epi32(f3, sixteen);
         __m512i h0 = w0, h1 = w1, h2 = w2, h3 = _mm512_add_epi32(g3, sixteen);
         w3 = _mm512_add_epi32(h3, sixteen);
-        Z_ROUNDS8(rk);
+        a3 = ZD(a3), b3 = ZD(b3), c3 = ZD(c3), d3 = ZD(d3), e3 = ZD(e3), f3 = ZD(f3), g3 = ZD(g3), h3 = ZD(h3);
+        Z_ROUNDS8(rkd);
         Z_STORE(out, in, a0, a1, a2, a3, ALL64, ALL64, ALL64, ALL64, 1);
         Z_STORE(out + 256, in + 256, b0, b1, b2, b3, ALL64, ALL64, ALL64, ALL64, 1);
         Z_STORE(out + 512, in + 512, c0, c1, c2, c3, ALL64, ALL64, ALL64, ALL64, 1);
@@ -479,7 +510,8 @@ TGT_AVX512 static void z_ctr32_words(const uint32_t rk[32], uint32_t c[4], const
         __m512i c0 = w0, c1 = w1, c2 = w2, c3 = _mm512_add_epi32(b3, sixteen);
         __m512i d0 = w0, d1 = w1, d2 = w2, d3 = _mm512_add_epi32(c3, sixteen);
         w3 = _mm512_add_epi32(d3, sixteen);
-        Z_ROUNDS4(rk);
+        a3 = ZD(a3), b3 = ZD(b3), c3 = ZD(c3), d3 = ZD(d3);
+        Z_ROUNDS4(rkd);
         Z_STORE(out, in, a0, a1, a2, a3, ALL64, ALL64, ALL64, ALL64, 1);
         Z_STORE(out + 256, in + 256, b0, b1, b2, b3, ALL64, ALL64, ALL64, ALL64, 1);
         Z_STORE(out + 512, in + 512, c0, c1, c2, c3, ALL64, ALL64, ALL64, ALL64, 1);
@@ -491,20 +523,23 @@ TGT_AVX512 static void z_ctr32_words(const uint32_t rk[32], uint32_t c[4], const
                   m3 = z_mask(bytes, 192);
         __m512i a0 = w0, a1 = w1, a2 = w2, a3 = w3;
         w3 = _mm512_add_epi32(w3, sixteen);
-        Z_ROUNDS1(rk);
+        a3 = ZD(a3);
+        Z_ROUNDS1(rkd);
         Z_STORE(out, in, a0, a1, a2, a3, m0, m1, m2, m3, 1);
         in += bytes, out += bytes, len -= bytes;
     }
     c[3] += used;
+    wipe_keys(rkd);
 }
 
 /* ================================================================ SM4, AVX2 + GFNI */
 
 #define Y_CONSTS                                                                              \
-    const __m256i ypre = _mm256_set1_epi64x(SM4_GFNI_PRE_MATRIX);                             \
-    const __m256i yl0 = _mm256_set1_epi64x((long long)SM4_GFNI_POST_L0_MATRIX);               \
-    const __m256i yl1 = _mm256_set1_epi64x((long long)SM4_GFNI_POST_L1_MATRIX);               \
-    const __m256i yl3 = _mm256_set1_epi64x((long long)SM4_GFNI_POST_L3_MATRIX);               \
+    const __m256i ydom = _mm256_set1_epi64x((long long)SM4_GFNI_DOMAIN_MATRIX);               \
+    const __m256i ydinv = _mm256_set1_epi64x((long long)SM4_GFNI_DOMAIN_INV_MATRIX);          \
+    const __m256i yd0 = _mm256_set1_epi64x((long long)SM4_GFNI_POST_D0_MATRIX);               \
+    const __m256i yd1 = _mm256_set1_epi64x((long long)SM4_GFNI_POST_D1_MATRIX);               \
+    const __m256i yd3 = _mm256_set1_epi64x((long long)SM4_GFNI_POST_D3_MATRIX);               \
     const __m256i ywbs = _mm256_broadcastsi128_si256(_mm_setr_epi8(WBSWAP_MASK));             \
     const __m256i yr8 = _mm256_broadcastsi128_si256(                                          \
         _mm_setr_epi8(3, 0, 1, 2, 7, 4, 5, 6, 11, 8, 9, 10, 15, 12, 13, 14));                 \
@@ -513,16 +548,17 @@ TGT_AVX512 static void z_ctr32_words(const uint32_t rk[32], uint32_t c[4], const
     const __m256i yr24 = _mm256_broadcastsi128_si256(                                         \
         _mm_setr_epi8(1, 2, 3, 0, 5, 6, 7, 4, 9, 10, 11, 8, 13, 14, 15, 12))
 
-/* As in the AVX-512 round, the post-inversion matrices fold the 2-bit rotate of L in:
- * L(S(x)) = P0 ^ rol8(P1) ^ rol16(P1) ^ rol24(P3), each P a GF2P8AFFINEINVQB of one pre-affine
- * output; byte rotates are single shuffles, so AVX2 needs no shift/or rotates. */
+#define YD(v) _mm256_gf2p8affine_epi64_epi8(v, ydom, 0)
+#define YDI(v) _mm256_gf2p8affine_epi64_epi8(v, ydinv, 0)
+
+/* As Z_ROUND (pre-affine domain, L folded into the post matrices); byte rotates are single
+ * shuffles, so AVX2 needs no shift/or rotates. */
 #define Y_ROUND(X0, X1, X2, X3, K)                                                            \
     do {                                                                                      \
         __m256i t_ = _mm256_xor_si256(_mm256_xor_si256(X1, X2), _mm256_xor_si256(X3, K));     \
-        t_ = _mm256_gf2p8affine_epi64_epi8(t_, ypre, SM4_GFNI_PRE_CONST);                     \
-        __m256i p0_ = _mm256_gf2p8affineinv_epi64_epi8(t_, yl0, SM4_GFNI_POST_L0_CONST);      \
-        __m256i p1_ = _mm256_gf2p8affineinv_epi64_epi8(t_, yl1, SM4_GFNI_POST_L1_CONST);      \
-        __m256i p3_ = _mm256_gf2p8affineinv_epi64_epi8(t_, yl3, SM4_GFNI_POST_L3_CONST);      \
+        __m256i p0_ = _mm256_gf2p8affineinv_epi64_epi8(t_, yd0, SM4_GFNI_POST_D0_CONST);      \
+        __m256i p1_ = _mm256_gf2p8affineinv_epi64_epi8(t_, yd1, SM4_GFNI_POST_D1_CONST);      \
+        __m256i p3_ = _mm256_gf2p8affineinv_epi64_epi8(t_, yd3, SM4_GFNI_POST_D3_CONST);      \
         p0_ = _mm256_xor_si256(p0_, _mm256_shuffle_epi8(p1_, yr8));                           \
         p1_ = _mm256_xor_si256(_mm256_shuffle_epi8(p1_, yr16), _mm256_shuffle_epi8(p3_, yr24)); \
         X0 = _mm256_xor_si256(X0, _mm256_xor_si256(p0_, p1_));                                \
@@ -564,6 +600,18 @@ TGT_AVX512 static void z_ctr32_words(const uint32_t rk[32], uint32_t c[4], const
         _mm256_storeu_si256((__m256i *)((out) + 32), X2);                                     \
         _mm256_storeu_si256((__m256i *)((out) + 64), X1);                                     \
         _mm256_storeu_si256((__m256i *)((out) + 96), X0);                                     \
+    } while (0)
+
+#define Y_LOADD(p, X0, X1, X2, X3)                                                            \
+    do {                                                                                      \
+        Y_LOAD(p, X0, X1, X2, X3);                                                            \
+        X0 = YD(X0), X1 = YD(X1), X2 = YD(X2), X3 = YD(X3);                                   \
+    } while (0)
+
+#define Y_STORED(out, in, X0, X1, X2, X3, XORIN)                                              \
+    do {                                                                                      \
+        X0 = YDI(X0), X1 = YDI(X1), X2 = YDI(X2), X3 = YDI(X3);                               \
+        Y_STORE(out, in, X0, X1, X2, X3, XORIN);                                              \
     } while (0)
 
 #define Y_ROUNDS2(rk)                                                                         \
@@ -658,45 +706,47 @@ TGT_AVX2 static void y_ecb(const uint32_t rk[32], const uint8_t *in, uint8_t *ou
                            size_t nblocks)
 {
     Y_CONSTS;
+    uint32_t rkd[32];
+    dom_keys(rk, rkd);
     for (; nblocks >= 64; nblocks -= 64, in += 1024, out += 1024) {
         __m256i a0, a1, a2, a3, b0, b1, b2, b3, c0, c1, c2, c3, d0, d1, d2, d3, e0, e1, e2, e3, f0, f1, f2, f3, g0, g1, g2, g3, h0, h1, h2, h3;
-        Y_LOAD(in + 0, a0, a1, a2, a3);
-        Y_LOAD(in + 128, b0, b1, b2, b3);
-        Y_LOAD(in + 256, c0, c1, c2, c3);
-        Y_LOAD(in + 384, d0, d1, d2, d3);
-        Y_LOAD(in + 512, e0, e1, e2, e3);
-        Y_LOAD(in + 640, f0, f1, f2, f3);
-        Y_LOAD(in + 768, g0, g1, g2, g3);
-        Y_LOAD(in + 896, h0, h1, h2, h3);
-        Y_ROUNDS8(rk);
-        Y_STORE(out + 0, in, a0, a1, a2, a3, 0);
-        Y_STORE(out + 128, in, b0, b1, b2, b3, 0);
-        Y_STORE(out + 256, in, c0, c1, c2, c3, 0);
-        Y_STORE(out + 384, in, d0, d1, d2, d3, 0);
-        Y_STORE(out + 512, in, e0, e1, e2, e3, 0);
-        Y_STORE(out + 640, in, f0, f1, f2, f3, 0);
-        Y_STORE(out + 768, in, g0, g1, g2, g3, 0);
-        Y_STORE(out + 896, in, h0, h1, h2, h3, 0);
+        Y_LOADD(in + 0, a0, a1, a2, a3);
+        Y_LOADD(in + 128, b0, b1, b2, b3);
+        Y_LOADD(in + 256, c0, c1, c2, c3);
+        Y_LOADD(in + 384, d0, d1, d2, d3);
+        Y_LOADD(in + 512, e0, e1, e2, e3);
+        Y_LOADD(in + 640, f0, f1, f2, f3);
+        Y_LOADD(in + 768, g0, g1, g2, g3);
+        Y_LOADD(in + 896, h0, h1, h2, h3);
+        Y_ROUNDS8(rkd);
+        Y_STORED(out + 0, in, a0, a1, a2, a3, 0);
+        Y_STORED(out + 128, in, b0, b1, b2, b3, 0);
+        Y_STORED(out + 256, in, c0, c1, c2, c3, 0);
+        Y_STORED(out + 384, in, d0, d1, d2, d3, 0);
+        Y_STORED(out + 512, in, e0, e1, e2, e3, 0);
+        Y_STORED(out + 640, in, f0, f1, f2, f3, 0);
+        Y_STORED(out + 768, in, g0, g1, g2, g3, 0);
+        Y_STORED(out + 896, in, h0, h1, h2, h3, 0);
     }
     for (; nblocks >= 32; nblocks -= 32, in += 512, out += 512) {
         __m256i a0, a1, a2, a3, b0, b1, b2, b3, c0, c1, c2, c3, d0, d1, d2, d3;
-        Y_LOAD(in, a0, a1, a2, a3);
-        Y_LOAD(in + 128, b0, b1, b2, b3);
-        Y_LOAD(in + 256, c0, c1, c2, c3);
-        Y_LOAD(in + 384, d0, d1, d2, d3);
-        Y_ROUNDS4(rk);
-        Y_STORE(out, in, a0, a1, a2, a3, 0);
-        Y_STORE(out + 128, in, b0, b1, b2, b3, 0);
-        Y_STORE(out + 256, in, c0, c1, c2, c3, 0);
-        Y_STORE(out + 384, in, d0, d1, d2, d3, 0);
+        Y_LOADD(in, a0, a1, a2, a3);
+        Y_LOADD(in + 128, b0, b1, b2, b3);
+        Y_LOADD(in + 256, c0, c1, c2, c3);
+        Y_LOADD(in + 384, d0, d1, d2, d3);
+        Y_ROUNDS4(rkd);
+        Y_STORED(out, in, a0, a1, a2, a3, 0);
+        Y_STORED(out + 128, in, b0, b1, b2, b3, 0);
+        Y_STORED(out + 256, in, c0, c1, c2, c3, 0);
+        Y_STORED(out + 384, in, d0, d1, d2, d3, 0);
     }
     for (; nblocks >= 16; nblocks -= 16, in += 256, out += 256) {
         __m256i a0, a1, a2, a3, b0, b1, b2, b3;
-        Y_LOAD(in, a0, a1, a2, a3);
-        Y_LOAD(in + 128, b0, b1, b2, b3);
-        Y_ROUNDS2(rk);
-        Y_STORE(out, in, a0, a1, a2, a3, 0);
-        Y_STORE(out + 128, in, b0, b1, b2, b3, 0);
+        Y_LOADD(in, a0, a1, a2, a3);
+        Y_LOADD(in + 128, b0, b1, b2, b3);
+        Y_ROUNDS2(rkd);
+        Y_STORED(out, in, a0, a1, a2, a3, 0);
+        Y_STORED(out + 128, in, b0, b1, b2, b3, 0);
     }
     while (nblocks) {
         size_t n = nblocks < 8 ? nblocks : 8;
@@ -709,9 +759,9 @@ TGT_AVX2 static void y_ecb(const uint32_t rk[32], const uint8_t *in, uint8_t *ou
             src = dst = buf;
         }
         __m256i a0, a1, a2, a3;
-        Y_LOAD(src, a0, a1, a2, a3);
-        Y_ROUNDS1(rk);
-        Y_STORE(dst, src, a0, a1, a2, a3, 0);
+        Y_LOADD(src, a0, a1, a2, a3);
+        Y_ROUNDS1(rkd);
+        Y_STORED(dst, src, a0, a1, a2, a3, 0);
         if (n < 8) {
             memcpy(out, buf, 16 * n);
             memset(buf, 0, sizeof buf);
@@ -719,16 +769,19 @@ TGT_AVX2 static void y_ecb(const uint32_t rk[32], const uint8_t *in, uint8_t *ou
         }
         in += 16 * n, out += 16 * n, nblocks -= n;
     }
+    wipe_keys(rkd);
 }
 
 TGT_AVX2 static void y_ctr32_words(const uint32_t rk[32], uint32_t c[4], const uint8_t *in,
                                    uint8_t *out, size_t len)
 {
     Y_CONSTS;
+    uint32_t rkd[32];
+    dom_keys(rk, rkd);
     /* element e = 4L + k is block 2k + L */
     const __m256i iota = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
-    const __m256i w0 = _mm256_set1_epi32((int)c[0]), w1 = _mm256_set1_epi32((int)c[1]),
-                  w2 = _mm256_set1_epi32((int)c[2]);
+    const __m256i w0 = YD(_mm256_set1_epi32((int)c[0])), w1 = YD(_mm256_set1_epi32((int)c[1])),
+                  w2 = YD(_mm256_set1_epi32((int)c[2]));
     const __m256i eight = _mm256_set1_epi32(8);
     __m256i w3 = _mm256_add_epi32(_mm256_set1_epi32((int)c[3]), iota);
     uint32_t used = (uint32_t)((len + 15) / 16);
@@ -742,15 +795,16 @@ TGT_AVX2 static void y_ctr32_words(const uint32_t rk[32], uint32_t c[4], const u
         __m256i g0 = w0, g1 = w1, g2 = w2, g3 = _mm256_add_epi32(f3, eight);
         __m256i h0 = w0, h1 = w1, h2 = w2, h3 = _mm256_add_epi32(g3, eight);
         w3 = _mm256_add_epi32(h3, eight);
-        Y_ROUNDS8(rk);
-        Y_STORE(out, in, a0, a1, a2, a3, 1);
-        Y_STORE(out + 128, in + 128, b0, b1, b2, b3, 1);
-        Y_STORE(out + 256, in + 256, c0, c1, c2, c3, 1);
-        Y_STORE(out + 384, in + 384, d0, d1, d2, d3, 1);
-        Y_STORE(out + 512, in + 512, e0, e1, e2, e3, 1);
-        Y_STORE(out + 640, in + 640, f0, f1, f2, f3, 1);
-        Y_STORE(out + 768, in + 768, g0, g1, g2, g3, 1);
-        Y_STORE(out + 896, in + 896, h0, h1, h2, h3, 1);
+        a3 = YD(a3), b3 = YD(b3), c3 = YD(c3), d3 = YD(d3), e3 = YD(e3), f3 = YD(f3), g3 = YD(g3), h3 = YD(h3);
+        Y_ROUNDS8(rkd);
+        Y_STORED(out, in, a0, a1, a2, a3, 1);
+        Y_STORED(out + 128, in + 128, b0, b1, b2, b3, 1);
+        Y_STORED(out + 256, in + 256, c0, c1, c2, c3, 1);
+        Y_STORED(out + 384, in + 384, d0, d1, d2, d3, 1);
+        Y_STORED(out + 512, in + 512, e0, e1, e2, e3, 1);
+        Y_STORED(out + 640, in + 640, f0, f1, f2, f3, 1);
+        Y_STORED(out + 768, in + 768, g0, g1, g2, g3, 1);
+        Y_STORED(out + 896, in + 896, h0, h1, h2, h3, 1);
     }
     for (; len >= 512; len -= 512, in += 512, out += 512) {
         __m256i a0 = w0, a1 = w1, a2 = w2, a3 = w3;
@@ -758,19 +812,21 @@ TGT_AVX2 static void y_ctr32_words(const uint32_t rk[32], uint32_t c[4], const u
         __m256i c0 = w0, c1 = w1, c2 = w2, c3 = _mm256_add_epi32(b3, eight);
         __m256i d0 = w0, d1 = w1, d2 = w2, d3 = _mm256_add_epi32(c3, eight);
         w3 = _mm256_add_epi32(d3, eight);
-        Y_ROUNDS4(rk);
-        Y_STORE(out, in, a0, a1, a2, a3, 1);
-        Y_STORE(out + 128, in + 128, b0, b1, b2, b3, 1);
-        Y_STORE(out + 256, in + 256, c0, c1, c2, c3, 1);
-        Y_STORE(out + 384, in + 384, d0, d1, d2, d3, 1);
+        a3 = YD(a3), b3 = YD(b3), c3 = YD(c3), d3 = YD(d3);
+        Y_ROUNDS4(rkd);
+        Y_STORED(out, in, a0, a1, a2, a3, 1);
+        Y_STORED(out + 128, in + 128, b0, b1, b2, b3, 1);
+        Y_STORED(out + 256, in + 256, c0, c1, c2, c3, 1);
+        Y_STORED(out + 384, in + 384, d0, d1, d2, d3, 1);
     }
     for (; len >= 256; len -= 256, in += 256, out += 256) {
         __m256i a0 = w0, a1 = w1, a2 = w2, a3 = w3;
         __m256i b0 = w0, b1 = w1, b2 = w2, b3 = _mm256_add_epi32(w3, eight);
         w3 = _mm256_add_epi32(b3, eight);
-        Y_ROUNDS2(rk);
-        Y_STORE(out, in, a0, a1, a2, a3, 1);
-        Y_STORE(out + 128, in + 128, b0, b1, b2, b3, 1);
+        a3 = YD(a3), b3 = YD(b3);
+        Y_ROUNDS2(rkd);
+        Y_STORED(out, in, a0, a1, a2, a3, 1);
+        Y_STORED(out + 128, in + 128, b0, b1, b2, b3, 1);
     }
     while (len) {
         size_t n = len < 128 ? len : 128;
@@ -784,8 +840,9 @@ TGT_AVX2 static void y_ctr32_words(const uint32_t rk[32], uint32_t c[4], const u
         }
         __m256i a0 = w0, a1 = w1, a2 = w2, a3 = w3;
         w3 = _mm256_add_epi32(w3, eight);
-        Y_ROUNDS1(rk);
-        Y_STORE(dst, src, a0, a1, a2, a3, 1);
+        a3 = YD(a3);
+        Y_ROUNDS1(rkd);
+        Y_STORED(dst, src, a0, a1, a2, a3, 1);
         if (n < 128) {
             memcpy(out, buf, n);
             memset(buf, 0, sizeof buf);
@@ -794,6 +851,7 @@ TGT_AVX2 static void y_ctr32_words(const uint32_t rk[32], uint32_t c[4], const u
         in += n, out += n, len -= n;
     }
     c[3] += used;
+    wipe_keys(rkd);
 }
 
 /* ================================================================ SM4, AVX2 + AES-NI S-box */
@@ -1054,23 +1112,24 @@ TGT_AVX2_AESNI static void a_ctr32_words(const uint32_t rk[32], uint32_t c[4], c
     const __m128i r16 = _mm_setr_epi8(2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13);  \
     const __m128i r24 = _mm_setr_epi8(1, 2, 3, 0, 5, 6, 7, 4, 9, 10, 11, 8, 13, 14, 15, 12)
 
-TGT_GFNI1 INLINE __m128i g1_pre(__m128i t)
+TGT_GFNI1 INLINE __m128i g1_dom(__m128i v, long long m)
 {
-    return _mm_gf2p8affine_epi64_epi8(t, _mm_set1_epi64x(SM4_GFNI_PRE_MATRIX), SM4_GFNI_PRE_CONST);
+    return _mm_gf2p8affine_epi64_epi8(v, _mm_set1_epi64x(m), 0);
 }
 
+/* pre-affine domain, as Z_ROUND */
 #define G1_ROUND(X0, X1, X2, X3, K)                                                           \
     do {                                                                                      \
-        __m128i t_ = g1_pre(_mm_xor_si128(_mm_xor_si128(X1, X2), _mm_xor_si128(X3, K)));      \
+        __m128i t_ = _mm_xor_si128(_mm_xor_si128(_mm_xor_si128(X1, X2), K), X3);              \
         __m128i p0_ = _mm_gf2p8affineinv_epi64_epi8(                                          \
-            t_, _mm_set1_epi64x((long long)SM4_GFNI_POST_L0_MATRIX), SM4_GFNI_POST_L0_CONST); \
+            t_, _mm_set1_epi64x((long long)SM4_GFNI_POST_D0_MATRIX), SM4_GFNI_POST_D0_CONST); \
         __m128i p1_ = _mm_gf2p8affineinv_epi64_epi8(                                          \
-            t_, _mm_set1_epi64x((long long)SM4_GFNI_POST_L1_MATRIX), SM4_GFNI_POST_L1_CONST); \
+            t_, _mm_set1_epi64x((long long)SM4_GFNI_POST_D1_MATRIX), SM4_GFNI_POST_D1_CONST); \
         __m128i p3_ = _mm_gf2p8affineinv_epi64_epi8(                                          \
-            t_, _mm_set1_epi64x((long long)SM4_GFNI_POST_L3_MATRIX), SM4_GFNI_POST_L3_CONST); \
-        p0_ = _mm_xor_si128(p0_, _mm_shuffle_epi8(p1_, r8));                                  \
+            t_, _mm_set1_epi64x((long long)SM4_GFNI_POST_D3_MATRIX), SM4_GFNI_POST_D3_CONST); \
+        p0_ = _mm_xor_si128(_mm_xor_si128(X0, p0_), _mm_shuffle_epi8(p1_, r8));               \
         p1_ = _mm_xor_si128(_mm_shuffle_epi8(p1_, r16), _mm_shuffle_epi8(p3_, r24));          \
-        X0 = _mm_xor_si128(X0, _mm_xor_si128(p0_, p1_));                                      \
+        X0 = _mm_xor_si128(p0_, p1_);                                                         \
     } while (0)
 
 TGT_AESNI1 INLINE __m128i a1_affine(__m128i v, __m128i lo, __m128i hi)
@@ -1096,39 +1155,47 @@ TGT_AESNI1 INLINE __m128i a1_sbox(__m128i v)
         X0 = _mm_xor_si128(X0, _mm_or_si128(_mm_slli_epi32(y_, 2), _mm_srli_epi32(y_, 30)));  \
     } while (0)
 
-#define CBC_ENC_BODY(ROUND)                                                                   \
+/* TO/FROM: into and out of the round's domain; KEYS: the round keys it expects */
+#define CBC_ENC_BODY(ROUND, TO, FROM, KEYS)                                                   \
     X_CONSTS1;                                                                                \
     uint32_t v0 = be32(iv), v1 = be32(iv + 4), v2 = be32(iv + 8), v3 = be32(iv + 12);         \
     for (; nblocks; nblocks--, in += 16, out += 16) {                                         \
-        __m128i x0 = _mm_set1_epi32((int)(v0 ^ be32(in)));                                    \
-        __m128i x1 = _mm_set1_epi32((int)(v1 ^ be32(in + 4)));                                \
-        __m128i x2 = _mm_set1_epi32((int)(v2 ^ be32(in + 8)));                                \
-        __m128i x3 = _mm_set1_epi32((int)(v3 ^ be32(in + 12)));                               \
+        __m128i x0 = TO(_mm_set1_epi32((int)(v0 ^ be32(in))));                                \
+        __m128i x1 = TO(_mm_set1_epi32((int)(v1 ^ be32(in + 4))));                            \
+        __m128i x2 = TO(_mm_set1_epi32((int)(v2 ^ be32(in + 8))));                            \
+        __m128i x3 = TO(_mm_set1_epi32((int)(v3 ^ be32(in + 12))));                           \
         for (int r = 0; r < 32; r += 4) {                                                     \
-            ROUND(x0, x1, x2, x3, _mm_set1_epi32((int)rk[r]));                                \
-            ROUND(x1, x2, x3, x0, _mm_set1_epi32((int)rk[r + 1]));                            \
-            ROUND(x2, x3, x0, x1, _mm_set1_epi32((int)rk[r + 2]));                            \
-            ROUND(x3, x0, x1, x2, _mm_set1_epi32((int)rk[r + 3]));                            \
+            ROUND(x0, x1, x2, x3, _mm_set1_epi32((int)(KEYS)[r]));                            \
+            ROUND(x1, x2, x3, x0, _mm_set1_epi32((int)(KEYS)[r + 1]));                        \
+            ROUND(x2, x3, x0, x1, _mm_set1_epi32((int)(KEYS)[r + 2]));                        \
+            ROUND(x3, x0, x1, x2, _mm_set1_epi32((int)(KEYS)[r + 3]));                        \
         }                                                                                     \
-        v0 = (uint32_t)_mm_cvtsi128_si32(x3);                                                 \
-        v1 = (uint32_t)_mm_cvtsi128_si32(x2);                                                 \
-        v2 = (uint32_t)_mm_cvtsi128_si32(x1);                                                 \
-        v3 = (uint32_t)_mm_cvtsi128_si32(x0);                                                 \
+        v0 = (uint32_t)_mm_cvtsi128_si32(FROM(x3));                                           \
+        v1 = (uint32_t)_mm_cvtsi128_si32(FROM(x2));                                           \
+        v2 = (uint32_t)_mm_cvtsi128_si32(FROM(x1));                                           \
+        v3 = (uint32_t)_mm_cvtsi128_si32(FROM(x0));                                           \
         put_be32(out, v0), put_be32(out + 4, v1), put_be32(out + 8, v2);                      \
         put_be32(out + 12, v3);                                                               \
     }                                                                                         \
     put_be32(iv, v0), put_be32(iv + 4, v1), put_be32(iv + 8, v2), put_be32(iv + 12, v3)
 
+#define G1_TO(v) g1_dom(v, (long long)SM4_GFNI_DOMAIN_MATRIX)
+#define G1_FROM(v) g1_dom(v, (long long)SM4_GFNI_DOMAIN_INV_MATRIX)
+#define A1_ID(v) (v)
+
 TGT_GFNI1 static void g1_cbc_enc(const uint32_t rk[32], uint8_t iv[16], const uint8_t *in,
                                  uint8_t *out, size_t nblocks)
 {
-    CBC_ENC_BODY(G1_ROUND);
+    uint32_t rkd[32];
+    dom_keys(rk, rkd);
+    CBC_ENC_BODY(G1_ROUND, G1_TO, G1_FROM, rkd);
+    wipe_keys(rkd);
 }
 
 TGT_AESNI1 static void a1_cbc_enc(const uint32_t rk[32], uint8_t iv[16], const uint8_t *in,
                                   uint8_t *out, size_t nblocks)
 {
-    CBC_ENC_BODY(A1_ROUND);
+    CBC_ENC_BODY(A1_ROUND, A1_ID, A1_ID, rk);
 }
 
 TGT_GFNI1 static uint32_t g1_tau(uint32_t x)
@@ -1168,16 +1235,18 @@ static void selftest_words(uint32_t w[256])
         w[i] = (i << 24) | (((i + 1) & 255) << 16) | (((i + 7) & 255) << 8) | ((i + 100) & 255);
 }
 
+/* T(x) through a domain round: X1 = D(x), others zero, key D(0) ^ 0x3e (dom_keys of 0) */
 TGT_AVX512 static int selftest_avx512(void)
 {
     Z_CONSTS;
     (void)zwbs;
-    uint32_t w[256], got[256];
+    uint32_t w[256], got[256], zk[32] = {0}, kd[32];
+    dom_keys(zk, kd);
     selftest_words(w);
     for (int i = 0; i < 256; i += 16) {
-        __m512i x0 = _mm512_setzero_si512(), x1 = _mm512_loadu_si512(w + i), x2 = x0, x3 = x0;
-        Z_ROUND(x0, x1, x2, x3, _mm512_setzero_si512());
-        _mm512_storeu_si512(got + i, x0);
+        __m512i x0 = _mm512_setzero_si512(), x1 = ZD(_mm512_loadu_si512(w + i)), x2 = x0, x3 = x0;
+        Z_ROUND(x0, x1, x2, x3, _mm512_set1_epi32((int)kd[0]));
+        _mm512_storeu_si512(got + i, ZDI(x0));
     }
     for (int i = 0; i < 256; i++)
         if (got[i] != hsm_sm4_portable_t(w[i]))
@@ -1189,13 +1258,15 @@ TGT_AVX2 static int selftest_avx2(void)
 {
     Y_CONSTS;
     (void)ywbs;
-    uint32_t w[256], got[256];
+    uint32_t w[256], got[256], zk[32] = {0}, kd[32];
+    dom_keys(zk, kd);
     selftest_words(w);
     for (int i = 0; i < 256; i += 8) {
-        __m256i x0 = _mm256_setzero_si256(), x1 = _mm256_loadu_si256((const __m256i *)(w + i));
+        __m256i x0 = _mm256_setzero_si256();
+        __m256i x1 = YD(_mm256_loadu_si256((const __m256i *)(w + i)));
         __m256i x2 = x0, x3 = x0;
-        Y_ROUND(x0, x1, x2, x3, _mm256_setzero_si256());
-        _mm256_storeu_si256((__m256i *)(got + i), x0);
+        Y_ROUND(x0, x1, x2, x3, _mm256_set1_epi32((int)kd[0]));
+        _mm256_storeu_si256((__m256i *)(got + i), YDI(x0));
     }
     for (int i = 0; i < 256; i++)
         if (got[i] != hsm_sm4_portable_t(w[i]))

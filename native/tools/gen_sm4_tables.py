@@ -225,6 +225,50 @@ def derive_aesni() -> tuple[list[int], list[int], list[int], list[int]]:
     return pre_lo, pre_hi, post_lo, post_hi
 
 
+def gfni_rows(m: int) -> list[int]:
+    return [(m >> (8 * (7 - i))) & 0xFF for i in range(8)]
+
+
+def derive_domain() -> tuple[int, int, list[tuple[int, int]]]:
+    """Round function in the 'pre-affine domain' (used by the GFNI kernels).
+
+    With D = the linear part of the pre-affine map (phi*A, applied to each byte) the state words
+    are kept as D(X). Since D is byte-local it commutes with rotations by multiples of 8, so
+        D(X0 ^ L(S(X1^X2^X3^K))) = D(X0) ^ Q0(u) ^ rol8(Q1(u)) ^ rol16(Q1(u)) ^ rol24(Q3(u)),
+        u = D(X1) ^ D(X2) ^ D(X3) ^ (D(K) ^ 0x3e..)   (the pre-affine output, no extra op),
+    where Q_j = GF2P8AFFINEINVQB with matrix D*N_j*post. One GFNI op per round less; D is
+    applied once on input and D^-1 once on output. Returns (D, D^-1, [(matrix, const)] * 3).
+    """
+    m_pre, pre_c, m_post, post_c = derive_gfni()
+    d = gfni_rows(m_pre)
+    d_tab = {mat_apply(d, v): v for v in range(256)}
+    d_inv = mat_from_function(lambda y: d_tab[y])
+    posts = []
+    for m, c in derive_gfni_split_l(m_post, post_c):
+        posts.append((mat_to_gfni(mat_mul(d, gfni_rows(m))), mat_apply(d, c)))
+    # check one round on random words
+    import random
+
+    rng = random.Random(2)
+
+    def dw(x: int, rows: list[int]) -> int:
+        return sum(mat_apply(rows, (x >> (8 * i)) & 0xFF) << (8 * i) for i in range(4))
+
+    for _ in range(2000):
+        x0, x1, x2, x3, k = (rng.getrandbits(32) for _ in range(5))
+        t = x1 ^ x2 ^ x3 ^ k
+        sx = sum(SBOX[(t >> (8 * i)) & 0xFF] << (8 * i) for i in range(4))
+        want = dw(x0 ^ lin(sx), d)
+        kd = dw(k, d) ^ (pre_c * 0x01010101)
+        u = dw(x1, d) ^ dw(x2, d) ^ dw(x3, d) ^ kd
+        q = [sum(gfni_affineinv((u >> (8 * i)) & 0xFF, m, c) << (8 * i) for i in range(4))
+             for m, c in posts]
+        got = dw(x0, d) ^ q[0] ^ rol32(q[1], 8) ^ rol32(q[1], 16) ^ rol32(q[2], 24)
+        assert got == want
+        assert dw(dw(x0, d), d_inv) == x0
+    return m_pre, mat_to_gfni(d_inv), posts
+
+
 def main() -> None:
     assert sorted(SBOX) == list(range(256))
     t0 = [lin(s << 24) for s in SBOX]
@@ -245,6 +289,12 @@ def main() -> None:
     print(f"#define SM4_GFNI_POST_MATRIX 0x{m_post:016x}ULL")
     print(f"#define SM4_GFNI_POST_CONST 0x{post_c:02x}")
     for name, (m, c) in zip(("L0", "L1", "L3"), derive_gfni_split_l(m_post, post_c)):
+        print(f"#define SM4_GFNI_POST_{name}_MATRIX 0x{m:016x}ULL")
+        print(f"#define SM4_GFNI_POST_{name}_CONST 0x{c:02x}")
+    dom, dom_inv, dposts = derive_domain()
+    print(f"#define SM4_GFNI_DOMAIN_MATRIX 0x{dom:016x}ULL")
+    print(f"#define SM4_GFNI_DOMAIN_INV_MATRIX 0x{dom_inv:016x}ULL")
+    for name, (m, c) in zip(("D0", "D1", "D3"), dposts):
         print(f"#define SM4_GFNI_POST_{name}_MATRIX 0x{m:016x}ULL")
         print(f"#define SM4_GFNI_POST_{name}_CONST 0x{c:02x}")
     for name, tab in zip(("PRE_LO", "PRE_HI", "POST_LO", "POST_HI"), derive_aesni()):
