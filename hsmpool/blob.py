@@ -66,6 +66,8 @@ _PAIRS = frozenset(
     {KeySpec.RSA_2048, KeySpec.RSA_3072, KeySpec.RSA_4096, KeySpec.EC_P256, KeySpec.EC_SECP256K1}
 )
 
+_SPEC_BY_NUMBER = {int(s): s for s in KeySpec}
+
 RSA_BITS = {KeySpec.RSA_2048: 2048, KeySpec.RSA_3072: 3072, KeySpec.RSA_4096: 4096}
 HMAC_BYTES = {KeySpec.HMAC_SHA256: 32, KeySpec.HMAC_SHA384: 48, KeySpec.HMAC_SHA512: 64}
 # DER OIDs of the named curves, as CKA_EC_PARAMS wants them.
@@ -111,10 +113,9 @@ class KeyBlob:
         magic, spec_no, kek_id, pub_len = _HEADER.unpack_from(raw)
         if magic != MAGIC:
             raise InvalidBlobError("not a key blob (bad magic or unknown version)")
-        try:
-            spec = KeySpec(spec_no)
-        except ValueError:
-            raise InvalidBlobError("key blob names an unknown key spec") from None
+        spec = _SPEC_BY_NUMBER.get(spec_no)
+        if spec is None:
+            raise InvalidBlobError("key blob names an unknown key spec")
         rest = raw[_HEADER.size :]
         if spec.is_pair != (pub_len > 0) or len(rest) < pub_len + 16:
             raise InvalidBlobError("key blob is truncated or malformed")

@@ -2,6 +2,10 @@
 
     hsmpool [--config FILE] status [--self-test] [--json]
 
+This module holds the pool's own commands; the installed ``hsmpool`` command is
+``kms.cli:main``, which adds the service's commands (keys, aliases, file encryption, audit)
+beside these, so that imports keep pointing down (kms -> hsmpool).
+
 The configuration defaults to ``$HSMPOOL_CONFIG``, else ``var/hsmpool.toml``. Errors are
 printed as one line (never a traceback) and exit with status 2 for bad usage or
 configuration, 1 for a failed operation.
@@ -105,19 +109,26 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hsmpool", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", help="pool configuration (TOML); default $HSMPOOL_CONFIG "
+    parser.add_argument("--config", help="configuration (TOML); default $HSMPOOL_CONFIG "
                         f"or {DEFAULT_CONFIG}")
     sub = parser.add_subparsers(dest="command", required=True)
+    add_commands(sub)
+    return parser
+
+
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register the pool's commands (the kms CLI adds its own beside them)."""
     status = sub.add_parser("status", help="token states and statistics")
     status.add_argument("--self-test", action="store_true",
                         help="run every operation on every token first")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=cmd_status)
-    return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+def main(argv: Sequence[str] | None = None,
+         parser: argparse.ArgumentParser | None = None) -> int:
+    """Parse and run; ``parser`` lets a higher layer (kms.cli) add its commands."""
+    parser = parser or build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))

@@ -79,6 +79,7 @@ class Member:
         self._lock = threading.Lock()
         self._free = threading.Condition(self._lock)
         self._idle: list[int] = []
+        self._waiting = 0
         self._open = 0
         self.in_flight = 0
         self.ops = 0
@@ -123,16 +124,20 @@ class Member:
             else:
                 opening = False
                 deadline = time.monotonic() + self.settings.lease_timeout
-                while not self._idle:
-                    left = deadline - time.monotonic()
-                    if left <= 0 or not self._free.wait(left):
-                        if self._idle:
-                            break
-                        self.in_flight -= 1
-                        raise LeaseTimeoutError(
-                            f"token {self.name!r}: no session free within "
-                            f"{self.settings.lease_timeout:g} s"
-                        )
+                self._waiting += 1
+                try:
+                    while not self._idle:
+                        left = deadline - time.monotonic()
+                        if left <= 0 or not self._free.wait(left):
+                            if self._idle:
+                                break
+                            self.in_flight -= 1
+                            raise LeaseTimeoutError(
+                                f"token {self.name!r}: no session free within "
+                                f"{self.settings.lease_timeout:g} s"
+                            )
+                finally:
+                    self._waiting -= 1
                 return self._idle.pop()
         if opening:
             try:
@@ -155,7 +160,8 @@ class Member:
                 self._open -= 1
             else:
                 self._idle.append(session)
-                self._free.notify()
+                if self._waiting:
+                    self._free.notify()
             if ok and elapsed_ns < self._slow_ns:
                 self._consecutive = 0
             else:

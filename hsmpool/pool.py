@@ -12,6 +12,7 @@ member's breaker ejects it after consecutive failures and a background prober re
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 import threading
 import time
@@ -58,6 +59,7 @@ class Pool:
         self._prober: threading.Thread | None = None
         self._probe_wake = threading.Event()
         self._lock = threading.Lock()
+        self._rr = itertools.count()
         try:
             owner = {t: i.name for i in config.instances.values() for t in i.tokens}
             for tok in config.tokens.values():
@@ -105,10 +107,7 @@ class Pool:
 
     def _open_member(self, tok: TokenConfig, instance: str | None) -> Member:
         mod = self._module(tok.module)
-        try:
-            infos = [mod.token_info(s) for s in mod.slots()]
-        except P11Error as exc:
-            raise ModuleLoadError(f"module {tok.module!r}: cannot list tokens: {exc}") from None
+        infos = _token_infos(mod, tok.module)
         if tok.label is not None:
             matches = [i for i in infos if i.label == tok.label]
             what = f"label {tok.label!r}"
@@ -170,10 +169,14 @@ class Pool:
         tried: list[Member] = []
         deadline = 0.0
         last: P11Error | None = None
+        n = len(members)
         while True:
             best = None
             best_load = 0.0
-            for m in members:
+            # Ties go round-robin (a rotating start), so idle members share the work.
+            start = next(self._rr) % n if n > 1 else 0
+            for i in range(n):
+                m = members[(start + i) % n]
                 if m.state is MemberState.HEALTHY and m not in tried:
                     load = (m.in_flight + 1) / m.weight
                     if best is None or load < best_load:
@@ -219,6 +222,24 @@ class Pool:
 
     def ejected(self) -> Iterable[Member]:
         return [m for m in self.members.values() if m.state is MemberState.EJECTED]
+
+
+def _token_infos(mod: Module, name: str) -> list[_p11.TokenInfo]:
+    """Token info of every slot. Another process may be rewriting a SoftHSM2 token file at
+    that moment (CKR_GENERAL_ERROR): such a slot is retried a few times, then skipped."""
+    try:
+        slots = mod.slots()
+    except P11Error as exc:
+        raise ModuleLoadError(f"module {name!r}: cannot list tokens: {exc}") from None
+    infos = []
+    for slot in slots:
+        for attempt in range(5):
+            try:
+                infos.append(mod.token_info(slot))
+                break
+            except P11Error:
+                time.sleep(0.01 * (attempt + 1))
+    return infos
 
 
 def _probe_loop(ref: weakref.ref[Pool]) -> None:

@@ -1,0 +1,88 @@
+"""The ``[kms]`` section of the configuration file (the pool's TOML file).
+
+::
+
+    [kms]
+    database = "kms.db"          # SQLite metadata file, relative to the config file
+    audit_dir = "audit"          # hash-chained audit segments
+    region = "us-east-1"         # used in ARNs
+    max_plaintext = 4096         # Encrypt limit, bytes (AWS: 4096)
+    import_token_ttl = 86400     # seconds a GetParametersForImport token stays valid
+    secret_context_keys = []     # encryption-context keys whose values never reach the audit
+    [kms.accounts]
+    default = "111122223333"     # account id of an instance (ARNs); else one is generated
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hsmpool.config import PoolConfig, parse_config
+from hsmpool.errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class KmsSettings:
+    database: str
+    audit_dir: str | None
+    region: str = "us-east-1"
+    max_plaintext: int = 4096
+    import_token_ttl: float = 86400.0
+    secret_context_keys: frozenset[str] = frozenset()
+    accounts: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.region or not all(c.isalnum() or c == "-" for c in self.region):
+            raise ConfigError(f"kms.region {self.region!r} is not a region name")
+        for inst, acct in self.accounts.items():
+            if not (len(acct) == 12 and acct.isdigit()):
+                raise ConfigError(f"kms.accounts.{inst} must be 12 digits")
+        if not 1 <= self.max_plaintext <= 65536:
+            raise ConfigError("kms.max_plaintext must be 1..65536")
+
+
+def parse_kms_settings(doc: Mapping[str, Any], base: Path) -> KmsSettings:
+    raw = doc.get("kms", {})
+    if not isinstance(raw, dict):
+        raise ConfigError("[kms] must be a table")
+    known = {"database", "audit_dir", "region", "max_plaintext", "import_token_ttl",
+             "secret_context_keys", "accounts"}
+    bad = set(raw) - known
+    if bad:
+        raise ConfigError(f"unknown [kms] key(s) {sorted(bad)}")
+
+    def path(value: object, default: str) -> str:
+        s = str(value if value is not None else default)
+        if s == ":memory:":
+            return s
+        p = Path(os.path.expanduser(s))
+        return str(p if p.is_absolute() else base / p)
+
+    audit = raw.get("audit_dir", "audit")
+    return KmsSettings(
+        database=path(raw.get("database"), "kms.db"),
+        audit_dir=None if audit in (False, "") else path(audit, "audit"),
+        region=str(raw.get("region", "us-east-1")),
+        max_plaintext=int(raw.get("max_plaintext", 4096)),
+        import_token_ttl=float(raw.get("import_token_ttl", 86400)),
+        secret_context_keys=frozenset(raw.get("secret_context_keys", [])),
+        accounts=dict(raw.get("accounts", {})),
+    )
+
+
+def load(path: str | os.PathLike[str]) -> tuple[PoolConfig, KmsSettings]:
+    p = Path(path)
+    try:
+        with p.open("rb") as fh:
+            doc = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"configuration file {str(p)!r} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+    base = p.resolve().parent
+    return parse_config(doc, base, str(p)), parse_kms_settings(doc, base)

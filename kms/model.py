@@ -1,0 +1,199 @@
+"""Key metadata: enums with the AWS KMS spellings, immutable records, and the spec tables.
+
+Capabilities are data: :data:`SPECS` says, per key spec, which usages it allows, how the pool
+holds its material, its protection level, and which algorithms each usage offers.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Final
+
+from hsmpool.blob import KeySpec as PoolSpec
+
+
+class KeySpec(enum.StrEnum):
+    SYMMETRIC_DEFAULT = "SYMMETRIC_DEFAULT"
+    SM4 = "SM4"
+    RSA_2048 = "RSA_2048"
+    RSA_3072 = "RSA_3072"
+    RSA_4096 = "RSA_4096"
+    ECC_NIST_P256 = "ECC_NIST_P256"
+    ECC_SECG_P256K1 = "ECC_SECG_P256K1"
+    SM2 = "SM2"
+    HMAC_256 = "HMAC_256"
+    HMAC_384 = "HMAC_384"
+    HMAC_512 = "HMAC_512"
+    HMAC_SM3 = "HMAC_SM3"
+
+
+class KeyUsage(enum.StrEnum):
+    ENCRYPT_DECRYPT = "ENCRYPT_DECRYPT"
+    SIGN_VERIFY = "SIGN_VERIFY"
+    GENERATE_VERIFY_MAC = "GENERATE_VERIFY_MAC"
+
+
+class Origin(enum.StrEnum):
+    AWS_KMS = "AWS_KMS"
+    EXTERNAL = "EXTERNAL"
+
+
+class KeyState(enum.StrEnum):
+    ENABLED = "Enabled"
+    DISABLED = "Disabled"
+    PENDING_DELETION = "PendingDeletion"
+    PENDING_IMPORT = "PendingImport"
+
+
+class ProtectionLevel(enum.StrEnum):
+    HSM = "HSM"
+    SOFTWARE = "SOFTWARE"
+
+
+@dataclass(frozen=True, slots=True)
+class SpecInfo:
+    spec: KeySpec
+    usages: tuple[KeyUsage, ...]
+    pool_spec: PoolSpec
+    protection: ProtectionLevel
+    secret_len: int = 0  # bytes of SOFTWARE material
+    encryption_algorithms: tuple[str, ...] = ()
+    signing_algorithms: tuple[str, ...] = ()
+    mac_algorithms: tuple[str, ...] = ()
+    symmetric: bool = False
+
+    @property
+    def rotatable(self) -> bool:
+        """Automatic and on-demand rotation: symmetric encryption keys (as in AWS KMS)."""
+        return self.symmetric
+
+
+_RSA_SIGN = ("RSASSA_PSS_SHA_256", "RSASSA_PSS_SHA_384", "RSASSA_PSS_SHA_512",
+             "RSASSA_PKCS1_V1_5_SHA_256", "RSASSA_PKCS1_V1_5_SHA_384",
+             "RSASSA_PKCS1_V1_5_SHA_512")
+_RSA_ENC = ("RSAES_OAEP_SHA_1", "RSAES_OAEP_SHA_256")
+_ENC = KeyUsage.ENCRYPT_DECRYPT
+_SIGN = KeyUsage.SIGN_VERIFY
+_MAC = KeyUsage.GENERATE_VERIFY_MAC
+
+SPECS: Final[Mapping[KeySpec, SpecInfo]] = {
+    s.spec: s for s in (
+        SpecInfo(KeySpec.SYMMETRIC_DEFAULT, (_ENC,), PoolSpec.AES_256, ProtectionLevel.HSM,
+                 encryption_algorithms=("SYMMETRIC_DEFAULT",), symmetric=True),
+        SpecInfo(KeySpec.SM4, (_ENC,), PoolSpec.SECRET, ProtectionLevel.SOFTWARE, 16,
+                 encryption_algorithms=("SYMMETRIC_DEFAULT",), symmetric=True),
+        SpecInfo(KeySpec.RSA_2048, (_ENC, _SIGN), PoolSpec.RSA_2048, ProtectionLevel.HSM,
+                 encryption_algorithms=_RSA_ENC, signing_algorithms=_RSA_SIGN),
+        SpecInfo(KeySpec.RSA_3072, (_ENC, _SIGN), PoolSpec.RSA_3072, ProtectionLevel.HSM,
+                 encryption_algorithms=_RSA_ENC, signing_algorithms=_RSA_SIGN),
+        SpecInfo(KeySpec.RSA_4096, (_ENC, _SIGN), PoolSpec.RSA_4096, ProtectionLevel.HSM,
+                 encryption_algorithms=_RSA_ENC, signing_algorithms=_RSA_SIGN),
+        SpecInfo(KeySpec.ECC_NIST_P256, (_SIGN,), PoolSpec.EC_P256, ProtectionLevel.HSM,
+                 signing_algorithms=("ECDSA_SHA_256",)),
+        SpecInfo(KeySpec.ECC_SECG_P256K1, (_SIGN,), PoolSpec.EC_SECP256K1, ProtectionLevel.HSM,
+                 signing_algorithms=("ECDSA_SHA_256",)),
+        SpecInfo(KeySpec.SM2, (_SIGN, _ENC), PoolSpec.SECRET, ProtectionLevel.SOFTWARE, 32,
+                 encryption_algorithms=("SM2PKE",), signing_algorithms=("SM2DSA",)),
+        SpecInfo(KeySpec.HMAC_256, (_MAC,), PoolSpec.HMAC_SHA256, ProtectionLevel.HSM,
+                 mac_algorithms=("HMAC_SHA_256",)),
+        SpecInfo(KeySpec.HMAC_384, (_MAC,), PoolSpec.HMAC_SHA384, ProtectionLevel.HSM,
+                 mac_algorithms=("HMAC_SHA_384",)),
+        SpecInfo(KeySpec.HMAC_512, (_MAC,), PoolSpec.HMAC_SHA512, ProtectionLevel.HSM,
+                 mac_algorithms=("HMAC_SHA_512",)),
+        SpecInfo(KeySpec.HMAC_SM3, (_MAC,), PoolSpec.SECRET, ProtectionLevel.SOFTWARE, 32,
+                 mac_algorithms=("HMAC_SM3",)),
+    )
+}
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    """One key's metadata. Immutable: changes make a new record (``evolve``) with a higher
+    ``revision`` that the store writes in one transaction before the service swaps it in."""
+
+    key_id: str
+    instance: str
+    arn: str
+    spec: KeySpec
+    usage: KeyUsage
+    origin: Origin
+    state: KeyState
+    created: float
+    description: str = ""
+    deletion_date: float | None = None
+    rotation_enabled: bool = False
+    rotation_period_days: int = 365
+    next_rotation: float | None = None
+    primary_version: str | None = None  # version id, hex
+    min_decrypt_version: int = 1
+    tags: tuple[tuple[str, str], ...] = ()
+    policy: str | None = None
+    import_valid_to: float | None = None
+    revision: int = 1
+
+    def __post_init__(self) -> None:
+        if self.usage not in SPECS[self.spec].usages:
+            raise ValueError(f"{self.spec} keys cannot have usage {self.usage}")
+        if not 90 <= self.rotation_period_days <= 2560:
+            raise ValueError("rotation period must be 90..2560 days")
+        if self.min_decrypt_version < 1:
+            raise ValueError("minimum decryption version must be at least 1")
+
+    @property
+    def info(self) -> SpecInfo:
+        return SPECS[self.spec]
+
+    @property
+    def protection(self) -> ProtectionLevel:
+        return SPECS[self.spec].protection
+
+    def evolve(self, **changes: object) -> KeyRecord:
+        return replace(self, revision=self.revision + 1, **changes)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, slots=True)
+class KeyVersion:
+    """One version of a key's material: the pool blob (``None`` once destroyed)."""
+
+    version_id: str  # 32 hex digits (a UUID without dashes)
+    key_id: str
+    number: int
+    created: float
+    blob: bytes | None
+    public_key: bytes = b""  # DER SubjectPublicKeyInfo for key pairs
+    imported: bool = False
+
+    @property
+    def version_bytes(self) -> bytes:
+        return bytes.fromhex(self.version_id)
+
+
+@dataclass(frozen=True, slots=True)
+class AliasRecord:
+    instance: str
+    name: str
+    key_id: str
+    created: float
+    updated: float
+
+
+@dataclass(frozen=True, slots=True)
+class ImportToken:
+    token_id: str
+    key_id: str
+    wrapping_algorithm: str
+    wrapping_key_spec: str
+    wrapping_blob: bytes
+    public_key: bytes
+    expires: float
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """A page of a list operation; ``next_marker`` is None on the last page."""
+
+    items: tuple[object, ...]
+    next_marker: str | None = None
+    extra: Mapping[str, object] = field(default_factory=dict)

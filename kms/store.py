@@ -1,0 +1,388 @@
+"""The metadata store: SQLite (WAL, synchronous=FULL) with versioned migrations.
+
+A write returns only after its transaction is durable, so key material (wrapped blobs) is
+on disk before an operation reports success. Several processes may open the same file (the
+server's workers): SQLite serialises writers; readers see committed data, and
+:meth:`Store.data_version` tells a process when another one has committed, so in-memory
+caches can be dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from kms.errors import AlreadyExists, KMSInternal
+from kms.model import (
+    AliasRecord,
+    ImportToken,
+    KeyRecord,
+    KeySpec,
+    KeyState,
+    KeyUsage,
+    KeyVersion,
+    Origin,
+)
+
+T = TypeVar("T")
+
+MIGRATIONS: list[str] = [
+    # 1: keys, versions, aliases, instances, import tokens
+    """
+    CREATE TABLE instances (
+        name TEXT PRIMARY KEY,
+        account TEXT NOT NULL,
+        created REAL NOT NULL
+    );
+    CREATE TABLE keys (
+        key_id TEXT PRIMARY KEY,
+        instance TEXT NOT NULL,
+        arn TEXT NOT NULL,
+        spec TEXT NOT NULL,
+        usage TEXT NOT NULL,
+        origin TEXT NOT NULL,
+        state TEXT NOT NULL,
+        created REAL NOT NULL,
+        description TEXT NOT NULL DEFAULT '',
+        deletion_date REAL,
+        rotation_enabled INTEGER NOT NULL DEFAULT 0,
+        rotation_period_days INTEGER NOT NULL DEFAULT 365,
+        next_rotation REAL,
+        primary_version TEXT,
+        min_decrypt_version INTEGER NOT NULL DEFAULT 1,
+        tags TEXT NOT NULL DEFAULT '[]',
+        policy TEXT,
+        import_valid_to REAL,
+        revision INTEGER NOT NULL
+    );
+    CREATE INDEX keys_by_instance ON keys (instance, key_id);
+    CREATE INDEX keys_due ON keys (state, next_rotation);
+    CREATE TABLE key_versions (
+        version_id TEXT PRIMARY KEY,
+        key_id TEXT NOT NULL REFERENCES keys (key_id),
+        number INTEGER NOT NULL,
+        created REAL NOT NULL,
+        blob BLOB,
+        public_key BLOB NOT NULL DEFAULT x'',
+        imported INTEGER NOT NULL DEFAULT 0,
+        UNIQUE (key_id, number)
+    );
+    CREATE TABLE aliases (
+        instance TEXT NOT NULL,
+        name TEXT NOT NULL,
+        key_id TEXT NOT NULL REFERENCES keys (key_id),
+        created REAL NOT NULL,
+        updated REAL NOT NULL,
+        PRIMARY KEY (instance, name)
+    );
+    CREATE INDEX aliases_by_key ON aliases (key_id);
+    CREATE TABLE import_tokens (
+        token_id TEXT PRIMARY KEY,
+        key_id TEXT NOT NULL,
+        wrapping_algorithm TEXT NOT NULL,
+        wrapping_key_spec TEXT NOT NULL,
+        wrapping_blob BLOB NOT NULL,
+        public_key BLOB NOT NULL,
+        expires REAL NOT NULL
+    );
+    """,
+    # 2: principals and their access keys (for the servers' authentication)
+    """
+    CREATE TABLE principals (
+        principal_id TEXT PRIMARY KEY,
+        instance TEXT NOT NULL,
+        name TEXT NOT NULL,
+        policies TEXT NOT NULL DEFAULT '[]',
+        created REAL NOT NULL,
+        UNIQUE (instance, name)
+    );
+    CREATE TABLE access_keys (
+        access_key_id TEXT PRIMARY KEY,
+        principal_id TEXT NOT NULL REFERENCES principals (principal_id),
+        secret_blob BLOB NOT NULL,
+        created REAL NOT NULL,
+        enabled INTEGER NOT NULL DEFAULT 1
+    );
+    """,
+]
+
+_KEY_COLUMNS = ("key_id", "instance", "arn", "spec", "usage", "origin", "state", "created",
+                "description", "deletion_date", "rotation_enabled", "rotation_period_days",
+                "next_rotation", "primary_version", "min_decrypt_version", "tags", "policy",
+                "import_valid_to", "revision")
+
+
+def _key_row(r: KeyRecord) -> tuple[Any, ...]:
+    return (r.key_id, r.instance, r.arn, r.spec.value, r.usage.value, r.origin.value,
+            r.state.value, r.created, r.description, r.deletion_date, int(r.rotation_enabled),
+            r.rotation_period_days, r.next_rotation, r.primary_version, r.min_decrypt_version,
+            json.dumps([list(t) for t in r.tags]), r.policy, r.import_valid_to, r.revision)
+
+
+def _key_from(row: sqlite3.Row) -> KeyRecord:
+    return KeyRecord(
+        key_id=row["key_id"], instance=row["instance"], arn=row["arn"],
+        spec=KeySpec(row["spec"]), usage=KeyUsage(row["usage"]), origin=Origin(row["origin"]),
+        state=KeyState(row["state"]), created=row["created"], description=row["description"],
+        deletion_date=row["deletion_date"], rotation_enabled=bool(row["rotation_enabled"]),
+        rotation_period_days=row["rotation_period_days"], next_rotation=row["next_rotation"],
+        primary_version=row["primary_version"], min_decrypt_version=row["min_decrypt_version"],
+        tags=tuple((k, v) for k, v in json.loads(row["tags"])), policy=row["policy"],
+        import_valid_to=row["import_valid_to"], revision=row["revision"],
+    )
+
+
+def _version_from(row: sqlite3.Row) -> KeyVersion:
+    blob = row["blob"]
+    return KeyVersion(version_id=row["version_id"], key_id=row["key_id"], number=row["number"],
+                      created=row["created"], blob=bytes(blob) if blob is not None else None,
+                      public_key=bytes(row["public_key"]), imported=bool(row["imported"]))
+
+
+class ConcurrentUpdate(KMSInternal):
+    """A key changed under us (another worker committed first); the caller retries."""
+
+
+class Store:
+    """Thread-safe access to one SQLite metadata file."""
+
+    def __init__(self, path: str | os.PathLike[str], *, sync: bool = True) -> None:
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
+                                   timeout=30.0)
+        self._db.row_factory = sqlite3.Row
+        self._lock = threading.RLock()
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(f"PRAGMA synchronous={'FULL' if sync else 'NORMAL'}")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._migrate()
+
+    # --- plumbing ----------------------------------------------------------------------
+
+    def _migrate(self) -> None:
+        with self.transaction():
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            for i in range(version, len(MIGRATIONS)):
+                # executescript() would commit; run the statements inside our transaction.
+                for stmt in MIGRATIONS[i].split(";"):
+                    if stmt.strip():
+                        self._db.execute(stmt)
+            if version < len(MIGRATIONS):
+                self._db.execute(f"PRAGMA user_version={len(MIGRATIONS)}")
+
+    @property
+    def schema_version(self) -> int:
+        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        with self._lock:
+            return fn(self._db)
+
+    def data_version(self) -> int:
+        """Changes whenever another connection commits (PRAGMA data_version)."""
+        with self._lock:
+            return int(self._db.execute("PRAGMA data_version").fetchone()[0])
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # --- instances ---------------------------------------------------------------------
+
+    def instance_account(self, name: str, make: Callable[[], str]) -> str:
+        row = self._read(lambda db: db.execute(
+            "SELECT account FROM instances WHERE name = ?", (name,)).fetchone())
+        if row is not None:
+            return str(row["account"])
+        with self.transaction() as db:
+            row = db.execute("SELECT account FROM instances WHERE name = ?", (name,)).fetchone()
+            if row is not None:
+                return str(row["account"])
+            account = make()
+            db.execute("INSERT INTO instances VALUES (?, ?, ?)", (name, account, time.time()))
+            return account
+
+    # --- keys and versions -------------------------------------------------------------
+
+    def insert_key(self, record: KeyRecord, version: KeyVersion | None) -> None:
+        with self.transaction() as db:
+            db.execute(f"INSERT INTO keys ({', '.join(_KEY_COLUMNS)}) VALUES "
+                       f"({', '.join('?' * len(_KEY_COLUMNS))})", _key_row(record))
+            if version is not None:
+                self._insert_version(db, version)
+
+    @staticmethod
+    def _insert_version(db: sqlite3.Connection, v: KeyVersion) -> None:
+        db.execute("INSERT INTO key_versions VALUES (?, ?, ?, ?, ?, ?, ?)",
+                   (v.version_id, v.key_id, v.number, v.created, v.blob, v.public_key,
+                    int(v.imported)))
+
+    def update_key(self, old: KeyRecord, new: KeyRecord,
+                   version: KeyVersion | None = None) -> None:
+        """Write ``new`` (and a new version) iff the stored record is still ``old``."""
+        if new.key_id != old.key_id or new.revision <= old.revision:
+            raise ValueError("update_key needs a later revision of the same key")
+        with self.transaction() as db:
+            sets = ", ".join(f"{c} = ?" for c in _KEY_COLUMNS[1:])
+            cur = db.execute(f"UPDATE keys SET {sets} WHERE key_id = ? AND revision = ?",
+                             (*_key_row(new)[1:], new.key_id, old.revision))
+            if cur.rowcount != 1:
+                raise ConcurrentUpdate("the key changed concurrently; retry")
+            if version is not None:
+                self._insert_version(db, version)
+
+    def get_key(self, key_id: str) -> KeyRecord | None:
+        row = self._read(lambda db: db.execute(
+            "SELECT * FROM keys WHERE key_id = ?", (key_id,)).fetchone())
+        return _key_from(row) if row is not None else None
+
+    def list_keys(self, instance: str, after: str, limit: int) -> list[KeyRecord]:
+        rows = self._read(lambda db: db.execute(
+            "SELECT * FROM keys WHERE instance = ? AND key_id > ? ORDER BY key_id LIMIT ?",
+            (instance, after, limit)).fetchall())
+        return [_key_from(r) for r in rows]
+
+    def keys_due(self, now: float) -> list[KeyRecord]:
+        """Keys whose rotation or deletion is due."""
+        rows = self._read(lambda db: db.execute(
+            "SELECT * FROM keys WHERE (state = 'Enabled' AND rotation_enabled = 1 AND "
+            "next_rotation <= ?) OR (state = 'PendingDeletion' AND deletion_date <= ?) "
+            "OR (import_valid_to IS NOT NULL AND import_valid_to <= ? AND "
+            "state IN ('Enabled', 'Disabled'))",
+            (now, now, now)).fetchall())
+        return [_key_from(r) for r in rows]
+
+    def get_version(self, version_id: str) -> KeyVersion | None:
+        row = self._read(lambda db: db.execute(
+            "SELECT * FROM key_versions WHERE version_id = ?", (version_id,)).fetchone())
+        return _version_from(row) if row is not None else None
+
+    def list_versions(self, key_id: str) -> list[KeyVersion]:
+        rows = self._read(lambda db: db.execute(
+            "SELECT * FROM key_versions WHERE key_id = ? ORDER BY number", (key_id,)).fetchall())
+        return [_version_from(r) for r in rows]
+
+    def destroy_material(self, old: KeyRecord, new: KeyRecord) -> None:
+        """Crypto-shred: drop every wrapped blob of a key and write its new record."""
+        with self.transaction() as db:
+            sets = ", ".join(f"{c} = ?" for c in _KEY_COLUMNS[1:])
+            cur = db.execute(f"UPDATE keys SET {sets} WHERE key_id = ? AND revision = ?",
+                             (*_key_row(new)[1:], new.key_id, old.revision))
+            if cur.rowcount != 1:
+                raise ConcurrentUpdate("the key changed concurrently; retry")
+            db.execute("UPDATE key_versions SET blob = NULL WHERE key_id = ?", (new.key_id,))
+            db.execute("DELETE FROM aliases WHERE key_id = ?", (new.key_id,))
+            db.execute("DELETE FROM import_tokens WHERE key_id = ?", (new.key_id,))
+
+    # --- aliases -----------------------------------------------------------------------
+
+    def put_alias(self, alias: AliasRecord, *, create: bool) -> None:
+        with self.transaction() as db:
+            if create:
+                try:
+                    db.execute("INSERT INTO aliases VALUES (?, ?, ?, ?, ?)",
+                               (alias.instance, alias.name, alias.key_id, alias.created,
+                                alias.updated))
+                except sqlite3.IntegrityError:
+                    raise AlreadyExists(f"alias {alias.name} already exists") from None
+            else:
+                db.execute("UPDATE aliases SET key_id = ?, updated = ? WHERE instance = ? AND "
+                           "name = ?", (alias.key_id, alias.updated, alias.instance, alias.name))
+
+    def get_alias(self, instance: str, name: str) -> AliasRecord | None:
+        row = self._read(lambda db: db.execute(
+            "SELECT * FROM aliases WHERE instance = ? AND name = ?", (instance, name)).fetchone())
+        return AliasRecord(**dict(row)) if row is not None else None
+
+    def delete_alias(self, instance: str, name: str) -> bool:
+        with self.transaction() as db:
+            cur = db.execute("DELETE FROM aliases WHERE instance = ? AND name = ?",
+                             (instance, name))
+            return cur.rowcount == 1
+
+    def list_aliases(self, instance: str, key_id: str | None, after: str,
+                     limit: int) -> list[AliasRecord]:
+        args: tuple[object, ...]
+        if key_id is None:
+            sql, args = ("SELECT * FROM aliases WHERE instance = ? AND name > ? ORDER BY name "
+                         "LIMIT ?", (instance, after, limit))
+        else:
+            sql, args = ("SELECT * FROM aliases WHERE instance = ? AND key_id = ? AND name > ? "
+                         "ORDER BY name LIMIT ?", (instance, key_id, after, limit))
+        rows = self._read(lambda db: db.execute(sql, args).fetchall())
+        return [AliasRecord(**dict(r)) for r in rows]
+
+    # --- import tokens -----------------------------------------------------------------
+
+    def put_import_token(self, token: ImportToken) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT INTO import_tokens VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       (token.token_id, token.key_id, token.wrapping_algorithm,
+                        token.wrapping_key_spec, token.wrapping_blob, token.public_key,
+                        token.expires))
+
+    def get_import_token(self, token_id: str) -> ImportToken | None:
+        row = self._read(lambda db: db.execute(
+            "SELECT * FROM import_tokens WHERE token_id = ?", (token_id,)).fetchone())
+        if row is None:
+            return None
+        d = dict(row)
+        d["wrapping_blob"] = bytes(d["wrapping_blob"])
+        d["public_key"] = bytes(d["public_key"])
+        return ImportToken(**d)
+
+    def delete_import_tokens(self, key_id: str) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM import_tokens WHERE key_id = ?", (key_id,))
+
+    # --- principals --------------------------------------------------------------------
+
+    def put_principal(self, principal_id: str, instance: str, name: str,
+                      policies_json: str) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT INTO principals VALUES (?, ?, ?, ?, ?) ON CONFLICT (principal_id) "
+                       "DO UPDATE SET policies = excluded.policies",
+                       (principal_id, instance, name, policies_json, time.time()))
+
+    def get_principal(self, principal_id: str) -> dict[str, Any] | None:
+        row = self._read(lambda db: db.execute(
+            "SELECT * FROM principals WHERE principal_id = ?", (principal_id,)).fetchone())
+        return dict(row) if row is not None else None
+
+    def find_principal(self, instance: str, name: str) -> dict[str, Any] | None:
+        row = self._read(lambda db: db.execute(
+            "SELECT * FROM principals WHERE instance = ? AND name = ?",
+            (instance, name)).fetchone())
+        return dict(row) if row is not None else None
+
+    def put_access_key(self, access_key_id: str, principal_id: str, secret_blob: bytes) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT INTO access_keys VALUES (?, ?, ?, ?, 1)",
+                       (access_key_id, principal_id, secret_blob, time.time()))
+
+    def get_access_key(self, access_key_id: str) -> dict[str, Any] | None:
+        row = self._read(lambda db: db.execute(
+            "SELECT * FROM access_keys WHERE access_key_id = ? AND enabled = 1",
+            (access_key_id,)).fetchone())
+        return dict(row) if row is not None else None
