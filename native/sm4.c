@@ -2,9 +2,11 @@
  * mode logic (CBC chaining, GCM framing) shared by all implementations.
  *
  * The portable block function uses four 256-entry tables that fuse the S-box with the linear
- * transform L (T-tables) and runs four blocks interleaved in CTR/ECB/CBC-decrypt. Table-driven
- * code is not constant-time with respect to cache timing; the vectorised paths (sm4_x86.c)
- * are, and are preferred whenever the CPU has them.
+ * transform L (T-tables) and runs four blocks interleaved in CTR/ECB/CBC-decrypt; the portable
+ * GHASH is Shoup's 4-bit table method. Table-driven code is not constant-time with respect to
+ * cache timing. On x86-64 with GFNI or AES-NI the key schedule, CBC encryption and every
+ * vectorised path use table-free S-boxes and (V)PCLMULQDQ, and those paths are chosen
+ * whenever the CPU has them.
  */
 #include <string.h>
 

@@ -4,19 +4,29 @@
  * __attribute__((target(...))), and nothing here runs unless the CPU reported the features.
  *
  * SM4 S-box with GFNI: S(x) = A*inv(A*x + c) + c over GF(2)[t]/(0x1F5). GF2P8AFFINEINVQB inverts
- * over the AES polynomial 0x11B, so both matrices absorb a field isomorphism; the matrices come
- * from native/tools/gen_sm4_tables.py, which checks them on all 256 inputs
- * (native/tests_c/sbox_selftest.c re-checks them on the real instructions).
+ * over the AES polynomial 0x11B, so the matrices absorb a field isomorphism; all matrices come
+ * from native/tools/gen_sm4_tables.py, which checks them on all 256 inputs by emulating the
+ * instructions (native/tests_c/sbox_selftest.c re-checks them on the real instructions).
+ * Two refinements of the round (both derived and checked in the generator):
+ *  - L is folded into the inversion step: L(S(x)) = P0 ^ rol8(P1) ^ rol16(P1) ^ rol24(P3) with
+ *    three GF2P8AFFINEINVQB of the same input, so only byte rotates remain (no 2-bit rotate);
+ *  - the state is kept in the S-box's pre-affine domain D (byte-local, so it commutes with the
+ *    byte rotates): the round keys are mapped once per call, D on input and D^-1 on output,
+ *    and a round is XOR -> 3 x GF2P8AFFINEINVQB -> rotates/XOR.
+ * Without GFNI the AVX2 kernels use AESENCLAST for the inversion with nibble-table affine maps.
  *
  * Data layout: 16 (AVX-512) or 8 (AVX2) blocks are loaded, byte-swapped to host-order words and
  * transposed (4x4 within each 128-bit lane) so that vector j holds word j of every block; a
- * round is then lane-parallel. In counter mode the transposed counter words are generated
+ * round is then lane-parallel. Eight such groups are in flight (128 or 64 blocks) to hide the
+ * latency of the round chain. In counter mode the transposed counter words are generated
  * directly (word 3 = c3 + lane offset), so only the output is transposed.
  *
  * GHASH with (V)PCLMULQDQ works on byte-reversed blocks ("bit-reflected" 128-bit integers,
  * bit i = coefficient of x^(127-i)). A carry-less product of two such values represents
- * x*a*b, so htab holds H^k * x^-1; products of up to 16 blocks are summed unreduced and reduced
- * once (two multiplications by 0xC2 << 56).
+ * x*a*b, so htab holds H^k * x^-1; products of up to 32 (VPCLMULQDQ) or 16 (PCLMULQDQ) blocks
+ * are summed unreduced (Karatsuba) and reduced once (two multiplications by 0xC2 << 56).
+ *
+ * Nothing here branches on or indexes memory with secret data.
  */
 #include "gm_cpu.h"
 
