@@ -1,0 +1,880 @@
+"""The audit trail: one hash-chained record per KMS call, in per-process SQLite segments.
+
+Use::
+
+    log = AuditLog("var/audit", "worker-0")
+    log.append(AuditEvent(time.time(), "default", "alice", "kms:Encrypt", key_id, version,
+                          "ok", request_id, {"purpose": "backup"}))
+    log.flush()          # only where a response must wait for durability
+    log.close()
+
+    report = verify("var/audit")      # or: hsmpool audit verify --dir var/audit
+
+Segments
+    Every writer process has its own segment, the SQLite file ``audit-{segment}.db`` in the
+    audit directory, so two processes never share a SQLite writer lock. A segment is held by
+    one :class:`AuditLog` at a time (an exclusive ``flock`` on ``audit-{segment}.lock``); a
+    server restarting ``worker-0`` reopens its segment and continues its chain.
+
+Writing
+    :meth:`AuditLog.append` only puts the event on an in-memory queue (a few hundred ns, no
+    I/O, no hashing). A writer thread drains the queue: everything waiting goes into one
+    transaction (encode, hash, insert, update the head, commit), and while that commit (and
+    its fsync) is in flight new events accumulate for the next one. There is no timer: a
+    commit starts as soon as work is waiting, so a lone event costs one commit and a burst
+    shares one ("group commit"). :meth:`AuditLog.flush` waits until everything appended
+    before it is committed. With ``sync=True`` the segment runs with ``synchronous=FULL`` in
+    WAL mode, so a committed batch is on disk (fsync) before flush returns; with
+    ``sync=False`` (``synchronous=NORMAL``) it survives a process crash but not a power cut.
+
+    Events appended but not yet flushed are lost if the process dies; a caller that must not
+    answer before its record is durable calls ``flush()``. If a write fails (disk full, I/O
+    error), the log fails closed: ``flush`` and every later ``append`` raise
+    :class:`AuditError`.
+
+Record format (version 1)
+    Table ``audit`` holds one row per event: ``seq`` (1, 2, 3, ... within the segment),
+    ``v`` (format version, 1), the event fields as columns (``details`` as JSON text),
+    ``prev_hash`` and ``hash``. The canonical encoding of an event is::
+
+        b"hsmpool-audit/1\\n" + JSON(object with keys action, details, instance, key_id,
+                                      key_version, principal, request_id, result, time)
+
+    with sorted keys, no whitespace and ASCII-only escapes (``json.dumps(..., sort_keys=True,
+    separators=(",", ":"), ensure_ascii=True)``); ``time`` is a float (Python's shortest
+    round-trip repr), ``key_id`` and ``key_version`` may be null, ``details`` is an object of
+    strings. Then::
+
+        hash     = SHA-256(prev_hash || seq as 8-byte big-endian || canonical)
+        genesis  = SHA-256(b"hsmpool-audit-genesis/1\\0" || segment name (UTF-8))
+
+    where the first record's ``prev_hash`` is the genesis of its segment, so a record (or a
+    whole file) cannot be moved to another segment. Table ``head`` (one row) holds the last
+    seq and hash, updated in the same transaction as the records; a fresh segment's head is
+    ``(0, genesis)``. If the log is opened with ``head_key``, the head also carries
+    ``HMAC-SHA-256(head_key, b"hsmpool-audit-head/1\\0" || segment || seq(8) || hash)``.
+
+Verification
+    :func:`verify` recomputes every hash and reports, per segment and seq: a changed field
+    (hash mismatch), records removed from the middle (a seq gap), records renumbered or
+    reordered (a record whose hash only checks under another seq is reported as "written as
+    seq N"), records replaced or inserted with recomputed hashes (the next record's
+    ``prev_hash`` no longer links), a bad genesis (first record not chained to this
+    segment's name), and a removed tail (the head names a later seq or another hash than the
+    last record). With the head key it also checks the head's MAC.
+
+Threat model (what this does and does not protect)
+    The chain makes tampering *evident*, not impossible. Someone who can only change rows
+    of a segment without rewriting everything after them - an edited field, a deleted,
+    swapped or inserted record - is caught by ``verify``, with the seq named. Deleting the
+    last records is caught through the head.
+
+    An attacker with full write access to a segment file can still rewrite history
+    consistently: recompute every hash after the change and update the head (or delete
+    the tail and roll the head back, or replace the whole file with a shorter chain). The
+    chain alone cannot tell; only state kept out of the attacker's reach can:
+
+    * ``head_key``: with a key file the attacker cannot read, they cannot produce a valid head
+      MAC, so any rewrite that moves the head (truncation, a recomputed chain) is caught -
+      but they can still roll the file back to an older copy whose head MAC is genuine
+      (a backup), and a key readable by the KMS process is readable by whoever owns the
+      KMS host;
+    * external anchors: ``hsmpool audit verify`` prints every segment's head (seq and hash);
+      an operator who copies those to a separate system (ticket, log host, paper) can later
+      check that the chain still contains them, which exposes any rewrite or rollback of
+      records before an anchor. Records after the last anchor are protected by nothing
+      but the head key.
+
+    Nothing here stops an attacker from deleting a whole segment file (keep the list of
+    segments and their anchors elsewhere), from writing false events through the KMS itself,
+    or from reading the log: the log holds no plaintext, key material or secret context
+    values (callers pass only non-secret ``details``), but it does reveal who used which key
+    when. Events lost in a crash before ``flush`` leave no trace: there is no gap to detect.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import hashlib
+import hmac
+import json
+import math
+import os
+import re
+import socket
+import sqlite3
+import sys
+import threading
+import time
+import types
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "FORMAT_VERSION",
+    "AuditError",
+    "AuditEvent",
+    "AuditLog",
+    "VerifyReport",
+    "add_cli",
+    "canonical",
+    "chain_hash",
+    "genesis",
+    "main",
+    "segment_path",
+    "verify",
+]
+
+FORMAT_VERSION = 1
+_PREFIX = b"hsmpool-audit/1\n"
+_GENESIS_TAG = b"hsmpool-audit-genesis/1\0"
+_HEAD_TAG = b"hsmpool-audit-head/1\0"
+_SEGMENT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_FILE_RE = re.compile(r"audit-(.+)\.db")
+_MAX_BATCH = 8192
+DEFAULT_DIR = "var/audit"
+
+
+class AuditError(Exception):
+    """The audit log cannot record (write failure, closed log, segment in use)."""
+
+
+# --------------------------------------------------------------------------- events
+
+_STR_FIELDS = ("instance", "principal", "action", "result", "request_id")
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    """One KMS call. Holds only what it is given; ``details`` is copied and read-only."""
+
+    time: float  # epoch seconds
+    instance: str
+    principal: str  # principal id/name, "" for the embedded caller
+    action: str  # e.g. "kms:Encrypt"
+    key_id: str | None
+    key_version: str | None  # version id (uuid hex) or None
+    result: str  # "ok" or the error code, e.g. "NotFoundException"
+    request_id: str
+    details: Mapping[str, str] = field(default_factory=dict)  # non-secret extras
+
+    def __post_init__(self) -> None:
+        t = self.time
+        if type(t) is not float:
+            if isinstance(t, bool) or not isinstance(t, int | float):
+                raise TypeError(f"AuditEvent.time must be a number, not {type(t).__name__}")
+            t = float(t)
+            object.__setattr__(self, "time", t)
+        if not math.isfinite(t):
+            raise ValueError("AuditEvent.time must be finite")
+        kid, kver = self.key_id, self.key_version
+        if not (isinstance(self.instance, str) and isinstance(self.principal, str)
+                and isinstance(self.action, str) and isinstance(self.result, str)
+                and isinstance(self.request_id, str)
+                and (kid is None or isinstance(kid, str))
+                and (kver is None or isinstance(kver, str))):
+            self._type_error()
+        details = self.details
+        if not isinstance(details, Mapping):
+            raise TypeError(
+                f"AuditEvent.details must be a mapping, not {type(details).__name__}")
+        # A private, read-only copy: the record is encoded later, on the writer thread.
+        copy = dict(details)
+        for k, v in copy.items():
+            if not isinstance(k, str) or not isinstance(v, str):
+                raise TypeError("AuditEvent.details keys and values must be str, not "
+                                f"{type(k).__name__}: {type(v).__name__}")
+        object.__setattr__(self, "details", types.MappingProxyType(copy))
+
+    def _type_error(self) -> None:
+        for name in _STR_FIELDS:
+            value = getattr(self, name)
+            if not isinstance(value, str):
+                raise TypeError(f"AuditEvent.{name} must be str, not {type(value).__name__}")
+        for name in ("key_id", "key_version"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise TypeError(
+                    f"AuditEvent.{name} must be str or None, not {type(value).__name__}")
+
+
+_enc = json.encoder.encode_basestring_ascii  # the C string encoder json.dumps uses
+
+
+def _details_json(details: Mapping[str, str]) -> str:
+    """``json.dumps(details, sort_keys=True, separators=(",", ":"), ensure_ascii=True)``
+    for a str -> str mapping, built directly (it runs once per record)."""
+    if not details:
+        return "{}"
+    return "{" + ",".join([_enc(k) + ":" + _enc(v) for k, v in sorted(details.items())]) + "}"
+
+
+def _opt(value: str | None) -> str:
+    return "null" if value is None else _enc(value)
+
+
+def _canonical_parts(time_: float, instance: str, principal: str, action: str,
+                     key_id: str | None, key_version: str | None, result: str,
+                     request_id: str, details_json: str) -> bytes:
+    # Exactly json.dumps of the record object with sorted keys, no whitespace and ASCII
+    # escapes (the tests check the two agree); keys here are in sorted order.
+    body = ('{"action":' + _enc(action) + ',"details":' + details_json
+            + ',"instance":' + _enc(instance) + ',"key_id":' + _opt(key_id)
+            + ',"key_version":' + _opt(key_version) + ',"principal":' + _enc(principal)
+            + ',"request_id":' + _enc(request_id) + ',"result":' + _enc(result)
+            + ',"time":' + float.__repr__(time_) + "}")
+    return _PREFIX + body.encode("ascii")
+
+
+def canonical(event: AuditEvent) -> bytes:
+    """The versioned, deterministic encoding of ``event`` that the chain hashes."""
+    return _canonical_parts(event.time, event.instance, event.principal, event.action,
+                            event.key_id, event.key_version, event.result, event.request_id,
+                            _details_json(event.details))
+
+
+def chain_hash(prev_hash: bytes, seq: int, canonical_record: bytes) -> bytes:
+    """SHA-256(prev_hash || seq (8 bytes, big-endian) || canonical record)."""
+    return hashlib.sha256(prev_hash + seq.to_bytes(8, "big") + canonical_record).digest()
+
+
+def genesis(segment: str) -> bytes:
+    """The ``prev_hash`` of a segment's first record."""
+    return hashlib.sha256(_GENESIS_TAG + segment.encode("utf-8")).digest()
+
+
+def _head_mac(key: bytes, segment: str, seq: int, hash_: bytes) -> bytes:
+    msg = _HEAD_TAG + segment.encode("utf-8") + b"\0" + seq.to_bytes(8, "big") + hash_
+    return hmac.new(key, msg, hashlib.sha256).digest()
+
+
+def segment_path(directory: str | os.PathLike[str], segment: str) -> str:
+    return os.path.join(os.fspath(directory), f"audit-{segment}.db")
+
+
+def _default_segment() -> str:
+    host = re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname()) or "host"
+    return f"{host}-{os.getpid()}"
+
+
+# --------------------------------------------------------------------------- schema
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS audit (
+    seq INTEGER PRIMARY KEY,
+    v INTEGER NOT NULL,
+    time REAL NOT NULL,
+    instance TEXT NOT NULL,
+    principal TEXT NOT NULL,
+    action TEXT NOT NULL,
+    key_id TEXT,
+    key_version TEXT,
+    result TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    details TEXT NOT NULL,
+    prev_hash BLOB NOT NULL,
+    hash BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS head (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    seq INTEGER NOT NULL,
+    hash BLOB NOT NULL,
+    mac BLOB
+);
+"""
+
+_INSERT = ("INSERT INTO audit (seq, v, time, instance, principal, action, key_id, key_version,"
+           " result, request_id, details, prev_hash, hash)"
+           " VALUES (?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+
+_COLUMNS = ("seq, v, time, instance, principal, action, key_id, key_version, result,"
+            " request_id, details, prev_hash, hash")
+
+
+# --------------------------------------------------------------------------- writer
+
+class _Marker:
+    """A flush request travelling in the queue behind the events it waits for."""
+
+    __slots__ = ("done", "error")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+
+
+class AuditLog:
+    """An append-only, hash-chained audit segment with a background group-commit writer.
+
+    Create it in the process that uses it (after any fork): the writer thread does not
+    survive ``fork``.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], segment: str | None = None, *,
+                 sync: bool = True, head_key: bytes | None = None) -> None:
+        seg = _default_segment() if segment is None else segment
+        if not _SEGMENT_RE.fullmatch(seg):
+            raise ValueError(f"bad audit segment name {seg!r} (letters, digits, '._-')")
+        self.segment = seg
+        self.directory = os.fspath(directory)
+        self.path = segment_path(self.directory, seg)
+        self.sync = sync
+        self._head_key = head_key
+        os.makedirs(self.directory, exist_ok=True)
+
+        self._lock_fd = os.open(os.path.join(self.directory, f"audit-{seg}.lock"),
+                                os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(self._lock_fd)
+            raise AuditError(f"audit segment {seg!r} is in use by another writer") from exc
+        try:
+            self._db = self._open()
+        except BaseException:
+            os.close(self._lock_fd)
+            raise
+
+        self._queue: deque[AuditEvent | _Marker] = deque()
+        self._wake = threading.Event()
+        self._idle = False
+        self._closed = False
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=f"audit-{seg}", daemon=True)
+        self._thread.start()
+
+    def _open(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            db.execute("PRAGMA busy_timeout = 5000")
+            mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise AuditError(f"{self.path}: cannot use WAL mode (got {mode})")
+            db.execute(f"PRAGMA synchronous = {'FULL' if self.sync else 'NORMAL'}")
+            db.executescript(_SCHEMA)
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("INSERT OR IGNORE INTO meta VALUES ('format', ?)", (str(FORMAT_VERSION),))
+            db.execute("INSERT OR IGNORE INTO meta VALUES ('segment', ?)", (self.segment,))
+            row = db.execute("SELECT seq, hash FROM head WHERE id = 1").fetchone()
+            if row is None:
+                # A head lost with records still present: continue after the last record
+                # (verify reports the missing head's history as it finds it).
+                last = db.execute(
+                    "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+                seq, hash_ = (0, genesis(self.segment)) if last is None else last
+                db.execute("INSERT INTO head (id, seq, hash, mac) VALUES (1, ?, ?, ?)",
+                           (seq, hash_, self._mac(seq, hash_)))
+            else:
+                # Continue from the head, never from the last row: a truncated tail stays
+                # a visible gap instead of being papered over.
+                seq, hash_ = row
+            db.execute("COMMIT")
+        except BaseException:
+            db.close()
+            raise
+        if not isinstance(seq, int) or not isinstance(hash_, bytes):
+            db.close()
+            raise AuditError(f"{self.path}: corrupt audit head")
+        self._seq: int = seq
+        self._hash: bytes = hash_
+        self._commits = 0
+        return db
+
+    def _mac(self, seq: int, hash_: bytes) -> bytes | None:
+        if self._head_key is None:
+            return None
+        return _head_mac(self._head_key, self.segment, seq, hash_)
+
+    # ---- caller side
+
+    def append(self, event: AuditEvent) -> None:
+        """Queue ``event``; no I/O or hashing here. Thread-safe."""
+        if self._closed or self._error is not None:
+            raise AuditError(self._why_closed())
+        self._queue.append(event)
+        if self._idle:
+            self._wake.set()
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Block until every event appended before this call is committed (and fsync'd
+        when ``sync=True``). Raises ``TimeoutError`` or :class:`AuditError`."""
+        if self._error is not None:
+            raise AuditError(self._why_closed()) from self._error
+        if self._closed:  # close() flushes everything appended before it
+            self._thread.join(timeout)
+            return
+        if not self._thread.is_alive():
+            raise AuditError(self._why_closed())
+        marker = _Marker()
+        self._queue.append(marker)
+        self._wake.set()
+        if not marker.done.wait(timeout):
+            raise TimeoutError(f"audit flush did not finish within {timeout} s")
+        if marker.error is not None:
+            raise AuditError(self._why_closed()) from marker.error
+
+    def close(self) -> None:
+        """Flush, stop the writer thread and close the segment. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._wake.set()
+        self._thread.join()
+        os.close(self._lock_fd)
+        if self._error is not None:
+            raise AuditError(self._why_closed()) from self._error
+
+    def __enter__(self) -> AuditLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def pending(self) -> int:
+        """Events (and flush requests) queued but not yet taken by the writer."""
+        return len(self._queue)
+
+    @property
+    def commits(self) -> int:
+        """Transactions committed by this writer (each holds one or more records)."""
+        return self._commits
+
+    @property
+    def last_seq(self) -> int:
+        """The seq of the last committed record."""
+        return self._seq
+
+    def _why_closed(self) -> str:
+        if self._error is not None:
+            return f"audit segment {self.segment!r} failed: {self._error!r}"
+        return f"audit segment {self.segment!r} is closed"
+
+    # ---- writer thread
+
+    def _drain(self) -> list[AuditEvent | _Marker]:
+        q = self._queue
+        n = min(len(q), _MAX_BATCH)
+        pop = q.popleft
+        return [pop() for _ in range(n)]
+
+    def _run(self) -> None:
+        markers: list[_Marker] = []
+        try:
+            while True:
+                batch = self._drain()
+                if not batch:
+                    if self._closed:
+                        break
+                    self._idle = True
+                    if not self._queue and not self._closed:
+                        self._wake.wait()
+                    self._wake.clear()
+                    self._idle = False
+                    continue
+                events: list[AuditEvent] = []
+                for item in batch:
+                    if isinstance(item, _Marker):
+                        markers.append(item)
+                    else:
+                        events.append(item)
+                if events:
+                    self._write(events)
+                for m in markers:
+                    m.done.set()
+                markers.clear()
+        except BaseException as exc:  # fail closed: every waiter learns of it
+            self._error = exc
+            for m in markers:
+                m.error = exc
+                m.done.set()
+            while self._queue:
+                item = self._queue.popleft()
+                if isinstance(item, _Marker):
+                    item.error = exc
+                    item.done.set()
+        finally:
+            self._db.close()
+            while self._queue:  # flush requests that raced with close()
+                item = self._queue.popleft()
+                if isinstance(item, _Marker):
+                    item.error = self._error or AuditError("closed before this flush")
+                    item.done.set()
+
+    def _write(self, events: list[AuditEvent]) -> None:
+        seq, prev = self._seq, self._hash
+        rows = []
+        for e in events:
+            seq += 1
+            details = _details_json(e.details)
+            rec = _canonical_parts(e.time, e.instance, e.principal, e.action, e.key_id,
+                                   e.key_version, e.result, e.request_id, details)
+            h = chain_hash(prev, seq, rec)
+            rows.append((seq, e.time, e.instance, e.principal, e.action, e.key_id,
+                         e.key_version, e.result, e.request_id, details, prev, h))
+            prev = h
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany(_INSERT, rows)
+            db.execute("UPDATE head SET seq = ?, hash = ?, mac = ? WHERE id = 1",
+                       (seq, prev, self._mac(seq, prev)))
+            db.execute("COMMIT")
+        except BaseException:
+            try:
+                db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            raise
+        self._seq, self._hash = seq, prev
+        self._commits += 1
+
+
+# --------------------------------------------------------------------------- verify
+
+@dataclass(slots=True)
+class SegmentHead:
+    segment: str
+    records: int
+    seq: int
+    hash: str  # hex
+
+
+@dataclass(slots=True)
+class VerifyReport:
+    ok: bool = True
+    records: int = 0
+    segments: int = 0
+    problems: list[str] = field(default_factory=list)
+    heads: list[SegmentHead] = field(default_factory=list)
+
+    def problem(self, text: str) -> None:
+        self.ok = False
+        self.problems.append(text)
+
+
+def _span(lo: int, hi: int) -> str:
+    return f"seq {lo}" if lo == hi else f"seq {lo}..{hi}"
+
+
+@dataclass(slots=True)
+class _Anomaly:
+    seq: int
+    prev_hash: bytes
+    hash: bytes
+    record: bytes | None  # None: malformed row
+    hash_ok: bool
+    link_ok: bool  # prev_hash equals the stored hash of the previous row (or genesis)
+    gap: bool  # records are missing right before this row
+    why: str = ""
+
+
+_MAX_DIAGNOSED = 10_000
+_SEARCH_WINDOW = 256
+_SEARCH_BUDGET = 2_000_000
+
+
+def _row_record(row: Sequence[Any]) -> bytes:
+    """The canonical record of an ``audit`` row; ValueError/TypeError if malformed."""
+    (_seq, v, time_, instance, principal, action, key_id, key_version, result, request_id,
+     details_text, _p, _h) = row
+    if v != FORMAT_VERSION:
+        raise ValueError(f"unknown record format {v!r}")
+    if not isinstance(details_text, str):
+        raise TypeError("details is not text")
+    details = json.loads(details_text)
+    if not isinstance(details, dict):
+        raise TypeError("details is not a JSON object")
+    event = AuditEvent(time_, instance, principal, action, key_id, key_version, result,
+                       request_id, details)
+    return canonical(event)
+
+
+def _verify_segment(path: str, segment: str, report: VerifyReport,
+                    head_key: bytes | None) -> None:
+    where = f"segment {segment}"
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+    except sqlite3.Error as exc:
+        report.problem(f"{where}: cannot open {path}: {exc}")
+        return
+    first = len(report.problems)
+    try:
+        db.execute("BEGIN")  # one snapshot for rows and head, even while a writer runs
+        try:
+            _check_segment(db, segment, where, report, head_key)
+        finally:
+            db.execute("COMMIT")
+    except sqlite3.Error as exc:
+        report.problem(f"{where}: unreadable: {exc}")
+    finally:
+        db.close()
+    report.problems[first:] = sorted(report.problems[first:], key=_problem_order)
+
+
+_SEQ_RE = re.compile(r": seq (-?\d+)")
+
+
+def _problem_order(text: str) -> int:
+    """Sort a segment's problems by the first seq they name (segment-wide ones first)."""
+    m = _SEQ_RE.search(text)
+    return -(1 << 62) if m is None else int(m.group(1))
+
+
+def _check_segment(db: sqlite3.Connection, segment: str, where: str, report: VerifyReport,
+                   head_key: bytes | None) -> None:
+    meta = dict(db.execute("SELECT name, value FROM meta").fetchall())
+    if meta.get("segment") != segment:
+        report.problem(f"{where}: file names segment {segment!r} but it was created as "
+                       f"{meta.get('segment')!r} (file renamed or copied)")
+    gen = genesis(segment)
+    anomalies: list[_Anomaly] = []
+    undiagnosed = 0
+    count = 0
+    last_seq = 0
+    last_hash = gen
+    for row in db.execute(f"SELECT {_COLUMNS} FROM audit ORDER BY seq"):
+        count += 1
+        seq, prev_hash, hash_ = row[0], row[11], row[12]
+        why = ""
+        record: bytes | None
+        try:
+            record = _row_record(row)
+            if not isinstance(prev_hash, bytes) or not isinstance(hash_, bytes):
+                raise TypeError("prev_hash/hash are not blobs")
+        except (ValueError, TypeError) as exc:
+            record, why = None, str(exc)
+        if seq < 1:
+            report.problem(f"{where}: seq {seq}: not a valid sequence number")
+            continue
+        gap = seq != last_seq + 1
+        if gap:
+            report.problem(f"{where}: {_span(last_seq + 1, seq - 1)}: missing "
+                           "(records removed)")
+        if record is None:
+            report.problem(f"{where}: seq {seq}: malformed record: {why}")
+            last_seq = seq
+            last_hash = hash_ if isinstance(hash_, bytes) else b""
+            continue
+        hash_ok = chain_hash(prev_hash, seq, record) == hash_
+        link_ok = prev_hash == last_hash
+        if not hash_ok or (not link_ok and not gap):
+            if len(anomalies) < _MAX_DIAGNOSED:
+                anomalies.append(_Anomaly(seq, prev_hash, hash_, record, hash_ok, link_ok,
+                                          gap))
+            else:
+                undiagnosed += 1
+        last_seq, last_hash = seq, hash_
+    report.records += count
+    if anomalies:
+        _diagnose(db, where, gen, anomalies, report)
+    if undiagnosed:
+        report.problem(f"{where}: {undiagnosed} more records fail the chain (not itemised)")
+    _check_head(db, segment, where, gen, last_seq, last_hash, report, head_key, count)
+
+
+def _diagnose(db: sqlite3.Connection, where: str, gen: bytes, anomalies: list[_Anomaly],
+              report: VerifyReport) -> None:
+    # Where does each broken row's prev_hash point? (one more scan, memory O(anomalies))
+    wanted = {a.prev_hash for a in anomalies}
+    owner: dict[bytes, int] = {}
+    for seq, h in db.execute("SELECT seq, hash FROM audit"):
+        if h in wanted:
+            owner.setdefault(h, seq)
+    budget = _SEARCH_BUDGET
+    offset = 0
+    moved: list[tuple[int, int]] = []  # (seq now, seq written as), collapsed into runs
+    out: list[tuple[int, str]] = []
+
+    def flush_moved() -> None:
+        i = 0
+        while i < len(moved):
+            j = i
+            while (j + 1 < len(moved) and moved[j + 1][0] == moved[j][0] + 1
+                   and moved[j + 1][1] == moved[j][1] + 1):
+                j += 1
+            (s0, t0), (s1, t1) = moved[i], moved[j]
+            if s0 == s1:
+                out.append((s0, f"{where}: seq {s0}: holds the record written as seq {t0} "
+                                "(records reordered or renumbered)"))
+            else:
+                out.append((s0, f"{where}: {_span(s0, s1)}: hold the records written as "
+                                f"seq {t0}..{t1} (records renumbered; shifted by "
+                                f"{s0 - t0:+d})"))
+            i = j + 1
+        moved.clear()
+
+    for a in anomalies:
+        assert a.record is not None
+        s = a.seq
+        found: int | None = None
+        if not a.hash_ok:
+            candidates: list[int] = []
+            if offset:
+                candidates.append(s - offset)
+            o = owner.get(a.prev_hash)
+            if o is not None:
+                candidates.append(o + 1)
+            if a.prev_hash == gen:
+                candidates.append(1)
+            for d in range(1, _SEARCH_WINDOW + 1):
+                candidates.extend((s - d, s + d))
+            for t in candidates:
+                if t < 1 or t == s or budget <= 0:
+                    continue
+                budget -= 1
+                if chain_hash(a.prev_hash, t, a.record) == a.hash:
+                    found = t
+                    break
+        if found is not None:
+            offset = s - found
+            if moved and moved[-1][0] != s - 1:
+                flush_moved()
+            moved.append((s, found))
+        else:
+            if not a.hash_ok:
+                flush_moved()
+                tail = "" if a.link_ok or a.gap else " and does not link to seq " \
+                    f"{s - 1}"
+                out.append((s, f"{where}: seq {s}: record edited (hash mismatch){tail}"))
+        if a.link_ok or a.gap:
+            continue
+        o = owner.get(a.prev_hash)
+        if found is not None and o is None and a.prev_hash != gen:
+            after = "does not start from the genesis" if s == 1 else \
+                f"does not link to seq {s - 1}"
+            out.append((s, f"{where}: seq {s}: {after}: the record written as seq "
+                           f"{found - 1} is missing (removed)"))
+        elif s == 1:
+            out.append((s, f"{where}: seq 1: bad genesis (the chain does not start from "
+                           "this segment's genesis: moved from another segment or rewritten)"))
+        elif a.prev_hash == gen:
+            out.append((s, f"{where}: seq {s}: links to the genesis: seq 1..{s - 1} are "
+                           "not part of the original chain (inserted or replaced)"))
+        elif o is not None:
+            out.append((s, f"{where}: seq {s}: links to seq {o}, not seq {s - 1} (records "
+                           "inserted, removed or reordered in between)"))
+        elif a.hash_ok:
+            out.append((s, f"{where}: seq {s}: does not link to seq {s - 1} (seq {s - 1} was "
+                           "rewritten with a recomputed hash, or inserted)"))
+    flush_moved()
+    out.sort(key=lambda item: item[0])  # stable: a row's own problem before its link's
+    for _, text in out:
+        report.problem(text)
+
+
+def _check_head(db: sqlite3.Connection, segment: str, where: str, gen: bytes, last_seq: int,
+                last_hash: bytes, report: VerifyReport, head_key: bytes | None,
+                count: int) -> None:
+    head = db.execute("SELECT seq, hash, mac FROM head WHERE id = 1").fetchone()
+    if head is None:
+        report.problem(f"{where}: head missing (cannot tell whether the tail was removed)")
+        return
+    hseq, hhash, mac = head
+    if not isinstance(hseq, int) or not isinstance(hhash, bytes):
+        report.problem(f"{where}: head malformed")
+        return
+    report.heads.append(SegmentHead(segment, count, hseq, hhash.hex()))
+    if hseq > last_seq:
+        report.problem(f"{where}: {_span(last_seq + 1, hseq)}: missing at the end (tail "
+                       f"truncated; the head says the last record is seq {hseq})")
+    elif hseq < last_seq:
+        report.problem(f"{where}: {_span(hseq + 1, last_seq)}: beyond the head (seq {hseq}); "
+                       "records added outside the writer")
+        stored = db.execute("SELECT hash FROM audit WHERE seq = ?", (hseq,)).fetchone()
+        expect = gen if hseq == 0 else (stored[0] if stored else None)
+        if expect != hhash:
+            report.problem(f"{where}: seq {hseq}: hash differs from the head")
+    elif hhash != last_hash:
+        what = "the genesis" if hseq == 0 else f"seq {hseq}"
+        report.problem(f"{where}: {what}: hash differs from the head (tail rewritten)")
+    if head_key is not None:
+        if mac is None:
+            report.problem(f"{where}: head has no MAC (written without the head key, or "
+                           "the MAC was removed)")
+        elif not isinstance(mac, bytes) or not hmac.compare_digest(
+                mac, _head_mac(head_key, segment, hseq, hhash)):
+            report.problem(f"{where}: head MAC invalid at seq {hseq} (head rewritten, or "
+                           "wrong key)")
+
+
+def _segments(directory: str) -> Iterator[tuple[str, str]]:
+    for name in sorted(os.listdir(directory)):
+        m = _FILE_RE.fullmatch(name)
+        if m:
+            yield m.group(1), os.path.join(directory, name)
+
+
+def verify(directory: str | os.PathLike[str], *, head_key: bytes | None = None,
+           segments: Iterable[str] | None = None) -> VerifyReport:
+    """Check every segment (or the named ones) in ``directory``."""
+    report = VerifyReport()
+    d = os.fspath(directory)
+    if not os.path.isdir(d):
+        report.problem(f"{d}: no such audit directory")
+        return report
+    wanted = None if segments is None else set(segments)
+    found = set()
+    for segment, path in _segments(d):
+        if wanted is not None and segment not in wanted:
+            continue
+        found.add(segment)
+        report.segments += 1
+        _verify_segment(path, segment, report, head_key)
+    for missing in sorted((wanted or set()) - found):
+        report.problem(f"segment {missing}: missing ({segment_path(d, missing)} not found)")
+    return report
+
+
+# --------------------------------------------------------------------------- CLI
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    key = None
+    if args.head_key_file:
+        with open(args.head_key_file, "rb") as f:
+            key = f.read()
+    started = time.perf_counter()
+    report = verify(args.dir, head_key=key, segments=args.segment or None)
+    took = time.perf_counter() - started
+    for h in report.heads:
+        print(f"segment {h.segment}: {h.records} records, head seq {h.seq} {h.hash}")
+    for p in report.problems:
+        print(f"PROBLEM: {p}")
+    state = "OK" if report.ok else f"FAILED ({len(report.problems)} problems)"
+    print(f"audit {args.dir}: {report.segments} segments, {report.records} records, "
+          f"{state} in {took:.2f} s")
+    return 0 if report.ok else 1
+
+
+def add_cli(subparsers: Any) -> None:
+    """Register ``audit verify`` on an ``argparse`` subparsers object."""
+    audit = subparsers.add_parser("audit", help="the audit trail")
+    sub = audit.add_subparsers(dest="audit_command", required=True)
+    v = sub.add_parser("verify", help="check every audit segment's hash chain and head")
+    v.add_argument("--dir", default=os.environ.get("HSMPOOL_AUDIT_DIR", DEFAULT_DIR),
+                   help="audit directory (default $HSMPOOL_AUDIT_DIR or %(default)s)")
+    v.add_argument("--segment", action="append",
+                   help="check only this segment (repeatable); a named segment that is "
+                        "absent is a problem")
+    v.add_argument("--head-key-file", help="file holding the head HMAC key")
+    v.set_defaults(func=_cmd_verify)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m kms.audit verify [--dir DIR]``."""
+    parser = argparse.ArgumentParser(prog="hsmpool")
+    add_cli(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["audit", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        return int(args.func(args))
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,577 @@
+"""The audit trail: real SQLite segments, real writer threads and processes, raw-SQL tampering."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kms import audit
+from kms.audit import AuditError, AuditEvent, AuditLog, chain_hash, verify
+
+ROOT = Path(__file__).resolve().parents[2]
+N_TAMPER = 10  # records in the tampered segments
+
+
+def event(i: int, **over: object) -> AuditEvent:
+    fields: dict[str, object] = dict(
+        time=1_700_000_000.0 + i / 8, instance="default", principal=f"user{i % 3}",
+        action="kms:Encrypt", key_id=f"key-{i % 5}", key_version=f"{i:032x}", result="ok",
+        request_id=f"req-{i}", details={"purpose": f"p{i}", "team": "blue"})
+    fields.update(over)
+    return AuditEvent(**fields)  # type: ignore[arg-type]
+
+
+def rows(path: Path) -> list[sqlite3.Row]:
+    db = sqlite3.connect(path)
+    db.row_factory = sqlite3.Row
+    try:
+        return db.execute("SELECT * FROM audit ORDER BY seq").fetchall()
+    finally:
+        db.close()
+
+
+def sql(path: Path, *statements: str, params: tuple[object, ...] = ()) -> None:
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        db.execute("BEGIN")
+        for s in statements:
+            db.execute(s, params if "?" in s else ())
+        db.execute("COMMIT")
+    finally:
+        db.close()
+
+
+def problems_text(directory: Path) -> str:
+    report = verify(directory)
+    assert not report.ok
+    assert report.problems
+    return "\n".join(report.problems)
+
+
+def child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def test_threads_append_flush_verify(tmp_path: Path) -> None:
+    n_threads, per_thread = 8, 1500
+    log = AuditLog(tmp_path, "worker-0", sync=False)
+    errors: list[BaseException] = []
+
+    def work(t: int) -> None:
+        try:
+            for i in range(per_thread):
+                log.append(event(t * per_thread + i))
+                if i % 500 == 499:
+                    log.flush()
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(n_threads)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    log.flush(timeout=30)
+    assert not errors
+    total = n_threads * per_thread
+    assert log.last_seq == total
+    log.close()
+
+    report = verify(tmp_path)
+    assert report.ok, report.problems
+    assert (report.records, report.segments) == (total, 1)
+    stored = rows(tmp_path / "audit-worker-0.db")
+    assert [r["seq"] for r in stored] == list(range(1, total + 1))
+    assert sorted(r["request_id"] for r in stored) == sorted(f"req-{i}" for i in range(total))
+    assert report.heads[0].seq == total
+    assert report.heads[0].hash == stored[-1]["hash"].hex()
+
+
+def test_stored_chain_matches_the_documented_format(tmp_path: Path) -> None:
+    with AuditLog(tmp_path, "fmt", sync=False) as log:
+        for i in range(3):
+            log.append(event(i))
+    stored = rows(tmp_path / "audit-fmt.db")
+    prev = audit.genesis("fmt")
+    for i, r in enumerate(stored):
+        body = json.dumps({
+            "action": r["action"], "details": json.loads(r["details"]),
+            "instance": r["instance"], "key_id": r["key_id"], "key_version": r["key_version"],
+            "principal": r["principal"], "request_id": r["request_id"], "result": r["result"],
+            "time": r["time"]}, sort_keys=True, separators=(",", ":"))
+        record = b"hsmpool-audit/1\n" + body.encode()
+        assert record == audit.canonical(event(i))
+        assert r["prev_hash"] == prev
+        assert r["hash"] == chain_hash(prev, i + 1, record)
+        prev = r["hash"]
+
+
+@pytest.mark.parametrize("text", [
+    "", "plain", "quote\" backslash\\ slash/", "ctl\x00\x01\x1f\x7f\n\t\r",
+    "ünïcödé \u2603 \U0001f512", "lone \ud800 surrogate", "</script>&'",
+])
+@pytest.mark.parametrize("t", [0.0, 1e-7, 1_700_000_000.123456, 5e20, 123456789012345.67])
+def test_canonical_equals_json_dumps(text: str, t: float) -> None:
+    details = {text: text, "b": "x", "a" + text: "", "é": text}
+    e = AuditEvent(t, text, text, "kms:" + text, text or None, None, text, text, details)
+    expect = json.dumps({
+        "action": e.action, "details": details, "instance": text, "key_id": e.key_id,
+        "key_version": None, "principal": text, "request_id": text, "result": text,
+        "time": t}, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    assert audit.canonical(e) == b"hsmpool-audit/1\n" + expect.encode("ascii")
+
+
+def test_reopen_continues_the_chain_and_segment_is_exclusive(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path, "worker-1", sync=False)
+    with pytest.raises(AuditError, match="in use"):
+        AuditLog(tmp_path, "worker-1")
+    for i in range(5):
+        log.append(event(i))
+    log.close()
+    log.close()  # idempotent
+    with pytest.raises(AuditError, match="closed"):
+        log.append(event(99))
+    log.flush()  # nothing pending: returns
+
+    with AuditLog(tmp_path, "worker-1", sync=False) as again:
+        assert again.last_seq == 5
+        for i in range(5, 9):
+            again.append(event(i))
+    report = verify(tmp_path)
+    assert report.ok, report.problems
+    assert report.records == 9
+    assert [r["request_id"] for r in rows(tmp_path / "audit-worker-1.db")] == [
+        f"req-{i}" for i in range(9)]
+
+
+def test_reopen_after_tail_truncation_keeps_the_gap(tmp_path: Path) -> None:
+    with AuditLog(tmp_path, "s", sync=False) as log:
+        for i in range(6):
+            log.append(event(i))
+    sql(tmp_path / "audit-s.db", "DELETE FROM audit WHERE seq > 4")
+    with AuditLog(tmp_path, "s", sync=False) as log:
+        log.append(event(6))
+    text = problems_text(tmp_path)
+    assert "seq 5..6: missing (records removed)" in text
+    assert [r["seq"] for r in rows(tmp_path / "audit-s.db")] == [1, 2, 3, 4, 7]
+
+
+def test_group_commit_batches_and_lone_events_commit_at_once(tmp_path: Path) -> None:
+    with AuditLog(tmp_path, "g", sync=True) as log:
+        for i in range(20_000):
+            log.append(event(i))
+        log.flush()
+        assert log.last_seq == 20_000
+        # The writer takes everything waiting per transaction: far fewer commits than events.
+        assert 1 <= log.commits < 2_000
+        # No timer: a lone event is committed as soon as it is queued.
+        waits = []
+        for i in range(20):
+            started = time.perf_counter()
+            log.append(event(i))
+            log.flush()
+            waits.append(time.perf_counter() - started)
+        assert sorted(waits)[10] < 0.05
+    assert verify(tmp_path).records == 20_020
+
+
+def test_write_failure_fails_closed(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path, "f", sync=False)
+    log.append(event(1))
+    log.flush()
+    sql(tmp_path / "audit-f.db", "CREATE TRIGGER refuse BEFORE INSERT ON audit "
+        "BEGIN SELECT RAISE(ABORT, 'disk on fire'); END")
+    log.append(event(2))
+    with pytest.raises(AuditError, match="failed"):
+        log.flush(timeout=10)
+    with pytest.raises(AuditError, match="disk on fire"):
+        log.append(event(3))
+    with pytest.raises(AuditError):
+        log.close()
+    assert [r["request_id"] for r in rows(tmp_path / "audit-f.db")] == ["req-1"]
+    assert verify(tmp_path).ok  # the failed batch left nothing behind
+
+
+def test_bad_segment_name_and_flush_timeout_argument(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        AuditLog(tmp_path, "../escape")
+    with AuditLog(tmp_path, sync=False) as log:  # default segment name
+        log.append(event(1))
+        log.flush(timeout=10)
+        assert log.segment in os.path.basename(log.path)
+    assert verify(tmp_path).ok
+
+
+def test_verify_while_writing_sees_a_consistent_snapshot(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path, "live", sync=False)
+    stop = threading.Event()
+
+    def writer() -> None:
+        i = 0
+        while not stop.is_set():
+            log.append(event(i))
+            i += 1
+            if i % 100 == 0:
+                time.sleep(0.002)
+
+    th = threading.Thread(target=writer)
+    th.start()
+    try:
+        seen = []
+        deadline = time.monotonic() + 0.8
+        while time.monotonic() < deadline:
+            report = verify(tmp_path)
+            assert report.ok, report.problems
+            seen.append(report.records)
+    finally:
+        stop.set()
+        th.join()
+        log.close()
+    assert seen[-1] > seen[0]
+    assert verify(tmp_path).ok
+
+
+_CHILD = textwrap.dedent("""
+    import sys, time
+    from kms.audit import AuditEvent, AuditLog
+    directory, segment, mode = sys.argv[1], sys.argv[2], sys.argv[3]
+    log = AuditLog(directory, segment, sync=True)
+    i = 0
+    def ev(i):
+        return AuditEvent(time.time(), "default", "p", "kms:Sign", "k", None, "ok",
+                          f"{segment}-{i}", {"n": str(i)})
+    while True:
+        for _ in range(250):
+            log.append(ev(i))
+            i += 1
+        if mode == "count" and i >= 5000:
+            log.close()
+            print("done", i, flush=True)
+            break
+        log.flush()
+        print("flushed", i, flush=True)
+""")
+
+
+def test_crash_durability(tmp_path: Path) -> None:
+    proc = subprocess.Popen([sys.executable, "-c", _CHILD, str(tmp_path), "crash", "forever"],
+                            stdout=subprocess.PIPE, text=True, env=child_env())
+    assert proc.stdout is not None
+    flushed = 0
+    try:
+        for line in proc.stdout:
+            word, n = line.split()
+            assert word == "flushed"
+            flushed = int(n)
+            if flushed >= 2000:
+                break
+        time.sleep(0.05)  # let it append (and commit) some more
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert flushed >= 2000
+    report = verify(tmp_path)
+    assert report.ok, report.problems
+    assert report.records >= flushed
+    stored = rows(tmp_path / "audit-crash.db")
+    assert [r["request_id"] for r in stored[:flushed]] == [f"crash-{i}" for i in range(flushed)]
+
+
+def test_two_processes_two_segments(tmp_path: Path) -> None:
+    procs = [subprocess.Popen([sys.executable, "-c", _CHILD, str(tmp_path), f"worker-{w}",
+                               "count"], stdout=subprocess.PIPE, text=True, env=child_env())
+             for w in range(2)]
+    outs = [p.communicate(timeout=60)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    assert all(o.splitlines()[-1] == "done 5000" for o in outs), outs
+    report = verify(tmp_path)
+    assert report.ok, report.problems
+    assert (report.segments, report.records) == (2, 10_000)
+    assert sorted(h.segment for h in report.heads) == ["worker-0", "worker-1"]
+
+
+# --------------------------------------------------------------------------- events
+
+
+def test_details_are_stored_as_given(tmp_path: Path) -> None:
+    details = {"purpose": "backup", "z": "", "ünï": "välue \"quoted\" \n\u2603"}
+    given = dict(details)
+    e = event(1, details=details)
+    details["purpose"] = "changed after construction"
+    with AuditLog(tmp_path, "d", sync=False) as log:
+        log.append(e)
+        log.append(event(2, details={}, key_id=None, key_version=None, principal=""))
+    stored = rows(tmp_path / "audit-d.db")
+    assert json.loads(stored[0]["details"]) == given
+    assert json.loads(stored[1]["details"]) == {}
+    assert stored[1]["key_id"] is None and stored[1]["principal"] == ""
+    assert verify(tmp_path).ok
+
+
+@pytest.mark.parametrize("over", [
+    {"details": {"k": 1}},
+    {"details": {"k": b"bytes"}},
+    {"details": {"k": None}},
+    {"details": {1: "v"}},
+    {"details": [("k", "v")]},
+    {"principal": 5},
+    {"action": None},
+    {"key_id": 7},
+    {"key_version": b"v"},
+    {"request_id": 1.0},
+    {"time": "now"},
+    {"time": True},
+])
+def test_event_rejects_non_str_values(over: dict[str, object]) -> None:
+    with pytest.raises(TypeError):
+        event(1, **over)
+
+
+def test_event_rejects_non_finite_time_and_normalises_int_time() -> None:
+    with pytest.raises(ValueError):
+        event(1, time=float("nan"))
+    assert event(1, time=5).time == 5.0
+    assert isinstance(event(1, time=5).time, float)
+    with pytest.raises(TypeError):
+        event(1).details["x"] = "y"  # type: ignore[index]
+
+
+# --------------------------------------------------------------------------- tampering
+
+
+@pytest.fixture
+def tampered(tmp_path: Path) -> Iterator[Path]:
+    """A directory with one verified segment of N_TAMPER records; yields its db path."""
+    with AuditLog(tmp_path, "t", sync=False) as log:
+        for i in range(N_TAMPER):
+            log.append(event(i))
+    assert verify(tmp_path).ok
+    yield tmp_path / "audit-t.db"
+
+
+@pytest.mark.parametrize(("column", "value"), [
+    ("time", 1.0),
+    ("instance", "other"),
+    ("principal", "mallory"),
+    ("action", "kms:Decrypt"),
+    ("key_id", "key-9"),
+    ("key_id", None),
+    ("key_version", "f" * 32),
+    ("result", "AccessDeniedException"),
+    ("request_id", "req-x"),
+    ("details", '{"purpose":"p5","team":"red"}'),
+    ("details", '{"purpose":"p5"}'),
+    ("prev_hash", b"\0" * 32),
+    ("hash", b"\1" * 32),
+    ("v", 2),
+    ("details", "not json"),
+])
+def test_edited_field_is_reported_with_its_seq(tampered: Path, column: str,
+                                               value: object) -> None:
+    sql(tampered, f"UPDATE audit SET {column} = ? WHERE seq = 5", params=(value,))
+    text = problems_text(tampered.parent)
+    assert "segment t: seq 5:" in text
+    if column in ("hash", "prev_hash") or column == "details" and value == "not json" \
+            or column == "v":
+        return
+    assert "seq 5: record edited (hash mismatch)" in text
+    assert verify(tampered.parent).problems == [
+        "segment t: seq 5: record edited (hash mismatch)"]
+
+
+def test_removed_middle_record(tampered: Path) -> None:
+    sql(tampered, "DELETE FROM audit WHERE seq = 5")
+    assert verify(tampered.parent).problems == [
+        "segment t: seq 5: missing (records removed)"]
+
+
+def test_removed_middle_records_renumbered(tampered: Path) -> None:
+    # Hide the gap: delete seq 4 and move every later record down by one.
+    sql(tampered, "DELETE FROM audit WHERE seq = 4",
+        "UPDATE audit SET seq = seq - 1 WHERE seq > 4",
+        f"UPDATE head SET seq = {N_TAMPER - 1}")
+    text = problems_text(tampered.parent)
+    assert "seq 4..9: hold the records written as seq 5..10" in text
+    assert "seq 4: does not link to seq 3: the record written as seq 4 is missing" in text
+
+
+def test_swapped_records(tampered: Path) -> None:
+    cols = ("v, time, instance, principal, action, key_id, key_version, result, request_id,"
+            " details, prev_hash, hash")
+    sql(tampered,
+        f"CREATE TEMP TABLE a AS SELECT {cols} FROM audit WHERE seq = 4",
+        f"CREATE TEMP TABLE b AS SELECT {cols} FROM audit WHERE seq = 5",
+        "DELETE FROM audit WHERE seq IN (4, 5)",
+        f"INSERT INTO audit (seq, {cols}) SELECT 5, * FROM a",
+        f"INSERT INTO audit (seq, {cols}) SELECT 4, * FROM b")
+    assert [r["request_id"] for r in rows(tampered)][3:5] == ["req-4", "req-3"]
+    text = problems_text(tampered.parent)
+    assert "seq 4: holds the record written as seq 5 (records reordered" in text
+    assert "seq 5: holds the record written as seq 4 (records reordered" in text
+
+
+def test_swapped_contents_keeping_hashes_in_place(tampered: Path) -> None:
+    # Swap only the event fields: every hash and prev_hash stays where it was.
+    sql(tampered,
+        "UPDATE audit SET request_id = CASE seq WHEN 4 THEN 'req-4' ELSE 'req-3' END,"
+        " key_id = CASE seq WHEN 4 THEN 'key-4' ELSE 'key-3' END,"
+        " principal = CASE seq WHEN 4 THEN 'user1' ELSE 'user0' END,"
+        " key_version = CASE seq WHEN 4 THEN printf('%032x', 4) ELSE printf('%032x', 3) END,"
+        " details = CASE seq WHEN 4 THEN '{\"purpose\":\"p4\",\"team\":\"blue\"}'"
+        "           ELSE '{\"purpose\":\"p3\",\"team\":\"blue\"}' END,"
+        " time = CASE seq WHEN 4 THEN 1700000000.5 ELSE 1700000000.375 END"
+        " WHERE seq IN (4, 5)")
+    report = verify(tampered.parent)
+    assert report.problems == ["segment t: seq 4: record edited (hash mismatch)",
+                               "segment t: seq 5: record edited (hash mismatch)"]
+
+
+def test_removed_tail(tampered: Path) -> None:
+    sql(tampered, "DELETE FROM audit WHERE seq >= 8")
+    assert verify(tampered.parent).problems == [
+        "segment t: seq 8..10: missing at the end (tail truncated; the head says the last "
+        "record is seq 10)"]
+
+
+def test_removed_everything(tampered: Path) -> None:
+    sql(tampered, "DELETE FROM audit")
+    assert "seq 1..10: missing at the end" in problems_text(tampered.parent)
+
+
+def test_removed_head(tampered: Path) -> None:
+    sql(tampered, "DELETE FROM head")
+    assert "head missing" in problems_text(tampered.parent)
+
+
+def _forge(path: Path, seq: int, prev: bytes, request_id: str) -> tuple[bytes, tuple[object,
+                                                                                       ...]]:
+    e = event(seq, request_id=request_id, principal="mallory")
+    h = chain_hash(prev, seq, audit.canonical(e))
+    return h, (seq, e.time, e.instance, e.principal, e.action, e.key_id, e.key_version,
+               e.result, e.request_id, json.dumps(dict(e.details), sort_keys=True,
+                                                   separators=(",", ":")), prev, h)
+
+
+_INSERT = ("INSERT INTO audit (seq, v, time, instance, principal, action, key_id, key_version,"
+           " result, request_id, details, prev_hash, hash) VALUES (?, 1, ?, ?, ?, ?, ?, ?, ?,"
+           " ?, ?, ?, ?)")
+
+
+def test_forged_record_inserted_in_the_middle(tampered: Path) -> None:
+    # Make room at seq 5 and insert a self-consistent forged record chained to seq 4.
+    h4 = rows(tampered)[3]["hash"]
+    _, forged = _forge(tampered, 5, h4, "forged")
+    sql(tampered, "UPDATE audit SET seq = -seq WHERE seq >= 5",
+        "UPDATE audit SET seq = 1 - seq WHERE seq < 0")
+    sql(tampered, _INSERT, params=forged)
+    assert [r["request_id"] for r in rows(tampered)][3:6] == ["req-3", "forged", "req-4"]
+    text = problems_text(tampered.parent)
+    assert "seq 6: links to seq 4, not seq 5" in text
+    assert "seq 6..11: hold the records written as seq 5..10" in text
+    assert "seq 11: beyond the head" in text
+
+
+def test_forged_record_replacing_one_with_recomputed_hash(tampered: Path) -> None:
+    h4 = rows(tampered)[3]["hash"]
+    _, forged = _forge(tampered, 5, h4, "forged")
+    sql(tampered, "DELETE FROM audit WHERE seq = 5")
+    sql(tampered, _INSERT, params=forged)
+    assert verify(tampered.parent).problems == [
+        "segment t: seq 6: does not link to seq 5 (seq 5 was rewritten with a recomputed "
+        "hash, or inserted)"]
+
+
+def test_full_rewrite_is_only_caught_with_the_head_key(tmp_path: Path) -> None:
+    """The documented limit: a consistent rewrite of chain + head passes without the key."""
+    key = os.urandom(32)
+    with AuditLog(tmp_path, "k", sync=False, head_key=key) as log:
+        for i in range(6):
+            log.append(event(i))
+    assert verify(tmp_path, head_key=key).ok
+    assert verify(tmp_path, head_key=b"wrong").problems == [
+        "segment k: head MAC invalid at seq 6 (head rewritten, or wrong key)"]
+    path = tmp_path / "audit-k.db"
+    # Attacker: drop the last two records and move the head back.
+    h4 = rows(path)[3]["hash"]
+    sql(path, "DELETE FROM audit WHERE seq > 4", "UPDATE head SET seq = 4, hash = ?",
+        params=(h4,))
+    assert verify(tmp_path).ok  # undetectable from the file alone...
+    assert not verify(tmp_path, head_key=key).ok  # ...but not with the key
+    # Attacker: rewrite seq 3 and re-chain everything after it.
+    prev = rows(path)[1]["hash"]
+    for seq in (3, 4):
+        h, forged = _forge(path, seq, prev, f"rewritten-{seq}")
+        sql(path, f"DELETE FROM audit WHERE seq = {seq}")
+        sql(path, _INSERT, params=forged)
+        prev = h
+    sql(path, "UPDATE head SET hash = ?", params=(prev,))
+    assert verify(tmp_path).ok
+    assert verify(tmp_path, head_key=key).problems == [
+        "segment k: head MAC invalid at seq 4 (head rewritten, or wrong key)"]
+
+
+def test_segment_file_moved_to_another_name(tampered: Path) -> None:
+    shutil.copy(tampered, tampered.parent / "audit-u.db")
+    report = verify(tampered.parent)
+    assert report.segments == 2
+    text = "\n".join(report.problems)
+    assert "segment u: seq 1: bad genesis" in text
+    assert "segment u: file names segment 'u' but it was created as 't'" in text
+    assert not any(p.startswith("segment t:") for p in report.problems)
+
+
+def test_named_segment_missing(tampered: Path) -> None:
+    report = verify(tampered.parent, segments=["t", "worker-7"])
+    assert report.problems == [
+        f"segment worker-7: missing ({tampered.parent / 'audit-worker-7.db'} not found)"]
+    assert not verify(tampered.parent / "nope").ok
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_cli_verify(tampered: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert audit.main(["verify", "--dir", str(tampered.parent)]) == 0
+    out = capsys.readouterr().out
+    assert f"segment t: {N_TAMPER} records, head seq {N_TAMPER} " in out
+    assert "1 segments, 10 records, OK" in out
+
+    sql(tampered, "UPDATE audit SET result = 'ok!' WHERE seq = 2")
+    assert audit.main(["verify", "--dir", str(tampered.parent)]) == 1
+    out = capsys.readouterr().out
+    assert "PROBLEM: segment t: seq 2: record edited (hash mismatch)" in out
+    assert "FAILED (1 problems)" in out
+
+
+def test_cli_as_a_process_and_add_cli(tampered: Path, tmp_path: Path) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_bytes(b"k" * 32)
+    done = subprocess.run([sys.executable, "-m", "kms.audit", "verify", "--dir",
+                           str(tampered.parent), "--head-key-file", str(key_file)],
+                          capture_output=True, text=True, env=child_env(), timeout=60)
+    assert done.returncode == 1  # the segment was written without a head key
+    assert "head has no MAC" in done.stdout
+
+    import argparse
+    parser = argparse.ArgumentParser()
+    audit.add_cli(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["audit", "verify", "--dir", str(tampered.parent)])
+    assert args.func(args) == 0
