@@ -13,7 +13,11 @@ from hsmpool import cli as pool_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from kms.api import commands as server_commands
+
     parser = pool_cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    server_commands.add_commands(sub)
     return parser
 
 

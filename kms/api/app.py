@@ -1,0 +1,226 @@
+"""The ASGI application: AWS KMS JSON 1.1 on ``POST /``, ``GET /healthz``, ``GET /metrics``.
+
+Request path: size check -> ``X-Amz-Target`` -> content type -> SigV4 -> JSON -> the
+operation (inline on the event loop: a PKCS#11 call takes tens of microseconds, less than a
+thread hand-off) -> JSON response. Every failure is a 4xx with ``{"__type", "message"}``
+named as boto3 expects; a 500 only for a fault of the server itself.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any, Final
+
+from kms import errors as E
+from kms.api import aws_kms
+from kms.api.metrics import Metrics
+from kms.api.sigv4 import AuthError, Verifier
+from kms.credentials import CredentialStore
+from kms.service import Kms, KmsClient
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+log = logging.getLogger("hsmpool.server")
+
+MAX_BODY: Final = 256 * 1024
+JSON_TYPES: Final = frozenset({"application/x-amz-json-1.1", "application/x-amz-json-1.0"})
+_JSON_HEADERS: Final = [(b"content-type", b"application/x-amz-json-1.1")]
+_PREFIX: Final = "TrentService."
+
+
+def _error(code: str, message: str) -> bytes:
+    return json.dumps({"__type": code, "message": message}).encode()
+
+
+class KmsApp:
+    """One worker's application over one :class:`Kms` (its own pool and store handles)."""
+
+    def __init__(self, kms: Kms | Callable[[], Kms], *, regions: tuple[str, ...] | None = None,
+                 max_body: int = MAX_BODY) -> None:
+        self._factory = kms if callable(kms) and not isinstance(kms, Kms) else None
+        self.kms: Kms | None = kms if isinstance(kms, Kms) else None
+        self._regions = regions
+        self.max_body = max_body
+        self.metrics = Metrics()
+        self._clients: dict[str, KmsClient] = {}
+        if self.kms is not None:
+            self._setup(self.kms)
+
+    def _setup(self, kms: Kms) -> None:
+        self.kms = kms
+        self.creds = CredentialStore(kms)
+        regions = self._regions or (kms.settings.region,)
+        self.verifier = Verifier(self.creds.secret_for, regions)
+
+    # --- ASGI --------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            msg = await receive()
+            if msg["type"] == "lifespan.startup":
+                try:
+                    if self.kms is None and self._factory is not None:
+                        self._setup(self._factory())
+                except Exception as exc:  # noqa: BLE001 - reported to the server
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif msg["type"] == "lifespan.shutdown":
+                if self.kms is not None:
+                    self.kms.close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    @staticmethod
+    async def _respond(send: Send, status: int, body: bytes,
+                       headers: list[tuple[bytes, bytes]] | None = None) -> None:
+        await send({"type": "http.response.start", "status": status,
+                    "headers": (headers or _JSON_HEADERS)
+                    + [(b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _read_body(self, receive: Receive, declared: int | None) -> bytes | None:
+        if declared is not None and declared > self.max_body:
+            return None
+        chunks = []
+        size = 0
+        while True:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                return b""
+            chunk = msg.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                return None
+            chunks.append(chunk)
+            if not msg.get("more_body", False):
+                return b"".join(chunks)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        t0 = time.perf_counter()
+        method = scope["method"]
+        path = scope["path"]
+        if method == "GET":
+            if path == "/healthz":
+                status, body = self._health()
+                await self._respond(send, status, body, [(b"content-type", b"application/json")])
+                return
+            if path == "/metrics":
+                body = self.metrics.render(self.kms.pool if self.kms else None).encode()
+                await self._respond(send, 200, body,
+                                    [(b"content-type", b"text/plain; version=0.0.4")])
+                return
+        if self.kms is None:
+            await self._respond(send, 503, _error("ServiceUnavailableException",
+                                                  "the service is starting"))
+            return
+        headers: dict[str, str] = {}
+        for name, value in scope["headers"]:
+            key = name.decode("latin-1")
+            v = value.decode("latin-1")
+            headers[key] = headers[key] + "," + v if key in headers else v
+        if method != "POST" or path != "/":
+            await self._respond(send, 404, _error("UnknownOperationException",
+                                                  "no such resource"))
+            return
+        try:
+            declared = int(headers["content-length"]) if "content-length" in headers else None
+        except ValueError:
+            declared = None
+        raw = await self._read_body(receive, declared)
+        if raw is None:
+            await self._respond(send, 413, _error(
+                "RequestEntityTooLargeException",
+                f"request body larger than {self.max_body} bytes"))
+            self.metrics.observe("-", "RequestEntityTooLarge", time.perf_counter() - t0)
+            return
+        status, body, op, result = self._handle(scope, headers, raw)
+        self.metrics.observe(op, result, time.perf_counter() - t0)
+        await self._respond(send, status, body)
+
+    # --- the protocol ------------------------------------------------------------------
+
+    def _handle(self, scope: Scope, headers: dict[str, str], raw: bytes
+                ) -> tuple[int, bytes, str, str]:
+        target = headers.get("x-amz-target", "")
+        op = target[len(_PREFIX):] if target.startswith(_PREFIX) else ""
+        handler = aws_kms.OPERATIONS.get(op)
+        if handler is None:
+            return 400, _error("UnknownOperationException",
+                               "unknown operation"), "-", "UnknownOperation"
+        ctype = headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype not in JSON_TYPES:
+            return 400, _error("SerializationException",
+                               "Content-Type must be application/x-amz-json-1.1"), op, \
+                "Serialization"
+        assert self.kms is not None
+        try:
+            cred = self.verifier.verify("POST", scope["path"],
+                                        scope.get("query_string", b"").decode("latin-1"),
+                                        headers, raw)
+            client = self._client(cred.access_key_id, scope)
+        except AuthError as exc:
+            return 400, _error(exc.code, exc.message), op, exc.code
+        except E.KmsError as exc:
+            return 400, _error("UnrecognizedClientException",
+                               "The security token included in the request is invalid."), \
+                op, type(exc).__name__
+        try:
+            body = json.loads(raw) if raw else {}
+        except (ValueError, UnicodeDecodeError):
+            return 400, _error("SerializationException", "the body is not valid JSON"), op, \
+                "Serialization"
+        if not isinstance(body, dict):
+            return 400, _error("SerializationException", "the body must be a JSON object"), \
+                op, "Serialization"
+        try:
+            out = handler(client, body)
+        except E.KmsError as exc:
+            return exc.status, _error(exc.code, exc.message), op, exc.code
+        except Exception:  # noqa: BLE001 - a bug of ours: log the type, never the data
+            log.exception("internal error in %s", op)
+            return 500, _error("KMSInternalException", "internal error"), op, "Internal"
+        return 200, json.dumps(out).encode(), op, "ok"
+
+    def _client(self, access_key_id: str, scope: Scope) -> KmsClient:
+        client = self._clients.get(access_key_id)
+        assert self.kms is not None
+        client_addr = scope.get("client")
+        source_ip = client_addr[0] if client_addr else None
+        if client is None or client.source_ip != source_ip:
+            principal = self.creds.principal_for(access_key_id)
+            client = self.kms.client(principal.instance, principal, source_ip)
+            if len(self._clients) > 10000:
+                self._clients.clear()
+            self._clients[access_key_id] = client
+        return client
+
+    def _health(self) -> tuple[int, bytes]:
+        if self.kms is None:
+            return 503, json.dumps({"status": "starting"}).encode()
+        kms = self.kms
+        tokens = {name: s.state for name, s in kms.pool.stats().items()}
+        instances = {name: len(inst.healthy_members()) for name, inst in
+                     kms.pool.instances.items()}
+        try:
+            kms.store.data_version()
+            store_ok = True
+        except Exception:  # noqa: BLE001
+            store_ok = False
+        ok = store_ok and all(n > 0 for n in instances.values())
+        body = {"status": "ok" if ok else "degraded", "store": "ok" if store_ok else "error",
+                "tokens": tokens, "healthy_tokens_per_instance": instances}
+        return (200 if ok else 503), json.dumps(body).encode()

@@ -1,0 +1,496 @@
+"""The AWS KMS JSON 1.1 protocol: request and response shapes for every operation.
+
+Each handler takes a :class:`~kms.KmsClient` and the decoded JSON body and returns the
+response body. Blobs are base64 in JSON; dates are epoch seconds; key ids in responses are
+ARNs where AWS returns ARNs. ``GrantTokens`` are accepted and ignored (grants are not
+modelled; policies decide). Any malformed field raises :class:`~kms.errors.Validation`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Callable, Mapping
+from typing import Any, Final
+
+from kms import errors as E
+from kms.model import KeyRecord, KeyState, Origin
+from kms.service import KmsClient
+
+Body = Mapping[str, Any]
+Handler = Callable[[KmsClient, Body], dict[str, Any]]
+
+
+# --- field helpers -----------------------------------------------------------------------
+
+
+def _str(body: Body, name: str, required: bool = True, default: str | None = None
+         ) -> str | None:
+    v = body.get(name)
+    if v is None:
+        if required:
+            raise E.Validation(f"1 validation error detected: '{name}' must not be null")
+        return default
+    if not isinstance(v, str):
+        raise E.Validation(f"'{name}' must be a string")
+    return v
+
+
+def _req(body: Body, name: str) -> str:
+    v = _str(body, name)
+    assert v is not None
+    return v
+
+
+def _int(body: Body, name: str, default: int | None = None) -> int | None:
+    v = body.get(name)
+    if v is None:
+        return default
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise E.Validation(f"'{name}' must be an integer")
+    return v
+
+
+def _blob(body: Body, name: str, required: bool = True) -> bytes | None:
+    v = body.get(name)
+    if v is None:
+        if required:
+            raise E.Validation(f"1 validation error detected: '{name}' must not be null")
+        return None
+    if not isinstance(v, str):
+        raise E.Validation(f"'{name}' must be base64 text")
+    try:
+        return base64.b64decode(v, validate=True)
+    except (binascii.Error, ValueError):
+        raise E.Validation(f"'{name}' is not valid base64") from None
+
+
+def _ctx(body: Body, name: str = "EncryptionContext") -> dict[str, str] | None:
+    v = body.get(name)
+    if v is None:
+        return None
+    if not isinstance(v, dict) or not all(isinstance(k, str) and isinstance(x, str)
+                                          for k, x in v.items()):
+        raise E.Validation(f"'{name}' must map strings to strings")
+    return v
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _grant_tokens(body: Body) -> None:
+    g = body.get("GrantTokens")
+    if g is not None and (not isinstance(g, list) or not all(isinstance(x, str) for x in g)):
+        raise E.Validation("'GrantTokens' must be a list of strings")
+
+
+def key_metadata(c: KmsClient, rec: KeyRecord) -> dict[str, Any]:
+    info = rec.info
+    md: dict[str, Any] = {
+        "AWSAccountId": c.kms.account(rec.instance),
+        "KeyId": rec.key_id,
+        "Arn": rec.arn,
+        "CreationDate": rec.created,
+        "Enabled": rec.state is KeyState.ENABLED,
+        "Description": rec.description,
+        "KeyUsage": rec.usage.value,
+        "KeyState": rec.state.value,
+        "Origin": rec.origin.value,
+        "KeyManager": "CUSTOMER",
+        "CustomerMasterKeySpec": rec.spec.value,
+        "KeySpec": rec.spec.value,
+        "MultiRegion": False,
+    }
+    if rec.deletion_date is not None:
+        md["DeletionDate"] = rec.deletion_date
+    if info.encryption_algorithms and rec.usage.value == "ENCRYPT_DECRYPT":
+        md["EncryptionAlgorithms"] = list(info.encryption_algorithms)
+    if info.signing_algorithms and rec.usage.value == "SIGN_VERIFY":
+        md["SigningAlgorithms"] = list(info.signing_algorithms)
+    if info.mac_algorithms:
+        md["MacAlgorithms"] = list(info.mac_algorithms)
+    if rec.origin is Origin.EXTERNAL:
+        md["ExpirationModel"] = ("KEY_MATERIAL_EXPIRES" if rec.import_valid_to
+                                 else "KEY_MATERIAL_DOES_NOT_EXPIRE")
+        if rec.import_valid_to:
+            md["ValidTo"] = rec.import_valid_to
+    return md
+
+
+def _tags_in(body: Body, name: str = "Tags") -> list[tuple[str, str]]:
+    v = body.get(name)
+    if v is None:
+        return []
+    if not isinstance(v, list):
+        raise E.Validation(f"'{name}' must be a list")
+    out = []
+    for t in v:
+        if not isinstance(t, dict) or not isinstance(t.get("TagKey"), str) \
+                or not isinstance(t.get("TagValue"), str):
+            raise E.Tag("each tag needs a TagKey and a TagValue")
+        out.append((t["TagKey"], t["TagValue"]))
+    return out
+
+
+def _page(items: list[dict[str, Any]], field: str, marker: str | None) -> dict[str, Any]:
+    out: dict[str, Any] = {field: items, "Truncated": marker is not None}
+    if marker is not None:
+        out["NextMarker"] = marker
+    return out
+
+
+# --- key lifecycle -----------------------------------------------------------------------
+
+
+def create_key(c: KmsClient, b: Body) -> dict[str, Any]:
+    spec = _str(b, "KeySpec", False) or _str(b, "CustomerMasterKeySpec", False) \
+        or "SYMMETRIC_DEFAULT"
+    rec = c.create_key(key_spec=spec, key_usage=_str(b, "KeyUsage", False),
+                       description=_str(b, "Description", False, "") or "",
+                       origin=_str(b, "Origin", False, "AWS_KMS") or "AWS_KMS",
+                       tags=_tags_in(b), policy=_str(b, "Policy", False))
+    return {"KeyMetadata": key_metadata(c, rec)}
+
+
+def describe_key(c: KmsClient, b: Body) -> dict[str, Any]:
+    _grant_tokens(b)
+    return {"KeyMetadata": key_metadata(c, c.describe_key(_req(b, "KeyId")))}
+
+
+def list_keys(c: KmsClient, b: Body) -> dict[str, Any]:
+    page = c.list_keys(_int(b, "Limit", 100) or 100, _str(b, "Marker", False))
+    return _page([{"KeyId": r.key_id, "KeyArn": r.arn} for r in page.items], "Keys",
+                 page.next_marker)
+
+
+def enable_key(c: KmsClient, b: Body) -> dict[str, Any]:
+    c.enable_key(_req(b, "KeyId"))
+    return {}
+
+
+def disable_key(c: KmsClient, b: Body) -> dict[str, Any]:
+    c.disable_key(_req(b, "KeyId"))
+    return {}
+
+
+def schedule_key_deletion(c: KmsClient, b: Body) -> dict[str, Any]:
+    days = _int(b, "PendingWindowInDays", 30)
+    assert days is not None
+    rec = c.schedule_key_deletion(_req(b, "KeyId"), days)
+    return {"KeyId": rec.arn, "DeletionDate": rec.deletion_date, "KeyState": rec.state.value,
+            "PendingWindowInDays": days}
+
+
+def cancel_key_deletion(c: KmsClient, b: Body) -> dict[str, Any]:
+    return {"KeyId": c.cancel_key_deletion(_req(b, "KeyId")).arn}
+
+
+def update_key_description(c: KmsClient, b: Body) -> dict[str, Any]:
+    c.update_key_description(_req(b, "KeyId"), _req(b, "Description"))
+    return {}
+
+
+def tag_resource(c: KmsClient, b: Body) -> dict[str, Any]:
+    c.tag_resource(_req(b, "KeyId"), _tags_in(b))
+    return {}
+
+
+def untag_resource(c: KmsClient, b: Body) -> dict[str, Any]:
+    keys = b.get("TagKeys")
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+        raise E.Validation("'TagKeys' must be a list of strings")
+    c.untag_resource(_req(b, "KeyId"), keys)
+    return {}
+
+
+def list_resource_tags(c: KmsClient, b: Body) -> dict[str, Any]:
+    tags = c.list_resource_tags(_req(b, "KeyId"))
+    return {"Tags": [{"TagKey": k, "TagValue": v} for k, v in tags], "Truncated": False}
+
+
+def get_key_policy(c: KmsClient, b: Body) -> dict[str, Any]:
+    rec = c.describe_key(_req(b, "KeyId"))
+    return {"Policy": rec.policy or _default_policy(c, rec), "PolicyName": "default"}
+
+
+def _default_policy(c: KmsClient, rec: KeyRecord) -> str:
+    account = c.kms.account(rec.instance)
+    return ('{"Version":"2012-10-17","Id":"key-default-1","Statement":[{"Sid":"Enable IAM '
+            'User Permissions","Effect":"Allow","Principal":{"AWS":"arn:aws:iam::' + account
+            + ':root"},"Action":"kms:*","Resource":"*"}]}')
+
+
+def list_key_policies(c: KmsClient, b: Body) -> dict[str, Any]:
+    c.describe_key(_req(b, "KeyId"))
+    return {"PolicyNames": ["default"], "Truncated": False}
+
+
+# --- aliases -----------------------------------------------------------------------------
+
+
+def create_alias(c: KmsClient, b: Body) -> dict[str, Any]:
+    c.create_alias(_req(b, "AliasName"), _req(b, "TargetKeyId"))
+    return {}
+
+
+def update_alias(c: KmsClient, b: Body) -> dict[str, Any]:
+    c.update_alias(_req(b, "AliasName"), _req(b, "TargetKeyId"))
+    return {}
+
+
+def delete_alias(c: KmsClient, b: Body) -> dict[str, Any]:
+    c.delete_alias(_req(b, "AliasName"))
+    return {}
+
+
+def list_aliases(c: KmsClient, b: Body) -> dict[str, Any]:
+    page = c.list_aliases(_str(b, "KeyId", False), _int(b, "Limit", 100) or 100,
+                          _str(b, "Marker", False))
+    items = [{"AliasName": a.name, "AliasArn": c.kms.alias_arn(a.instance, a.name),
+              "TargetKeyId": a.key_id, "CreationDate": a.created,
+              "LastUpdatedDate": a.updated} for a in page.items]
+    return _page(items, "Aliases", page.next_marker)
+
+
+# --- rotation ----------------------------------------------------------------------------
+
+
+def enable_key_rotation(c: KmsClient, b: Body) -> dict[str, Any]:
+    period = _int(b, "RotationPeriodInDays", 365)
+    assert period is not None
+    c.enable_key_rotation(_req(b, "KeyId"), period)
+    return {}
+
+
+def disable_key_rotation(c: KmsClient, b: Body) -> dict[str, Any]:
+    c.disable_key_rotation(_req(b, "KeyId"))
+    return {}
+
+
+def get_key_rotation_status(c: KmsClient, b: Body) -> dict[str, Any]:
+    rec = c.get_key_rotation_status(_req(b, "KeyId"))
+    out: dict[str, Any] = {"KeyRotationEnabled": rec.rotation_enabled, "KeyId": rec.arn}
+    if rec.rotation_enabled:
+        out["RotationPeriodInDays"] = rec.rotation_period_days
+        out["NextRotationDate"] = rec.next_rotation
+    return out
+
+
+def rotate_key_on_demand(c: KmsClient, b: Body) -> dict[str, Any]:
+    key_id = _req(b, "KeyId")
+    c.rotate_key_on_demand(key_id)
+    return {"KeyId": c.describe_key(key_id).key_id}
+
+
+def list_key_rotations(c: KmsClient, b: Body) -> dict[str, Any]:
+    key_id = _req(b, "KeyId")
+    versions = c.list_key_rotations(key_id)
+    rec = c.describe_key(key_id)
+    items = [{"KeyId": rec.key_id, "RotationDate": v.created,
+              "RotationType": "ON_DEMAND"} for v in versions[1:]]
+    return {"Rotations": items, "Truncated": False}
+
+
+# --- cryptography ------------------------------------------------------------------------
+
+
+def encrypt(c: KmsClient, b: Body) -> dict[str, Any]:
+    _grant_tokens(b)
+    plaintext = _blob(b, "Plaintext")
+    assert plaintext is not None
+    r = c.encrypt(_req(b, "KeyId"), plaintext, _ctx(b),
+                  _str(b, "EncryptionAlgorithm", False) or "SYMMETRIC_DEFAULT")
+    return {"CiphertextBlob": _b64(r.ciphertext_blob), "KeyId": r.key_id,
+            "EncryptionAlgorithm": r.encryption_algorithm}
+
+
+def decrypt(c: KmsClient, b: Body) -> dict[str, Any]:
+    _grant_tokens(b)
+    blob = _blob(b, "CiphertextBlob")
+    assert blob is not None
+    r = c.decrypt(blob, _ctx(b), _str(b, "KeyId", False),
+                  _str(b, "EncryptionAlgorithm", False) or "SYMMETRIC_DEFAULT")
+    return {"KeyId": r.key_id, "Plaintext": _b64(r.plaintext),
+            "EncryptionAlgorithm": r.encryption_algorithm}
+
+
+def re_encrypt(c: KmsClient, b: Body) -> dict[str, Any]:
+    _grant_tokens(b)
+    blob = _blob(b, "CiphertextBlob")
+    assert blob is not None
+    r, source = c.re_encrypt(blob, _req(b, "DestinationKeyId"), _ctx(b, "SourceEncryptionContext"),
+                             _ctx(b, "DestinationEncryptionContext"),
+                             _str(b, "SourceKeyId", False))
+    return {"CiphertextBlob": _b64(r.ciphertext_blob), "SourceKeyId": source, "KeyId": r.key_id,
+            "SourceEncryptionAlgorithm": "SYMMETRIC_DEFAULT",
+            "DestinationEncryptionAlgorithm": "SYMMETRIC_DEFAULT"}
+
+
+def _data_key(c: KmsClient, b: Body, with_plaintext: bool) -> dict[str, Any]:
+    _grant_tokens(b)
+    spec = _str(b, "KeySpec", False)
+    n = _int(b, "NumberOfBytes")
+    r = c.generate_data_key(_req(b, "KeyId"), spec, n, _ctx(b), with_plaintext=with_plaintext)
+    out = {"CiphertextBlob": _b64(r.ciphertext_blob), "KeyId": r.key_id}
+    if r.plaintext is not None:
+        out["Plaintext"] = _b64(r.plaintext)
+    return out
+
+
+def generate_data_key(c: KmsClient, b: Body) -> dict[str, Any]:
+    return _data_key(c, b, True)
+
+
+def generate_data_key_without_plaintext(c: KmsClient, b: Body) -> dict[str, Any]:
+    return _data_key(c, b, False)
+
+
+def _data_key_pair(c: KmsClient, b: Body, with_plaintext: bool) -> dict[str, Any]:
+    _grant_tokens(b)
+    r = c.generate_data_key_pair(_req(b, "KeyId"), _req(b, "KeyPairSpec"), _ctx(b),
+                                 with_plaintext=with_plaintext)
+    out = {"PrivateKeyCiphertextBlob": _b64(r.private_key_ciphertext_blob),
+           "PublicKey": _b64(r.public_key), "KeyId": r.key_id, "KeyPairSpec": r.key_pair_spec}
+    if r.private_key_plaintext is not None:
+        out["PrivateKeyPlaintext"] = _b64(r.private_key_plaintext)
+    return out
+
+
+def generate_data_key_pair(c: KmsClient, b: Body) -> dict[str, Any]:
+    return _data_key_pair(c, b, True)
+
+
+def generate_data_key_pair_without_plaintext(c: KmsClient, b: Body) -> dict[str, Any]:
+    return _data_key_pair(c, b, False)
+
+
+def sign(c: KmsClient, b: Body) -> dict[str, Any]:
+    _grant_tokens(b)
+    msg = _blob(b, "Message")
+    assert msg is not None
+    alg = _req(b, "SigningAlgorithm")
+    sig, arn = c.sign(_req(b, "KeyId"), msg, alg, _str(b, "MessageType", False) or "RAW")
+    return {"KeyId": arn, "Signature": _b64(sig), "SigningAlgorithm": alg}
+
+
+def verify(c: KmsClient, b: Body) -> dict[str, Any]:
+    _grant_tokens(b)
+    msg, sig = _blob(b, "Message"), _blob(b, "Signature")
+    assert msg is not None and sig is not None
+    alg = _req(b, "SigningAlgorithm")
+    arn = c.verify(_req(b, "KeyId"), msg, sig, alg, _str(b, "MessageType", False) or "RAW")
+    return {"KeyId": arn, "SignatureValid": True, "SigningAlgorithm": alg}
+
+
+def get_public_key(c: KmsClient, b: Body) -> dict[str, Any]:
+    _grant_tokens(b)
+    info = c.get_public_key(_req(b, "KeyId"))
+    out: dict[str, Any] = {"KeyId": info.key_id, "PublicKey": _b64(info.public_key),
+                           "CustomerMasterKeySpec": info.key_spec, "KeySpec": info.key_spec,
+                           "KeyUsage": info.key_usage}
+    if info.encryption_algorithms:
+        out["EncryptionAlgorithms"] = list(info.encryption_algorithms)
+    if info.signing_algorithms:
+        out["SigningAlgorithms"] = list(info.signing_algorithms)
+    return out
+
+
+def generate_mac(c: KmsClient, b: Body) -> dict[str, Any]:
+    _grant_tokens(b)
+    msg = _blob(b, "Message")
+    assert msg is not None
+    alg = _req(b, "MacAlgorithm")
+    mac, arn = c.generate_mac(_req(b, "KeyId"), msg, alg)
+    return {"Mac": _b64(mac), "MacAlgorithm": alg, "KeyId": arn}
+
+
+def verify_mac(c: KmsClient, b: Body) -> dict[str, Any]:
+    _grant_tokens(b)
+    msg, mac = _blob(b, "Message"), _blob(b, "Mac")
+    assert msg is not None and mac is not None
+    alg = _req(b, "MacAlgorithm")
+    arn = c.verify_mac(_req(b, "KeyId"), msg, mac, alg)
+    return {"KeyId": arn, "MacValid": True, "MacAlgorithm": alg}
+
+
+def generate_random(c: KmsClient, b: Body) -> dict[str, Any]:
+    n = _int(b, "NumberOfBytes")
+    if n is None:
+        raise E.Validation("'NumberOfBytes' must not be null")
+    return {"Plaintext": _b64(c.generate_random(n))}
+
+
+# --- import ------------------------------------------------------------------------------
+
+
+def get_parameters_for_import(c: KmsClient, b: Body) -> dict[str, Any]:
+    fn = getattr(c, "get_parameters_for_import", None)
+    if fn is None:
+        raise E.UnsupportedOperation("key import is not available")
+    p = fn(_req(b, "KeyId"), _req(b, "WrappingAlgorithm"), _req(b, "WrappingKeySpec"))
+    return {"KeyId": p.key_id, "ImportToken": _b64(p.import_token),
+            "PublicKey": _b64(p.public_key), "ParametersValidTo": p.parameters_valid_to}
+
+
+def import_key_material(c: KmsClient, b: Body) -> dict[str, Any]:
+    fn = getattr(c, "import_key_material", None)
+    if fn is None:
+        raise E.UnsupportedOperation("key import is not available")
+    token, material = _blob(b, "ImportToken"), _blob(b, "EncryptedKeyMaterial")
+    valid_to = b.get("ValidTo")
+    if valid_to is not None and not isinstance(valid_to, int | float):
+        raise E.Validation("'ValidTo' must be a timestamp")
+    fn(_req(b, "KeyId"), token, material, valid_to,
+       _str(b, "ExpirationModel", False) or "KEY_MATERIAL_DOES_NOT_EXPIRE")
+    return {}
+
+
+def delete_imported_key_material(c: KmsClient, b: Body) -> dict[str, Any]:
+    fn = getattr(c, "delete_imported_key_material", None)
+    if fn is None:
+        raise E.UnsupportedOperation("key import is not available")
+    fn(_req(b, "KeyId"))
+    return {}
+
+
+OPERATIONS: Final[dict[str, Handler]] = {
+    "CreateKey": create_key,
+    "DescribeKey": describe_key,
+    "ListKeys": list_keys,
+    "EnableKey": enable_key,
+    "DisableKey": disable_key,
+    "ScheduleKeyDeletion": schedule_key_deletion,
+    "CancelKeyDeletion": cancel_key_deletion,
+    "UpdateKeyDescription": update_key_description,
+    "TagResource": tag_resource,
+    "UntagResource": untag_resource,
+    "ListResourceTags": list_resource_tags,
+    "GetKeyPolicy": get_key_policy,
+    "ListKeyPolicies": list_key_policies,
+    "CreateAlias": create_alias,
+    "UpdateAlias": update_alias,
+    "DeleteAlias": delete_alias,
+    "ListAliases": list_aliases,
+    "EnableKeyRotation": enable_key_rotation,
+    "DisableKeyRotation": disable_key_rotation,
+    "GetKeyRotationStatus": get_key_rotation_status,
+    "RotateKeyOnDemand": rotate_key_on_demand,
+    "ListKeyRotations": list_key_rotations,
+    "Encrypt": encrypt,
+    "Decrypt": decrypt,
+    "ReEncrypt": re_encrypt,
+    "GenerateDataKey": generate_data_key,
+    "GenerateDataKeyWithoutPlaintext": generate_data_key_without_plaintext,
+    "GenerateDataKeyPair": generate_data_key_pair,
+    "GenerateDataKeyPairWithoutPlaintext": generate_data_key_pair_without_plaintext,
+    "Sign": sign,
+    "Verify": verify,
+    "GetPublicKey": get_public_key,
+    "GenerateMac": generate_mac,
+    "VerifyMac": verify_mac,
+    "GenerateRandom": generate_random,
+    "GetParametersForImport": get_parameters_for_import,
+    "ImportKeyMaterial": import_key_material,
+    "DeleteImportedKeyMaterial": delete_imported_key_material,
+}

@@ -1,0 +1,55 @@
+"""``hsmpool serve``: uvicorn (httptools, uvloop), one worker process per core by default.
+
+Each worker builds its own :class:`~kms.Kms` in the lifespan startup, after the process
+started, so PKCS#11 libraries are initialised in the worker (never inherited across fork),
+and writes its own audit segment. Workers share the SQLite metadata store.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from kms.api.app import KmsApp
+
+CONFIG_ENV = "HSMPOOL_CONFIG"
+
+
+def make_app() -> KmsApp:
+    """The uvicorn factory: the configuration path comes from ``$HSMPOOL_CONFIG``."""
+    from kms.service import Kms
+
+    config = os.environ.get(CONFIG_ENV, "var/hsmpool.toml")
+
+    def build() -> Kms:
+        segment = f"{socket.gethostname()}-{os.getpid()}"
+        kms = Kms.open(config, audit_segment=segment)
+        kms.start_scheduler(60.0)
+        return kms
+
+    return KmsApp(build)
+
+
+def serve(config: str, host: str = "127.0.0.1", port: int = 8080, workers: int | None = None,
+          tls_cert: str | None = None, tls_key: str | None = None,
+          log_level: str = "warning") -> None:
+    import uvicorn
+
+    os.environ[CONFIG_ENV] = os.path.abspath(config)
+    n = workers if workers is not None else (os.cpu_count() or 1)
+    uvicorn.run(
+        "kms.api.server:make_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=n if n > 1 else None,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_level=log_level,
+        ssl_certfile=tls_cert,
+        ssl_keyfile=tls_key,
+        timeout_keep_alive=30,
+        backlog=2048,
+    )

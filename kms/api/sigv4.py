@@ -1,0 +1,175 @@
+"""AWS Signature Version 4 verification (header form), exactly as the SDKs sign.
+
+The canonical request is rebuilt from the raw request: method, path, query, the signed
+headers as received (the ``host`` header with its port), and the SHA-256 of the body. The
+credential scope must name the ``kms`` service and a configured region, its date must match
+``X-Amz-Date``, and that must be within the allowed clock skew. The derived signing key is
+cached per access key, day and region; signatures are compared in constant time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Final
+from urllib.parse import quote, unquote
+
+ALGORITHM: Final = "AWS4-HMAC-SHA256"
+MAX_SKEW: Final = 300.0
+_AUTH_RE: Final = re.compile(
+    r"^AWS4-HMAC-SHA256\s+Credential=([^,\s]+)\s*,\s*SignedHeaders=([^,\s]+)\s*,"
+    r"\s*Signature=([0-9a-f]{64})\s*$")
+_SPACES: Final = re.compile(r"\s+")
+
+
+class AuthError(Exception):
+    """Authentication failed; ``code`` is the AWS error name, the message is for the caller."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Credential:
+    access_key_id: str
+    date: str
+    region: str
+    service: str
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedAuth:
+    credential: Credential
+    signed_headers: tuple[str, ...]
+    signature: str
+
+
+def parse_authorization(value: str | None) -> ParsedAuth:
+    if not value:
+        raise AuthError("MissingAuthenticationTokenException",
+                        "Request is missing Authentication Token")
+    m = _AUTH_RE.match(value)
+    if m is None:
+        raise AuthError("IncompleteSignatureException",
+                        "Authorization header is not a valid AWS4-HMAC-SHA256 signature")
+    cred, signed, signature = m.groups()
+    parts = cred.split("/")
+    if len(parts) != 5 or parts[4] != "aws4_request" or not parts[0]:
+        raise AuthError("IncompleteSignatureException", "Credential scope is malformed")
+    headers = tuple(signed.split(";"))
+    if list(headers) != sorted(headers) or "host" not in headers:
+        raise AuthError("IncompleteSignatureException",
+                        "SignedHeaders must be sorted and include host")
+    return ParsedAuth(Credential(parts[0], parts[1], parts[2], parts[3]), headers, signature)
+
+
+def _canonical_query(query: str) -> str:
+    if not query:
+        return ""
+    pairs = []
+    for item in query.split("&"):
+        if not item:
+            continue
+        k, _, v = item.partition("=")
+        pairs.append((quote(unquote(k), safe="-_.~"), quote(unquote(v), safe="-_.~")))
+    pairs.sort()
+    return "&".join(f"{k}={v}" for k, v in pairs)
+
+
+def canonical_request(method: str, path: str, query: str,
+                      headers: Mapping[str, str], signed: Iterable[str],
+                      body_sha256: str) -> str:
+    lines = [method, quote(path or "/", safe="/-_.~%"), _canonical_query(query)]
+    for name in signed:
+        lines.append(f"{name}:{_SPACES.sub(' ', headers.get(name, '').strip())}")
+    lines += ["", ";".join(signed), body_sha256]
+    return "\n".join(lines)
+
+
+def signing_key(secret: str, date: str, region: str, service: str) -> bytes:
+    k = hmac.new(("AWS4" + secret).encode(), date.encode(), hashlib.sha256).digest()
+    k = hmac.new(k, region.encode(), hashlib.sha256).digest()
+    k = hmac.new(k, service.encode(), hashlib.sha256).digest()
+    return hmac.new(k, b"aws4_request", hashlib.sha256).digest()
+
+
+def amz_date_to_epoch(value: str) -> float:
+    try:
+        return datetime.strptime(value, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC).timestamp()
+    except ValueError:
+        raise AuthError("IncompleteSignatureException", "X-Amz-Date is malformed") from None
+
+
+class Verifier:
+    """Checks SigV4 signatures; ``secret_for(access_key_id)`` returns the secret or None."""
+
+    def __init__(self, secret_for: Callable[[str], str | None], regions: Iterable[str],
+                 service: str = "kms", *, now: Callable[[], float] = time.time,
+                 max_skew: float = MAX_SKEW) -> None:
+        self._secret_for = secret_for
+        self.regions = frozenset(regions)
+        self.service = service
+        self.now = now
+        self.max_skew = max_skew
+        self._keys: dict[tuple[str, str, str], bytes] = {}
+
+    def verify(self, method: str, path: str, query: str, headers: Mapping[str, str],
+               body: bytes) -> Credential:
+        """Return the verified credential or raise :class:`AuthError`."""
+        auth = parse_authorization(headers.get("authorization"))
+        cred = auth.credential
+        if cred.service != self.service:
+            raise AuthError("InvalidSignatureException",
+                            f"Credential should be scoped to correct service: '{self.service}'")
+        if cred.region not in self.regions:
+            raise AuthError("InvalidSignatureException",
+                            "Credential should be scoped to a valid region")
+        amz_date = headers.get("x-amz-date")
+        if not amz_date:
+            raise AuthError("IncompleteSignatureException", "X-Amz-Date header is missing")
+        when = amz_date_to_epoch(amz_date)
+        if abs(self.now() - when) > self.max_skew:
+            raise AuthError("InvalidSignatureException",
+                            "Signature expired: the request time is too far from the "
+                            "server time (5 minutes allowed)")
+        if amz_date[:8] != cred.date:
+            raise AuthError("InvalidSignatureException",
+                            "Credential date does not match X-Amz-Date")
+        if "x-amz-date" not in auth.signed_headers:
+            raise AuthError("IncompleteSignatureException", "x-amz-date must be signed")
+        cache_key = (cred.access_key_id, cred.date, cred.region)
+        key = self._keys.get(cache_key)
+        if key is None:
+            secret = self._secret_for(cred.access_key_id)
+            if secret is None:
+                raise AuthError("UnrecognizedClientException",
+                                "The security token included in the request is invalid.")
+            key = signing_key(secret, cred.date, cred.region, cred.service)
+            if len(self._keys) > 10000:
+                self._keys.clear()
+            self._keys[cache_key] = key
+        creq = canonical_request(method, path, query, headers, auth.signed_headers,
+                                 hashlib.sha256(body).hexdigest())
+        scope = f"{cred.date}/{cred.region}/{cred.service}/aws4_request"
+        to_sign = "\n".join((ALGORITHM, amz_date, scope,
+                             hashlib.sha256(creq.encode()).hexdigest()))
+        expected = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(expected, auth.signature):
+            raise AuthError("InvalidSignatureException",
+                            "The request signature we calculated does not match the "
+                            "signature you provided.")
+        return cred
+
+    def forget(self, access_key_id: str | None = None) -> None:
+        if access_key_id is None:
+            self._keys.clear()
+        else:
+            for k in [k for k in self._keys if k[0] == access_key_id]:
+                self._keys.pop(k, None)
