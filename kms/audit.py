@@ -52,7 +52,8 @@ Record format (version 1)
     whole file) cannot be moved to another segment. Table ``head`` (one row) holds the last
     seq and hash, updated in the same transaction as the records; a fresh segment's head is
     ``(0, genesis)``. If the log is opened with ``head_key``, the head also carries
-    ``HMAC-SHA-256(head_key, b"hsmpool-audit-head/1\\0" || segment || seq(8) || hash)``.
+    ``HMAC-SHA-256(head_key, b"hsmpool-audit-head/1\\0" || segment || b"\\0" || seq(8) ||
+    hash)``.
 
 Verification
     :func:`verify` recomputes every hash and reports, per segment and seq: a changed field
@@ -79,11 +80,12 @@ Threat model (what this does and does not protect)
       but they can still roll the file back to an older copy whose head MAC is genuine
       (a backup), and a key readable by the KMS process is readable by whoever owns the
       KMS host;
-    * external anchors: ``hsmpool audit verify`` prints every segment's head (seq and hash);
-      an operator who copies those to a separate system (ticket, log host, paper) can later
-      check that the chain still contains them, which exposes any rewrite or rollback of
-      records before an anchor. Records after the last anchor are protected by nothing
-      but the head key.
+    * external anchors: ``hsmpool audit verify`` prints every segment's head as an anchor
+      ``SEGMENT:SEQ:HASH``; an operator who copies those to a separate system (ticket, log
+      host, paper) can later pass them back (``--anchor``, ``--anchor-file``) and verify
+      checks that each is still in its chain, which exposes any rewrite, truncation or
+      rollback of records up to an anchor. Records after the last anchor are protected by
+      nothing but the head key.
 
     Nothing here stops an attacker from deleting a whole segment file (keep the list of
     segments and their anchors elsewhere), from writing false events through the KMS itself,
@@ -124,6 +126,7 @@ __all__ = [
     "chain_hash",
     "genesis",
     "main",
+    "parse_anchor",
     "segment_path",
     "verify",
 ]
@@ -395,6 +398,8 @@ class AuditLog:
         """Queue ``event``; no I/O or hashing here. Thread-safe."""
         if self._closed or self._error is not None:
             raise AuditError(self._why_closed())
+        if not isinstance(event, AuditEvent):
+            raise TypeError(f"AuditLog.append takes an AuditEvent, not {type(event).__name__}")
         self._queue.append(event)
         if self._idle:
             self._wake.set()
@@ -407,13 +412,22 @@ class AuditLog:
         if self._closed:  # close() flushes everything appended before it
             self._thread.join(timeout)
             return
-        if not self._thread.is_alive():
-            raise AuditError(self._why_closed())
         marker = _Marker()
         self._queue.append(marker)
         self._wake.set()
-        if not marker.done.wait(timeout):
-            raise TimeoutError(f"audit flush did not finish within {timeout} s")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            wait = 0.25 if deadline is None else min(0.25, deadline - time.monotonic())
+            if marker.done.wait(max(wait, 0.0)):
+                break
+            if not self._thread.is_alive() and not marker.done.is_set():
+                # The writer stopped without seeing this request (close or failure racing
+                # with it): a clean stop committed everything queued before it.
+                if self._error is not None:
+                    raise AuditError(self._why_closed()) from self._error
+                return
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"audit flush did not finish within {timeout} s")
         if marker.error is not None:
             raise AuditError(self._why_closed()) from marker.error
 
@@ -499,10 +513,13 @@ class AuditLog:
                     item.done.set()
         finally:
             self._db.close()
-            while self._queue:  # flush requests that raced with close()
+            lost: BaseException | None = self._error
+            while self._queue:  # appends and flush requests that raced with close()
                 item = self._queue.popleft()
-                if isinstance(item, _Marker):
-                    item.error = self._error or AuditError("closed before this flush")
+                if not isinstance(item, _Marker):
+                    lost = lost or AuditError("events appended during close() were dropped")
+                else:
+                    item.error = lost
                     item.done.set()
 
     def _write(self, events: list[AuditEvent]) -> None:
@@ -595,7 +612,7 @@ def _row_record(row: Sequence[Any]) -> bytes:
 
 
 def _verify_segment(path: str, segment: str, report: VerifyReport,
-                    head_key: bytes | None) -> None:
+                    head_key: bytes | None, anchors: Sequence[tuple[int, str]]) -> None:
     where = f"segment {segment}"
     try:
         db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
@@ -606,7 +623,7 @@ def _verify_segment(path: str, segment: str, report: VerifyReport,
     try:
         db.execute("BEGIN")  # one snapshot for rows and head, even while a writer runs
         try:
-            _check_segment(db, segment, where, report, head_key)
+            _check_segment(db, segment, where, report, head_key, anchors)
         finally:
             db.execute("COMMIT")
     except sqlite3.Error as exc:
@@ -626,7 +643,7 @@ def _problem_order(text: str) -> int:
 
 
 def _check_segment(db: sqlite3.Connection, segment: str, where: str, report: VerifyReport,
-                   head_key: bytes | None) -> None:
+                   head_key: bytes | None, anchors: Sequence[tuple[int, str]]) -> None:
     meta = dict(db.execute("SELECT name, value FROM meta").fetchall())
     if meta.get("segment") != segment:
         report.problem(f"{where}: file names segment {segment!r} but it was created as "
@@ -675,6 +692,16 @@ def _check_segment(db: sqlite3.Connection, segment: str, where: str, report: Ver
     if undiagnosed:
         report.problem(f"{where}: {undiagnosed} more records fail the chain (not itemised)")
     _check_head(db, segment, where, gen, last_seq, last_hash, report, head_key, count)
+    for seq, hex_hash in anchors:
+        if seq == 0:
+            stored: Any = (gen,)
+        else:
+            stored = db.execute("SELECT hash FROM audit WHERE seq = ?", (seq,)).fetchone()
+        if stored is None:
+            report.problem(f"{where}: seq {seq}: anchored record missing")
+        elif not isinstance(stored[0], bytes) or stored[0].hex() != hex_hash.lower():
+            report.problem(f"{where}: seq {seq}: hash differs from the anchor {hex_hash} "
+                           "(the chain up to it was rewritten or rolled back)")
 
 
 def _diagnose(db: sqlite3.Connection, where: str, gen: bytes, anomalies: list[_Anomaly],
@@ -809,14 +836,31 @@ def _segments(directory: str) -> Iterator[tuple[str, str]]:
             yield m.group(1), os.path.join(directory, name)
 
 
+def parse_anchor(text: str) -> tuple[str, int, str]:
+    """``SEGMENT:SEQ:HASH`` (as ``audit verify`` prints it) -> (segment, seq, hash hex)."""
+    parts = text.strip().rsplit(":", 2)
+    if len(parts) != 3 or not parts[1].isdigit() or not re.fullmatch(r"[0-9a-fA-F]{64}",
+                                                                        parts[2]):
+        raise ValueError(f"bad anchor {text!r} (want SEGMENT:SEQ:SHA256HEX)")
+    return parts[0], int(parts[1]), parts[2].lower()
+
+
 def verify(directory: str | os.PathLike[str], *, head_key: bytes | None = None,
-           segments: Iterable[str] | None = None) -> VerifyReport:
-    """Check every segment (or the named ones) in ``directory``."""
+           segments: Iterable[str] | None = None,
+           anchors: Iterable[tuple[str, int, str]] = ()) -> VerifyReport:
+    """Check every segment (or the named ones) in ``directory``.
+
+    ``anchors`` are (segment, seq, hash hex) triples recorded earlier, e.g. from a previous
+    report's ``heads``, and kept outside the audit directory: each must still be in its chain.
+    """
     report = VerifyReport()
     d = os.fspath(directory)
     if not os.path.isdir(d):
         report.problem(f"{d}: no such audit directory")
         return report
+    by_segment: dict[str, list[tuple[int, str]]] = {}
+    for seg, seq, hex_hash in anchors:
+        by_segment.setdefault(seg, []).append((seq, hex_hash))
     wanted = None if segments is None else set(segments)
     found = set()
     for segment, path in _segments(d):
@@ -824,8 +868,9 @@ def verify(directory: str | os.PathLike[str], *, head_key: bytes | None = None,
             continue
         found.add(segment)
         report.segments += 1
-        _verify_segment(path, segment, report, head_key)
-    for missing in sorted((wanted or set()) - found):
+        _verify_segment(path, segment, report, head_key, by_segment.get(segment, []))
+    required = (wanted or set()) | (set(by_segment) if wanted is None else set())
+    for missing in sorted(required - found):
         report.problem(f"segment {missing}: missing ({segment_path(d, missing)} not found)")
     return report
 
@@ -833,20 +878,30 @@ def verify(directory: str | os.PathLike[str], *, head_key: bytes | None = None,
 # --------------------------------------------------------------------------- CLI
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    key = None
-    if args.head_key_file:
-        with open(args.head_key_file, "rb") as f:
-            key = f.read()
+    try:
+        key = None
+        if args.head_key_file:
+            with open(args.head_key_file, "rb") as f:
+                key = f.read()
+        texts = list(args.anchor or [])
+        for name in args.anchor_file or []:
+            with open(name, encoding="utf-8") as f:
+                texts += [ln for ln in (x.split("#")[0].strip() for x in f) if ln]
+        anchors = [parse_anchor(t) for t in texts]
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     started = time.perf_counter()
-    report = verify(args.dir, head_key=key, segments=args.segment or None)
+    report = verify(args.dir, head_key=key, segments=args.segment or None, anchors=anchors)
     took = time.perf_counter() - started
     for h in report.heads:
-        print(f"segment {h.segment}: {h.records} records, head seq {h.seq} {h.hash}")
+        print(f"segment {h.segment}: {h.records} records, head seq {h.seq}, "
+              f"anchor {h.segment}:{h.seq}:{h.hash}")
     for p in report.problems:
         print(f"PROBLEM: {p}")
     state = "OK" if report.ok else f"FAILED ({len(report.problems)} problems)"
     print(f"audit {args.dir}: {report.segments} segments, {report.records} records, "
-          f"{state} in {took:.2f} s")
+          f"{len(anchors)} anchors, {state} in {took:.2f} s")
     return 0 if report.ok else 1
 
 
@@ -861,6 +916,11 @@ def add_cli(subparsers: Any) -> None:
                    help="check only this segment (repeatable); a named segment that is "
                         "absent is a problem")
     v.add_argument("--head-key-file", help="file holding the head HMAC key")
+    v.add_argument("--anchor", action="append", metavar="SEGMENT:SEQ:HASH",
+                   help="a head printed by an earlier verify and kept elsewhere; it must "
+                        "still be in its chain (repeatable)")
+    v.add_argument("--anchor-file", action="append", metavar="FILE",
+                   help="file of anchors, one SEGMENT:SEQ:HASH per line ('#' comments)")
     v.set_defaults(func=_cmd_verify)
 
 
@@ -869,11 +929,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hsmpool")
     add_cli(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["audit", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return int(args.func(args))
-    except OSError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return int(args.func(args))
 
 
 if __name__ == "__main__":

@@ -150,6 +150,9 @@ def test_reopen_continues_the_chain_and_segment_is_exclusive(tmp_path: Path) -> 
         log.append(event(99))
     log.flush()  # nothing pending: returns
 
+    with AuditLog(tmp_path, "other", sync=False) as other, pytest.raises(TypeError):
+        other.append({"action": "kms:Encrypt"})  # type: ignore[arg-type]
+
     with AuditLog(tmp_path, "worker-1", sync=False) as again:
         assert again.last_seq == 5
         for i in range(5, 9):
@@ -528,6 +531,55 @@ def test_full_rewrite_is_only_caught_with_the_head_key(tmp_path: Path) -> None:
         "segment k: head MAC invalid at seq 4 (head rewritten, or wrong key)"]
 
 
+def _rechain(path: Path, segment: str, start: int) -> None:
+    """The attacker's full rewrite: recompute every hash from ``start`` on, and the head."""
+    stored = rows(path)
+    prev = audit.genesis(segment) if start == 1 else stored[start - 2]["hash"]
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        db.execute("BEGIN")
+        for r in stored[start - 1:]:
+            e = AuditEvent(r["time"], r["instance"], r["principal"], r["action"], r["key_id"],
+                           r["key_version"], r["result"], r["request_id"],
+                           json.loads(r["details"]))
+            h = chain_hash(prev, r["seq"], audit.canonical(e))
+            db.execute("UPDATE audit SET prev_hash = ?, hash = ? WHERE seq = ?",
+                       (prev, h, r["seq"]))
+            prev = h
+        db.execute("UPDATE head SET hash = ?", (prev,))
+        db.execute("COMMIT")
+    finally:
+        db.close()
+
+
+def test_anchors_catch_a_consistent_rewrite_and_a_rollback(tampered: Path) -> None:
+    before = verify(tampered.parent)
+    anchors = [(h.segment, h.seq, h.hash) for h in before.heads]
+    early = ("t", 3, rows(tampered)[2]["hash"].hex())
+    assert verify(tampered.parent, anchors=[*anchors, early]).ok
+    sql(tampered, "UPDATE audit SET principal = 'nobody' WHERE seq = 2")
+    _rechain(tampered, "t", 2)
+    assert verify(tampered.parent).ok  # undetectable from the file alone
+    assert verify(tampered.parent, anchors=[*anchors, early]).problems == [
+        f"segment t: seq 3: hash differs from the anchor {early[2]} (the chain up to it was "
+        "rewritten or rolled back)",
+        f"segment t: seq {N_TAMPER}: hash differs from the anchor {anchors[0][2]} (the chain "
+        "up to it was rewritten or rolled back)"]
+    # Roll back: drop the last records and the head with them.
+    h7 = rows(tampered)[6]["hash"]
+    sql(tampered, "DELETE FROM audit WHERE seq > 7", "UPDATE head SET seq = 7, hash = ?",
+        params=(h7,))
+    assert verify(tampered.parent).ok
+    assert f"seq {N_TAMPER}: anchored record missing" in "\n".join(
+        verify(tampered.parent, anchors=anchors).problems)
+    # An anchor for a segment that is gone is a problem too.
+    assert verify(tampered.parent, anchors=[("worker-9", 0, "00" * 32)]).problems == [
+        f"segment worker-9: missing ({tampered.parent / 'audit-worker-9.db'} not found)"]
+    with pytest.raises(ValueError):
+        audit.parse_anchor("t:x:" + "00" * 32)
+    assert audit.parse_anchor("a:b:7:" + "AB" * 32) == ("a:b", 7, "ab" * 32)
+
+
 def test_segment_file_moved_to_another_name(tampered: Path) -> None:
     shutil.copy(tampered, tampered.parent / "audit-u.db")
     report = verify(tampered.parent)
@@ -551,14 +603,27 @@ def test_named_segment_missing(tampered: Path) -> None:
 def test_cli_verify(tampered: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert audit.main(["verify", "--dir", str(tampered.parent)]) == 0
     out = capsys.readouterr().out
-    assert f"segment t: {N_TAMPER} records, head seq {N_TAMPER} " in out
-    assert "1 segments, 10 records, OK" in out
+    assert f"segment t: {N_TAMPER} records, head seq {N_TAMPER}, anchor t:{N_TAMPER}:" in out
+    assert "1 segments, 10 records, 0 anchors, OK" in out
+    anchor = out.split("anchor ")[1].split()[0]
 
     sql(tampered, "UPDATE audit SET result = 'ok!' WHERE seq = 2")
     assert audit.main(["verify", "--dir", str(tampered.parent)]) == 1
     out = capsys.readouterr().out
     assert "PROBLEM: segment t: seq 2: record edited (hash mismatch)" in out
     assert "FAILED (1 problems)" in out
+
+    # Re-chain after the edit (hashes, links and head): only the anchor still sees it.
+    _rechain(tampered, "t", 2)
+    assert audit.main(["verify", "--dir", str(tampered.parent)]) == 0
+    capsys.readouterr()
+    anchor_file = tampered.parent.parent / "anchors"
+    anchor_file.write_text(f"# taken before the rewrite\n{anchor}\n")
+    assert audit.main(["verify", "--dir", str(tampered.parent), "--anchor-file",
+                       str(anchor_file)]) == 1
+    out = capsys.readouterr().out
+    assert f"PROBLEM: segment t: seq {N_TAMPER}: hash differs from the anchor" in out
+    assert audit.main(["verify", "--dir", str(tampered.parent), "--anchor", "t:1:zz"]) == 2
 
 
 def test_cli_as_a_process_and_add_cli(tampered: Path, tmp_path: Path) -> None:
