@@ -54,6 +54,7 @@ static unsigned detect_features(void) { return 0; }
 
 static int g_features = -1; /* computed once; the computation is idempotent */
 static int g_impl = -1;
+static unsigned g_hidden = 0; /* hsm_gm_test_hide_features */
 
 unsigned hsm_gm_cpu_features(void)
 {
@@ -62,7 +63,15 @@ unsigned hsm_gm_cpu_features(void)
         f = (int)detect_features();
         __atomic_store_n(&g_features, f, __ATOMIC_RELEASE);
     }
-    return (unsigned)f;
+    return (unsigned)f & ~__atomic_load_n(&g_hidden, __ATOMIC_ACQUIRE);
+}
+
+void hsm_gm_test_hide_features(unsigned mask)
+{
+    __atomic_store_n(&g_hidden, mask, __ATOMIC_RELEASE);
+    int impl = __atomic_load_n(&g_impl, __ATOMIC_ACQUIRE);
+    if (impl >= 0 && !hsm_gm_impl_available(impl))
+        __atomic_store_n(&g_impl, HSM_GM_IMPL_PORTABLE, __ATOMIC_RELEASE);
 }
 
 int hsm_gm_impl_available(int impl)

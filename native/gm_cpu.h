@@ -28,6 +28,12 @@
 
 unsigned hsm_gm_cpu_features(void);
 
+/* Testing only: hide CPU features (HSM_CPU_* bits) from hsm_gm_cpu_features() so that the
+ * fallbacks a CPU would pick without them (AES-NI instead of GFNI, 128-bit AESENCLAST instead
+ * of VAES, ...) run on this machine too. Not thread-safe with concurrent SM4 calls; call it
+ * before hsm_gm_set_impl. 0 restores the real features. */
+void hsm_gm_test_hide_features(unsigned mask);
+
 /* Layout of hsm_sm4_gcm_key.htab (the first bytes are shared by all implementations, so
  * hsm_gm_set_impl may switch implementations between set_key and use):
  *   [0, 256)    16 x (hi, lo) uint64: the 4-bit (Shoup) table of the portable GHASH
@@ -56,7 +62,8 @@ extern const hsm_sm4_impl_ops hsm_sm4_portable_ops;
 #if defined(HSM_GM_X86)
 extern const hsm_sm4_impl_ops hsm_sm4_avx2_ops;
 extern const hsm_sm4_impl_ops hsm_sm4_avx512_ops;
-extern const hsm_sm4_impl_ops hsm_sm4_avx2_aesni_ops;
+extern const hsm_sm4_impl_ops hsm_sm4_avx2_aesni_ops; /* AES-NI S-box, 128-bit AESENCLAST */
+extern const hsm_sm4_impl_ops hsm_sm4_avx2_vaes_ops;  /* AES-NI S-box, VAES */
 /* Fill htab[HSM_HTAB_CLMUL...] from h (needs PCLMULQDQ). */
 void hsm_ghash_clmul_init(uint8_t *htab, const uint8_t h[16]);
 #endif
@@ -66,7 +73,7 @@ void hsm_ghash_clmul_init(uint8_t *htab, const uint8_t h[16]);
  * the round function T (x -> L(S(x))) on 256 words that put every byte value in every byte
  * position, against the portable tables, and the single-block/key-schedule S-boxes. Returns 0,
  * or a bitmask of failing families (1: AVX-512 GFNI, 2: AVX2 GFNI, 4: AVX2 AES-NI,
- * 8: single-word GFNI, 16: single-word AES-NI). */
+ * 8: single-word GFNI, 16: single-word AES-NI, 32: AVX2 VAES). */
 int hsm_sm4_x86_selftest(void);
 
 /* The S-box on the four bytes of a word without table lookups (for the key schedule):

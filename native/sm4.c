@@ -498,14 +498,18 @@ const hsm_sm4_impl_ops hsm_sm4_portable_ops = {portable_ecb, portable_ctr128, po
 static const hsm_sm4_impl_ops *ops(void)
 {
 #if defined(HSM_GM_X86)
-    switch (hsm_gm_impl()) {
+    int impl = hsm_gm_impl();
+    switch (impl) {
     case HSM_GM_IMPL_AVX512:
         return &hsm_sm4_avx512_ops;
     case HSM_GM_IMPL_AVX2:
-        return (hsm_gm_cpu_features() & HSM_CPU_GFNI) ? &hsm_sm4_avx2_ops
-                                                       : &hsm_sm4_avx2_aesni_ops;
-    case HSM_GM_IMPL_AVX2_AESNI:
-        return &hsm_sm4_avx2_aesni_ops;
+    case HSM_GM_IMPL_AVX2_AESNI: {
+        unsigned f = hsm_gm_cpu_features();
+        if (impl == HSM_GM_IMPL_AVX2 && (f & HSM_CPU_GFNI))
+            return &hsm_sm4_avx2_ops;
+        /* AES-NI S-box (no GFNI, or forced) */
+        return (f & HSM_CPU_VAES) ? &hsm_sm4_avx2_vaes_ops : &hsm_sm4_avx2_aesni_ops;
+    }
     default:
         break;
     }

@@ -47,6 +47,18 @@
 #define SM4_GFNI_POST_D3_MATRIX 0x280fbcb4ff84c11aULL
 #define SM4_GFNI_POST_D3_CONST 0x11
 
+#define SM4_AESNI_DOM_LO 0x00, 0x8c, 0x30, 0xbc, 0x85, 0x09, 0xb5, 0x39, 0x9f, 0x13, 0xaf, 0x23, 0x1a, 0x96, 0x2a, 0xa6
+#define SM4_AESNI_DOM_HI 0x00, 0xdc, 0x2e, 0xf2, 0xc5, 0x19, 0xeb, 0x37, 0x08, 0xd4, 0x26, 0xfa, 0xcd, 0x11, 0xe3, 0x3f
+#define SM4_AESNI_DOM_INV_LO 0x00, 0x85, 0xd9, 0x5c, 0x2e, 0xab, 0xf7, 0x72, 0x80, 0x05, 0x59, 0xdc, 0xae, 0x2b, 0x77, 0xf2
+#define SM4_AESNI_DOM_INV_HI 0x00, 0x55, 0x57, 0x02, 0x44, 0x11, 0x13, 0x46, 0xaf, 0xfa, 0xf8, 0xad, 0xeb, 0xbe, 0xbc, 0xe9
+#define SM4_AESNI_KEY_LO 0x3e, 0xb2, 0x0e, 0x82, 0xbb, 0x37, 0x8b, 0x07, 0xa1, 0x2d, 0x91, 0x1d, 0x24, 0xa8, 0x14, 0x98
+#define SM4_AESNI_KEY_HI 0x00, 0xdc, 0x2e, 0xf2, 0xc5, 0x19, 0xeb, 0x37, 0x08, 0xd4, 0x26, 0xfa, 0xcd, 0x11, 0xe3, 0x3f
+#define SM4_AESNI_R0_LO 0x0b, 0x8d, 0xd8, 0x5e, 0x73, 0xf5, 0xa0, 0x26, 0x17, 0x91, 0xc4, 0x42, 0x6f, 0xe9, 0xbc, 0x3a
+#define SM4_AESNI_R0_HI 0x00, 0xeb, 0xdc, 0x37, 0xf0, 0x1b, 0x2c, 0xc7, 0xcd, 0x26, 0x11, 0xfa, 0x3d, 0xd6, 0xe1, 0x0a
+#define SM4_AESNI_R1_LO 0x76, 0xa5, 0x7b, 0xa8, 0xd6, 0x05, 0xdb, 0x08, 0x34, 0xe7, 0x39, 0xea, 0x94, 0x47, 0x99, 0x4a
+#define SM4_AESNI_R1_HI 0x00, 0xb4, 0x49, 0xfd, 0x82, 0x36, 0xcb, 0x7f, 0xbc, 0x08, 0xf5, 0x41, 0x3e, 0x8a, 0x77, 0xc3
+#define SM4_AESNI_R3_LO 0x7d, 0x28, 0xa3, 0xf6, 0xa5, 0xf0, 0x7b, 0x2e, 0x23, 0x76, 0xfd, 0xa8, 0xfb, 0xae, 0x25, 0x70
+#define SM4_AESNI_R3_HI 0x00, 0x5f, 0x95, 0xca, 0x72, 0x2d, 0xe7, 0xb8, 0x71, 0x2e, 0xe4, 0xbb, 0x03, 0x5c, 0x96, 0xc9
 #define SM4_AESNI_PRE_LO 0x3e, 0xb2, 0x0e, 0x82, 0xbb, 0x37, 0x8b, 0x07, 0xa1, 0x2d, 0x91, 0x1d, 0x24, 0xa8, 0x14, 0x98
 #define SM4_AESNI_PRE_HI 0x00, 0xdc, 0x2e, 0xf2, 0xc5, 0x19, 0xeb, 0x37, 0x08, 0xd4, 0x26, 0xfa, 0xcd, 0x11, 0xe3, 0x3f
 #define SM4_AESNI_POST_LO 0x6c, 0xd4, 0xa6, 0x1e, 0x52, 0xea, 0x98, 0x20, 0x0b, 0xb3, 0xc1, 0x79, 0x35, 0x8d, 0xff, 0x47
@@ -55,6 +67,7 @@
 #define TGT_CLMUL __attribute__((target("sse4.1,pclmul")))
 #define TGT_AVX2 __attribute__((target("avx2,gfni,pclmul")))
 #define TGT_AVX2_AESNI __attribute__((target("avx2,aes,pclmul")))
+#define TGT_AVX2_VAES __attribute__((target("avx2,aes,pclmul,vaes")))
 #define TGT_AVX512                                                                            \
     __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,gfni,vpclmulqdq,avx2,pclmul")))
 #define INLINE static inline __attribute__((always_inline))
@@ -268,6 +281,41 @@ static void wipe_keys(uint32_t k[32])
 {
     memset(k, 0, 32 * sizeof k[0]);
     __asm__ volatile("" : : "r"(k) : "memory");
+}
+
+/* Counter-mode drivers around the kernels, which count in the low word only. */
+typedef void (*ctr_words_fn)(const uint32_t rk[32], uint32_t c[4], const uint8_t *in,
+                             uint8_t *out, size_t len);
+
+static void ctr32(ctr_words_fn f, const uint32_t rk[32], uint8_t ctr[16], const uint8_t *in,
+                  uint8_t *out, size_t len)
+{
+    uint32_t c[4] = {be32(ctr), be32(ctr + 4), be32(ctr + 8), be32(ctr + 12)};
+    f(rk, c, in, out, len);
+    put_be32(ctr + 12, c[3]);
+}
+
+/* 128-bit counter: split the request where the low word wraps and carry by hand. */
+static void ctr128(ctr_words_fn f, const uint32_t rk[32], uint8_t ctr[16], const uint8_t *in,
+                   uint8_t *out, size_t len)
+{
+    uint32_t c[4] = {be32(ctr), be32(ctr + 4), be32(ctr + 8), be32(ctr + 12)};
+    while (len) {
+        uint64_t room = (uint64_t)1 << 32;
+        room -= c[3]; /* blocks before the low word wraps */
+        size_t nb = (len + 15) / 16;
+        size_t take = len;
+        if ((uint64_t)nb > room)
+            take = (size_t)room * 16;
+        f(rk, c, in, out, take);
+        if (c[3] == 0 && take > 0) { /* wrapped exactly at the end of this piece */
+            if (++c[2] == 0 && ++c[1] == 0)
+                ++c[0];
+        }
+        in += take, out += take, len -= take;
+    }
+    for (int i = 0; i < 4; i++)
+        put_be32(ctr + 4 * i, c[i]);
 }
 
 /* ================================================================ SM4, AVX-512 + GFNI */
@@ -870,6 +918,8 @@ TGT_AVX2 static void y_ctr32_words(const uint32_t rk[32], uint32_t c[4], const u
  * computes ShiftRows(SubBytes(v)), so its input is pre-permuted by InvShiftRows. Without VAES
  * the 256-bit vector goes through two 128-bit AESENCLAST. */
 
+#define A_TAB(name) _mm256_broadcastsi128_si256(_mm_setr_epi8(name))
+
 #define A_CONSTS                                                                              \
     const __m256i ywbs = _mm256_broadcastsi128_si256(_mm_setr_epi8(WBSWAP_MASK));             \
     const __m256i yr8 = _mm256_broadcastsi128_si256(                                          \
@@ -881,35 +931,78 @@ TGT_AVX2 static void y_ctr32_words(const uint32_t rk[32], uint32_t c[4], const u
     const __m256i ainvsr = _mm256_broadcastsi128_si256(                                       \
         _mm_setr_epi8(0, 13, 10, 7, 4, 1, 14, 11, 8, 5, 2, 15, 12, 9, 6, 3));                 \
     const __m256i a0f = _mm256_set1_epi8(0x0f);                                               \
-    const __m256i apre_lo = _mm256_broadcastsi128_si256(_mm_setr_epi8(SM4_AESNI_PRE_LO));     \
-    const __m256i apre_hi = _mm256_broadcastsi128_si256(_mm_setr_epi8(SM4_AESNI_PRE_HI));     \
-    const __m256i apost_lo = _mm256_broadcastsi128_si256(_mm_setr_epi8(SM4_AESNI_POST_LO));   \
-    const __m256i apost_hi = _mm256_broadcastsi128_si256(_mm_setr_epi8(SM4_AESNI_POST_HI))
+    const __m256i ar0lo = A_TAB(SM4_AESNI_R0_LO), ar0hi = A_TAB(SM4_AESNI_R0_HI);             \
+    const __m256i ar1lo = A_TAB(SM4_AESNI_R1_LO), ar1hi = A_TAB(SM4_AESNI_R1_HI);             \
+    const __m256i ar3lo = A_TAB(SM4_AESNI_R3_LO), ar3hi = A_TAB(SM4_AESNI_R3_HI);             \
+    const __m256i adlo = A_TAB(SM4_AESNI_DOM_LO), adhi = A_TAB(SM4_AESNI_DOM_HI);             \
+    const __m256i adilo = A_TAB(SM4_AESNI_DOM_INV_LO), adihi = A_TAB(SM4_AESNI_DOM_INV_HI)
 
+/* a byte-wise affine map by two 16-entry lookups */
 #define A_AFFINE(v, lo, hi)                                                                   \
     _mm256_xor_si256(_mm256_shuffle_epi8(lo, _mm256_and_si256(v, a0f)),                       \
                      _mm256_shuffle_epi8(hi, _mm256_and_si256(_mm256_srli_epi16(v, 4), a0f)))
 
-TGT_AVX2_AESNI INLINE __m256i a_sbox(__m256i v, __m256i ainvsr, __m256i a0f, __m256i apre_lo,
-                                     __m256i apre_hi, __m256i apost_lo, __m256i apost_hi)
+#define AD(v) A_AFFINE(v, adlo, adhi)
+#define ADI(v) A_AFFINE(v, adilo, adihi)
+
+/* SubBytes of every byte: AESENCLAST (zero key) after InvShiftRows, two 128-bit halves */
+TGT_AVX2_AESNI INLINE __m256i a_subbytes(__m256i v, __m256i ainvsr)
 {
-    v = _mm256_shuffle_epi8(A_AFFINE(v, apre_lo, apre_hi), ainvsr);
+    v = _mm256_shuffle_epi8(v, ainvsr);
     __m128i lo = _mm_aesenclast_si128(_mm256_castsi256_si128(v), _mm_setzero_si128());
     __m128i hi = _mm_aesenclast_si128(_mm256_extracti128_si256(v, 1), _mm_setzero_si128());
-    v = _mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1);
-    return A_AFFINE(v, apost_lo, apost_hi);
+    return _mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1);
 }
 
+TGT_AVX2_VAES INLINE __m256i a_subbytes_vaes(__m256i v, __m256i ainvsr)
+{
+    return _mm256_aesenclast_epi128(_mm256_shuffle_epi8(v, ainvsr), _mm256_setzero_si256());
+}
+
+/* the SubBytes the A_ROUND macros expand to (switched between the two kernel instantiations) */
+#define A_SUBBYTES a_subbytes
+
+/* Pre-affine domain as in the GFNI kernels (see derive_aesni_domain in gen_sm4_tables.py):
+ * the SubBytes input needs no affine step; R0/R1/R3 map its output back and fold in L. */
 #define A_ROUND(X0, X1, X2, X3, K)                                                            \
     do {                                                                                      \
-        __m256i t_ = _mm256_xor_si256(_mm256_xor_si256(X1, X2), _mm256_xor_si256(X3, K));     \
-        t_ = a_sbox(t_, ainvsr, a0f, apre_lo, apre_hi, apost_lo, apost_hi);                   \
-        __m256i y_ = _mm256_xor_si256(_mm256_xor_si256(t_, _mm256_shuffle_epi8(t_, yr8)),     \
-                                      _mm256_shuffle_epi8(t_, yr16));                         \
-        X0 = _mm256_xor_si256(X0, _mm256_xor_si256(t_, _mm256_shuffle_epi8(t_, yr24)));       \
-        X0 = _mm256_xor_si256(                                                                \
-            X0, _mm256_or_si256(_mm256_slli_epi32(y_, 2), _mm256_srli_epi32(y_, 30)));        \
+        __m256i z_ = A_SUBBYTES(                                                              \
+            _mm256_xor_si256(_mm256_xor_si256(X1, X2), _mm256_xor_si256(X3, K)), ainvsr);     \
+        __m256i l_ = _mm256_and_si256(z_, a0f);                                               \
+        __m256i h_ = _mm256_and_si256(_mm256_srli_epi16(z_, 4), a0f);                         \
+        __m256i p0_ = _mm256_xor_si256(_mm256_shuffle_epi8(ar0lo, l_),                        \
+                                       _mm256_shuffle_epi8(ar0hi, h_));                       \
+        __m256i p1_ = _mm256_xor_si256(_mm256_shuffle_epi8(ar1lo, l_),                        \
+                                       _mm256_shuffle_epi8(ar1hi, h_));                       \
+        __m256i p3_ = _mm256_xor_si256(_mm256_shuffle_epi8(ar3lo, l_),                        \
+                                       _mm256_shuffle_epi8(ar3hi, h_));                       \
+        p0_ = _mm256_xor_si256(p0_, _mm256_shuffle_epi8(p1_, yr8));                           \
+        p1_ = _mm256_xor_si256(_mm256_shuffle_epi8(p1_, yr16), _mm256_shuffle_epi8(p3_, yr24)); \
+        X0 = _mm256_xor_si256(X0, _mm256_xor_si256(p0_, p1_));                                \
     } while (0)
+
+#define A_LOADD(p, X0, X1, X2, X3)                                                            \
+    do {                                                                                      \
+        Y_LOAD(p, X0, X1, X2, X3);                                                            \
+        X0 = AD(X0), X1 = AD(X1), X2 = AD(X2), X3 = AD(X3);                                   \
+    } while (0)
+
+#define A_STORED(out, in, X0, X1, X2, X3, XORIN)                                              \
+    do {                                                                                      \
+        X0 = ADI(X0), X1 = ADI(X1), X2 = ADI(X2), X3 = ADI(X3);                               \
+        Y_STORE(out, in, X0, X1, X2, X3, XORIN);                                              \
+    } while (0)
+
+/* round keys in the domain: D(rk) ^ 0x3e per byte (table-free) */
+TGT_AVX2_AESNI static void a_dom_keys(const uint32_t rk[32], uint32_t out[32])
+{
+    const __m256i a0f = _mm256_set1_epi8(0x0f);
+    const __m256i klo = A_TAB(SM4_AESNI_KEY_LO), khi = A_TAB(SM4_AESNI_KEY_HI);
+    for (int i = 0; i < 32; i += 8) {
+        __m256i k = _mm256_loadu_si256((const __m256i *)(rk + i));
+        _mm256_storeu_si256((__m256i *)(out + i), A_AFFINE(k, klo, khi));
+    }
+}
 
 #define A_ROUNDS4(rk)  \
     for (int r_ = 0; r_ < 32; r_ += 4) {  \
@@ -983,130 +1076,160 @@ TGT_AVX2_AESNI INLINE __m256i a_sbox(__m256i v, __m256i ainvsr, __m256i a0f, __m
         A_ROUND(a3, a0, a1, a2, _mm256_set1_epi32((int)(rk)[r_ + 3]));                        \
     }
 
-TGT_AVX2_AESNI static void a_ecb(const uint32_t rk[32], const uint8_t *in, uint8_t *out,
-                                 size_t nblocks)
-{
-    A_CONSTS;
-    for (; nblocks >= 64; nblocks -= 64, in += 1024, out += 1024) {
-        __m256i a0, a1, a2, a3, b0, b1, b2, b3, c0, c1, c2, c3, d0, d1, d2, d3, e0, e1, e2, e3, f0, f1, f2, f3, g0, g1, g2, g3, h0, h1, h2, h3;
-        Y_LOAD(in + 0, a0, a1, a2, a3);
-        Y_LOAD(in + 128, b0, b1, b2, b3);
-        Y_LOAD(in + 256, c0, c1, c2, c3);
-        Y_LOAD(in + 384, d0, d1, d2, d3);
-        Y_LOAD(in + 512, e0, e1, e2, e3);
-        Y_LOAD(in + 640, f0, f1, f2, f3);
-        Y_LOAD(in + 768, g0, g1, g2, g3);
-        Y_LOAD(in + 896, h0, h1, h2, h3);
-        A_ROUNDS8(rk);
-        Y_STORE(out + 0, in, a0, a1, a2, a3, 0);
-        Y_STORE(out + 128, in, b0, b1, b2, b3, 0);
-        Y_STORE(out + 256, in, c0, c1, c2, c3, 0);
-        Y_STORE(out + 384, in, d0, d1, d2, d3, 0);
-        Y_STORE(out + 512, in, e0, e1, e2, e3, 0);
-        Y_STORE(out + 640, in, f0, f1, f2, f3, 0);
-        Y_STORE(out + 768, in, g0, g1, g2, g3, 0);
-        Y_STORE(out + 896, in, h0, h1, h2, h3, 0);
-    }
-    for (; nblocks >= 32; nblocks -= 32, in += 512, out += 512) {
-        __m256i a0, a1, a2, a3, b0, b1, b2, b3, c0, c1, c2, c3, d0, d1, d2, d3;
-        Y_LOAD(in, a0, a1, a2, a3);
-        Y_LOAD(in + 128, b0, b1, b2, b3);
-        Y_LOAD(in + 256, c0, c1, c2, c3);
-        Y_LOAD(in + 384, d0, d1, d2, d3);
-        A_ROUNDS4(rk);
-        Y_STORE(out, in, a0, a1, a2, a3, 0);
-        Y_STORE(out + 128, in, b0, b1, b2, b3, 0);
-        Y_STORE(out + 256, in, c0, c1, c2, c3, 0);
-        Y_STORE(out + 384, in, d0, d1, d2, d3, 0);
-    }
-    while (nblocks) {
-        size_t n = nblocks < 8 ? nblocks : 8;
-        uint8_t buf[128];
-        const uint8_t *src = in;
-        uint8_t *dst = out;
-        if (n < 8) {
-            memset(buf, 0, sizeof buf);
-            memcpy(buf, in, 16 * n);
-            src = dst = buf;
-        }
-        __m256i a0, a1, a2, a3;
-        Y_LOAD(src, a0, a1, a2, a3);
-        A_ROUNDS1(rk);
-        Y_STORE(dst, src, a0, a1, a2, a3, 0);
-        if (n < 8) {
-            memcpy(out, buf, 16 * n);
-            memset(buf, 0, sizeof buf);
-            __asm__ volatile("" : : "r"(buf) : "memory");
-        }
-        in += 16 * n, out += 16 * n, nblocks -= n;
-    }
+/* The AES-NI kernels, instantiated twice: 128-bit AESENCLAST and VAES (256-bit). */
+#define A_KERNELS(SFX, TGT)                                                                                                                     \
+TGT static void a##SFX##_ecb(const uint32_t rk[32], const uint8_t *in, uint8_t *out,                                                            \
+                                 size_t nblocks)                                                                                                \
+{                                                                                                                                               \
+    A_CONSTS;                                                                                                                                   \
+    uint32_t rkd[32];                                                                                                                           \
+    a_dom_keys(rk, rkd);                                                                                                                        \
+    for (; nblocks >= 64; nblocks -= 64, in += 1024, out += 1024) {                                                                             \
+        __m256i a0, a1, a2, a3, b0, b1, b2, b3, c0, c1, c2, c3, d0, d1, d2, d3, e0, e1, e2, e3, f0, f1, f2, f3, g0, g1, g2, g3, h0, h1, h2, h3; \
+        A_LOADD(in + 0, a0, a1, a2, a3);                                                                                                        \
+        A_LOADD(in + 128, b0, b1, b2, b3);                                                                                                      \
+        A_LOADD(in + 256, c0, c1, c2, c3);                                                                                                      \
+        A_LOADD(in + 384, d0, d1, d2, d3);                                                                                                      \
+        A_LOADD(in + 512, e0, e1, e2, e3);                                                                                                      \
+        A_LOADD(in + 640, f0, f1, f2, f3);                                                                                                      \
+        A_LOADD(in + 768, g0, g1, g2, g3);                                                                                                      \
+        A_LOADD(in + 896, h0, h1, h2, h3);                                                                                                      \
+        A_ROUNDS8(rkd);                                                                                                                         \
+        A_STORED(out + 0, in, a0, a1, a2, a3, 0);                                                                                               \
+        A_STORED(out + 128, in, b0, b1, b2, b3, 0);                                                                                             \
+        A_STORED(out + 256, in, c0, c1, c2, c3, 0);                                                                                             \
+        A_STORED(out + 384, in, d0, d1, d2, d3, 0);                                                                                             \
+        A_STORED(out + 512, in, e0, e1, e2, e3, 0);                                                                                             \
+        A_STORED(out + 640, in, f0, f1, f2, f3, 0);                                                                                             \
+        A_STORED(out + 768, in, g0, g1, g2, g3, 0);                                                                                             \
+        A_STORED(out + 896, in, h0, h1, h2, h3, 0);                                                                                             \
+    }                                                                                                                                           \
+    for (; nblocks >= 32; nblocks -= 32, in += 512, out += 512) {                                                                               \
+        __m256i a0, a1, a2, a3, b0, b1, b2, b3, c0, c1, c2, c3, d0, d1, d2, d3;                                                                 \
+        A_LOADD(in, a0, a1, a2, a3);                                                                                                            \
+        A_LOADD(in + 128, b0, b1, b2, b3);                                                                                                      \
+        A_LOADD(in + 256, c0, c1, c2, c3);                                                                                                      \
+        A_LOADD(in + 384, d0, d1, d2, d3);                                                                                                      \
+        A_ROUNDS4(rkd);                                                                                                                         \
+        A_STORED(out, in, a0, a1, a2, a3, 0);                                                                                                   \
+        A_STORED(out + 128, in, b0, b1, b2, b3, 0);                                                                                             \
+        A_STORED(out + 256, in, c0, c1, c2, c3, 0);                                                                                             \
+        A_STORED(out + 384, in, d0, d1, d2, d3, 0);                                                                                             \
+    }                                                                                                                                           \
+    while (nblocks) {                                                                                                                           \
+        size_t n = nblocks < 8 ? nblocks : 8;                                                                                                   \
+        uint8_t buf[128];                                                                                                                       \
+        const uint8_t *src = in;                                                                                                                \
+        uint8_t *dst = out;                                                                                                                     \
+        if (n < 8) {                                                                                                                            \
+            memset(buf, 0, sizeof buf);                                                                                                         \
+            memcpy(buf, in, 16 * n);                                                                                                            \
+            src = dst = buf;                                                                                                                    \
+        }                                                                                                                                       \
+        __m256i a0, a1, a2, a3;                                                                                                                 \
+        A_LOADD(src, a0, a1, a2, a3);                                                                                                           \
+        A_ROUNDS1(rkd);                                                                                                                         \
+        A_STORED(dst, src, a0, a1, a2, a3, 0);                                                                                                  \
+        if (n < 8) {                                                                                                                            \
+            memcpy(out, buf, 16 * n);                                                                                                           \
+            memset(buf, 0, sizeof buf);                                                                                                         \
+            __asm__ volatile("" : : "r"(buf) : "memory");                                                                                       \
+        }                                                                                                                                       \
+        in += 16 * n, out += 16 * n, nblocks -= n;                                                                                              \
+    }                                                                                                                                           \
+    wipe_keys(rkd);                                                                                                                             \
+}                                                                                                                                               \
+                                                                                                                                                \
+TGT static void a##SFX##_ctr32_words(const uint32_t rk[32], uint32_t c[4], const uint8_t *in,                                                   \
+                                         uint8_t *out, size_t len)                                                                              \
+{                                                                                                                                               \
+    A_CONSTS;                                                                                                                                   \
+    uint32_t rkd[32];                                                                                                                           \
+    a_dom_keys(rk, rkd);                                                                                                                        \
+    const __m256i iota = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);                                                                             \
+    const __m256i w0 = AD(_mm256_set1_epi32((int)c[0])), w1 = AD(_mm256_set1_epi32((int)c[1])),                                                 \
+                  w2 = AD(_mm256_set1_epi32((int)c[2]));                                                                                        \
+    const __m256i eight = _mm256_set1_epi32(8);                                                                                                 \
+    __m256i w3 = _mm256_add_epi32(_mm256_set1_epi32((int)c[3]), iota);                                                                          \
+    uint32_t used = (uint32_t)((len + 15) / 16);                                                                                                \
+    for (; len >= 1024; len -= 1024, in += 1024, out += 1024) {                                                                                 \
+        __m256i a0 = w0, a1 = w1, a2 = w2, a3 = w3;                                                                                             \
+        __m256i b0 = w0, b1 = w1, b2 = w2, b3 = _mm256_add_epi32(w3, eight);                                                                    \
+        __m256i c0 = w0, c1 = w1, c2 = w2, c3 = _mm256_add_epi32(b3, eight);                                                                    \
+        __m256i d0 = w0, d1 = w1, d2 = w2, d3 = _mm256_add_epi32(c3, eight);                                                                    \
+        __m256i e0 = w0, e1 = w1, e2 = w2, e3 = _mm256_add_epi32(d3, eight);                                                                    \
+        __m256i f0 = w0, f1 = w1, f2 = w2, f3 = _mm256_add_epi32(e3, eight);                                                                    \
+        __m256i g0 = w0, g1 = w1, g2 = w2, g3 = _mm256_add_epi32(f3, eight);                                                                    \
+        __m256i h0 = w0, h1 = w1, h2 = w2, h3 = _mm256_add_epi32(g3, eight);                                                                    \
+        w3 = _mm256_add_epi32(h3, eight);                                                                                                       \
+        a3 = AD(a3), b3 = AD(b3), c3 = AD(c3), d3 = AD(d3), e3 = AD(e3), f3 = AD(f3), g3 = AD(g3), h3 = AD(h3);                                 \
+        A_ROUNDS8(rkd);                                                                                                                         \
+        A_STORED(out, in, a0, a1, a2, a3, 1);                                                                                                   \
+        A_STORED(out + 128, in + 128, b0, b1, b2, b3, 1);                                                                                       \
+        A_STORED(out + 256, in + 256, c0, c1, c2, c3, 1);                                                                                       \
+        A_STORED(out + 384, in + 384, d0, d1, d2, d3, 1);                                                                                       \
+        A_STORED(out + 512, in + 512, e0, e1, e2, e3, 1);                                                                                       \
+        A_STORED(out + 640, in + 640, f0, f1, f2, f3, 1);                                                                                       \
+        A_STORED(out + 768, in + 768, g0, g1, g2, g3, 1);                                                                                       \
+        A_STORED(out + 896, in + 896, h0, h1, h2, h3, 1);                                                                                       \
+    }                                                                                                                                           \
+    for (; len >= 512; len -= 512, in += 512, out += 512) {                                                                                     \
+        __m256i a0 = w0, a1 = w1, a2 = w2, a3 = w3;                                                                                             \
+        __m256i b0 = w0, b1 = w1, b2 = w2, b3 = _mm256_add_epi32(w3, eight);                                                                    \
+        __m256i c0 = w0, c1 = w1, c2 = w2, c3 = _mm256_add_epi32(b3, eight);                                                                    \
+        __m256i d0 = w0, d1 = w1, d2 = w2, d3 = _mm256_add_epi32(c3, eight);                                                                    \
+        w3 = _mm256_add_epi32(d3, eight);                                                                                                       \
+        a3 = AD(a3), b3 = AD(b3), c3 = AD(c3), d3 = AD(d3);                                                                                     \
+        A_ROUNDS4(rkd);                                                                                                                         \
+        A_STORED(out, in, a0, a1, a2, a3, 1);                                                                                                   \
+        A_STORED(out + 128, in + 128, b0, b1, b2, b3, 1);                                                                                       \
+        A_STORED(out + 256, in + 256, c0, c1, c2, c3, 1);                                                                                       \
+        A_STORED(out + 384, in + 384, d0, d1, d2, d3, 1);                                                                                       \
+    }                                                                                                                                           \
+    while (len) {                                                                                                                               \
+        size_t n = len < 128 ? len : 128;                                                                                                       \
+        uint8_t buf[128];                                                                                                                       \
+        const uint8_t *src = in;                                                                                                                \
+        uint8_t *dst = out;                                                                                                                     \
+        if (n < 128) {                                                                                                                          \
+            memset(buf, 0, sizeof buf);                                                                                                         \
+            memcpy(buf, in, n);                                                                                                                 \
+            src = dst = buf;                                                                                                                    \
+        }                                                                                                                                       \
+        __m256i a0 = w0, a1 = w1, a2 = w2, a3 = w3;                                                                                             \
+        w3 = _mm256_add_epi32(w3, eight);                                                                                                       \
+        a3 = AD(a3);                                                                                                                            \
+        A_ROUNDS1(rkd);                                                                                                                         \
+        A_STORED(dst, src, a0, a1, a2, a3, 1);                                                                                                  \
+        if (n < 128) {                                                                                                                          \
+            memcpy(out, buf, n);                                                                                                                \
+            memset(buf, 0, sizeof buf);                                                                                                         \
+            __asm__ volatile("" : : "r"(buf) : "memory");                                                                                       \
+        }                                                                                                                                       \
+        in += n, out += n, len -= n;                                                                                                            \
+    }                                                                                                                                           \
+    c[3] += used;                                                                                                                               \
+    wipe_keys(rkd);                                                                                                                             \
+}                                                                                                                                               \
+                                                                                                                                                \
+TGT static void a##SFX##_ctr128(const uint32_t rk[32], uint8_t ctr[16], const uint8_t *in,                                                      \
+                                uint8_t *out, size_t len)                                                                                       \
+{                                                                                                                                               \
+    ctr128(a##SFX##_ctr32_words, rk, ctr, in, out, len);                                                                                        \
+}                                                                                                                                               \
+                                                                                                                                                \
+TGT static void a##SFX##_ctr32(const uint32_t rk[32], uint8_t ctr[16], const uint8_t *in,                                                       \
+                               uint8_t *out, size_t len)                                                                                        \
+{                                                                                                                                               \
+    ctr32(a##SFX##_ctr32_words, rk, ctr, in, out, len);                                                                                         \
 }
 
-TGT_AVX2_AESNI static void a_ctr32_words(const uint32_t rk[32], uint32_t c[4], const uint8_t *in,
-                                         uint8_t *out, size_t len)
-{
-    A_CONSTS;
-    const __m256i iota = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
-    const __m256i w0 = _mm256_set1_epi32((int)c[0]), w1 = _mm256_set1_epi32((int)c[1]),
-                  w2 = _mm256_set1_epi32((int)c[2]);
-    const __m256i eight = _mm256_set1_epi32(8);
-    __m256i w3 = _mm256_add_epi32(_mm256_set1_epi32((int)c[3]), iota);
-    uint32_t used = (uint32_t)((len + 15) / 16);
-    for (; len >= 1024; len -= 1024, in += 1024, out += 1024) {
-        __m256i a0 = w0, a1 = w1, a2 = w2, a3 = w3;
-        __m256i b0 = w0, b1 = w1, b2 = w2, b3 = _mm256_add_epi32(w3, eight);
-        __m256i c0 = w0, c1 = w1, c2 = w2, c3 = _mm256_add_epi32(b3, eight);
-        __m256i d0 = w0, d1 = w1, d2 = w2, d3 = _mm256_add_epi32(c3, eight);
-        __m256i e0 = w0, e1 = w1, e2 = w2, e3 = _mm256_add_epi32(d3, eight);
-        __m256i f0 = w0, f1 = w1, f2 = w2, f3 = _mm256_add_epi32(e3, eight);
-        __m256i g0 = w0, g1 = w1, g2 = w2, g3 = _mm256_add_epi32(f3, eight);
-        __m256i h0 = w0, h1 = w1, h2 = w2, h3 = _mm256_add_epi32(g3, eight);
-        w3 = _mm256_add_epi32(h3, eight);
-        A_ROUNDS8(rk);
-        Y_STORE(out, in, a0, a1, a2, a3, 1);
-        Y_STORE(out + 128, in + 128, b0, b1, b2, b3, 1);
-        Y_STORE(out + 256, in + 256, c0, c1, c2, c3, 1);
-        Y_STORE(out + 384, in + 384, d0, d1, d2, d3, 1);
-        Y_STORE(out + 512, in + 512, e0, e1, e2, e3, 1);
-        Y_STORE(out + 640, in + 640, f0, f1, f2, f3, 1);
-        Y_STORE(out + 768, in + 768, g0, g1, g2, g3, 1);
-        Y_STORE(out + 896, in + 896, h0, h1, h2, h3, 1);
-    }
-    for (; len >= 512; len -= 512, in += 512, out += 512) {
-        __m256i a0 = w0, a1 = w1, a2 = w2, a3 = w3;
-        __m256i b0 = w0, b1 = w1, b2 = w2, b3 = _mm256_add_epi32(w3, eight);
-        __m256i c0 = w0, c1 = w1, c2 = w2, c3 = _mm256_add_epi32(b3, eight);
-        __m256i d0 = w0, d1 = w1, d2 = w2, d3 = _mm256_add_epi32(c3, eight);
-        w3 = _mm256_add_epi32(d3, eight);
-        A_ROUNDS4(rk);
-        Y_STORE(out, in, a0, a1, a2, a3, 1);
-        Y_STORE(out + 128, in + 128, b0, b1, b2, b3, 1);
-        Y_STORE(out + 256, in + 256, c0, c1, c2, c3, 1);
-        Y_STORE(out + 384, in + 384, d0, d1, d2, d3, 1);
-    }
-    while (len) {
-        size_t n = len < 128 ? len : 128;
-        uint8_t buf[128];
-        const uint8_t *src = in;
-        uint8_t *dst = out;
-        if (n < 128) {
-            memset(buf, 0, sizeof buf);
-            memcpy(buf, in, n);
-            src = dst = buf;
-        }
-        __m256i a0 = w0, a1 = w1, a2 = w2, a3 = w3;
-        w3 = _mm256_add_epi32(w3, eight);
-        A_ROUNDS1(rk);
-        Y_STORE(dst, src, a0, a1, a2, a3, 1);
-        if (n < 128) {
-            memcpy(out, buf, n);
-            memset(buf, 0, sizeof buf);
-            __asm__ volatile("" : : "r"(buf) : "memory");
-        }
-        in += n, out += n, len -= n;
-    }
-    c[3] += used;
-}
+A_KERNELS(x, TGT_AVX2_AESNI)
+#undef A_SUBBYTES
+#define A_SUBBYTES a_subbytes_vaes
+A_KERNELS(v, TGT_AVX2_VAES)
+#undef A_SUBBYTES
+#define A_SUBBYTES a_subbytes
 
 /* ================================================================ single blocks */
 /* CBC encryption and the key schedule are serial; these run one block (or word) at a time with
@@ -1288,19 +1411,45 @@ TGT_AVX2_AESNI static int selftest_aesni(void)
 {
     A_CONSTS;
     (void)ywbs;
-    uint32_t w[256], got[256];
+    uint32_t w[256], got[256], zk[32] = {0}, kd[32];
+    a_dom_keys(zk, kd);
     selftest_words(w);
     for (int i = 0; i < 256; i += 8) {
-        __m256i x0 = _mm256_setzero_si256(), x1 = _mm256_loadu_si256((const __m256i *)(w + i));
+        __m256i x0 = _mm256_setzero_si256();
+        __m256i x1 = AD(_mm256_loadu_si256((const __m256i *)(w + i)));
         __m256i x2 = x0, x3 = x0;
-        A_ROUND(x0, x1, x2, x3, _mm256_setzero_si256());
-        _mm256_storeu_si256((__m256i *)(got + i), x0);
+        A_ROUND(x0, x1, x2, x3, _mm256_set1_epi32((int)kd[0]));
+        _mm256_storeu_si256((__m256i *)(got + i), ADI(x0));
     }
     for (int i = 0; i < 256; i++)
         if (got[i] != hsm_sm4_portable_t(w[i]))
             return 1;
     return 0;
 }
+
+TGT_AVX2_VAES static int selftest_vaes(void)
+{
+#undef A_SUBBYTES
+#define A_SUBBYTES a_subbytes_vaes
+    A_CONSTS;
+    (void)ywbs;
+    uint32_t w[256], got[256], zk[32] = {0}, kd[32];
+    a_dom_keys(zk, kd);
+    selftest_words(w);
+    for (int i = 0; i < 256; i += 8) {
+        __m256i x0 = _mm256_setzero_si256();
+        __m256i x1 = AD(_mm256_loadu_si256((const __m256i *)(w + i)));
+        __m256i x2 = x0, x3 = x0;
+        A_ROUND(x0, x1, x2, x3, _mm256_set1_epi32((int)kd[0]));
+        _mm256_storeu_si256((__m256i *)(got + i), ADI(x0));
+    }
+    for (int i = 0; i < 256; i++)
+        if (got[i] != hsm_sm4_portable_t(w[i]))
+            return 1;
+    return 0;
+}
+#undef A_SUBBYTES
+#define A_SUBBYTES a_subbytes
 
 int hsm_sm4_x86_selftest(void)
 {
@@ -1310,9 +1459,11 @@ int hsm_sm4_x86_selftest(void)
     if ((hsm_gm_cpu_features() & (HSM_CPU_AVX2 | HSM_CPU_GFNI)) == (HSM_CPU_AVX2 | HSM_CPU_GFNI) &&
         selftest_avx2())
         fail |= 2;
+    unsigned f = hsm_gm_cpu_features();
     if (hsm_gm_impl_available(HSM_GM_IMPL_AVX2_AESNI) && selftest_aesni())
         fail |= 4;
-    unsigned f = hsm_gm_cpu_features();
+    if (hsm_gm_impl_available(HSM_GM_IMPL_AVX2_AESNI) && (f & HSM_CPU_VAES) && selftest_vaes())
+        fail |= 32;
     uint32_t w[256];
     selftest_words(w);
     for (int i = 0; i < 256; i++) {
@@ -1329,39 +1480,6 @@ int hsm_sm4_x86_selftest(void)
 
 /* ================================================================ counter wrappers */
 
-typedef void (*ctr_words_fn)(const uint32_t rk[32], uint32_t c[4], const uint8_t *in,
-                             uint8_t *out, size_t len);
-
-static void ctr32(ctr_words_fn f, const uint32_t rk[32], uint8_t ctr[16], const uint8_t *in,
-                  uint8_t *out, size_t len)
-{
-    uint32_t c[4] = {be32(ctr), be32(ctr + 4), be32(ctr + 8), be32(ctr + 12)};
-    f(rk, c, in, out, len);
-    put_be32(ctr + 12, c[3]);
-}
-
-/* 128-bit counter: split the request where the low word wraps and carry by hand. */
-static void ctr128(ctr_words_fn f, const uint32_t rk[32], uint8_t ctr[16], const uint8_t *in,
-                   uint8_t *out, size_t len)
-{
-    uint32_t c[4] = {be32(ctr), be32(ctr + 4), be32(ctr + 8), be32(ctr + 12)};
-    while (len) {
-        uint64_t room = (uint64_t)1 << 32;
-        room -= c[3]; /* blocks before the low word wraps */
-        size_t nb = (len + 15) / 16;
-        size_t take = len;
-        if ((uint64_t)nb > room)
-            take = (size_t)room * 16;
-        f(rk, c, in, out, take);
-        if (c[3] == 0 && take > 0) { /* wrapped exactly at the end of this piece */
-            if (++c[2] == 0 && ++c[1] == 0)
-                ++c[0];
-        }
-        in += take, out += take, len -= take;
-    }
-    for (int i = 0; i < 4; i++)
-        put_be32(ctr + 4 * i, c[i]);
-}
 
 TGT_AVX512 static void z_ctr128(const uint32_t rk[32], uint8_t ctr[16], const uint8_t *in,
                                 uint8_t *out, size_t len)
@@ -1384,19 +1502,11 @@ TGT_AVX2 static void y_ctr32(const uint32_t rk[32], uint8_t ctr[16], const uint8
     ctr32(y_ctr32_words, rk, ctr, in, out, len);
 }
 
-TGT_AVX2_AESNI static void a_ctr128(const uint32_t rk[32], uint8_t ctr[16], const uint8_t *in,
-                                    uint8_t *out, size_t len)
-{
-    ctr128(a_ctr32_words, rk, ctr, in, out, len);
-}
-TGT_AVX2_AESNI static void a_ctr32(const uint32_t rk[32], uint8_t ctr[16], const uint8_t *in,
-                                   uint8_t *out, size_t len)
-{
-    ctr32(a_ctr32_words, rk, ctr, in, out, len);
-}
 
-const hsm_sm4_impl_ops hsm_sm4_avx2_aesni_ops = {a_ecb, a_ctr128, a_ctr32, ghash_clmul,
+const hsm_sm4_impl_ops hsm_sm4_avx2_aesni_ops = {ax_ecb, ax_ctr128, ax_ctr32, ghash_clmul,
                                                   a1_cbc_enc};
+const hsm_sm4_impl_ops hsm_sm4_avx2_vaes_ops = {av_ecb, av_ctr128, av_ctr32, ghash_clmul,
+                                                a1_cbc_enc};
 const hsm_sm4_impl_ops hsm_sm4_avx2_ops = {y_ecb, y_ctr128, y_ctr32, ghash_clmul, g1_cbc_enc};
 const hsm_sm4_impl_ops hsm_sm4_avx512_ops = {z_ecb, z_ctr128, z_ctr32, ghash_vpclmul,
                                              g1_cbc_enc};

@@ -1,6 +1,8 @@
 /* Differential test of every SM4 implementation the CPU has against the portable one, on
  * exact-size heap buffers (so that AddressSanitizer catches any read or write past the end),
- * at unaligned offsets, out of place and in place, for all lengths 0..600 and some large ones.
+ * out of place and in place, for all lengths 0..600 and some large ones; and again with CPU
+ * features hidden (hsm_gm_test_hide_features) so the fallback kernels run too (AES-NI S-box
+ * with and without VAES, key schedule S-box via GFNI, AES-NI or tables).
  *   gcc -O1 -g -fsanitize=address,undefined -o /tmp/diff_sm4 native/tests_c/diff_sm4.c \
  *       native/sm4*.c native/gm_cpu.c && /tmp/diff_sm4
  */
@@ -8,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../gm_cpu.h"
 #include "../sm4.h"
 
 static uint64_t rng = 0x9e3779b97f4a7c15ull;
@@ -85,10 +88,12 @@ static int run(int impl, int op, int inplace, const hsm_sm4_key *ks, const hsm_s
     return rc;
 }
 
-int main(void)
+static int one_config(unsigned hide)
 {
     uint8_t key[16];
+    rng = 0x9e3779b97f4a7c15ull;
     fill(key, 16);
+    hsm_gm_test_hide_features(hide);
     hsm_sm4_key ks;
     static hsm_sm4_gcm_key gk;
     hsm_sm4_set_key(&ks, key);
@@ -99,7 +104,7 @@ int main(void)
     size_t big[] = {1023, 1024, 1025, 2047, 2048, 2049, 4096 + 15, 16384, 16384 + 255, 33000};
     for (size_t i = 0; i < sizeof big / sizeof big[0]; i++)
         lens[nl++] = big[i];
-    int failures = 0;
+    int failures = 0, impls = 0;
     for (size_t li = 0; li < nl; li++) {
         size_t len = lens[li];
         uint8_t *src = malloc(len ? len : 1), *ref = malloc(len + 16), *got = malloc(len + 16);
@@ -110,23 +115,47 @@ int main(void)
             memset(iv + 12, 0xff, 4); /* counter wraps inside the message */
         for (int op = 0; op < NOPS; op++) {
             int rrc = run(HSM_GM_IMPL_PORTABLE, op, 0, &ks, &gk, src, len, iv, ref, rs);
+            impls = 0;
             for (int impl = 1; impl <= HSM_GM_IMPL_AVX2_AESNI; impl++) {
                 if (!hsm_gm_impl_available(impl))
                     continue;
+                impls++;
                 for (int inplace = 0; inplace < 2; inplace++) {
                     int grc = run(impl, op, inplace, &ks, &gk, src, len, iv, got, gs);
                     size_t cmp = (op <= CBC_D) ? len / 16 * 16 : len;
                     if (grc != rrc || memcmp(ref, got, cmp) || memcmp(rs, gs, 16)) {
                         if (failures++ < 20)
-                            printf("FAIL %s impl %d len %zu inplace %d\n", opname[op], impl, len,
-                                   inplace);
+                            printf("FAIL %s impl %d len %zu inplace %d hidden %#x\n", opname[op],
+                                   impl, len, inplace, hide);
                     }
                 }
             }
         }
         free(src), free(ref), free(got);
     }
-    printf("%s (%d failures, %zu lengths x %d operations)\n",
-           failures ? "FAILED" : "all implementations agree", failures, nl, NOPS);
+    printf("hidden features %#04x: %d vector implementations x %zu lengths x %d operations: %s\n",
+           hide, impls, nl, NOPS, failures ? "FAILED" : "agree with portable");
+    return failures;
+}
+
+int main(void)
+{
+    /* the key schedule must not depend on which S-box computed it */
+    uint8_t key[16] = {0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef,
+                       0xfe, 0xdc, 0xba, 0x98, 0x76, 0x54, 0x32, 0x10};
+    hsm_sm4_key k_all, k_aes, k_tab;
+    hsm_sm4_set_key(&k_all, key);
+    hsm_gm_test_hide_features(HSM_CPU_GFNI);
+    hsm_sm4_set_key(&k_aes, key);
+    hsm_gm_test_hide_features(~0u);
+    hsm_sm4_set_key(&k_tab, key);
+    int failures = memcmp(&k_all, &k_tab, sizeof k_all) || memcmp(&k_aes, &k_tab, sizeof k_aes);
+    printf("key schedule (GFNI / AES-NI / table S-box): %s\n", failures ? "FAILED" : "same");
+    const unsigned hide[] = {0, HSM_CPU_VAES, HSM_CPU_GFNI, HSM_CPU_GFNI | HSM_CPU_VAES,
+                             HSM_CPU_AVX512, HSM_CPU_AVX512 | HSM_CPU_GFNI | HSM_CPU_VAES};
+    for (size_t i = 0; i < sizeof hide / sizeof hide[0]; i++)
+        failures += one_config(hide[i]);
+    hsm_gm_test_hide_features(0);
+    printf("%s\n", failures ? "FAILED" : "all ok");
     return failures != 0;
 }

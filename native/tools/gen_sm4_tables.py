@@ -225,6 +225,64 @@ def derive_aesni() -> tuple[list[int], list[int], list[int], list[int]]:
     return pre_lo, pre_hi, post_lo, post_hi
 
 
+def derive_aesni_domain() -> dict[str, list[int]]:
+    """Nibble tables for the AES-NI kernels working in the pre-affine domain D (as the GFNI
+    kernels do, see derive_domain): with u = D(X1)^D(X2)^D(X3)^(D(K)^0x3e) the S-box is
+    post(SubBytes_aes(u)), and
+        D(X0 ^ L(S)) = D(X0) ^ R0(z) ^ rol8(R1(z)) ^ rol16(R1(z)) ^ rol24(R3(z)),
+    z = SubBytes_aes(u), R_j = D * N_j * post (affine, nibble tables). Returns the tables of
+    D, D^-1 (linear), the key map (D(k) ^ 0x3e) and R0, R1, R3 ("*_LO" hold the constants).
+    """
+    m_pre, pre_c, m_post, post_c = derive_gfni()
+    d = gfni_rows(m_pre)
+    d_tab = {mat_apply(d, v): v for v in range(256)}
+    d_inv = mat_from_function(lambda y: d_tab[y])
+    aff = mat_from_function(lambda v: aes_sbox(gf_inv(v, POLY_AES)) ^ 0x63)
+    aff_inv_tab = {mat_apply(aff, v): v for v in range(256)}
+    aff_inv = mat_from_function(lambda z: aff_inv_tab[z])
+    q = mat_mul(gfni_rows(m_post), aff_inv)
+    qc = mat_apply(q, 0x63) ^ post_c
+    maps = [
+        lambda b: b ^ ((b << 2) & 0xFF),
+        lambda b: ((b << 2) | (b >> 6)) & 0xFF,
+        lambda b: b ^ (b >> 6),
+    ]
+    out: dict[str, list[int]] = {}
+
+    def tables(name: str, rows: list[int], const: int) -> None:
+        out[name + "_LO"] = [mat_apply(rows, n) ^ const for n in range(16)]
+        out[name + "_HI"] = [mat_apply(rows, n << 4) for n in range(16)]
+
+    tables("DOM", d, 0)
+    tables("DOM_INV", d_inv, 0)
+    tables("KEY", d, pre_c)
+    for name, f in zip(("R0", "R1", "R3"), maps):
+        n = mat_from_function(f)
+        tables(name, mat_mul(d, mat_mul(n, q)), mat_apply(d, mat_apply(n, qc)))
+
+    def look(name: str, b: int) -> int:
+        return out[name + "_LO"][b & 15] ^ out[name + "_HI"][b >> 4]
+
+    def word(name: str, x: int) -> int:
+        return sum(look(name, (x >> (8 * i)) & 0xFF) << (8 * i) for i in range(4))
+
+    import random
+
+    rng = random.Random(3)
+    for _ in range(2000):
+        x0, x1, x2, x3, k = (rng.getrandbits(32) for _ in range(5))
+        t = x1 ^ x2 ^ x3 ^ k
+        sx = sum(SBOX[(t >> (8 * i)) & 0xFF] << (8 * i) for i in range(4))
+        want = word("DOM", x0 ^ lin(sx))
+        u = word("DOM", x1) ^ word("DOM", x2) ^ word("DOM", x3) ^ word("KEY", k)
+        z = sum(aes_sbox((u >> (8 * i)) & 0xFF) << (8 * i) for i in range(4))
+        r = [word(nm, z) for nm in ("R0", "R1", "R3")]
+        got = word("DOM", x0) ^ r[0] ^ rol32(r[1], 8) ^ rol32(r[1], 16) ^ rol32(r[2], 24)
+        assert got == want
+        assert word("DOM_INV", word("DOM", x0)) == x0
+    return out
+
+
 def gfni_rows(m: int) -> list[int]:
     return [(m >> (8 * (7 - i))) & 0xFF for i in range(8)]
 
@@ -298,6 +356,9 @@ def main() -> None:
         print(f"#define SM4_GFNI_POST_{name}_MATRIX 0x{m:016x}ULL")
         print(f"#define SM4_GFNI_POST_{name}_CONST 0x{c:02x}")
     for name, tab in zip(("PRE_LO", "PRE_HI", "POST_LO", "POST_HI"), derive_aesni()):
+        vals = ", ".join(f"0x{v:02x}" for v in tab)
+        print(f"#define SM4_AESNI_{name} {vals}")
+    for name, tab in derive_aesni_domain().items():
         vals = ", ".join(f"0x{v:02x}" for v in tab)
         print(f"#define SM4_AESNI_{name} {vals}")
     print("static const uint64_t GHASH_R4[16] = {")
