@@ -38,6 +38,7 @@ from hsmpool.gm import InvalidTag as GmInvalidTag
 from hsmpool.instance import Instance, SignAlgorithm
 from kms import ciphertext as ctf
 from kms import errors as E
+from kms import importing as _importing
 from kms.config import KmsSettings
 from kms.model import (
     SPECS,
@@ -1200,6 +1201,30 @@ class KmsClient:
             return out
 
         return self._run("kms:GenerateRandom", body)
+
+    # --- importing key material (BYOK; see kms/importing.py) ----------------------------
+
+    def get_parameters_for_import(self, key_id: str, wrapping_algorithm: str,
+                                  wrapping_key_spec: str) -> _importing.ImportParameters:
+        """A wrapping public key and an import token for an EXTERNAL key."""
+        return self._run("kms:GetParametersForImport",
+                         lambda: _importing.get_parameters_for_import(
+                             self, key_id, wrapping_algorithm, wrapping_key_spec))
+
+    def import_key_material(self, key_id: str, import_token: bytes,
+                            encrypted_key_material: bytes, valid_to: float | None = None,
+                            expiration_model: str = "KEY_MATERIAL_DOES_NOT_EXPIRE"
+                            ) -> KeyRecord:
+        """Import wrapped key material (or the same material again) into an EXTERNAL key."""
+        return self._run("kms:ImportKeyMaterial", lambda: _importing.import_key_material(
+            self, key_id, import_token, encrypted_key_material, valid_to, expiration_model))
+
+    def delete_imported_key_material(self, key_id: str) -> KeyRecord:
+        """Shred an EXTERNAL key's material (state PendingImport, unless pending deletion);
+        the same material can be imported again."""
+        return self._run("kms:DeleteImportedKeyMaterial",
+                         lambda: _importing.delete_imported_key_material(self, key_id))
+
 
 
 # --- helpers -----------------------------------------------------------------------------

@@ -111,6 +111,12 @@ MIGRATIONS: list[str] = [
         enabled INTEGER NOT NULL DEFAULT 1
     );
     """,
+    # 3: imported key material's keyed fingerprint (HMAC-SHA256 under a per-key random
+    # salt), so a re-import can be checked to be the same material (kms/importing.py)
+    """
+    ALTER TABLE keys ADD COLUMN material_salt BLOB;
+    ALTER TABLE keys ADD COLUMN material_id BLOB
+    """,
 ]
 
 _KEY_COLUMNS = ("key_id", "instance", "arn", "spec", "usage", "origin", "state", "created",
@@ -355,6 +361,75 @@ class Store:
     def delete_import_tokens(self, key_id: str) -> None:
         with self.transaction() as db:
             db.execute("DELETE FROM import_tokens WHERE key_id = ?", (key_id,))
+
+    def delete_import_token(self, token_id: str) -> bool:
+        with self.transaction() as db:
+            cur = db.execute("DELETE FROM import_tokens WHERE token_id = ?", (token_id,))
+            return cur.rowcount == 1
+
+    def delete_expired_import_tokens(self, key_id: str, now: float) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM import_tokens WHERE key_id = ? AND expires <= ?",
+                       (key_id, now))
+
+    # --- imported key material ---------------------------------------------------------
+
+    def material_fingerprint(self, key_id: str) -> tuple[bytes, bytes] | None:
+        """(salt, keyed fingerprint) of the material imported into a key, if any."""
+        row = self._read(lambda db: db.execute(
+            "SELECT material_salt, material_id FROM keys WHERE key_id = ?",
+            (key_id,)).fetchone())
+        if row is None or row["material_id"] is None:
+            return None
+        return bytes(row["material_salt"]), bytes(row["material_id"])
+
+    def import_material(self, old: KeyRecord, new: KeyRecord, *, token_id: str,
+                        salt: bytes, material_id: bytes, version: KeyVersion | None = None,
+                        restore_blob: bytes | None = None) -> None:
+        """One transaction: consume the import token, write ``new`` iff the stored record is
+        still ``old``, record the material's fingerprint (or check it is unchanged), and
+        either add ``version`` or put ``restore_blob`` back into the key's shredded versions.
+
+        Raises :class:`ConcurrentUpdate` if the key changed, :class:`LookupError` if the
+        token was consumed meanwhile, :class:`ValueError` if a different fingerprint was
+        recorded meanwhile.
+        """
+        if new.key_id != old.key_id or new.revision <= old.revision:
+            raise ValueError("import_material needs a later revision of the same key")
+        with self.transaction() as db:
+            cur = db.execute("DELETE FROM import_tokens WHERE token_id = ? AND key_id = ?",
+                             (token_id, new.key_id))
+            if cur.rowcount != 1:
+                raise LookupError("the import token is no longer valid")
+            sets = ", ".join(f"{c} = ?" for c in _KEY_COLUMNS[1:])
+            cur = db.execute(f"UPDATE keys SET {sets} WHERE key_id = ? AND revision = ?",
+                             (*_key_row(new)[1:], new.key_id, old.revision))
+            if cur.rowcount != 1:
+                raise ConcurrentUpdate("the key changed concurrently; retry")
+            row = db.execute("SELECT material_salt, material_id FROM keys WHERE key_id = ?",
+                             (new.key_id,)).fetchone()
+            if row["material_id"] is None:
+                db.execute("UPDATE keys SET material_salt = ?, material_id = ? "
+                           "WHERE key_id = ?", (salt, material_id, new.key_id))
+            elif bytes(row["material_salt"]) != salt or bytes(row["material_id"]) != material_id:
+                raise ValueError("different key material was imported meanwhile")
+            if version is not None:
+                self._insert_version(db, version)
+            if restore_blob is not None:
+                db.execute("UPDATE key_versions SET blob = ? WHERE key_id = ?",
+                           (restore_blob, new.key_id))
+
+    def shred_imported_material(self, old: KeyRecord, new: KeyRecord) -> None:
+        """Drop every wrapped blob of a key and write its new record; unlike
+        :meth:`destroy_material`, aliases, import tokens and the fingerprint stay (the same
+        material may be imported again)."""
+        with self.transaction() as db:
+            sets = ", ".join(f"{c} = ?" for c in _KEY_COLUMNS[1:])
+            cur = db.execute(f"UPDATE keys SET {sets} WHERE key_id = ? AND revision = ?",
+                             (*_key_row(new)[1:], new.key_id, old.revision))
+            if cur.rowcount != 1:
+                raise ConcurrentUpdate("the key changed concurrently; retry")
+            db.execute("UPDATE key_versions SET blob = NULL WHERE key_id = ?", (new.key_id,))
 
     # --- principals --------------------------------------------------------------------
 
