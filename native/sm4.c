@@ -539,10 +539,10 @@ void hsm_sm4_cbc_decrypt(const hsm_sm4_key *ks, uint8_t iv[16], const uint8_t *i
     /* Decrypt in chunks through the (parallel) ECB path; keep the ciphertext blocks needed for
      * chaining before out (which may alias in) is written. */
     const hsm_sm4_impl_ops *o = ops();
-    uint8_t prev[16], buf[1024], saved[16];
+    uint8_t prev[16], buf[2048], saved[16];
     memcpy(prev, iv, 16);
     while (nblocks) {
-        size_t n = nblocks < 64 ? nblocks : 64;
+        size_t n = nblocks < 128 ? nblocks : 128;
         memcpy(saved, in + 16 * (n - 1), 16);
         o->ecb(ks->rk_dec, in, buf, n);
         /* in[i-1] is still intact for i >= 1 because we write out from the end backwards */

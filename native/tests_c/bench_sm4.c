@@ -18,8 +18,8 @@ static double now(void)
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-enum { ECB, CTR, GCM_ENC, GCM_DEC, CBC_ENC, GCM_SETKEY };
-static const char *names[] = {"ecb", "ctr", "gcm-enc", "gcm-dec", "cbc-enc", "gcm-setkey"};
+enum { ECB, CTR, GCM_ENC, GCM_DEC, CBC_ENC, GCM_SETKEY, CBC_DEC };
+static const char *names[] = {"ecb", "ctr", "gcm-enc", "gcm-dec", "cbc-enc", "gcm-setkey", "cbc-dec"};
 
 static double best_time(int what, const hsm_sm4_key *ks, const hsm_sm4_gcm_key *gk,
                         const uint8_t *in, uint8_t *out, size_t len, int reps)
@@ -37,6 +37,9 @@ static double best_time(int what, const hsm_sm4_key *ks, const hsm_sm4_gcm_key *
                 break;
             case CBC_ENC:
                 hsm_sm4_cbc_encrypt(ks, ctr, in, out, len / 16);
+                break;
+            case CBC_DEC:
+                hsm_sm4_cbc_decrypt(ks, ctr, in, out, len / 16);
                 break;
             case GCM_SETKEY: {
                 static hsm_sm4_gcm_key k2;
@@ -80,7 +83,7 @@ int main(int argc, char **argv)
             continue;
         for (size_t s = 0; s < 2; s++) {
             printf("impl %d size %5zu:", impl, sizes[s]);
-            for (int w = 0; w < 6; w++) {
+            for (int w = 0; w < 7; w++) {
                 if ((w == GCM_DEC && sizes[s] != 16384) || (w == GCM_SETKEY && sizes[s] != 32))
                     continue;
                 double t = best_time(w, &ks, &gk, in, out, sizes[s], reps);
