@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
 import json
 import os
 import re
@@ -39,6 +40,7 @@ from hsmpool.instance import Instance, SignAlgorithm
 from kms import ciphertext as ctf
 from kms import errors as E
 from kms import importing as _importing
+from kms.audit import AuditEvent as _AuditEvent
 from kms.config import KmsSettings
 from kms.model import (
     SPECS,
@@ -413,6 +415,16 @@ class Kms:
         self._swap(new)
 
 
+_NO_DETAILS: Final[Mapping[str, str]] = {}
+_REQUEST_PREFIX: Final = f"{os.getpid():x}-{secrets.token_hex(4)}-"
+_request_counter = itertools.count(1)
+
+
+def _next_request_id() -> str:
+    """Unique per process run: the pid, a random tag, and a counter (cheaper than uuid4)."""
+    return _REQUEST_PREFIX + str(next(_request_counter))
+
+
 _DELETED_MARK: Final = "\x00deleted"
 
 
@@ -451,6 +463,7 @@ class KmsClient:
         self.instance_name = instance
         self.inst = kms.pool.instance(instance)
         self.principal = principal
+        self._principal_name = "" if principal is None else str(getattr(principal, "name", ""))
         self.source_ip = source_ip
         self._store = kms.store
 
@@ -458,15 +471,19 @@ class KmsClient:
 
     def _resolve(self, key_id: object) -> tuple[KeyRecord, tuple[str, ...]]:
         """The key record and the resource names it was addressed by (for policies)."""
-        if not isinstance(key_id, str) or not key_id:
-            raise E.Validation("KeyId must be a non-empty string")
         kms = self.kms
         kms._fresh()
+        if type(key_id) is str:
+            hit = kms._keys.get(key_id)
+            if hit is not None and hit.instance == self.instance_name and not _is_deleted(hit):
+                return hit, (hit.arn,)
+        if not isinstance(key_id, str) or not key_id:
+            raise E.Validation("KeyId must be a non-empty string")
         names: tuple[str, ...]
         target = key_id
         alias: str | None = None
         if key_id.startswith("arn:"):
-            m = _ARN_RE.match(key_id)
+            m = _ARN_RE.fullmatch(key_id)
             if m is None:
                 raise E.NotFound(f"key {key_id!r} does not exist")
             region, account, kind, rest = m.groups()
@@ -524,19 +541,17 @@ class KmsClient:
         log = self.kms.audit
         if log is None:
             return
-        from kms.audit import AuditEvent
-
-        details: dict[str, str] = {}
+        # The details of a record are the encryption context, as "ctx:<key>" entries, with the
+        # values of keys marked secret (settings.secret_context_keys, or a "secret:" prefix)
+        # replaced; serialised on the audit writer's thread, not here.
+        details: Mapping[str, str] = _NO_DETAILS
         if context:
             secret = self.kms.settings.secret_context_keys
-            details["context"] = json.dumps(
-                {k: ("<redacted>" if k in secret or k.startswith("secret:") else v)
-                 for k, v in sorted(context.items())}, separators=(",", ":"))
-        principal = "" if self.principal is None else str(getattr(self.principal, "name", ""))
-        log.append(AuditEvent(time=self.kms.now(), instance=self.instance_name,
-                              principal=principal, action=action,
-                              key_id=key.key_id if key else None, key_version=version,
-                              result=result, request_id=uuid.uuid4().hex, details=details))
+            details = {"ctx:" + k: ("<redacted>" if k in secret or k.startswith("secret:")
+                                    else v) for k, v in context.items()}
+        log.append(_AuditEvent(self.kms.now(), self.instance_name, self._principal_name, action,
+                               key.key_id if key else None, version, result,
+                               _next_request_id(), details))
 
     def _run(self, action: str, fn: Callable[[], T]) -> T:
         """Run an operation body and audit a failure (the body audits its success)."""
@@ -577,7 +592,7 @@ class KmsClient:
                    tags: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
                    policy: str | None = None) -> KeyRecord:
         def body() -> KeyRecord:
-            if not self._allow("kms:CreateKey", ("*",)):
+            if not self._allow("kms:CreateKey", ()):
                 raise E.AccessDenied("not allowed to create keys")
             try:
                 spec = KeySpec(key_spec)
@@ -629,7 +644,7 @@ class KmsClient:
 
     def list_keys(self, limit: int = 100, marker: str | None = None) -> ListPage:
         def body() -> ListPage:
-            if not self._allow("kms:ListKeys", ("*",)):
+            if not self._allow("kms:ListKeys", ()):
                 raise E.AccessDenied("not allowed to list keys")
             lim = _limit(limit)
             after = _marker(marker)
@@ -816,7 +831,7 @@ class KmsClient:
     # --- aliases -----------------------------------------------------------------------
 
     def _check_alias(self, name: object) -> str:
-        if not isinstance(name, str) or not _ALIAS_RE.match(name):
+        if not isinstance(name, str) or not _ALIAS_RE.fullmatch(name):
             raise E.InvalidAliasName("alias names look like alias/[a-zA-Z0-9/_-]+")
         if name.startswith("alias/aws/"):
             raise E.InvalidAliasName("the alias/aws/ prefix is reserved")
@@ -879,7 +894,7 @@ class KmsClient:
             target = None
             if key_id is not None:
                 target = self._key_for("kms:ListAliases", key_id).key_id
-            elif not self._allow("kms:ListAliases", ("*",)):
+            elif not self._allow("kms:ListAliases", ()):
                 raise E.AccessDenied("not allowed to list aliases")
             lim = _limit(limit)
             rows = self._store.list_aliases(self.instance_name, target, _marker(marker),
@@ -1101,7 +1116,7 @@ class KmsClient:
             rec = self._key_for("kms:Sign", key_id)
             self._check_state(rec)
             self._check_usage(rec, KeyUsage.SIGN_VERIFY)
-            _check_sign_args(rec, signing_algorithm, message_type)
+            _check_sign_args(rec, signing_algorithm, message_type, data)
             v = self._primary(rec)
             if rec.spec is KeySpec.SM2:
                 key = self.kms.sm2(self.inst, v)
@@ -1127,7 +1142,7 @@ class KmsClient:
             rec = self._key_for("kms:Verify", key_id)
             self._check_state(rec)
             self._check_usage(rec, KeyUsage.SIGN_VERIFY)
-            _check_sign_args(rec, signing_algorithm, message_type)
+            _check_sign_args(rec, signing_algorithm, message_type, data)
             v = self._primary(rec)
             if not _verify_with_public(rec, v, data, sig, signing_algorithm, message_type):
                 self._audit("kms:Verify", rec, v.version_id, E.KMSInvalidSignature.code)
@@ -1194,7 +1209,7 @@ class KmsClient:
         def body() -> bytes:
             if not isinstance(number_of_bytes, int) or not 1 <= number_of_bytes <= 1024:
                 raise E.Validation("NumberOfBytes must be 1..1024")
-            if not self._allow("kms:GenerateRandom", ("*",)):
+            if not self._allow("kms:GenerateRandom", ()):
                 raise E.AccessDenied("not allowed to generate random bytes")
             out = self.inst.random(number_of_bytes)
             self._audit("kms:GenerateRandom", None, None, "ok")
@@ -1224,7 +1239,6 @@ class KmsClient:
         the same material can be imported again."""
         return self._run("kms:DeleteImportedKeyMaterial",
                          lambda: _importing.delete_imported_key_material(self, key_id))
-
 
 
 # --- helpers -----------------------------------------------------------------------------
@@ -1263,11 +1277,15 @@ def _tags(tags: Mapping[str, str] | Sequence[tuple[str, str]] | None
     return tuple(sorted(out.items()))
 
 
-def _check_sign_args(rec: KeyRecord, algorithm: str, message_type: str) -> None:
+def _check_sign_args(rec: KeyRecord, algorithm: str, message_type: str, data: bytes) -> None:
     if message_type not in ("RAW", "DIGEST"):
         raise E.Validation("MessageType must be RAW or DIGEST")
     if algorithm not in rec.info.signing_algorithms:
         raise E.InvalidKeyUsage(f"{rec.spec.value} keys do not support {algorithm}")
+    if message_type == "DIGEST":
+        size = 32 if rec.spec is KeySpec.SM2 else _HASH_OBJ["SHA_" + algorithm[-3:]].digest_size
+        if len(data) != size:
+            raise E.Validation(f"a {algorithm} digest is {size} bytes")
 
 
 def _verify_with_public(rec: KeyRecord, v: KeyVersion, data: bytes, sig: bytes,
