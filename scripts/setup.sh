@@ -42,5 +42,11 @@ fi
 bash softhsm-config/make-tokens.sh var/softhsm 3
 [ -f var/hsmpool.toml ] || sed "s|@VAR@|$(pwd)/var|g" softhsm-config/hsmpool.toml.in > var/hsmpool.toml
 if [ "$want_test" = 1 ] && [ "$(id -u)" = 0 ]; then
-  bash softhsm-config/opencryptoki.sh >/dev/null
+  # The openCryptoki soft token is machine-wide; a checkout without its PINs (a fresh clone,
+  # as in CI) re-initialises it for the tests.
+  if [ -s var/opencryptoki/user.pin ]; then
+    bash softhsm-config/opencryptoki.sh >/dev/null
+  else
+    OCK_RESET=1 bash softhsm-config/opencryptoki.sh >/dev/null
+  fi
 fi
