@@ -284,11 +284,10 @@ void hsm_sm4_set_key(hsm_sm4_key *ks, const uint8_t key[16])
     __asm__ volatile("" : : "r"(k) : "memory");
 }
 
+/* memset followed by a compiler barrier that "uses" the memory, so the stores are kept */
 static void wipe(void *p, size_t n)
 {
-    volatile uint8_t *v = (volatile uint8_t *)p;
-    while (n--)
-        *v++ = 0;
+    memset(p, 0, n);
     __asm__ volatile("" : : "r"(p) : "memory");
 }
 
@@ -540,9 +539,11 @@ void hsm_sm4_cbc_decrypt(const hsm_sm4_key *ks, uint8_t iv[16], const uint8_t *i
      * chaining before out (which may alias in) is written. */
     const hsm_sm4_impl_ops *o = ops();
     uint8_t prev[16], buf[2048], saved[16];
+    size_t used = 0;
     memcpy(prev, iv, 16);
     while (nblocks) {
         size_t n = nblocks < 128 ? nblocks : 128;
+        used = n > used ? n : used;
         memcpy(saved, in + 16 * (n - 1), 16);
         o->ecb(ks->rk_dec, in, buf, n);
         /* in[i-1] is still intact for i >= 1 because we write out from the end backwards */
@@ -553,7 +554,7 @@ void hsm_sm4_cbc_decrypt(const hsm_sm4_key *ks, uint8_t iv[16], const uint8_t *i
         in += 16 * n, out += 16 * n, nblocks -= n;
     }
     memcpy(iv, prev, 16);
-    wipe(buf, sizeof buf);
+    wipe(buf, 16 * used);
 }
 
 void hsm_sm4_ctr(const hsm_sm4_key *ks, uint8_t ctr[16], const uint8_t *in, uint8_t *out,

@@ -1224,6 +1224,49 @@ TGT static void a##SFX##_ctr32(const uint32_t rk[32], uint8_t ctr[16], const uin
     ctr32(a##SFX##_ctr32_words, rk, ctr, in, out, len);                                                                                         \
 }
 
+/* CBC encryption, one block at a time, with the AES-NI domain round: each vector holds the
+ * same word in every lane, so only the low 128 bits go through AESENCLAST and ShiftRows needs no
+ * compensation (the shuffle in A_ROUND is then a no-op on identical columns). */
+TGT_AVX2_AESNI INLINE __m256i a_subbytes_lo(__m256i v, __m256i ainvsr)
+{
+    (void)ainvsr;
+    return _mm256_castsi128_si256(
+        _mm_aesenclast_si128(_mm256_castsi256_si128(v), _mm_setzero_si128()));
+}
+
+#undef A_SUBBYTES
+#define A_SUBBYTES a_subbytes_lo
+TGT_AVX2_AESNI static void a1_cbc_enc(const uint32_t rk[32], uint8_t iv[16], const uint8_t *in,
+                                      uint8_t *out, size_t nblocks)
+{
+    A_CONSTS;
+    (void)ywbs;
+    uint32_t rkd[32];
+    a_dom_keys(rk, rkd);
+    uint32_t v0 = be32(iv), v1 = be32(iv + 4), v2 = be32(iv + 8), v3 = be32(iv + 12);
+    for (; nblocks; nblocks--, in += 16, out += 16) {
+        __m256i x0 = AD(_mm256_set1_epi32((int)(v0 ^ be32(in))));
+        __m256i x1 = AD(_mm256_set1_epi32((int)(v1 ^ be32(in + 4))));
+        __m256i x2 = AD(_mm256_set1_epi32((int)(v2 ^ be32(in + 8))));
+        __m256i x3 = AD(_mm256_set1_epi32((int)(v3 ^ be32(in + 12))));
+        for (int r = 0; r < 32; r += 4) {
+            A_ROUND(x0, x1, x2, x3, _mm256_set1_epi32((int)rkd[r]));
+            A_ROUND(x1, x2, x3, x0, _mm256_set1_epi32((int)rkd[r + 1]));
+            A_ROUND(x2, x3, x0, x1, _mm256_set1_epi32((int)rkd[r + 2]));
+            A_ROUND(x3, x0, x1, x2, _mm256_set1_epi32((int)rkd[r + 3]));
+        }
+        v0 = (uint32_t)_mm256_cvtsi256_si32(ADI(x3));
+        v1 = (uint32_t)_mm256_cvtsi256_si32(ADI(x2));
+        v2 = (uint32_t)_mm256_cvtsi256_si32(ADI(x1));
+        v3 = (uint32_t)_mm256_cvtsi256_si32(ADI(x0));
+        put_be32(out, v0), put_be32(out + 4, v1), put_be32(out + 8, v2), put_be32(out + 12, v3);
+    }
+    put_be32(iv, v0), put_be32(iv + 4, v1), put_be32(iv + 8, v2), put_be32(iv + 12, v3);
+    wipe_keys(rkd);
+}
+#undef A_SUBBYTES
+#define A_SUBBYTES a_subbytes
+
 A_KERNELS(x, TGT_AVX2_AESNI)
 #undef A_SUBBYTES
 #define A_SUBBYTES a_subbytes_vaes
@@ -1279,14 +1322,6 @@ TGT_AESNI1 INLINE __m128i a1_sbox(__m128i v)
     return a1_affine(v, _mm_setr_epi8(SM4_AESNI_POST_LO), _mm_setr_epi8(SM4_AESNI_POST_HI));
 }
 
-#define A1_ROUND(X0, X1, X2, X3, K)                                                           \
-    do {                                                                                      \
-        __m128i t_ = a1_sbox(_mm_xor_si128(_mm_xor_si128(X1, X2), _mm_xor_si128(X3, K)));     \
-        __m128i y_ = _mm_xor_si128(_mm_xor_si128(t_, _mm_shuffle_epi8(t_, r8)),               \
-                                   _mm_shuffle_epi8(t_, r16));                                \
-        X0 = _mm_xor_si128(X0, _mm_xor_si128(t_, _mm_shuffle_epi8(t_, r24)));                 \
-        X0 = _mm_xor_si128(X0, _mm_or_si128(_mm_slli_epi32(y_, 2), _mm_srli_epi32(y_, 30)));  \
-    } while (0)
 
 /* TO/FROM: into and out of the round's domain; KEYS: the round keys it expects */
 #define CBC_ENC_BODY(ROUND, TO, FROM, KEYS)                                                   \
@@ -1314,7 +1349,6 @@ TGT_AESNI1 INLINE __m128i a1_sbox(__m128i v)
 
 #define G1_TO(v) g1_dom(v, (long long)SM4_GFNI_DOMAIN_MATRIX)
 #define G1_FROM(v) g1_dom(v, (long long)SM4_GFNI_DOMAIN_INV_MATRIX)
-#define A1_ID(v) (v)
 
 TGT_GFNI1 static void g1_cbc_enc(const uint32_t rk[32], uint8_t iv[16], const uint8_t *in,
                                  uint8_t *out, size_t nblocks)
@@ -1325,11 +1359,6 @@ TGT_GFNI1 static void g1_cbc_enc(const uint32_t rk[32], uint8_t iv[16], const ui
     wipe_keys(rkd);
 }
 
-TGT_AESNI1 static void a1_cbc_enc(const uint32_t rk[32], uint8_t iv[16], const uint8_t *in,
-                                  uint8_t *out, size_t nblocks)
-{
-    CBC_ENC_BODY(A1_ROUND, A1_ID, A1_ID, rk);
-}
 
 TGT_GFNI1 static uint32_t g1_tau(uint32_t x)
 {
