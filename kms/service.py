@@ -352,6 +352,8 @@ class Kms:
         t = self.now() if now is None else now
         done: dict[str, list[str]] = {"rotated": [], "purged": [], "expired": []}
         for rec in self.store.keys_due(t):
+            if _is_deleted(rec):
+                continue  # purged already: its row stays (PendingDeletion) for the audit trail
             inst = self.pool.instance(rec.instance)
             try:
                 if rec.state is KeyState.PENDING_DELETION:
@@ -386,8 +388,9 @@ class Kms:
         number = (versions[-1].number if versions else 0) + 1
         v = self.new_version(inst, rec.key_id, rec.spec, number, now)
         changes: dict[str, object] = {"primary_version": v.version_id}
-        if rec.rotation_enabled:
-            base = (rec.next_rotation or now) if scheduled else now
+        if rec.rotation_enabled and scheduled:
+            # on-demand rotations leave the automatic schedule alone (as in AWS KMS)
+            base = rec.next_rotation or now
             nxt = base + rec.rotation_period_days * DAY
             while nxt <= now:
                 nxt += rec.rotation_period_days * DAY
