@@ -1,0 +1,366 @@
+"""The ``hsmpool`` command run as a real subprocess (the installed console script) against a
+configuration of its own: instance "files" on SoftHSM2 token 6, SQLite store and audit trail
+under a temporary folder.
+"""
+
+from __future__ import annotations
+
+import calendar
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kms import fileenc as fe
+from tests.conftest import ROOT, pool_toml
+
+HSMPOOL = str(Path(sys.executable).parent / "hsmpool")
+if not os.path.exists(HSMPOOL):
+    HSMPOOL = str(ROOT / ".venv" / "bin" / "hsmpool")
+INSTANCE = "files"
+
+
+@pytest.fixture(scope="module")
+def config(token_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("cli")
+    cfg = d / "hsmpool.toml"
+    cfg.write_text(pool_toml(token_dir, {INSTANCE: [6]})
+                   + '[kms]\ndatabase = "kms.db"\naudit_dir = "audit"\n')
+    return cfg
+
+
+class Cli:
+    def __init__(self, config: Path) -> None:
+        self.config = config
+
+    def run(self, *args: str, rc: int = 0, stdin: bytes | None = None,
+            instance: bool = True) -> subprocess.CompletedProcess[bytes]:
+        argv = [HSMPOOL, "--config", str(self.config), *args]
+        if instance:
+            argv += ["--instance", INSTANCE]
+        proc = subprocess.run(argv, input=stdin, capture_output=True, timeout=120)
+        assert b"Traceback" not in proc.stderr, proc.stderr.decode()
+        assert proc.returncode == rc, (args, proc.returncode, proc.stderr.decode())
+        return proc
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self.run(*args, "--json").stdout)
+
+    def fail(self, *args: str, rc: int = 1, instance: bool = True) -> str:
+        """Run a failing command: its stderr is exactly one line."""
+        proc = self.run(*args, rc=rc, instance=instance)
+        lines = proc.stderr.decode().splitlines()
+        assert len(lines) == 1, lines
+        assert lines[0].startswith("hsmpool")
+        return lines[0]
+
+
+@pytest.fixture
+def cli(config: Path) -> Cli:
+    return Cli(config)
+
+
+def fields(text: bytes) -> dict[str, str]:
+    """The ``Field  value`` lines of a human-readable record."""
+    out = {}
+    for line in text.decode().splitlines():
+        k, _, v = line.partition(" ")
+        out[k] = v.strip()
+    return out
+
+
+# --- keys -------------------------------------------------------------------------------
+
+
+def test_key_lifecycle(cli: Cli) -> None:
+    human = fields(cli.run("key", "create", "--description", "cli test key").stdout)
+    key_id = human["KeyId"]
+    assert human["KeySpec"] == "SYMMETRIC_DEFAULT" and human["KeyState"] == "Enabled"
+    assert human["Description"] == "cli test key"
+    sm4 = cli.json("key", "create", "--spec", "SM4")
+    assert sm4["KeySpec"] == "SM4" and sm4["KeyUsage"] == "ENCRYPT_DECRYPT"
+    assert sm4["Arn"].endswith("key/" + sm4["KeyId"])
+
+    listed = {k["KeyId"]: k for k in cli.json("key", "list")["Keys"]}
+    assert listed[key_id]["Description"] == "cli test key"
+    assert listed[sm4["KeyId"]]["KeySpec"] == "SM4"
+    table = cli.run("key", "list").stdout.decode().splitlines()
+    assert table[0].split()[:4] == ["KeyId", "KeySpec", "KeyUsage", "KeyState"]
+    row = next(line for line in table if line.startswith(key_id))
+    assert row.split()[1:4] == ["SYMMETRIC_DEFAULT", "ENCRYPT_DECRYPT", "Enabled"]
+
+    d = cli.json("key", "describe", key_id)
+    assert d["KeyId"] == key_id and d["KeyState"] == "Enabled"
+    first = d["PrimaryVersion"]
+    r = cli.json("key", "rotate", key_id)
+    assert r["VersionNumber"] == 2 and r["KeyVersion"] != first
+    assert cli.json("key", "describe", key_id)["PrimaryVersion"] == r["KeyVersion"]
+
+    assert cli.json("key", "disable", key_id)["KeyState"] == "Disabled"
+    assert cli.json("key", "enable", key_id)["KeyState"] == "Enabled"
+    before = time.time()
+    s = cli.json("key", "schedule-deletion", key_id, "--days", "7")
+    assert s["KeyState"] == "PendingDeletion"
+    when = calendar.timegm(time.strptime(s["DeletionDate"], "%Y-%m-%dT%H:%M:%SZ"))
+    assert abs(when - (before + 7 * 86400)) < 120
+    assert "KMSInvalidStateException" in cli.fail("key", "rotate", key_id)
+    c = cli.json("key", "cancel-deletion", key_id)
+    assert c["KeyState"] == "Disabled" and c["DeletionDate"] is None
+    assert fields(cli.run("key", "describe", key_id).stdout)["KeyState"] == "Disabled"
+
+
+def test_sign_key_spec_and_usage(cli: Cli) -> None:
+    k = cli.json("key", "create", "--spec", "RSA_2048", "--usage", "SIGN_VERIFY")
+    assert (k["KeySpec"], k["KeyUsage"]) == ("RSA_2048", "SIGN_VERIFY")
+    assert "UnsupportedOperationException" in cli.fail("key", "rotate", k["KeyId"])
+
+
+# --- aliases ----------------------------------------------------------------------------
+
+
+def test_alias_operations(cli: Cli) -> None:
+    a = cli.json("key", "create")["KeyId"]
+    b = cli.json("key", "create")["KeyId"]
+    made = cli.json("alias", "create", "cli-alias", a)  # the alias/ prefix is optional
+    assert made["AliasName"] == "alias/cli-alias" and made["TargetKeyId"] == a
+    assert made["AliasArn"].endswith(":alias/cli-alias")
+    assert "AlreadyExistsException" in cli.fail("alias", "create", "alias/cli-alias", b)
+    listed = {x["AliasName"]: x["TargetKeyId"] for x in cli.json("alias", "list")["Aliases"]}
+    assert listed["alias/cli-alias"] == a
+    assert cli.json("key", "describe", "alias/cli-alias")["KeyId"] == a
+    assert "alias/cli-alias" in cli.json("key", "describe", a)["Aliases"]
+    assert cli.json("alias", "update", "alias/cli-alias", b)["TargetKeyId"] == b
+    assert cli.json("key", "describe", "alias/cli-alias")["KeyId"] == b
+    only_b = cli.json("alias", "list", "--key", b)["Aliases"]
+    assert [x["AliasName"] for x in only_b] == ["alias/cli-alias"]
+    table = cli.run("alias", "list").stdout.decode()
+    assert "alias/cli-alias" in table and b in table
+    assert cli.run("alias", "delete", "cli-alias").stdout == b"deleted alias/cli-alias\n"
+    assert "alias/cli-alias" not in cli.run("alias", "list").stdout.decode()
+    assert "NotFoundException" in cli.fail("key", "describe", "alias/cli-alias")
+    assert "NotFoundException" in cli.fail("alias", "delete", "cli-alias")
+    assert "InvalidAliasNameException" in cli.fail("alias", "create", "bad name!", a)
+
+
+# --- files ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def file_keys(config: Path) -> dict[str, str]:
+    c = Cli(config)
+    out = {}
+    for spec in ("SYMMETRIC_DEFAULT", "SM4"):
+        key_id = c.json("key", "create", "--spec", spec)["KeyId"]
+        c.run("alias", "create", f"cli-files-{spec.lower()}", key_id)
+        out[spec] = f"alias/cli-files-{spec.lower()}"
+    return out
+
+
+@pytest.mark.parametrize("spec, cipher", [("SYMMETRIC_DEFAULT", "AES_256_GCM"),
+                                          ("SM4", "SM4_GCM")])
+def test_encrypt_decrypt_round_trip(cli: Cli, file_keys: dict[str, str], tmp_path: Path,
+                                    spec: str, cipher: str) -> None:
+    data = os.urandom(3 * (1 << 20) + 5)
+    src, ct, out = tmp_path / "plain.bin", tmp_path / "plain.bin.enc", tmp_path / "back.bin"
+    src.write_bytes(data)
+    res = cli.json("encrypt", "--key", file_keys[spec], "--context", "app=cli",
+                   "--context", "team=blue", str(src), str(ct))
+    assert res["Cipher"] == cipher and res["Chunks"] == 4
+    assert res["PlaintextBytes"] == len(data) and res["CiphertextBytes"] == ct.stat().st_size
+    assert res["EncryptionContext"] == {"app": "cli", "team": "blue"}
+    with ct.open("rb") as fh:
+        header = fe.read_header(fh)
+    assert header.context == {"app": "cli", "team": "blue"}
+    assert header.cipher_name == cipher and header.chunk_size == 1 << 20
+    assert data[:4096] not in ct.read_bytes()
+
+    line = cli.run("decrypt", str(ct), str(out)).stdout.decode()
+    assert line.startswith(f"decrypted {ct} -> {out}: {len(data)} bytes, {cipher}")
+    assert out.read_bytes() == data
+    out.unlink()
+    dres = cli.json("decrypt", "--context", "team=blue", "--context", "app=cli", str(ct),
+                    str(out))
+    assert dres["KeyId"] == res["KeyId"] and out.read_bytes() == data
+    out.unlink()
+
+    msg = cli.fail("decrypt", "--context", "app=other", "--context", "team=blue", str(ct),
+                   str(out))
+    assert "InvalidCiphertextException" in msg and "other" not in msg
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plain.bin", "plain.bin.enc"]
+
+
+def test_chunk_size_option(cli: Cli, file_keys: dict[str, str], tmp_path: Path) -> None:
+    data = os.urandom(200_000)
+    (tmp_path / "in").write_bytes(data)
+    res = cli.json("encrypt", "--key", file_keys["SM4"], "--chunk-size", "64K",
+                   str(tmp_path / "in"), str(tmp_path / "ct"))
+    assert res["ChunkSize"] == 65536 and res["Chunks"] == 4
+    cli.run("decrypt", "-q", str(tmp_path / "ct"), str(tmp_path / "out"))
+    assert (tmp_path / "out").read_bytes() == data
+    assert "chunk size" in cli.fail("encrypt", "--key", file_keys["SM4"], "--chunk-size", "8",
+                                    str(tmp_path / "in"), str(tmp_path / "ct2"))
+    assert not (tmp_path / "ct2").exists()
+
+
+def test_stdin_and_stdout(cli: Cli, file_keys: dict[str, str]) -> None:
+    data = os.urandom(1_500_000)
+    enc = cli.run("encrypt", "-q", "--key", file_keys["SYMMETRIC_DEFAULT"], "-", "-",
+                  stdin=data)
+    assert enc.stderr == b"" and fe.read_header(io.BytesIO(enc.stdout)).chunk_size == 1 << 20
+    dec = cli.run("decrypt", "-", "-", stdin=enc.stdout)
+    assert dec.stdout == data
+    assert b"decrypted - -> -" in dec.stderr  # the summary moves to stderr
+    bad = bytearray(enc.stdout)
+    bad[-1] ^= 1
+    proc = cli.run("decrypt", "-", "-", stdin=bytes(bad), rc=1)
+    assert proc.stdout == b""  # nothing unverified reaches stdout
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "append"])
+def test_tampered_file(cli: Cli, file_keys: dict[str, str], tmp_path: Path,
+                       damage: str) -> None:
+    data = os.urandom(2 * (1 << 20) + 100)
+    (tmp_path / "in").write_bytes(data)
+    cli.run("encrypt", "-q", "--key", file_keys["SM4"], str(tmp_path / "in"),
+            str(tmp_path / "ct"))
+    blob = bytearray((tmp_path / "ct").read_bytes())
+    if damage == "flip":
+        blob[len(blob) // 2] ^= 0x80
+    elif damage == "truncate":
+        del blob[-(100 + fe.TAG_LEN):]
+    else:
+        blob += b"\0"
+    (tmp_path / "ct").write_bytes(bytes(blob))
+    (tmp_path / "out").write_bytes(b"keep me")
+    msg = cli.fail("decrypt", str(tmp_path / "ct"), str(tmp_path / "out"))
+    assert msg.startswith("hsmpool: InvalidCiphertextException: chunk ")
+    assert (tmp_path / "out").read_bytes() == b"keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ct", "in", "out"]
+
+
+def test_progress_and_quiet(cli: Cli, file_keys: dict[str, str], tmp_path: Path) -> None:
+    (tmp_path / "in").write_bytes(os.urandom(3 << 20))
+    p = cli.run("encrypt", "--progress", "--key", file_keys["SM4"], str(tmp_path / "in"),
+                str(tmp_path / "ct"))
+    assert b"100.0%" in p.stderr and b"MB/s" in p.stderr and p.stderr.endswith(b"\n")
+    assert p.stdout.startswith(b"encrypted ")
+    q = cli.run("decrypt", "--quiet", str(tmp_path / "ct"), str(tmp_path / "out"))
+    assert q.stdout == b"" and q.stderr == b""  # stderr is a pipe: no bar without --progress
+    cli.fail("decrypt", "--quiet", "--progress", str(tmp_path / "ct"), str(tmp_path / "o2"),
+             rc=2)
+
+
+# --- errors -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args, rc, fragment", [
+    (["key", "describe", "00000000-0000-0000-0000-000000000000"], 1, "NotFoundException"),
+    (["key", "describe", "alias/none"], 1, "NotFoundException"),
+    (["key", "schedule-deletion", "alias/none", "--days", "3"], 1, "ValidationException"),
+    (["key", "create", "--spec", "DES"], 2, "invalid choice"),
+    (["key", "frobnicate"], 2, "invalid choice"),
+    (["key"], 2, "COMMAND"),
+    (["alias", "create", "x"], 2, "required"),
+    (["encrypt", "in", "out"], 2, "--key"),
+    (["encrypt", "--key", "k", "--context", "novalue", "in", "out"], 2, "KEY=VALUE"),
+    (["encrypt", "--key", "alias/none", "/nonexistent/in", "out"], 1, "No such file"),
+    (["decrypt", "/nonexistent/in", "out"], 1, "No such file"),
+    (["decrypt", "/etc/hostname", "out"], 1, "InvalidCiphertextException"),
+])
+def test_errors_are_one_line(cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                             args: list[str], rc: int, fragment: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert fragment in cli.fail(*args, rc=rc)
+    assert not (tmp_path / "out").exists()
+
+
+def test_config_and_instance_errors(cli: Cli, tmp_path: Path) -> None:
+    missing = Cli(tmp_path / "missing.toml")
+    assert "configuration" in missing.fail("key", "list", rc=2)
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[kms]\nnot valid toml = = =\n")
+    assert "configuration" in Cli(bad).fail("key", "list", rc=2)
+    assert "InstanceNotFoundError" in cli.fail("key", "list", "--instance", "nope",
+                                               instance=False)
+
+
+def test_error_messages_hold_no_context_values(cli: Cli, file_keys: dict[str, str],
+                                              tmp_path: Path) -> None:
+    (tmp_path / "in").write_bytes(b"payload-bytes " * 100)
+    msg = cli.fail("encrypt", "--key", file_keys["SM4"], "--context", "secret:pw=hunter2",
+                   str(tmp_path / "in"), str(tmp_path / "ct"))
+    assert "ValidationException" in msg and "hunter2" not in msg
+    cli.run("encrypt", "-q", "--key", file_keys["SM4"], "--context", "who=alice-42",
+            str(tmp_path / "in"), str(tmp_path / "ct"))
+    msg = cli.fail("decrypt", "--context", "who=mallory-13", str(tmp_path / "ct"),
+                   str(tmp_path / "out"))
+    assert "alice-42" not in msg and "mallory-13" not in msg and "payload" not in msg
+
+
+# --- a large file in constant memory ----------------------------------------------------
+
+
+def _run_measured(argv: list[str], out: Path) -> tuple[int, int, float]:
+    """Run ``argv`` with stdout and stderr to ``out``; (exit status, peak RSS in KiB of
+    that process alone, seconds)."""
+    t0 = time.perf_counter()
+    pid = os.posix_spawn(argv[0], argv, dict(os.environ), file_actions=[
+        (os.POSIX_SPAWN_OPEN, 1, str(out), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600),
+        (os.POSIX_SPAWN_DUP2, 1, 2)])
+    _, status, usage = os.wait4(pid, 0)
+    return os.waitstatus_to_exitcode(status), usage.ru_maxrss, time.perf_counter() - t0
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(4 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+@pytest.mark.slow
+def test_one_gib_round_trip_in_flat_memory(config: Path, file_keys: dict[str, str],
+                                           tmp_path: Path) -> None:
+    size = 1 << 30
+    src, ct, back = tmp_path / "big", tmp_path / "big.enc", tmp_path / "big.out"
+    with src.open("wb") as fh:  # sparse: zeros that take no disk
+        fh.truncate(size)
+    small = tmp_path / "small"
+    small.write_bytes(b"s" * 1000)
+    base = [HSMPOOL, "--config", str(config)]
+    common = ["--instance", INSTANCE, "--quiet"]
+    log = tmp_path / "log"
+
+    rc, rss_small, _ = _run_measured(
+        base + ["encrypt", "--key", file_keys["SM4"], *common, str(small), str(tmp_path / "s.enc")],
+        log)
+    assert rc == 0, log.read_text()
+    rc, rss_enc, t_enc = _run_measured(
+        base + ["encrypt", "--key", file_keys["SM4"], *common, str(src), str(ct)], log)
+    assert rc == 0, log.read_text()
+    assert ct.stat().st_size == size + (size >> 20) * fe.TAG_LEN + len(
+        fe.read_header(ct.open("rb")))
+    rc, rss_dec, t_dec = _run_measured(base + ["decrypt", *common, str(ct), str(back)], log)
+    assert rc == 0, log.read_text()
+
+    print(f"1 GiB SM4-GCM via the CLI: encrypt {size / t_enc / 1e6:.0f} MB/s, "
+          f"decrypt {size / t_dec / 1e6:.0f} MB/s; peak RSS {rss_small // 1024} MiB "
+          f"(1 KB file), {rss_enc // 1024} / {rss_dec // 1024} MiB (1 GiB)")
+    assert rss_enc < 200 * 1024 and rss_dec < 200 * 1024
+    assert rss_enc - rss_small < 48 * 1024 and rss_dec - rss_small < 48 * 1024  # flat
+
+    assert back.stat().st_size == size
+    zeros = hashlib.sha256()
+    block = bytes(4 << 20)
+    for _ in range(size // len(block)):
+        zeros.update(block)
+    assert _sha256_file(back) == zeros.hexdigest()
