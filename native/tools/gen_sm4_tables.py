@@ -18,6 +18,7 @@ The script checks every derived object against the S-box on all 256 inputs (emul
 GFNI instruction semantics, where output bit i is the parity of matrix byte 7-i AND the input).
 
 Usage: python3 native/tools/gen_sm4_tables.py > /tmp/tables.inc
+       python3 native/tools/gen_sm4_tables.py --check   (the C sources hold exactly these values)
 """
 
 from __future__ import annotations
@@ -81,7 +82,11 @@ def mat_to_gfni(rows: list[int]) -> int:
 
 
 def gfni_affine(x: int, m: int, imm: int) -> int:
-    return sum((((bin(((m >> (8 * (7 - i))) & 0xFF) & x).count("1") & 1) << i) for i in range(8))) ^ imm
+    out = 0
+    for i in range(8):
+        row = (m >> (8 * (7 - i))) & 0xFF
+        out |= (bin(row & x).count("1") & 1) << i
+    return out ^ imm
 
 
 def gfni_affineinv(x: int, m: int, imm: int) -> int:
@@ -100,7 +105,8 @@ def derive_gfni() -> tuple[int, int, int, int]:
     a_rows = [((0xA7 << i) | (0xA7 >> (8 - i))) & 0xFF for i in range(8)]
     c = 0xD3
     inv_sm4 = [gf_inv(v, POLY_SM4) for v in range(256)]
-    assert all(mat_apply(a_rows, inv_sm4[mat_apply(a_rows, x) ^ c]) ^ c == SBOX[x] for x in range(256))
+    for x in range(256):
+        assert mat_apply(a_rows, inv_sm4[mat_apply(a_rows, x) ^ c]) ^ c == SBOX[x]
     # beta: a root in the AES field of the SM4 field polynomial; phi(t^i) = beta^i
     beta = next(b for b in range(2, 256) if _eval_poly(POLY_SM4, b) == 0)
     cols, p = [], 1
@@ -256,7 +262,7 @@ def derive_aesni_domain() -> dict[str, list[int]]:
     tables("DOM", d, 0)
     tables("DOM_INV", d_inv, 0)
     tables("KEY", d, pre_c)
-    for name, f in zip(("R0", "R1", "R3"), maps):
+    for name, f in zip(("R0", "R1", "R3"), maps, strict=True):
         n = mat_from_function(f)
         tables(name, mat_mul(d, mat_mul(n, q)), mat_apply(d, mat_apply(n, qc)))
 
@@ -319,8 +325,10 @@ def derive_domain() -> tuple[int, int, list[tuple[int, int]]]:
         want = dw(x0 ^ lin(sx), d)
         kd = dw(k, d) ^ (pre_c * 0x01010101)
         u = dw(x1, d) ^ dw(x2, d) ^ dw(x3, d) ^ kd
-        q = [sum(gfni_affineinv((u >> (8 * i)) & 0xFF, m, c) << (8 * i) for i in range(4))
-             for m, c in posts]
+        q = [
+            sum(gfni_affineinv((u >> (8 * i)) & 0xFF, m, c) << (8 * i) for i in range(4))
+            for m, c in posts
+        ]
         got = dw(x0, d) ^ q[0] ^ rol32(q[1], 8) ^ rol32(q[1], 16) ^ rol32(q[2], 24)
         assert got == want
         assert dw(dw(x0, d), d_inv) == x0
@@ -346,16 +354,16 @@ def main() -> None:
     print(f"#define SM4_GFNI_PRE_CONST 0x{pre_c:02x}")
     print(f"#define SM4_GFNI_POST_MATRIX 0x{m_post:016x}ULL")
     print(f"#define SM4_GFNI_POST_CONST 0x{post_c:02x}")
-    for name, (m, c) in zip(("L0", "L1", "L3"), derive_gfni_split_l(m_post, post_c)):
+    for name, (m, c) in zip(("L0", "L1", "L3"), derive_gfni_split_l(m_post, post_c), strict=True):
         print(f"#define SM4_GFNI_POST_{name}_MATRIX 0x{m:016x}ULL")
         print(f"#define SM4_GFNI_POST_{name}_CONST 0x{c:02x}")
     dom, dom_inv, dposts = derive_domain()
     print(f"#define SM4_GFNI_DOMAIN_MATRIX 0x{dom:016x}ULL")
     print(f"#define SM4_GFNI_DOMAIN_INV_MATRIX 0x{dom_inv:016x}ULL")
-    for name, (m, c) in zip(("D0", "D1", "D3"), dposts):
+    for name, (m, c) in zip(("D0", "D1", "D3"), dposts, strict=True):
         print(f"#define SM4_GFNI_POST_{name}_MATRIX 0x{m:016x}ULL")
         print(f"#define SM4_GFNI_POST_{name}_CONST 0x{c:02x}")
-    for name, tab in zip(("PRE_LO", "PRE_HI", "POST_LO", "POST_HI"), derive_aesni()):
+    for name, tab in zip(("PRE_LO", "PRE_HI", "POST_LO", "POST_HI"), derive_aesni(), strict=True):
         vals = ", ".join(f"0x{v:02x}" for v in tab)
         print(f"#define SM4_AESNI_{name} {vals}")
     for name, tab in derive_aesni_domain().items():
@@ -368,5 +376,47 @@ def main() -> None:
     print("};")
 
 
+def check_sources() -> int:
+    """Compare every table/#define this script prints with the copy in native/sm4*.c."""
+    import contextlib
+    import io
+    import pathlib
+    import re
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        main()
+    gen = buf.getvalue()
+    here = pathlib.Path(__file__).resolve().parent.parent
+    src = "".join(p.read_text() for p in sorted(here.glob("sm4*.c")))
+
+    def nums(text: str) -> list[int]:
+        return [int(v, 16) for v in re.findall(r"0x([0-9a-fA-F]+)", text)]
+
+    bad = checked = 0
+    for m in re.finditer(r"#define (\w+) (.*)", gen):
+        name, val = m.group(1), m.group(2)
+        found = re.findall(rf"#define {name} (.*)", src)
+        for f in found:
+            checked += 1
+            if nums(f) != nums(val):
+                bad += 1
+                print("MISMATCH", name)
+    for m in re.finditer(r"static const \w+ (\w+)\[\d+\] = \{(.*?)\};", gen, re.S):
+        name, body = m.group(1), m.group(2)
+        f = re.search(rf"static const \w+ {name}\[\d+\] = \{{(.*?)\}};", src, re.S)
+        if f:
+            checked += 1
+            if nums(f.group(1)) != nums(body):
+                bad += 1
+                print("MISMATCH", name)
+    print(f"{checked} constants checked against native/sm4*.c, {bad} mismatches")
+    return 1 if bad or not checked else 0
+
+
 if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] == ["--check"]:
+        sys.exit(check_sources())
     main()
