@@ -1,0 +1,264 @@
+"""Fixtures of the server tests: a real ``hsmpool serve`` process on a free loopback port,
+over real SoftHSM2 tokens and a real SQLite store, driven by the real boto3 ``kms`` client.
+
+Instances: "srv" on tokens 0, 1, 2 and "srv2" on tokens 3, 4 (the session server), "srvw" on
+tokens 5, 6 (the two-worker server of test_workers.py). Names unique to these files.
+
+The server runs in its own process group (``start_new_session``); teardown sends SIGTERM to
+that process and, if it has not exited in time, SIGKILL to its group (its uvicorn workers).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.config import Config
+from botocore.credentials import Credentials
+from botocore.exceptions import ClientError
+
+from tests.conftest import pool_toml
+
+ROOT = Path(__file__).resolve().parents[2]
+HSMPOOL = ROOT / ".venv" / "bin" / "hsmpool"
+REGION = "us-east-1"
+JSON_CT = "application/x-amz-json-1.1"
+INSTANCES: dict[str, list[int]] = {"srv": [0, 1, 2], "srv2": [3, 4]}
+START_TIMEOUT = 60.0
+
+
+@contextlib.contextmanager
+def raises_code(client: Any, code: str) -> Iterator[pytest.ExceptionInfo[ClientError]]:
+    """Expect a ClientError with ``code``: boto3's modeled class for that name when the KMS
+    model has one (AccessDeniedException and ValidationException are not modeled: AWS sends
+    them too, and boto3 raises a plain ClientError)."""
+    modeled: Any = getattr(client.exceptions, code, None) if code in _modeled(client) else None
+    with pytest.raises(ClientError) as info:
+        yield info
+    assert info.value.response["Error"]["Code"] == code, info.value.response["Error"]
+    if modeled is not None:
+        assert isinstance(info.value, modeled)
+    assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] < 500
+
+
+def _modeled(client: Any) -> set[str]:
+    return {c.__name__ for c in client.exceptions._code_to_exception.values()}
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_server_config(directory: Path, token_dir: Path,
+                        instances: Mapping[str, Sequence[int]]) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    text = pool_toml(token_dir, instances)
+    text += "[kms]\n"
+    text += f'database = "{directory / "kms.db"}"\n'
+    text += f'audit_dir = "{directory / "audit"}"\n'
+    text += f'region = "{REGION}"\n'
+    path = directory / "pool.toml"
+    path.write_text(text)
+    return path
+
+
+@dataclass(frozen=True)
+class Cred:
+    access_key_id: str
+    secret: str
+    instance: str
+
+
+def create_credential(config: Path, instance: str, name: str,
+                      policy: Mapping[str, Any] | None = None) -> Cred:
+    """``hsmpool credentials create`` (the real CLI) -> a new access key."""
+    cmd = [str(HSMPOOL), "--config", str(config), "credentials", "create",
+           "--instance", instance, "--name", name, "--json"]
+    if policy is not None:
+        cmd += ["--policy", json.dumps(policy)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=60)
+    doc = json.loads(out.stdout)
+    assert doc["Instance"] == instance and doc["Principal"] == name
+    return Cred(doc["AccessKeyId"], doc["SecretAccessKey"], instance)
+
+
+@dataclass
+class Server:
+    config: Path
+    port: int
+    proc: subprocess.Popen[bytes]
+    log: Path
+    creds: dict[str, Cred] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def client(self, cred: Cred, **config: Any) -> Any:
+        """A boto3 ``kms`` client on this server (no retries: every answer is seen)."""
+        cfg = Config(retries={"max_attempts": 1, "mode": "standard"}, **config)
+        return boto3.client("kms", endpoint_url=self.url, region_name=REGION,
+                            aws_access_key_id=cred.access_key_id,
+                            aws_secret_access_key=cred.secret, config=cfg)
+
+    def credential(self, instance: str, name: str,
+                   policy: Mapping[str, Any] | None = None) -> Cred:
+        cred = create_credential(self.config, instance, name, policy)
+        self.creds[name] = cred
+        return cred
+
+    def get(self, path: str) -> tuple[int, dict[str, str], bytes]:
+        """A GET on a fresh connection."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            conn.request("GET", path)
+            r = conn.getresponse()
+            return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+        finally:
+            conn.close()
+
+    def log_text(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")
+        except OSError:
+            return ""
+
+
+def sign_headers(cred: Cred, port: int, target: str | None, body: bytes,
+                 content_type: str | None = JSON_CT, region: str = REGION,
+                 service: str = "kms", extra: Mapping[str, str] | None = None
+                 ) -> dict[str, str]:
+    """The headers boto3 would send, signed by botocore's own SigV4 signer."""
+    headers: dict[str, str] = {}
+    if target is not None:
+        headers["X-Amz-Target"] = target
+    if content_type is not None:
+        headers["Content-Type"] = content_type
+    headers.update(extra or {})
+    req = AWSRequest("POST", f"http://127.0.0.1:{port}/", data=body, headers=headers)
+    SigV4Auth(Credentials(cred.access_key_id, cred.secret), service, region).add_auth(req)
+    return dict(req.headers.items())
+
+
+def raw_post(port: int, body: bytes, headers: Mapping[str, str], path: str = "/"
+             ) -> tuple[int, dict[str, str], bytes]:
+    """One POST on a fresh TCP connection."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("POST", path, body=body, headers=dict(headers))
+        r = conn.getresponse()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+    finally:
+        conn.close()
+
+
+def call(port: int, cred: Cred, op: str, params: Mapping[str, Any] | bytes
+         ) -> tuple[int, Any]:
+    """A signed KMS operation on a fresh connection -> (status, decoded JSON body)."""
+    body = params if isinstance(params, bytes) else json.dumps(params).encode()
+    status, _, data = raw_post(port, body,
+                               sign_headers(cred, port, "TrentService." + op, body))
+    return status, json.loads(data)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            pass
+    # Workers of a multi-process server are in the group we created for it.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def run_server(config: Path, workers: int = 1) -> Iterator[Server]:
+    """Start ``hsmpool serve`` on a free port and wait until ``/healthz`` answers 200."""
+    last_log = ""
+    for _attempt in range(3):
+        port = free_port()
+        log = config.parent / f"server-{port}.log"
+        with log.open("wb") as fh:
+            proc = subprocess.Popen(
+                [str(HSMPOOL), "--config", str(config), "serve", "--host", "127.0.0.1",
+                 "--port", str(port), "--workers", str(workers)],
+                stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+        server = Server(config, port, proc, log)
+        try:
+            if _wait_healthy(server):
+                break
+        except BaseException:
+            _stop(proc)
+            raise
+        last_log = server.log_text()
+        _stop(proc)
+    else:
+        pytest.fail(f"the server did not start; its log:\n{last_log}")
+    try:
+        yield server
+    finally:
+        _stop(proc)
+        # A server fault answered as a 500 is logged with a traceback: show it.
+        text = server.log_text()
+        if "Traceback" in text:
+            print(f"--- server log ({log}) ---\n{text}", file=sys.stderr)
+
+
+def _wait_healthy(server: Server) -> bool:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if server.proc.poll() is not None:
+            return False
+        try:
+            status, _, body = server.get("/healthz")
+            if status == 200 and json.loads(body).get("status") == "ok":
+                return True
+        except (OSError, http.client.HTTPException, ValueError):
+            pass
+        time.sleep(0.1)
+    return False
+
+
+@pytest.fixture(scope="session")
+def server(token_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The session's server: one worker, instances "srv" and "srv2"; admin credentials
+    "admin" (srv) and "admin2" (srv2) with the default policy (kms:* on *)."""
+    config = write_server_config(tmp_path_factory.mktemp("server"), token_dir, INSTANCES)
+    admin = create_credential(config, "srv", "admin")
+    admin2 = create_credential(config, "srv2", "admin2")
+    with run_server(config, workers=1) as srv:
+        srv.creds.update(admin=admin, admin2=admin2)
+        yield srv
+
+
+@pytest.fixture(scope="session")
+def kms(server: Server) -> Any:
+    """boto3 ``kms`` client of the "srv" admin."""
+    return server.client(server.creds["admin"])
+
+
+@pytest.fixture(scope="session")
+def kms2(server: Server) -> Any:
+    """boto3 ``kms`` client of the "srv2" admin."""
+    return server.client(server.creds["admin2"])
