@@ -9,6 +9,7 @@ import hashlib
 import hmac
 import os
 import sqlite3
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -659,3 +660,39 @@ def test_audit_records_imports_without_material(svc: Svc) -> None:
         if path.is_file():
             data = path.read_bytes()
             assert material not in data and material.hex().encode() not in data
+
+
+def test_concurrent_first_imports_of_different_material(svc: Svc) -> None:
+    """Two callers race to import different material into a new key: one wins, the other is
+    told its material is not the key's; the key holds the winner's material."""
+    c = svc.client
+    key = c.create_key(origin="EXTERNAL")
+    materials = [os.urandom(32), os.urandom(32)]
+    prepared = []
+    for m in materials:
+        params = c.get_parameters_for_import(key.key_id, "RSAES_OAEP_SHA_256", "RSA_2048")
+        prepared.append((params.import_token, wrap(params, "RSAES_OAEP_SHA_256", m)))
+    results: list[object] = [None, None]
+    barrier = threading.Barrier(2)
+
+    def run(i: int) -> None:
+        client = svc.kms.client(INSTANCE)
+        barrier.wait()
+        try:
+            results[i] = client.import_key_material(key.key_id, *prepared[i])
+        except E.KmsError as exc:
+            results[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    won = [i for i, r in enumerate(results) if isinstance(r, KeyRecord)]
+    lost = [i for i, r in enumerate(results) if isinstance(r, E.IncorrectKeyMaterial)]
+    assert len(won) == 1 and len(lost) == 1, results
+    assert [v.number for v in c.list_key_rotations(key.key_id)] == [1]
+    check_symmetric(c, key.key_id, "SYMMETRIC_DEFAULT", materials[won[0]])
+    # the loser's token was not consumed, but its material stays refused
+    with pytest.raises(E.IncorrectKeyMaterial):
+        c.import_key_material(key.key_id, *prepared[lost[0]])
