@@ -68,7 +68,7 @@
 #define TGT_AVX2 __attribute__((target("avx2,gfni,pclmul")))
 #define TGT_AVX2_AESNI __attribute__((target("avx2,aes,pclmul")))
 #define TGT_AVX2_VAES __attribute__((target("avx2,aes,pclmul,vaes")))
-#define TGT_AVX512                                                                            \
+#define TGT_AVX512                                                                                \
     __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,gfni,vpclmulqdq,avx2,pclmul")))
 #define INLINE static inline __attribute__((always_inline))
 
@@ -106,12 +106,12 @@ TGT_CLMUL INLINE __m128i x_reduce(__m128i lo, __m128i hi)
 }
 
 /* Accumulate a*b (unreduced) into lo/mid/hi. */
-#define X_MUL_ACC(a, b, lo, mid, hi)                                                          \
-    do {                                                                                      \
-        lo = _mm_xor_si128(lo, _mm_clmulepi64_si128(a, b, 0x00));                             \
-        hi = _mm_xor_si128(hi, _mm_clmulepi64_si128(a, b, 0x11));                             \
-        mid = _mm_xor_si128(mid, _mm_clmulepi64_si128(a, b, 0x01));                           \
-        mid = _mm_xor_si128(mid, _mm_clmulepi64_si128(a, b, 0x10));                           \
+#define X_MUL_ACC(a, b, lo, mid, hi)                                                              \
+    do {                                                                                          \
+        lo = _mm_xor_si128(lo, _mm_clmulepi64_si128(a, b, 0x00));                                 \
+        hi = _mm_xor_si128(hi, _mm_clmulepi64_si128(a, b, 0x11));                                 \
+        mid = _mm_xor_si128(mid, _mm_clmulepi64_si128(a, b, 0x01));                               \
+        mid = _mm_xor_si128(mid, _mm_clmulepi64_si128(a, b, 0x10));                               \
     } while (0)
 
 TGT_CLMUL INLINE __m128i x_fold(__m128i lo, __m128i mid, __m128i hi)
@@ -191,22 +191,22 @@ TGT_AVX512 INLINE __m128i z_hxor(__m512i v)
     return _mm_xor_si128(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1));
 }
 
-#define Z_MUL_ACC(a, b, lo, mid, hi)                                                          \
-    do {                                                                                      \
-        lo = _mm512_xor_si512(lo, _mm512_clmulepi64_epi128(a, b, 0x00));                      \
-        hi = _mm512_xor_si512(hi, _mm512_clmulepi64_epi128(a, b, 0x11));                      \
-        mid = _mm512_ternarylogic_epi64(mid, _mm512_clmulepi64_epi128(a, b, 0x01),            \
-                                        _mm512_clmulepi64_epi128(a, b, 0x10), 0x96);          \
+#define Z_MUL_ACC(a, b, lo, mid, hi)                                                              \
+    do {                                                                                          \
+        lo = _mm512_xor_si512(lo, _mm512_clmulepi64_epi128(a, b, 0x00));                          \
+        hi = _mm512_xor_si512(hi, _mm512_clmulepi64_epi128(a, b, 0x11));                          \
+        mid = _mm512_ternarylogic_epi64(mid, _mm512_clmulepi64_epi128(a, b, 0x01),                \
+                                        _mm512_clmulepi64_epi128(a, b, 0x10), 0x96);              \
     } while (0)
 
 /* (a.lo ^ a.hi) in the low qword of every lane */
 #define Z_KARA(a) _mm512_xor_si512(a, _mm512_shuffle_epi32(a, _MM_PERM_BADC))
 
-#define Z_KMUL_ACC(a, b, bk, lo, mid, hi)                                                     \
-    do {                                                                                      \
-        lo = _mm512_xor_si512(lo, _mm512_clmulepi64_epi128(a, b, 0x00));                      \
-        hi = _mm512_xor_si512(hi, _mm512_clmulepi64_epi128(a, b, 0x11));                      \
-        mid = _mm512_xor_si512(mid, _mm512_clmulepi64_epi128(Z_KARA(a), bk, 0x00));           \
+#define Z_KMUL_ACC(a, b, bk, lo, mid, hi)                                                         \
+    do {                                                                                          \
+        lo = _mm512_xor_si512(lo, _mm512_clmulepi64_epi128(a, b, 0x00));                          \
+        hi = _mm512_xor_si512(hi, _mm512_clmulepi64_epi128(a, b, 0x11));                          \
+        mid = _mm512_xor_si512(mid, _mm512_clmulepi64_epi128(Z_KARA(a), bk, 0x00));               \
     } while (0)
 
 /* 32 blocks per reduction; a short last piece uses masked loads and H^n..H^1. */
@@ -323,12 +323,12 @@ static void ctr128(ctr_words_fn f, const uint32_t rk[32], uint8_t ctr[16], const
 /* byte-swap every 32-bit word */
 #define WBSWAP_MASK 3, 2, 1, 0, 7, 6, 5, 4, 11, 10, 9, 8, 15, 14, 13, 12
 
-#define Z_CONSTS                                                                              \
-    const __m512i zdom = _mm512_set1_epi64((long long)SM4_GFNI_DOMAIN_MATRIX);                \
-    const __m512i zdinv = _mm512_set1_epi64((long long)SM4_GFNI_DOMAIN_INV_MATRIX);           \
-    const __m512i zd0 = _mm512_set1_epi64((long long)SM4_GFNI_POST_D0_MATRIX);                \
-    const __m512i zd1 = _mm512_set1_epi64((long long)SM4_GFNI_POST_D1_MATRIX);                \
-    const __m512i zd3 = _mm512_set1_epi64((long long)SM4_GFNI_POST_D3_MATRIX);                \
+#define Z_CONSTS                                                                                  \
+    const __m512i zdom = _mm512_set1_epi64((long long)SM4_GFNI_DOMAIN_MATRIX);                    \
+    const __m512i zdinv = _mm512_set1_epi64((long long)SM4_GFNI_DOMAIN_INV_MATRIX);               \
+    const __m512i zd0 = _mm512_set1_epi64((long long)SM4_GFNI_POST_D0_MATRIX);                    \
+    const __m512i zd1 = _mm512_set1_epi64((long long)SM4_GFNI_POST_D1_MATRIX);                    \
+    const __m512i zd3 = _mm512_set1_epi64((long long)SM4_GFNI_POST_D3_MATRIX);                    \
     const __m512i zwbs = _mm512_broadcast_i32x4(_mm_setr_epi8(WBSWAP_MASK))
 
 /* into / out of the pre-affine domain (see dom_keys) */
@@ -338,58 +338,58 @@ static void ctr128(ctr_words_fn f, const uint32_t rk[32], uint8_t ctr[16], const
 /* One round on 16 blocks, state and round key in the pre-affine domain (dom_keys): the S-box
  * input needs no affine step, and the three post-inversion matrices fold in both the way back
  * and the 2-bit rotate of L: L(S(x)) = P0 ^ rol8(P1) ^ rol16(P1) ^ rol24(P3). */
-#define Z_ROUND(X0, X1, X2, X3, K)                                                            \
-    do {                                                                                      \
-        __m512i t_ = _mm512_xor_si512(_mm512_ternarylogic_epi32(X1, X2, X3, 0x96), K);        \
-        __m512i p0_ = _mm512_gf2p8affineinv_epi64_epi8(t_, zd0, SM4_GFNI_POST_D0_CONST);      \
-        __m512i p1_ = _mm512_gf2p8affineinv_epi64_epi8(t_, zd1, SM4_GFNI_POST_D1_CONST);      \
-        __m512i p3_ = _mm512_gf2p8affineinv_epi64_epi8(t_, zd3, SM4_GFNI_POST_D3_CONST);      \
-        X0 = _mm512_ternarylogic_epi32(X0, p0_, _mm512_rol_epi32(p1_, 8), 0x96);              \
-        X0 = _mm512_ternarylogic_epi32(X0, _mm512_rol_epi32(p1_, 16),                         \
-                                       _mm512_rol_epi32(p3_, 24), 0x96);                      \
+#define Z_ROUND(X0, X1, X2, X3, K)                                                                \
+    do {                                                                                          \
+        __m512i t_ = _mm512_xor_si512(_mm512_ternarylogic_epi32(X1, X2, X3, 0x96), K);            \
+        __m512i p0_ = _mm512_gf2p8affineinv_epi64_epi8(t_, zd0, SM4_GFNI_POST_D0_CONST);          \
+        __m512i p1_ = _mm512_gf2p8affineinv_epi64_epi8(t_, zd1, SM4_GFNI_POST_D1_CONST);          \
+        __m512i p3_ = _mm512_gf2p8affineinv_epi64_epi8(t_, zd3, SM4_GFNI_POST_D3_CONST);          \
+        X0 = _mm512_ternarylogic_epi32(X0, p0_, _mm512_rol_epi32(p1_, 8), 0x96);                  \
+        X0 = _mm512_ternarylogic_epi32(X0, _mm512_rol_epi32(p1_, 16),                             \
+                                       _mm512_rol_epi32(p3_, 24), 0x96);                          \
     } while (0)
 
 /* 4x4 transpose of 32-bit words inside each 128-bit lane (an involution) */
-#define Z_TRANSPOSE(A, B, C, D)                                                               \
-    do {                                                                                      \
-        __m512i t0_ = _mm512_unpacklo_epi32(A, B), t1_ = _mm512_unpackhi_epi32(A, B);         \
-        __m512i t2_ = _mm512_unpacklo_epi32(C, D), t3_ = _mm512_unpackhi_epi32(C, D);         \
-        A = _mm512_unpacklo_epi64(t0_, t2_);                                                  \
-        B = _mm512_unpackhi_epi64(t0_, t2_);                                                  \
-        C = _mm512_unpacklo_epi64(t1_, t3_);                                                  \
-        D = _mm512_unpackhi_epi64(t1_, t3_);                                                  \
+#define Z_TRANSPOSE(A, B, C, D)                                                                   \
+    do {                                                                                          \
+        __m512i t0_ = _mm512_unpacklo_epi32(A, B), t1_ = _mm512_unpackhi_epi32(A, B);             \
+        __m512i t2_ = _mm512_unpacklo_epi32(C, D), t3_ = _mm512_unpackhi_epi32(C, D);             \
+        A = _mm512_unpacklo_epi64(t0_, t2_);                                                      \
+        B = _mm512_unpackhi_epi64(t0_, t2_);                                                      \
+        C = _mm512_unpacklo_epi64(t1_, t3_);                                                      \
+        D = _mm512_unpackhi_epi64(t1_, t3_);                                                      \
     } while (0)
 
 /* Load 16 blocks (m: byte masks for a short group) into transposed words X0..X3. */
-#define Z_LOAD(p, X0, X1, X2, X3, m0, m1, m2, m3)                                             \
-    do {                                                                                      \
-        X0 = _mm512_shuffle_epi8(_mm512_maskz_loadu_epi8(m0, (p)), zwbs);                     \
-        X1 = _mm512_shuffle_epi8(_mm512_maskz_loadu_epi8(m1, (p) + 64), zwbs);                \
-        X2 = _mm512_shuffle_epi8(_mm512_maskz_loadu_epi8(m2, (p) + 128), zwbs);               \
-        X3 = _mm512_shuffle_epi8(_mm512_maskz_loadu_epi8(m3, (p) + 192), zwbs);               \
-        Z_TRANSPOSE(X0, X1, X2, X3);                                                          \
-        X0 = ZD(X0), X1 = ZD(X1), X2 = ZD(X2), X3 = ZD(X3);                                   \
+#define Z_LOAD(p, X0, X1, X2, X3, m0, m1, m2, m3)                                                 \
+    do {                                                                                          \
+        X0 = _mm512_shuffle_epi8(_mm512_maskz_loadu_epi8(m0, (p)), zwbs);                         \
+        X1 = _mm512_shuffle_epi8(_mm512_maskz_loadu_epi8(m1, (p) + 64), zwbs);                    \
+        X2 = _mm512_shuffle_epi8(_mm512_maskz_loadu_epi8(m2, (p) + 128), zwbs);                   \
+        X3 = _mm512_shuffle_epi8(_mm512_maskz_loadu_epi8(m3, (p) + 192), zwbs);                   \
+        Z_TRANSPOSE(X0, X1, X2, X3);                                                              \
+        X0 = ZD(X0), X1 = ZD(X1), X2 = ZD(X2), X3 = ZD(X3);                                       \
     } while (0)
 
 /* Untranspose the round output (words in reverse order) and store, optionally xored with in. */
-#define Z_STORE(out, in, X0, X1, X2, X3, m0, m1, m2, m3, XORIN)                               \
-    do {                                                                                      \
-        X0 = ZDI(X0), X1 = ZDI(X1), X2 = ZDI(X2), X3 = ZDI(X3);                               \
-        Z_TRANSPOSE(X3, X2, X1, X0);                                                          \
-        X3 = _mm512_shuffle_epi8(X3, zwbs);                                                   \
-        X2 = _mm512_shuffle_epi8(X2, zwbs);                                                   \
-        X1 = _mm512_shuffle_epi8(X1, zwbs);                                                   \
-        X0 = _mm512_shuffle_epi8(X0, zwbs);                                                   \
-        if (XORIN) {                                                                          \
-            X3 = _mm512_xor_si512(X3, _mm512_maskz_loadu_epi8(m0, (in)));                     \
-            X2 = _mm512_xor_si512(X2, _mm512_maskz_loadu_epi8(m1, (in) + 64));                \
-            X1 = _mm512_xor_si512(X1, _mm512_maskz_loadu_epi8(m2, (in) + 128));               \
-            X0 = _mm512_xor_si512(X0, _mm512_maskz_loadu_epi8(m3, (in) + 192));               \
-        }                                                                                     \
-        _mm512_mask_storeu_epi8((out), m0, X3);                                               \
-        _mm512_mask_storeu_epi8((out) + 64, m1, X2);                                          \
-        _mm512_mask_storeu_epi8((out) + 128, m2, X1);                                         \
-        _mm512_mask_storeu_epi8((out) + 192, m3, X0);                                         \
+#define Z_STORE(out, in, X0, X1, X2, X3, m0, m1, m2, m3, XORIN)                                   \
+    do {                                                                                          \
+        X0 = ZDI(X0), X1 = ZDI(X1), X2 = ZDI(X2), X3 = ZDI(X3);                                   \
+        Z_TRANSPOSE(X3, X2, X1, X0);                                                              \
+        X3 = _mm512_shuffle_epi8(X3, zwbs);                                                       \
+        X2 = _mm512_shuffle_epi8(X2, zwbs);                                                       \
+        X1 = _mm512_shuffle_epi8(X1, zwbs);                                                       \
+        X0 = _mm512_shuffle_epi8(X0, zwbs);                                                       \
+        if (XORIN) {                                                                              \
+            X3 = _mm512_xor_si512(X3, _mm512_maskz_loadu_epi8(m0, (in)));                         \
+            X2 = _mm512_xor_si512(X2, _mm512_maskz_loadu_epi8(m1, (in) + 64));                    \
+            X1 = _mm512_xor_si512(X1, _mm512_maskz_loadu_epi8(m2, (in) + 128));                   \
+            X0 = _mm512_xor_si512(X0, _mm512_maskz_loadu_epi8(m3, (in) + 192));                   \
+        }                                                                                         \
+        _mm512_mask_storeu_epi8((out), m0, X3);                                                   \
+        _mm512_mask_storeu_epi8((out) + 64, m1, X2);                                              \
+        _mm512_mask_storeu_epi8((out) + 128, m2, X1);                                             \
+        _mm512_mask_storeu_epi8((out) + 192, m3, X0);                                             \
     } while (0)
 
 #define ALL64 (~(__mmask64)0)
@@ -404,76 +404,76 @@ TGT_AVX512 INLINE __mmask64 z_mask(size_t bytes, size_t off)
 }
 
 /* 32 rounds on four groups of 16 blocks */
-#define Z_ROUNDS4(rk)                                                                         \
-    for (int r_ = 0; r_ < 32; r_ += 4) {                                                      \
-        __m512i k_ = _mm512_set1_epi32((int)(rk)[r_]);                                        \
-        Z_ROUND(a0, a1, a2, a3, k_);                                                          \
-        Z_ROUND(b0, b1, b2, b3, k_);                                                          \
-        Z_ROUND(c0, c1, c2, c3, k_);                                                          \
-        Z_ROUND(d0, d1, d2, d3, k_);                                                          \
-        k_ = _mm512_set1_epi32((int)(rk)[r_ + 1]);                                            \
-        Z_ROUND(a1, a2, a3, a0, k_);                                                          \
-        Z_ROUND(b1, b2, b3, b0, k_);                                                          \
-        Z_ROUND(c1, c2, c3, c0, k_);                                                          \
-        Z_ROUND(d1, d2, d3, d0, k_);                                                          \
-        k_ = _mm512_set1_epi32((int)(rk)[r_ + 2]);                                            \
-        Z_ROUND(a2, a3, a0, a1, k_);                                                          \
-        Z_ROUND(b2, b3, b0, b1, k_);                                                          \
-        Z_ROUND(c2, c3, c0, c1, k_);                                                          \
-        Z_ROUND(d2, d3, d0, d1, k_);                                                          \
-        k_ = _mm512_set1_epi32((int)(rk)[r_ + 3]);                                            \
-        Z_ROUND(a3, a0, a1, a2, k_);                                                          \
-        Z_ROUND(b3, b0, b1, b2, k_);                                                          \
-        Z_ROUND(c3, c0, c1, c2, k_);                                                          \
-        Z_ROUND(d3, d0, d1, d2, k_);                                                          \
+#define Z_ROUNDS4(rk)                                                                             \
+    for (int r_ = 0; r_ < 32; r_ += 4) {                                                          \
+        __m512i k_ = _mm512_set1_epi32((int)(rk)[r_]);                                            \
+        Z_ROUND(a0, a1, a2, a3, k_);                                                              \
+        Z_ROUND(b0, b1, b2, b3, k_);                                                              \
+        Z_ROUND(c0, c1, c2, c3, k_);                                                              \
+        Z_ROUND(d0, d1, d2, d3, k_);                                                              \
+        k_ = _mm512_set1_epi32((int)(rk)[r_ + 1]);                                                \
+        Z_ROUND(a1, a2, a3, a0, k_);                                                              \
+        Z_ROUND(b1, b2, b3, b0, k_);                                                              \
+        Z_ROUND(c1, c2, c3, c0, k_);                                                              \
+        Z_ROUND(d1, d2, d3, d0, k_);                                                              \
+        k_ = _mm512_set1_epi32((int)(rk)[r_ + 2]);                                                \
+        Z_ROUND(a2, a3, a0, a1, k_);                                                              \
+        Z_ROUND(b2, b3, b0, b1, k_);                                                              \
+        Z_ROUND(c2, c3, c0, c1, k_);                                                              \
+        Z_ROUND(d2, d3, d0, d1, k_);                                                              \
+        k_ = _mm512_set1_epi32((int)(rk)[r_ + 3]);                                                \
+        Z_ROUND(a3, a0, a1, a2, k_);                                                              \
+        Z_ROUND(b3, b0, b1, b2, k_);                                                              \
+        Z_ROUND(c3, c0, c1, c2, k_);                                                              \
+        Z_ROUND(d3, d0, d1, d2, k_);                                                              \
     }
 
-#define Z_ROUNDS8(rk)  \
-    for (int r_ = 0; r_ < 32; r_ += 4) {  \
-        __m512i k_ = _mm512_set1_epi32((int)(rk)[r_ + 0]);  \
-        Z_ROUND(a0, a1, a2, a3, k_);  \
-        Z_ROUND(b0, b1, b2, b3, k_);  \
-        Z_ROUND(c0, c1, c2, c3, k_);  \
-        Z_ROUND(d0, d1, d2, d3, k_);  \
-        Z_ROUND(e0, e1, e2, e3, k_);  \
-        Z_ROUND(f0, f1, f2, f3, k_);  \
-        Z_ROUND(g0, g1, g2, g3, k_);  \
-        Z_ROUND(h0, h1, h2, h3, k_);  \
-        k_ = _mm512_set1_epi32((int)(rk)[r_ + 1]);  \
-        Z_ROUND(a1, a2, a3, a0, k_);  \
-        Z_ROUND(b1, b2, b3, b0, k_);  \
-        Z_ROUND(c1, c2, c3, c0, k_);  \
-        Z_ROUND(d1, d2, d3, d0, k_);  \
-        Z_ROUND(e1, e2, e3, e0, k_);  \
-        Z_ROUND(f1, f2, f3, f0, k_);  \
-        Z_ROUND(g1, g2, g3, g0, k_);  \
-        Z_ROUND(h1, h2, h3, h0, k_);  \
-        k_ = _mm512_set1_epi32((int)(rk)[r_ + 2]);  \
-        Z_ROUND(a2, a3, a0, a1, k_);  \
-        Z_ROUND(b2, b3, b0, b1, k_);  \
-        Z_ROUND(c2, c3, c0, c1, k_);  \
-        Z_ROUND(d2, d3, d0, d1, k_);  \
-        Z_ROUND(e2, e3, e0, e1, k_);  \
-        Z_ROUND(f2, f3, f0, f1, k_);  \
-        Z_ROUND(g2, g3, g0, g1, k_);  \
-        Z_ROUND(h2, h3, h0, h1, k_);  \
-        k_ = _mm512_set1_epi32((int)(rk)[r_ + 3]);  \
-        Z_ROUND(a3, a0, a1, a2, k_);  \
-        Z_ROUND(b3, b0, b1, b2, k_);  \
-        Z_ROUND(c3, c0, c1, c2, k_);  \
-        Z_ROUND(d3, d0, d1, d2, k_);  \
-        Z_ROUND(e3, e0, e1, e2, k_);  \
-        Z_ROUND(f3, f0, f1, f2, k_);  \
-        Z_ROUND(g3, g0, g1, g2, k_);  \
-        Z_ROUND(h3, h0, h1, h2, k_);  \
+#define Z_ROUNDS8(rk)                                                                             \
+    for (int r_ = 0; r_ < 32; r_ += 4) {                                                          \
+        __m512i k_ = _mm512_set1_epi32((int)(rk)[r_ + 0]);                                        \
+        Z_ROUND(a0, a1, a2, a3, k_);                                                              \
+        Z_ROUND(b0, b1, b2, b3, k_);                                                              \
+        Z_ROUND(c0, c1, c2, c3, k_);                                                              \
+        Z_ROUND(d0, d1, d2, d3, k_);                                                              \
+        Z_ROUND(e0, e1, e2, e3, k_);                                                              \
+        Z_ROUND(f0, f1, f2, f3, k_);                                                              \
+        Z_ROUND(g0, g1, g2, g3, k_);                                                              \
+        Z_ROUND(h0, h1, h2, h3, k_);                                                              \
+        k_ = _mm512_set1_epi32((int)(rk)[r_ + 1]);                                                \
+        Z_ROUND(a1, a2, a3, a0, k_);                                                              \
+        Z_ROUND(b1, b2, b3, b0, k_);                                                              \
+        Z_ROUND(c1, c2, c3, c0, k_);                                                              \
+        Z_ROUND(d1, d2, d3, d0, k_);                                                              \
+        Z_ROUND(e1, e2, e3, e0, k_);                                                              \
+        Z_ROUND(f1, f2, f3, f0, k_);                                                              \
+        Z_ROUND(g1, g2, g3, g0, k_);                                                              \
+        Z_ROUND(h1, h2, h3, h0, k_);                                                              \
+        k_ = _mm512_set1_epi32((int)(rk)[r_ + 2]);                                                \
+        Z_ROUND(a2, a3, a0, a1, k_);                                                              \
+        Z_ROUND(b2, b3, b0, b1, k_);                                                              \
+        Z_ROUND(c2, c3, c0, c1, k_);                                                              \
+        Z_ROUND(d2, d3, d0, d1, k_);                                                              \
+        Z_ROUND(e2, e3, e0, e1, k_);                                                              \
+        Z_ROUND(f2, f3, f0, f1, k_);                                                              \
+        Z_ROUND(g2, g3, g0, g1, k_);                                                              \
+        Z_ROUND(h2, h3, h0, h1, k_);                                                              \
+        k_ = _mm512_set1_epi32((int)(rk)[r_ + 3]);                                                \
+        Z_ROUND(a3, a0, a1, a2, k_);                                                              \
+        Z_ROUND(b3, b0, b1, b2, k_);                                                              \
+        Z_ROUND(c3, c0, c1, c2, k_);                                                              \
+        Z_ROUND(d3, d0, d1, d2, k_);                                                              \
+        Z_ROUND(e3, e0, e1, e2, k_);                                                              \
+        Z_ROUND(f3, f0, f1, f2, k_);                                                              \
+        Z_ROUND(g3, g0, g1, g2, k_);                                                              \
+        Z_ROUND(h3, h0, h1, h2, k_);                                                              \
     }
 
-#define Z_ROUNDS1(rk)                                                                         \
-    for (int r_ = 0; r_ < 32; r_ += 4) {                                                      \
-        Z_ROUND(a0, a1, a2, a3, _mm512_set1_epi32((int)(rk)[r_]));                            \
-        Z_ROUND(a1, a2, a3, a0, _mm512_set1_epi32((int)(rk)[r_ + 1]));                        \
-        Z_ROUND(a2, a3, a0, a1, _mm512_set1_epi32((int)(rk)[r_ + 2]));                        \
-        Z_ROUND(a3, a0, a1, a2, _mm512_set1_epi32((int)(rk)[r_ + 3]));                        \
+#define Z_ROUNDS1(rk)                                                                             \
+    for (int r_ = 0; r_ < 32; r_ += 4) {                                                          \
+        Z_ROUND(a0, a1, a2, a3, _mm512_set1_epi32((int)(rk)[r_]));                                \
+        Z_ROUND(a1, a2, a3, a0, _mm512_set1_epi32((int)(rk)[r_ + 1]));                            \
+        Z_ROUND(a2, a3, a0, a1, _mm512_set1_epi32((int)(rk)[r_ + 2]));                            \
+        Z_ROUND(a3, a0, a1, a2, _mm512_set1_epi32((int)(rk)[r_ + 3]));                            \
     }
 
 TGT_AVX512 static void z_ecb(const uint32_t rk[32], const uint8_t *in, uint8_t *out,
@@ -483,7 +483,8 @@ TGT_AVX512 static void z_ecb(const uint32_t rk[32], const uint8_t *in, uint8_t *
     uint32_t rkd[32];
     dom_keys(rk, rkd);
     for (; nblocks >= 128; nblocks -= 128, in += 2048, out += 2048) {
-        __m512i a0, a1, a2, a3, b0, b1, b2, b3, c0, c1, c2, c3, d0, d1, d2, d3, e0, e1, e2, e3, f0, f1, f2, f3, g0, g1, g2, g3, h0, h1, h2, h3;
+        __m512i a0, a1, a2, a3, b0, b1, b2, b3, c0, c1, c2, c3, d0, d1, d2, d3;
+        __m512i e0, e1, e2, e3, f0, f1, f2, f3, g0, g1, g2, g3, h0, h1, h2, h3;
         Z_LOAD(in + 0, a0, a1, a2, a3, ALL64, ALL64, ALL64, ALL64);
         Z_LOAD(in + 256, b0, b1, b2, b3, ALL64, ALL64, ALL64, ALL64);
         Z_LOAD(in + 512, c0, c1, c2, c3, ALL64, ALL64, ALL64, ALL64);
@@ -551,7 +552,8 @@ TGT_AVX512 static void z_ctr32_words(const uint32_t rk[32], uint32_t c[4], const
         __m512i g0 = w0, g1 = w1, g2 = w2, g3 = _mm512_add_epi32(f3, sixteen);
         __m512i h0 = w0, h1 = w1, h2 = w2, h3 = _mm512_add_epi32(g3, sixteen);
         w3 = _mm512_add_epi32(h3, sixteen);
-        a3 = ZD(a3), b3 = ZD(b3), c3 = ZD(c3), d3 = ZD(d3), e3 = ZD(e3), f3 = ZD(f3), g3 = ZD(g3), h3 = ZD(h3);
+        a3 = ZD(a3), b3 = ZD(b3), c3 = ZD(c3), d3 = ZD(d3);
+        e3 = ZD(e3), f3 = ZD(f3), g3 = ZD(g3), h3 = ZD(h3);
         Z_ROUNDS8(rkd);
         Z_STORE(out, in, a0, a1, a2, a3, ALL64, ALL64, ALL64, ALL64, 1);
         Z_STORE(out + 256, in + 256, b0, b1, b2, b3, ALL64, ALL64, ALL64, ALL64, 1);
@@ -592,18 +594,18 @@ TGT_AVX512 static void z_ctr32_words(const uint32_t rk[32], uint32_t c[4], const
 
 /* ================================================================ SM4, AVX2 + GFNI */
 
-#define Y_CONSTS                                                                              \
-    const __m256i ydom = _mm256_set1_epi64x((long long)SM4_GFNI_DOMAIN_MATRIX);               \
-    const __m256i ydinv = _mm256_set1_epi64x((long long)SM4_GFNI_DOMAIN_INV_MATRIX);          \
-    const __m256i yd0 = _mm256_set1_epi64x((long long)SM4_GFNI_POST_D0_MATRIX);               \
-    const __m256i yd1 = _mm256_set1_epi64x((long long)SM4_GFNI_POST_D1_MATRIX);               \
-    const __m256i yd3 = _mm256_set1_epi64x((long long)SM4_GFNI_POST_D3_MATRIX);               \
-    const __m256i ywbs = _mm256_broadcastsi128_si256(_mm_setr_epi8(WBSWAP_MASK));             \
-    const __m256i yr8 = _mm256_broadcastsi128_si256(                                          \
-        _mm_setr_epi8(3, 0, 1, 2, 7, 4, 5, 6, 11, 8, 9, 10, 15, 12, 13, 14));                 \
-    const __m256i yr16 = _mm256_broadcastsi128_si256(                                         \
-        _mm_setr_epi8(2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13));                 \
-    const __m256i yr24 = _mm256_broadcastsi128_si256(                                         \
+#define Y_CONSTS                                                                                  \
+    const __m256i ydom = _mm256_set1_epi64x((long long)SM4_GFNI_DOMAIN_MATRIX);                   \
+    const __m256i ydinv = _mm256_set1_epi64x((long long)SM4_GFNI_DOMAIN_INV_MATRIX);              \
+    const __m256i yd0 = _mm256_set1_epi64x((long long)SM4_GFNI_POST_D0_MATRIX);                   \
+    const __m256i yd1 = _mm256_set1_epi64x((long long)SM4_GFNI_POST_D1_MATRIX);                   \
+    const __m256i yd3 = _mm256_set1_epi64x((long long)SM4_GFNI_POST_D3_MATRIX);                   \
+    const __m256i ywbs = _mm256_broadcastsi128_si256(_mm_setr_epi8(WBSWAP_MASK));                 \
+    const __m256i yr8 = _mm256_broadcastsi128_si256(                                              \
+        _mm_setr_epi8(3, 0, 1, 2, 7, 4, 5, 6, 11, 8, 9, 10, 15, 12, 13, 14));                     \
+    const __m256i yr16 = _mm256_broadcastsi128_si256(                                             \
+        _mm_setr_epi8(2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13));                     \
+    const __m256i yr24 = _mm256_broadcastsi128_si256(                                             \
         _mm_setr_epi8(1, 2, 3, 0, 5, 6, 7, 4, 9, 10, 11, 8, 13, 14, 15, 12))
 
 #define YD(v) _mm256_gf2p8affine_epi64_epi8(v, ydom, 0)
@@ -611,153 +613,153 @@ TGT_AVX512 static void z_ctr32_words(const uint32_t rk[32], uint32_t c[4], const
 
 /* As Z_ROUND (pre-affine domain, L folded into the post matrices); byte rotates are single
  * shuffles, so AVX2 needs no shift/or rotates. */
-#define Y_ROUND(X0, X1, X2, X3, K)                                                            \
-    do {                                                                                      \
-        __m256i t_ = _mm256_xor_si256(_mm256_xor_si256(X1, X2), _mm256_xor_si256(X3, K));     \
-        __m256i p0_ = _mm256_gf2p8affineinv_epi64_epi8(t_, yd0, SM4_GFNI_POST_D0_CONST);      \
-        __m256i p1_ = _mm256_gf2p8affineinv_epi64_epi8(t_, yd1, SM4_GFNI_POST_D1_CONST);      \
-        __m256i p3_ = _mm256_gf2p8affineinv_epi64_epi8(t_, yd3, SM4_GFNI_POST_D3_CONST);      \
-        p0_ = _mm256_xor_si256(p0_, _mm256_shuffle_epi8(p1_, yr8));                           \
-        p1_ = _mm256_xor_si256(_mm256_shuffle_epi8(p1_, yr16), _mm256_shuffle_epi8(p3_, yr24)); \
-        X0 = _mm256_xor_si256(X0, _mm256_xor_si256(p0_, p1_));                                \
+#define Y_ROUND(X0, X1, X2, X3, K)                                                                \
+    do {                                                                                          \
+        __m256i t_ = _mm256_xor_si256(_mm256_xor_si256(X1, X2), _mm256_xor_si256(X3, K));         \
+        __m256i p0_ = _mm256_gf2p8affineinv_epi64_epi8(t_, yd0, SM4_GFNI_POST_D0_CONST);          \
+        __m256i p1_ = _mm256_gf2p8affineinv_epi64_epi8(t_, yd1, SM4_GFNI_POST_D1_CONST);          \
+        __m256i p3_ = _mm256_gf2p8affineinv_epi64_epi8(t_, yd3, SM4_GFNI_POST_D3_CONST);          \
+        p0_ = _mm256_xor_si256(p0_, _mm256_shuffle_epi8(p1_, yr8));                               \
+        p1_ = _mm256_xor_si256(_mm256_shuffle_epi8(p1_, yr16), _mm256_shuffle_epi8(p3_, yr24));   \
+        X0 = _mm256_xor_si256(X0, _mm256_xor_si256(p0_, p1_));                                    \
     } while (0)
 
-#define Y_TRANSPOSE(A, B, C, D)                                                               \
-    do {                                                                                      \
-        __m256i t0_ = _mm256_unpacklo_epi32(A, B), t1_ = _mm256_unpackhi_epi32(A, B);         \
-        __m256i t2_ = _mm256_unpacklo_epi32(C, D), t3_ = _mm256_unpackhi_epi32(C, D);         \
-        A = _mm256_unpacklo_epi64(t0_, t2_);                                                  \
-        B = _mm256_unpackhi_epi64(t0_, t2_);                                                  \
-        C = _mm256_unpacklo_epi64(t1_, t3_);                                                  \
-        D = _mm256_unpackhi_epi64(t1_, t3_);                                                  \
+#define Y_TRANSPOSE(A, B, C, D)                                                                   \
+    do {                                                                                          \
+        __m256i t0_ = _mm256_unpacklo_epi32(A, B), t1_ = _mm256_unpackhi_epi32(A, B);             \
+        __m256i t2_ = _mm256_unpacklo_epi32(C, D), t3_ = _mm256_unpackhi_epi32(C, D);             \
+        A = _mm256_unpacklo_epi64(t0_, t2_);                                                      \
+        B = _mm256_unpackhi_epi64(t0_, t2_);                                                      \
+        C = _mm256_unpacklo_epi64(t1_, t3_);                                                      \
+        D = _mm256_unpackhi_epi64(t1_, t3_);                                                      \
     } while (0)
 
-#define Y_LOAD(p, X0, X1, X2, X3)                                                             \
-    do {                                                                                      \
-        X0 = _mm256_shuffle_epi8(_mm256_loadu_si256((const __m256i *)(p)), ywbs);             \
-        X1 = _mm256_shuffle_epi8(_mm256_loadu_si256((const __m256i *)((p) + 32)), ywbs);      \
-        X2 = _mm256_shuffle_epi8(_mm256_loadu_si256((const __m256i *)((p) + 64)), ywbs);      \
-        X3 = _mm256_shuffle_epi8(_mm256_loadu_si256((const __m256i *)((p) + 96)), ywbs);      \
-        Y_TRANSPOSE(X0, X1, X2, X3);                                                          \
+#define Y_LOAD(p, X0, X1, X2, X3)                                                                 \
+    do {                                                                                          \
+        X0 = _mm256_shuffle_epi8(_mm256_loadu_si256((const __m256i *)(p)), ywbs);                 \
+        X1 = _mm256_shuffle_epi8(_mm256_loadu_si256((const __m256i *)((p) + 32)), ywbs);          \
+        X2 = _mm256_shuffle_epi8(_mm256_loadu_si256((const __m256i *)((p) + 64)), ywbs);          \
+        X3 = _mm256_shuffle_epi8(_mm256_loadu_si256((const __m256i *)((p) + 96)), ywbs);          \
+        Y_TRANSPOSE(X0, X1, X2, X3);                                                              \
     } while (0)
 
-#define Y_STORE(out, in, X0, X1, X2, X3, XORIN)                                               \
-    do {                                                                                      \
-        Y_TRANSPOSE(X3, X2, X1, X0);                                                          \
-        X3 = _mm256_shuffle_epi8(X3, ywbs);                                                   \
-        X2 = _mm256_shuffle_epi8(X2, ywbs);                                                   \
-        X1 = _mm256_shuffle_epi8(X1, ywbs);                                                   \
-        X0 = _mm256_shuffle_epi8(X0, ywbs);                                                   \
-        if (XORIN) {                                                                          \
-            X3 = _mm256_xor_si256(X3, _mm256_loadu_si256((const __m256i *)(in)));             \
-            X2 = _mm256_xor_si256(X2, _mm256_loadu_si256((const __m256i *)((in) + 32)));      \
-            X1 = _mm256_xor_si256(X1, _mm256_loadu_si256((const __m256i *)((in) + 64)));      \
-            X0 = _mm256_xor_si256(X0, _mm256_loadu_si256((const __m256i *)((in) + 96)));      \
-        }                                                                                     \
-        _mm256_storeu_si256((__m256i *)(out), X3);                                            \
-        _mm256_storeu_si256((__m256i *)((out) + 32), X2);                                     \
-        _mm256_storeu_si256((__m256i *)((out) + 64), X1);                                     \
-        _mm256_storeu_si256((__m256i *)((out) + 96), X0);                                     \
+#define Y_STORE(out, in, X0, X1, X2, X3, XORIN)                                                   \
+    do {                                                                                          \
+        Y_TRANSPOSE(X3, X2, X1, X0);                                                              \
+        X3 = _mm256_shuffle_epi8(X3, ywbs);                                                       \
+        X2 = _mm256_shuffle_epi8(X2, ywbs);                                                       \
+        X1 = _mm256_shuffle_epi8(X1, ywbs);                                                       \
+        X0 = _mm256_shuffle_epi8(X0, ywbs);                                                       \
+        if (XORIN) {                                                                              \
+            X3 = _mm256_xor_si256(X3, _mm256_loadu_si256((const __m256i *)(in)));                 \
+            X2 = _mm256_xor_si256(X2, _mm256_loadu_si256((const __m256i *)((in) + 32)));          \
+            X1 = _mm256_xor_si256(X1, _mm256_loadu_si256((const __m256i *)((in) + 64)));          \
+            X0 = _mm256_xor_si256(X0, _mm256_loadu_si256((const __m256i *)((in) + 96)));          \
+        }                                                                                         \
+        _mm256_storeu_si256((__m256i *)(out), X3);                                                \
+        _mm256_storeu_si256((__m256i *)((out) + 32), X2);                                         \
+        _mm256_storeu_si256((__m256i *)((out) + 64), X1);                                         \
+        _mm256_storeu_si256((__m256i *)((out) + 96), X0);                                         \
     } while (0)
 
-#define Y_LOADD(p, X0, X1, X2, X3)                                                            \
-    do {                                                                                      \
-        Y_LOAD(p, X0, X1, X2, X3);                                                            \
-        X0 = YD(X0), X1 = YD(X1), X2 = YD(X2), X3 = YD(X3);                                   \
+#define Y_LOADD(p, X0, X1, X2, X3)                                                                \
+    do {                                                                                          \
+        Y_LOAD(p, X0, X1, X2, X3);                                                                \
+        X0 = YD(X0), X1 = YD(X1), X2 = YD(X2), X3 = YD(X3);                                       \
     } while (0)
 
-#define Y_STORED(out, in, X0, X1, X2, X3, XORIN)                                              \
-    do {                                                                                      \
-        X0 = YDI(X0), X1 = YDI(X1), X2 = YDI(X2), X3 = YDI(X3);                               \
-        Y_STORE(out, in, X0, X1, X2, X3, XORIN);                                              \
+#define Y_STORED(out, in, X0, X1, X2, X3, XORIN)                                                  \
+    do {                                                                                          \
+        X0 = YDI(X0), X1 = YDI(X1), X2 = YDI(X2), X3 = YDI(X3);                                   \
+        Y_STORE(out, in, X0, X1, X2, X3, XORIN);                                                  \
     } while (0)
 
-#define Y_ROUNDS2(rk)                                                                         \
-    for (int r_ = 0; r_ < 32; r_ += 4) {                                                      \
-        __m256i k_ = _mm256_set1_epi32((int)(rk)[r_]);                                        \
-        Y_ROUND(a0, a1, a2, a3, k_);                                                          \
-        Y_ROUND(b0, b1, b2, b3, k_);                                                          \
-        k_ = _mm256_set1_epi32((int)(rk)[r_ + 1]);                                            \
-        Y_ROUND(a1, a2, a3, a0, k_);                                                          \
-        Y_ROUND(b1, b2, b3, b0, k_);                                                          \
-        k_ = _mm256_set1_epi32((int)(rk)[r_ + 2]);                                            \
-        Y_ROUND(a2, a3, a0, a1, k_);                                                          \
-        Y_ROUND(b2, b3, b0, b1, k_);                                                          \
-        k_ = _mm256_set1_epi32((int)(rk)[r_ + 3]);                                            \
-        Y_ROUND(a3, a0, a1, a2, k_);                                                          \
-        Y_ROUND(b3, b0, b1, b2, k_);                                                          \
+#define Y_ROUNDS2(rk)                                                                             \
+    for (int r_ = 0; r_ < 32; r_ += 4) {                                                          \
+        __m256i k_ = _mm256_set1_epi32((int)(rk)[r_]);                                            \
+        Y_ROUND(a0, a1, a2, a3, k_);                                                              \
+        Y_ROUND(b0, b1, b2, b3, k_);                                                              \
+        k_ = _mm256_set1_epi32((int)(rk)[r_ + 1]);                                                \
+        Y_ROUND(a1, a2, a3, a0, k_);                                                              \
+        Y_ROUND(b1, b2, b3, b0, k_);                                                              \
+        k_ = _mm256_set1_epi32((int)(rk)[r_ + 2]);                                                \
+        Y_ROUND(a2, a3, a0, a1, k_);                                                              \
+        Y_ROUND(b2, b3, b0, b1, k_);                                                              \
+        k_ = _mm256_set1_epi32((int)(rk)[r_ + 3]);                                                \
+        Y_ROUND(a3, a0, a1, a2, k_);                                                              \
+        Y_ROUND(b3, b0, b1, b2, k_);                                                              \
     }
 
-#define Y_ROUNDS4(rk)                                                                         \
-    for (int r_ = 0; r_ < 32; r_ += 4) {                                                      \
-        __m256i k_ = _mm256_set1_epi32((int)(rk)[r_]);                                        \
-        Y_ROUND(a0, a1, a2, a3, k_);                                                          \
-        Y_ROUND(b0, b1, b2, b3, k_);                                                          \
-        Y_ROUND(c0, c1, c2, c3, k_);                                                          \
-        Y_ROUND(d0, d1, d2, d3, k_);                                                          \
-        k_ = _mm256_set1_epi32((int)(rk)[r_ + 1]);                                            \
-        Y_ROUND(a1, a2, a3, a0, k_);                                                          \
-        Y_ROUND(b1, b2, b3, b0, k_);                                                          \
-        Y_ROUND(c1, c2, c3, c0, k_);                                                          \
-        Y_ROUND(d1, d2, d3, d0, k_);                                                          \
-        k_ = _mm256_set1_epi32((int)(rk)[r_ + 2]);                                            \
-        Y_ROUND(a2, a3, a0, a1, k_);                                                          \
-        Y_ROUND(b2, b3, b0, b1, k_);                                                          \
-        Y_ROUND(c2, c3, c0, c1, k_);                                                          \
-        Y_ROUND(d2, d3, d0, d1, k_);                                                          \
-        k_ = _mm256_set1_epi32((int)(rk)[r_ + 3]);                                            \
-        Y_ROUND(a3, a0, a1, a2, k_);                                                          \
-        Y_ROUND(b3, b0, b1, b2, k_);                                                          \
-        Y_ROUND(c3, c0, c1, c2, k_);                                                          \
-        Y_ROUND(d3, d0, d1, d2, k_);                                                          \
+#define Y_ROUNDS4(rk)                                                                             \
+    for (int r_ = 0; r_ < 32; r_ += 4) {                                                          \
+        __m256i k_ = _mm256_set1_epi32((int)(rk)[r_]);                                            \
+        Y_ROUND(a0, a1, a2, a3, k_);                                                              \
+        Y_ROUND(b0, b1, b2, b3, k_);                                                              \
+        Y_ROUND(c0, c1, c2, c3, k_);                                                              \
+        Y_ROUND(d0, d1, d2, d3, k_);                                                              \
+        k_ = _mm256_set1_epi32((int)(rk)[r_ + 1]);                                                \
+        Y_ROUND(a1, a2, a3, a0, k_);                                                              \
+        Y_ROUND(b1, b2, b3, b0, k_);                                                              \
+        Y_ROUND(c1, c2, c3, c0, k_);                                                              \
+        Y_ROUND(d1, d2, d3, d0, k_);                                                              \
+        k_ = _mm256_set1_epi32((int)(rk)[r_ + 2]);                                                \
+        Y_ROUND(a2, a3, a0, a1, k_);                                                              \
+        Y_ROUND(b2, b3, b0, b1, k_);                                                              \
+        Y_ROUND(c2, c3, c0, c1, k_);                                                              \
+        Y_ROUND(d2, d3, d0, d1, k_);                                                              \
+        k_ = _mm256_set1_epi32((int)(rk)[r_ + 3]);                                                \
+        Y_ROUND(a3, a0, a1, a2, k_);                                                              \
+        Y_ROUND(b3, b0, b1, b2, k_);                                                              \
+        Y_ROUND(c3, c0, c1, c2, k_);                                                              \
+        Y_ROUND(d3, d0, d1, d2, k_);                                                              \
     }
 
-#define Y_ROUNDS8(rk)  \
-    for (int r_ = 0; r_ < 32; r_ += 4) {  \
-        __m256i k_ = _mm256_set1_epi32((int)(rk)[r_ + 0]);  \
-        Y_ROUND(a0, a1, a2, a3, k_);  \
-        Y_ROUND(b0, b1, b2, b3, k_);  \
-        Y_ROUND(c0, c1, c2, c3, k_);  \
-        Y_ROUND(d0, d1, d2, d3, k_);  \
-        Y_ROUND(e0, e1, e2, e3, k_);  \
-        Y_ROUND(f0, f1, f2, f3, k_);  \
-        Y_ROUND(g0, g1, g2, g3, k_);  \
-        Y_ROUND(h0, h1, h2, h3, k_);  \
-        k_ = _mm256_set1_epi32((int)(rk)[r_ + 1]);  \
-        Y_ROUND(a1, a2, a3, a0, k_);  \
-        Y_ROUND(b1, b2, b3, b0, k_);  \
-        Y_ROUND(c1, c2, c3, c0, k_);  \
-        Y_ROUND(d1, d2, d3, d0, k_);  \
-        Y_ROUND(e1, e2, e3, e0, k_);  \
-        Y_ROUND(f1, f2, f3, f0, k_);  \
-        Y_ROUND(g1, g2, g3, g0, k_);  \
-        Y_ROUND(h1, h2, h3, h0, k_);  \
-        k_ = _mm256_set1_epi32((int)(rk)[r_ + 2]);  \
-        Y_ROUND(a2, a3, a0, a1, k_);  \
-        Y_ROUND(b2, b3, b0, b1, k_);  \
-        Y_ROUND(c2, c3, c0, c1, k_);  \
-        Y_ROUND(d2, d3, d0, d1, k_);  \
-        Y_ROUND(e2, e3, e0, e1, k_);  \
-        Y_ROUND(f2, f3, f0, f1, k_);  \
-        Y_ROUND(g2, g3, g0, g1, k_);  \
-        Y_ROUND(h2, h3, h0, h1, k_);  \
-        k_ = _mm256_set1_epi32((int)(rk)[r_ + 3]);  \
-        Y_ROUND(a3, a0, a1, a2, k_);  \
-        Y_ROUND(b3, b0, b1, b2, k_);  \
-        Y_ROUND(c3, c0, c1, c2, k_);  \
-        Y_ROUND(d3, d0, d1, d2, k_);  \
-        Y_ROUND(e3, e0, e1, e2, k_);  \
-        Y_ROUND(f3, f0, f1, f2, k_);  \
-        Y_ROUND(g3, g0, g1, g2, k_);  \
-        Y_ROUND(h3, h0, h1, h2, k_);  \
+#define Y_ROUNDS8(rk)                                                                             \
+    for (int r_ = 0; r_ < 32; r_ += 4) {                                                          \
+        __m256i k_ = _mm256_set1_epi32((int)(rk)[r_ + 0]);                                        \
+        Y_ROUND(a0, a1, a2, a3, k_);                                                              \
+        Y_ROUND(b0, b1, b2, b3, k_);                                                              \
+        Y_ROUND(c0, c1, c2, c3, k_);                                                              \
+        Y_ROUND(d0, d1, d2, d3, k_);                                                              \
+        Y_ROUND(e0, e1, e2, e3, k_);                                                              \
+        Y_ROUND(f0, f1, f2, f3, k_);                                                              \
+        Y_ROUND(g0, g1, g2, g3, k_);                                                              \
+        Y_ROUND(h0, h1, h2, h3, k_);                                                              \
+        k_ = _mm256_set1_epi32((int)(rk)[r_ + 1]);                                                \
+        Y_ROUND(a1, a2, a3, a0, k_);                                                              \
+        Y_ROUND(b1, b2, b3, b0, k_);                                                              \
+        Y_ROUND(c1, c2, c3, c0, k_);                                                              \
+        Y_ROUND(d1, d2, d3, d0, k_);                                                              \
+        Y_ROUND(e1, e2, e3, e0, k_);                                                              \
+        Y_ROUND(f1, f2, f3, f0, k_);                                                              \
+        Y_ROUND(g1, g2, g3, g0, k_);                                                              \
+        Y_ROUND(h1, h2, h3, h0, k_);                                                              \
+        k_ = _mm256_set1_epi32((int)(rk)[r_ + 2]);                                                \
+        Y_ROUND(a2, a3, a0, a1, k_);                                                              \
+        Y_ROUND(b2, b3, b0, b1, k_);                                                              \
+        Y_ROUND(c2, c3, c0, c1, k_);                                                              \
+        Y_ROUND(d2, d3, d0, d1, k_);                                                              \
+        Y_ROUND(e2, e3, e0, e1, k_);                                                              \
+        Y_ROUND(f2, f3, f0, f1, k_);                                                              \
+        Y_ROUND(g2, g3, g0, g1, k_);                                                              \
+        Y_ROUND(h2, h3, h0, h1, k_);                                                              \
+        k_ = _mm256_set1_epi32((int)(rk)[r_ + 3]);                                                \
+        Y_ROUND(a3, a0, a1, a2, k_);                                                              \
+        Y_ROUND(b3, b0, b1, b2, k_);                                                              \
+        Y_ROUND(c3, c0, c1, c2, k_);                                                              \
+        Y_ROUND(d3, d0, d1, d2, k_);                                                              \
+        Y_ROUND(e3, e0, e1, e2, k_);                                                              \
+        Y_ROUND(f3, f0, f1, f2, k_);                                                              \
+        Y_ROUND(g3, g0, g1, g2, k_);                                                              \
+        Y_ROUND(h3, h0, h1, h2, k_);                                                              \
     }
 
-#define Y_ROUNDS1(rk)                                                                         \
-    for (int r_ = 0; r_ < 32; r_ += 4) {                                                      \
-        Y_ROUND(a0, a1, a2, a3, _mm256_set1_epi32((int)(rk)[r_]));                            \
-        Y_ROUND(a1, a2, a3, a0, _mm256_set1_epi32((int)(rk)[r_ + 1]));                        \
-        Y_ROUND(a2, a3, a0, a1, _mm256_set1_epi32((int)(rk)[r_ + 2]));                        \
-        Y_ROUND(a3, a0, a1, a2, _mm256_set1_epi32((int)(rk)[r_ + 3]));                        \
+#define Y_ROUNDS1(rk)                                                                             \
+    for (int r_ = 0; r_ < 32; r_ += 4) {                                                          \
+        Y_ROUND(a0, a1, a2, a3, _mm256_set1_epi32((int)(rk)[r_]));                                \
+        Y_ROUND(a1, a2, a3, a0, _mm256_set1_epi32((int)(rk)[r_ + 1]));                            \
+        Y_ROUND(a2, a3, a0, a1, _mm256_set1_epi32((int)(rk)[r_ + 2]));                            \
+        Y_ROUND(a3, a0, a1, a2, _mm256_set1_epi32((int)(rk)[r_ + 3]));                            \
     }
 
 TGT_AVX2 static void y_ecb(const uint32_t rk[32], const uint8_t *in, uint8_t *out,
@@ -767,7 +769,8 @@ TGT_AVX2 static void y_ecb(const uint32_t rk[32], const uint8_t *in, uint8_t *ou
     uint32_t rkd[32];
     dom_keys(rk, rkd);
     for (; nblocks >= 64; nblocks -= 64, in += 1024, out += 1024) {
-        __m256i a0, a1, a2, a3, b0, b1, b2, b3, c0, c1, c2, c3, d0, d1, d2, d3, e0, e1, e2, e3, f0, f1, f2, f3, g0, g1, g2, g3, h0, h1, h2, h3;
+        __m256i a0, a1, a2, a3, b0, b1, b2, b3, c0, c1, c2, c3, d0, d1, d2, d3;
+        __m256i e0, e1, e2, e3, f0, f1, f2, f3, g0, g1, g2, g3, h0, h1, h2, h3;
         Y_LOADD(in + 0, a0, a1, a2, a3);
         Y_LOADD(in + 128, b0, b1, b2, b3);
         Y_LOADD(in + 256, c0, c1, c2, c3);
@@ -853,7 +856,8 @@ TGT_AVX2 static void y_ctr32_words(const uint32_t rk[32], uint32_t c[4], const u
         __m256i g0 = w0, g1 = w1, g2 = w2, g3 = _mm256_add_epi32(f3, eight);
         __m256i h0 = w0, h1 = w1, h2 = w2, h3 = _mm256_add_epi32(g3, eight);
         w3 = _mm256_add_epi32(h3, eight);
-        a3 = YD(a3), b3 = YD(b3), c3 = YD(c3), d3 = YD(d3), e3 = YD(e3), f3 = YD(f3), g3 = YD(g3), h3 = YD(h3);
+        a3 = YD(a3), b3 = YD(b3), c3 = YD(c3), d3 = YD(d3);
+        e3 = YD(e3), f3 = YD(f3), g3 = YD(g3), h3 = YD(h3);
         Y_ROUNDS8(rkd);
         Y_STORED(out, in, a0, a1, a2, a3, 1);
         Y_STORED(out + 128, in + 128, b0, b1, b2, b3, 1);
@@ -920,26 +924,26 @@ TGT_AVX2 static void y_ctr32_words(const uint32_t rk[32], uint32_t c[4], const u
 
 #define A_TAB(name) _mm256_broadcastsi128_si256(_mm_setr_epi8(name))
 
-#define A_CONSTS                                                                              \
-    const __m256i ywbs = _mm256_broadcastsi128_si256(_mm_setr_epi8(WBSWAP_MASK));             \
-    const __m256i yr8 = _mm256_broadcastsi128_si256(                                          \
-        _mm_setr_epi8(3, 0, 1, 2, 7, 4, 5, 6, 11, 8, 9, 10, 15, 12, 13, 14));                 \
-    const __m256i yr16 = _mm256_broadcastsi128_si256(                                         \
-        _mm_setr_epi8(2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13));                 \
-    const __m256i yr24 = _mm256_broadcastsi128_si256(                                         \
-        _mm_setr_epi8(1, 2, 3, 0, 5, 6, 7, 4, 9, 10, 11, 8, 13, 14, 15, 12));                 \
-    const __m256i ainvsr = _mm256_broadcastsi128_si256(                                       \
-        _mm_setr_epi8(0, 13, 10, 7, 4, 1, 14, 11, 8, 5, 2, 15, 12, 9, 6, 3));                 \
-    const __m256i a0f = _mm256_set1_epi8(0x0f);                                               \
-    const __m256i ar0lo = A_TAB(SM4_AESNI_R0_LO), ar0hi = A_TAB(SM4_AESNI_R0_HI);             \
-    const __m256i ar1lo = A_TAB(SM4_AESNI_R1_LO), ar1hi = A_TAB(SM4_AESNI_R1_HI);             \
-    const __m256i ar3lo = A_TAB(SM4_AESNI_R3_LO), ar3hi = A_TAB(SM4_AESNI_R3_HI);             \
-    const __m256i adlo = A_TAB(SM4_AESNI_DOM_LO), adhi = A_TAB(SM4_AESNI_DOM_HI);             \
+#define A_CONSTS                                                                                  \
+    const __m256i ywbs = _mm256_broadcastsi128_si256(_mm_setr_epi8(WBSWAP_MASK));                 \
+    const __m256i yr8 = _mm256_broadcastsi128_si256(                                              \
+        _mm_setr_epi8(3, 0, 1, 2, 7, 4, 5, 6, 11, 8, 9, 10, 15, 12, 13, 14));                     \
+    const __m256i yr16 = _mm256_broadcastsi128_si256(                                             \
+        _mm_setr_epi8(2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13));                     \
+    const __m256i yr24 = _mm256_broadcastsi128_si256(                                             \
+        _mm_setr_epi8(1, 2, 3, 0, 5, 6, 7, 4, 9, 10, 11, 8, 13, 14, 15, 12));                     \
+    const __m256i ainvsr = _mm256_broadcastsi128_si256(                                           \
+        _mm_setr_epi8(0, 13, 10, 7, 4, 1, 14, 11, 8, 5, 2, 15, 12, 9, 6, 3));                     \
+    const __m256i a0f = _mm256_set1_epi8(0x0f);                                                   \
+    const __m256i ar0lo = A_TAB(SM4_AESNI_R0_LO), ar0hi = A_TAB(SM4_AESNI_R0_HI);                 \
+    const __m256i ar1lo = A_TAB(SM4_AESNI_R1_LO), ar1hi = A_TAB(SM4_AESNI_R1_HI);                 \
+    const __m256i ar3lo = A_TAB(SM4_AESNI_R3_LO), ar3hi = A_TAB(SM4_AESNI_R3_HI);                 \
+    const __m256i adlo = A_TAB(SM4_AESNI_DOM_LO), adhi = A_TAB(SM4_AESNI_DOM_HI);                 \
     const __m256i adilo = A_TAB(SM4_AESNI_DOM_INV_LO), adihi = A_TAB(SM4_AESNI_DOM_INV_HI)
 
 /* a byte-wise affine map by two 16-entry lookups */
-#define A_AFFINE(v, lo, hi)                                                                   \
-    _mm256_xor_si256(_mm256_shuffle_epi8(lo, _mm256_and_si256(v, a0f)),                       \
+#define A_AFFINE(v, lo, hi)                                                                       \
+    _mm256_xor_si256(_mm256_shuffle_epi8(lo, _mm256_and_si256(v, a0f)),                           \
                      _mm256_shuffle_epi8(hi, _mm256_and_si256(_mm256_srli_epi16(v, 4), a0f)))
 
 #define AD(v) A_AFFINE(v, adlo, adhi)
@@ -964,33 +968,33 @@ TGT_AVX2_VAES INLINE __m256i a_subbytes_vaes(__m256i v, __m256i ainvsr)
 
 /* Pre-affine domain as in the GFNI kernels (see derive_aesni_domain in gen_sm4_tables.py):
  * the SubBytes input needs no affine step; R0/R1/R3 map its output back and fold in L. */
-#define A_ROUND(X0, X1, X2, X3, K)                                                            \
-    do {                                                                                      \
-        __m256i z_ = A_SUBBYTES(                                                              \
-            _mm256_xor_si256(_mm256_xor_si256(X1, X2), _mm256_xor_si256(X3, K)), ainvsr);     \
-        __m256i l_ = _mm256_and_si256(z_, a0f);                                               \
-        __m256i h_ = _mm256_and_si256(_mm256_srli_epi16(z_, 4), a0f);                         \
-        __m256i p0_ = _mm256_xor_si256(_mm256_shuffle_epi8(ar0lo, l_),                        \
-                                       _mm256_shuffle_epi8(ar0hi, h_));                       \
-        __m256i p1_ = _mm256_xor_si256(_mm256_shuffle_epi8(ar1lo, l_),                        \
-                                       _mm256_shuffle_epi8(ar1hi, h_));                       \
-        __m256i p3_ = _mm256_xor_si256(_mm256_shuffle_epi8(ar3lo, l_),                        \
-                                       _mm256_shuffle_epi8(ar3hi, h_));                       \
-        p0_ = _mm256_xor_si256(p0_, _mm256_shuffle_epi8(p1_, yr8));                           \
-        p1_ = _mm256_xor_si256(_mm256_shuffle_epi8(p1_, yr16), _mm256_shuffle_epi8(p3_, yr24)); \
-        X0 = _mm256_xor_si256(X0, _mm256_xor_si256(p0_, p1_));                                \
+#define A_ROUND(X0, X1, X2, X3, K)                                                                \
+    do {                                                                                          \
+        __m256i z_ = A_SUBBYTES(                                                                  \
+            _mm256_xor_si256(_mm256_xor_si256(X1, X2), _mm256_xor_si256(X3, K)), ainvsr);         \
+        __m256i l_ = _mm256_and_si256(z_, a0f);                                                   \
+        __m256i h_ = _mm256_and_si256(_mm256_srli_epi16(z_, 4), a0f);                             \
+        __m256i p0_ = _mm256_xor_si256(_mm256_shuffle_epi8(ar0lo, l_),                            \
+                                       _mm256_shuffle_epi8(ar0hi, h_));                           \
+        __m256i p1_ = _mm256_xor_si256(_mm256_shuffle_epi8(ar1lo, l_),                            \
+                                       _mm256_shuffle_epi8(ar1hi, h_));                           \
+        __m256i p3_ = _mm256_xor_si256(_mm256_shuffle_epi8(ar3lo, l_),                            \
+                                       _mm256_shuffle_epi8(ar3hi, h_));                           \
+        p0_ = _mm256_xor_si256(p0_, _mm256_shuffle_epi8(p1_, yr8));                               \
+        p1_ = _mm256_xor_si256(_mm256_shuffle_epi8(p1_, yr16), _mm256_shuffle_epi8(p3_, yr24));   \
+        X0 = _mm256_xor_si256(X0, _mm256_xor_si256(p0_, p1_));                                    \
     } while (0)
 
-#define A_LOADD(p, X0, X1, X2, X3)                                                            \
-    do {                                                                                      \
-        Y_LOAD(p, X0, X1, X2, X3);                                                            \
-        X0 = AD(X0), X1 = AD(X1), X2 = AD(X2), X3 = AD(X3);                                   \
+#define A_LOADD(p, X0, X1, X2, X3)                                                                \
+    do {                                                                                          \
+        Y_LOAD(p, X0, X1, X2, X3);                                                                \
+        X0 = AD(X0), X1 = AD(X1), X2 = AD(X2), X3 = AD(X3);                                       \
     } while (0)
 
-#define A_STORED(out, in, X0, X1, X2, X3, XORIN)                                              \
-    do {                                                                                      \
-        X0 = ADI(X0), X1 = ADI(X1), X2 = ADI(X2), X3 = ADI(X3);                               \
-        Y_STORE(out, in, X0, X1, X2, X3, XORIN);                                              \
+#define A_STORED(out, in, X0, X1, X2, X3, XORIN)                                                  \
+    do {                                                                                          \
+        X0 = ADI(X0), X1 = ADI(X1), X2 = ADI(X2), X3 = ADI(X3);                                   \
+        Y_STORE(out, in, X0, X1, X2, X3, XORIN);                                                  \
     } while (0)
 
 /* round keys in the domain: D(rk) ^ 0x3e per byte (table-free) */
@@ -1004,224 +1008,226 @@ TGT_AVX2_AESNI static void a_dom_keys(const uint32_t rk[32], uint32_t out[32])
     }
 }
 
-#define A_ROUNDS4(rk)  \
-    for (int r_ = 0; r_ < 32; r_ += 4) {  \
-        __m256i k_ = _mm256_set1_epi32((int)(rk)[r_ + 0]);  \
-        A_ROUND(a0, a1, a2, a3, k_);  \
-        A_ROUND(b0, b1, b2, b3, k_);  \
-        A_ROUND(c0, c1, c2, c3, k_);  \
-        A_ROUND(d0, d1, d2, d3, k_);  \
-        k_ = _mm256_set1_epi32((int)(rk)[r_ + 1]);  \
-        A_ROUND(a1, a2, a3, a0, k_);  \
-        A_ROUND(b1, b2, b3, b0, k_);  \
-        A_ROUND(c1, c2, c3, c0, k_);  \
-        A_ROUND(d1, d2, d3, d0, k_);  \
-        k_ = _mm256_set1_epi32((int)(rk)[r_ + 2]);  \
-        A_ROUND(a2, a3, a0, a1, k_);  \
-        A_ROUND(b2, b3, b0, b1, k_);  \
-        A_ROUND(c2, c3, c0, c1, k_);  \
-        A_ROUND(d2, d3, d0, d1, k_);  \
-        k_ = _mm256_set1_epi32((int)(rk)[r_ + 3]);  \
-        A_ROUND(a3, a0, a1, a2, k_);  \
-        A_ROUND(b3, b0, b1, b2, k_);  \
-        A_ROUND(c3, c0, c1, c2, k_);  \
-        A_ROUND(d3, d0, d1, d2, k_);  \
+#define A_ROUNDS4(rk)                                                                             \
+    for (int r_ = 0; r_ < 32; r_ += 4) {                                                          \
+        __m256i k_ = _mm256_set1_epi32((int)(rk)[r_ + 0]);                                        \
+        A_ROUND(a0, a1, a2, a3, k_);                                                              \
+        A_ROUND(b0, b1, b2, b3, k_);                                                              \
+        A_ROUND(c0, c1, c2, c3, k_);                                                              \
+        A_ROUND(d0, d1, d2, d3, k_);                                                              \
+        k_ = _mm256_set1_epi32((int)(rk)[r_ + 1]);                                                \
+        A_ROUND(a1, a2, a3, a0, k_);                                                              \
+        A_ROUND(b1, b2, b3, b0, k_);                                                              \
+        A_ROUND(c1, c2, c3, c0, k_);                                                              \
+        A_ROUND(d1, d2, d3, d0, k_);                                                              \
+        k_ = _mm256_set1_epi32((int)(rk)[r_ + 2]);                                                \
+        A_ROUND(a2, a3, a0, a1, k_);                                                              \
+        A_ROUND(b2, b3, b0, b1, k_);                                                              \
+        A_ROUND(c2, c3, c0, c1, k_);                                                              \
+        A_ROUND(d2, d3, d0, d1, k_);                                                              \
+        k_ = _mm256_set1_epi32((int)(rk)[r_ + 3]);                                                \
+        A_ROUND(a3, a0, a1, a2, k_);                                                              \
+        A_ROUND(b3, b0, b1, b2, k_);                                                              \
+        A_ROUND(c3, c0, c1, c2, k_);                                                              \
+        A_ROUND(d3, d0, d1, d2, k_);                                                              \
     }
 
-#define A_ROUNDS8(rk)  \
-    for (int r_ = 0; r_ < 32; r_ += 4) {  \
-        __m256i k_ = _mm256_set1_epi32((int)(rk)[r_ + 0]);  \
-        A_ROUND(a0, a1, a2, a3, k_);  \
-        A_ROUND(b0, b1, b2, b3, k_);  \
-        A_ROUND(c0, c1, c2, c3, k_);  \
-        A_ROUND(d0, d1, d2, d3, k_);  \
-        A_ROUND(e0, e1, e2, e3, k_);  \
-        A_ROUND(f0, f1, f2, f3, k_);  \
-        A_ROUND(g0, g1, g2, g3, k_);  \
-        A_ROUND(h0, h1, h2, h3, k_);  \
-        k_ = _mm256_set1_epi32((int)(rk)[r_ + 1]);  \
-        A_ROUND(a1, a2, a3, a0, k_);  \
-        A_ROUND(b1, b2, b3, b0, k_);  \
-        A_ROUND(c1, c2, c3, c0, k_);  \
-        A_ROUND(d1, d2, d3, d0, k_);  \
-        A_ROUND(e1, e2, e3, e0, k_);  \
-        A_ROUND(f1, f2, f3, f0, k_);  \
-        A_ROUND(g1, g2, g3, g0, k_);  \
-        A_ROUND(h1, h2, h3, h0, k_);  \
-        k_ = _mm256_set1_epi32((int)(rk)[r_ + 2]);  \
-        A_ROUND(a2, a3, a0, a1, k_);  \
-        A_ROUND(b2, b3, b0, b1, k_);  \
-        A_ROUND(c2, c3, c0, c1, k_);  \
-        A_ROUND(d2, d3, d0, d1, k_);  \
-        A_ROUND(e2, e3, e0, e1, k_);  \
-        A_ROUND(f2, f3, f0, f1, k_);  \
-        A_ROUND(g2, g3, g0, g1, k_);  \
-        A_ROUND(h2, h3, h0, h1, k_);  \
-        k_ = _mm256_set1_epi32((int)(rk)[r_ + 3]);  \
-        A_ROUND(a3, a0, a1, a2, k_);  \
-        A_ROUND(b3, b0, b1, b2, k_);  \
-        A_ROUND(c3, c0, c1, c2, k_);  \
-        A_ROUND(d3, d0, d1, d2, k_);  \
-        A_ROUND(e3, e0, e1, e2, k_);  \
-        A_ROUND(f3, f0, f1, f2, k_);  \
-        A_ROUND(g3, g0, g1, g2, k_);  \
-        A_ROUND(h3, h0, h1, h2, k_);  \
+#define A_ROUNDS8(rk)                                                                             \
+    for (int r_ = 0; r_ < 32; r_ += 4) {                                                          \
+        __m256i k_ = _mm256_set1_epi32((int)(rk)[r_ + 0]);                                        \
+        A_ROUND(a0, a1, a2, a3, k_);                                                              \
+        A_ROUND(b0, b1, b2, b3, k_);                                                              \
+        A_ROUND(c0, c1, c2, c3, k_);                                                              \
+        A_ROUND(d0, d1, d2, d3, k_);                                                              \
+        A_ROUND(e0, e1, e2, e3, k_);                                                              \
+        A_ROUND(f0, f1, f2, f3, k_);                                                              \
+        A_ROUND(g0, g1, g2, g3, k_);                                                              \
+        A_ROUND(h0, h1, h2, h3, k_);                                                              \
+        k_ = _mm256_set1_epi32((int)(rk)[r_ + 1]);                                                \
+        A_ROUND(a1, a2, a3, a0, k_);                                                              \
+        A_ROUND(b1, b2, b3, b0, k_);                                                              \
+        A_ROUND(c1, c2, c3, c0, k_);                                                              \
+        A_ROUND(d1, d2, d3, d0, k_);                                                              \
+        A_ROUND(e1, e2, e3, e0, k_);                                                              \
+        A_ROUND(f1, f2, f3, f0, k_);                                                              \
+        A_ROUND(g1, g2, g3, g0, k_);                                                              \
+        A_ROUND(h1, h2, h3, h0, k_);                                                              \
+        k_ = _mm256_set1_epi32((int)(rk)[r_ + 2]);                                                \
+        A_ROUND(a2, a3, a0, a1, k_);                                                              \
+        A_ROUND(b2, b3, b0, b1, k_);                                                              \
+        A_ROUND(c2, c3, c0, c1, k_);                                                              \
+        A_ROUND(d2, d3, d0, d1, k_);                                                              \
+        A_ROUND(e2, e3, e0, e1, k_);                                                              \
+        A_ROUND(f2, f3, f0, f1, k_);                                                              \
+        A_ROUND(g2, g3, g0, g1, k_);                                                              \
+        A_ROUND(h2, h3, h0, h1, k_);                                                              \
+        k_ = _mm256_set1_epi32((int)(rk)[r_ + 3]);                                                \
+        A_ROUND(a3, a0, a1, a2, k_);                                                              \
+        A_ROUND(b3, b0, b1, b2, k_);                                                              \
+        A_ROUND(c3, c0, c1, c2, k_);                                                              \
+        A_ROUND(d3, d0, d1, d2, k_);                                                              \
+        A_ROUND(e3, e0, e1, e2, k_);                                                              \
+        A_ROUND(f3, f0, f1, f2, k_);                                                              \
+        A_ROUND(g3, g0, g1, g2, k_);                                                              \
+        A_ROUND(h3, h0, h1, h2, k_);                                                              \
     }
 
-#define A_ROUNDS1(rk)                                                                         \
-    for (int r_ = 0; r_ < 32; r_ += 4) {                                                      \
-        A_ROUND(a0, a1, a2, a3, _mm256_set1_epi32((int)(rk)[r_]));                            \
-        A_ROUND(a1, a2, a3, a0, _mm256_set1_epi32((int)(rk)[r_ + 1]));                        \
-        A_ROUND(a2, a3, a0, a1, _mm256_set1_epi32((int)(rk)[r_ + 2]));                        \
-        A_ROUND(a3, a0, a1, a2, _mm256_set1_epi32((int)(rk)[r_ + 3]));                        \
+#define A_ROUNDS1(rk)                                                                             \
+    for (int r_ = 0; r_ < 32; r_ += 4) {                                                          \
+        A_ROUND(a0, a1, a2, a3, _mm256_set1_epi32((int)(rk)[r_]));                                \
+        A_ROUND(a1, a2, a3, a0, _mm256_set1_epi32((int)(rk)[r_ + 1]));                            \
+        A_ROUND(a2, a3, a0, a1, _mm256_set1_epi32((int)(rk)[r_ + 2]));                            \
+        A_ROUND(a3, a0, a1, a2, _mm256_set1_epi32((int)(rk)[r_ + 3]));                            \
     }
 
 /* The AES-NI kernels, instantiated twice: 128-bit AESENCLAST and VAES (256-bit). */
-#define A_KERNELS(SFX, TGT)                                                                                                                     \
-TGT static void a##SFX##_ecb(const uint32_t rk[32], const uint8_t *in, uint8_t *out,                                                            \
-                                 size_t nblocks)                                                                                                \
-{                                                                                                                                               \
-    A_CONSTS;                                                                                                                                   \
-    uint32_t rkd[32];                                                                                                                           \
-    a_dom_keys(rk, rkd);                                                                                                                        \
-    for (; nblocks >= 64; nblocks -= 64, in += 1024, out += 1024) {                                                                             \
-        __m256i a0, a1, a2, a3, b0, b1, b2, b3, c0, c1, c2, c3, d0, d1, d2, d3, e0, e1, e2, e3, f0, f1, f2, f3, g0, g1, g2, g3, h0, h1, h2, h3; \
-        A_LOADD(in + 0, a0, a1, a2, a3);                                                                                                        \
-        A_LOADD(in + 128, b0, b1, b2, b3);                                                                                                      \
-        A_LOADD(in + 256, c0, c1, c2, c3);                                                                                                      \
-        A_LOADD(in + 384, d0, d1, d2, d3);                                                                                                      \
-        A_LOADD(in + 512, e0, e1, e2, e3);                                                                                                      \
-        A_LOADD(in + 640, f0, f1, f2, f3);                                                                                                      \
-        A_LOADD(in + 768, g0, g1, g2, g3);                                                                                                      \
-        A_LOADD(in + 896, h0, h1, h2, h3);                                                                                                      \
-        A_ROUNDS8(rkd);                                                                                                                         \
-        A_STORED(out + 0, in, a0, a1, a2, a3, 0);                                                                                               \
-        A_STORED(out + 128, in, b0, b1, b2, b3, 0);                                                                                             \
-        A_STORED(out + 256, in, c0, c1, c2, c3, 0);                                                                                             \
-        A_STORED(out + 384, in, d0, d1, d2, d3, 0);                                                                                             \
-        A_STORED(out + 512, in, e0, e1, e2, e3, 0);                                                                                             \
-        A_STORED(out + 640, in, f0, f1, f2, f3, 0);                                                                                             \
-        A_STORED(out + 768, in, g0, g1, g2, g3, 0);                                                                                             \
-        A_STORED(out + 896, in, h0, h1, h2, h3, 0);                                                                                             \
-    }                                                                                                                                           \
-    for (; nblocks >= 32; nblocks -= 32, in += 512, out += 512) {                                                                               \
-        __m256i a0, a1, a2, a3, b0, b1, b2, b3, c0, c1, c2, c3, d0, d1, d2, d3;                                                                 \
-        A_LOADD(in, a0, a1, a2, a3);                                                                                                            \
-        A_LOADD(in + 128, b0, b1, b2, b3);                                                                                                      \
-        A_LOADD(in + 256, c0, c1, c2, c3);                                                                                                      \
-        A_LOADD(in + 384, d0, d1, d2, d3);                                                                                                      \
-        A_ROUNDS4(rkd);                                                                                                                         \
-        A_STORED(out, in, a0, a1, a2, a3, 0);                                                                                                   \
-        A_STORED(out + 128, in, b0, b1, b2, b3, 0);                                                                                             \
-        A_STORED(out + 256, in, c0, c1, c2, c3, 0);                                                                                             \
-        A_STORED(out + 384, in, d0, d1, d2, d3, 0);                                                                                             \
-    }                                                                                                                                           \
-    while (nblocks) {                                                                                                                           \
-        size_t n = nblocks < 8 ? nblocks : 8;                                                                                                   \
-        uint8_t buf[128];                                                                                                                       \
-        const uint8_t *src = in;                                                                                                                \
-        uint8_t *dst = out;                                                                                                                     \
-        if (n < 8) {                                                                                                                            \
-            memset(buf, 0, sizeof buf);                                                                                                         \
-            memcpy(buf, in, 16 * n);                                                                                                            \
-            src = dst = buf;                                                                                                                    \
-        }                                                                                                                                       \
-        __m256i a0, a1, a2, a3;                                                                                                                 \
-        A_LOADD(src, a0, a1, a2, a3);                                                                                                           \
-        A_ROUNDS1(rkd);                                                                                                                         \
-        A_STORED(dst, src, a0, a1, a2, a3, 0);                                                                                                  \
-        if (n < 8) {                                                                                                                            \
-            memcpy(out, buf, 16 * n);                                                                                                           \
-            memset(buf, 0, sizeof buf);                                                                                                         \
-            __asm__ volatile("" : : "r"(buf) : "memory");                                                                                       \
-        }                                                                                                                                       \
-        in += 16 * n, out += 16 * n, nblocks -= n;                                                                                              \
-    }                                                                                                                                           \
-    wipe_keys(rkd);                                                                                                                             \
-}                                                                                                                                               \
-                                                                                                                                                \
-TGT static void a##SFX##_ctr32_words(const uint32_t rk[32], uint32_t c[4], const uint8_t *in,                                                   \
-                                         uint8_t *out, size_t len)                                                                              \
-{                                                                                                                                               \
-    A_CONSTS;                                                                                                                                   \
-    uint32_t rkd[32];                                                                                                                           \
-    a_dom_keys(rk, rkd);                                                                                                                        \
-    const __m256i iota = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);                                                                             \
-    const __m256i w0 = AD(_mm256_set1_epi32((int)c[0])), w1 = AD(_mm256_set1_epi32((int)c[1])),                                                 \
-                  w2 = AD(_mm256_set1_epi32((int)c[2]));                                                                                        \
-    const __m256i eight = _mm256_set1_epi32(8);                                                                                                 \
-    __m256i w3 = _mm256_add_epi32(_mm256_set1_epi32((int)c[3]), iota);                                                                          \
-    uint32_t used = (uint32_t)((len + 15) / 16);                                                                                                \
-    for (; len >= 1024; len -= 1024, in += 1024, out += 1024) {                                                                                 \
-        __m256i a0 = w0, a1 = w1, a2 = w2, a3 = w3;                                                                                             \
-        __m256i b0 = w0, b1 = w1, b2 = w2, b3 = _mm256_add_epi32(w3, eight);                                                                    \
-        __m256i c0 = w0, c1 = w1, c2 = w2, c3 = _mm256_add_epi32(b3, eight);                                                                    \
-        __m256i d0 = w0, d1 = w1, d2 = w2, d3 = _mm256_add_epi32(c3, eight);                                                                    \
-        __m256i e0 = w0, e1 = w1, e2 = w2, e3 = _mm256_add_epi32(d3, eight);                                                                    \
-        __m256i f0 = w0, f1 = w1, f2 = w2, f3 = _mm256_add_epi32(e3, eight);                                                                    \
-        __m256i g0 = w0, g1 = w1, g2 = w2, g3 = _mm256_add_epi32(f3, eight);                                                                    \
-        __m256i h0 = w0, h1 = w1, h2 = w2, h3 = _mm256_add_epi32(g3, eight);                                                                    \
-        w3 = _mm256_add_epi32(h3, eight);                                                                                                       \
-        a3 = AD(a3), b3 = AD(b3), c3 = AD(c3), d3 = AD(d3), e3 = AD(e3), f3 = AD(f3), g3 = AD(g3), h3 = AD(h3);                                 \
-        A_ROUNDS8(rkd);                                                                                                                         \
-        A_STORED(out, in, a0, a1, a2, a3, 1);                                                                                                   \
-        A_STORED(out + 128, in + 128, b0, b1, b2, b3, 1);                                                                                       \
-        A_STORED(out + 256, in + 256, c0, c1, c2, c3, 1);                                                                                       \
-        A_STORED(out + 384, in + 384, d0, d1, d2, d3, 1);                                                                                       \
-        A_STORED(out + 512, in + 512, e0, e1, e2, e3, 1);                                                                                       \
-        A_STORED(out + 640, in + 640, f0, f1, f2, f3, 1);                                                                                       \
-        A_STORED(out + 768, in + 768, g0, g1, g2, g3, 1);                                                                                       \
-        A_STORED(out + 896, in + 896, h0, h1, h2, h3, 1);                                                                                       \
-    }                                                                                                                                           \
-    for (; len >= 512; len -= 512, in += 512, out += 512) {                                                                                     \
-        __m256i a0 = w0, a1 = w1, a2 = w2, a3 = w3;                                                                                             \
-        __m256i b0 = w0, b1 = w1, b2 = w2, b3 = _mm256_add_epi32(w3, eight);                                                                    \
-        __m256i c0 = w0, c1 = w1, c2 = w2, c3 = _mm256_add_epi32(b3, eight);                                                                    \
-        __m256i d0 = w0, d1 = w1, d2 = w2, d3 = _mm256_add_epi32(c3, eight);                                                                    \
-        w3 = _mm256_add_epi32(d3, eight);                                                                                                       \
-        a3 = AD(a3), b3 = AD(b3), c3 = AD(c3), d3 = AD(d3);                                                                                     \
-        A_ROUNDS4(rkd);                                                                                                                         \
-        A_STORED(out, in, a0, a1, a2, a3, 1);                                                                                                   \
-        A_STORED(out + 128, in + 128, b0, b1, b2, b3, 1);                                                                                       \
-        A_STORED(out + 256, in + 256, c0, c1, c2, c3, 1);                                                                                       \
-        A_STORED(out + 384, in + 384, d0, d1, d2, d3, 1);                                                                                       \
-    }                                                                                                                                           \
-    while (len) {                                                                                                                               \
-        size_t n = len < 128 ? len : 128;                                                                                                       \
-        uint8_t buf[128];                                                                                                                       \
-        const uint8_t *src = in;                                                                                                                \
-        uint8_t *dst = out;                                                                                                                     \
-        if (n < 128) {                                                                                                                          \
-            memset(buf, 0, sizeof buf);                                                                                                         \
-            memcpy(buf, in, n);                                                                                                                 \
-            src = dst = buf;                                                                                                                    \
-        }                                                                                                                                       \
-        __m256i a0 = w0, a1 = w1, a2 = w2, a3 = w3;                                                                                             \
-        w3 = _mm256_add_epi32(w3, eight);                                                                                                       \
-        a3 = AD(a3);                                                                                                                            \
-        A_ROUNDS1(rkd);                                                                                                                         \
-        A_STORED(dst, src, a0, a1, a2, a3, 1);                                                                                                  \
-        if (n < 128) {                                                                                                                          \
-            memcpy(out, buf, n);                                                                                                                \
-            memset(buf, 0, sizeof buf);                                                                                                         \
-            __asm__ volatile("" : : "r"(buf) : "memory");                                                                                       \
-        }                                                                                                                                       \
-        in += n, out += n, len -= n;                                                                                                            \
-    }                                                                                                                                           \
-    c[3] += used;                                                                                                                               \
-    wipe_keys(rkd);                                                                                                                             \
-}                                                                                                                                               \
-                                                                                                                                                \
-TGT static void a##SFX##_ctr128(const uint32_t rk[32], uint8_t ctr[16], const uint8_t *in,                                                      \
-                                uint8_t *out, size_t len)                                                                                       \
-{                                                                                                                                               \
-    ctr128(a##SFX##_ctr32_words, rk, ctr, in, out, len);                                                                                        \
-}                                                                                                                                               \
-                                                                                                                                                \
-TGT static void a##SFX##_ctr32(const uint32_t rk[32], uint8_t ctr[16], const uint8_t *in,                                                       \
-                               uint8_t *out, size_t len)                                                                                        \
-{                                                                                                                                               \
-    ctr32(a##SFX##_ctr32_words, rk, ctr, in, out, len);                                                                                         \
+#define A_KERNELS(SFX, TGT)                                                                       \
+TGT static void a##SFX##_ecb(const uint32_t rk[32], const uint8_t *in, uint8_t *out,              \
+                                 size_t nblocks)                                                  \
+{                                                                                                 \
+    A_CONSTS;                                                                                     \
+    uint32_t rkd[32];                                                                             \
+    a_dom_keys(rk, rkd);                                                                          \
+    for (; nblocks >= 64; nblocks -= 64, in += 1024, out += 1024) {                               \
+        __m256i a0, a1, a2, a3, b0, b1, b2, b3, c0, c1, c2, c3, d0, d1, d2, d3;                   \
+        __m256i e0, e1, e2, e3, f0, f1, f2, f3, g0, g1, g2, g3, h0, h1, h2, h3;                   \
+        A_LOADD(in + 0, a0, a1, a2, a3);                                                          \
+        A_LOADD(in + 128, b0, b1, b2, b3);                                                        \
+        A_LOADD(in + 256, c0, c1, c2, c3);                                                        \
+        A_LOADD(in + 384, d0, d1, d2, d3);                                                        \
+        A_LOADD(in + 512, e0, e1, e2, e3);                                                        \
+        A_LOADD(in + 640, f0, f1, f2, f3);                                                        \
+        A_LOADD(in + 768, g0, g1, g2, g3);                                                        \
+        A_LOADD(in + 896, h0, h1, h2, h3);                                                        \
+        A_ROUNDS8(rkd);                                                                           \
+        A_STORED(out + 0, in, a0, a1, a2, a3, 0);                                                 \
+        A_STORED(out + 128, in, b0, b1, b2, b3, 0);                                               \
+        A_STORED(out + 256, in, c0, c1, c2, c3, 0);                                               \
+        A_STORED(out + 384, in, d0, d1, d2, d3, 0);                                               \
+        A_STORED(out + 512, in, e0, e1, e2, e3, 0);                                               \
+        A_STORED(out + 640, in, f0, f1, f2, f3, 0);                                               \
+        A_STORED(out + 768, in, g0, g1, g2, g3, 0);                                               \
+        A_STORED(out + 896, in, h0, h1, h2, h3, 0);                                               \
+    }                                                                                             \
+    for (; nblocks >= 32; nblocks -= 32, in += 512, out += 512) {                                 \
+        __m256i a0, a1, a2, a3, b0, b1, b2, b3, c0, c1, c2, c3, d0, d1, d2, d3;                   \
+        A_LOADD(in, a0, a1, a2, a3);                                                              \
+        A_LOADD(in + 128, b0, b1, b2, b3);                                                        \
+        A_LOADD(in + 256, c0, c1, c2, c3);                                                        \
+        A_LOADD(in + 384, d0, d1, d2, d3);                                                        \
+        A_ROUNDS4(rkd);                                                                           \
+        A_STORED(out, in, a0, a1, a2, a3, 0);                                                     \
+        A_STORED(out + 128, in, b0, b1, b2, b3, 0);                                               \
+        A_STORED(out + 256, in, c0, c1, c2, c3, 0);                                               \
+        A_STORED(out + 384, in, d0, d1, d2, d3, 0);                                               \
+    }                                                                                             \
+    while (nblocks) {                                                                             \
+        size_t n = nblocks < 8 ? nblocks : 8;                                                     \
+        uint8_t buf[128];                                                                         \
+        const uint8_t *src = in;                                                                  \
+        uint8_t *dst = out;                                                                       \
+        if (n < 8) {                                                                              \
+            memset(buf, 0, sizeof buf);                                                           \
+            memcpy(buf, in, 16 * n);                                                              \
+            src = dst = buf;                                                                      \
+        }                                                                                         \
+        __m256i a0, a1, a2, a3;                                                                   \
+        A_LOADD(src, a0, a1, a2, a3);                                                             \
+        A_ROUNDS1(rkd);                                                                           \
+        A_STORED(dst, src, a0, a1, a2, a3, 0);                                                    \
+        if (n < 8) {                                                                              \
+            memcpy(out, buf, 16 * n);                                                             \
+            memset(buf, 0, sizeof buf);                                                           \
+            __asm__ volatile("" : : "r"(buf) : "memory");                                         \
+        }                                                                                         \
+        in += 16 * n, out += 16 * n, nblocks -= n;                                                \
+    }                                                                                             \
+    wipe_keys(rkd);                                                                               \
+}                                                                                                 \
+                                                                                                  \
+TGT static void a##SFX##_ctr32_words(const uint32_t rk[32], uint32_t c[4], const uint8_t *in,     \
+                                         uint8_t *out, size_t len)                                \
+{                                                                                                 \
+    A_CONSTS;                                                                                     \
+    uint32_t rkd[32];                                                                             \
+    a_dom_keys(rk, rkd);                                                                          \
+    const __m256i iota = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);                               \
+    const __m256i w0 = AD(_mm256_set1_epi32((int)c[0])), w1 = AD(_mm256_set1_epi32((int)c[1])),   \
+                  w2 = AD(_mm256_set1_epi32((int)c[2]));                                          \
+    const __m256i eight = _mm256_set1_epi32(8);                                                   \
+    __m256i w3 = _mm256_add_epi32(_mm256_set1_epi32((int)c[3]), iota);                            \
+    uint32_t used = (uint32_t)((len + 15) / 16);                                                  \
+    for (; len >= 1024; len -= 1024, in += 1024, out += 1024) {                                   \
+        __m256i a0 = w0, a1 = w1, a2 = w2, a3 = w3;                                               \
+        __m256i b0 = w0, b1 = w1, b2 = w2, b3 = _mm256_add_epi32(w3, eight);                      \
+        __m256i c0 = w0, c1 = w1, c2 = w2, c3 = _mm256_add_epi32(b3, eight);                      \
+        __m256i d0 = w0, d1 = w1, d2 = w2, d3 = _mm256_add_epi32(c3, eight);                      \
+        __m256i e0 = w0, e1 = w1, e2 = w2, e3 = _mm256_add_epi32(d3, eight);                      \
+        __m256i f0 = w0, f1 = w1, f2 = w2, f3 = _mm256_add_epi32(e3, eight);                      \
+        __m256i g0 = w0, g1 = w1, g2 = w2, g3 = _mm256_add_epi32(f3, eight);                      \
+        __m256i h0 = w0, h1 = w1, h2 = w2, h3 = _mm256_add_epi32(g3, eight);                      \
+        w3 = _mm256_add_epi32(h3, eight);                                                         \
+        a3 = AD(a3), b3 = AD(b3), c3 = AD(c3), d3 = AD(d3);                                       \
+        e3 = AD(e3), f3 = AD(f3), g3 = AD(g3), h3 = AD(h3);                                       \
+        A_ROUNDS8(rkd);                                                                           \
+        A_STORED(out, in, a0, a1, a2, a3, 1);                                                     \
+        A_STORED(out + 128, in + 128, b0, b1, b2, b3, 1);                                         \
+        A_STORED(out + 256, in + 256, c0, c1, c2, c3, 1);                                         \
+        A_STORED(out + 384, in + 384, d0, d1, d2, d3, 1);                                         \
+        A_STORED(out + 512, in + 512, e0, e1, e2, e3, 1);                                         \
+        A_STORED(out + 640, in + 640, f0, f1, f2, f3, 1);                                         \
+        A_STORED(out + 768, in + 768, g0, g1, g2, g3, 1);                                         \
+        A_STORED(out + 896, in + 896, h0, h1, h2, h3, 1);                                         \
+    }                                                                                             \
+    for (; len >= 512; len -= 512, in += 512, out += 512) {                                       \
+        __m256i a0 = w0, a1 = w1, a2 = w2, a3 = w3;                                               \
+        __m256i b0 = w0, b1 = w1, b2 = w2, b3 = _mm256_add_epi32(w3, eight);                      \
+        __m256i c0 = w0, c1 = w1, c2 = w2, c3 = _mm256_add_epi32(b3, eight);                      \
+        __m256i d0 = w0, d1 = w1, d2 = w2, d3 = _mm256_add_epi32(c3, eight);                      \
+        w3 = _mm256_add_epi32(d3, eight);                                                         \
+        a3 = AD(a3), b3 = AD(b3), c3 = AD(c3), d3 = AD(d3);                                       \
+        A_ROUNDS4(rkd);                                                                           \
+        A_STORED(out, in, a0, a1, a2, a3, 1);                                                     \
+        A_STORED(out + 128, in + 128, b0, b1, b2, b3, 1);                                         \
+        A_STORED(out + 256, in + 256, c0, c1, c2, c3, 1);                                         \
+        A_STORED(out + 384, in + 384, d0, d1, d2, d3, 1);                                         \
+    }                                                                                             \
+    while (len) {                                                                                 \
+        size_t n = len < 128 ? len : 128;                                                         \
+        uint8_t buf[128];                                                                         \
+        const uint8_t *src = in;                                                                  \
+        uint8_t *dst = out;                                                                       \
+        if (n < 128) {                                                                            \
+            memset(buf, 0, sizeof buf);                                                           \
+            memcpy(buf, in, n);                                                                   \
+            src = dst = buf;                                                                      \
+        }                                                                                         \
+        __m256i a0 = w0, a1 = w1, a2 = w2, a3 = w3;                                               \
+        w3 = _mm256_add_epi32(w3, eight);                                                         \
+        a3 = AD(a3);                                                                              \
+        A_ROUNDS1(rkd);                                                                           \
+        A_STORED(dst, src, a0, a1, a2, a3, 1);                                                    \
+        if (n < 128) {                                                                            \
+            memcpy(out, buf, n);                                                                  \
+            memset(buf, 0, sizeof buf);                                                           \
+            __asm__ volatile("" : : "r"(buf) : "memory");                                         \
+        }                                                                                         \
+        in += n, out += n, len -= n;                                                              \
+    }                                                                                             \
+    c[3] += used;                                                                                 \
+    wipe_keys(rkd);                                                                               \
+}                                                                                                 \
+                                                                                                  \
+TGT static void a##SFX##_ctr128(const uint32_t rk[32], uint8_t ctr[16], const uint8_t *in,        \
+                                uint8_t *out, size_t len)                                         \
+{                                                                                                 \
+    ctr128(a##SFX##_ctr32_words, rk, ctr, in, out, len);                                          \
+}                                                                                                 \
+                                                                                                  \
+TGT static void a##SFX##_ctr32(const uint32_t rk[32], uint8_t ctr[16], const uint8_t *in,         \
+                               uint8_t *out, size_t len)                                          \
+{                                                                                                 \
+    ctr32(a##SFX##_ctr32_words, rk, ctr, in, out, len);                                           \
 }
 
 /* CBC encryption, one block at a time, with the AES-NI domain round: each vector holds the
@@ -1283,9 +1289,9 @@ A_KERNELS(v, TGT_AVX2_VAES)
 #define TGT_GFNI1 __attribute__((target("gfni,avx2")))
 #define TGT_AESNI1 __attribute__((target("aes,avx2")))
 
-#define X_CONSTS1                                                                             \
-    const __m128i r8 = _mm_setr_epi8(3, 0, 1, 2, 7, 4, 5, 6, 11, 8, 9, 10, 15, 12, 13, 14);   \
-    const __m128i r16 = _mm_setr_epi8(2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13);  \
+#define X_CONSTS1                                                                                 \
+    const __m128i r8 = _mm_setr_epi8(3, 0, 1, 2, 7, 4, 5, 6, 11, 8, 9, 10, 15, 12, 13, 14);       \
+    const __m128i r16 = _mm_setr_epi8(2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13);      \
     const __m128i r24 = _mm_setr_epi8(1, 2, 3, 0, 5, 6, 7, 4, 9, 10, 11, 8, 13, 14, 15, 12)
 
 TGT_GFNI1 INLINE __m128i g1_dom(__m128i v, long long m)
@@ -1294,18 +1300,18 @@ TGT_GFNI1 INLINE __m128i g1_dom(__m128i v, long long m)
 }
 
 /* pre-affine domain, as Z_ROUND */
-#define G1_ROUND(X0, X1, X2, X3, K)                                                           \
-    do {                                                                                      \
-        __m128i t_ = _mm_xor_si128(_mm_xor_si128(_mm_xor_si128(X1, X2), K), X3);              \
-        __m128i p0_ = _mm_gf2p8affineinv_epi64_epi8(                                          \
-            t_, _mm_set1_epi64x((long long)SM4_GFNI_POST_D0_MATRIX), SM4_GFNI_POST_D0_CONST); \
-        __m128i p1_ = _mm_gf2p8affineinv_epi64_epi8(                                          \
-            t_, _mm_set1_epi64x((long long)SM4_GFNI_POST_D1_MATRIX), SM4_GFNI_POST_D1_CONST); \
-        __m128i p3_ = _mm_gf2p8affineinv_epi64_epi8(                                          \
-            t_, _mm_set1_epi64x((long long)SM4_GFNI_POST_D3_MATRIX), SM4_GFNI_POST_D3_CONST); \
-        p0_ = _mm_xor_si128(_mm_xor_si128(X0, p0_), _mm_shuffle_epi8(p1_, r8));               \
-        p1_ = _mm_xor_si128(_mm_shuffle_epi8(p1_, r16), _mm_shuffle_epi8(p3_, r24));          \
-        X0 = _mm_xor_si128(p0_, p1_);                                                         \
+#define G1_ROUND(X0, X1, X2, X3, K)                                                               \
+    do {                                                                                          \
+        __m128i t_ = _mm_xor_si128(_mm_xor_si128(_mm_xor_si128(X1, X2), K), X3);                  \
+        __m128i p0_ = _mm_gf2p8affineinv_epi64_epi8(                                              \
+            t_, _mm_set1_epi64x((long long)SM4_GFNI_POST_D0_MATRIX), SM4_GFNI_POST_D0_CONST);     \
+        __m128i p1_ = _mm_gf2p8affineinv_epi64_epi8(                                              \
+            t_, _mm_set1_epi64x((long long)SM4_GFNI_POST_D1_MATRIX), SM4_GFNI_POST_D1_CONST);     \
+        __m128i p3_ = _mm_gf2p8affineinv_epi64_epi8(                                              \
+            t_, _mm_set1_epi64x((long long)SM4_GFNI_POST_D3_MATRIX), SM4_GFNI_POST_D3_CONST);     \
+        p0_ = _mm_xor_si128(_mm_xor_si128(X0, p0_), _mm_shuffle_epi8(p1_, r8));                   \
+        p1_ = _mm_xor_si128(_mm_shuffle_epi8(p1_, r16), _mm_shuffle_epi8(p3_, r24));              \
+        X0 = _mm_xor_si128(p0_, p1_);                                                             \
     } while (0)
 
 TGT_AESNI1 INLINE __m128i a1_affine(__m128i v, __m128i lo, __m128i hi)
@@ -1324,27 +1330,27 @@ TGT_AESNI1 INLINE __m128i a1_sbox(__m128i v)
 
 
 /* TO/FROM: into and out of the round's domain; KEYS: the round keys it expects */
-#define CBC_ENC_BODY(ROUND, TO, FROM, KEYS)                                                   \
-    X_CONSTS1;                                                                                \
-    uint32_t v0 = be32(iv), v1 = be32(iv + 4), v2 = be32(iv + 8), v3 = be32(iv + 12);         \
-    for (; nblocks; nblocks--, in += 16, out += 16) {                                         \
-        __m128i x0 = TO(_mm_set1_epi32((int)(v0 ^ be32(in))));                                \
-        __m128i x1 = TO(_mm_set1_epi32((int)(v1 ^ be32(in + 4))));                            \
-        __m128i x2 = TO(_mm_set1_epi32((int)(v2 ^ be32(in + 8))));                            \
-        __m128i x3 = TO(_mm_set1_epi32((int)(v3 ^ be32(in + 12))));                           \
-        for (int r = 0; r < 32; r += 4) {                                                     \
-            ROUND(x0, x1, x2, x3, _mm_set1_epi32((int)(KEYS)[r]));                            \
-            ROUND(x1, x2, x3, x0, _mm_set1_epi32((int)(KEYS)[r + 1]));                        \
-            ROUND(x2, x3, x0, x1, _mm_set1_epi32((int)(KEYS)[r + 2]));                        \
-            ROUND(x3, x0, x1, x2, _mm_set1_epi32((int)(KEYS)[r + 3]));                        \
-        }                                                                                     \
-        v0 = (uint32_t)_mm_cvtsi128_si32(FROM(x3));                                           \
-        v1 = (uint32_t)_mm_cvtsi128_si32(FROM(x2));                                           \
-        v2 = (uint32_t)_mm_cvtsi128_si32(FROM(x1));                                           \
-        v3 = (uint32_t)_mm_cvtsi128_si32(FROM(x0));                                           \
-        put_be32(out, v0), put_be32(out + 4, v1), put_be32(out + 8, v2);                      \
-        put_be32(out + 12, v3);                                                               \
-    }                                                                                         \
+#define CBC_ENC_BODY(ROUND, TO, FROM, KEYS)                                                       \
+    X_CONSTS1;                                                                                    \
+    uint32_t v0 = be32(iv), v1 = be32(iv + 4), v2 = be32(iv + 8), v3 = be32(iv + 12);             \
+    for (; nblocks; nblocks--, in += 16, out += 16) {                                             \
+        __m128i x0 = TO(_mm_set1_epi32((int)(v0 ^ be32(in))));                                    \
+        __m128i x1 = TO(_mm_set1_epi32((int)(v1 ^ be32(in + 4))));                                \
+        __m128i x2 = TO(_mm_set1_epi32((int)(v2 ^ be32(in + 8))));                                \
+        __m128i x3 = TO(_mm_set1_epi32((int)(v3 ^ be32(in + 12))));                               \
+        for (int r = 0; r < 32; r += 4) {                                                         \
+            ROUND(x0, x1, x2, x3, _mm_set1_epi32((int)(KEYS)[r]));                                \
+            ROUND(x1, x2, x3, x0, _mm_set1_epi32((int)(KEYS)[r + 1]));                            \
+            ROUND(x2, x3, x0, x1, _mm_set1_epi32((int)(KEYS)[r + 2]));                            \
+            ROUND(x3, x0, x1, x2, _mm_set1_epi32((int)(KEYS)[r + 3]));                            \
+        }                                                                                         \
+        v0 = (uint32_t)_mm_cvtsi128_si32(FROM(x3));                                               \
+        v1 = (uint32_t)_mm_cvtsi128_si32(FROM(x2));                                               \
+        v2 = (uint32_t)_mm_cvtsi128_si32(FROM(x1));                                               \
+        v3 = (uint32_t)_mm_cvtsi128_si32(FROM(x0));                                               \
+        put_be32(out, v0), put_be32(out + 4, v1), put_be32(out + 8, v2);                          \
+        put_be32(out + 12, v3);                                                                   \
+    }                                                                                             \
     put_be32(iv, v0), put_be32(iv + 4, v1), put_be32(iv + 8, v2), put_be32(iv + 12, v3)
 
 #define G1_TO(v) g1_dom(v, (long long)SM4_GFNI_DOMAIN_MATRIX)
