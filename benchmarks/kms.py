@@ -52,6 +52,11 @@ flushed output, with an untimed fsync after every phase so that one phase's dirt
 not slow the next. Beside them, measured in the same run: the cipher alone in memory over
 1 MiB chunks (SM4GCM; cryptography's AESGCM), and a plain copy of the file.
 
+``--profile ROW`` (e.g. ``encrypt_aes``) instead splits one row into layers, interleaved, in
+CPU time per op: raw, KMS with the audit off, KMS handing its events to a log that drops them
+(the caller's share of auditing), KMS with the real AuditLog (its writer thread included);
+then a cProfile of ``--profile-target`` (default ``kms``).
+
 Results go to ``bench-results/kms.json``. The bar printed at the end (symmetric Encrypt >= 0.5x
 the raw pool encrypt) comes from the issue; it is a report, not a test.
 """
@@ -134,7 +139,9 @@ class Row:
     name: str
     title: str
     raw_title: str
-    ops: dict[str, Op]  # target -> op
+    raw: Op
+    call: Callable[[Any], Op]  # KmsClient -> the KMS op through that client
+    ops: dict[str, Op] = field(default_factory=dict)  # target -> op
 
 
 @dataclass
@@ -229,12 +236,6 @@ def setup(tmp: Path) -> Setup:
         urandom, ecdsa = os.urandom, SignAlgorithm.ECDSA_SHA256
         pss, pkcs1 = SignAlgorithm.RSA_PSS_SHA256, SignAlgorithm.RSA_PKCS1_SHA256
 
-        def both(fn: Callable[[Any], Op]) -> dict[str, Op]:
-            ops = {"kms": fn(client)}
-            if aclient is not None:
-                ops["kms+audit"] = fn(aclient)
-            return ops
-
         def raw_sm4_datakey() -> bytes:
             nonce = urandom(12)
             return nonce + sm4.encrypt(nonce, inst.random(32), aad)
@@ -245,38 +246,41 @@ def setup(tmp: Path) -> Setup:
 
         s.rows = [
             Row("encrypt_aes", "Encrypt 32 B AES", "inst.encrypt, AAD 18 B",
-                {"raw": lambda: inst.encrypt(aes_kb, PLAINTEXT, aad),
-                 **both(lambda c: lambda: c.encrypt(aes_id, PLAINTEXT))}),
+                lambda: inst.encrypt(aes_kb, PLAINTEXT, aad),
+                lambda c: lambda: c.encrypt(aes_id, PLAINTEXT)),
             Row("encrypt_aes_ctx", "Encrypt 32 B AES +ctx",
                 f"inst.encrypt, AAD {len(aad_ctx)} B",
-                {"raw": lambda: inst.encrypt(aes_kb, PLAINTEXT, aad_ctx),
-                 **both(lambda c: lambda: c.encrypt(aes_id, PLAINTEXT, CONTEXT))}),
+                lambda: inst.encrypt(aes_kb, PLAINTEXT, aad_ctx),
+                lambda c: lambda: c.encrypt(aes_id, PLAINTEXT, CONTEXT)),
             Row("decrypt_aes", "Decrypt 32 B AES", "inst.decrypt, AAD 18 B",
-                {"raw": lambda: inst.decrypt(aes_kb, raw_ct, aad),
-                 **both(lambda c: lambda: c.decrypt(ct))}),
+                lambda: inst.decrypt(aes_kb, raw_ct, aad),
+                lambda c: lambda: c.decrypt(ct)),
             Row("datakey_aes", "GenDataKey AES CMK", "inst.random(32) + inst.encrypt",
-                {"raw": lambda: inst.encrypt(aes_kb, inst.random(32), aad),
-                 **both(lambda c: lambda: c.generate_data_key(aes_id, "AES_256"))}),
+                lambda: inst.encrypt(aes_kb, inst.random(32), aad),
+                lambda c: lambda: c.generate_data_key(aes_id, "AES_256")),
             Row("encrypt_sm4", "Encrypt 32 B SM4", "SM4GCM.encrypt + urandom(12)",
-                {"raw": raw_sm4_encrypt,
-                 **both(lambda c: lambda: c.encrypt(sm4_id, PLAINTEXT))}),
+                raw_sm4_encrypt,
+                lambda c: lambda: c.encrypt(sm4_id, PLAINTEXT)),
             Row("datakey_sm4", "GenDataKey SM4 CMK", "inst.random(32) + SM4GCM.encrypt",
-                {"raw": raw_sm4_datakey,
-                 **both(lambda c: lambda: c.generate_data_key(sm4_id, "AES_256"))}),
+                raw_sm4_datakey,
+                lambda c: lambda: c.generate_data_key(sm4_id, "AES_256")),
             Row("sign_ecdsa", "Sign ECDSA P-256", "inst.sign ECDSA_SHA256",
-                {"raw": lambda: inst.sign(ec_kb, MESSAGE, ecdsa),
-                 **both(lambda c: lambda: c.sign(ec_id, MESSAGE, "ECDSA_SHA_256"))}),
+                lambda: inst.sign(ec_kb, MESSAGE, ecdsa),
+                lambda c: lambda: c.sign(ec_id, MESSAGE, "ECDSA_SHA_256")),
             Row("sign_rsa_pss", "Sign RSA-2048 PSS", "inst.sign RSA_PSS_SHA256",
-                {"raw": lambda: inst.sign(rsa_kb, MESSAGE, pss),
-                 **both(lambda c: lambda: c.sign(rsa_id, MESSAGE, "RSASSA_PSS_SHA_256"))}),
+                lambda: inst.sign(rsa_kb, MESSAGE, pss),
+                lambda c: lambda: c.sign(rsa_id, MESSAGE, "RSASSA_PSS_SHA_256")),
             Row("sign_rsa_pkcs1", "Sign RSA-2048 PKCS1", "inst.sign RSA_PKCS1_SHA256",
-                {"raw": lambda: inst.sign(rsa_kb, MESSAGE, pkcs1),
-                 **both(lambda c: lambda: c.sign(rsa_id, MESSAGE,
-                                                 "RSASSA_PKCS1_V1_5_SHA_256"))}),
+                lambda: inst.sign(rsa_kb, MESSAGE, pkcs1),
+                lambda c: lambda: c.sign(rsa_id, MESSAGE, "RSASSA_PKCS1_V1_5_SHA_256")),
             Row("sign_sm2", "Sign SM2", "SM2PrivateKey.sign",
-                {"raw": lambda: sm2.sign(MESSAGE),
-                 **both(lambda c: lambda: c.sign(sm2_id, MESSAGE, "SM2DSA"))}),
+                lambda: sm2.sign(MESSAGE),
+                lambda c: lambda: c.sign(sm2_id, MESSAGE, "SM2DSA")),
         ]
+        for row in s.rows:
+            row.ops = {"raw": row.raw, "kms": row.call(client)}
+            if aclient is not None:
+                row.ops["kms+audit"] = row.call(aclient)
         # Close order (reversed): the services first (scheduler, audit), then store, pool.
         closers.append(lambda: s.kms_audit.close() if s.kms_audit is not None else None)
         return s
@@ -613,21 +617,77 @@ def _command(argv: list[str]) -> str:
 # --- profiling ---------------------------------------------------------------------------
 
 
+class _NullLog:
+    """An audit log that drops events: the caller-side cost of auditing, without the
+    writer thread."""
+
+    commits = 0
+
+    def append(self, event: object) -> None:
+        pass
+
+    def flush(self, timeout: float | None = None) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def profile(s: Setup, row_name: str, seconds: float, target: str) -> None:
-    """cProfile of one row's target in a closed loop (the profiler inflates cheap calls)."""
+    """Where one row's time goes.
+
+    1. Layers, interleaved in rounds, in ops per CPU-second of this process (all threads;
+       less sensitive to other load than ops/s): the raw op, the KMS call with the audit
+       off, with events handed to a log that drops them (the caller's share of auditing),
+       and with the real AuditLog (plus its writer thread).
+    2. cProfile of ``target`` (main thread only; the profiler inflates cheap calls).
+    """
     import cProfile
     import pstats
+
+    from kms import Kms
 
     row = next(r for r in s.rows if r.name == row_name)
     if target not in row.ops:
         raise SystemExit(f"{target} is not available here ({s.audit_note})")
+    k = s.kms_plain
+    null = Kms(k.pool, k.store, k.settings, audit=_NullLog())
+    layers = {"raw": row.ops["raw"], "kms, audit off": row.ops["kms"],
+              "kms, audit to a null log": row.call(null.client(INSTANCE))}
+    log = s.kms_audit.audit if s.kms_audit is not None else None
+    if "kms+audit" in row.ops:
+        layers["kms, AuditLog"] = row.ops["kms+audit"]
+    rounds = 6
+    slice_s = max(0.2, seconds / rounds)
+    count, cpu = dict.fromkeys(layers, 0), dict.fromkeys(layers, 0)
+    for fn in layers.values():
+        warm_up(fn, 0.2)
+    for r in range(rounds):
+        names = list(layers)
+        names = names[r % len(names):] + names[:r % len(names)]
+        for name in names:
+            finish = log.flush if (name == "kms, AuditLog" and log is not None) else None
+            _, u, lat = timed_loop(layers[name], slice_s, finish)
+            count[name] += len(lat)
+            cpu[name] += u
+    print(f"{row.title}, {rounds} interleaved rounds of {slice_s:.2f} s per layer:")
+    print(f"  {'':<26} {'ops/CPU-s':>10} {'µs CPU/op':>10} {'/raw':>5} {'+µs':>6}")
+    raw_us = cpu["raw"] / 1e3 / count["raw"]
+    prev = raw_us
+    for name in layers:
+        us = cpu[name] / 1e3 / count[name]
+        print(f"  {name:<26} {1e6 / us:>10,.0f} {us:>10.2f} {raw_us / us:>5.2f} "
+              f"{us - prev:>+6.2f}")
+        prev = us
+    print("  (+µs: over the line above; CPU of all threads, so the AuditLog line includes "
+          "its writer)")
+
     op = row.ops[target]
-    warm_up(op, 0.3)
     prof = cProfile.Profile()
     prof.enable()
     elapsed, _, lat = timed_loop(op, seconds)
     prof.disable()
-    print(f"cProfile of {target} {row.title}: {len(lat) / (elapsed / 1e9):,.0f} ops/s "
+    print(f"\ncProfile of {target} {row.title}: {len(lat) / (elapsed / 1e9):,.0f} ops/s "
           "with the profiler")
     pstats.Stats(prof).sort_stats("tottime").print_stats(30)
 
