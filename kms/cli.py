@@ -36,6 +36,8 @@ from typing import IO, TYPE_CHECKING, Any, BinaryIO, NoReturn
 from hsmpool import cli as pool_cli
 
 if TYPE_CHECKING:
+    from kms.fileenc import FileResult
+    from kms.model import AliasRecord, KeyRecord
     from kms.service import KmsClient
 
 
@@ -45,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = pool_cli.build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     server_commands.add_commands(sub)
+    from kms import audit
+
+    audit.add_cli(sub)
     add_commands(sub)
     _one_line_errors(parser)
     return parser
@@ -83,7 +88,7 @@ def _when(t: float | None) -> str | None:
     return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _key_json(rec: Any, aliases: Sequence[str] = ()) -> dict[str, Any]:
+def _key_json(rec: KeyRecord, aliases: Sequence[str] = ()) -> dict[str, Any]:
     return {
         "KeyId": rec.key_id, "Arn": rec.arn, "KeySpec": str(rec.spec),
         "KeyUsage": str(rec.usage), "Origin": str(rec.origin), "KeyState": str(rec.state),
@@ -98,7 +103,7 @@ def _key_json(rec: Any, aliases: Sequence[str] = ()) -> dict[str, Any]:
     }
 
 
-def _alias_json(client: KmsClient, a: Any) -> dict[str, Any]:
+def _alias_json(client: KmsClient, a: AliasRecord) -> dict[str, Any]:
     return {"AliasName": a.name, "AliasArn": client.kms.alias_arn(a.instance, a.name),
             "TargetKeyId": a.key_id, "CreationDate": _when(a.created),
             "LastUpdatedDate": _when(a.updated)}
@@ -139,7 +144,7 @@ def _aliases_by_key(client: KmsClient, key_id: str | None = None) -> dict[str, l
     return out
 
 
-def _show_key(args: argparse.Namespace, client: KmsClient, rec: Any) -> int:
+def _show_key(args: argparse.Namespace, client: KmsClient, rec: KeyRecord) -> int:
     doc = _key_json(rec, _aliases_by_key(client, rec.key_id).get(rec.key_id, []))
     if args.json:
         print(json.dumps(doc, indent=2))
@@ -299,7 +304,8 @@ def _context(pairs: Sequence[tuple[str, str]] | None) -> dict[str, str] | None:
     ctx: dict[str, str] = {}
     for k, v in pairs:
         if k in ctx:
-            raise SystemExit(f"hsmpool: --context key {k!r} given twice")
+            print(f"hsmpool: error: --context key {k!r} given twice", file=sys.stderr)
+            raise SystemExit(2)
         ctx[k] = v
     return ctx
 
@@ -320,7 +326,7 @@ def _progress(args: argparse.Namespace, label: str, total: int | None) -> _Bar |
     return _Bar(label, total, sys.stderr)
 
 
-def _report(args: argparse.Namespace, verb: str, res: Any) -> None:
+def _report(args: argparse.Namespace, verb: str, res: FileResult) -> None:
     if args.quiet:
         return
     out = sys.stderr if args.output == "-" else sys.stdout

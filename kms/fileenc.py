@@ -49,8 +49,8 @@ with f = 0, so it fails as a final chunk; dropping the final chunk is the same; 
 after the final chunk make it a non-final chunk (f = 0), so it fails; a partial chunk fails its
 tag. A file decrypts only if it is byte for byte what the encryptor wrote.
 
-The reader knows the final chunk without a length field: it reads S + 16 bytes at a time and
-looks one byte ahead; a chunk followed by end of file is the final one.
+The reader knows the final chunk without a length field: it reads S + 16 bytes at a time, one
+chunk ahead; a chunk followed by end of file is the final one.
 
 Limits: at most 2**32 chunks per file (4 PiB at the default 1 MiB chunks); GCM nonces never
 repeat under a data key, and each file has its own data key.
@@ -325,8 +325,8 @@ def decrypt_file(client: KmsClient, src: BinaryIO, dst: BinaryIO,
     index = 0
     cur = _read_exact(src, seg_len)
     while True:
-        ahead = _read_exact(src, 1) if len(cur) == seg_len else b""
-        final = not ahead
+        nxt = _read_exact(src, seg_len) if len(cur) == seg_len else b""
+        final = not nxt
         if len(cur) < TAG_LEN or (final and index > 0 and len(cur) == TAG_LEN):
             raise E.InvalidCiphertext("the encrypted file is truncated or corrupted")
         if index >= MAX_CHUNKS:
@@ -345,7 +345,7 @@ def decrypt_file(client: KmsClient, src: BinaryIO, dst: BinaryIO,
             progress(consumed)
         if final:
             break
-        cur = ahead + _read_exact(src, seg_len - 1)
+        cur = nxt
     dst.flush()
     return FileResult(res.key_id, header.cipher_name, header.chunk_size, index, produced,
                       consumed, dict(header.context), res.key_version)

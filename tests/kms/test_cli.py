@@ -271,6 +271,8 @@ def test_progress_and_quiet(cli: Cli, file_keys: dict[str, str], tmp_path: Path)
     (["alias", "create", "x"], 2, "required"),
     (["encrypt", "in", "out"], 2, "--key"),
     (["encrypt", "--key", "k", "--context", "novalue", "in", "out"], 2, "KEY=VALUE"),
+    (["encrypt", "--key", "k", "--context", "a=1", "--context", "a=2", "in", "out"], 2,
+     "given twice"),
     (["encrypt", "--key", "alias/none", "/nonexistent/in", "out"], 1, "No such file"),
     (["decrypt", "/nonexistent/in", "out"], 1, "No such file"),
     (["decrypt", "/etc/hostname", "out"], 1, "InvalidCiphertextException"),
