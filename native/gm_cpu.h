@@ -60,10 +60,11 @@ typedef struct {
 
 extern const hsm_sm4_impl_ops hsm_sm4_portable_ops;
 #if defined(HSM_GM_X86)
-extern const hsm_sm4_impl_ops hsm_sm4_avx2_ops;
+extern const hsm_sm4_impl_ops hsm_sm4_avx2_ops;         /* GFNI, PCLMULQDQ */
+extern const hsm_sm4_impl_ops hsm_sm4_avx2_vpclmul_ops; /* GFNI, VPCLMULQDQ (ymm) */
 extern const hsm_sm4_impl_ops hsm_sm4_avx512_ops;
 extern const hsm_sm4_impl_ops hsm_sm4_avx2_aesni_ops; /* AES-NI S-box, 128-bit AESENCLAST */
-extern const hsm_sm4_impl_ops hsm_sm4_avx2_vaes_ops;  /* AES-NI S-box, VAES */
+extern const hsm_sm4_impl_ops hsm_sm4_avx2_vaes_ops;  /* AES-NI S-box, VAES, VPCLMULQDQ */
 /* Fill htab[HSM_HTAB_CLMUL...] from h (needs PCLMULQDQ). */
 void hsm_ghash_clmul_init(uint8_t *htab, const uint8_t h[16]);
 #endif

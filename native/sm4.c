@@ -505,9 +505,10 @@ static const hsm_sm4_impl_ops *ops(void)
     case HSM_GM_IMPL_AVX2_AESNI: {
         unsigned f = hsm_gm_cpu_features();
         if (impl == HSM_GM_IMPL_AVX2 && (f & HSM_CPU_GFNI))
-            return &hsm_sm4_avx2_ops;
-        /* AES-NI S-box (no GFNI, or forced) */
-        return (f & HSM_CPU_VAES) ? &hsm_sm4_avx2_vaes_ops : &hsm_sm4_avx2_aesni_ops;
+            return (f & HSM_CPU_VPCLMUL) ? &hsm_sm4_avx2_vpclmul_ops : &hsm_sm4_avx2_ops;
+        /* AES-NI S-box (no GFNI, or forced); VAES CPUs all have VPCLMULQDQ */
+        return (f & HSM_CPU_VAES) && (f & HSM_CPU_VPCLMUL) ? &hsm_sm4_avx2_vaes_ops
+                                                            : &hsm_sm4_avx2_aesni_ops;
     }
     default:
         break;
