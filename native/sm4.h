@@ -7,6 +7,9 @@
  *
  * Buffers may be unaligned and may alias exactly (in == out); partial overlap is not allowed.
  * Nothing here allocates; nothing here reads the environment after the first call.
+ * The vector paths (and on x86-64 with GFNI or AES-NI also the key schedule and CBC
+ * encryption) do not index memory or branch with secret data; the portable path uses
+ * table lookups (T-tables, 4-bit GHASH tables) and is not cache-timing safe.
  */
 #ifndef HSMPOOL_SM4_H
 #define HSMPOOL_SM4_H
@@ -16,7 +19,7 @@
 
 /* Implementation ids, in order of preference. */
 #define HSM_GM_IMPL_PORTABLE 0
-#define HSM_GM_IMPL_AVX2 1   /* AVX2 with GFNI (or AES-NI) for the S-box, PCLMULQDQ GHASH */
+#define HSM_GM_IMPL_AVX2 1   /* AVX2, GFNI (or AES-NI) S-box, (VEX V)PCLMULQDQ GHASH */
 #define HSM_GM_IMPL_AVX512 2 /* AVX-512 with GFNI, VPCLMULQDQ GHASH */
 /* Not a preference level: the AVX2 implementation with the AES-NI S-box, which
  * HSM_GM_IMPL_AVX2 uses by itself on CPUs without GFNI. hsm_gm_set_impl accepts it on any CPU
