@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Final
@@ -32,6 +33,7 @@ MAX_BODY: Final = 256 * 1024
 JSON_TYPES: Final = frozenset({"application/x-amz-json-1.1", "application/x-amz-json-1.0"})
 _JSON_HEADERS: Final = [(b"content-type", b"application/x-amz-json-1.1")]
 _PREFIX: Final = "TrentService."
+_SURROGATE_ESCAPE: Final = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 def _error(code: str, message: str) -> bytes:
@@ -180,7 +182,11 @@ class KmsApp:
                 op, type(exc).__name__
         try:
             body = json.loads(raw) if raw else {}
-        except (ValueError, UnicodeDecodeError):
+            # \ud800-\udfff escapes may leave lone surrogates, which are not text: they
+            # would fail later, in UTF-8 encoding (SQLite, the ciphertext context), as a 500.
+            if _SURROGATE_ESCAPE.search(raw):
+                json.dumps(body, ensure_ascii=False).encode()
+        except (ValueError, UnicodeError, RecursionError):
             return 400, _error("SerializationException", "the body is not valid JSON"), op, \
                 "Serialization"
         if not isinstance(body, dict):
