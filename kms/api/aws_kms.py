@@ -159,7 +159,9 @@ def describe_key(c: KmsClient, b: Body) -> dict[str, Any]:
 
 
 def list_keys(c: KmsClient, b: Body) -> dict[str, Any]:
-    page = c.list_keys(_int(b, "Limit", 100) or 100, _str(b, "Marker", False))
+    limit = _int(b, "Limit", 100)
+    assert limit is not None
+    page = c.list_keys(limit, _str(b, "Marker", False))
     return _page([{"KeyId": r.key_id, "KeyArn": r.arn} for r in page.items], "Keys",
                  page.next_marker)
 
@@ -245,8 +247,9 @@ def delete_alias(c: KmsClient, b: Body) -> dict[str, Any]:
 
 
 def list_aliases(c: KmsClient, b: Body) -> dict[str, Any]:
-    page = c.list_aliases(_str(b, "KeyId", False), _int(b, "Limit", 100) or 100,
-                          _str(b, "Marker", False))
+    limit = _int(b, "Limit", 100)
+    assert limit is not None
+    page = c.list_aliases(_str(b, "KeyId", False), limit, _str(b, "Marker", False))
     items = [{"AliasName": a.name, "AliasArn": c.kms.alias_arn(a.instance, a.name),
               "TargetKeyId": a.key_id, "CreationDate": a.created,
               "LastUpdatedDate": a.updated} for a in page.items]
