@@ -10,6 +10,7 @@ import hashlib
 import io
 import json
 import os
+import pty
 import subprocess
 import sys
 import time
@@ -256,6 +257,35 @@ def test_progress_and_quiet(cli: Cli, file_keys: dict[str, str], tmp_path: Path)
     assert q.stdout == b"" and q.stderr == b""  # stderr is a pipe: no bar without --progress
     cli.fail("decrypt", "--quiet", "--progress", str(tmp_path / "ct"), str(tmp_path / "o2"),
              rc=2)
+
+
+def test_progress_bar_when_stderr_is_a_terminal(config: Path, file_keys: dict[str, str],
+                                                tmp_path: Path) -> None:
+    (tmp_path / "in").write_bytes(os.urandom(2 << 20))
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            [HSMPOOL, "--config", str(config), "encrypt", "--instance", INSTANCE, "--key",
+             file_keys["SM4"], str(tmp_path / "in"), str(tmp_path / "ct")],
+            stdout=subprocess.DEVNULL, stderr=slave)
+        os.close(slave)  # read while it runs: a full terminal buffer would block the child
+        shown = b""
+        while True:
+            try:
+                block = os.read(master, 65536)
+            except OSError:  # EIO: the other side is closed and drained
+                break
+            if not block:
+                break
+            shown += block
+    finally:
+        os.close(master)
+    assert proc.wait(timeout=120) == 0
+    assert shown.startswith(b"\rencrypt ") and b"100.0%" in shown and b"2.0/2.0 MiB" in shown
+    q = subprocess.run([HSMPOOL, "--config", str(config), "decrypt", "--instance", INSTANCE,
+                        "--quiet", str(tmp_path / "ct"), str(tmp_path / "out")],
+                       capture_output=True, timeout=120)
+    assert q.returncode == 0 and q.stderr == b""
 
 
 # --- errors -----------------------------------------------------------------------------
