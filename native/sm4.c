@@ -681,6 +681,7 @@ static void gcm_crypt(const hsm_sm4_gcm_key *gk, const uint8_t *nonce, size_t no
     o->ghash(gk->htab, y, lenblk, 1);
     o->ecb(rk, j0, j0, 1);
     xor16(full_tag, y, j0);
+    wipe(j0, sizeof j0); /* E(J0), the tag mask */
 }
 
 void hsm_sm4_gcm_encrypt(const hsm_sm4_gcm_key *gk, const uint8_t *nonce, size_t nonce_len,
@@ -692,6 +693,7 @@ void hsm_sm4_gcm_encrypt(const hsm_sm4_gcm_key *gk, const uint8_t *nonce, size_t
     if (tag_len > 16)
         tag_len = 16;
     memcpy(tag, full, tag_len);
+    wipe(full, sizeof full);
 }
 
 int hsm_sm4_gcm_decrypt(const hsm_sm4_gcm_key *gk, const uint8_t *nonce, size_t nonce_len,
@@ -710,8 +712,10 @@ int hsm_sm4_gcm_decrypt(const hsm_sm4_gcm_key *gk, const uint8_t *nonce, size_t 
         diff |= full[i] ^ tag[i];
     /* constant time: no early exit above; the branch below depends only on the verdict */
     __asm__ volatile("" : "+r"(diff));
+    wipe(full, sizeof full); /* the tag this ciphertext would need */
     if (diff != 0) {
-        wipe(out, len);
+        if (len)
+            wipe(out, len);
         return -1;
     }
     return 0;
