@@ -12,6 +12,7 @@ Exceptions: :mod:`kms.errors` (one class per AWS KMS error name).
 """
 
 from kms.errors import KmsError
+from kms.importing import ImportParameters
 from kms.model import AliasRecord, KeyRecord, KeySpec, KeyState, KeyUsage, KeyVersion, Origin
 from kms.service import (
     DataKey,
@@ -31,6 +32,7 @@ __all__ = [
     "DataKeyPair",
     "DecryptResult",
     "EncryptResult",
+    "ImportParameters",
     "KeyRecord",
     "KeySpec",
     "KeyState",

@@ -257,6 +257,7 @@ class Kms:
         with self._cache_lock:
             self._keys.clear()
             self._aliases.clear()
+            self._versions.clear()  # blobs can be shredded or restored by another process
 
     def account(self, instance: str) -> str:
         acct = self._accounts.get(instance)
@@ -413,7 +414,9 @@ class Kms:
         versions = self.store.list_versions(rec.key_id)
         new = rec.evolve(state=KeyState.PENDING_IMPORT, primary_version=None,
                          import_valid_to=None)
-        self.store.destroy_material(rec, new)
+        # Like DeleteImportedKeyMaterial: aliases and the material fingerprint stay, so the
+        # same material can be imported again.
+        self.store.shred_imported_material(rec, new)
         self._forget_versions(versions, inst)
         self._swap(new)
 
