@@ -1,7 +1,7 @@
 """KMS operations beside the pool operations underneath them, in one process.
 
-    python -m benchmarks.kms [--seconds S | --quick] [--no-files] [--json PATH]
-                             [--profile ROW]
+    python -m benchmarks.kms [--seconds S | --quick] [--no-files] [--rows ROW ...]
+                             [--json PATH] [--profile ROW [--profile-target TARGET]]
 
 Rows (each a KMS call through ``KmsClient`` and the raw operation it rests on):
 
@@ -43,13 +43,16 @@ audit writer runs as a thread of this process, so its cost shows as GIL and CPU 
 at the end of each timed slice the ``kms+audit`` target waits for ``AuditLog.flush()`` and
 that wait counts in its elapsed time, so the records of a slice are paid for in the slice
 (their commits, not their latency: p50/p99 are per call). ``cpu`` is process CPU time
-(all threads) over wall time.
+(all threads) over wall time; well below 100 % means other load on the machine took the
+CPU, which is why every ratio is also given per CPU-second (ops per CPU-second over raw's;
+for ``kms+audit`` that CPU includes the writer thread, the real cost of the audit).
 
 File encryption (if ``kms.fileenc`` exists): ``encrypt_file`` / ``decrypt_file`` of a 1 GiB
 file of random bytes (256 MiB with ``--quick``) under an SM4 CMK (SM4-GCM data cipher) and an
 AES CMK (AES-GCM), in a temp dir under ``var/`` that is deleted afterwards; timed up to a
 flushed output, with an untimed fsync after every phase so that one phase's dirty pages do
-not slow the next. Beside them, measured in the same run: the cipher alone in memory over
+not slow the next; best of two passes (writes into fresh page-cache pages vary a lot on a
+VM). Beside them, measured in the same run: the cipher alone in memory over
 1 MiB chunks (SM4GCM; cryptography's AESGCM), and a plain copy of the file.
 
 ``--profile ROW`` (e.g. ``encrypt_aes``) instead splits one row into layers, interleaved, in
