@@ -1,0 +1,172 @@
+"""Crash safety: a child process creates keys, rotates them, adds aliases and encrypts,
+printing one line per acknowledged result; it is SIGKILLed mid-loop, and a new service on the
+same SQLite file must hold everything that was acknowledged."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from hsmpool import Pool
+from kms import errors as E
+from kms.model import KeyState
+from tests.kms.conftest import FakeClock, make_kms
+
+ROOT = Path(__file__).resolve().parents[2]
+
+CHILD = r"""
+import sys
+from hsmpool import Pool
+from kms import Kms, Store
+from kms.config import KmsSettings
+
+cfg, db, start = sys.argv[1], sys.argv[2], int(sys.argv[3])
+pool = Pool.open(cfg)
+kms = Kms(pool, Store(db), KmsSettings(database=db, audit_dir=None))
+c = kms.client("svc")
+made = []
+print("READY", flush=True)
+i = start
+while True:
+    rec = c.create_key("SM4" if i % 3 == 2 else "SYMMETRIC_DEFAULT", description=f"k{i}")
+    print("K", rec.key_id, rec.primary_version, flush=True)
+    made.append(rec.key_id)
+    target = made[(i * 7) % len(made)]          # rotate older keys too
+    v = c.rotate_key_on_demand(target)
+    print("V", v.key_id, v.version_id, v.number, flush=True)
+    if i % 4 == 0:
+        c.create_alias(f"alias/crash-{i}", target)
+        print("A", f"alias/crash-{i}", target, flush=True)
+    for j in (rec.key_id, target):
+        ct = c.encrypt(j, f"pt-{i}-{j}".encode(), {"i": str(i)}).ciphertext_blob
+        print("C", i, j, ct.hex(), flush=True)
+    i += 1
+"""
+
+
+def child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def run_and_kill(cfg: Path, db: Path, start: int, run_for: float, max_lines: int,
+                 log: Path) -> list[str]:
+    """Start the child, let it work, SIGKILL it; return every complete line it printed."""
+    with log.open("ab") as err:
+        proc = subprocess.Popen([sys.executable, "-c", CHILD, str(cfg), str(db), str(start)],
+                                stdout=subprocess.PIPE, stderr=err, env=child_env(),
+                                cwd=str(ROOT))
+    assert proc.stdout is not None
+    stdout = proc.stdout
+    lines: list[str] = []
+    ready = threading.Event()
+    enough = threading.Event()
+
+    def reader() -> None:
+        for raw in stdout:
+            if not raw.endswith(b"\n"):
+                break  # a line cut by the kill was never acknowledged
+            line = raw.decode().rstrip("\n")
+            if line == "READY":
+                ready.set()
+                continue
+            lines.append(line)
+            if len(lines) >= max_lines:
+                enough.set()
+
+    t = threading.Thread(target=reader, daemon=True)
+    t.start()
+    try:
+        assert ready.wait(120), f"the child did not start: {log.read_text()[-2000:]}"
+        enough.wait(run_for)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+        t.join(30)
+        stdout.close()
+    assert proc.returncode == -signal.SIGKILL, f"child exited early: {log.read_text()[-2000:]}"
+    return list(lines)
+
+
+def test_sigkill_loses_nothing_acknowledged(svc_config: Path, svc_pool: Pool,
+                                           tmp_path: Path) -> None:
+    db = tmp_path / "crash.db"
+    rng = random.Random(os.getpid() ^ int(time.time()))
+    keys: dict[str, str] = {}  # key id -> version 1
+    versions: dict[str, tuple[str, int]] = {}  # version id -> (key id, number)
+    aliases: dict[str, str] = {}
+    cts: list[tuple[str, str, bytes]] = []  # (i, key id, blob)
+    start = 0
+    for _round in range(3):
+        lines = run_and_kill(svc_config, db, start, run_for=1.5,
+                             max_lines=rng.randrange(20, 1500), log=tmp_path / "child.log")
+        assert len(lines) >= 5, "the child acknowledged too little to test anything"
+        for line in lines:
+            kind, *rest = line.split()
+            if kind == "K":
+                keys[rest[0]] = rest[1]
+                versions[rest[1]] = (rest[0], 1)
+            elif kind == "V":
+                versions[rest[1]] = (rest[0], int(rest[2]))
+            elif kind == "A":
+                aliases[rest[0]] = rest[1]
+            else:
+                assert kind == "C", line
+                cts.append((rest[0], rest[1], bytes.fromhex(rest[2])))
+                start = max(start, int(rest[0]) + 1)
+        start += 1  # the child may have made keys for the next i before it died
+
+        # the file is a sound database, and a fresh service sees every acknowledged result
+        check = sqlite3.connect(db)
+        try:
+            assert check.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        finally:
+            check.close()
+        service = make_kms(svc_pool, db, FakeClock())
+        try:
+            c = service.client("svc")
+            for key_id, v1 in keys.items():
+                rec = c.describe_key(key_id)
+                assert rec.state is KeyState.ENABLED
+                listed = c.list_key_rotations(key_id)
+                # versions are numbered 1..n without gaps, and the primary is the last
+                assert [v.number for v in listed] == list(range(1, len(listed) + 1))
+                assert listed[0].version_id == v1
+                assert rec.primary_version == listed[-1].version_id
+            for vid, (key_id, number) in versions.items():
+                numbered = {v.version_id: v.number for v in c.list_key_rotations(key_id)}
+                assert numbered.get(vid) == number
+            for name, key_id in aliases.items():
+                assert c.describe_key(name).key_id == key_id
+            for i, key_id, blob in cts:
+                out = c.decrypt(blob, {"i": i})
+                assert out.plaintext == f"pt-{i}-{key_id}".encode()
+                assert out.key_id.endswith(key_id)
+                with pytest.raises(E.InvalidCiphertext):
+                    c.decrypt(blob, {"i": i + "x"})
+            # every key in the store is whole: unacknowledged work either fully exists or not
+            for rec in c.list_keys(limit=1000).items:
+                listed = c.list_key_rotations(rec.key_id)
+                assert listed and rec.primary_version == listed[-1].version_id
+            # and the recovered store takes new writes
+            fresh = c.create_key()
+            some = next(iter(keys))
+            v = c.rotate_key_on_demand(some)
+            assert c.decrypt(c.encrypt(some, b"after").ciphertext_blob).plaintext == b"after"
+            assert v.number == len(c.list_key_rotations(some))
+            assert c.describe_key(fresh.key_id).state is KeyState.ENABLED
+            keys[fresh.key_id] = fresh.primary_version or ""
+            versions[v.version_id] = (some, v.number)
+        finally:
+            service.close()
+    assert len(cts) >= 6
