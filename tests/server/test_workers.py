@@ -1,0 +1,277 @@
+"""Two worker processes (``--workers 2``) on one SQLite metadata store: every request on a
+fresh TCP connection, so either worker may answer it. Keys, aliases, state changes,
+rotations and credentials made through one worker are seen by the other; concurrent
+writers in both processes neither lose updates nor answer 500s.
+
+The service re-reads the store when another process committed, checking at most every
+50 ms (``Kms._fresh``); tests that change state wait out that window (a documented bound,
+not a timing assertion) before they read.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.server.conftest import (
+    Cred,
+    Server,
+    call,
+    create_credential,
+    run_server,
+    write_server_config,
+)
+
+STALENESS = 0.2  # > the service's 50 ms cross-process cache check
+_SAMPLE = re.compile(r'^hsmpool_requests_total\{worker="(\d+)",operation="([^"]*)",'
+                     r'result="([^"]*)"\} (\d+)$', re.M)
+_WORKER = re.compile(r'worker="(\d+)"')
+
+
+@pytest.fixture(scope="module")
+def wserver(token_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    config = write_server_config(tmp_path_factory.mktemp("workers"), token_dir,
+                                 {"srvw": [5, 6]})
+    admin = create_credential(config, "srvw", "admin")
+    with run_server(config, workers=2) as srv:
+        srv.creds["admin"] = admin
+        yield srv
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _ok(srv: Server, op: str, params: dict[str, Any], cred: Cred | None = None) -> Any:
+    status, body = call(srv.port, cred or srv.creds["admin"], op, params)
+    assert status == 200, (op, status, body)
+    return body
+
+
+def _err(srv: Server, op: str, params: dict[str, Any]) -> str:
+    status, body = call(srv.port, srv.creds["admin"], op, params)
+    assert 400 <= status < 500, (op, status, body)
+    return str(body["__type"])
+
+
+def _metrics_once(srv: Server) -> tuple[str, Counter[tuple[str, str]]]:
+    status, _, body = srv.get("/metrics")
+    assert status == 200
+    text = body.decode()
+    workers = set(_WORKER.findall(text))
+    counts: Counter[tuple[str, str]] = Counter()
+    for _w, op, result, n in _SAMPLE.findall(text):
+        counts[(op, result)] += int(n)
+    (pid,) = workers  # one worker renders its own metrics
+    return pid, counts
+
+
+def _metrics_by_worker(srv: Server, want: int = 2, attempts: int = 400
+                       ) -> dict[str, Counter[tuple[str, str]]]:
+    """The request counters of each worker: /metrics on fresh connections until ``want``
+    distinct workers answered (each answer is that worker's current state)."""
+    seen: dict[str, Counter[tuple[str, str]]] = {}
+    for _ in range(attempts):
+        pid, counts = _metrics_once(srv)
+        seen[pid] = counts
+        if len(seen) >= want:
+            break
+    return seen
+
+
+def _ppid(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def test_two_worker_processes_answer(wserver: Server) -> None:
+    seen = _metrics_by_worker(wserver)
+    assert len(seen) == 2, f"only workers {sorted(seen)} answered /metrics"
+    for pid in map(int, seen):
+        assert pid != wserver.proc.pid
+        assert _ppid(pid) == wserver.proc.pid  # children of the server process
+    status, _, body = wserver.get("/healthz")
+    assert status == 200 and json.loads(body)["healthy_tokens_per_instance"] == {"srvw": 2}
+
+
+def test_keys_made_anywhere_work_everywhere(wserver: Server) -> None:
+    before = _metrics_by_worker(wserver)
+    assert len(before) == 2
+    keys = [_ok(wserver, "CreateKey", {"Description": f"worker key {i}"})["KeyMetadata"]
+            for i in range(20)]
+    assert len({k["KeyId"] for k in keys}) == 20
+    for i, k in enumerate(keys):
+        md = _ok(wserver, "DescribeKey", {"KeyId": k["KeyId"]})["KeyMetadata"]
+        assert md["Arn"] == k["Arn"] and md["Description"] == f"worker key {i}"
+        pt = f"plaintext {i}".encode()
+        ct = _ok(wserver, "Encrypt", {"KeyId": k["Arn"], "Plaintext": _b64(pt),
+                                      "EncryptionContext": {"i": str(i)}})
+        assert ct["KeyId"] == k["Arn"]
+        out = _ok(wserver, "Decrypt", {"CiphertextBlob": ct["CiphertextBlob"],
+                                       "EncryptionContext": {"i": str(i)}})
+        assert base64.b64decode(out["Plaintext"]) == pt and out["KeyId"] == k["Arn"]
+    listed = set()
+    marker = None
+    while True:
+        page = _ok(wserver, "ListKeys", {"Limit": 7} | ({"Marker": marker} if marker else {}))
+        listed |= {k["KeyId"] for k in page["Keys"]}
+        if not page["Truncated"]:
+            break
+        marker = page["NextMarker"]
+    assert {k["KeyId"] for k in keys} <= listed
+    # The two workers' counters add up to exactly the requests made, and both served some.
+    _spread_until_both_served(wserver, before, keys[0]["KeyId"])
+    after = _metrics_by_worker(wserver)
+    assert set(after) == set(before)
+    for op in ("CreateKey", "DescribeKey", "Encrypt", "Decrypt"):
+        made = sum(after[w][(op, "ok")] - before[w][(op, "ok")] for w in after)
+        assert made >= 20
+    assert sum(after[w][("CreateKey", "ok")] - before[w][("CreateKey", "ok")]
+               for w in after) == 20
+    for w in after:
+        assert sum(after[w].values()) > sum(before[w].values()), f"worker {w} served nothing"
+
+
+def _spread_until_both_served(srv: Server, before: dict[str, Counter[tuple[str, str]]],
+                              key_id: str, rounds: int = 20) -> None:
+    """More requests on fresh connections, concurrently, until each worker served one
+    (sequential connections may keep landing on the same worker)."""
+    for _ in range(rounds):
+        now = _metrics_by_worker(srv)
+        if len(now) == 2 and all(sum(now[w].values()) > sum(before[w].values()) for w in now):
+            return
+        with ThreadPoolExecutor(8) as ex:
+            list(ex.map(lambda _: _ok(srv, "DescribeKey", {"KeyId": key_id}), range(32)))
+
+
+def test_state_changes_seen_by_every_worker(wserver: Server) -> None:
+    k = _ok(wserver, "CreateKey", {})["KeyMetadata"]
+    k2 = _ok(wserver, "CreateKey", {})["KeyMetadata"]
+    enc = {"KeyId": k["KeyId"], "Plaintext": _b64(b"x")}
+    for _ in range(10):
+        _ok(wserver, "Encrypt", enc)  # warm both workers' caches
+    _ok(wserver, "DisableKey", {"KeyId": k["KeyId"]})
+    time.sleep(STALENESS)
+    assert {_err(wserver, "Encrypt", enc) for _ in range(20)} == {"DisabledException"}
+    _ok(wserver, "EnableKey", {"KeyId": k["KeyId"]})
+    time.sleep(STALENESS)
+    for _ in range(20):
+        _ok(wserver, "Encrypt", enc)
+    # Aliases: created, moved, deleted.
+    name = "alias/w-" + uuid.uuid4().hex[:8]
+    _ok(wserver, "CreateAlias", {"AliasName": name, "TargetKeyId": k["KeyId"]})
+    for _ in range(10):
+        assert _ok(wserver, "DescribeKey", {"KeyId": name})["KeyMetadata"]["KeyId"] == k["KeyId"]
+    _ok(wserver, "UpdateAlias", {"AliasName": name, "TargetKeyId": k2["KeyId"]})
+    time.sleep(STALENESS)
+    for _ in range(20):
+        assert _ok(wserver, "Encrypt", {"KeyId": name, "Plaintext": "eA=="})["KeyId"] \
+            == k2["Arn"]
+    _ok(wserver, "DeleteAlias", {"AliasName": name})
+    time.sleep(STALENESS)
+    assert {_err(wserver, "DescribeKey", {"KeyId": name}) for _ in range(20)} \
+        == {"NotFoundException"}
+    # Rotation on one worker: ciphertexts of the new version decrypt on both.
+    old = [_ok(wserver, "Encrypt", enc)["CiphertextBlob"] for _ in range(5)]
+    _ok(wserver, "RotateKeyOnDemand", {"KeyId": k["KeyId"]})
+    time.sleep(STALENESS)
+    new = [_ok(wserver, "Encrypt", enc)["CiphertextBlob"] for _ in range(10)]
+    headers = {base64.b64decode(c)[:17] for c in new}
+    assert len(headers) == 1 and headers.isdisjoint(base64.b64decode(c)[:17] for c in old)
+    for blob in old + new:
+        out = _ok(wserver, "Decrypt", {"CiphertextBlob": blob})
+        assert base64.b64decode(out["Plaintext"]) == b"x"
+    # Pending deletion, then cancelled.
+    _ok(wserver, "ScheduleKeyDeletion", {"KeyId": k["KeyId"], "PendingWindowInDays": 7})
+    time.sleep(STALENESS)
+    assert {_err(wserver, "Encrypt", enc) for _ in range(20)} == {"KMSInvalidStateException"}
+    assert {_err(wserver, "Decrypt", {"CiphertextBlob": new[0]}) for _ in range(10)} \
+        == {"KMSInvalidStateException"}
+    _ok(wserver, "CancelKeyDeletion", {"KeyId": k["KeyId"]})
+    _ok(wserver, "EnableKey", {"KeyId": k["KeyId"]})
+    time.sleep(STALENESS)
+    for _ in range(10):
+        _ok(wserver, "Decrypt", {"CiphertextBlob": new[0]})
+
+
+def test_credential_created_while_running(wserver: Server) -> None:
+    k = _ok(wserver, "CreateKey", {})["KeyMetadata"]
+    cred = wserver.credential("srvw", "late-" + uuid.uuid4().hex[:6], {
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": ["kms:Encrypt", "kms:Decrypt"],
+                       "Resource": k["Arn"]}]})
+    for i in range(20):
+        ct = _ok(wserver, "Encrypt", {"KeyId": k["KeyId"], "Plaintext": _b64(b"%d" % i)},
+                 cred=cred)
+        out = _ok(wserver, "Decrypt", {"CiphertextBlob": ct["CiphertextBlob"]}, cred=cred)
+        assert base64.b64decode(out["Plaintext"]) == b"%d" % i
+    status, body = call(wserver.port, cred, "CreateKey", {})
+    assert status == 400 and body["__type"] == "AccessDeniedException"
+
+
+def test_concurrent_load_across_workers(wserver: Server) -> None:
+    keys = [_ok(wserver, "CreateKey", {"KeySpec": spec})["KeyMetadata"]
+            for spec in ("SYMMETRIC_DEFAULT", "SM4") * 3]
+
+    def work(i: int) -> None:
+        k = keys[i % len(keys)]
+        pt = uuid.uuid4().bytes
+        ct = _ok(wserver, "Encrypt", {"KeyId": k["KeyId"], "Plaintext": _b64(pt),
+                                      "EncryptionContext": {"n": str(i)}})
+        out = _ok(wserver, "Decrypt", {"CiphertextBlob": ct["CiphertextBlob"],
+                                       "EncryptionContext": {"n": str(i)}})
+        assert base64.b64decode(out["Plaintext"]) == pt
+        dk = _ok(wserver, "GenerateDataKey", {"KeyId": k["Arn"], "KeySpec": "AES_256"})
+        out = _ok(wserver, "Decrypt", {"CiphertextBlob": dk["CiphertextBlob"]})
+        assert out["Plaintext"] == dk["Plaintext"]
+
+    with ThreadPoolExecutor(8) as ex:
+        list(ex.map(work, range(120)))
+
+
+def test_concurrent_writers_lose_nothing(wserver: Server) -> None:
+    """Tags written to one key from many connections at once (both processes): every tag
+    lands; none of the writers gets a 500."""
+    k = _ok(wserver, "CreateKey", {})["KeyMetadata"]
+
+    def tag(i: int) -> None:
+        _ok(wserver, "TagResource", {"KeyId": k["KeyId"],
+                                     "Tags": [{"TagKey": f"t{i}", "TagValue": str(i)}]})
+
+    with ThreadPoolExecutor(6) as ex:
+        list(ex.map(tag, range(24)))
+    time.sleep(STALENESS)
+    tags = _ok(wserver, "ListResourceTags", {"KeyId": k["KeyId"]})["Tags"]
+    assert {t["TagKey"]: t["TagValue"] for t in tags} == {f"t{i}": str(i) for i in range(24)}
+
+
+def test_concurrent_create_alias_one_winner(wserver: Server) -> None:
+    keys = [_ok(wserver, "CreateKey", {})["KeyMetadata"] for _ in range(4)]
+    for round_ in range(5):
+        name = f"alias/race-{round_}-{uuid.uuid4().hex[:6]}"
+
+        def create(i: int, name: str = name) -> tuple[int, Any]:
+            return call(wserver.port, wserver.creds["admin"], "CreateAlias",
+                        {"AliasName": name, "TargetKeyId": keys[i % 4]["KeyId"]})
+
+        with ThreadPoolExecutor(8) as ex:
+            results = list(ex.map(create, range(8)))
+        statuses = Counter(status for status, _ in results)
+        assert statuses[200] == 1, results
+        assert all(body["__type"] == "AlreadyExistsException"
+                   for status, body in results if status != 200), results
+        winner = next(i for i, (status, _) in enumerate(results) if status == 200)
+        time.sleep(STALENESS)
+        for _ in range(6):
+            md = _ok(wserver, "DescribeKey", {"KeyId": name})["KeyMetadata"]
+            assert md["KeyId"] == keys[winner % 4]["KeyId"]
