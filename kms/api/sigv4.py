@@ -24,7 +24,9 @@ MAX_SKEW: Final = 300.0
 _AUTH_RE: Final = re.compile(
     r"^AWS4-HMAC-SHA256\s+Credential=([^,\s]+)\s*,\s*SignedHeaders=([^,\s]+)\s*,"
     r"\s*Signature=([0-9a-f]{64})\s*$")
-_SPACES: Final = re.compile(r"\s+")
+# Parsed dates (X-Amz-Date -> epoch): a signer sends the same value for a whole second.
+_EPOCHS: dict[str, float] = {}
+_EPOCHS_MAX: Final = 64
 
 
 class AuthError(Exception):
@@ -86,9 +88,11 @@ def _canonical_query(query: str) -> str:
 def canonical_request(method: str, path: str, query: str,
                       headers: Mapping[str, str], signed: Iterable[str],
                       body_sha256: str) -> str:
-    lines = [method, quote(path or "/", safe="/-_.~%"), _canonical_query(query)]
+    lines = [method, "/" if path == "/" else quote(path or "/", safe="/-_.~%"),
+             _canonical_query(query)]
     for name in signed:
-        lines.append(f"{name}:{_SPACES.sub(' ', headers.get(name, '').strip())}")
+        # trim, and collapse inner whitespace runs to one space
+        lines.append(name + ":" + " ".join(headers.get(name, "").split()))
     lines += ["", ";".join(signed), body_sha256]
     return "\n".join(lines)
 
@@ -101,10 +105,17 @@ def signing_key(secret: str, date: str, region: str, service: str) -> bytes:
 
 
 def amz_date_to_epoch(value: str) -> float:
+    when = _EPOCHS.get(value)
+    if when is not None:
+        return when
     try:
-        return datetime.strptime(value, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC).timestamp()
+        when = datetime.strptime(value, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC).timestamp()
     except ValueError:
         raise AuthError("IncompleteSignatureException", "X-Amz-Date is malformed") from None
+    if len(_EPOCHS) >= _EPOCHS_MAX:
+        _EPOCHS.clear()
+    _EPOCHS[value] = when
+    return when
 
 
 class Verifier:
@@ -160,7 +171,7 @@ class Verifier:
         scope = f"{cred.date}/{cred.region}/{cred.service}/aws4_request"
         to_sign = "\n".join((ALGORITHM, amz_date, scope,
                              hashlib.sha256(creq.encode()).hexdigest()))
-        expected = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+        expected = hmac.digest(key, to_sign.encode(), "sha256").hex()
         if not hmac.compare_digest(expected, auth.signature):
             raise AuthError("InvalidSignatureException",
                             "The request signature we calculated does not match the "
