@@ -601,6 +601,8 @@ class Cell:
     loadgen_cpu: float  # CPU time / wall time, 1.0 = one core
     server_cpu: float
     other_cpu: float  # the machine's busy time that was neither
+    server_us_per_req: float  # server CPU time per request (all its processes)
+    loadgen_us_per_req: float
 
 
 @dataclass
@@ -667,7 +669,9 @@ def run_op(loadgen: str, op: str, plan: Sequence[tuple[str, Server, Sequence[byt
         cells.append(Cell(name, op, a.requests / a.seconds, hist_pct(a.hist, 0.50) / 1e3,
                           hist_pct(a.hist, 0.99) / 1e3, a.errors, a.requests, a.seconds,
                           a.rounds, a.lg_cpu / a.wall, a.srv_cpu / a.wall,
-                          max(0.0, (a.busy - a.srv_cpu - a.lg_cpu) / a.wall)))
+                          max(0.0, (a.busy - a.srv_cpu - a.lg_cpu) / a.wall),
+                          a.srv_cpu / max(1, a.requests) * 1e6,
+                          a.lg_cpu / max(1, a.requests) * 1e6))
     return cells
 
 
@@ -682,15 +686,17 @@ def verdict(ok: bool) -> str:
 def report(cells: Sequence[Cell], loadgen: str) -> tuple[str, dict[str, Any]]:
     out: list[str] = []
     head = (f"{'target':<8} {'op':<16} | {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} "
-            f"{'errors':>6} | {'lg cpu':>6} {'srv cpu':>7} {'other':>5}")
+            f"{'errors':>6} | {'lg cpu':>6} {'srv cpu':>7} {'other':>5} | {'srv µs/req':>10} "
+            f"{'lg µs/req':>9}")
     out += [head, "-" * len(head)]
     for c in cells:
         flag = "  <- other load" if c.other_cpu > OTHER_CPU_WARN else ""
         out.append(f"{c.target:<8} {c.op:<16} | {c.req_per_s:>9,.0f} {c.p50_ms:>7.2f} "
                    f"{c.p99_ms:>7.2f} {c.errors:>6} | {c.loadgen_cpu:>6.0%} "
-                   f"{c.server_cpu:>7.0%} {c.other_cpu:>5.0%}{flag}")
-    out.append(f"load generator: {loadgen}; cpu columns: CPU time / timed wall time "
-               "(100% = one core of 2); other = machine busy time not ours")
+                   f"{c.server_cpu:>7.0%} {c.other_cpu:>5.0%} | {c.server_us_per_req:>10.0f} "
+                   f"{c.loadgen_us_per_req:>9.0f}{flag}")
+    out.append(f"load generator: {loadgen}; cpu columns: CPU time / wall time (100% = one "
+               "core of 2); other = machine busy time not ours; µs/req = CPU time per request")
     out.append("")
     ratios: dict[str, dict[str, float]] = {"hsmpool_vs_moto": {}, "hsmpool_vs_trivial": {}}
     for op in OPS:
@@ -757,9 +763,11 @@ def _command(argv: list[str]) -> str:
 # --- profiling ---------------------------------------------------------------------------
 
 _PROFILE_RUNNER: Final = r"""
-import cProfile, os, signal, sys, uvicorn
+import cProfile, os, signal, sys, time, uvicorn
 os.environ["HSMPOOL_CONFIG"] = sys.argv[1]
-prof = cProfile.Profile()
+# CPU time of the event-loop thread, not wall time: on a shared machine a starved worker
+# would otherwise charge its waits for a core to whichever call it was preempted in.
+prof = cProfile.Profile(time.thread_time)
 config = uvicorn.Config("kms.api.server:make_app", factory=True, host="127.0.0.1",
                         port=int(sys.argv[2]), loop="uvloop", http="httptools",
                         lifespan="on", access_log=False, log_level="warning")
