@@ -53,6 +53,41 @@ while True:
 """
 
 
+SCHEDULER_CHILD = r"""
+import sys
+from hsmpool import Pool
+from kms import Kms, Store
+from kms.config import KmsSettings
+
+cfg, db, start = sys.argv[1], sys.argv[2], int(sys.argv[3])
+DAY = 86400.0
+clock = [1_900_000_000.0 + start * 40 * DAY]  # rounds continue where the last one stopped
+pool = Pool.open(cfg)
+kms = Kms(pool, Store(db), KmsSettings(database=db, audit_dir=None), now=lambda: clock[0])
+c = kms.client("svc")
+print("READY", flush=True)
+i = start
+while True:
+    for n in range(3):
+        rec = c.create_key("SM4" if n == 1 else "SYMMETRIC_DEFAULT")
+        c.enable_key_rotation(rec.key_id, 90)
+        ct = c.encrypt(rec.key_id, f"pt-{rec.key_id}".encode()).ciphertext_blob
+        if n == 2:
+            c.schedule_key_deletion(rec.key_id, 7)
+            print("S", rec.key_id, ct.hex(), flush=True)
+        else:
+            print("K", rec.key_id, ct.hex(), flush=True)
+    clock[0] += 40 * DAY
+    done = kms.run_due()
+    for key_id in done["purged"]:
+        print("P", key_id, flush=True)
+    for key_id in done["rotated"]:
+        print("R", key_id, len(c.list_key_rotations(key_id)), flush=True)
+    print("T", i, flush=True)
+    i += 1
+"""
+
+
 def child_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
@@ -60,10 +95,10 @@ def child_env() -> dict[str, str]:
 
 
 def run_and_kill(cfg: Path, db: Path, start: int, run_for: float, max_lines: int,
-                 log: Path) -> list[str]:
+                 log: Path, program: str = CHILD) -> list[str]:
     """Start the child, let it work, SIGKILL it; return every complete line it printed."""
     with log.open("ab") as err:
-        proc = subprocess.Popen([sys.executable, "-c", CHILD, str(cfg), str(db), str(start)],
+        proc = subprocess.Popen([sys.executable, "-c", program, str(cfg), str(db), str(start)],
                                 stdout=subprocess.PIPE, stderr=err, env=child_env(),
                                 cwd=str(ROOT))
     assert proc.stdout is not None
@@ -170,3 +205,76 @@ def test_sigkill_loses_nothing_acknowledged(svc_config: Path, svc_pool: Pool,
         finally:
             service.close()
     assert len(cts) >= 6
+
+
+def purged_in_store(db: Path) -> tuple[int, list[str]]:
+    """(How many keys carry the service's purged mark, those of them that still have a
+    wrapped blob), read with sqlite3 directly."""
+    check = sqlite3.connect(db)
+    try:
+        marked = check.execute("SELECT count(*) FROM keys WHERE policy = ?",
+                               ("\x00deleted",)).fetchone()[0]
+        rows = check.execute(
+            "SELECT DISTINCT k.key_id FROM keys k JOIN key_versions v ON v.key_id = k.key_id "
+            "WHERE k.policy = ? AND v.blob IS NOT NULL", ("\x00deleted",)).fetchall()
+    finally:
+        check.close()
+    return int(marked), [r[0] for r in rows]
+
+
+def test_sigkill_during_scheduled_rotations_and_purges(svc_config: Path, svc_pool: Pool,
+                                                       tmp_path: Path) -> None:
+    db = tmp_path / "sched.db"
+    rng = random.Random(os.getpid() ^ int(time.time()))
+    live: dict[str, bytes] = {}  # acknowledged, never scheduled for deletion
+    doomed: dict[str, bytes] = {}  # acknowledged as scheduled for deletion
+    purged: set[str] = set()
+    rotations: dict[str, int] = {}  # key id -> versions it had when acknowledged
+    start = 0
+    for _round in range(2):
+        lines = run_and_kill(svc_config, db, start, run_for=1.5,
+                             max_lines=rng.randrange(10, 600), log=tmp_path / "child.log",
+                             program=SCHEDULER_CHILD)
+        assert len(lines) >= 5, "the child acknowledged too little to test anything"
+        for line in lines:
+            kind, *rest = line.split()
+            if kind == "K":
+                live[rest[0]] = bytes.fromhex(rest[1])
+            elif kind == "S":
+                doomed[rest[0]] = bytes.fromhex(rest[1])
+            elif kind == "P":
+                purged.add(rest[0])
+            elif kind == "R":
+                rotations[rest[0]] = max(rotations.get(rest[0], 0), int(rest[1]))
+            else:
+                assert kind == "T", line
+                start = int(rest[0]) + 1
+        start += 1  # its clock may have moved on before the kill
+        assert purged <= set(doomed)
+        marked, with_material = purged_in_store(db)
+        assert marked >= len(purged)
+        assert with_material == []  # a purge is one transaction: mark and shred together
+        service = make_kms(svc_pool, db, FakeClock())
+        try:
+            c = service.client("svc")
+            for key_id, blob in live.items():
+                assert c.describe_key(key_id).state is KeyState.ENABLED
+                assert len(c.list_key_rotations(key_id)) >= rotations.get(key_id, 1)
+                assert c.decrypt(blob).plaintext == f"pt-{key_id}".encode()
+            for key_id, blob in doomed.items():
+                if key_id in purged:
+                    with pytest.raises(E.NotFound):
+                        c.describe_key(key_id)
+                    with pytest.raises(E.InvalidCiphertext):
+                        c.decrypt(blob)
+                else:  # the kill may have hit its purge: either state is whole
+                    try:
+                        state = c.describe_key(key_id).state
+                    except E.NotFound:
+                        continue
+                    assert state is KeyState.PENDING_DELETION
+                    with pytest.raises(E.KMSInvalidState):
+                        c.decrypt(blob)
+        finally:
+            service.close()
+    assert purged, "no purge was acknowledged"
