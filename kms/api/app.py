@@ -59,6 +59,27 @@ class KmsApp:
         self.creds = CredentialStore(kms)
         regions = self._regions or (kms.settings.region,)
         self.verifier = Verifier(self.creds.secret_for, regions)
+        self._creds_version = kms.store.data_version()
+        self._creds_checked = time.monotonic()
+
+    def _fresh_credentials(self) -> None:
+        """Forget cached principals, their clients and the authorization decisions when
+        another process committed (``credentials create`` replaces a principal's policies):
+        checked at most every 50 ms, as the service checks its key caches."""
+        t = time.monotonic()
+        if t - self._creds_checked < 0.05:
+            return
+        self._creds_checked = t
+        assert self.kms is not None
+        dv = self.kms.store.data_version()
+        if dv == self._creds_version:
+            return
+        self._creds_version = dv
+        self.creds.forget()
+        self._clients.clear()
+        authz = self.kms._authorizer
+        if authz is not None:
+            authz.invalidate()  # after the new principals are what callers get
 
     # --- ASGI --------------------------------------------------------------------------
 
@@ -169,6 +190,7 @@ class KmsApp:
                                "Content-Type must be application/x-amz-json-1.1"), op, \
                 "Serialization"
         assert self.kms is not None
+        self._fresh_credentials()
         try:
             cred = self.verifier.verify("POST", scope["path"],
                                         scope.get("query_string", b"").decode("latin-1"),
