@@ -484,3 +484,23 @@ def test_metrics(server: Server, kms: Any, key: dict[str, Any]) -> None:
     for line in text.splitlines():
         if line and not line.startswith("#"):
             assert re.match(r'^[a-z_]+\{[^}]*\} [0-9.e+-]+$', line), line
+
+
+def test_policy_update_applies_to_existing_access_keys(server: Server, kms: Any,
+                                                       key: dict[str, Any]) -> None:
+    """``credentials create`` for an existing principal replaces its policies (and adds a
+    key); the running server must apply the new policies to the principal's old key too."""
+    name = "narrowed-" + uuid.uuid4().hex[:6]
+    allow = {"Version": "2012-10-17",
+             "Statement": [{"Effect": "Allow", "Action": "kms:Encrypt", "Resource": "*"}]}
+    old = server.client(server.credential("srv", name, allow))
+    old.encrypt(KeyId=key["KeyId"], Plaintext=b"allowed")
+    narrowed = {"Version": "2012-10-17",
+                "Statement": [{"Effect": "Allow", "Action": "kms:DescribeKey",
+                               "Resource": "*"}]}
+    new = server.client(server.credential("srv", name, narrowed))
+    assert new.describe_key(KeyId=key["KeyId"])["KeyMetadata"]["KeyId"] == key["KeyId"]
+    with raises_code(new, "NotFoundException"):
+        new.encrypt(KeyId=key["KeyId"], Plaintext=b"x")
+    with raises_code(old, "NotFoundException"):
+        old.encrypt(KeyId=key["KeyId"], Plaintext=b"no longer allowed")
