@@ -275,3 +275,22 @@ def test_concurrent_create_alias_one_winner(wserver: Server) -> None:
         for _ in range(6):
             md = _ok(wserver, "DescribeKey", {"KeyId": name})["KeyMetadata"]
             assert md["KeyId"] == keys[winner % 4]["KeyId"]
+
+
+def test_narrowed_policy_applies_on_every_worker(wserver: Server) -> None:
+    k = _ok(wserver, "CreateKey", {})["KeyMetadata"]
+    name = "narrow-" + uuid.uuid4().hex[:6]
+    wide = {"Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Action": "kms:*", "Resource": "*"}]}
+    cred = wserver.credential("srvw", name, wide)
+    enc = {"KeyId": k["KeyId"], "Plaintext": "eA=="}
+    for _ in range(20):  # both workers cache the principal
+        _ok(wserver, "Encrypt", enc, cred=cred)
+    wserver.credential("srvw", name, {
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": "kms:DescribeKey", "Resource": "*"}]})
+    time.sleep(STALENESS)
+    for _ in range(20):
+        status, body = call(wserver.port, cred, "Encrypt", enc)
+        assert status == 400 and body["__type"] == "NotFoundException", body
+        _ok(wserver, "DescribeKey", {"KeyId": k["KeyId"]}, cred=cred)
