@@ -869,6 +869,8 @@ class KmsClient:
                     "kms:UpdateAlias", (self.kms.alias_arn(self.instance_name, name),)):
                 raise E.NotFound(f"alias {name} does not exist")
             rec = self._key_for("kms:UpdateAlias", target_key_id)
+            if rec.state is KeyState.PENDING_DELETION:
+                raise E.KMSInvalidState(f"key {rec.arn} is pending deletion")
             old_key = self.kms._key(old.key_id)
             if old_key is not None and old_key.usage is not rec.usage:
                 raise E.Validation("an alias can only move to a key with the same usage")
