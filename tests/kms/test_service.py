@@ -383,9 +383,20 @@ def test_invalid_alias_names(client: KmsClient, name: Any) -> None:
 
 def test_alias_to_pending_deletion_key_is_invalid_state(client: KmsClient) -> None:
     k = client.create_key()
+    live = client.create_key()
+    client.create_alias("alias/live", live.key_id)
     client.schedule_key_deletion(k.key_id, 7)
     with pytest.raises(E.KMSInvalidState):
         client.create_alias("alias/late", k.key_id)
+    with pytest.raises(E.KMSInvalidState):  # as in AWS KMS: UpdateAlias refuses it too
+        client.update_alias("alias/live", k.key_id)
+    assert client.describe_key("alias/live").key_id == live.key_id
+    # an alias that already points at a key pending deletion can be moved away from it
+    client.cancel_key_deletion(k.key_id)
+    client.update_alias("alias/live", k.key_id)
+    client.schedule_key_deletion(k.key_id, 7)
+    client.update_alias("alias/live", live.key_id)
+    assert client.describe_key("alias/live").key_id == live.key_id
 
 
 # --------------------------------------------------------------------------- encrypt/decrypt
@@ -478,7 +489,7 @@ def test_re_encrypt(client: KmsClient, src_spec: str, dst_spec: str) -> None:
 def test_generate_data_key(client: KmsClient, spec: str) -> None:
     k = client.create_key(spec)
     ctx = {"file": "a.txt"}
-    for key_spec, n in (("AES_256", 32), ("AES_128", 16)):
+    for key_spec, n in (("AES_256", 32), ("AES_128", 16), ("SM4", 16)):
         dk = client.generate_data_key(k.key_id, key_spec, encryption_context=ctx)
         assert dk.plaintext is not None and len(dk.plaintext) == n and dk.key_id == k.arn
         assert client.decrypt(dk.ciphertext_blob, ctx).plaintext == dk.plaintext
