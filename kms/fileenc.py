@@ -119,9 +119,9 @@ header when reading ciphertext)."""
 
 
 class _Aead(Protocol):
-    def encrypt(self, nonce: bytes, data: bytes, aad: bytes, /) -> bytes: ...
+    def encrypt(self, nonce: bytes, data: memoryview, aad: bytes, /) -> bytes: ...
 
-    def decrypt(self, nonce: bytes, data: bytes, aad: bytes, /) -> bytes: ...
+    def decrypt(self, nonce: bytes, data: memoryview, aad: bytes, /) -> bytes: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,22 +277,27 @@ def encrypt_file(client: KmsClient, key_id: str, src: BinaryIO, dst: BinaryIO,
     written = len(header)
     consumed = 0
     index = 0
-    cur = _read_exact(src, chunk_size)
+    # Two buffers, filled in place (no allocation per chunk): the current chunk and the next,
+    # whose emptiness tells whether the current one is the final chunk.
+    cur, nxt = bytearray(chunk_size), bytearray(chunk_size)
+    n = _fill(src, cur)
     while True:
-        nxt = _read_exact(src, chunk_size) if len(cur) == chunk_size else b""
-        final = not nxt
+        m = _fill(src, nxt) if n == chunk_size else 0
+        final = m == 0
         if index >= MAX_CHUNKS:
             raise E.Validation("the file is too large for this chunk size")
-        sealed = aead.encrypt(_nonce(prefix, index, final), cur, _aad(digest, index, final))
+        with memoryview(cur) as view:
+            sealed = aead.encrypt(_nonce(prefix, index, final), view[:n],
+                                  _aad(digest, index, final))
         dst.write(sealed)
         written += len(sealed)
-        consumed += len(cur)
+        consumed += n
         index += 1
         if progress is not None:
             progress(consumed)
         if final:
             break
-        cur = nxt
+        cur, nxt, n = nxt, cur, m
     dst.flush()
     return FileResult(dk.key_id, CIPHER_NAMES[cipher_id], chunk_size, index, consumed,
                       written, ctx)
@@ -323,29 +328,30 @@ def decrypt_file(client: KmsClient, src: BinaryIO, dst: BinaryIO,
     consumed = len(header)
     produced = 0
     index = 0
-    cur = _read_exact(src, seg_len)
+    cur, nxt = bytearray(seg_len), bytearray(seg_len)
+    n = _fill(src, cur)
     while True:
-        nxt = _read_exact(src, seg_len) if len(cur) == seg_len else b""
-        final = not nxt
-        if len(cur) < TAG_LEN or (final and index > 0 and len(cur) == TAG_LEN):
+        m = _fill(src, nxt) if n == seg_len else 0
+        final = m == 0
+        if n < TAG_LEN or (final and index > 0 and n == TAG_LEN):
             raise E.InvalidCiphertext("the encrypted file is truncated or corrupted")
         if index >= MAX_CHUNKS:
             raise E.InvalidCiphertext("the encrypted file has too many chunks")
-        try:
-            plain = aead.decrypt(_nonce(prefix, index, final), cur, _aad(digest, index, final))
-        except (InvalidTag, GmInvalidTag):
+        plain = _open_chunk(aead, _nonce(prefix, index, final), cur, n,
+                            _aad(digest, index, final))
+        if plain is None:
             raise E.InvalidCiphertext(
                 f"chunk {index} failed authentication: the file was modified, truncated or "
-                "extended") from None
+                "extended")
         dst.write(plain)
         produced += len(plain)
-        consumed += len(cur)
+        consumed += n
         index += 1
         if progress is not None:
             progress(consumed)
         if final:
             break
-        cur = nxt
+        cur, nxt, n = nxt, cur, m
     dst.flush()
     return FileResult(res.key_id, header.cipher_name, header.chunk_size, index, produced,
                       consumed, dict(header.context), res.key_version)
@@ -416,6 +422,21 @@ def _aead(cipher: int, key: bytearray) -> _Aead:
     return SM4GCM(key)
 
 
+def _open_chunk(aead: _Aead, nonce: bytes, buf: bytearray, n: int, aad: bytes) -> bytes | None:
+    """The plaintext of ``buf[:n]``, or None if its tag is wrong.
+
+    Returning None rather than raising from inside ``except`` matters: the cipher's exception
+    (whose traceback holds the frames that hold cffi ``from_buffer`` views of ``buf``) is then
+    freed here by reference counting. Kept alive as the ``__context__`` of our exception, it
+    ends up in a reference cycle, and the garbage collector's teardown of such a cycle
+    (cffi from_buffer object + memoryview) crashes CPython 3.11 with cffi here."""
+    with memoryview(buf) as view:
+        try:
+            return aead.decrypt(nonce, view[:n], aad)
+        except (InvalidTag, GmInvalidTag):
+            return None
+
+
 def _wipe(buf: bytearray) -> None:
     buf[:] = bytes(len(buf))
 
@@ -426,6 +447,28 @@ def _nonce(prefix: bytes, index: int, final: bool) -> bytes:
 
 def _aad(digest: bytes, index: int, final: bool) -> bytes:
     return digest + _AAD_TAIL.pack(index, final)
+
+
+def _fill(src: BinaryIO, buf: bytearray) -> int:
+    """Fill ``buf`` from ``src`` (``readinto`` when the stream has it); the byte count, less
+    than ``len(buf)`` only at end of file."""
+    readinto = getattr(src, "readinto", None)
+    got = 0
+    with memoryview(buf) as view:
+        while got < len(buf):
+            if readinto is not None:
+                n = readinto(view[got:])
+            else:
+                data = src.read(len(buf) - got)
+                n = None if data is None else len(data)
+                if n:
+                    view[got:got + n] = data
+            if n is None:
+                raise E.Validation("non-blocking input streams are not supported")
+            if n == 0:
+                break
+            got += n
+    return got
 
 
 def _read_exact(src: BinaryIO, n: int) -> bytes:
