@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, cast
@@ -443,3 +445,35 @@ def test_errors_carry_no_plaintext_or_key_material(client: KmsClient, key: str) 
             assert "TOP-SECRET" not in text and dk.hex() not in text
         else:
             raise AssertionError("tampered file decrypted")
+
+
+def test_failed_chunks_leave_no_crashing_cycles(tmp_path: Path, token_dir: Path) -> None:
+    """Regression: chaining the cipher's exception kept cffi from_buffer views of the chunk
+    buffer in a reference cycle, and collecting it segfaulted. Run in a child process, keeping
+    every InvalidCiphertext in a cycle and collecting after each."""
+    cfg = tmp_path / "hsmpool.toml"
+    cfg.write_text(pool_toml(token_dir, {INSTANCE: [6]}) + '[kms]\ndatabase = "kms.db"\n'
+                   'audit_dir = false\n')
+    script = f"""
+import gc, io
+from kms import Kms
+from kms import fileenc as fe
+from kms.errors import InvalidCiphertext
+with Kms.open({str(cfg)!r}) as kms:
+    c = kms.client({INSTANCE!r})
+    key = c.create_key("SM4").key_id
+    out = io.BytesIO()
+    fe.encrypt_file(c, key, io.BytesIO(bytes(1000)), out, None, 256)
+    blob = bytearray(out.getvalue())
+    blob[-1] ^= 1
+    for _ in range(50):
+        try:
+            fe.decrypt_file(c, io.BytesIO(bytes(blob)), io.BytesIO())
+        except InvalidCiphertext as exc:
+            exc.cycle = exc
+        gc.collect()
+print("ok")
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    assert proc.stdout == b"ok\n"
