@@ -383,8 +383,11 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
     """A new file (mode 0600) beside ``path``; renamed onto ``path`` on success, removed on
     any failure."""
     target = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part",
-                               dir=target.parent if str(target.parent) else ".")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part",
+                                   dir=target.parent if str(target.parent) else ".")
+    except OSError as exc:  # name the output, not the temporary file
+        raise OSError(exc.errno, exc.strerror, str(target)) from None
     try:
         with os.fdopen(fd, "wb") as fh:
             yield fh

@@ -305,6 +305,8 @@ def test_progress_bar_when_stderr_is_a_terminal(config: Path, file_keys: dict[st
      "given twice"),
     (["encrypt", "--key", "alias/none", "/nonexistent/in", "out"], 1, "No such file"),
     (["decrypt", "/nonexistent/in", "out"], 1, "No such file"),
+    (["encrypt", "--key", "alias/none", "/etc/hostname", "/nonexistent/dir/out"], 1,
+     "No such file or directory: '/nonexistent/dir/out'"),
     (["decrypt", "/etc/hostname", "out"], 1, "InvalidCiphertextException"),
 ])
 def test_errors_are_one_line(cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
