@@ -95,6 +95,8 @@ HOST: Final = "127.0.0.1"
 OPS: Final = ("Encrypt", "Decrypt", "GenerateDataKey")
 TARGETS: Final = ("hsmpool", "trivial", "moto")
 WORKERS: Final = 2
+SERVER_PROCESSES: Final = {"hsmpool": WORKERS, "trivial": WORKERS, "moto": 1,
+                           "hsmpool-profiled": 1}
 PLAINTEXT_BYTES: Final = 32
 
 BAR_VS_MOTO: Final = 25.0
@@ -603,6 +605,10 @@ class Cell:
     other_cpu: float  # the machine's busy time that was neither
     server_us_per_req: float  # server CPU time per request (all its processes)
     loadgen_us_per_req: float
+    # A projection, not a measurement: req/s if the whole machine were this run's, from the
+    # CPU per request (server + load generator over the machine's cores, and at most one
+    # core per server process, moto being one process under one GIL).
+    capacity_req_per_s: float
 
 
 @dataclass
@@ -671,8 +677,16 @@ def run_op(loadgen: str, op: str, plan: Sequence[tuple[str, Server, Sequence[byt
                           a.rounds, a.lg_cpu / a.wall, a.srv_cpu / a.wall,
                           max(0.0, (a.busy - a.srv_cpu - a.lg_cpu) / a.wall),
                           a.srv_cpu / max(1, a.requests) * 1e6,
-                          a.lg_cpu / max(1, a.requests) * 1e6))
+                          a.lg_cpu / max(1, a.requests) * 1e6,
+                          capacity(a.srv_cpu, a.lg_cpu, a.requests, SERVER_PROCESSES[name])))
     return cells
+
+
+def capacity(srv_cpu: float, lg_cpu: float, requests: int, processes: int) -> float:
+    if requests <= 0 or srv_cpu <= 0:
+        return math.nan
+    cores = os.cpu_count() or 1
+    return min(cores * requests / (srv_cpu + lg_cpu), processes * requests / srv_cpu)
 
 
 def find(cells: Sequence[Cell], target: str, op: str) -> Cell | None:
@@ -687,17 +701,30 @@ def report(cells: Sequence[Cell], loadgen: str) -> tuple[str, dict[str, Any]]:
     out: list[str] = []
     head = (f"{'target':<8} {'op':<16} | {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} "
             f"{'errors':>6} | {'lg cpu':>6} {'srv cpu':>7} {'other':>5} | {'srv µs/req':>10} "
-            f"{'lg µs/req':>9}")
+            f"{'lg µs/req':>9} {'cap req/s':>9}")
     out += [head, "-" * len(head)]
     for c in cells:
         flag = "  <- other load" if c.other_cpu > OTHER_CPU_WARN else ""
         out.append(f"{c.target:<8} {c.op:<16} | {c.req_per_s:>9,.0f} {c.p50_ms:>7.2f} "
                    f"{c.p99_ms:>7.2f} {c.errors:>6} | {c.loadgen_cpu:>6.0%} "
                    f"{c.server_cpu:>7.0%} {c.other_cpu:>5.0%} | {c.server_us_per_req:>10.0f} "
-                   f"{c.loadgen_us_per_req:>9.0f}{flag}")
+                   f"{c.loadgen_us_per_req:>9.0f} {c.capacity_req_per_s:>9,.0f}{flag}")
     out.append(f"load generator: {loadgen}; cpu columns: CPU time / wall time (100% = one "
-               "core of 2); other = machine busy time not ours; µs/req = CPU time per request")
+               f"core of {os.cpu_count()}); other = machine busy time not ours; µs/req = CPU "
+               "time per request;")
+    out.append("cap req/s = a projection, not a measurement: the req/s this CPU per request "
+               "(server + load generator) allows on the whole machine, with at most one core "
+               "per server process (moto: one)")
     out.append("")
+    proj: dict[str, dict[str, float]] = {"hsmpool_vs_moto": {}, "hsmpool_vs_trivial": {}}
+    for op in OPS:
+        h, m, t = (find(cells, x, op) for x in ("hsmpool", "moto", "trivial"))
+        if h is None:
+            continue
+        if m is not None:
+            proj["hsmpool_vs_moto"][op] = h.capacity_req_per_s / m.capacity_req_per_s
+        if t is not None:
+            proj["hsmpool_vs_trivial"][op] = h.capacity_req_per_s / t.capacity_req_per_s
     ratios: dict[str, dict[str, float]] = {"hsmpool_vs_moto": {}, "hsmpool_vs_trivial": {}}
     for op in OPS:
         h, m, t = (find(cells, x, op) for x in TARGETS[:1] + ("moto", "trivial"))
@@ -710,14 +737,17 @@ def report(cells: Sequence[Cell], loadgen: str) -> tuple[str, dict[str, Any]]:
         if t is not None and t.req_per_s > 0:
             ratios["hsmpool_vs_trivial"][op] = h.req_per_s / t.req_per_s
             parts.append(f"{h.req_per_s / t.req_per_s:5.2f}x trivial")
-        out.append(f"ratio {op:<16}: hsmpool = " + ", ".join(parts))
+        pm = proj["hsmpool_vs_moto"].get(op, math.nan)
+        pt = proj["hsmpool_vs_trivial"].get(op, math.nan)
+        out.append(f"ratio {op:<16}: hsmpool = " + ", ".join(parts)
+                   + f"   (projected from cap: {pm:.1f}x moto, {pt:.2f}x trivial)")
     out.append("")
     bars: list[dict[str, Any]] = []
 
-    def bar(name: str, value: float | None, ok: bool | None, shown: str) -> None:
+    def bar(name: str, value: float | None, ok: bool | None, shown: str, note: str = "") -> None:
         vd = "n/a" if ok is None else verdict(ok)
         bars.append({"bar": name, "value": value, "verdict": vd})
-        out.append(f"bar: {name:<44} {shown:>14}  {vd}")
+        out.append(f"bar: {name:<46} {shown:>9}  {vd}" + (f"   ({note})" if note else ""))
 
     r = ratios["hsmpool_vs_moto"].get("Encrypt")
     bar(f"hsmpool Encrypt >= {BAR_VS_MOTO:.0f}x moto", r, None if r is None else r >= BAR_VS_MOTO,
@@ -729,14 +759,16 @@ def report(cells: Sequence[Cell], loadgen: str) -> tuple[str, dict[str, Any]]:
         c = find(cells, "hsmpool", op)
         if c is not None:
             bar(f"hsmpool {op} >= {BAR_ABSOLUTE:,.0f} req/s (target)", c.req_per_s,
-                c.req_per_s >= BAR_ABSOLUTE, f"{c.req_per_s:,.0f}/s")
+                c.req_per_s >= BAR_ABSOLUTE, f"{c.req_per_s:,.0f}/s",
+                f"projected cap {c.capacity_req_per_s:,.0f}/s")
     errs = sum(c.errors for c in cells if c.target == "hsmpool")
     bar("hsmpool rows have 0 errors", float(errs), errs == 0, f"{errs}")
     busy = [c for c in cells if c.other_cpu > OTHER_CPU_WARN]
     if busy:
         out.append(f"WARNING: {len(busy)} of {len(cells)} cells saw > {OTHER_CPU_WARN:.0%} of "
                    "a core of other load on the machine; treat those figures with care.")
-    return "\n".join(out), {"ratios": ratios, "bars": bars}
+    out.append("(bars are judged on the measured req/s; the projections are for context)")
+    return "\n".join(out), {"ratios": ratios, "projected_ratios": proj, "bars": bars}
 
 
 def versions() -> dict[str, str]:
@@ -808,8 +840,44 @@ def run_profile(cfg: Path, target: Target, tmp: Path, seconds: float,
     if not out.exists():
         raise RuntimeError(f"no profile written; log:\n{srv.log.read_text()[-2000:]}")
     st = pstats.Stats(str(out))
-    st.sort_stats("tottime").print_stats(35)
-    st.sort_stats("cumulative").print_stats(45)
+    st.sort_stats("tottime").print_stats(30)
+    print_layers(st)
+
+
+# (label, file suffix, function name): inclusive CPU time of the profiled thread
+_LAYERS: Final = (
+    ("KmsApp._http (the whole app)", "kms/api/app.py", "_http"),
+    ("  KmsApp._handle", "kms/api/app.py", "_handle"),
+    ("    sigv4 Verifier.verify", "kms/api/sigv4.py", "verify"),
+    ("    json.loads", "json/__init__.py", "loads"),
+    ("    json.dumps", "json/__init__.py", "dumps"),
+    ("    aws_kms.encrypt (handler)", "kms/api/aws_kms.py", "encrypt"),
+    ("      KmsClient.encrypt (service)", "kms/service.py", "encrypt"),
+    ("        KmsClient._key_for (resolve+policy)", "kms/service.py", "_key_for"),
+    ("        KmsClient._seal", "kms/service.py", "_seal"),
+    ("          Pool.execute", "hsmpool/pool.py", "execute"),
+    ("            hp11_gcm (PKCS#11 C call)", "~", "<built-in method hsmpool._p11_cffi.hp11_gcm>"),
+    ("            os.urandom", "~", "<built-in method posix.urandom>"),
+    ("        KmsClient._audit (append)", "kms/service.py", "_audit"),
+    ("  KmsApp._respond (uvicorn send)", "kms/api/app.py", "_respond"),
+    ("  Metrics.observe", "kms/api/metrics.py", "observe"),
+    ("uvicorn data_received (parse)", "httptools_impl.py", "data_received"),
+)
+
+
+def print_layers(st: Any) -> None:
+    """Inclusive CPU per request of the main layers (µs, under the profiler)."""
+    stats: dict[tuple[str, int, str], tuple[int, int, float, float, Any]] = st.stats
+    total = sum(v[2] for v in stats.values())
+    reqs = max((v[1] for k, v in stats.items()
+                if k[0].endswith("kms/api/app.py") and k[2] == "_http"), default=0)
+    if not reqs:
+        return
+    print(f"profiled thread: {total / reqs * 1e6:.0f} µs CPU per request ({reqs} requests, "
+          "profiler included); inclusive per layer:")
+    for label, suffix, func in _LAYERS:
+        ct = sum(v[3] for k, v in stats.items() if k[0].endswith(suffix) and k[2] == func)
+        print(f"  {label:<46} {ct / reqs * 1e6:7.1f} µs  {ct / total:6.1%}")
 
 
 # --- main --------------------------------------------------------------------------------
