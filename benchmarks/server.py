@@ -48,15 +48,21 @@ The ``lg cpu`` column is the load generator's CPU time (user+sys, from ``wait4``
 wall time of its runs (100 % = one core); ``srv cpu`` the same for the target's process tree
 (from ``/proc``); ``other`` is the machine's busy CPU time that was neither (other load on
 this shared machine; a cell is flagged when it is above 15 % of a core). The machine has 2
-cores and the load generator shares them with the server, as the issue asks.
+cores and the load generator shares them with the server, as the issue asks. ``srv µs/req``
+and ``lg µs/req`` are CPU time per request, which other load on the machine disturbs much
+less than req/s; ``cap req/s`` is a projection from them (not a measurement): the req/s the
+server's plus the load generator's CPU per request would allow on all cores, with at most
+one core per server process (moto is one process under one GIL).
 
 Bars (from the issue; a report, not a test): hsmpool Encrypt >= 25x moto's Encrypt req/s,
 >= 0.3x the trivial app's req/s, >= 10,000 req/s absolute; hsmpool rows have 0 errors.
 Results go to ``bench-results/server.json``.
 
 ``--profile`` starts a one-worker hsmpool server under cProfile (the worker runs
-``cProfile`` around uvicorn; the profile is written at shutdown), loads it with Encrypt for
-``--seconds`` and prints the top functions by total and cumulative time.
+``cProfile`` around uvicorn, timed by the thread's CPU clock; the profile is written at
+shutdown), loads it with Encrypt for ``--seconds`` and prints the top functions by own time
+and the inclusive CPU per request of the main layers (the profiler inflates call-heavy
+Python code; read the shares, not the microseconds).
 """
 
 from __future__ import annotations
