@@ -192,6 +192,7 @@ class Kms:
         self._accounts: dict[str, str] = {}
         self._cache_lock = threading.Lock()
         self._data_version = store.data_version()
+        self._generation = 0  # bumped by every write and drop (see _key)
         self._checked = time.monotonic()
         self._scheduler: threading.Thread | None = None
         self._stop = threading.Event()
@@ -255,6 +256,7 @@ class Kms:
 
     def _drop_caches(self) -> None:
         with self._cache_lock:
+            self._generation += 1
             self._keys.clear()
             self._aliases.clear()
             self._versions.clear()  # blobs can be shredded or restored by another process
@@ -276,14 +278,21 @@ class Kms:
     def _key(self, key_id: str) -> KeyRecord | None:
         rec = self._keys.get(key_id)
         if rec is None:
+            generation = self._generation
             rec = self.store.get_key(key_id)
             if rec is not None:
-                self._keys[key_id] = rec
+                with self._cache_lock:
+                    if generation == self._generation:  # no write or drop since the read
+                        self._keys[key_id] = rec
         return rec
 
     def _swap(self, rec: KeyRecord) -> None:
+        """After a write: forget the cached record; the next use reads the store. (Caching
+        ``rec`` could go back in time: a slower writer's older revision would replace a newer
+        one, and e.g. a key disabled meanwhile would stay usable in this process.)"""
         with self._cache_lock:
-            self._keys[rec.key_id] = rec
+            self._generation += 1
+            self._keys.pop(rec.key_id, None)
 
     def _version(self, version_id: str) -> KeyVersion | None:
         v = self._versions.get(version_id)
