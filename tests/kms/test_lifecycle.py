@@ -4,12 +4,13 @@ refusals, ciphertext tampering and the deletion purge, with a settable clock."""
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from kms import Kms, KmsClient
+from kms import KeyRecord, KeyVersion, Kms, KmsClient
 from kms import errors as E
 from kms.model import KeyState
 from tests.kms.conftest import DAY, FakeClock
@@ -393,3 +394,50 @@ def test_cancelled_deletion_keeps_material(kms: Kms, client: KmsClient,
     assert all(b is not None for b in version_blobs(kms, k.key_id))
     client.enable_key(k.key_id)
     assert client.decrypt(ct).plaintext == b"saved"
+
+
+# --------------------------------------------------------------------------- cache coherence
+
+
+def test_a_slow_writer_does_not_resurrect_an_older_record(kms: Kms, client: KmsClient) -> None:
+    """Thread A enables a key and is held between its store commit and its cache update;
+    meanwhile the key is changed and disabled. When A resumes, the service must still see the
+    disabled key (the stored truth), not A's older "enabled" record."""
+    k = client.create_key()
+    client.disable_key(k.key_id)
+    store = kms.store
+    real = store.update_key
+    committed, resume = threading.Event(), threading.Event()
+    slow: list[threading.Thread] = []
+
+    def held(old: KeyRecord, new: KeyRecord, version: KeyVersion | None = None) -> None:
+        real(old, new, version)
+        if threading.current_thread() in slow:
+            committed.set()
+            resume.wait(30)
+
+    store.update_key = held  # type: ignore[method-assign]
+    errors: list[BaseException] = []
+
+    def enable() -> None:
+        try:
+            client.enable_key(k.key_id)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    a = threading.Thread(target=enable)
+    slow.append(a)
+    a.start()
+    try:
+        assert committed.wait(30)
+        assert client.update_key_description(k.key_id, "changed").state is KeyState.ENABLED
+        assert client.disable_key(k.key_id).state is KeyState.DISABLED
+    finally:
+        resume.set()
+        a.join(30)
+    assert not errors
+    assert store.get_key(k.key_id).state is KeyState.DISABLED  # type: ignore[union-attr]
+    rec = client.describe_key(k.key_id)
+    assert (rec.state, rec.description) == (KeyState.DISABLED, "changed")
+    with pytest.raises(E.Disabled):
+        client.encrypt(k.key_id, b"must not work")
