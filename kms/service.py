@@ -188,6 +188,7 @@ class Kms:
         self._aliases: dict[tuple[str, str], str | None] = {}
         self._versions: dict[str, KeyVersion] = {}
         self._blobs: dict[str, KeyBlob] = {}
+        self._headers: dict[str, bytes] = {}  # version id -> ciphertext header
         self._material = _Material()
         self._accounts: dict[str, str] = {}
         self._cache_lock = threading.Lock()
@@ -293,6 +294,12 @@ class Kms:
         with self._cache_lock:
             self._generation += 1
             self._keys.pop(rec.key_id, None)
+
+    def _forget_alias(self, instance: str, name: str) -> None:
+        """After an alias write: evict it (as :meth:`_swap` does for keys)."""
+        with self._cache_lock:
+            self._generation += 1
+            self._aliases.pop((instance, name), None)
 
     def _version(self, version_id: str) -> KeyVersion | None:
         v = self._versions.get(version_id)
@@ -514,11 +521,14 @@ class KmsClient:
             cache_key = (self.instance_name, alias)
             target_id = kms._aliases.get(cache_key)
             if target_id is None:
+                generation = kms._generation
                 rec_a = self._store.get_alias(self.instance_name, alias)
                 if rec_a is None:
                     raise E.NotFound(f"alias {alias!r} does not exist")
                 target_id = rec_a.key_id
-                kms._aliases[cache_key] = target_id
+                with kms._cache_lock:
+                    if generation == kms._generation:  # no write or drop since the read
+                        kms._aliases[cache_key] = target_id
             target = target_id
         rec = kms._key(target) if _UUID_RE.match(target) else None
         if rec is None or rec.instance != self.instance_name or _is_deleted(rec):
@@ -864,7 +874,7 @@ class KmsClient:
             now = self.kms.now()
             alias = AliasRecord(self.instance_name, name, rec.key_id, now, now)
             self._store.put_alias(alias, create=True)
-            self.kms._aliases[(self.instance_name, name)] = rec.key_id
+            self.kms._forget_alias(self.instance_name, name)
             self._audit("kms:CreateAlias", rec, None, "ok")
             return alias
 
@@ -886,7 +896,7 @@ class KmsClient:
             alias = AliasRecord(self.instance_name, name, rec.key_id, old.created,
                                 self.kms.now())
             self._store.put_alias(alias, create=False)
-            self.kms._aliases[(self.instance_name, name)] = rec.key_id
+            self.kms._forget_alias(self.instance_name, name)
             self._audit("kms:UpdateAlias", rec, None, "ok")
             return alias
 
@@ -900,7 +910,7 @@ class KmsClient:
                 raise E.NotFound(f"alias {name} does not exist")
             if not self._store.delete_alias(self.instance_name, name):
                 raise E.NotFound(f"alias {name} does not exist")
-            self.kms._aliases.pop((self.instance_name, name), None)
+            self.kms._forget_alias(self.instance_name, name)
             self._audit("kms:DeleteAlias", None, None, "ok")
 
         self._run("kms:DeleteAlias", body)
@@ -928,12 +938,14 @@ class KmsClient:
     def _seal(self, rec: KeyRecord, plaintext: bytes, context: Mapping[str, str] | None
               ) -> tuple[bytes, KeyVersion]:
         v = self._primary(rec)
+        headers = self.kms._headers
+        hdr = headers.get(v.version_id)
+        if hdr is None:
+            alg = ctf.ALG_AES_GCM if rec.spec is KeySpec.SYMMETRIC_DEFAULT else ctf.ALG_SM4_GCM
+            hdr = headers[v.version_id] = ctf.header(v.version_bytes, alg)
+        aad = hdr + ctf.canonical_context(context) if context else hdr
         if rec.spec is KeySpec.SYMMETRIC_DEFAULT:
-            hdr = ctf.header(v.version_bytes, ctf.ALG_AES_GCM)
-            aad = hdr + ctf.canonical_context(context)
             return hdr + self.inst.encrypt(self.kms._blob(v), plaintext, aad), v
-        hdr = ctf.header(v.version_bytes, ctf.ALG_SM4_GCM)
-        aad = hdr + ctf.canonical_context(context)
         nonce = os.urandom(ctf.NONCE_LEN)
         return hdr + nonce + self.kms.sm4(self.inst, v).encrypt(nonce, plaintext, aad), v
 
