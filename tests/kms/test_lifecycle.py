@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from kms import KeyRecord, KeyVersion, Kms, KmsClient
+from kms import AliasRecord, KeyRecord, KeyVersion, Kms, KmsClient
 from kms import errors as E
 from kms.model import KeyState
 from tests.kms.conftest import DAY, FakeClock
@@ -441,3 +441,37 @@ def test_a_slow_writer_does_not_resurrect_an_older_record(kms: Kms, client: KmsC
     assert (rec.state, rec.description) == (KeyState.DISABLED, "changed")
     with pytest.raises(E.Disabled):
         client.encrypt(k.key_id, b"must not work")
+
+
+def test_a_slow_alias_writer_does_not_resurrect_an_older_target(kms: Kms,
+                                                                client: KmsClient) -> None:
+    """The same for aliases: A moves an alias and is held after its store write; meanwhile
+    the alias moves again. The alias must resolve to where the store says it points."""
+    keys = [client.create_key() for _ in range(3)]
+    client.create_alias("alias/moving", keys[0].key_id)
+    assert client.describe_key("alias/moving").key_id == keys[0].key_id  # cached now
+    store = kms.store
+    real = store.put_alias
+    committed, resume = threading.Event(), threading.Event()
+    slow: list[threading.Thread] = []
+
+    def held(alias: AliasRecord, *, create: bool) -> None:
+        real(alias, create=create)
+        if threading.current_thread() in slow:
+            committed.set()
+            resume.wait(30)
+
+    store.put_alias = held  # type: ignore[method-assign]
+    a = threading.Thread(target=lambda: client.update_alias("alias/moving", keys[1].key_id))
+    slow.append(a)
+    a.start()
+    try:
+        assert committed.wait(30)
+        client.update_alias("alias/moving", keys[2].key_id)
+    finally:
+        resume.set()
+        a.join(30)
+    stored = store.get_alias("svc", "alias/moving")
+    assert stored is not None and stored.key_id == keys[2].key_id
+    assert client.describe_key("alias/moving").key_id == keys[2].key_id
+    assert client.encrypt("alias/moving", b"x").key_id == keys[2].arn
