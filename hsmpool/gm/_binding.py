@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any, NoReturn
+import functools
+import threading
+from collections.abc import Callable
+from typing import Any, NoReturn, ParamSpec, TypeVar
 
 from hsmpool._gm_cffi import ffi, lib
 
 from .exceptions import DecryptionError
 
-__all__ = ["BytesLike", "alloc", "buf", "ensure", "ffi", "lib", "new_output", "out_bytes"]
+__all__ = ["BytesLike", "alloc", "buf", "ensure", "ffi", "lib", "new_output", "out_bytes",
+           "releases_buffers"]
 
 BytesLike = bytes | bytearray | memoryview
 
@@ -16,23 +20,63 @@ BytesLike = bytes | bytearray | memoryview
 alloc = ffi.new_allocator(should_clear_after_alloc=False)
 
 
+_local = threading.local()
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
 def buf(name: str, obj: object) -> tuple[Any, int]:
     """A (cdata-compatible pointer, length in bytes) pair for a bytes-like argument.
 
     bytes are passed to C as they are; bytearray and (C-contiguous) memoryview go through
-    ``ffi.from_buffer`` without a copy. Anything else is a TypeError.
+    ``ffi.from_buffer`` without a copy. Anything else is a TypeError. Inside a function
+    decorated with :func:`releases_buffers`, the buffer export is released when that
+    function returns or raises.
     """
     if isinstance(obj, bytes):
         return obj, len(obj)
-    if isinstance(obj, bytearray | memoryview):
-        mv = memoryview(obj)
-        if not mv.c_contiguous:
+    if isinstance(obj, bytearray):
+        n = len(obj)
+    elif isinstance(obj, memoryview):
+        if not obj.c_contiguous:
             raise TypeError(f"{name} must be a C-contiguous buffer")
-        n = mv.nbytes
-        if n == 0:
-            return b"", 0
-        return ffi.from_buffer("uint8_t[]", mv), n
-    raise TypeError(f"{name} must be bytes, bytearray or memoryview, not {type(obj).__name__}")
+        n = obj.nbytes
+    else:
+        raise TypeError(
+            f"{name} must be bytes, bytearray or memoryview, not {type(obj).__name__}")
+    if n == 0:
+        return b"", 0
+    c = ffi.from_buffer("uint8_t[]", obj)
+    held = getattr(_local, "held", None)
+    if held is not None:
+        held.append(c)
+    return c, n
+
+
+def releases_buffers(fn: Callable[P, R]) -> Callable[P, R]:
+    """Release every buffer export :func:`buf` took during a call, however the call ends.
+
+    Without this, a failing call leaves its cffi buffer objects in the traceback's frames;
+    if the caller then keeps the exception in a reference cycle, the garbage collector may
+    clear an exported memoryview before the cffi object that holds the export, and CPython
+    crashes (seen with cffi 2.0 on CPython 3.11). Releasing explicitly ends the export at
+    the end of the call.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        outer = getattr(_local, "held", None)
+        held: list[Any] = []
+        _local.held = held
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _local.held = outer
+            for c in held:
+                ffi.release(c)
+
+    return wrapper
 
 
 def new_output(n: int) -> tuple[bytes, Any]:

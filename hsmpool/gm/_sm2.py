@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from ._binding import BytesLike, alloc, buf, ensure, ffi, lib, out_bytes
+from ._binding import BytesLike, alloc, buf, ensure, ffi, lib, out_bytes, releases_buffers
 from .exceptions import InvalidSignature
 
 __all__ = ["DEFAULT_UID", "SM2PrivateKey", "SM2PublicKey"]
@@ -66,6 +66,7 @@ class SM2PublicKey:
         self._h = handle
 
     @classmethod
+    @releases_buffers
     def from_bytes(cls, data: BytesLike) -> SM2PublicKey:
         """From the 65-byte uncompressed point 04 || x || y (checked to be on the curve)."""
         d, n = buf("data", data)
@@ -74,6 +75,7 @@ class SM2PublicKey:
         return cls(_own(pp))
 
     @classmethod
+    @releases_buffers
     def _from_encoded(cls, data: object, fmt: int) -> SM2PublicKey:
         d, n = _encoded("data", data, fmt == lib.HSM_SM2_FMT_PEM)
         pp = ffi.new("hsm_sm2_key **")
@@ -112,6 +114,7 @@ class SM2PublicKey:
     def __repr__(self) -> str:
         return f"SM2PublicKey({self.to_bytes().hex()})"
 
+    @releases_buffers
     def compute_z(self, uid: BytesLike = DEFAULT_UID) -> bytes:
         """ZA = SM3(ENTL || ID || a || b || xG || yG || xA || yA)."""
         u, un = _uid(uid)
@@ -119,6 +122,7 @@ class SM2PublicKey:
         ensure(lib.hsm_sm2_compute_z(self._h, u, un, out), "SM2 ZA")
         return out_bytes(out, 32)
 
+    @releases_buffers
     def message_digest(self, data: BytesLike, uid: BytesLike = DEFAULT_UID) -> bytes:
         """e = SM3(ZA || data): what ``sign_digest`` / ``verify_digest`` take."""
         from ._sm3 import SM3
@@ -127,6 +131,7 @@ class SM2PublicKey:
         h.update(data)
         return h.digest()
 
+    @releases_buffers
     def verify(
         self,
         signature: BytesLike,
@@ -146,6 +151,7 @@ class SM2PublicKey:
                 ensure(rc, "SM2 verify")
             raise InvalidSignature("SM2 signature did not verify")
 
+    @releases_buffers
     def verify_digest(
         self, signature: BytesLike, digest: BytesLike, *, format: SigFormat = "der"
     ) -> None:
@@ -161,6 +167,7 @@ class SM2PublicKey:
                 ensure(rc, "SM2 verify")
             raise InvalidSignature("SM2 signature did not verify")
 
+    @releases_buffers
     def encrypt(self, data: BytesLike, *, format: CtFormat = "der") -> bytes:
         """SM2 public-key encryption, C1C3C2: GM/T 0009 DER, or raw 04||x||y||C3||C2."""
         f = _fmt(format, "ciphertext")
@@ -190,6 +197,7 @@ class SM2PrivateKey:
         return cls(_own(pp))
 
     @classmethod
+    @releases_buffers
     def from_bytes(cls, data: BytesLike) -> SM2PrivateKey:
         """From the raw 32-byte big-endian scalar d, 1 <= d <= n - 2."""
         d, n = buf("data", data)
@@ -198,6 +206,7 @@ class SM2PrivateKey:
         return cls(_own(pp))
 
     @classmethod
+    @releases_buffers
     def _from_encoded(cls, data: object, fmt: int) -> SM2PrivateKey:
         d, n = _encoded("data", data, fmt == lib.HSM_SM2_FMT_PEM)
         pp = ffi.new("hsm_sm2_key **")
@@ -237,6 +246,7 @@ class SM2PrivateKey:
         ensure(lib.hsm_sm2_public_handle(self._h, pp), "SM2 public key")
         return SM2PublicKey(_own(pp))
 
+    @releases_buffers
     def sign(
         self, data: BytesLike, uid: BytesLike = DEFAULT_UID, *, format: SigFormat = "der"
     ) -> bytes:
@@ -249,6 +259,7 @@ class SM2PrivateKey:
         ensure(lib.hsm_sm2_sign(self._h, u, un, d, dn, f, out, n), "SM2 sign")
         return out_bytes(out, n[0])
 
+    @releases_buffers
     def sign_digest(self, digest: BytesLike, *, format: SigFormat = "der") -> bytes:
         """Sign a precomputed e = SM3(ZA || M) (32 bytes; see SM2PublicKey.message_digest)."""
         f = _fmt(format, "signature")
@@ -260,6 +271,7 @@ class SM2PrivateKey:
         ensure(lib.hsm_sm2_sign_digest(self._h, e, f, out, n), "SM2 sign")
         return out_bytes(out, n[0])
 
+    @releases_buffers
     def decrypt(self, data: BytesLike, *, format: CtFormat = "der") -> bytes:
         """Decrypt C1C3C2 (DER or raw). Malformed input: ValueError; a well-formed ciphertext
         that fails its check value: DecryptionError (a ValueError)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hmac as _hmac
 from typing import Any
 
-from ._binding import BytesLike, buf, ffi, lib, out_bytes
+from ._binding import BytesLike, buf, ffi, lib, out_bytes, releases_buffers
 from .exceptions import InvalidSignature
 
 __all__ = ["HMACSM3", "SM3", "hmac_sm3", "sm3"]
@@ -14,6 +14,7 @@ DIGEST_SIZE = 32
 BLOCK_SIZE = 64
 
 
+@releases_buffers
 def sm3(data: BytesLike) -> bytes:
     """The SM3 digest of data (one call into C)."""
     d, n = buf("data", data)
@@ -22,6 +23,7 @@ def sm3(data: BytesLike) -> bytes:
     return out_bytes(out, DIGEST_SIZE)
 
 
+@releases_buffers
 def hmac_sm3(key: BytesLike, data: BytesLike) -> bytes:
     """HMAC-SM3 (RFC 2104 construction) of data under key."""
     k, kn = buf("key", key)
@@ -53,6 +55,7 @@ class SM3:
         if ctx is not None:
             lib.hsm_sm3_wipe(ctx)
 
+    @releases_buffers
     def update(self, data: BytesLike) -> None:
         d, n = buf("data", data)
         lib.hsm_sm3_update(self._ctx, d, n)
@@ -83,6 +86,7 @@ class HMACSM3:
     digest_size = DIGEST_SIZE
     block_size = BLOCK_SIZE
 
+    @releases_buffers
     def __init__(self, key: BytesLike, data: BytesLike = b"") -> None:
         k, kn = buf("key", key)
         self._ctx: Any = ffi.new("hsm_hmac_sm3_ctx *")
@@ -95,6 +99,7 @@ class HMACSM3:
         if ctx is not None:
             lib.hsm_hmac_sm3_wipe(ctx)
 
+    @releases_buffers
     def update(self, data: BytesLike) -> None:
         d, n = buf("data", data)
         lib.hsm_hmac_sm3_update(self._ctx, d, n)
@@ -115,6 +120,7 @@ class HMACSM3:
         other._ctx[0] = self._ctx[0]
         return other
 
+    @releases_buffers
     def verify(self, tag: BytesLike) -> None:
         """Raise InvalidSignature unless tag equals the current digest (constant time)."""
         buf("tag", tag)  # type check

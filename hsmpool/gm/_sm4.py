@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ._binding import BytesLike, alloc, buf, ffi, lib, new_output, out_bytes
+from ._binding import BytesLike, alloc, buf, ffi, lib, new_output, out_bytes, releases_buffers
 from .exceptions import InvalidTag
 
 __all__ = ["SM4CBC", "SM4CTR", "SM4ECB", "SM4GCM"]
@@ -28,6 +28,7 @@ class _KeyedSM4:
 
     __slots__ = ("_ks",)
 
+    @releases_buffers
     def __init__(self, key: BytesLike) -> None:
         k, _ = _check_key(key)
         ks = ffi.new("hsm_sm4_key *")
@@ -49,6 +50,7 @@ class SM4ECB(_KeyedSM4):
 
     __slots__ = ()
 
+    @releases_buffers
     def _run(self, data: BytesLike, encrypt: bool) -> bytes:
         d, n = buf("data", data)
         if n % BLOCK:
@@ -83,6 +85,7 @@ class SM4CBC(_KeyedSM4):
 
     __slots__ = ()
 
+    @releases_buffers
     def encrypt(self, iv: BytesLike, data: BytesLike) -> bytes:
         ivc = _iv16("iv", iv)
         d, n = buf("data", data)
@@ -94,10 +97,12 @@ class SM4CBC(_KeyedSM4):
         pad = BLOCK - (n - full)
         last = ffi.new("uint8_t[16]", [pad] * BLOCK)
         if n - full:
-            ffi.memmove(last, ffi.from_buffer("uint8_t[]", data) + full, n - full)
+            src = ffi.from_buffer("uint8_t[]", d) if isinstance(d, bytes) else d
+            ffi.memmove(last, src + full, n - full)
         lib.hsm_sm4_cbc_encrypt(self._ks, ivc, last, out + full, 1)
         return res
 
+    @releases_buffers
     def decrypt(self, iv: BytesLike, data: BytesLike) -> bytes:
         ivc = _iv16("iv", iv)
         d, n = buf("data", data)
@@ -122,6 +127,7 @@ class SM4CTR(_KeyedSM4):
 
     __slots__ = ()
 
+    @releases_buffers
     def encrypt(self, nonce: BytesLike, data: BytesLike) -> bytes:
         ctr = _iv16("nonce", nonce)
         d, n = buf("data", data)
@@ -143,6 +149,7 @@ class SM4GCM:
 
     __slots__ = ("_gk", "_raw")
 
+    @releases_buffers
     def __init__(self, key: BytesLike) -> None:
         k, _ = _check_key(key)
         # The struct wants 64-byte alignment for its GHASH tables; malloc gives 16.
@@ -172,6 +179,7 @@ class SM4GCM:
         a, an = (b"", 0) if aad is None else buf("associated_data", aad)
         return nv, nn, d, n, a, an
 
+    @releases_buffers
     def encrypt(
         self, nonce: BytesLike, data: BytesLike, associated_data: BytesLike | None = None
     ) -> bytes:
@@ -182,6 +190,7 @@ class SM4GCM:
         lib.hsm_sm4_gcm_encrypt(self._gk, nv, nn, a, an, d, n, out, out + n, _GCM_TAG)
         return res
 
+    @releases_buffers
     def decrypt(
         self, nonce: BytesLike, data: BytesLike, associated_data: BytesLike | None = None
     ) -> bytes:
@@ -192,7 +201,9 @@ class SM4GCM:
         res, out = new_output(ct_len)
         if ct_len == 0:
             out = ffi.new("uint8_t[1]")  # the C side may zero `out` on failure
-        dp = ffi.from_buffer("uint8_t[]", data)
+        # A pointer to do arithmetic on: buf()'s own cdata (released with the call), or, for
+        # bytes, a view of the immutable object.
+        dp = ffi.from_buffer("uint8_t[]", d) if isinstance(d, bytes) else d
         if lib.hsm_sm4_gcm_decrypt(self._gk, nv, nn, a, an, dp, ct_len, dp + ct_len, _GCM_TAG, out):
             raise InvalidTag()
         return res
