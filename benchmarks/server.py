@@ -684,7 +684,8 @@ def run_op(loadgen: str, op: str, plan: Sequence[tuple[str, Server, Sequence[byt
                           max(0.0, (a.busy - a.srv_cpu - a.lg_cpu) / a.wall),
                           a.srv_cpu / max(1, a.requests) * 1e6,
                           a.lg_cpu / max(1, a.requests) * 1e6,
-                          capacity(a.srv_cpu, a.lg_cpu, a.requests, SERVER_PROCESSES[name])))
+                          capacity(a.srv_cpu, a.lg_cpu, a.requests,
+                                   SERVER_PROCESSES.get(name, WORKERS))))
     return cells
 
 
