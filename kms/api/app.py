@@ -98,7 +98,10 @@ class KmsApp:
                     if self.kms is None and self._factory is not None:
                         self._setup(self._factory())
                 except Exception as exc:  # noqa: BLE001 - reported to the server
-                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    # uvicorn logs the message only if it is not empty: name the type too.
+                    log.error("worker startup failed", exc_info=True)
+                    await send({"type": "lifespan.startup.failed",
+                                "message": f"{type(exc).__name__}: {exc}"})
                     return
                 await send({"type": "lifespan.startup.complete"})
             elif msg["type"] == "lifespan.shutdown":
