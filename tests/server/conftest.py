@@ -32,6 +32,7 @@ from botocore.config import Config
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
+from kms.config import load as load_config
 from tests.conftest import pool_toml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -195,6 +196,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 @contextlib.contextmanager
 def run_server(config: Path, workers: int = 1) -> Iterator[Server]:
     """Start ``hsmpool serve`` on a free port and wait until ``/healthz`` answers 200."""
+    instances = set(load_config(config)[0].instances)
     last_log = ""
     for _attempt in range(3):
         port = free_port()
@@ -206,7 +208,7 @@ def run_server(config: Path, workers: int = 1) -> Iterator[Server]:
                 stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
         server = Server(config, port, proc, log)
         try:
-            if _wait_healthy(server):
+            if _wait_healthy(server, instances):
                 break
         except BaseException:
             _stop(proc)
@@ -218,21 +220,28 @@ def run_server(config: Path, workers: int = 1) -> Iterator[Server]:
     try:
         yield server
     finally:
+        died = proc.poll()
         _stop(proc)
-        # A server fault answered as a 500 is logged with a traceback: show it.
+        # A server that died early, or a fault answered as a 500 (logged with a
+        # traceback): show its log.
         text = server.log_text()
-        if "Traceback" in text:
-            print(f"--- server log ({log}) ---\n{text}", file=sys.stderr)
+        if died is not None or "Traceback" in text:
+            print(f"--- server log ({log}, exited early: {died}) ---\n{text}",
+                  file=sys.stderr)
 
 
-def _wait_healthy(server: Server) -> bool:
+def _wait_healthy(server: Server, instances: set[str]) -> bool:
+    """Wait for /healthz: 200, and from this server (its instances: the free port may have
+    been taken by another process meanwhile, then this server fails to bind and exits)."""
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if server.proc.poll() is not None:
             return False
         try:
             status, _, body = server.get("/healthz")
-            if status == 200 and json.loads(body).get("status") == "ok":
+            doc = json.loads(body)
+            if status == 200 and doc.get("status") == "ok" \
+                    and set(doc.get("healthy_tokens_per_instance", {})) == instances:
                 return True
         except (OSError, http.client.HTTPException, ValueError):
             pass
