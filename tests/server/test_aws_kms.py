@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 
@@ -953,3 +954,59 @@ def test_response_blobs_are_base64_on_the_wire(server: Any, sym: dict[str, Any])
     status, body = call(server.port, server.creds["admin"], "DescribeKey",
                         {"KeyId": sym["KeyId"]})
     assert status == 200 and isinstance(body["KeyMetadata"]["CreationDate"], int | float)
+
+
+# --- odds and ends -----------------------------------------------------------------------
+
+
+def test_empty_context_equals_no_context(kms: Any, sym: dict[str, Any]) -> None:
+    a = kms.encrypt(KeyId=sym["KeyId"], Plaintext=b"a")["CiphertextBlob"]
+    b = kms.encrypt(KeyId=sym["KeyId"], Plaintext=b"b", EncryptionContext={})["CiphertextBlob"]
+    assert kms.decrypt(CiphertextBlob=a, EncryptionContext={})["Plaintext"] == b"a"
+    assert kms.decrypt(CiphertextBlob=b)["Plaintext"] == b"b"
+
+
+def test_alias_cannot_move_onto_a_key_pending_deletion(kms: Any) -> None:
+    k1, k2 = _new_key(kms), _new_key(kms)
+    name = "alias/" + _uniq("pending")
+    kms.create_alias(AliasName=name, TargetKeyId=k1["KeyId"])
+    kms.schedule_key_deletion(KeyId=k2["KeyId"], PendingWindowInDays=7)
+    with pytest.raises(kms.exceptions.KMSInvalidStateException):
+        kms.update_alias(AliasName=name, TargetKeyId=k2["KeyId"])
+    with pytest.raises(kms.exceptions.KMSInvalidStateException):
+        kms.create_alias(AliasName="alias/" + _uniq("pending"), TargetKeyId=k2["KeyId"])
+    assert kms.describe_key(KeyId=name)["KeyMetadata"]["KeyId"] == k1["KeyId"]
+
+
+def test_tag_limit(kms: Any) -> None:
+    kid = _new_key(kms)["KeyId"]
+    kms.tag_resource(KeyId=kid, Tags=[{"TagKey": f"k{i}", "TagValue": "v"} for i in range(50)])
+    with pytest.raises(kms.exceptions.LimitExceededException):
+        kms.tag_resource(KeyId=kid, Tags=[{"TagKey": "one-more", "TagValue": "v"}])
+    assert len(kms.list_resource_tags(KeyId=kid)["Tags"]) == 50
+
+
+def test_key_policy_given_at_creation(kms: Any) -> None:
+    policy = ('{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":'
+              '{"AWS":"*"},"Action":"kms:*","Resource":"*"}]}')
+    kid = kms.create_key(Policy=policy)["KeyMetadata"]["KeyId"]
+    assert kms.get_key_policy(KeyId=kid, PolicyName="default")["Policy"] == policy
+
+
+def test_re_encrypt_needs_a_symmetric_destination(kms: Any, sym: dict[str, Any],
+                                                  rsa_enc: dict[str, Any],
+                                                  rsa_sign: dict[str, Any]) -> None:
+    ct = kms.encrypt(KeyId=sym["KeyId"], Plaintext=b"x")["CiphertextBlob"]
+    for dest in (rsa_enc, rsa_sign):
+        with pytest.raises(kms.exceptions.InvalidKeyUsageException):
+            kms.re_encrypt(CiphertextBlob=ct, DestinationKeyId=dest["KeyId"])
+
+
+def test_long_and_odd_key_ids_are_not_found(kms: Any) -> None:
+    for ref in ("x" * 2048, "alias/" + "a" * 250, "arn:aws:kms:us-east-1:1:key/x",
+                "arn:aws:kms:::", "key/" + str(uuid.uuid4()), str(uuid.uuid4()).upper()):
+        with pytest.raises(ClientError) as info:
+            kms.describe_key(KeyId=ref)
+        assert info.value.response["Error"]["Code"] in ("NotFoundException",
+                                                        "ValidationException",
+                                                        "InvalidArnException")
