@@ -15,6 +15,7 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Final
 
+from hsmpool.errors import InstanceNotFoundError
 from kms import errors as E
 from kms.api import aws_kms
 from kms.api.metrics import Metrics
@@ -201,7 +202,8 @@ class KmsApp:
             client = self._client(cred.access_key_id, scope)
         except AuthError as exc:
             return 400, _error(exc.code, exc.message), op, exc.code
-        except E.KmsError as exc:
+        except (E.KmsError, InstanceNotFoundError) as exc:
+            # InstanceNotFoundError: the access key's instance is no longer configured.
             return 400, _error("UnrecognizedClientException",
                                "The security token included in the request is invalid."), \
                 op, type(exc).__name__
