@@ -12,6 +12,7 @@ import re
 import socket
 import uuid
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import botocore.auth
@@ -22,9 +23,12 @@ from tests.server.conftest import (
     JSON_CT,
     Cred,
     Server,
+    create_credential,
     raises_code,
     raw_post,
+    run_server,
     sign_headers,
+    write_server_config,
 )
 
 
@@ -504,3 +508,19 @@ def test_policy_update_applies_to_existing_access_keys(server: Server, kms: Any,
         new.encrypt(KeyId=key["KeyId"], Plaintext=b"x")
     with raises_code(old, "NotFoundException"):
         old.encrypt(KeyId=key["KeyId"], Plaintext=b"no longer allowed")
+
+
+def test_credential_of_an_instance_no_longer_configured(token_dir: Path,
+                                                        tmp_path: Path) -> None:
+    """An access key whose instance was removed from the configuration: the request is
+    refused as from an unknown client, never answered with a 500."""
+    both = write_server_config(tmp_path, token_dir, {"srv": [0, 1, 2], "srv2": [3, 4]})
+    gone = create_credential(both, "srv2", "gone")
+    kept = create_credential(both, "srv", "kept")
+    only_srv = write_server_config(tmp_path, token_dir, {"srv": [0, 1, 2]})
+    assert only_srv == both  # same file, same database: srv2 is no longer configured
+    with run_server(only_srv) as srv:
+        status, headers, body = raw_post(srv.port, b"{}", sign_headers(
+            gone, srv.port, "TrentService.ListKeys", b"{}"))
+        _assert_error(status, headers, body, "UnrecognizedClientException")
+        assert srv.client(kept).list_keys()["Truncated"] is False
