@@ -1341,18 +1341,25 @@ TGT_GFNI1 INLINE __m128i g1_dom(__m128i v, long long m)
 }
 
 /* pre-affine domain, as Z_ROUND */
-#define G1_ROUND(X0, X1, X2, X3, K)                                                               \
-    do {                                                                                          \
-        __m128i t_ = _mm_xor_si128(_mm_xor_si128(_mm_xor_si128(X1, X2), K), X3);                  \
-        __m128i p0_ = _mm_gf2p8affineinv_epi64_epi8(                                              \
-            t_, _mm_set1_epi64x((long long)SM4_GFNI_POST_D0_MATRIX), SM4_GFNI_POST_D0_CONST);     \
-        __m128i p1_ = _mm_gf2p8affineinv_epi64_epi8(                                              \
-            t_, _mm_set1_epi64x((long long)SM4_GFNI_POST_D1_MATRIX), SM4_GFNI_POST_D1_CONST);     \
-        __m128i p3_ = _mm_gf2p8affineinv_epi64_epi8(                                              \
-            t_, _mm_set1_epi64x((long long)SM4_GFNI_POST_D3_MATRIX), SM4_GFNI_POST_D3_CONST);     \
-        p0_ = _mm_xor_si128(_mm_xor_si128(X0, p0_), _mm_shuffle_epi8(p1_, r8));                   \
-        p1_ = _mm_xor_si128(_mm_shuffle_epi8(p1_, r16), _mm_shuffle_epi8(p3_, r24));              \
-        X0 = _mm_xor_si128(p0_, p1_);                                                             \
+/* pre-affine domain, as Z_ROUND; ordered for latency (CBC encryption is one serial chain):
+ * only the newest word X3 and the inversion outputs are on the critical path (the empty asm
+ * statements keep the compiler from reassociating the XORs) */
+#define G1_ROUND(X0, X1, X2, X3, K)                                                           \
+    do {                                                                                      \
+        __m128i u_ = _mm_xor_si128(_mm_xor_si128(X1, X2), K);                                 \
+        __asm__("" : "+x"(u_));                                                               \
+        __m128i t_ = _mm_xor_si128(u_, X3);                                                   \
+        __m128i p0_ = _mm_gf2p8affineinv_epi64_epi8(                                          \
+            t_, _mm_set1_epi64x((long long)SM4_GFNI_POST_D0_MATRIX), SM4_GFNI_POST_D0_CONST); \
+        __m128i p1_ = _mm_gf2p8affineinv_epi64_epi8(                                          \
+            t_, _mm_set1_epi64x((long long)SM4_GFNI_POST_D1_MATRIX), SM4_GFNI_POST_D1_CONST); \
+        __m128i p3_ = _mm_gf2p8affineinv_epi64_epi8(                                          \
+            t_, _mm_set1_epi64x((long long)SM4_GFNI_POST_D3_MATRIX), SM4_GFNI_POST_D3_CONST); \
+        __m128i q_ = _mm_xor_si128(X0, p0_);                                                  \
+        __asm__("" : "+x"(q_));                                                               \
+        __m128i r_ = _mm_xor_si128(_mm_shuffle_epi8(p1_, r16), _mm_shuffle_epi8(p3_, r24));   \
+        __asm__("" : "+x"(r_));                                                               \
+        X0 = _mm_xor_si128(_mm_xor_si128(q_, _mm_shuffle_epi8(p1_, r8)), r_);                 \
     } while (0)
 
 TGT_AESNI1 INLINE __m128i a1_affine(__m128i v, __m128i lo, __m128i hi)
@@ -1370,39 +1377,42 @@ TGT_AESNI1 INLINE __m128i a1_sbox(__m128i v)
 }
 
 
-/* TO/FROM: into and out of the round's domain; KEYS: the round keys it expects */
-#define CBC_ENC_BODY(ROUND, TO, FROM, KEYS)                                                       \
-    X_CONSTS1;                                                                                    \
-    uint32_t v0 = be32(iv), v1 = be32(iv + 4), v2 = be32(iv + 8), v3 = be32(iv + 12);             \
-    for (; nblocks; nblocks--, in += 16, out += 16) {                                             \
-        __m128i x0 = TO(_mm_set1_epi32((int)(v0 ^ be32(in))));                                    \
-        __m128i x1 = TO(_mm_set1_epi32((int)(v1 ^ be32(in + 4))));                                \
-        __m128i x2 = TO(_mm_set1_epi32((int)(v2 ^ be32(in + 8))));                                \
-        __m128i x3 = TO(_mm_set1_epi32((int)(v3 ^ be32(in + 12))));                               \
-        for (int r = 0; r < 32; r += 4) {                                                         \
-            ROUND(x0, x1, x2, x3, _mm_set1_epi32((int)(KEYS)[r]));                                \
-            ROUND(x1, x2, x3, x0, _mm_set1_epi32((int)(KEYS)[r + 1]));                            \
-            ROUND(x2, x3, x0, x1, _mm_set1_epi32((int)(KEYS)[r + 2]));                            \
-            ROUND(x3, x0, x1, x2, _mm_set1_epi32((int)(KEYS)[r + 3]));                            \
-        }                                                                                         \
-        v0 = (uint32_t)_mm_cvtsi128_si32(FROM(x3));                                               \
-        v1 = (uint32_t)_mm_cvtsi128_si32(FROM(x2));                                               \
-        v2 = (uint32_t)_mm_cvtsi128_si32(FROM(x1));                                               \
-        v3 = (uint32_t)_mm_cvtsi128_si32(FROM(x0));                                               \
-        put_be32(out, v0), put_be32(out + 4, v1), put_be32(out + 8, v2);                          \
-        put_be32(out + 12, v3);                                                                   \
-    }                                                                                             \
-    put_be32(iv, v0), put_be32(iv + 4, v1), put_be32(iv + 8, v2), put_be32(iv + 12, v3)
-
 #define G1_TO(v) g1_dom(v, (long long)SM4_GFNI_DOMAIN_MATRIX)
 #define G1_FROM(v) g1_dom(v, (long long)SM4_GFNI_DOMAIN_INV_MATRIX)
 
 TGT_GFNI1 static void g1_cbc_enc(const uint32_t rk[32], uint8_t iv[16], const uint8_t *in,
                                  uint8_t *out, size_t nblocks)
 {
+    /* The chaining value stays in the domain: D(P ^ C) = D(P) ^ D(C), and D(C) is the cipher
+     * state itself, so the only work between two blocks is one XOR per word. */
+    X_CONSTS1;
     uint32_t rkd[32];
     dom_keys(rk, rkd);
-    CBC_ENC_BODY(G1_ROUND, G1_TO, G1_FROM, rkd);
+    __m128i s0 = G1_TO(_mm_set1_epi32((int)be32(iv)));
+    __m128i s1 = G1_TO(_mm_set1_epi32((int)be32(iv + 4)));
+    __m128i s2 = G1_TO(_mm_set1_epi32((int)be32(iv + 8)));
+    __m128i s3 = G1_TO(_mm_set1_epi32((int)be32(iv + 12)));
+    for (; nblocks; nblocks--, in += 16, out += 16) {
+        __m128i x0 = _mm_xor_si128(s0, G1_TO(_mm_set1_epi32((int)be32(in))));
+        __m128i x1 = _mm_xor_si128(s1, G1_TO(_mm_set1_epi32((int)be32(in + 4))));
+        __m128i x2 = _mm_xor_si128(s2, G1_TO(_mm_set1_epi32((int)be32(in + 8))));
+        __m128i x3 = _mm_xor_si128(s3, G1_TO(_mm_set1_epi32((int)be32(in + 12))));
+        for (int r = 0; r < 32; r += 4) {
+            G1_ROUND(x0, x1, x2, x3, _mm_set1_epi32((int)rkd[r]));
+            G1_ROUND(x1, x2, x3, x0, _mm_set1_epi32((int)rkd[r + 1]));
+            G1_ROUND(x2, x3, x0, x1, _mm_set1_epi32((int)rkd[r + 2]));
+            G1_ROUND(x3, x0, x1, x2, _mm_set1_epi32((int)rkd[r + 3]));
+        }
+        s0 = x3, s1 = x2, s2 = x1, s3 = x0;
+        put_be32(out, (uint32_t)_mm_cvtsi128_si32(G1_FROM(s0)));
+        put_be32(out + 4, (uint32_t)_mm_cvtsi128_si32(G1_FROM(s1)));
+        put_be32(out + 8, (uint32_t)_mm_cvtsi128_si32(G1_FROM(s2)));
+        put_be32(out + 12, (uint32_t)_mm_cvtsi128_si32(G1_FROM(s3)));
+    }
+    put_be32(iv, (uint32_t)_mm_cvtsi128_si32(G1_FROM(s0)));
+    put_be32(iv + 4, (uint32_t)_mm_cvtsi128_si32(G1_FROM(s1)));
+    put_be32(iv + 8, (uint32_t)_mm_cvtsi128_si32(G1_FROM(s2)));
+    put_be32(iv + 12, (uint32_t)_mm_cvtsi128_si32(G1_FROM(s3)));
     wipe_keys(rkd);
 }
 
