@@ -1281,38 +1281,63 @@ TGT_AVX2_AESNI INLINE __m256i a_subbytes_lo(__m256i v, __m256i ainvsr)
         _mm_aesenclast_si128(_mm256_castsi256_si128(v), _mm_setzero_si128()));
 }
 
-#undef A_SUBBYTES
-#define A_SUBBYTES a_subbytes_lo
+/* as A_ROUND, ordered for latency (see G1_ROUND) */
+#define A1_ROUND(X0, X1, X2, X3, K)                                                           \
+    do {                                                                                      \
+        __m256i u_ = _mm256_xor_si256(_mm256_xor_si256(X1, X2), K);                           \
+        __asm__("" : "+x"(u_));                                                               \
+        __m256i z_ = a_subbytes_lo(_mm256_xor_si256(u_, X3), ainvsr);                         \
+        __m256i l_ = _mm256_and_si256(z_, a0f);                                               \
+        __m256i h_ = _mm256_and_si256(_mm256_srli_epi16(z_, 4), a0f);                         \
+        __m256i p0_ = _mm256_xor_si256(_mm256_shuffle_epi8(ar0lo, l_),                        \
+                                       _mm256_shuffle_epi8(ar0hi, h_));                       \
+        __m256i p1_ = _mm256_xor_si256(_mm256_shuffle_epi8(ar1lo, l_),                        \
+                                       _mm256_shuffle_epi8(ar1hi, h_));                       \
+        __m256i p3_ = _mm256_xor_si256(_mm256_shuffle_epi8(ar3lo, l_),                        \
+                                       _mm256_shuffle_epi8(ar3hi, h_));                       \
+        __m256i q_ = _mm256_xor_si256(X0, p0_);                                               \
+        __asm__("" : "+x"(q_));                                                               \
+        __m256i r_ = _mm256_xor_si256(_mm256_shuffle_epi8(p1_, yr16),                         \
+                                      _mm256_shuffle_epi8(p3_, yr24));                        \
+        __asm__("" : "+x"(r_));                                                               \
+        X0 = _mm256_xor_si256(_mm256_xor_si256(q_, _mm256_shuffle_epi8(p1_, yr8)), r_);       \
+    } while (0)
+
 TGT_AVX2_AESNI static void a1_cbc_enc(const uint32_t rk[32], uint8_t iv[16], const uint8_t *in,
                                       uint8_t *out, size_t nblocks)
 {
+    /* chaining value kept in the domain, as in g1_cbc_enc */
     A_CONSTS;
     (void)ywbs;
     uint32_t rkd[32];
     a_dom_keys(rk, rkd);
-    uint32_t v0 = be32(iv), v1 = be32(iv + 4), v2 = be32(iv + 8), v3 = be32(iv + 12);
+    __m256i s0 = AD(_mm256_set1_epi32((int)be32(iv)));
+    __m256i s1 = AD(_mm256_set1_epi32((int)be32(iv + 4)));
+    __m256i s2 = AD(_mm256_set1_epi32((int)be32(iv + 8)));
+    __m256i s3 = AD(_mm256_set1_epi32((int)be32(iv + 12)));
     for (; nblocks; nblocks--, in += 16, out += 16) {
-        __m256i x0 = AD(_mm256_set1_epi32((int)(v0 ^ be32(in))));
-        __m256i x1 = AD(_mm256_set1_epi32((int)(v1 ^ be32(in + 4))));
-        __m256i x2 = AD(_mm256_set1_epi32((int)(v2 ^ be32(in + 8))));
-        __m256i x3 = AD(_mm256_set1_epi32((int)(v3 ^ be32(in + 12))));
+        __m256i x0 = _mm256_xor_si256(s0, AD(_mm256_set1_epi32((int)be32(in))));
+        __m256i x1 = _mm256_xor_si256(s1, AD(_mm256_set1_epi32((int)be32(in + 4))));
+        __m256i x2 = _mm256_xor_si256(s2, AD(_mm256_set1_epi32((int)be32(in + 8))));
+        __m256i x3 = _mm256_xor_si256(s3, AD(_mm256_set1_epi32((int)be32(in + 12))));
         for (int r = 0; r < 32; r += 4) {
-            A_ROUND(x0, x1, x2, x3, _mm256_set1_epi32((int)rkd[r]));
-            A_ROUND(x1, x2, x3, x0, _mm256_set1_epi32((int)rkd[r + 1]));
-            A_ROUND(x2, x3, x0, x1, _mm256_set1_epi32((int)rkd[r + 2]));
-            A_ROUND(x3, x0, x1, x2, _mm256_set1_epi32((int)rkd[r + 3]));
+            A1_ROUND(x0, x1, x2, x3, _mm256_set1_epi32((int)rkd[r]));
+            A1_ROUND(x1, x2, x3, x0, _mm256_set1_epi32((int)rkd[r + 1]));
+            A1_ROUND(x2, x3, x0, x1, _mm256_set1_epi32((int)rkd[r + 2]));
+            A1_ROUND(x3, x0, x1, x2, _mm256_set1_epi32((int)rkd[r + 3]));
         }
-        v0 = (uint32_t)_mm256_cvtsi256_si32(ADI(x3));
-        v1 = (uint32_t)_mm256_cvtsi256_si32(ADI(x2));
-        v2 = (uint32_t)_mm256_cvtsi256_si32(ADI(x1));
-        v3 = (uint32_t)_mm256_cvtsi256_si32(ADI(x0));
-        put_be32(out, v0), put_be32(out + 4, v1), put_be32(out + 8, v2), put_be32(out + 12, v3);
+        s0 = x3, s1 = x2, s2 = x1, s3 = x0;
+        put_be32(out, (uint32_t)_mm256_cvtsi256_si32(ADI(s0)));
+        put_be32(out + 4, (uint32_t)_mm256_cvtsi256_si32(ADI(s1)));
+        put_be32(out + 8, (uint32_t)_mm256_cvtsi256_si32(ADI(s2)));
+        put_be32(out + 12, (uint32_t)_mm256_cvtsi256_si32(ADI(s3)));
     }
-    put_be32(iv, v0), put_be32(iv + 4, v1), put_be32(iv + 8, v2), put_be32(iv + 12, v3);
+    put_be32(iv, (uint32_t)_mm256_cvtsi256_si32(ADI(s0)));
+    put_be32(iv + 4, (uint32_t)_mm256_cvtsi256_si32(ADI(s1)));
+    put_be32(iv + 8, (uint32_t)_mm256_cvtsi256_si32(ADI(s2)));
+    put_be32(iv + 12, (uint32_t)_mm256_cvtsi256_si32(ADI(s3)));
     wipe_keys(rkd);
 }
-#undef A_SUBBYTES
-#define A_SUBBYTES a_subbytes
 
 A_KERNELS(x, TGT_AVX2_AESNI)
 #undef A_SUBBYTES
