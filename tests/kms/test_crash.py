@@ -22,6 +22,7 @@ from kms.model import KeyState
 from tests.kms.conftest import FakeClock, make_kms
 
 ROOT = Path(__file__).resolve().parents[2]
+MIN_LINES = 8
 
 CHILD = r"""
 import sys
@@ -105,6 +106,7 @@ def run_and_kill(cfg: Path, db: Path, start: int, run_for: float, max_lines: int
     stdout = proc.stdout
     lines: list[str] = []
     ready = threading.Event()
+    some = threading.Event()  # enough lines to test anything, however slow the machine
     enough = threading.Event()
 
     def reader() -> None:
@@ -116,6 +118,8 @@ def run_and_kill(cfg: Path, db: Path, start: int, run_for: float, max_lines: int
                 ready.set()
                 continue
             lines.append(line)
+            if len(lines) >= MIN_LINES:
+                some.set()
             if len(lines) >= max_lines:
                 enough.set()
 
@@ -123,6 +127,7 @@ def run_and_kill(cfg: Path, db: Path, start: int, run_for: float, max_lines: int
     t.start()
     try:
         assert ready.wait(120), f"the child did not start: {log.read_text()[-2000:]}"
+        assert some.wait(120), f"the child made no progress: {log.read_text()[-2000:]}"
         enough.wait(run_for)
     finally:
         proc.send_signal(signal.SIGKILL)
@@ -145,7 +150,7 @@ def test_sigkill_loses_nothing_acknowledged(svc_config: Path, svc_pool: Pool,
     for _round in range(3):
         lines = run_and_kill(svc_config, db, start, run_for=1.5,
                              max_lines=rng.randrange(20, 1500), log=tmp_path / "child.log")
-        assert len(lines) >= 5, "the child acknowledged too little to test anything"
+        assert len(lines) >= MIN_LINES
         for line in lines:
             kind, *rest = line.split()
             if kind == "K":
@@ -235,7 +240,7 @@ def test_sigkill_during_scheduled_rotations_and_purges(svc_config: Path, svc_poo
         lines = run_and_kill(svc_config, db, start, run_for=1.5,
                              max_lines=rng.randrange(10, 600), log=tmp_path / "child.log",
                              program=SCHEDULER_CHILD)
-        assert len(lines) >= 5, "the child acknowledged too little to test anything"
+        assert len(lines) >= MIN_LINES
         for line in lines:
             kind, *rest = line.split()
             if kind == "K":
@@ -250,7 +255,9 @@ def test_sigkill_during_scheduled_rotations_and_purges(svc_config: Path, svc_poo
                 assert kind == "T", line
                 start = int(rest[0]) + 1
         start += 1  # its clock may have moved on before the kill
-        assert purged <= set(doomed)
+        # never a key that was not scheduled for deletion (a purged key the parent never
+        # saw is fine: its "S" line can have been cut by the kill of the previous round)
+        assert not purged & set(live)
         marked, with_material = purged_in_store(db)
         assert marked >= len(purged)
         assert with_material == []  # a purge is one transaction: mark and shred together
