@@ -5,6 +5,8 @@ Use::
     log = AuditLog("var/audit", "worker-0")
     log.append(AuditEvent(time.time(), "default", "alice", "kms:Encrypt", key_id, version,
                           "ok", request_id, {"purpose": "backup"}))
+    log.record(time.time(), "default", "alice", "kms:Encrypt", key_id, version, "ok",
+               request_id, {"purpose": "backup"})     # the same, unchecked (trusted callers)
     log.flush()          # only where a response must wait for durability
     log.close()
 
@@ -17,35 +19,48 @@ Segments
     server restarting ``worker-0`` reopens its segment and continues its chain.
 
 Writing
-    :meth:`AuditLog.append` only puts the event on an in-memory queue (a few hundred ns, no
-    I/O, no hashing). A writer thread drains the queue: everything waiting goes into one
-    transaction (encode, hash, insert, update the head, commit), and while that commit (and
-    its fsync) is in flight new events accumulate for the next one. There is no timer: a
-    commit starts as soon as work is waiting, so a lone event costs one commit and a burst
-    shares one ("group commit"). :meth:`AuditLog.flush` waits until everything appended
-    before it is committed. With ``sync=True`` the segment runs with ``synchronous=FULL`` in
-    WAL mode, so a committed batch is on disk (fsync) before flush returns; with
-    ``sync=False`` (``synchronous=NORMAL``) it survives a process crash but not a power cut.
+    :meth:`AuditLog.append` only puts the event's fields on an in-memory queue (no I/O, no
+    hashing); :meth:`AuditLog.record` does the same from the nine fields given directly,
+    without building or checking an :class:`AuditEvent` - the fast path for a caller that
+    builds the values itself (the KMS service); a value of a wrong type there fails the log
+    when the writer reaches it. A writer thread commits the queue in batches: it sleeps
+    until ``wake_at`` records are queued (default 256) or ``max_delay`` seconds (default
+    0.01) have passed since it saw the first one, or a flush or close asks; then it takes
+    everything waiting (up to 8192 records per transaction), encodes and hashes the whole
+    batch, and inserts it, updates the head and commits in one transaction ("group
+    commit"); SQLite releases the GIL while it writes and syncs. So the fixed cost of a
+    commit (and the thread hand-offs) is shared by many records, and the callers wake the
+    writer at most about twice per batch. :meth:`AuditLog.flush` wakes the writer at once
+    (no delay) and waits until everything appended before it is committed. With
+    ``sync=True`` the segment runs with ``synchronous=FULL`` in WAL mode, so a committed
+    batch is on disk (fsync) before flush returns; with ``sync=False``
+    (``synchronous=NORMAL``) it survives a process crash but not a power cut.
 
-    Events appended but not yet flushed are lost if the process dies; a caller that must not
-    answer before its record is durable calls ``flush()``. If a write fails (disk full, I/O
-    error), the log fails closed: ``flush`` and every later ``append`` raise
+    Durability window: a record is not durable when ``append``/``record`` returns; without a
+    flush it is committed at most ``max_delay`` plus the duration of the commit in flight
+    and of its own commit later (about 10 ms plus two fsyncs by default). Records appended
+    but not yet committed are lost if the process dies; a caller that must not answer
+    before its record is durable calls ``flush()``. If a write fails (disk full, I/O error),
+    the log fails closed: ``flush`` and every later ``append``/``record`` raise
     :class:`AuditError`.
 
-Record format (version 1)
-    Table ``audit`` holds one row per event: ``seq`` (1, 2, 3, ... within the segment),
-    ``v`` (format version, 1), the event fields as columns (``details`` as JSON text),
-    ``prev_hash`` and ``hash``. The canonical encoding of an event is::
+Record format (version 2)
+    Table ``records`` holds one row per event: ``seq`` (1, 2, 3, ... within the segment),
+    ``record`` (the canonical record, as text), ``prev_hash`` and ``hash``. The canonical
+    record of an event is the JSON array::
 
-        b"hsmpool-audit/1\\n" + JSON(object with keys action, details, instance, key_id,
-                                      key_version, principal, request_id, result, time)
+        [2, time, instance, principal, action, key_id, key_version, result, request_id,
+         details]
 
-    with sorted keys, no whitespace and ASCII-only escapes (``json.dumps(..., sort_keys=True,
-    separators=(",", ":"), ensure_ascii=True)``); ``time`` is a float (Python's shortest
-    round-trip repr), ``key_id`` and ``key_version`` may be null, ``details`` is an object of
-    strings. Then::
+    exactly as ``json.dumps(..., sort_keys=True, separators=(",", ":"), ensure_ascii=True)``
+    writes it: the format version first, ``time`` a number (Python's shortest round-trip
+    float repr; an int only if a trusted caller passed one), ``key_id`` and ``key_version``
+    string or null, ``details`` an object of strings with sorted keys. JSON keeps every
+    field unambiguous; the fixed order (no keys) makes it cheap to write. The stored text is
+    the hashed byte string (it is ASCII); verify accepts a record only in this exact
+    encoding, so a record has one reading. Then::
 
-        hash     = SHA-256(prev_hash || seq as 8-byte big-endian || canonical)
+        hash     = SHA-256(prev_hash || seq as 8-byte big-endian || record)
         genesis  = SHA-256(b"hsmpool-audit-genesis/1\\0" || segment name (UTF-8))
 
     where the first record's ``prev_hash`` is the genesis of its segment, so a record (or a
@@ -53,11 +68,21 @@ Record format (version 1)
     seq and hash, updated in the same transaction as the records; a fresh segment's head is
     ``(0, genesis)``. If the log is opened with ``head_key``, the head also carries
     ``HMAC-SHA-256(head_key, b"hsmpool-audit-head/1\\0" || segment || b"\\0" || seq(8) ||
-    hash)``.
+    hash)``. Table ``meta`` names the segment and the format (``format`` = ``2``).
+
+    The view ``audit`` decodes the records into columns for SQL queries (``seq, v, time,
+    instance, principal, action, key_id, key_version, result, request_id, details`` (JSON
+    text), ``prev_hash, hash``), e.g. ``SELECT time, principal FROM audit WHERE action =
+    'kms:Decrypt'``; the chain is always checked on the ``records`` table.
+
+    Format 1 (one column per field, hashed over a sorted-keys JSON object) was replaced by
+    format 2 before any deployment: this version neither writes nor verifies format 1
+    segments (opening one raises :class:`AuditError`; verify reports it unchecked).
 
 Verification
     :func:`verify` recomputes every hash and reports, per segment and seq: a changed field
-    (hash mismatch), records removed from the middle (a seq gap), records renumbered or
+    (hash mismatch; or a malformed record, when the edit breaks the format or its canonical
+    encoding), records removed from the middle (a seq gap), records renumbered or
     reordered (a record whose hash only checks under another seq is reported as "written as
     seq N"), records replaced or inserted with recomputed hashes (the next record's
     ``prev_hash`` no longer links), a bad genesis (first record not chained to this
@@ -106,6 +131,7 @@ import os
 import re
 import socket
 import sqlite3
+import struct
 import sys
 import threading
 import time
@@ -131,13 +157,14 @@ __all__ = [
     "verify",
 ]
 
-FORMAT_VERSION = 1
-_PREFIX = b"hsmpool-audit/1\n"
+FORMAT_VERSION = 2
 _GENESIS_TAG = b"hsmpool-audit-genesis/1\0"
 _HEAD_TAG = b"hsmpool-audit-head/1\0"
 _SEGMENT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _FILE_RE = re.compile(r"audit-(.+)\.db")
-_MAX_BATCH = 8192
+_MAX_BATCH = 8192  # records per transaction at most
+WAKE_AT = 256  # queued records that wake the writer before its delay is up
+MAX_DELAY = 0.01  # seconds a queued record waits for company before the writer takes it
 DEFAULT_DIR = "var/audit"
 
 
@@ -206,6 +233,10 @@ class AuditEvent:
 
 _enc = json.encoder.encode_basestring_ascii  # the C string encoder json.dumps uses
 
+# The record of format 2: a JSON array (see the module docstring). "%r" of a float is
+# float.__repr__, the shortest round-trip form json.dumps writes too.
+_FMT = "[2,%r,%s,%s,%s,%s,%s,%s,%s,%s]"
+
 
 def _details_json(details: Mapping[str, str]) -> str:
     """``json.dumps(details, sort_keys=True, separators=(",", ":"), ensure_ascii=True)``
@@ -215,33 +246,30 @@ def _details_json(details: Mapping[str, str]) -> str:
     return "{" + ",".join([_enc(k) + ":" + _enc(v) for k, v in sorted(details.items())]) + "}"
 
 
-def _opt(value: str | None) -> str:
-    return "null" if value is None else _enc(value)
-
-
-def _canonical_parts(time_: float, instance: str, principal: str, action: str,
-                     key_id: str | None, key_version: str | None, result: str,
-                     request_id: str, details_json: str) -> bytes:
-    # Exactly json.dumps of the record object with sorted keys, no whitespace and ASCII
-    # escapes (the tests check the two agree); keys here are in sorted order.
-    body = ('{"action":' + _enc(action) + ',"details":' + details_json
-            + ',"instance":' + _enc(instance) + ',"key_id":' + _opt(key_id)
-            + ',"key_version":' + _opt(key_version) + ',"principal":' + _enc(principal)
-            + ',"request_id":' + _enc(request_id) + ',"result":' + _enc(result)
-            + ',"time":' + float.__repr__(time_) + "}")
-    return _PREFIX + body.encode("ascii")
+def _record(time_: float, instance: str, principal: str, action: str, key_id: str | None,
+            key_version: str | None, result: str, request_id: str,
+            details: Mapping[str, str]) -> str:
+    # Exactly json.dumps([2, time, ...], sort_keys=True, separators=(",", ":"),
+    # ensure_ascii=True) (the tests check the two agree). The writer inlines this.
+    return _FMT % (time_, _enc(instance), _enc(principal), _enc(action),
+                   "null" if key_id is None else _enc(key_id),
+                   "null" if key_version is None else _enc(key_version), _enc(result),
+                   _enc(request_id), _details_json(details) if details else "{}")
 
 
 def canonical(event: AuditEvent) -> bytes:
-    """The versioned, deterministic encoding of ``event`` that the chain hashes."""
-    return _canonical_parts(event.time, event.instance, event.principal, event.action,
-                            event.key_id, event.key_version, event.result, event.request_id,
-                            _details_json(event.details))
+    """The versioned, deterministic encoding of ``event`` that is stored and hashed."""
+    return _record(event.time, event.instance, event.principal, event.action, event.key_id,
+                   event.key_version, event.result, event.request_id,
+                   event.details).encode("ascii")
+
+
+_SEQ = struct.Struct(">Q")
 
 
 def chain_hash(prev_hash: bytes, seq: int, canonical_record: bytes) -> bytes:
     """SHA-256(prev_hash || seq (8 bytes, big-endian) || canonical record)."""
-    return hashlib.sha256(prev_hash + seq.to_bytes(8, "big") + canonical_record).digest()
+    return hashlib.sha256(prev_hash + _SEQ.pack(seq) + canonical_record).digest()
 
 
 def genesis(segment: str) -> bytes:
@@ -265,20 +293,12 @@ def _default_segment() -> str:
 
 # --------------------------------------------------------------------------- schema
 
+_META = "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)"
+
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS audit (
+CREATE TABLE IF NOT EXISTS records (
     seq INTEGER PRIMARY KEY,
-    v INTEGER NOT NULL,
-    time REAL NOT NULL,
-    instance TEXT NOT NULL,
-    principal TEXT NOT NULL,
-    action TEXT NOT NULL,
-    key_id TEXT,
-    key_version TEXT,
-    result TEXT NOT NULL,
-    request_id TEXT NOT NULL,
-    details TEXT NOT NULL,
+    record TEXT NOT NULL,
     prev_hash BLOB NOT NULL,
     hash BLOB NOT NULL
 );
@@ -288,14 +308,24 @@ CREATE TABLE IF NOT EXISTS head (
     hash BLOB NOT NULL,
     mac BLOB
 );
+CREATE VIEW IF NOT EXISTS audit AS SELECT
+    seq,
+    json_extract(record, '$[0]') AS v,
+    json_extract(record, '$[1]') AS time,
+    json_extract(record, '$[2]') AS instance,
+    json_extract(record, '$[3]') AS principal,
+    json_extract(record, '$[4]') AS action,
+    json_extract(record, '$[5]') AS key_id,
+    json_extract(record, '$[6]') AS key_version,
+    json_extract(record, '$[7]') AS result,
+    json_extract(record, '$[8]') AS request_id,
+    json_extract(record, '$[9]') AS details,
+    prev_hash,
+    hash
+FROM records;
 """
 
-_INSERT = ("INSERT INTO audit (seq, v, time, instance, principal, action, key_id, key_version,"
-           " result, request_id, details, prev_hash, hash)"
-           " VALUES (?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
-
-_COLUMNS = ("seq, v, time, instance, principal, action, key_id, key_version, result,"
-            " request_id, details, prev_hash, hash")
+_INSERT = "INSERT INTO records (seq, record, prev_hash, hash) VALUES (?, ?, ?, ?)"
 
 
 # --------------------------------------------------------------------------- writer
@@ -310,22 +340,33 @@ class _Marker:
         self.error: BaseException | None = None
 
 
+# A queued record: the nine fields of an AuditEvent, in its order.
+_Item = tuple[float, str, str, str, str | None, str | None, str, str, Mapping[str, str]]
+
+_RUNNING, _EMPTY, _FILLING = 0, 1, 2  # the writer's state, for append to decide on a wake-up
+
+
 class AuditLog:
     """An append-only, hash-chained audit segment with a background group-commit writer.
 
     Create it in the process that uses it (after any fork): the writer thread does not
-    survive ``fork``.
+    survive ``fork``. ``wake_at`` and ``max_delay`` set the batching (module docstring).
     """
 
     def __init__(self, directory: str | os.PathLike[str], segment: str | None = None, *,
-                 sync: bool = True, head_key: bytes | None = None) -> None:
+                 sync: bool = True, head_key: bytes | None = None, wake_at: int = WAKE_AT,
+                 max_delay: float = MAX_DELAY) -> None:
         seg = _default_segment() if segment is None else segment
         if not _SEGMENT_RE.fullmatch(seg):
             raise ValueError(f"bad audit segment name {seg!r} (letters, digits, '._-')")
+        if wake_at < 1 or not max_delay >= 0:
+            raise ValueError("AuditLog needs wake_at >= 1 and max_delay >= 0")
         self.segment = seg
         self.directory = os.fspath(directory)
         self.path = segment_path(self.directory, seg)
         self.sync = sync
+        self.wake_at = wake_at
+        self.max_delay = float(max_delay)
         self._head_key = head_key
         os.makedirs(self.directory, exist_ok=True)
 
@@ -342,9 +383,10 @@ class AuditLog:
             os.close(self._lock_fd)
             raise
 
-        self._queue: deque[AuditEvent | _Marker] = deque()
+        self._queue: deque[_Item | _Marker] = deque()
         self._wake = threading.Event()
-        self._idle = False
+        self._state = _RUNNING
+        self._urgent = False  # a flush is waiting: no delay
         self._closed = False
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name=f"audit-{seg}", daemon=True)
@@ -358,16 +400,23 @@ class AuditLog:
             if str(mode).lower() != "wal":
                 raise AuditError(f"{self.path}: cannot use WAL mode (got {mode})")
             db.execute(f"PRAGMA synchronous = {'FULL' if self.sync else 'NORMAL'}")
-            db.executescript(_SCHEMA)
             db.execute("BEGIN IMMEDIATE")
+            db.execute(_META)
             db.execute("INSERT OR IGNORE INTO meta VALUES ('format', ?)", (str(FORMAT_VERSION),))
+            fmt = db.execute("SELECT value FROM meta WHERE name = 'format'").fetchone()[0]
+            if fmt != str(FORMAT_VERSION):
+                raise AuditError(f"{self.path}: audit format {fmt}; this version writes and "
+                                 f"verifies format {FORMAT_VERSION} only")
             db.execute("INSERT OR IGNORE INTO meta VALUES ('segment', ?)", (self.segment,))
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
             row = db.execute("SELECT seq, hash FROM head WHERE id = 1").fetchone()
             if row is None:
                 # A head lost with records still present: continue after the last record
                 # (verify reports the missing head's history as it finds it).
                 last = db.execute(
-                    "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+                    "SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1").fetchone()
                 seq, hash_ = (0, genesis(self.segment)) if last is None else last
                 db.execute("INSERT INTO head (id, seq, hash, mac) VALUES (1, ?, ?, ?)",
                            (seq, hash_, self._mac(seq, hash_)))
@@ -400,13 +449,39 @@ class AuditLog:
             raise AuditError(self._why_closed())
         if not isinstance(event, AuditEvent):
             raise TypeError(f"AuditLog.append takes an AuditEvent, not {type(event).__name__}")
-        self._queue.append(event)
-        if self._idle:
+        q = self._queue
+        q.append((event.time, event.instance, event.principal, event.action, event.key_id,
+                  event.key_version, event.result, event.request_id, event.details))
+        state = self._state
+        if state and (state == _EMPTY or len(q) >= self.wake_at):
+            self._state = _RUNNING
+            self._wake.set()
+
+    def record(self, time_: float, instance: str, principal: str, action: str,
+               key_id: str | None, key_version: str | None, result: str, request_id: str,
+               details: Mapping[str, str]) -> None:
+        """Queue an event given as the fields of an :class:`AuditEvent`, unchecked: the
+        trusted fast path for a caller that builds the values itself (the KMS service).
+
+        ``time_`` must be a finite float (or int), the other fields str (``key_id`` and
+        ``key_version`` may be None), ``details`` a str -> str mapping that nobody changes
+        afterwards (it is encoded later, on the writer thread). A value of another type
+        fails the log (closed) when the writer reaches it. Thread-safe.
+        """
+        if self._closed or self._error is not None:
+            raise AuditError(self._why_closed())
+        q = self._queue
+        q.append((time_, instance, principal, action, key_id, key_version, result,
+                  request_id, details))
+        state = self._state
+        if state and (state == _EMPTY or len(q) >= self.wake_at):
+            self._state = _RUNNING
             self._wake.set()
 
     def flush(self, timeout: float | None = None) -> None:
         """Block until every event appended before this call is committed (and fsync'd
-        when ``sync=True``). Raises ``TimeoutError`` or :class:`AuditError`."""
+        when ``sync=True``); the writer starts on it at once, without its delay. Raises
+        ``TimeoutError`` or :class:`AuditError`."""
         if self._error is not None:
             raise AuditError(self._why_closed()) from self._error
         if self._closed:  # close() flushes everything appended before it
@@ -414,6 +489,7 @@ class AuditLog:
             return
         marker = _Marker()
         self._queue.append(marker)
+        self._urgent = True
         self._wake.set()
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
@@ -470,32 +546,45 @@ class AuditLog:
 
     # ---- writer thread
 
-    def _drain(self) -> list[AuditEvent | _Marker]:
-        q = self._queue
-        n = min(len(q), _MAX_BATCH)
-        pop = q.popleft
-        return [pop() for _ in range(n)]
+    def _sleep(self) -> None:
+        """Wait until a batch is due: ``wake_at`` records queued, ``max_delay`` after the
+        first one, a flush or close. Appenders wake the writer only when its state says so,
+        so a batch costs the callers one or two ``Event.set`` calls, not one per record."""
+        q, wake = self._queue, self._wake
+        if not q:
+            self._state = _EMPTY
+            if not q and not self._closed:  # re-checked after publishing the state
+                wake.wait()
+            wake.clear()
+            self._state = _RUNNING
+        if len(q) < self.wake_at and not self._urgent and not self._closed and self.max_delay:
+            self._state = _FILLING
+            if len(q) < self.wake_at and not self._urgent and not self._closed:
+                wake.wait(self.max_delay)
+            wake.clear()
+            self._state = _RUNNING
 
     def _run(self) -> None:
         markers: list[_Marker] = []
+        q = self._queue
+        pop = q.popleft
         try:
             while True:
-                batch = self._drain()
-                if not batch:
-                    if self._closed:
+                if len(q) < self.wake_at and not self._urgent:
+                    if self._closed and not q:
                         break
-                    self._idle = True
-                    if not self._queue and not self._closed:
-                        self._wake.wait()
-                    self._wake.clear()
-                    self._idle = False
+                    self._sleep()
+                self._urgent = False
+                # Take the whole queue (up to a transaction's worth) in one go.
+                batch = [pop() for _ in range(min(len(q), _MAX_BATCH))]
+                if not batch:
                     continue
-                events: list[AuditEvent] = []
+                events: list[_Item] = []
                 for item in batch:
-                    if isinstance(item, _Marker):
-                        markers.append(item)
-                    else:
+                    if type(item) is tuple:
                         events.append(item)
+                    else:
+                        markers.append(item)  # type: ignore[arg-type]
                 if events:
                     self._write(events)
                 for m in markers:
@@ -506,33 +595,38 @@ class AuditLog:
             for m in markers:
                 m.error = exc
                 m.done.set()
-            while self._queue:
-                item = self._queue.popleft()
+            while q:
+                item = q.popleft()
                 if isinstance(item, _Marker):
                     item.error = exc
                     item.done.set()
         finally:
             self._db.close()
             lost: BaseException | None = self._error
-            while self._queue:  # appends and flush requests that raced with close()
-                item = self._queue.popleft()
+            while q:  # appends and flush requests that raced with close()
+                item = q.popleft()
                 if not isinstance(item, _Marker):
                     lost = lost or AuditError("events appended during close() were dropped")
                 else:
                     item.error = lost
                     item.done.set()
 
-    def _write(self, events: list[AuditEvent]) -> None:
+    def _write(self, events: list[_Item]) -> None:
+        # All Python work of the batch (encoding, hashing) first, then SQLite, which
+        # releases the GIL while it writes and syncs.
         seq, prev = self._seq, self._hash
-        rows = []
-        for e in events:
+        rows: list[tuple[int, str, bytes, bytes]] = []
+        add = rows.append
+        enc, fmt, details_json, sha256, pack = _enc, _FMT, _details_json, hashlib.sha256, \
+            _SEQ.pack
+        for t, inst, principal, action, kid, kver, result, rid, details in events:
             seq += 1
-            details = _details_json(e.details)
-            rec = _canonical_parts(e.time, e.instance, e.principal, e.action, e.key_id,
-                                   e.key_version, e.result, e.request_id, details)
-            h = chain_hash(prev, seq, rec)
-            rows.append((seq, e.time, e.instance, e.principal, e.action, e.key_id,
-                         e.key_version, e.result, e.request_id, details, prev, h))
+            rec = fmt % (t, enc(inst), enc(principal), enc(action),
+                         "null" if kid is None else enc(kid),
+                         "null" if kver is None else enc(kver), enc(result), enc(rid),
+                         details_json(details) if details else "{}")
+            h = sha256(prev + pack(seq) + rec.encode("ascii")).digest()
+            add((seq, rec, prev, h))
             prev = h
         db = self._db
         db.execute("BEGIN IMMEDIATE")
@@ -595,20 +689,24 @@ _SEARCH_WINDOW = 256
 _SEARCH_BUDGET = 2_000_000
 
 
-def _row_record(row: Sequence[Any]) -> bytes:
-    """The canonical record of an ``audit`` row; ValueError/TypeError if malformed."""
-    (_seq, v, time_, instance, principal, action, key_id, key_version, result, request_id,
-     details_text, _p, _h) = row
-    if v != FORMAT_VERSION:
-        raise ValueError(f"unknown record format {v!r}")
-    if not isinstance(details_text, str):
-        raise TypeError("details is not text")
-    details = json.loads(details_text)
+def _row_record(text: object) -> bytes:
+    """The hashed bytes of a stored record; ValueError/TypeError unless it is a well-formed
+    record of this format in its canonical encoding (so each record has one reading)."""
+    if not isinstance(text, str):
+        raise TypeError("record is not text")
+    fields = json.loads(text)
+    if not isinstance(fields, list) or len(fields) != 10:
+        raise ValueError("record is not a list of 10 fields")
+    if type(fields[0]) is not int or fields[0] != FORMAT_VERSION:
+        raise ValueError(f"unknown record format {fields[0]!r}")
+    details = fields[9]
     if not isinstance(details, dict):
         raise TypeError("details is not a JSON object")
-    event = AuditEvent(time_, instance, principal, action, key_id, key_version, result,
-                       request_id, details)
-    return canonical(event)
+    f = fields
+    AuditEvent(f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], details)  # its type checks
+    if _record(f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], details) != text:
+        raise ValueError("record is not in the canonical encoding")
+    return text.encode("ascii")
 
 
 def _verify_segment(path: str, segment: str, report: VerifyReport,
@@ -648,19 +746,23 @@ def _check_segment(db: sqlite3.Connection, segment: str, where: str, report: Ver
     if meta.get("segment") != segment:
         report.problem(f"{where}: file names segment {segment!r} but it was created as "
                        f"{meta.get('segment')!r} (file renamed or copied)")
+    if meta.get("format") != str(FORMAT_VERSION):
+        report.problem(f"{where}: audit format {meta.get('format')!r}; this version verifies "
+                       f"format {FORMAT_VERSION} only (segment not checked)")
+        return
     gen = genesis(segment)
     anomalies: list[_Anomaly] = []
     undiagnosed = 0
     count = 0
     last_seq = 0
     last_hash = gen
-    for row in db.execute(f"SELECT {_COLUMNS} FROM audit ORDER BY seq"):
+    for seq, text, prev_hash, hash_ in db.execute(
+            "SELECT seq, record, prev_hash, hash FROM records ORDER BY seq"):
         count += 1
-        seq, prev_hash, hash_ = row[0], row[11], row[12]
         why = ""
         record: bytes | None
         try:
-            record = _row_record(row)
+            record = _row_record(text)
             if not isinstance(prev_hash, bytes) or not isinstance(hash_, bytes):
                 raise TypeError("prev_hash/hash are not blobs")
         except (ValueError, TypeError) as exc:
@@ -696,7 +798,7 @@ def _check_segment(db: sqlite3.Connection, segment: str, where: str, report: Ver
         if seq == 0:
             stored: Any = (gen,)
         else:
-            stored = db.execute("SELECT hash FROM audit WHERE seq = ?", (seq,)).fetchone()
+            stored = db.execute("SELECT hash FROM records WHERE seq = ?", (seq,)).fetchone()
         if stored is None:
             report.problem(f"{where}: seq {seq}: anchored record missing")
         elif not isinstance(stored[0], bytes) or stored[0].hex() != hex_hash.lower():
@@ -709,7 +811,7 @@ def _diagnose(db: sqlite3.Connection, where: str, gen: bytes, anomalies: list[_A
     # Where does each broken row's prev_hash point? (one more scan, memory O(anomalies))
     wanted = {a.prev_hash for a in anomalies}
     owner: dict[bytes, int] = {}
-    for seq, h in db.execute("SELECT seq, hash FROM audit"):
+    for seq, h in db.execute("SELECT seq, hash FROM records"):
         if h in wanted:
             owner.setdefault(h, seq)
     budget = _SEARCH_BUDGET
@@ -812,7 +914,7 @@ def _check_head(db: sqlite3.Connection, segment: str, where: str, gen: bytes, la
     elif hseq < last_seq:
         report.problem(f"{where}: {_span(hseq + 1, last_seq)}: beyond the head (seq {hseq}); "
                        "records added outside the writer")
-        stored = db.execute("SELECT hash FROM audit WHERE seq = ?", (hseq,)).fetchone()
+        stored = db.execute("SELECT hash FROM records WHERE seq = ?", (hseq,)).fetchone()
         expect = gen if hseq == 0 else (stored[0] if stored else None)
         if expect != hhash:
             report.problem(f"{where}: seq {hseq}: hash differs from the head")

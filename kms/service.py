@@ -574,9 +574,15 @@ class KmsClient:
             secret = self.kms.settings.secret_context_keys
             details = {"ctx:" + k: ("<redacted>" if k in secret or k.startswith("secret:")
                                     else v) for k, v in context.items()}
-        log.append(_AuditEvent(self.kms.now(), self.instance_name, self._principal_name, action,
-                               key.key_id if key else None, version, result,
-                               _next_request_id(), details))
+        try:
+            record = log.record  # AuditLog's unchecked fast path: the values are built here
+        except AttributeError:  # a log with only append(AuditEvent), e.g. a test double
+            log.append(_AuditEvent(self.kms.now(), self.instance_name, self._principal_name,
+                                   action, key.key_id if key else None, version, result,
+                                   _next_request_id(), details))
+            return
+        record(self.kms.now(), self.instance_name, self._principal_name, action,
+               key.key_id if key else None, version, result, _next_request_id(), details)
 
     def _run(self, action: str, fn: Callable[[], T]) -> T:
         """Run an operation body and audit a failure (the body audits its success)."""

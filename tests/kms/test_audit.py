@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -14,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -33,13 +35,36 @@ def event(i: int, **over: object) -> AuditEvent:
     return AuditEvent(**fields)  # type: ignore[arg-type]
 
 
-def rows(path: Path) -> list[sqlite3.Row]:
+FIELDS = ("v", "time", "instance", "principal", "action", "key_id", "key_version", "result",
+          "request_id", "details")
+
+
+def rows(path: Path) -> list[dict[str, Any]]:
+    """The stored rows (seq, record, prev_hash, hash), each with its record's fields decoded."""
     db = sqlite3.connect(path)
     db.row_factory = sqlite3.Row
     try:
-        return db.execute("SELECT * FROM audit ORDER BY seq").fetchall()
+        stored = db.execute("SELECT * FROM records ORDER BY seq").fetchall()
     finally:
         db.close()
+    out = []
+    for r in stored:
+        row = dict(r)
+        row.update(zip(FIELDS, json.loads(r["record"]), strict=True))
+        out.append(row)
+    return out
+
+
+def record_text(fields: list[object]) -> str:
+    """A record as the format documents it (the tests' independent encoder)."""
+    return json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def edit(path: Path, seq: int, name: str, value: object) -> None:
+    """Change one field inside a stored record, re-encoded canonically; hashes untouched."""
+    r = next(r for r in rows(path) if r["seq"] == seq)
+    fields = [value if f == name else r[f] for f in FIELDS]
+    sql(path, "UPDATE records SET record = ? WHERE seq = ?", params=(record_text(fields), seq))
 
 
 def sql(path: Path, *statements: str, params: tuple[object, ...] = ()) -> None:
@@ -108,19 +133,35 @@ def test_stored_chain_matches_the_documented_format(tmp_path: Path) -> None:
     with AuditLog(tmp_path, "fmt", sync=False) as log:
         for i in range(3):
             log.append(event(i))
+        log.record(1_700_000_000.5, "default", "", "kms:Decrypt", None, None, "ok", "req-r",
+                   {"b": "2", "a": "1"})
     stored = rows(tmp_path / "audit-fmt.db")
+    assert len(stored) == 4
     prev = audit.genesis("fmt")
     for i, r in enumerate(stored):
-        body = json.dumps({
-            "action": r["action"], "details": json.loads(r["details"]),
-            "instance": r["instance"], "key_id": r["key_id"], "key_version": r["key_version"],
-            "principal": r["principal"], "request_id": r["request_id"], "result": r["result"],
-            "time": r["time"]}, sort_keys=True, separators=(",", ":"))
-        record = b"hsmpool-audit/1\n" + body.encode()
-        assert record == audit.canonical(event(i))
+        e = event(i) if i < 3 else AuditEvent(1_700_000_000.5, "default", "", "kms:Decrypt",
+                                               None, None, "ok", "req-r", {"a": "1", "b": "2"})
+        body = record_text([2, e.time, e.instance, e.principal, e.action, e.key_id,
+                            e.key_version, e.result, e.request_id, dict(e.details)])
+        assert r["record"] == body  # stored exactly as hashed
+        record = body.encode("ascii")
+        assert record == audit.canonical(e)
         assert r["prev_hash"] == prev
+        assert r["hash"] == hashlib.sha256(prev + (i + 1).to_bytes(8, "big") + record).digest()
         assert r["hash"] == chain_hash(prev, i + 1, record)
         prev = r["hash"]
+    # The view decodes the records into columns for SQL queries.
+    db = sqlite3.connect(tmp_path / "audit-fmt.db")
+    try:
+        view = db.execute("SELECT seq, v, time, instance, principal, action, key_id, "
+                          "key_version, result, request_id, details, hash FROM audit "
+                          "ORDER BY seq").fetchall()
+    finally:
+        db.close()
+    assert [v[:10] for v in view] == [(r["seq"], *[r[f] for f in FIELDS[:-1]])
+                                      for r in stored]
+    assert [json.loads(v[10]) for v in view] == [r["details"] for r in stored]
+    assert [v[11] for v in view] == [r["hash"] for r in stored]
 
 
 @pytest.mark.parametrize("text", [
@@ -131,11 +172,11 @@ def test_stored_chain_matches_the_documented_format(tmp_path: Path) -> None:
 def test_canonical_equals_json_dumps(text: str, t: float) -> None:
     details = {text: text, "b": "x", "a" + text: "", "é": text}
     e = AuditEvent(t, text, text, "kms:" + text, text or None, None, text, text, details)
-    expect = json.dumps({
-        "action": e.action, "details": details, "instance": text, "key_id": e.key_id,
-        "key_version": None, "principal": text, "request_id": text, "result": text,
-        "time": t}, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    assert audit.canonical(e) == b"hsmpool-audit/1\n" + expect.encode("ascii")
+    expect = json.dumps([2, t, text, text, "kms:" + text, e.key_id, None, text, text, details],
+                        sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    assert audit.canonical(e) == expect.encode("ascii")
+    assert json.loads(expect) == [2, t, text, text, "kms:" + text, e.key_id, None, text, text,
+                                  details]
 
 
 def test_reopen_continues_the_chain_and_segment_is_exclusive(tmp_path: Path) -> None:
@@ -168,7 +209,7 @@ def test_reopen_after_tail_truncation_keeps_the_gap(tmp_path: Path) -> None:
     with AuditLog(tmp_path, "s", sync=False) as log:
         for i in range(6):
             log.append(event(i))
-    sql(tmp_path / "audit-s.db", "DELETE FROM audit WHERE seq > 4")
+    sql(tmp_path / "audit-s.db", "DELETE FROM records WHERE seq > 4")
     with AuditLog(tmp_path, "s", sync=False) as log:
         log.append(event(6))
     text = problems_text(tmp_path)
@@ -184,7 +225,7 @@ def test_group_commit_batches_and_lone_events_commit_at_once(tmp_path: Path) -> 
         assert log.last_seq == 20_000
         # The writer takes everything waiting per transaction: far fewer commits than events.
         assert 1 <= log.commits < 2_000
-        # No timer: a lone event is committed as soon as it is queued.
+        # flush() does not wait for the batching delay: it starts a commit at once.
         waits = []
         for i in range(20):
             started = time.perf_counter()
@@ -195,11 +236,98 @@ def test_group_commit_batches_and_lone_events_commit_at_once(tmp_path: Path) -> 
     assert verify(tmp_path).records == 20_020
 
 
+def wait_for(predicate: Any, timeout: float = 10.0) -> float:
+    """Seconds until ``predicate()`` holds (fails after ``timeout``)."""
+    started = time.monotonic()
+    while not predicate():
+        assert time.monotonic() - started < timeout, "timed out"
+        time.sleep(0.002)
+    return time.monotonic() - started
+
+
+def test_batching_waits_for_wake_at_records_or_max_delay(tmp_path: Path) -> None:
+    # A long delay: only the wake_at-th record (or flush, or close) starts a commit.
+    with AuditLog(tmp_path, "b", sync=False, wake_at=50, max_delay=60.0) as log:
+        for i in range(49):
+            log.append(event(i))
+        time.sleep(0.3)
+        assert (log.last_seq, log.commits, log.pending) == (0, 0, 49)
+        log.record(1.0, "default", "", "kms:Sign", None, None, "ok", "req-49", {})
+        wait_for(lambda: log.last_seq == 50)
+        assert log.commits == 1
+        log.append(event(50))
+        time.sleep(0.2)
+        assert log.last_seq == 50
+        log.flush(timeout=10)  # no waiting for the delay
+        assert (log.last_seq, log.commits) == (51, 2)
+        log.append(event(51))  # committed by close()
+    assert verify(tmp_path).records == 52
+
+    # A short delay: a lone record is committed by itself soon after (the durability window).
+    with AuditLog(tmp_path, "c", sync=True, wake_at=10_000, max_delay=0.05) as log:
+        log.append(event(0))
+        took = wait_for(lambda: log.last_seq == 1)
+        assert 0.02 < took < 5
+        log.append(event(1))
+        log.append(event(2))
+        wait_for(lambda: log.last_seq == 3)
+        assert log.commits == 2
+    with pytest.raises(ValueError):
+        AuditLog(tmp_path, "e", wake_at=0)
+    with pytest.raises(ValueError):
+        AuditLog(tmp_path, "e", max_delay=-1)
+    assert verify(tmp_path).ok
+
+
+def test_record_fast_path_stores_what_append_stores(tmp_path: Path) -> None:
+    events = [event(i) for i in range(6)] + [
+        event(6, key_id=None, key_version=None, details={}, principal=""),
+        AuditEvent(7, "inst", "p", "kms:X", "k", None, "ok", "r", {"z": "1", "a": "\u2603"})]
+    with AuditLog(tmp_path / "a", "s", sync=False) as a, \
+            AuditLog(tmp_path / "r", "s", sync=False) as r:
+        for e in events:
+            a.append(e)
+            r.record(e.time, e.instance, e.principal, e.action, e.key_id, e.key_version,
+                     e.result, e.request_id, dict(e.details))
+        r.record(8, "inst", "p", "kms:X", "k", None, "ok", "r8", {})  # an int time
+        a.append(event(8, time=8, instance="inst", principal="p", action="kms:X",
+                       key_id="k", key_version=None, request_id="r8", details={}))
+    stored_a, stored_r = rows(tmp_path / "a" / "audit-s.db"), rows(tmp_path / "r" / "audit-s.db")
+    assert [x["record"] for x in stored_r[:8]] == [audit.canonical(e).decode() for e in events]
+    assert [x["hash"] for x in stored_a[:8]] == [x["hash"] for x in stored_r[:8]]
+    assert stored_r[8]["time"] == 8 and stored_a[8]["time"] == 8.0
+    assert verify(tmp_path / "a").ok
+    assert verify(tmp_path / "r").ok
+
+    # The fast path does not check its values: a wrong type fails the log (closed).
+    log = AuditLog(tmp_path / "bad", "s", sync=False)
+    log.record(1.0, "inst", "p", "kms:X", 5, None, "ok", "r", {})  # type: ignore[arg-type]
+    with pytest.raises(AuditError, match="failed"):
+        log.flush(timeout=10)
+    with pytest.raises(AuditError):
+        log.record(1.0, "inst", "p", "kms:X", "k", None, "ok", "r", {})
+    with pytest.raises(AuditError):
+        log.close()
+    assert verify(tmp_path / "bad").records == 0
+
+
+def test_format_1_segment_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "audit-old.db"
+    sql(path, "CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        "INSERT INTO meta VALUES ('format', '1'), ('segment', 'old')",
+        "CREATE TABLE audit (seq INTEGER PRIMARY KEY, v INTEGER NOT NULL)")
+    with pytest.raises(AuditError, match="format 1"):
+        AuditLog(tmp_path, "old")
+    assert verify(tmp_path).problems == [
+        "segment old: audit format '1'; this version verifies format 2 only (segment not "
+        "checked)"]
+
+
 def test_write_failure_fails_closed(tmp_path: Path) -> None:
     log = AuditLog(tmp_path, "f", sync=False)
     log.append(event(1))
     log.flush()
-    sql(tmp_path / "audit-f.db", "CREATE TRIGGER refuse BEFORE INSERT ON audit "
+    sql(tmp_path / "audit-f.db", "CREATE TRIGGER refuse BEFORE INSERT ON records "
         "BEGIN SELECT RAISE(ABORT, 'disk on fire'); END")
     log.append(event(2))
     with pytest.raises(AuditError, match="failed"):
@@ -323,8 +451,8 @@ def test_details_are_stored_as_given(tmp_path: Path) -> None:
         log.append(e)
         log.append(event(2, details={}, key_id=None, key_version=None, principal=""))
     stored = rows(tmp_path / "audit-d.db")
-    assert json.loads(stored[0]["details"]) == given
-    assert json.loads(stored[1]["details"]) == {}
+    assert stored[0]["details"] == given
+    assert stored[1]["details"] == {}
     assert stored[1]["key_id"] is None and stored[1]["principal"] == ""
     assert verify(tmp_path).ok
 
@@ -372,6 +500,7 @@ def tampered(tmp_path: Path) -> Iterator[Path]:
 
 @pytest.mark.parametrize(("column", "value"), [
     ("time", 1.0),
+    ("time", 1_700_000_000.625 + 1e-6),
     ("instance", "other"),
     ("principal", "mallory"),
     ("action", "kms:Decrypt"),
@@ -380,20 +509,51 @@ def tampered(tmp_path: Path) -> Iterator[Path]:
     ("key_version", "f" * 32),
     ("result", "AccessDeniedException"),
     ("request_id", "req-x"),
-    ("details", '{"purpose":"p5","team":"red"}'),
-    ("details", '{"purpose":"p5"}'),
+    ("details", {"purpose": "p5", "team": "red"}),
+    ("details", {"purpose": "p5"}),
+    ("details", {"purpose": "p5", "team": "blue", "extra": ""}),
     ("prev_hash", b"\0" * 32),
     ("hash", b"\1" * 32),
-    ("v", 2),
-    ("details", "not json"),
+    ("v", 1),
+    ("v", 3),
+    ("details", ["purpose", "p5"]),
+    ("key_id", 5),
+    ("record", "not json"),
+    ("record", "[2]"),
+    ("record", None),
+    # Same fields, other encodings (whitespace, key order, escapes): not the canonical form.
+    ("record", "spaced"),
+    ("record", "unsorted"),
+    ("record", "escaped"),
 ])
 def test_edited_field_is_reported_with_its_seq(tampered: Path, column: str,
                                                value: object) -> None:
-    sql(tampered, f"UPDATE audit SET {column} = ? WHERE seq = 5", params=(value,))
+    malformed = column in ("v", "record") or column == "details" and isinstance(value, list) \
+        or value == 5
+    if column in ("prev_hash", "hash"):
+        sql(tampered, f"UPDATE records SET {column} = ? WHERE seq = 5", params=(value,))
+    elif column == "record":
+        r = rows(tampered)[4]
+        fields = [r[f] for f in FIELDS]
+        text = {"spaced": json.dumps(fields, sort_keys=True, ensure_ascii=True),
+                "unsorted": record_text(fields).replace('{"purpose":', '{"team":"blue","purpose":')
+                                               .replace(',"team":"blue"}', "}"),
+                "escaped": record_text(fields).replace("kms:Encrypt", "kms:\\u0045ncrypt"),
+                }.get(str(value), value)
+        assert text != r["record"]
+        if text is None:  # the column is NOT NULL: a NULL record cannot even be stored
+            with pytest.raises(sqlite3.IntegrityError):
+                sql(tampered, "UPDATE records SET record = NULL WHERE seq = 5")
+            sql(tampered, "UPDATE records SET record = x'00' WHERE seq = 5")
+        else:
+            sql(tampered, "UPDATE records SET record = ? WHERE seq = 5", params=(text,))
+    else:
+        edit(tampered, 5, column, value)
     text = problems_text(tampered.parent)
     assert "segment t: seq 5:" in text
-    if column in ("hash", "prev_hash") or column == "details" and value == "not json" \
-            or column == "v":
+    if malformed:
+        assert "segment t: seq 5: malformed record" in text
+    if column in ("hash", "prev_hash") or malformed:
         return
     assert "seq 5: record edited (hash mismatch)" in text
     assert verify(tampered.parent).problems == [
@@ -401,15 +561,15 @@ def test_edited_field_is_reported_with_its_seq(tampered: Path, column: str,
 
 
 def test_removed_middle_record(tampered: Path) -> None:
-    sql(tampered, "DELETE FROM audit WHERE seq = 5")
+    sql(tampered, "DELETE FROM records WHERE seq = 5")
     assert verify(tampered.parent).problems == [
         "segment t: seq 5: missing (records removed)"]
 
 
 def test_removed_middle_records_renumbered(tampered: Path) -> None:
     # Hide the gap: delete seq 4 and move every later record down by one.
-    sql(tampered, "DELETE FROM audit WHERE seq = 4",
-        "UPDATE audit SET seq = seq - 1 WHERE seq > 4",
+    sql(tampered, "DELETE FROM records WHERE seq = 4",
+        "UPDATE records SET seq = seq - 1 WHERE seq > 4",
         f"UPDATE head SET seq = {N_TAMPER - 1}")
     text = problems_text(tampered.parent)
     assert "seq 4..9: hold the records written as seq 5..10" in text
@@ -417,14 +577,13 @@ def test_removed_middle_records_renumbered(tampered: Path) -> None:
 
 
 def test_swapped_records(tampered: Path) -> None:
-    cols = ("v, time, instance, principal, action, key_id, key_version, result, request_id,"
-            " details, prev_hash, hash")
+    cols = "record, prev_hash, hash"
     sql(tampered,
-        f"CREATE TEMP TABLE a AS SELECT {cols} FROM audit WHERE seq = 4",
-        f"CREATE TEMP TABLE b AS SELECT {cols} FROM audit WHERE seq = 5",
-        "DELETE FROM audit WHERE seq IN (4, 5)",
-        f"INSERT INTO audit (seq, {cols}) SELECT 5, * FROM a",
-        f"INSERT INTO audit (seq, {cols}) SELECT 4, * FROM b")
+        f"CREATE TEMP TABLE a AS SELECT {cols} FROM records WHERE seq = 4",
+        f"CREATE TEMP TABLE b AS SELECT {cols} FROM records WHERE seq = 5",
+        "DELETE FROM records WHERE seq IN (4, 5)",
+        f"INSERT INTO records (seq, {cols}) SELECT 5, * FROM a",
+        f"INSERT INTO records (seq, {cols}) SELECT 4, * FROM b")
     assert [r["request_id"] for r in rows(tampered)][3:5] == ["req-4", "req-3"]
     text = problems_text(tampered.parent)
     assert "seq 4: holds the record written as seq 5 (records reordered" in text
@@ -432,30 +591,25 @@ def test_swapped_records(tampered: Path) -> None:
 
 
 def test_swapped_contents_keeping_hashes_in_place(tampered: Path) -> None:
-    # Swap only the event fields: every hash and prev_hash stays where it was.
-    sql(tampered,
-        "UPDATE audit SET request_id = CASE seq WHEN 4 THEN 'req-4' ELSE 'req-3' END,"
-        " key_id = CASE seq WHEN 4 THEN 'key-4' ELSE 'key-3' END,"
-        " principal = CASE seq WHEN 4 THEN 'user1' ELSE 'user0' END,"
-        " key_version = CASE seq WHEN 4 THEN printf('%032x', 4) ELSE printf('%032x', 3) END,"
-        " details = CASE seq WHEN 4 THEN '{\"purpose\":\"p4\",\"team\":\"blue\"}'"
-        "           ELSE '{\"purpose\":\"p3\",\"team\":\"blue\"}' END,"
-        " time = CASE seq WHEN 4 THEN 1700000000.5 ELSE 1700000000.375 END"
-        " WHERE seq IN (4, 5)")
+    # Swap only the records: every hash and prev_hash stays where it was.
+    r4, r5 = rows(tampered)[3:5]
+    sql(tampered, "UPDATE records SET record = ? WHERE seq = 4", params=(r5["record"],))
+    sql(tampered, "UPDATE records SET record = ? WHERE seq = 5", params=(r4["record"],))
+    assert [r["request_id"] for r in rows(tampered)][3:5] == ["req-4", "req-3"]
     report = verify(tampered.parent)
     assert report.problems == ["segment t: seq 4: record edited (hash mismatch)",
                                "segment t: seq 5: record edited (hash mismatch)"]
 
 
 def test_removed_tail(tampered: Path) -> None:
-    sql(tampered, "DELETE FROM audit WHERE seq >= 8")
+    sql(tampered, "DELETE FROM records WHERE seq >= 8")
     assert verify(tampered.parent).problems == [
         "segment t: seq 8..10: missing at the end (tail truncated; the head says the last "
         "record is seq 10)"]
 
 
 def test_removed_everything(tampered: Path) -> None:
-    sql(tampered, "DELETE FROM audit")
+    sql(tampered, "DELETE FROM records")
     assert "seq 1..10: missing at the end" in problems_text(tampered.parent)
 
 
@@ -467,23 +621,20 @@ def test_removed_head(tampered: Path) -> None:
 def _forge(path: Path, seq: int, prev: bytes, request_id: str) -> tuple[bytes, tuple[object,
                                                                                        ...]]:
     e = event(seq, request_id=request_id, principal="mallory")
-    h = chain_hash(prev, seq, audit.canonical(e))
-    return h, (seq, e.time, e.instance, e.principal, e.action, e.key_id, e.key_version,
-               e.result, e.request_id, json.dumps(dict(e.details), sort_keys=True,
-                                                   separators=(",", ":")), prev, h)
+    record = audit.canonical(e)
+    h = chain_hash(prev, seq, record)
+    return h, (seq, record.decode("ascii"), prev, h)
 
 
-_INSERT = ("INSERT INTO audit (seq, v, time, instance, principal, action, key_id, key_version,"
-           " result, request_id, details, prev_hash, hash) VALUES (?, 1, ?, ?, ?, ?, ?, ?, ?,"
-           " ?, ?, ?, ?)")
+_INSERT = "INSERT INTO records (seq, record, prev_hash, hash) VALUES (?, ?, ?, ?)"
 
 
 def test_forged_record_inserted_in_the_middle(tampered: Path) -> None:
     # Make room at seq 5 and insert a self-consistent forged record chained to seq 4.
     h4 = rows(tampered)[3]["hash"]
     _, forged = _forge(tampered, 5, h4, "forged")
-    sql(tampered, "UPDATE audit SET seq = -seq WHERE seq >= 5",
-        "UPDATE audit SET seq = 1 - seq WHERE seq < 0")
+    sql(tampered, "UPDATE records SET seq = -seq WHERE seq >= 5",
+        "UPDATE records SET seq = 1 - seq WHERE seq < 0")
     sql(tampered, _INSERT, params=forged)
     assert [r["request_id"] for r in rows(tampered)][3:6] == ["req-3", "forged", "req-4"]
     text = problems_text(tampered.parent)
@@ -495,7 +646,7 @@ def test_forged_record_inserted_in_the_middle(tampered: Path) -> None:
 def test_forged_record_replacing_one_with_recomputed_hash(tampered: Path) -> None:
     h4 = rows(tampered)[3]["hash"]
     _, forged = _forge(tampered, 5, h4, "forged")
-    sql(tampered, "DELETE FROM audit WHERE seq = 5")
+    sql(tampered, "DELETE FROM records WHERE seq = 5")
     sql(tampered, _INSERT, params=forged)
     assert verify(tampered.parent).problems == [
         "segment t: seq 6: does not link to seq 5 (seq 5 was rewritten with a recomputed "
@@ -514,7 +665,7 @@ def test_full_rewrite_is_only_caught_with_the_head_key(tmp_path: Path) -> None:
     path = tmp_path / "audit-k.db"
     # Attacker: drop the last two records and move the head back.
     h4 = rows(path)[3]["hash"]
-    sql(path, "DELETE FROM audit WHERE seq > 4", "UPDATE head SET seq = 4, hash = ?",
+    sql(path, "DELETE FROM records WHERE seq > 4", "UPDATE head SET seq = 4, hash = ?",
         params=(h4,))
     assert verify(tmp_path).ok  # undetectable from the file alone...
     assert not verify(tmp_path, head_key=key).ok  # ...but not with the key
@@ -522,7 +673,7 @@ def test_full_rewrite_is_only_caught_with_the_head_key(tmp_path: Path) -> None:
     prev = rows(path)[1]["hash"]
     for seq in (3, 4):
         h, forged = _forge(path, seq, prev, f"rewritten-{seq}")
-        sql(path, f"DELETE FROM audit WHERE seq = {seq}")
+        sql(path, f"DELETE FROM records WHERE seq = {seq}")
         sql(path, _INSERT, params=forged)
         prev = h
     sql(path, "UPDATE head SET hash = ?", params=(prev,))
@@ -539,11 +690,9 @@ def _rechain(path: Path, segment: str, start: int) -> None:
     try:
         db.execute("BEGIN")
         for r in stored[start - 1:]:
-            e = AuditEvent(r["time"], r["instance"], r["principal"], r["action"], r["key_id"],
-                           r["key_version"], r["result"], r["request_id"],
-                           json.loads(r["details"]))
-            h = chain_hash(prev, r["seq"], audit.canonical(e))
-            db.execute("UPDATE audit SET prev_hash = ?, hash = ? WHERE seq = ?",
+            assert isinstance(r["record"], str) and isinstance(r["seq"], int)
+            h = chain_hash(prev, r["seq"], r["record"].encode("ascii"))
+            db.execute("UPDATE records SET prev_hash = ?, hash = ? WHERE seq = ?",
                        (prev, h, r["seq"]))
             prev = h
         db.execute("UPDATE head SET hash = ?", (prev,))
@@ -557,7 +706,7 @@ def test_anchors_catch_a_consistent_rewrite_and_a_rollback(tampered: Path) -> No
     anchors = [(h.segment, h.seq, h.hash) for h in before.heads]
     early = ("t", 3, rows(tampered)[2]["hash"].hex())
     assert verify(tampered.parent, anchors=[*anchors, early]).ok
-    sql(tampered, "UPDATE audit SET principal = 'nobody' WHERE seq = 2")
+    edit(tampered, 2, "principal", "nobody")
     _rechain(tampered, "t", 2)
     assert verify(tampered.parent).ok  # undetectable from the file alone
     assert verify(tampered.parent, anchors=[*anchors, early]).problems == [
@@ -567,7 +716,7 @@ def test_anchors_catch_a_consistent_rewrite_and_a_rollback(tampered: Path) -> No
         "up to it was rewritten or rolled back)"]
     # Roll back: drop the last records and the head with them.
     h7 = rows(tampered)[6]["hash"]
-    sql(tampered, "DELETE FROM audit WHERE seq > 7", "UPDATE head SET seq = 7, hash = ?",
+    sql(tampered, "DELETE FROM records WHERE seq > 7", "UPDATE head SET seq = 7, hash = ?",
         params=(h7,))
     assert verify(tampered.parent).ok
     assert f"seq {N_TAMPER}: anchored record missing" in "\n".join(
@@ -607,7 +756,7 @@ def test_cli_verify(tampered: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "1 segments, 10 records, 0 anchors, OK" in out
     anchor = out.split("anchor ")[1].split()[0]
 
-    sql(tampered, "UPDATE audit SET result = 'ok!' WHERE seq = 2")
+    edit(tampered, 2, "result", "ok!")
     assert audit.main(["verify", "--dir", str(tampered.parent)]) == 1
     out = capsys.readouterr().out
     assert "PROBLEM: segment t: seq 2: record edited (hash mismatch)" in out
@@ -640,3 +789,72 @@ def test_cli_as_a_process_and_add_cli(tampered: Path, tmp_path: Path) -> None:
     audit.add_cli(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["audit", "verify", "--dir", str(tampered.parent)])
     assert args.func(args) == 0
+
+
+# --------------------------------------------------------------------------- the service
+
+
+class _AppendOnlyLog:
+    """A log with only ``append`` (as test doubles and older callers have)."""
+
+    def __init__(self) -> None:
+        self.events: list[AuditEvent] = []
+
+    def append(self, event: AuditEvent) -> None:
+        self.events.append(event)
+
+    def close(self) -> None:
+        pass
+
+
+def test_service_records_calls_with_secret_context_values_redacted(
+        svc_pool: Any, tmp_path: Path) -> None:
+    from kms import Kms, Store
+    from kms import errors as E
+    from kms.config import KmsSettings
+    from tests.kms.conftest import T0, FakeClock
+
+    clock = FakeClock()
+    db = tmp_path / "kms.db"
+    settings = KmsSettings(database=str(db), audit_dir=None, secret_context_keys=frozenset(
+        {"pin"}))
+    log = AuditLog(tmp_path / "audit", "svc-0", sync=False)
+    kms = Kms(svc_pool, Store(db), settings, audit=log, now=clock)
+    try:
+        c = kms.client("svc")
+        key = c.create_key()
+        context = {"purpose": "backup", "pin": "1234-secret", "secret:tok": "hunter2-secret"}
+        ct = c.encrypt(key.key_id, b"data", context)
+        clock.advance(1)
+        with pytest.raises(E.NotFound):
+            c.encrypt("00000000-0000-4000-8000-000000000000", b"data")
+        log.flush(timeout=10)
+    finally:
+        kms.close()
+    stored = rows(tmp_path / "audit" / "audit-svc-0.db")
+    by_action = [(r["action"], r["result"]) for r in stored]
+    assert by_action == [("kms:CreateKey", "ok"), ("kms:Encrypt", "ok"),
+                         ("kms:Encrypt", "NotFoundException")]
+    create, enc, failed = stored
+    assert enc["details"] == {"ctx:purpose": "backup", "ctx:pin": "<redacted>",
+                              "ctx:secret:tok": "<redacted>"}
+    assert (enc["instance"], enc["principal"], enc["key_id"]) == ("svc", "", key.key_id)
+    assert enc["key_version"] == key.primary_version and ct.ciphertext_blob
+    assert (create["time"], enc["time"], failed["time"]) == (T0, T0, T0 + 86400.0)
+    assert (failed["key_id"], failed["details"]) == (None, {})
+    assert len({r["request_id"] for r in stored}) == 3
+    assert verify(tmp_path / "audit").ok
+    for path in (tmp_path / "audit").iterdir():
+        data = path.read_bytes()
+        assert b"1234-secret" not in data and b"hunter2-secret" not in data
+
+    # A log without the fast path still gets AuditEvents, redacted the same way.
+    plain = _AppendOnlyLog()
+    kms = Kms(svc_pool, Store(db), settings, audit=plain, now=clock)
+    try:
+        kms.client("svc").encrypt(key.key_id, b"data", context)
+    finally:
+        kms.close()
+    [event] = plain.events
+    assert (event.action, event.key_id, event.result) == ("kms:Encrypt", key.key_id, "ok")
+    assert dict(event.details) == enc["details"]
