@@ -524,3 +524,87 @@ def test_credential_of_an_instance_no_longer_configured(token_dir: Path,
             gone, srv.port, "TrentService.ListKeys", b"{}"))
         _assert_error(status, headers, body, "UnrecognizedClientException")
         assert srv.client(kept).list_keys()["Truncated"] is False
+
+
+# --- every operation, every field, odd values: never a 500 ---------------------------------
+
+_ODD_VALUES: list[Any] = [None, 0, -1, 2**70, 1.5, True, "", "x" * 3000, [], {}, [{}],
+                          {"a": {"b": 1}}, "\u0000", "alias/../x", "eA=="]
+
+
+def _plausible(name: str, shape: Any, refs: dict[str, str]) -> Any:
+    by_name: dict[str, Any] = {
+        "KeyId": refs["key"], "TargetKeyId": refs["key"], "DestinationKeyId": refs["key"],
+        "SourceKeyId": refs["key"], "AliasName": refs["alias"],
+        "CiphertextBlob": refs["ciphertext"], "Plaintext": "eA==", "Message": "eA==",
+        "SigningAlgorithm": "RSASSA_PSS_SHA_256", "MacAlgorithm": "HMAC_SHA_256",
+        "NumberOfBytes": 16, "KeySpec": "AES_256", "Limit": 10, "PendingWindowInDays": 7,
+        "EncryptionContext": {"a": "b"}, "SourceEncryptionContext": {"a": "b"},
+        "DestinationEncryptionContext": {"a": "b"}, "Tags": [{"TagKey": "a", "TagValue": "b"}],
+        "TagKeys": ["a"], "KeyPairSpec": "ECC_NIST_P256", "RotationPeriodInDays": 90,
+    }
+    if name in by_name:
+        return by_name[name]
+    kind = shape.type_name
+    return {"string": "x", "blob": "eA==", "integer": 1, "long": 1, "boolean": True,
+            "timestamp": 1_900_000_000, "map": {"a": "b"}, "list": ["x"],
+            "structure": {}}.get(kind, "x")
+
+
+def test_every_operation_and_field_with_odd_values(server: Server, kms: Any) -> None:
+    """Each operation of the table, each field of its boto3 input shape replaced by odd
+    values (wrong types, empty, huge, nested): always a well-formed answer below 500."""
+    from kms.api.aws_kms import OPERATIONS
+
+    fuzz_key = kms.create_key(Description="fuzz")["KeyMetadata"]["KeyId"]
+    refs = {"key": fuzz_key, "alias": "alias/fuzz-" + uuid.uuid4().hex[:8],
+            "ciphertext": _b64(kms.encrypt(KeyId=fuzz_key, Plaintext=b"f",
+                                           EncryptionContext={"a": "b"})["CiphertextBlob"])}
+    model = kms.meta.service_model
+    cred = server.creds["admin"]
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    failures: list[str] = []
+    sent = 0
+    try:
+        for op in sorted(OPERATIONS):
+            if op == "CreateKey":
+                continue  # every variation would make a key; CreateKey is fuzzed below
+            members = model.operation_model(op).input_shape.members
+            base = {n: _plausible(n, s, refs) for n, s in members.items()}
+            for field_name in members:
+                for odd in _ODD_VALUES:
+                    params = dict(base)
+                    if odd is None:
+                        params.pop(field_name)
+                    else:
+                        params[field_name] = odd
+                    body = json.dumps(params).encode()
+                    headers = sign_headers(cred, server.port, "TrentService." + op, body)
+                    conn.request("POST", "/", body=body, headers=headers)
+                    r = conn.getresponse()
+                    data = r.read()
+                    sent += 1
+                    if r.status >= 500:
+                        failures.append(f"{op} {field_name}={odd!r:.40}: {r.status} "
+                                        f"{data[:120]!r}")
+                    elif r.status >= 400:
+                        doc = json.loads(data)
+                        if set(doc) != {"__type", "message"}:
+                            failures.append(f"{op} {field_name}: malformed error {doc}")
+        for field_name in ("KeySpec", "KeyUsage", "Origin", "Description", "Tags", "Policy",
+                           "CustomerMasterKeySpec"):
+            for odd in _ODD_VALUES:
+                body = json.dumps({field_name: odd, "KeySpec": "NOPE"}
+                                  if field_name != "KeySpec" else {field_name: odd}).encode()
+                headers = sign_headers(cred, server.port, "TrentService.CreateKey", body)
+                conn.request("POST", "/", body=body, headers=headers)
+                r = conn.getresponse()
+                data = r.read()
+                sent += 1
+                if r.status >= 500:
+                    failures.append(f"CreateKey {field_name}={odd!r:.40}: {r.status} "
+                                    f"{data[:120]!r}")
+    finally:
+        conn.close()
+    assert sent > 500
+    assert not failures, "\n".join(failures)
