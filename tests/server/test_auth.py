@@ -11,6 +11,7 @@ import json
 import re
 import socket
 import uuid
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -529,7 +530,7 @@ def test_credential_of_an_instance_no_longer_configured(token_dir: Path,
 # --- every operation, every field, odd values: never a 500 ---------------------------------
 
 _ODD_VALUES: list[Any] = [None, 0, -1, 2**70, 1.5, True, "", "x" * 3000, [], {}, [{}],
-                          {"a": {"b": 1}}, "\u0000", "alias/../x", "eA=="]
+                          {"a": {"b": 1}}, "\u0000", "\ud800", "alias/../x", "eA=="]
 
 
 def _plausible(name: str, shape: Any, refs: dict[str, str]) -> Any:
@@ -564,6 +565,7 @@ def test_every_operation_and_field_with_odd_values(server: Server, kms: Any) -> 
     cred = server.creds["admin"]
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
     failures: list[str] = []
+    outcomes: Counter[Any] = Counter()
     sent = 0
     try:
         for op in sorted(OPERATIONS):
@@ -584,6 +586,7 @@ def test_every_operation_and_field_with_odd_values(server: Server, kms: Any) -> 
                     r = conn.getresponse()
                     data = r.read()
                     sent += 1
+                    outcomes[r.status >= 400 and json.loads(data).get("__type")] += 1
                     if r.status >= 500:
                         failures.append(f"{op} {field_name}={odd!r:.40}: {r.status} "
                                         f"{data[:120]!r}")
@@ -608,3 +611,6 @@ def test_every_operation_and_field_with_odd_values(server: Server, kms: Any) -> 
         conn.close()
     assert sent > 500
     assert not failures, "\n".join(failures)
+    # The requests reached the operations: many succeeded, few failed authentication.
+    assert outcomes[False] > 100, outcomes
+    assert not {"InvalidSignatureException", "UnrecognizedClientException"} & set(outcomes)
