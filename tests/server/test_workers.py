@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import subprocess
 import time
 import uuid
 from collections import Counter
@@ -24,6 +25,7 @@ from typing import Any
 import pytest
 
 from tests.server.conftest import (
+    HSMPOOL,
     Cred,
     Server,
     call,
@@ -295,3 +297,33 @@ def test_narrowed_policy_applies_on_every_worker(wserver: Server) -> None:
         status, body = call(wserver.port, cred, "Encrypt", enc)
         assert status == 400 and body["__type"] == "NotFoundException", body
         _ok(wserver, "DescribeKey", {"KeyId": k["KeyId"]}, cred=cred)
+
+
+def test_shutdown_stops_every_worker_and_keeps_the_audit(token_dir: Path,
+                                                         tmp_path: Path) -> None:
+    """SIGTERM to the server: both workers exit, each having flushed its own audit segment;
+    ``hsmpool audit verify`` finds every record of the requests made, chains intact."""
+    config = write_server_config(tmp_path, token_dir, {"srvw": [5, 6]})
+    cred = create_credential(config, "srvw", "admin")
+    with run_server(config, workers=2) as srv:
+        pids = set(_metrics_by_worker(srv))
+        assert len(pids) == 2
+        k = _ok(srv, "CreateKey", {}, cred=cred)["KeyMetadata"]
+        with ThreadPoolExecutor(4) as ex:
+            list(ex.map(lambda _: _ok(srv, "Encrypt", {"KeyId": k["KeyId"],
+                                                       "Plaintext": "eA=="}, cred=cred),
+                        range(40)))
+        served = {w for w, c in _metrics_by_worker(srv).items() if c[("Encrypt", "ok")] > 0}
+    for pid in map(int, pids):
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(
+            f"/proc/{pid}/status").read_text().lower(), f"worker {pid} still running"
+    out = subprocess.run([str(HSMPOOL), "--config", str(config), "audit", "verify",
+                          "--dir", str(tmp_path / "audit")],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    records = {m.group(1): int(m.group(2)) for m in re.finditer(
+        r"^segment (\S+): (\d+) records", out.stdout, re.M)}
+    # One segment per worker that served (named host-pid), holding its records.
+    for pid in served:
+        assert any(seg.endswith(f"-{pid}") for seg in records), (pid, out.stdout)
+    assert sum(records.values()) >= 41, out.stdout
