@@ -774,6 +774,9 @@ class KmsClient:
         return self._change("kms:TagResource", key_id, fn)
 
     def untag_resource(self, key_id: str, tag_keys: Sequence[str]) -> KeyRecord:
+        if not isinstance(tag_keys, list | tuple) or not all(
+                isinstance(k, str) for k in tag_keys):
+            raise E.Validation("TagKeys must be a list of strings")
         drop = set(tag_keys)
         return self._change("kms:UntagResource", key_id, lambda rec: rec.evolve(
             tags=tuple((k, v) for k, v in rec.tags if k not in drop)))
@@ -1087,7 +1090,7 @@ class KmsClient:
             if (key_spec is None) == (number_of_bytes is None):
                 raise E.Validation("give exactly one of KeySpec and NumberOfBytes")
             if key_spec is not None:
-                n = _DATA_KEY_SPECS.get(key_spec)
+                n = _DATA_KEY_SPECS.get(key_spec) if isinstance(key_spec, str) else None
                 if n is None:
                     raise E.Validation(f"unknown data key spec {key_spec!r}")
             else:
@@ -1295,6 +1298,10 @@ def _marker(marker: object) -> str:
 
 def _tags(tags: Mapping[str, str] | Sequence[tuple[str, str]] | None
           ) -> tuple[tuple[str, str], ...]:
+    if tags is None:
+        return ()
+    if not isinstance(tags, Mapping | list | tuple):
+        raise E.Tag("tags are a map or a list of (key, value) pairs")
     if not tags:
         return ()
     pairs = list(tags.items()) if isinstance(tags, Mapping) else list(tags)
