@@ -959,3 +959,56 @@ def test_store_survives_a_new_service(svc_pool: Pool, tmp_path: Path) -> None:
         assert c2.kms.account("svc") == k.arn.split(":")[4]
     finally:
         second.close()
+
+
+# Any argument of any type: the service answers with a KMS error, never another exception.
+_JUNK = st.one_of(
+    st.none(), st.booleans(), st.integers(-5, 5000), st.floats(), st.text(max_size=12),
+    st.binary(max_size=40), st.lists(st.integers(), max_size=3),
+    st.dictionaries(st.text(max_size=3), st.one_of(st.text(max_size=3), st.integers()),
+                    max_size=2),
+    st.sampled_from(["alias/x", "SYMMETRIC_DEFAULT", "RAW", "DIGEST", "HMAC_SHA_256",
+                     "ECDSA_SHA_256", "AES_256", "SM2", "SM2DSA", "RSAES_OAEP_SHA_256",
+                     "SM2PKE", "ECC_NIST_P256"]))
+# operation -> number of positional arguments after the key id (None: takes no key id)
+_ARITY: dict[str, tuple[bool, int]] = {
+    "encrypt": (True, 3), "decrypt": (False, 4), "generate_data_key": (True, 3),
+    "generate_data_key_pair": (True, 2), "sign": (True, 3), "verify": (True, 4),
+    "generate_mac": (True, 2), "verify_mac": (True, 3), "re_encrypt": (False, 5),
+    "tag_resource": (True, 1), "untag_resource": (True, 1), "schedule_key_deletion": (True, 1),
+    "enable_key_rotation": (True, 1), "set_min_decryption_version": (True, 1),
+    "update_key_description": (True, 1), "get_public_key": (True, 0),
+    "describe_key": (True, 0), "create_alias": (False, 2), "update_alias": (False, 2),
+    "delete_alias": (False, 1), "list_keys": (False, 2), "list_aliases": (False, 3),
+    "generate_random": (False, 1), "create_key": (False, 5)}
+_FUZZ_KEYS = ["SYMMETRIC_DEFAULT", "SM4", "ECC_NIST_P256", "HMAC_256", "HMAC_SM3", "SM2"]
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(op=st.sampled_from(sorted(_ARITY)), spec=st.sampled_from(_FUZZ_KEYS),
+       data=st.data())
+def test_any_argument_types_give_kms_errors(mc: KmsClient, key: Callable[..., KeyRecord],
+                                            op: str, spec: str, data: st.DataObject) -> None:
+    takes_key, n = _ARITY[op]
+    args: list[Any] = [data.draw(_JUNK) for _ in range(n)]
+    if takes_key:
+        args.insert(0, key(spec).key_id)
+    try:
+        getattr(mc, op)(*args)
+    except E.KmsError:
+        pass
+
+
+def test_tag_arguments_of_the_wrong_type(client: KmsClient) -> None:
+    k = client.create_key()
+    for bad in (True, 3, 2.5, "k=v", b"kv"):
+        with pytest.raises(E.Tag):
+            client.tag_resource(k.key_id, bad)  # type: ignore[arg-type]
+        with pytest.raises(E.Tag):
+            client.create_key(tags=bad)  # type: ignore[arg-type]
+    for bad_keys in (None, 3, "team", [1], [None], {"team"}):
+        with pytest.raises(E.Validation):
+            client.untag_resource(k.key_id, bad_keys)  # type: ignore[arg-type]
+    for bad_spec in ([1], {"a": 1}, 5, b"AES_256"):
+        with pytest.raises(E.Validation):
+            client.generate_data_key(k.key_id, bad_spec)  # type: ignore[arg-type]
