@@ -475,3 +475,50 @@ def test_a_slow_alias_writer_does_not_resurrect_an_older_target(kms: Kms,
     assert stored is not None and stored.key_id == keys[2].key_id
     assert client.describe_key("alias/moving").key_id == keys[2].key_id
     assert client.encrypt("alias/moving", b"x").key_id == keys[2].arn
+
+
+@pytest.mark.parametrize("spec", SYMMETRIC)
+def test_threads_encrypt_and_decrypt_while_one_rotates(client: KmsClient, spec: str) -> None:
+    """Readers never fail while the key rotates under them, every ciphertext made during the
+    rotations decrypts, and the versions are numbered without gaps."""
+    k = client.create_key(spec)
+    made: list[tuple[bytes, bytes, dict[str, str]]] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def reader(t: int) -> None:
+        i = 0
+        try:
+            while not stop.is_set() or i < 20:
+                pt, ctx = f"t{t}-{i}".encode(), {"t": str(t), "i": str(i)}
+                ct = client.encrypt(k.key_id, pt, ctx).ciphertext_blob
+                assert client.decrypt(ct, ctx).plaintext == pt
+                with lock:
+                    made.append((ct, pt, ctx))
+                i += 1
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        for _ in range(15):
+            client.rotate_key_on_demand(k.key_id)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    assert not errors, errors
+    listed = client.list_key_rotations(k.key_id)
+    assert [v.number for v in listed] == list(range(1, 17))
+    assert client.describe_key(k.key_id).primary_version == listed[-1].version_id
+    used = set()
+    for ct, pt, ctx in made:
+        out = client.decrypt(ct, ctx)
+        assert out.plaintext == pt
+        used.add(out.key_version)
+    assert used <= {v.version_id for v in listed}
+    after = client.encrypt(k.key_id, b"last").ciphertext_blob
+    assert after[1:17].hex() == listed[-1].version_id  # the cache follows the last rotation
