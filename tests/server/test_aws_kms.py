@@ -1010,3 +1010,39 @@ def test_long_and_odd_key_ids_are_not_found(kms: Any) -> None:
         assert info.value.response["Error"]["Code"] in ("NotFoundException",
                                                         "ValidationException",
                                                         "InvalidArnException")
+
+
+@needs_import
+def test_import_hmac_material_with_aes_key_wrap_and_expiry(kms: Any) -> None:
+    """RSA_AES_KEY_WRAP_SHA_256 into an HMAC_256 key, expiring: the server's MACs are those
+    of the imported material (checked locally), and ValidTo (a boto3 datetime, epoch on the
+    wire) comes back as given."""
+    import hmac as hmac_mod
+
+    from cryptography.hazmat.primitives.keywrap import aes_key_wrap_with_padding
+
+    md = kms.create_key(KeySpec="HMAC_256", KeyUsage="GENERATE_VERIFY_MAC",
+                        Origin="EXTERNAL")["KeyMetadata"]
+    kid = md["KeyId"]
+    material = os.urandom(32)
+    p = kms.get_parameters_for_import(KeyId=kid, WrappingAlgorithm="RSA_AES_KEY_WRAP_SHA_256",
+                                      WrappingKeySpec="RSA_2048")
+    ephemeral = os.urandom(32)
+    wrapped = _wrap(p["PublicKey"], ephemeral) + aes_key_wrap_with_padding(ephemeral, material)
+    valid_to = (datetime.now(UTC) + timedelta(days=30)).replace(microsecond=0)
+    kms.import_key_material(KeyId=kid, ImportToken=p["ImportToken"],
+                            EncryptedKeyMaterial=wrapped, ValidTo=valid_to,
+                            ExpirationModel="KEY_MATERIAL_EXPIRES")
+    d = kms.describe_key(KeyId=kid)["KeyMetadata"]
+    assert d["KeyState"] == "Enabled" and d["ExpirationModel"] == "KEY_MATERIAL_EXPIRES"
+    assert d["ValidTo"] == valid_to
+    mac = kms.generate_mac(KeyId=kid, Message=b"imported", MacAlgorithm="HMAC_SHA_256")["Mac"]
+    assert mac == hmac_mod.new(material, b"imported", hashlib.sha256).digest()
+    # ValidTo in the past is refused.
+    p = kms.get_parameters_for_import(KeyId=kid, WrappingAlgorithm="RSAES_OAEP_SHA_256",
+                                      WrappingKeySpec="RSA_2048")
+    with raises_code(kms, "ValidationException"):
+        kms.import_key_material(KeyId=kid, ImportToken=p["ImportToken"],
+                                EncryptedKeyMaterial=_wrap(p["PublicKey"], material),
+                                ValidTo=datetime.now(UTC) - timedelta(days=1),
+                                ExpirationModel="KEY_MATERIAL_EXPIRES")

@@ -200,3 +200,20 @@ def test_many_messages_unique_data_keys(esdk: Any, kms: Any,
         blobs.add(edk.encrypted_data_key)
         assert esdk.decrypt(source=ct, key_provider=mk)[0] == msg
     assert len(blobs) == 10
+
+
+def test_encrypt_through_an_alias_arn(esdk: Any, kms: Any, aws_env: None,
+                                      keys: dict[str, dict[str, Any]]) -> None:
+    """The SDK encrypts with an alias ARN and records the key ARN the server answered
+    (GenerateDataKey's KeyId), so a provider naming the key ARN decrypts."""
+    a = keys["a"]
+    name = "alias/esdk-" + uuid.uuid4().hex[:8]
+    kms.create_alias(AliasName=name, TargetKeyId=a["KeyId"])
+    alias_arn = f"arn:aws:kms:{REGION}:{a['AWSAccountId']}:{name}"
+    ct, header = esdk.encrypt(source=b"via alias",
+                              key_provider=StrictAwsKmsMasterKeyProvider(key_ids=[alias_arn]))
+    (edk,) = header.encrypted_data_keys
+    assert edk.key_provider.key_info == a["Arn"].encode()
+    out, _ = esdk.decrypt(source=ct,
+                          key_provider=StrictAwsKmsMasterKeyProvider(key_ids=[a["Arn"]]))
+    assert out == b"via alias"
