@@ -38,7 +38,8 @@ Writing
 
     Durability window: a record is not durable when ``append``/``record`` returns; without a
     flush it is committed at most ``max_delay`` plus the duration of the commit in flight
-    and of its own commit later (about 10 ms plus two fsyncs by default). Records appended
+    and of its own commit later (about 10 ms plus two fsyncs by default; longer only while
+    more than 8192 records are queued, i.e. the disk cannot keep up). Records appended
     but not yet committed are lost if the process dies; a caller that must not answer
     before its record is durable calls ``flush()``. If a write fails (disk full, I/O error),
     the log fails closed: ``flush`` and every later ``append``/``record`` raise

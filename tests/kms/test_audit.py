@@ -426,6 +426,48 @@ def test_crash_durability(tmp_path: Path) -> None:
     assert [r["request_id"] for r in stored[:flushed]] == [f"crash-{i}" for i in range(flushed)]
 
 
+_WINDOW_CHILD = textwrap.dedent("""
+    import sys, time
+    from kms.audit import AuditLog
+    log = AuditLog(sys.argv[1], "window", sync=True, max_delay=0.005)
+    i = seen = 0
+    while True:  # no flush: the writer commits on its own, within its delay
+        for _ in range(20):
+            log.record(time.time(), "default", "p", "kms:Encrypt", "k", "v", "ok",
+                       f"window-{i}", {"ctx:n": str(i)})
+            i += 1
+        time.sleep(0.001)
+        if log.last_seq != seen:
+            seen = log.last_seq
+            print("committed", seen, flush=True)
+""")
+
+
+def test_crash_without_flush_loses_only_the_uncommitted_tail(tmp_path: Path) -> None:
+    proc = subprocess.Popen([sys.executable, "-c", _WINDOW_CHILD, str(tmp_path)],
+                            stdout=subprocess.PIPE, text=True, env=child_env())
+    assert proc.stdout is not None
+    committed = 0
+    try:
+        for line in proc.stdout:
+            word, n = line.split()
+            assert word == "committed"
+            committed = int(n)
+            if committed >= 3000:
+                break
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert committed >= 3000
+    report = verify(tmp_path)
+    assert report.ok, report.problems
+    assert report.records >= committed
+    stored = rows(tmp_path / "audit-window.db")
+    assert [r["request_id"] for r in stored] == [f"window-{i}" for i in range(len(stored))]
+    assert [r["details"] for r in stored[:3]] == [{"ctx:n": str(i)} for i in range(3)]
+
+
 def test_two_processes_two_segments(tmp_path: Path) -> None:
     procs = [subprocess.Popen([sys.executable, "-c", _CHILD, str(tmp_path), f"worker-{w}",
                                "count"], stdout=subprocess.PIPE, text=True, env=child_env())
