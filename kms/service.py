@@ -192,6 +192,9 @@ class Kms:
         self._material = _Material()
         self._accounts: dict[str, str] = {}
         self._cache_lock = threading.Lock()
+        # Read-modify-write of key records: one at a time in this process, so that threads
+        # do not exhaust each other's compare-and-swap retries (left for other processes).
+        self._write_lock = threading.RLock()
         self._data_version = store.data_version()
         self._generation = 0  # bumped by every write and drop (see _key)
         self._checked = time.monotonic()
@@ -695,20 +698,21 @@ class KmsClient:
         concurrent update); ``fn`` returns None for "no change"."""
 
         def body() -> KeyRecord:
-            for _ in range(5):
-                rec = self._key_for(action, key_id)
-                new = fn(rec)
-                if new is None:
-                    self._audit(action, rec, None, "ok")
-                    return rec
-                try:
-                    self._store.update_key(rec, new)
-                except ConcurrentUpdate:
-                    self.kms._drop_caches()
-                    continue
-                self.kms._swap(new)
-                self._audit(action, new, None, "ok")
-                return new
+            with self.kms._write_lock:
+                for _ in range(5):
+                    rec = self._key_for(action, key_id)
+                    new = fn(rec)
+                    if new is None:
+                        self._audit(action, rec, None, "ok")
+                        return rec
+                    try:
+                        self._store.update_key(rec, new)
+                    except ConcurrentUpdate:
+                        self.kms._drop_caches()
+                        continue
+                    self.kms._swap(new)
+                    self._audit(action, new, None, "ok")
+                    return new
             raise E.KMSInternal("the key is changing too fast; retry")
 
         return self._run(action, body)
@@ -821,18 +825,19 @@ class KmsClient:
 
     def rotate_key_on_demand(self, key_id: str) -> KeyVersion:
         def body() -> KeyVersion:
-            for _ in range(5):
-                rec = self._key_for("kms:RotateKeyOnDemand", key_id)
-                if not rec.info.rotatable or rec.origin is Origin.EXTERNAL:
-                    raise E.UnsupportedOperation(f"{rec.spec.value} keys do not rotate")
-                self._check_state(rec)
-                try:
-                    v = self.kms.rotate(self.inst, rec, self.kms.now())
-                except ConcurrentUpdate:
-                    self.kms._drop_caches()
-                    continue
-                self._audit("kms:RotateKeyOnDemand", rec, v.version_id, "ok")
-                return v
+            with self.kms._write_lock:
+                for _ in range(5):
+                    rec = self._key_for("kms:RotateKeyOnDemand", key_id)
+                    if not rec.info.rotatable or rec.origin is Origin.EXTERNAL:
+                        raise E.UnsupportedOperation(f"{rec.spec.value} keys do not rotate")
+                    self._check_state(rec)
+                    try:
+                        v = self.kms.rotate(self.inst, rec, self.kms.now())
+                    except ConcurrentUpdate:
+                        self.kms._drop_caches()
+                        continue
+                    self._audit("kms:RotateKeyOnDemand", rec, v.version_id, "ok")
+                    return v
             raise E.KMSInternal("the key is changing too fast; retry")
 
         return self._run("kms:RotateKeyOnDemand", body)
