@@ -522,3 +522,43 @@ def test_threads_encrypt_and_decrypt_while_one_rotates(client: KmsClient, spec: 
     assert used <= {v.version_id for v in listed}
     after = client.encrypt(k.key_id, b"last").ciphertext_blob
     assert after[1:17].hex() == listed[-1].version_id  # the cache follows the last rotation
+
+
+def test_concurrent_writers_of_one_key_all_succeed(client: KmsClient) -> None:
+    """Threads of one process rotating and changing the same key: every call succeeds (a
+    write conflict inside one service is not the caller's problem), nothing is lost."""
+    k = client.create_key()
+    errors: list[BaseException] = []
+    rotated: list[int] = []
+    lock = threading.Lock()
+
+    def rotator() -> None:
+        try:
+            for _ in range(8):
+                v = client.rotate_key_on_demand(k.key_id)
+                with lock:
+                    rotated.append(v.number)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    def describer(t: int) -> None:
+        try:
+            for i in range(8):
+                client.update_key_description(k.key_id, f"t{t}-{i}")
+                client.tag_resource(k.key_id, {f"t{t}": str(i)})
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=rotator) for _ in range(8)]
+    threads += [threading.Thread(target=describer, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, sorted({repr(e) for e in errors})
+    assert sorted(rotated) == list(range(2, 66))
+    listed = client.list_key_rotations(k.key_id)
+    assert [v.number for v in listed] == list(range(1, 66))
+    rec = client.describe_key(k.key_id)
+    assert rec.primary_version == listed[-1].version_id
+    assert dict(rec.tags) == {f"t{t}": "7" for t in range(4)}
