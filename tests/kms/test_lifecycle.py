@@ -562,3 +562,24 @@ def test_concurrent_writers_of_one_key_all_succeed(client: KmsClient) -> None:
     rec = client.describe_key(k.key_id)
     assert rec.primary_version == listed[-1].version_id
     assert dict(rec.tags) == {f"t{t}": "7" for t in range(4)}
+
+
+def test_pagination_across_purged_keys(kms: Kms, client: KmsClient, clock: FakeClock) -> None:
+    keys = sorted(client.create_key().key_id for _ in range(9))
+    doomed = keys[1:4] + keys[6:7]
+    for kid in doomed:
+        client.schedule_key_deletion(kid, 7)
+    clock.advance(7)
+    assert sorted(kms.run_due()["purged"]) == sorted(doomed)
+    live = [k for k in keys if k not in doomed]
+    for limit in (1, 2, 3, 100):
+        seen: list[str] = []
+        marker: str | None = None
+        for _ in range(len(keys) + 2):
+            page = client.list_keys(limit=limit, marker=marker)
+            assert len(page.items) <= limit
+            seen += [r.key_id for r in page.items]
+            marker = page.next_marker
+            if marker is None:
+                break
+        assert marker is None and seen == live

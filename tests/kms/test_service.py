@@ -1012,3 +1012,24 @@ def test_tag_arguments_of_the_wrong_type(client: KmsClient) -> None:
     for bad_spec in ([1], {"a": 1}, 5, b"AES_256"):
         with pytest.raises(E.Validation):
             client.generate_data_key(k.key_id, bad_spec)  # type: ignore[arg-type]
+
+
+def test_kms_open_from_a_configuration_file(svc_config: Path, tmp_path: Path) -> None:
+    """Kms.open reads the [kms] section (database relative to the file, no audit), owns its
+    pool, and a second open of the same file sees the first one's keys."""
+    cfg = tmp_path / "kms.toml"
+    cfg.write_text(svc_config.read_text() + '[kms]\ndatabase = "data/kms.db"\n'
+                   'audit_dir = false\nregion = "eu-central-1"\n'
+                   '[kms.accounts]\nsvc = "123456789012"\n')
+    with Kms.open(cfg) as service:
+        c = service.client("svc")
+        rec = c.create_key("SM4")
+        assert rec.arn == f"arn:aws:kms:eu-central-1:123456789012:key/{rec.key_id}"
+        ct = c.encrypt(rec.arn, b"opened").ciphertext_blob
+        assert service.audit is None
+    assert (tmp_path / "data" / "kms.db").is_file()
+    with Kms.open(cfg) as again:
+        c2 = again.client("svc")
+        assert c2.decrypt(ct).plaintext == b"opened"
+        with pytest.raises(E.NotFound):  # the default region's ARN is foreign here
+            c2.describe_key(f"arn:aws:kms:us-east-1:123456789012:key/{rec.key_id}")
