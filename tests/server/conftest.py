@@ -67,10 +67,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# RSA key generation (CreateKey, GetParametersForImport) takes up to seconds in SoftHSM2 and
+# the pool counts any call slower than slow_call_ms as a failure (three in a row eject a
+# token; see test_rsa_key_generation_does_not_eject_tokens): keep it out of these tests.
+SERVER_POOL_SETTINGS: dict[str, Any] = {"slow_call_ms": 30_000}
+
+
 def write_server_config(directory: Path, token_dir: Path,
-                        instances: Mapping[str, Sequence[int]]) -> Path:
+                        instances: Mapping[str, Sequence[int]],
+                        settings: Mapping[str, Any] | None = None) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
-    text = pool_toml(token_dir, instances)
+    text = pool_toml(token_dir, instances, {**SERVER_POOL_SETTINGS, **(settings or {})})
     text += "[kms]\n"
     text += f'database = "{directory / "kms.db"}"\n'
     text += f'audit_dir = "{directory / "audit"}"\n'

@@ -1046,3 +1046,22 @@ def test_import_hmac_material_with_aes_key_wrap_and_expiry(kms: Any) -> None:
                                 EncryptedKeyMaterial=_wrap(p["PublicKey"], material),
                                 ValidTo=datetime.now(UTC) - timedelta(days=1),
                                 ExpirationModel="KEY_MATERIAL_EXPIRES")
+
+
+@pytest.mark.xfail(strict=False, reason=(
+    "BUG (hsmpool/member.py breaker): every call slower than slow_call_ms (default 500 ms) "
+    "counts as a failure, RSA key generation included (about 1 s for RSA_4096 in SoftHSM2): "
+    "three CreateKey RSA_4096 in a row eject the token, and the next request answers "
+    "KeyUnavailableException (HTTP 500), /healthz 503. Timing-dependent: a fast machine "
+    "may pass"))
+def test_rsa_key_generation_does_not_eject_tokens(token_dir: Path, tmp_path: Path) -> None:
+    config = write_server_config(tmp_path, token_dir, {"srv": [1]}, {"slow_call_ms": 500})
+    cred = create_credential(config, "srv", "admin")
+    with run_server(config) as srv:
+        kms = srv.client(cred)
+        for _ in range(3):
+            kms.create_key(KeySpec="RSA_4096", KeyUsage="SIGN_VERIFY")
+        status, _, body = srv.get("/healthz")
+        assert status == 200, body
+        kid = kms.create_key()["KeyMetadata"]["KeyId"]
+        assert kms.encrypt(KeyId=kid, Plaintext=b"x")["KeyId"].endswith(kid)
