@@ -614,3 +614,28 @@ def test_every_operation_and_field_with_odd_values(server: Server, kms: Any) -> 
     # The requests reached the operations: many succeeded, few failed authentication.
     assert outcomes[False] > 100, outcomes
     assert not {"InvalidSignatureException", "UnrecognizedClientException"} & set(outcomes)
+
+
+def test_body_size_limit_boundary(server: Server, key: dict[str, Any]) -> None:
+    """256 KiB exactly is read and answered by the operation; one byte more is 413."""
+    limit = 256 * 1024
+
+    def body_of(size: int) -> bytes:
+        head = json.dumps({"KeyId": key["KeyId"], "Plaintext": "eA==", "Description": ""})
+        pad = size - len(head.encode()) - len(', "Pad": ""')
+        body = (head[:-1] + ', "Pad": "' + "p" * pad + '"}').encode()
+        assert len(body) == size
+        return body
+
+    status, headers, data = _signed(server, "TrentService.Encrypt", body_of(limit))
+    assert status == 200, data[:200]
+    _assert_error(*_signed(server, "TrentService.Encrypt", body_of(limit + 1)),
+                  "RequestEntityTooLargeException", 413)
+
+
+def test_credential_scope_date_must_match(server: Server) -> None:
+    headers = sign_headers(server.creds["admin"], server.port, "TrentService.ListKeys", b"{}")
+    today = headers["X-Amz-Date"][:8]
+    other = (dt.datetime.strptime(today, "%Y%m%d") - dt.timedelta(days=1)).strftime("%Y%m%d")
+    headers["Authorization"] = headers["Authorization"].replace(f"/{today}/", f"/{other}/")
+    _assert_error(*raw_post(server.port, b"{}", headers), "InvalidSignatureException")
