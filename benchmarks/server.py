@@ -9,7 +9,8 @@ Operations: ``Encrypt`` (32 random bytes, no context), ``Decrypt`` (of ciphertex
 Encrypt of distinct plaintexts, no ``KeyId``) and ``GenerateDataKey`` (``KeySpec`` AES_256),
 all under a ``SYMMETRIC_DEFAULT`` key, over HTTP/1.1 keep-alive on 127.0.0.1.
 
-Targets, all started by this run on this machine and measured one after another:
+Targets, all started by this run on this machine (one target loaded at a time, in
+interleaved rounds, see below):
 
 * ``hsmpool``: ``hsmpool --config CFG serve --workers 2`` (uvicorn, httptools, uvloop), on
   tokens hsmpool-7..9 in ``var/bench-tokens`` (one instance ``serverbench`` of three tokens;
