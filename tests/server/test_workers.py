@@ -327,3 +327,35 @@ def test_shutdown_stops_every_worker_and_keeps_the_audit(token_dir: Path,
     for pid in served:
         assert any(seg.endswith(f"-{pid}") for seg in records), (pid, out.stdout)
     assert sum(records.values()) >= 41, out.stdout
+
+
+def test_racing_writers_leave_one_state_everywhere(wserver: Server) -> None:
+    """Disable/Enable and UpdateAlias racing on both workers: afterwards every worker
+    answers the same key state and the same alias target."""
+    k = _ok(wserver, "CreateKey", {})["KeyMetadata"]
+    targets = [_ok(wserver, "CreateKey", {})["KeyMetadata"]["KeyId"] for _ in range(3)]
+    name = "alias/racing-" + uuid.uuid4().hex[:6]
+    _ok(wserver, "CreateAlias", {"AliasName": name, "TargetKeyId": targets[0]})
+
+    def write(i: int) -> None:
+        _ok(wserver, "DisableKey" if i % 2 else "EnableKey", {"KeyId": k["KeyId"]})
+        _ok(wserver, "UpdateAlias", {"AliasName": name, "TargetKeyId": targets[i % 3]})
+
+    with ThreadPoolExecutor(6) as ex:
+        list(ex.map(write, range(30)))
+    time.sleep(STALENESS)
+    states = {_ok(wserver, "DescribeKey", {"KeyId": k["KeyId"]})["KeyMetadata"]["KeyState"]
+              for _ in range(20)}
+    assert len(states) == 1 and states <= {"Enabled", "Disabled"}, states
+    aliased = {_ok(wserver, "DescribeKey", {"KeyId": name})["KeyMetadata"]["KeyId"]
+               for _ in range(20)}
+    assert len(aliased) == 1 and aliased <= set(targets), aliased
+    listed = _ok(wserver, "ListAliases", {"KeyId": next(iter(aliased))})["Aliases"]
+    assert name in {a["AliasName"] for a in listed}
+    # Encrypt agrees with the state on every worker.
+    enc = {"KeyId": k["KeyId"], "Plaintext": "eA=="}
+    if states == {"Enabled"}:
+        for _ in range(10):
+            _ok(wserver, "Encrypt", enc)
+    else:
+        assert {_err(wserver, "Encrypt", enc) for _ in range(10)} == {"DisabledException"}
