@@ -226,8 +226,10 @@ class Instance:
             self._by_need[need] = hit
         return hit
 
-    def _run(self, need: tuple[int, ...], fn: Callable[[Member, int], T], what: str) -> T:
-        return self.pool.execute(self.capable(need), fn, what)
+    def _run(self, need: tuple[int, ...], fn: Callable[[Member, int], T], what: str,
+             *, slow_is_failure: bool = True) -> T:
+        return self.pool.execute(self.capable(need), fn, what,
+                                 slow_is_failure=slow_is_failure)
 
     def _blob(self, blob: BlobLike) -> KeyBlob:
         kb = KeyBlob.parse(blob)
@@ -269,7 +271,7 @@ class Instance:
             raise ValueError("use generate_secret(n) for SOFTWARE material")
         need = (_GEN_MECH[spec], p.CKM_AES_KEY_WRAP_PAD)
         return self._run(need, lambda m, s: self._generate_on(m, s, spec),
-                         f"generating a {spec.name} key")
+                         f"generating a {spec.name} key", slow_is_failure=False)
 
     def _generate_on(self, m: Member, s: int, spec: KeySpec) -> KeyBlob:
         mod = m.module

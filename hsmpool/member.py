@@ -149,7 +149,8 @@ class Member:
                 raise
         raise AssertionError("unreachable")
 
-    def _release(self, session: int, elapsed_ns: int, ok: bool, evict: bool) -> bool:
+    def _release(self, session: int, elapsed_ns: int, ok: bool, evict: bool,
+                 slow_counts: bool = True) -> bool:
         """Return a session; count the call. True if this call ejected the member."""
         eject = False
         with self._lock:
@@ -162,7 +163,7 @@ class Member:
                 self._idle.append(session)
                 if self._waiting:
                     self._free.notify()
-            if ok and elapsed_ns < self._slow_ns:
+            if ok and (elapsed_ns < self._slow_ns or not slow_counts):
                 self._consecutive = 0
             else:
                 if not ok:
@@ -179,8 +180,11 @@ class Member:
                 pass
         return eject
 
-    def run(self, fn: Callable[[int], T]) -> T:
+    def run(self, fn: Callable[[int], T], slow_is_failure: bool = True) -> T:
         """Run ``fn(session)`` on a leased session; count it; feed the breaker.
+
+        ``slow_is_failure=False`` for operations that are slow by nature (RSA key
+        generation takes seconds): only their errors count against the token.
 
         Device faults are re-raised as :class:`P11Error` for the pool to retry elsewhere;
         any other exception (bad input) passes through without counting as a failure.
@@ -203,7 +207,8 @@ class Member:
             if self._release(session, time.perf_counter_ns() - t0, True, False):
                 self._ejected()
             raise
-        if self._release(session, time.perf_counter_ns() - t0, True, False):
+        elapsed = time.perf_counter_ns() - t0
+        if self._release(session, elapsed, True, False, slow_is_failure):
             self._ejected()
         return result
 

@@ -158,7 +158,7 @@ class Pool:
     # --- execution ---------------------------------------------------------------------
 
     def execute(self, members: tuple[Member, ...], fn: Callable[[Member, int], T],
-                what: str) -> T:
+                what: str, *, slow_is_failure: bool = True) -> T:
         """Run ``fn(member, session)`` on the least-loaded healthy member; fail over.
 
         Device faults move the operation to another member; when every capable member has
@@ -199,7 +199,7 @@ class Pool:
                 continue
             member = best
             try:
-                return member.run(functools.partial(fn, member))
+                return member.run(functools.partial(fn, member), slow_is_failure)
             except P11Error as exc:
                 if exc.rv not in _p11.DEVICE_FAULTS:
                     raise

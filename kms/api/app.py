@@ -51,7 +51,7 @@ class KmsApp:
         self._regions = regions
         self.max_body = max_body
         self.metrics = Metrics()
-        self._clients: dict[str, KmsClient] = {}
+        self._clients: dict[tuple[str, str | None], KmsClient] = {}
         if self.kms is not None:
             self._setup(self.kms)
 
@@ -229,16 +229,18 @@ class KmsApp:
         return 200, json.dumps(out).encode(), op, "ok"
 
     def _client(self, access_key_id: str, scope: Scope) -> KmsClient:
-        client = self._clients.get(access_key_id)
-        assert self.kms is not None
+        """The service client of an access key seen from one address (cached per pair)."""
         client_addr = scope.get("client")
         source_ip = client_addr[0] if client_addr else None
-        if client is None or client.source_ip != source_ip:
+        key = (access_key_id, source_ip)
+        client = self._clients.get(key)
+        if client is None:
+            assert self.kms is not None
             principal = self.creds.principal_for(access_key_id)
             client = self.kms.client(principal.instance, principal, source_ip)
             if len(self._clients) > 10000:
                 self._clients.clear()
-            self._clients[access_key_id] = client
+            self._clients[key] = client
         return client
 
     def _health(self) -> tuple[int, bytes]:

@@ -147,3 +147,17 @@ def test_all_tokens_down_is_a_clear_error(pool: Pool, faults: FaultInjector) -> 
     faults.heal()
     assert wait_for(lambda: all(s.state == "healthy" for s in pool.stats().values()))
     assert inst.decrypt(key, inst.encrypt(key, b"back")) == b"back"
+
+
+def test_slow_key_generation_does_not_eject(pool: Pool, faults: FaultInjector) -> None:
+    """Key generation is slow by nature (RSA-4096 takes seconds on SoftHSM2): a token that
+    is slow only there stays in. Simulated: every call to the token hangs 200 ms (beyond
+    slow_call_ms = 150) while only key generation runs on it."""
+    inst = pool.instance("a").only("t2")
+    before = pool.stats()["t2"].ejections
+    faults.fail("hsmpool-2", "hang", hang_ms=200)
+    for _ in range(4):
+        inst.generate(KeySpec.AES_256)
+    faults.heal()
+    st = pool.stats()["t2"]
+    assert st.ejections == before and st.state == "healthy"
