@@ -8,12 +8,16 @@ unwrapping the blob into a session object there (cached per token) if needed.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import enum
+import fcntl
 import hashlib
 import hmac
 import os
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Final, TypeVar
 
 from cryptography.exceptions import InvalidSignature
@@ -149,8 +153,9 @@ class Instance:
         self.members = tuple(members)
         self._by_need: dict[tuple[int, ...], tuple[Member, ...]] = {}
         self.kek_ids: dict[str, bytes] = {}
-        for domain in _kek.DOMAINS:
-            self._ensure_domain_key(domain)
+        with _instance_lock(name, members):
+            for domain in _kek.DOMAINS:
+                self._ensure_domain_key(domain)
 
     # --- domain keys -------------------------------------------------------------------
 
@@ -590,6 +595,10 @@ class Instance:
         k = RSA_BITS[kb.spec] // 8
         if len(data) != k:
             raise DecryptionError("ciphertext length does not match the key")
+        # A ciphertext at or above the modulus is invalid input; SoftHSM2 would answer
+        # CKR_GENERAL_ERROR, which looks like a sick token. Refuse it before any token sees it.
+        if int.from_bytes(data, "big") >= self._modulus(kb):
+            raise DecryptionError("RSA-OAEP decryption failed")
         if hash_name == "sha1":
             def op(m: Member, s: int) -> bytes:
                 try:
@@ -613,6 +622,18 @@ class Instance:
         em = self._run((p.CKM_RSA_X_509, p.CKM_AES_KEY_WRAP_PAD), raw_op, "RSA-OAEP")
         return oaep_decode(em.rjust(k, b"\0"), hashlib.sha256)
 
+    @staticmethod
+    def _modulus(kb: KeyBlob) -> int:
+        n = _MODULI.get(kb.raw)
+        if n is None:
+            pk = serialization.load_der_public_key(kb.public_key)
+            assert isinstance(pk, rsa.RSAPublicKey)
+            n = pk.public_numbers().n
+            if len(_MODULI) > 4096:
+                _MODULI.clear()
+            _MODULI[kb.raw] = n
+        return n
+
     # --- randomness --------------------------------------------------------------------
 
     def random(self, n: int) -> bytes:
@@ -626,6 +647,24 @@ class Instance:
 
 
 _NEED_GCM: Final = (p.CKM_AES_GCM, p.CKM_AES_KEY_WRAP_PAD)
+_MODULI: dict[bytes, int] = {}  # blob -> RSA modulus, for the input check of rsa_decrypt
+
+
+@contextlib.contextmanager
+def _instance_lock(name: str, members: list[Member]) -> Iterator[None]:
+    """Serialise the first-time set-up of an instance's domain keys between the processes
+    of this host (server workers, tools): without it, processes opening a new instance at
+    the same moment each generate a domain key, and the partition ends up with several."""
+    ident = hashlib.sha256("\0".join([name, *sorted(m.info.serial for m in members)])
+                           .encode()).hexdigest()[:24]
+    directory = Path(tempfile.gettempdir()) / f"hsmpool-{os.getuid()}"
+    directory.mkdir(mode=0o700, exist_ok=True)
+    with open(directory / f"instance-{ident}.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _destroy(m: Member, s: int, handle: int) -> None:

@@ -88,3 +88,27 @@ def test_adding_a_token_copies_the_kek(pool: Pool) -> None:
     assert {"hsmpool:kek:b", "hsmpool:swkek:b"} <= labels and "hsmpool:kek:a" not in labels
     blob = b.only("t5").generate(KeySpec.EC_P256)
     assert b.only("t3").public_key(blob) == b.only("t5").public_key(blob)
+
+
+def test_processes_opening_a_new_instance_at_once_agree(token_dir: Path, tmp_path: Path) -> None:
+    """Three processes open the same brand-new instance at the same moment: one domain key
+    per domain results, and every process uses it."""
+    import subprocess
+    import sys
+    import uuid
+
+    name = "race" + uuid.uuid4().hex[:8]
+    cfg = tmp_path / "race.toml"
+    cfg.write_text(pool_toml(token_dir, {name: [6, 7]}))
+    code = ("import sys; from hsmpool import Pool; p = Pool.open(sys.argv[1]); "
+            "print(p.instance(sys.argv[2]).kek_ids['kek'].hex()); p.close()")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(cfg), name],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(3)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [e[-500:] for _, e in outs]
+    assert len({o.strip() for o, _ in outs}) == 1
+    with Pool.open(cfg) as pool:
+        for m in pool.instance(name).members:
+            labels = any_domain_keys(m)
+            assert labels.count(f"hsmpool:kek:{name}") == 1

@@ -739,11 +739,6 @@ def own_server(token_dir: Path, tmp_path: Path) -> Iterator[tuple[Server, Any]]:
         yield srv, srv.client(cred)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (hsmpool/instance.py rsa_decrypt, sha256 path): an RSA ciphertext not below the "
-    "modulus makes SoftHSM2 answer CKR_GENERAL_ERROR, which the raw-RSA path does not map to "
-    "DecryptionError: it counts as a token failure on every token of the partition, so one "
-    "Decrypt call ejects them all and answers KeyUnavailableException (HTTP 500)"))
 def test_rsa_ciphertext_above_modulus_is_invalid_ciphertext(own_server: Any) -> None:
     srv, kms = own_server
     kid = _new_key(kms, "RSA_2048", "ENCRYPT_DECRYPT")["KeyId"]
@@ -1048,12 +1043,6 @@ def test_import_hmac_material_with_aes_key_wrap_and_expiry(kms: Any) -> None:
                                 ExpirationModel="KEY_MATERIAL_EXPIRES")
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "BUG (hsmpool/member.py breaker): every call slower than slow_call_ms (default 500 ms) "
-    "counts as a failure, RSA key generation included (about 1 s for RSA_4096 in SoftHSM2): "
-    "three CreateKey RSA_4096 in a row eject the token, and the next request answers "
-    "KeyUnavailableException (HTTP 500), /healthz 503. Timing-dependent: a fast machine "
-    "may pass"))
 def test_rsa_key_generation_does_not_eject_tokens(token_dir: Path, tmp_path: Path) -> None:
     config = write_server_config(tmp_path, token_dir, {"srv": [1]}, {"slow_call_ms": 500})
     cred = create_credential(config, "srv", "admin")
