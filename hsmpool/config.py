@@ -48,6 +48,7 @@ __all__ = [
     "TokenConfig",
     "load_config",
     "parse_config",
+    "read_toml",
 ]
 
 
@@ -235,8 +236,8 @@ def parse_config(doc: Mapping[str, Any], base_dir: Path | None = None,
     return PoolConfig(settings, modules, tokens, instances, source)
 
 
-def load_config(path: str | os.PathLike[str]) -> PoolConfig:
-    """Read and validate a TOML configuration file."""
+def read_toml(path: str | os.PathLike[str]) -> tuple[dict[str, Any], Path]:
+    """A configuration file's document and the folder its relative paths start from."""
     p = Path(path)
     try:
         with p.open("rb") as fh:
@@ -245,4 +246,10 @@ def load_config(path: str | os.PathLike[str]) -> PoolConfig:
         raise ConfigError(f"configuration file {str(p)!r} does not exist") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{p}: not valid TOML: {exc}") from None
-    return parse_config(doc, p.resolve().parent, str(p))
+    return doc, p.resolve().parent
+
+
+def load_config(path: str | os.PathLike[str]) -> PoolConfig:
+    """Read and validate a TOML configuration file."""
+    doc, base = read_toml(path)
+    return parse_config(doc, base, str(path))

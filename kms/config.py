@@ -16,13 +16,12 @@
 from __future__ import annotations
 
 import os
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hsmpool.config import PoolConfig, parse_config
+from hsmpool.config import PoolConfig, parse_config, read_toml
 from hsmpool.errors import ConfigError
 
 
@@ -76,13 +75,6 @@ def parse_kms_settings(doc: Mapping[str, Any], base: Path) -> KmsSettings:
 
 
 def load(path: str | os.PathLike[str]) -> tuple[PoolConfig, KmsSettings]:
-    p = Path(path)
-    try:
-        with p.open("rb") as fh:
-            doc = tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError(f"configuration file {str(p)!r} does not exist") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{p}: not valid TOML: {exc}") from None
-    base = p.resolve().parent
-    return parse_config(doc, base, str(p)), parse_kms_settings(doc, base)
+    """The pool's configuration and the service's settings, from one TOML file."""
+    doc, base = read_toml(path)
+    return parse_config(doc, base, str(path)), parse_kms_settings(doc, base)
