@@ -17,6 +17,7 @@ import hmac
 import itertools
 import json
 import os
+import random
 import re
 import secrets
 import threading
@@ -71,6 +72,13 @@ _HASH_OBJ: Final[dict[str, hashes.HashAlgorithm]] = {
 _MAC_HASH: Final = {"HMAC_SHA_256": "sha256", "HMAC_SHA_384": "sha384",
                     "HMAC_SHA_512": "sha512"}
 MAX_MESSAGE: Final = 4096
+CAS_ATTEMPTS: Final = 20  # compare-and-swap attempts of a key change before giving up
+
+
+def _conflict_pause(attempt: int) -> None:
+    """After a lost compare-and-swap (another process changed the key first): a short random
+    pause that grows with the attempt, so that two writers do not keep colliding."""
+    time.sleep(random.random() * 0.001 * (attempt + 1))
 
 
 @dataclass(frozen=True, slots=True)
@@ -491,6 +499,11 @@ class KmsClient:
         self._principal_name = "" if principal is None else str(getattr(principal, "name", ""))
         self.source_ip = source_ip
         self._store = kms.store
+        self._decisions: dict[tuple[str, tuple[str, ...]], tuple[int, bool]] = {}
+        # Decisions of principals whose policies look at the encryption context are never
+        # remembered (the Authorizer does not cache them either).
+        self._principal_has_conditions = principal is not None and any(
+            st.encryption_context for pol in principal.policies for st in pol.statements)
 
     # --- pipeline ----------------------------------------------------------------------
 
@@ -546,16 +559,29 @@ class KmsClient:
                context: Mapping[str, str] | None = None) -> bool:
         if self.principal is None:
             return True
-        from kms.policy import Request
-
-        req = Request(action=action, resources=resources, instance=self.instance_name,
-                      source_ip=self.source_ip, encryption_context=context or {})
+        # A client is one principal from one address: without an encryption context the
+        # answer depends only on (action, resources), so it is remembered here and a policy
+        # Request is built only on a miss (the Authorizer's generation voids old answers).
         authz = self.kms._authorizer
         if authz is None:
             from kms.policy import Authorizer
 
             authz = self.kms._authorizer = Authorizer()
-        return bool(authz.check(self.principal, req))
+        key = (action, resources)
+        if not context:
+            hit = self._decisions.get(key)
+            if hit is not None and hit[0] == authz.generation:
+                return hit[1]
+        from kms.policy import Request
+
+        req = Request(action=action, resources=resources, instance=self.instance_name,
+                      source_ip=self.source_ip, encryption_context=context or {})
+        allowed = bool(authz.check(self.principal, req))
+        if not context and not self._principal_has_conditions:
+            if len(self._decisions) > 4096:
+                self._decisions.clear()
+            self._decisions[key] = (authz.generation, allowed)
+        return allowed
 
     def _key_for(self, action: str, key_id: object,
                  context: Mapping[str, str] | None = None) -> KeyRecord:
@@ -699,7 +725,7 @@ class KmsClient:
 
         def body() -> KeyRecord:
             with self.kms._write_lock:
-                for _ in range(5):
+                for attempt in range(CAS_ATTEMPTS):
                     rec = self._key_for(action, key_id)
                     new = fn(rec)
                     if new is None:
@@ -709,6 +735,7 @@ class KmsClient:
                         self._store.update_key(rec, new)
                     except ConcurrentUpdate:
                         self.kms._drop_caches()
+                        _conflict_pause(attempt)
                         continue
                     self.kms._swap(new)
                     self._audit(action, new, None, "ok")
@@ -826,7 +853,7 @@ class KmsClient:
     def rotate_key_on_demand(self, key_id: str) -> KeyVersion:
         def body() -> KeyVersion:
             with self.kms._write_lock:
-                for _ in range(5):
+                for attempt in range(CAS_ATTEMPTS):
                     rec = self._key_for("kms:RotateKeyOnDemand", key_id)
                     if not rec.info.rotatable or rec.origin is Origin.EXTERNAL:
                         raise E.UnsupportedOperation(f"{rec.spec.value} keys do not rotate")
@@ -835,6 +862,7 @@ class KmsClient:
                         v = self.kms.rotate(self.inst, rec, self.kms.now())
                     except ConcurrentUpdate:
                         self.kms._drop_caches()
+                        _conflict_pause(attempt)
                         continue
                     self._audit("kms:RotateKeyOnDemand", rec, v.version_id, "ok")
                     return v
