@@ -18,7 +18,9 @@ from hypothesis import strategies as st
 from hypothesis.stateful import (
     Bundle,
     RuleBasedStateMachine,
+    initialize,
     invariant,
+    multiple,
     precondition,
     rule,
     run_state_machine_as_test,
@@ -59,6 +61,7 @@ def state_error(state: str) -> type[E.KmsError] | None:
             PURGED: E.NotFound}[state]
 
 
+alias_names = st.sampled_from(["alias/a", "alias/b", "alias/team/c"])
 contexts = st.dictionaries(st.sampled_from(["a", "b", "purpose", "ü"]),
                            st.sampled_from(["", "1", "x y", "long value"]), max_size=3)
 
@@ -77,6 +80,7 @@ def run_machine(pool: Pool, base: Path) -> None:
             self.c: KmsClient = self.kms.client("svc")
             self.model: dict[str, MKey] = {}
             self.cts: list[MCt] = []
+            self.aliases: dict[str, str] = {}  # alias name -> key id
 
         def teardown(self) -> None:
             self.kms.close()
@@ -106,6 +110,11 @@ def run_machine(pool: Pool, base: Path) -> None:
             return None
 
         # ------------------------------------------------------------------ rules
+
+        @initialize(target=keys)
+        def two_keys(self) -> Any:
+            """Every run starts with an AES and an SM4 key (runs without keys test little)."""
+            return multiple(self.create("SYMMETRIC_DEFAULT"), self.create("SM4"))
 
         @precondition(lambda self: len(self.model) < 4)  # few keys: more steps per key
         @rule(target=keys, spec=st.sampled_from(["SYMMETRIC_DEFAULT", "SM4"]))
@@ -187,6 +196,50 @@ def run_machine(pool: Pool, base: Path) -> None:
                 self.cts.append(MCt(key_id, len(k.versions), blob, plaintext,
                                     tuple(sorted(ctx.items()))))
 
+        @rule(name=alias_names, key_id=keys)
+        def create_alias(self, name: str, key_id: str) -> None:
+            k = self.model[key_id]
+            err = {PURGED: E.NotFound, PENDING: E.KMSInvalidState}.get(k.state)
+            if err is None and name in self.aliases:
+                err = E.AlreadyExists
+            if self.expect(err, lambda: self.c.create_alias(name, key_id)) is not None:
+                self.aliases[name] = key_id
+
+        @rule(name=alias_names, key_id=keys)
+        def update_alias(self, name: str, key_id: str) -> None:
+            k = self.model[key_id]
+            err = E.NotFound if name not in self.aliases else \
+                {PURGED: E.NotFound, PENDING: E.KMSInvalidState}.get(k.state)
+            if self.expect(err, lambda: self.c.update_alias(name, key_id)) is not None:
+                self.aliases[name] = key_id
+
+        @rule(name=alias_names)
+        def delete_alias(self, name: str) -> None:
+            err = None if name in self.aliases else E.NotFound
+            self.expect(err, lambda: self.c.delete_alias(name))
+            self.aliases.pop(name, None)
+
+        @rule(name=alias_names, plaintext=st.binary(min_size=1, max_size=40))
+        def encrypt_via_alias(self, name: str, plaintext: bytes) -> None:
+            key_id = self.aliases.get(name)
+            err = E.NotFound if key_id is None else state_error(self.model[key_id].state)
+            res = self.expect(err, lambda: self.c.encrypt(name, plaintext))
+            if res is not None and key_id is not None:
+                k = self.model[key_id]
+                assert res.key_id.endswith(key_id)
+                self.cts.append(MCt(key_id, len(k.versions), res.ciphertext_blob, plaintext,
+                                    ()))
+
+        @rule(key_id=keys, plaintext=st.binary(min_size=1, max_size=40), ctx=contexts)
+        def encrypt_twice(self, key_id: str, plaintext: bytes, ctx: dict[str, str]) -> None:
+            """The same plaintext and context twice: two different ciphertexts (fresh
+            nonces), both recorded. (Also makes encryptions more frequent.)"""
+            before = len(self.cts)
+            self.encrypt(key_id, plaintext, ctx)
+            self.encrypt(key_id, plaintext, ctx)
+            if len(self.cts) == before + 2:
+                assert self.cts[-1].blob != self.cts[-2].blob
+
         @precondition(lambda self: bool(self.cts))
         @rule(data=st.data(), wrong=st.booleans())
         def decrypt(self, data: st.DataObject, wrong: bool) -> None:
@@ -231,6 +284,8 @@ def run_machine(pool: Pool, base: Path) -> None:
             assert len(done["rotated"]) == len(want_rotated)
             for key_id in want_purged:
                 self.model[key_id].state = PURGED
+                # a purge deletes the key's aliases
+                self.aliases = {n: kid for n, kid in self.aliases.items() if kid != key_id}
             for key_id in want_rotated:
                 k = self.model[key_id]
                 assert k.next_rotation is not None and k.period is not None
@@ -270,6 +325,10 @@ def run_machine(pool: Pool, base: Path) -> None:
                 assert rec.primary_version == k.versions[-1]
             live = {kid for kid, k in self.model.items() if k.state != PURGED}
             assert {r.key_id for r in self.c.list_keys(limit=1000).items} == live
+            aliased = {a.name: a.key_id for a in self.c.list_aliases(limit=1000).items}
+            assert aliased == self.aliases
+            for name, key_id in self.aliases.items():
+                assert self.c.describe_key(name).key_id == key_id
 
         @invariant()
         def every_ciphertext_behaves(self) -> None:
@@ -282,7 +341,7 @@ def run_machine(pool: Pool, base: Path) -> None:
 
     run_state_machine_as_test(
         KeyMachine,
-        settings=settings(max_examples=40, stateful_step_count=30, deadline=None,
+        settings=settings(max_examples=100, stateful_step_count=50, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow,
                                                  HealthCheck.filter_too_much]))
 
