@@ -445,8 +445,9 @@ def test_decrypt_with_a_named_key(client: KmsClient) -> None:
         client.decrypt(ct, key_id=str(uuid.uuid4()))
 
 
-def test_plaintext_limits(client: KmsClient) -> None:
-    k = client.create_key()
+@pytest.mark.parametrize("spec", SYMMETRIC)
+def test_plaintext_limits(client: KmsClient, spec: str) -> None:
+    k = client.create_key(spec)
     for n in (1, 4096):
         data = bytes(i % 251 for i in range(n))
         assert client.decrypt(client.encrypt(k.key_id, data).ciphertext_blob).plaintext == data
