@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import itertools
-import json
 import os
 import random
 import re

@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
-# The whole test suite: set up (with test tools and the openCryptoki token), then pytest.
+# The whole test suite: set up (with test tools and the openCryptoki token), ruff and mypy,
+# then pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --test
-exec .venv/bin/python -m pytest -q "$@"
+# Lint and types first (fast; a failure stops the run), then the suite.
+.venv/bin/ruff check hsmpool kms tests benchmarks native
+.venv/bin/mypy
+exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
