@@ -101,15 +101,24 @@ class Member:
     # --- login -----------------------------------------------------------------------
 
     def _login(self) -> int:
-        session = self.module.open_session(self.slot)
-        try:
-            self.module.login(session, self.config.user_pin())
-        except P11Error as exc:
-            self.module.close_session(session)
-            if exc.rv in (_p11.CKR_PIN_INCORRECT, _p11.CKR_PIN_LOCKED, 0x0A1, 0x0A2):
-                raise LoginError(f"token {self.name!r} refused the PIN ({exc.name})") from None
-            raise
-        return session
+        """Open the anchor session and log in. SoftHSM2 answers CKR_GENERAL_ERROR while
+        another process rewrites the token's files (several processes opening at once):
+        that is retried a few times with a short pause; a PIN problem is not."""
+        pin = self.config.user_pin()
+        for attempt in range(6):
+            session = self.module.open_session(self.slot)
+            try:
+                self.module.login(session, pin)
+                return session
+            except P11Error as exc:
+                self.module.close_session(session)
+                if exc.rv in (_p11.CKR_PIN_INCORRECT, _p11.CKR_PIN_LOCKED, 0x0A1, 0x0A2):
+                    raise LoginError(
+                        f"token {self.name!r} refused the PIN ({exc.name})") from None
+                if exc.rv != _p11.CKR_GENERAL_ERROR or attempt == 5:
+                    raise
+                time.sleep(0.02 * (attempt + 1))
+        raise AssertionError("unreachable")
 
     # --- sessions --------------------------------------------------------------------
 

@@ -1112,17 +1112,19 @@ class KmsClient:
 
         return self._run("kms:ReEncrypt", body)
 
-    def generate_data_key(self, key_id: str, key_spec: str | None = "AES_256",
+    def generate_data_key(self, key_id: str, key_spec: str | None = None,
                           number_of_bytes: int | None = None,
                           encryption_context: Mapping[str, str] | None = None,
                           *, with_plaintext: bool = True) -> DataKey:
         action = "kms:GenerateDataKey" + ("" if with_plaintext else "WithoutPlaintext")
 
         def body() -> DataKey:
-            if (key_spec is None) == (number_of_bytes is None):
-                raise E.Validation("give exactly one of KeySpec and NumberOfBytes")
-            if key_spec is not None:
-                n = _DATA_KEY_SPECS.get(key_spec) if isinstance(key_spec, str) else None
+            # Either KeySpec or NumberOfBytes; neither means AES_256.
+            if key_spec is not None and number_of_bytes is not None:
+                raise E.Validation("give either KeySpec or NumberOfBytes, not both")
+            if number_of_bytes is None:
+                spec = "AES_256" if key_spec is None else key_spec
+                n = _DATA_KEY_SPECS.get(spec) if isinstance(spec, str) else None
                 if n is None:
                     raise E.Validation(f"unknown data key spec {key_spec!r}")
             else:
@@ -1141,7 +1143,7 @@ class KmsClient:
 
         return self._run(action, body)
 
-    def generate_data_key_without_plaintext(self, key_id: str, key_spec: str | None = "AES_256",
+    def generate_data_key_without_plaintext(self, key_id: str, key_spec: str | None = None,
                                             number_of_bytes: int | None = None,
                                             encryption_context: Mapping[str, str] | None = None
                                             ) -> DataKey:

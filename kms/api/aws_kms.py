@@ -334,6 +334,8 @@ def _data_key(c: KmsClient, b: Body, with_plaintext: bool) -> dict[str, Any]:
     _grant_tokens(b)
     spec = _str(b, "KeySpec", False)
     n = _int(b, "NumberOfBytes")
+    if spec is None and n is None:
+        raise E.Validation("one of KeySpec and NumberOfBytes is required")
     r = c.generate_data_key(_req(b, "KeyId"), spec, n, _ctx(b), with_plaintext=with_plaintext)
     out = {"CiphertextBlob": _b64(r.ciphertext_blob), "KeyId": r.key_id}
     if r.plaintext is not None:

@@ -505,8 +505,10 @@ def test_generate_data_key(client: KmsClient, spec: str) -> None:
         assert dk.plaintext is not None and len(dk.plaintext) == n
         assert client.decrypt(dk.ciphertext_blob).plaintext == dk.plaintext
     a = client.generate_data_key(k.key_id).plaintext
+    assert a is not None and len(a) == 32  # neither KeySpec nor NumberOfBytes: AES_256
     assert a != client.generate_data_key(k.key_id).plaintext
-    for args in ((None, None), ("AES_256", 32), ("AES_512", None), (None, 0), (None, 1025),
+    assert len(client.generate_data_key(k.key_id, number_of_bytes=7).plaintext or b"") == 7
+    for args in (("AES_256", 32), ("AES_512", None), (None, 0), (None, 1025),
                  (None, "32")):
         with pytest.raises(E.Validation):
             client.generate_data_key(k.key_id, *args)
