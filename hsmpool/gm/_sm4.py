@@ -179,9 +179,29 @@ class SM4GCM:
         a, an = (b"", 0) if aad is None else buf("associated_data", aad)
         return nv, nn, d, n, a, an
 
-    @releases_buffers
     def encrypt(
         self, nonce: BytesLike, data: BytesLike, associated_data: BytesLike | None = None
+    ) -> bytes:
+        """Returns ciphertext || tag. (All-``bytes`` arguments take a short path: no buffer
+        exports to track, which matters for small messages.)"""
+        if type(nonce) is bytes and type(data) is bytes and (
+                associated_data is None or type(associated_data) is bytes):
+            nn = len(nonce)
+            if not 8 <= nn <= 128:
+                raise ValueError("nonce must be between 8 and 128 bytes")
+            n = len(data)
+            if n > _GCM_MAX_LEN:
+                raise OverflowError("data too long for one GCM invocation")
+            aad = associated_data or b""
+            res, out = new_output(n + _GCM_TAG)
+            lib.hsm_sm4_gcm_encrypt(self._gk, nonce, nn, aad, len(aad), data, n, out, out + n,
+                                    _GCM_TAG)
+            return res
+        return self._encrypt_buffers(nonce, data, associated_data)
+
+    @releases_buffers
+    def _encrypt_buffers(
+        self, nonce: BytesLike, data: BytesLike, associated_data: BytesLike | None
     ) -> bytes:
         nv, nn, d, n, a, an = self._args(nonce, data, associated_data)
         if n > _GCM_MAX_LEN:
@@ -190,9 +210,33 @@ class SM4GCM:
         lib.hsm_sm4_gcm_encrypt(self._gk, nv, nn, a, an, d, n, out, out + n, _GCM_TAG)
         return res
 
-    @releases_buffers
     def decrypt(
         self, nonce: BytesLike, data: BytesLike, associated_data: BytesLike | None = None
+    ) -> bytes:
+        """Returns the plaintext, or raises InvalidTag."""
+        if type(nonce) is bytes and type(data) is bytes and (
+                associated_data is None or type(associated_data) is bytes):
+            nn = len(nonce)
+            if not 8 <= nn <= 128:
+                raise ValueError("nonce must be between 8 and 128 bytes")
+            n = len(data)
+            if n < _GCM_TAG:
+                raise InvalidTag()
+            ct_len = n - _GCM_TAG
+            aad = associated_data or b""
+            res, out = new_output(ct_len)
+            if ct_len == 0:
+                out = ffi.new("uint8_t[1]")  # the C side may zero `out` on failure
+            dp = ffi.from_buffer("uint8_t[]", data)
+            if lib.hsm_sm4_gcm_decrypt(self._gk, nonce, nn, aad, len(aad), dp, ct_len,
+                                       dp + ct_len, _GCM_TAG, out):
+                raise InvalidTag()
+            return res
+        return self._decrypt_buffers(nonce, data, associated_data)
+
+    @releases_buffers
+    def _decrypt_buffers(
+        self, nonce: BytesLike, data: BytesLike, associated_data: BytesLike | None
     ) -> bytes:
         nv, nn, d, n, a, an = self._args(nonce, data, associated_data)
         if n < _GCM_TAG:
