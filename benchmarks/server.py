@@ -955,7 +955,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 sys.executable, "-m", "uvicorn", "benchmarks.server:trivial_app", "--host", HOST,
                 "--port", str(ports["trivial"]), "--workers", str(WORKERS), "--loop", "uvloop",
                 "--http", "httptools", "--no-access-log", "--log-level", "warning",
-                "--lifespan", "off", "--timeout-keep-alive", "30", "--backlog", "2048"],
+                "--lifespan", "off", "--timeout-keep-alive", "30", "--backlog", "2048",
+                # the same uvicorn settings as `hsmpool serve` (kms/api/server.py)
+                "--no-server-header", "--no-date-header"],
                 ports["trivial"], tmp))
         if "moto" in targets:
             servers.append(start("moto", [sys.executable, "-m", "moto.server", "-H", HOST,

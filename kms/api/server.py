@@ -52,4 +52,8 @@ def serve(config: str, host: str = "127.0.0.1", port: int = 8080, workers: int |
         ssl_keyfile=tls_key,
         timeout_keep_alive=30,
         backlog=2048,
+        # No Server/Date headers: the SDKs do not read them, and uvicorn validates every
+        # header it writes (a measurable share of a ~90 µs request).
+        server_header=False,
+        date_header=False,
     )
