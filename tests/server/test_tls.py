@@ -1,0 +1,119 @@
+"""``hsmpool serve --tls-cert --tls-key``: boto3 over HTTPS, verifying the server's
+certificate; a plain-HTTP request to the TLS port gets no answer, not a crash."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import json
+import socket
+import ssl
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from tests.server.conftest import (
+    HSMPOOL,
+    REGION,
+    START_TIMEOUT,
+    _stop,
+    create_credential,
+    free_port,
+    write_server_config,
+)
+
+
+def _self_signed(directory: Path) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = directory / "tls.crt", directory / "tls.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+@pytest.fixture(scope="module")
+def tls_server(token_dir: Path, tmp_path_factory: pytest.TempPathFactory
+               ) -> Iterator[tuple[int, Path, object]]:
+    d = tmp_path_factory.mktemp("tls")
+    config = write_server_config(d, token_dir, {"tls": [6]})
+    cred = create_credential(config, "tls", "admin")
+    cert, key = _self_signed(d)
+    port = free_port()
+    log = (d / "server.log").open("wb")
+    proc = subprocess.Popen([str(HSMPOOL), "--config", str(config), "serve", "--host",
+                             "127.0.0.1", "--port", str(port), "--workers", "1",
+                             "--tls-cert", str(cert), "--tls-key", str(key)],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    ctx = ssl.create_default_context(cafile=str(cert))
+    deadline = time.monotonic() + START_TIMEOUT
+    try:
+        while True:
+            try:
+                with urllib.request.urlopen(f"https://127.0.0.1:{port}/healthz", context=ctx,
+                                            timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail((d / "server.log").read_text()[-2000:])
+                time.sleep(0.2)
+        yield port, cert, cred
+    finally:
+        _stop(proc)
+        log.close()
+
+
+def test_boto3_over_https(tls_server: tuple[int, Path, object]) -> None:
+    port, cert, cred = tls_server
+    kms = boto3.client("kms", endpoint_url=f"https://127.0.0.1:{port}", region_name=REGION,
+                       aws_access_key_id=cred.access_key_id,  # type: ignore[attr-defined]
+                       aws_secret_access_key=cred.secret,  # type: ignore[attr-defined]
+                       verify=str(cert))
+    key = kms.create_key()["KeyMetadata"]["KeyId"]
+    ct = kms.encrypt(KeyId=key, Plaintext=b"over tls", EncryptionContext={"t": "1"})
+    out = kms.decrypt(CiphertextBlob=ct["CiphertextBlob"], EncryptionContext={"t": "1"})
+    assert out["Plaintext"] == b"over tls"
+    assert len(kms.generate_random(NumberOfBytes=16)["Plaintext"]) == 16
+
+
+def test_untrusted_certificate_is_refused_by_the_client(tls_server: tuple[int, Path, object]
+                                                         ) -> None:
+    port, _, _ = tls_server
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(f"https://127.0.0.1:{port}/healthz",
+                               context=ssl.create_default_context(), timeout=5)
+
+
+def test_plain_http_to_the_tls_port_does_not_crash_it(tls_server: tuple[int, Path, object]
+                                                       ) -> None:
+    port, cert, _ = tls_server
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        try:
+            s.recv(1024)
+        except OSError:
+            pass
+    ctx = ssl.create_default_context(cafile=str(cert))
+    with urllib.request.urlopen(f"https://127.0.0.1:{port}/healthz", context=ctx,
+                                timeout=5) as resp:
+        assert json.loads(resp.read())["status"] == "ok"
