@@ -30,8 +30,10 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=.venv/.hsmpool-installed
 extras=""; [ "$want_test" = 1 ] && extras="[test]"
-src_hash=$( (cat pyproject.toml setup.py native/*.c native/*.h native/*.py; echo "$extras") | sha256sum | cut -c1-16)
-if [ ! -f "$stamp" ] || ! grep -qx "$src_hash" "$stamp"; then
+hash_of() { (cat pyproject.toml setup.py native/*.c native/*.h native/*.py; echo "$1") | sha256sum | cut -c1-16; }
+src_hash=$(hash_of "$extras")
+test_hash=$(hash_of "[test]")  # an install with the test extras serves a plain run too
+if [ ! -f "$stamp" ] || ! grep -qx -e "$src_hash" -e "$test_hash" "$stamp"; then
   echo "setup: installing hsmpool$extras into .venv (builds the native code)" >&2
   mkdir -p var
   .venv/bin/pip install -q -e ".$extras" > var/pip-install.log 2>&1 \
