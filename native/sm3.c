@@ -74,10 +74,6 @@ static inline void store_be32(uint8_t *p, uint32_t v) {
     R((j) + 2, c, d, a, b, g, h, e, f);    \
     R((j) + 3, b, c, d, a, f, g, h, e)
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-/* BMI2 (rorx, andn) shortens the dependency chains of the rounds; chosen at load time. */
-__attribute__((target_clones("arch=x86-64-v3", "default")))
-#endif
 void hsm_sm3_compress(uint32_t st[8], const uint8_t *p, size_t nblocks) {
     uint32_t a = st[0], b = st[1], c = st[2], d = st[3];
     uint32_t e = st[4], f = st[5], g = st[6], h = st[7];
