@@ -31,6 +31,10 @@ from hsmpool.errors import LeaseTimeoutError, LoginError
 T = TypeVar("T")
 
 
+# Login answers seen from SoftHSM2 while another process rewrites the token file.
+_LOGIN_TRANSIENT = frozenset({_p11.CKR_GENERAL_ERROR, 0x102})  # 0x102: USER_PIN_NOT_INITIALIZED
+
+
 class MemberState(enum.Enum):
     HEALTHY = "healthy"
     EJECTED = "ejected"
@@ -101,11 +105,13 @@ class Member:
     # --- login -----------------------------------------------------------------------
 
     def _login(self) -> int:
-        """Open the anchor session and log in. SoftHSM2 answers CKR_GENERAL_ERROR while
-        another process rewrites the token's files (several processes opening at once):
-        that is retried a few times with a short pause; a PIN problem is not."""
+        """Open the anchor session and log in. While another process rewrites a SoftHSM2
+        token's files (several processes opening at once) it may answer CKR_GENERAL_ERROR
+        or even CKR_USER_PIN_NOT_INITIALIZED: those are retried a few times with a short
+        pause; a PIN problem is not."""
         pin = self.config.user_pin()
-        for attempt in range(6):
+        attempts = 12
+        for attempt in range(attempts):
             session = self.module.open_session(self.slot)
             try:
                 self.module.login(session, pin)
@@ -115,7 +121,7 @@ class Member:
                 if exc.rv in (_p11.CKR_PIN_INCORRECT, _p11.CKR_PIN_LOCKED, 0x0A1, 0x0A2):
                     raise LoginError(
                         f"token {self.name!r} refused the PIN ({exc.name})") from None
-                if exc.rv != _p11.CKR_GENERAL_ERROR or attempt == 5:
+                if exc.rv not in _LOGIN_TRANSIENT or attempt == attempts - 1:
                     raise
                 time.sleep(0.02 * (attempt + 1))
         raise AssertionError("unreachable")

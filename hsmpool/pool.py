@@ -107,13 +107,19 @@ class Pool:
 
     def _open_member(self, tok: TokenConfig, instance: str | None) -> Member:
         mod = self._module(tok.module)
-        infos = _token_infos(mod, tok.module)
-        if tok.label is not None:
-            matches = [i for i in infos if i.label == tok.label]
-            what = f"label {tok.label!r}"
-        else:
-            matches = [i for i in infos if i.serial == tok.serial]
-            what = f"serial {tok.serial!r}"
+        for attempt in range(4):
+            infos = _token_infos(mod, tok.module)
+            if tok.label is not None:
+                matches = [i for i in infos if i.label == tok.label]
+                what = f"label {tok.label!r}"
+            else:
+                matches = [i for i in infos if i.serial == tok.serial]
+                what = f"serial {tok.serial!r}"
+            if matches or len(infos) == len(mod.slots()):
+                break
+            # A slot could not be read (another process rewriting a SoftHSM2 token file):
+            # look again before saying the token does not exist.
+            time.sleep(0.1 * (attempt + 1))
         if not matches:
             raise TokenNotFoundError(f"token {tok.name!r}: no token with {what} in module "
                                      f"{tok.module!r}")
@@ -233,7 +239,7 @@ def _token_infos(mod: Module, name: str) -> list[_p11.TokenInfo]:
         raise ModuleLoadError(f"module {name!r}: cannot list tokens: {exc}") from None
     infos = []
     for slot in slots:
-        for attempt in range(5):
+        for attempt in range(8):
             try:
                 infos.append(mod.token_info(slot))
                 break
