@@ -65,11 +65,18 @@ class SignAlgorithm(enum.Enum):
 
     @property
     def hash_name(self) -> str:
-        return "sha" + self.value[-3:]
+        return _ALG_HASH[self]
 
     @property
     def family(self) -> str:
-        return self.name.split("_")[0] + ("_PSS" if "PSS" in self.name else "")
+        return _ALG_FAMILY[self]
+
+
+# Per-algorithm facts, computed once (signing is a hot path).
+_ALG_HASH: Final = {a: "sha" + a.value[-3:] for a in SignAlgorithm}
+_ALG_FAMILY: Final = {a: a.name.split("_")[0] + ("_PSS" if "PSS" in a.name else "")
+                      for a in SignAlgorithm}
+_DIGEST_SIZE: Final = {"sha256": 32, "sha384": 48, "sha512": 64}
 
 
 _HASHES: Final[dict[str, hashes.HashAlgorithm]] = {
@@ -406,16 +413,13 @@ class Instance:
             raise ValueError("secret length must be 1..512 bytes")
         need = (p.CKM_GENERIC_SECRET_KEY_GEN, p.CKM_AES_KEY_WRAP_PAD)
 
+        tpl = Template({p.CKA_CLASS: p.CKO_SECRET_KEY, p.CKA_KEY_TYPE: p.CKK_GENERIC_SECRET,
+                        p.CKA_TOKEN: False, p.CKA_VALUE_LEN: length, p.CKA_SENSITIVE: True,
+                        p.CKA_EXTRACTABLE: True})
+
         def op(m: Member, s: int) -> KeyBlob:
-            key = m.module.generate_key(s, p.CKM_GENERIC_SECRET_KEY_GEN, Template({
-                p.CKA_CLASS: p.CKO_SECRET_KEY, p.CKA_KEY_TYPE: p.CKK_GENERIC_SECRET,
-                p.CKA_TOKEN: False, p.CKA_VALUE_LEN: length, p.CKA_SENSITIVE: True,
-                p.CKA_EXTRACTABLE: True}))
-            try:
-                wrapped = m.module.wrap(s, _kek.WRAP_PAD, m.domain_keys["swkek"], key)
-            finally:
-                _destroy(m, s, key)
-            return KeyBlob.build(KeySpec.SECRET, self.kek_ids["swkek"], b"", wrapped)
+            return self._wrap_secret(
+                m, s, m.module.generate_key(s, p.CKM_GENERIC_SECRET_KEY_GEN, tpl))
 
         return self._run(need, op, "generating a secret")
 
@@ -427,18 +431,22 @@ class Instance:
         if not 1 <= len(material) <= 4096:
             raise ValueError("secret material must be 1..4096 bytes")
 
+        tpl = Template({p.CKA_CLASS: p.CKO_SECRET_KEY, p.CKA_KEY_TYPE: p.CKK_GENERIC_SECRET,
+                        p.CKA_TOKEN: False, p.CKA_VALUE: material, p.CKA_SENSITIVE: True,
+                        p.CKA_EXTRACTABLE: True})
+
         def op(m: Member, s: int) -> KeyBlob:
-            key = m.module.create_object(s, Template({
-                p.CKA_CLASS: p.CKO_SECRET_KEY, p.CKA_KEY_TYPE: p.CKK_GENERIC_SECRET,
-                p.CKA_TOKEN: False, p.CKA_VALUE: material, p.CKA_SENSITIVE: True,
-                p.CKA_EXTRACTABLE: True}))
-            try:
-                wrapped = m.module.wrap(s, _kek.WRAP_PAD, m.domain_keys["swkek"], key)
-            finally:
-                _destroy(m, s, key)
-            return KeyBlob.build(KeySpec.SECRET, self.kek_ids["swkek"], b"", wrapped)
+            return self._wrap_secret(m, s, m.module.create_object(s, tpl))
 
         return self._run((p.CKM_AES_KEY_WRAP_PAD,), op, "importing a secret")
+
+    def _wrap_secret(self, m: Member, s: int, key: int) -> KeyBlob:
+        """Wrap a just-made session secret under the SOFTWARE domain key, then destroy it."""
+        try:
+            wrapped = m.module.wrap(s, _kek.WRAP_PAD, m.domain_keys["swkek"], key)
+        finally:
+            _destroy(m, s, key)
+        return KeyBlob.build(KeySpec.SECRET, self.kek_ids["swkek"], b"", wrapped)
 
     def export_secret(self, blob: BlobLike) -> bytes:
         """The material of a SOFTWARE blob, unwrapped in a token and read back."""
@@ -537,7 +545,7 @@ class Instance:
         """Sign a precomputed digest. ECDSA signatures are DER, RSA ones raw."""
         kb = self._blob(blob)
         digest = _bytes(digest, "digest")
-        hash_len = hashlib.new(algorithm.hash_name).digest_size
+        hash_len = _DIGEST_SIZE[algorithm.hash_name]
         if len(digest) != hash_len:
             raise ValueError(f"{algorithm.value} needs a {hash_len}-byte digest")
         family = algorithm.family
@@ -624,15 +632,9 @@ class Instance:
 
     @staticmethod
     def _modulus(kb: KeyBlob) -> int:
-        n = _MODULI.get(kb.raw)
-        if n is None:
-            pk = serialization.load_der_public_key(kb.public_key)
-            assert isinstance(pk, rsa.RSAPublicKey)
-            n = pk.public_numbers().n
-            if len(_MODULI) > 4096:
-                _MODULI.clear()
-            _MODULI[kb.raw] = n
-        return n
+        pk = serialization.load_der_public_key(kb.public_key)
+        assert isinstance(pk, rsa.RSAPublicKey)
+        return pk.public_numbers().n
 
     # --- randomness --------------------------------------------------------------------
 
@@ -647,7 +649,6 @@ class Instance:
 
 
 _NEED_GCM: Final = (p.CKM_AES_GCM, p.CKM_AES_KEY_WRAP_PAD)
-_MODULI: dict[bytes, int] = {}  # blob -> RSA modulus, for the input check of rsa_decrypt
 
 
 @contextlib.contextmanager

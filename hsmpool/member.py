@@ -181,19 +181,28 @@ class Member:
             if ok and (elapsed_ns < self._slow_ns or not slow_counts):
                 self._consecutive = 0
             else:
-                if not ok:
-                    self.errors += 1
-                self._consecutive += 1
-                if self._consecutive >= self._threshold and self.state is MemberState.HEALTHY:
-                    self.state = MemberState.EJECTED
-                    self.ejections += 1
-                    eject = True
+                eject = self._failed_locked(error=not ok)
         if evict:
+            self._close_quietly(session)
+        return eject
+
+    def _failed_locked(self, error: bool) -> bool:
+        """Feed the breaker one failure (an error, or a slow call); True if it ejects."""
+        if error:
+            self.errors += 1
+        self._consecutive += 1
+        if self._consecutive >= self._threshold and self.state is MemberState.HEALTHY:
+            self.state = MemberState.EJECTED
+            self.ejections += 1
+            return True
+        return False
+
+    def _close_quietly(self, *sessions: int) -> None:
+        for s in sessions:
             try:
-                self.module.close_session(session)
+                self.module.close_session(s)
             except P11Error:
                 pass
-        return eject
 
     def run(self, fn: Callable[[int], T], slow_is_failure: bool = True) -> T:
         """Run ``fn(session)`` on a leased session; count it; feed the breaker.
@@ -235,14 +244,8 @@ class Member:
 
     def record_failure(self) -> None:
         """Count a failure observed outside :meth:`run` (e.g. a failed unwrap)."""
-        eject = False
         with self._lock:
-            self.errors += 1
-            self._consecutive += 1
-            if self._consecutive >= self._threshold and self.state is MemberState.HEALTHY:
-                self.state = MemberState.EJECTED
-                self.ejections += 1
-                eject = True
+            eject = self._failed_locked(error=True)
         if eject:
             self._ejected()
 
@@ -274,18 +277,11 @@ class Member:
             old_idle, self._idle = self._idle, []
             self._open -= len(old_idle)
             self._cache.clear()
-        for s in old_idle:
-            try:
-                self.module.close_session(s)
-            except P11Error:
-                pass
+        self._close_quietly(*old_idle)
         with self.anchor_lock:
             old_anchor = self.anchor
             self.anchor = self._login()
-            try:
-                self.module.close_session(old_anchor)
-            except P11Error:
-                pass
+            self._close_quietly(old_anchor)
         with self._lock:
             self._consecutive = 0
             self.state = MemberState.HEALTHY
@@ -357,8 +353,4 @@ class Member:
             self.state = MemberState.CLOSED
             idle, self._idle = self._idle, []
             self._cache.clear()
-        for s in [*idle, self.anchor]:
-            try:
-                self.module.close_session(s)
-            except P11Error:
-                pass
+        self._close_quietly(*idle, self.anchor)
