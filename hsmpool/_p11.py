@@ -101,6 +101,7 @@ DECRYPT: Final = 1
 SIGN: Final = 2
 
 CKR_NAMES: Final[Mapping[int, str]] = {
+    0x80000020: "HP11_TIMEOUT",
     0x000: "CKR_OK",
     0x001: "CKR_CANCEL",
     0x002: "CKR_HOST_MEMORY",
@@ -183,6 +184,9 @@ CKR_WRAPPED_KEY_INVALID: Final = 0x110
 CKR_WRAPPED_KEY_LEN_RANGE: Final = 0x112
 CKR_BUFFER_TOO_SMALL: Final = 0x150
 CKR_CRYPTOKI_NOT_INITIALIZED: Final = 0x190
+#: Not a PKCS#11 code: the glue's answer for a call that did not finish within its time
+#: (see :class:`CallTimeout`); vendor-defined range, so no module returns it.
+HP11_TIMEOUT: Final = 0x80000020
 
 #: Return codes that say "this token (or session) is unwell", not "your input is wrong":
 #: the operation may succeed on another member and the member's breaker counts them.
@@ -200,6 +204,7 @@ DEVICE_FAULTS: Final = frozenset(
         CKR_CRYPTOKI_NOT_INITIALIZED,
         CKR_KEY_HANDLE_INVALID,
         CKR_OBJECT_HANDLE_INVALID,
+        HP11_TIMEOUT,
     }
 )
 
@@ -217,6 +222,7 @@ HARD_FAULTS: Final = frozenset(
         CKR_TOKEN_NOT_PRESENT,
         CKR_USER_NOT_LOGGED_IN,
         CKR_CRYPTOKI_NOT_INITIALIZED,
+        HP11_TIMEOUT,
     }
 )
 
@@ -231,8 +237,23 @@ class P11Error(Exception):
         super().__init__(f"{function}: {self.name}")
 
 
+class CallTimeout(P11Error):
+    """A call ran past its time: the token's hang budget, or the request's deadline
+    (``deadline_passed``). The call was abandoned: it may still be running in the token."""
+
+    def __init__(self, function: str, deadline_passed: bool) -> None:
+        super().__init__(HP11_TIMEOUT, function)
+        self.deadline_passed = deadline_passed
+
+
 def _fail(rv: int, function: str) -> P11Error:
     return P11Error(rv, function)
+
+
+#: How a :class:`Module` call runs when it is routed (see :meth:`Module.bind`): given the
+#: direct glue function, its ``hp11_submit_*`` twin, the arguments and the objects that own
+#: the memory the arguments point to, return the call's CK_RV.
+Router = Any
 
 
 # --- attribute templates ----------------------------------------------------------------
@@ -368,6 +389,12 @@ class Module:
 
     Use :func:`acquire_module` / :func:`release_module` rather than the constructor when
     several users in one process may load the same library.
+
+    Every call that concerns a token goes through ``self._call(direct, submit, args, keep)``:
+    here it calls the glue function ``direct(*args)`` in the caller's thread. A view made by
+    :meth:`bind` routes those calls instead (a token's executor, with a timeout; see
+    ``hsmpool._calls``); ``submit`` is the ``hp11_submit_*`` twin of ``direct`` and ``keep``
+    the Python objects that own memory the arguments point to.
     """
 
     def __init__(self, path: str) -> None:
@@ -384,13 +411,27 @@ class Module:
         self._closed = False
         self._lock = threading.Lock()
 
+    def bind(self, router: Router) -> Module:
+        """A view of this module whose token calls go through ``router(direct, submit,
+        args, keep, function)`` (a member's executor); it shares the library handle."""
+        view = _RoutedModule.__new__(_RoutedModule)
+        view.__dict__.update(self.__dict__)
+        view._router = router
+        view._parent = self
+        return view
+
+    @staticmethod
+    def _call(direct: Any, submit: Any, args: tuple[Any, ...], keep: Any, function: str
+              ) -> int:
+        return int(direct(*args))
+
     def close(self) -> None:
         with self._lock:
             if not self._closed:
                 self._closed = True
                 lib.hp11_unload(self._m)
 
-    # slots and tokens
+    # slots and tokens (module-wide: never routed)
 
     def slots(self) -> list[int]:
         count = ffi.new("unsigned long*", 0)
@@ -436,18 +477,21 @@ class Module:
 
     def open_session(self, slot: int) -> int:
         out = ffi.new("unsigned long*")
-        rv = lib.hp11_open_session(self._m, slot, out)
+        rv = self._call(lib.hp11_open_session, lib.hp11_submit_open_session,
+                        (self._m, slot, out), out, "C_OpenSession")
         if rv:
             raise _fail(rv, "C_OpenSession")
         return int(out[0])
 
     def close_session(self, session: int) -> None:
-        rv = lib.hp11_close_session(self._m, session)
+        rv = self._call(lib.hp11_close_session, lib.hp11_submit_close_session,
+                        (self._m, session), None, "C_CloseSession")
         if rv:
             raise _fail(rv, "C_CloseSession")
 
     def login(self, session: int, pin: bytes, user_type: int = CKU_USER) -> None:
-        rv = lib.hp11_login(self._m, session, user_type, pin, len(pin))
+        rv = self._call(lib.hp11_login, lib.hp11_submit_login,
+                        (self._m, session, user_type, pin, len(pin)), pin, "C_Login")
         if rv and rv != CKR_USER_ALREADY_LOGGED_IN:
             raise _fail(rv, "C_Login")
 
@@ -460,7 +504,9 @@ class Module:
 
     def generate_key(self, session: int, mechanism: int, tpl: Template) -> int:
         out = ffi.new("unsigned long*")
-        rv = lib.hp11_generate_key(self._m, session, mechanism, tpl.array, tpl.count, out)
+        rv = self._call(lib.hp11_generate_key, lib.hp11_submit_generate_key,
+                        (self._m, session, mechanism, tpl.array, tpl.count, out), (tpl, out),
+                        "C_GenerateKey")
         if rv:
             raise _fail(rv, "C_GenerateKey")
         return int(out[0])
@@ -470,22 +516,26 @@ class Module:
     ) -> tuple[int, int]:
         hpub = ffi.new("unsigned long*")
         hpriv = ffi.new("unsigned long*")
-        rv = lib.hp11_generate_key_pair(
-            self._m, session, mechanism, pub.array, pub.count, priv.array, priv.count, hpub, hpriv
-        )
+        rv = self._call(lib.hp11_generate_key_pair, lib.hp11_submit_generate_key_pair,
+                        (self._m, session, mechanism, pub.array, pub.count, priv.array,
+                         priv.count, hpub, hpriv), (pub, priv, hpub, hpriv),
+                        "C_GenerateKeyPair")
         if rv:
             raise _fail(rv, "C_GenerateKeyPair")
         return int(hpub[0]), int(hpriv[0])
 
     def create_object(self, session: int, tpl: Template) -> int:
         out = ffi.new("unsigned long*")
-        rv = lib.hp11_create_object(self._m, session, tpl.array, tpl.count, out)
+        rv = self._call(lib.hp11_create_object, lib.hp11_submit_create_object,
+                        (self._m, session, tpl.array, tpl.count, out), (tpl, out),
+                        "C_CreateObject")
         if rv:
             raise _fail(rv, "C_CreateObject")
         return int(out[0])
 
     def destroy_object(self, session: int, obj: int) -> None:
-        rv = lib.hp11_destroy_object(self._m, session, obj)
+        rv = self._call(lib.hp11_destroy_object, lib.hp11_submit_destroy_object,
+                        (self._m, session, obj), None, "C_DestroyObject")
         if rv:
             raise _fail(rv, "C_DestroyObject")
 
@@ -494,13 +544,15 @@ class Module:
         tpl[0].type = attr
         tpl[0].pValue = ffi.NULL
         tpl[0].ulValueLen = 0
-        rv = lib.hp11_get_attributes(self._m, session, obj, tpl, 1)
+        rv = self._call(lib.hp11_get_attributes, lib.hp11_submit_get_attributes,
+                        (self._m, session, obj, tpl, 1), tpl, "C_GetAttributeValue")
         if rv:
             raise _fail(rv, "C_GetAttributeValue")
         size = int(tpl[0].ulValueLen)
         buf = ffi.new("unsigned char[]", max(size, 1))
         tpl[0].pValue = buf
-        rv = lib.hp11_get_attributes(self._m, session, obj, tpl, 1)
+        rv = self._call(lib.hp11_get_attributes, lib.hp11_submit_get_attributes,
+                        (self._m, session, obj, tpl, 1), (tpl, buf), "C_GetAttributeValue")
         if rv:
             raise _fail(rv, "C_GetAttributeValue")
         value = bytes(ffi.buffer(buf, int(tpl[0].ulValueLen)))
@@ -510,18 +562,24 @@ class Module:
     def find(self, session: int, tpl: Template, limit: int = 64) -> list[int]:
         arr = ffi.new("unsigned long[]", limit)
         found = ffi.new("unsigned long*")
-        rv = lib.hp11_find(self._m, session, tpl.array, tpl.count, arr, limit, found)
+        rv = self._call(lib.hp11_find, lib.hp11_submit_find,
+                        (self._m, session, tpl.array, tpl.count, arr, limit, found),
+                        (tpl, arr, found), "C_FindObjects")
         if rv:
             raise _fail(rv, "C_FindObjects")
         return [int(arr[i]) for i in range(found[0])]
 
     def wrap(self, session: int, mech: Mechanism, wrapping_key: int, key: int) -> bytes:
         size = ffi.new("unsigned long*", 0)
-        rv = lib.hp11_wrap(self._m, session, mech.ptr, wrapping_key, key, ffi.NULL, size)
+        rv = self._call(lib.hp11_wrap, lib.hp11_submit_wrap,
+                        (self._m, session, mech.ptr, wrapping_key, key, ffi.NULL, size),
+                        (mech, size), "C_WrapKey")
         if rv:
             raise _fail(rv, "C_WrapKey")
         out = ffi.new("unsigned char[]", max(size[0], 1))
-        rv = lib.hp11_wrap(self._m, session, mech.ptr, wrapping_key, key, out, size)
+        rv = self._call(lib.hp11_wrap, lib.hp11_submit_wrap,
+                        (self._m, session, mech.ptr, wrapping_key, key, out, size),
+                        (mech, size, out), "C_WrapKey")
         if rv:
             raise _fail(rv, "C_WrapKey")
         return bytes(ffi.buffer(out, size[0]))
@@ -530,17 +588,17 @@ class Module:
         self, session: int, mech: Mechanism, unwrapping_key: int, wrapped: bytes, tpl: Template
     ) -> int:
         out = ffi.new("unsigned long*")
-        rv = lib.hp11_unwrap(
-            self._m, session, mech.ptr, unwrapping_key, wrapped, len(wrapped), tpl.array,
-            tpl.count, out,
-        )
+        rv = self._call(lib.hp11_unwrap, lib.hp11_submit_unwrap,
+                        (self._m, session, mech.ptr, unwrapping_key, wrapped, len(wrapped),
+                         tpl.array, tpl.count, out), (mech, wrapped, tpl, out), "C_UnwrapKey")
         if rv:
             raise _fail(rv, "C_UnwrapKey")
         return int(out[0])
 
     def random(self, session: int, n: int) -> bytes:
         out = ffi.new("unsigned char[]", max(n, 1))
-        rv = lib.hp11_random(self._m, session, out, n)
+        rv = self._call(lib.hp11_random, lib.hp11_submit_random, (self._m, session, out, n),
+                        out, "C_GenerateRandom")
         if rv:
             raise _fail(rv, "C_GenerateRandom")
         return bytes(ffi.buffer(out, n))
@@ -552,15 +610,19 @@ class Module:
     ) -> bytes:
         out = ffi.new("unsigned char[]", max(out_size, 1))
         n = ffi.new("unsigned long*", out_size)
-        rv = lib.hp11_crypt(self._m, op, session, mech.ptr, key, data, len(data), out, n)
+        rv = self._call(lib.hp11_crypt, lib.hp11_submit_crypt,
+                        (self._m, op, session, mech.ptr, key, data, len(data), out, n),
+                        (mech, data, out, n), _CRYPT_NAMES[op])
         if rv == CKR_BUFFER_TOO_SMALL:
             return self.crypt(op, session, mech, key, data, int(n[0]))
         if rv:
-            raise _fail(rv, ("C_Encrypt", "C_Decrypt", "C_Sign")[op])
+            raise _fail(rv, _CRYPT_NAMES[op])
         return cast(bytes, ffi.buffer(out, n[0])[:])
 
     def verify(self, session: int, mech: Mechanism, key: int, data: bytes, sig: bytes) -> bool:
-        rv = lib.hp11_verify(self._m, session, mech.ptr, key, data, len(data), sig, len(sig))
+        rv = self._call(lib.hp11_verify, lib.hp11_submit_verify,
+                        (self._m, session, mech.ptr, key, data, len(data), sig, len(sig)),
+                        (mech, data, sig), "C_Verify")
         if rv in (CKR_SIGNATURE_INVALID, CKR_SIGNATURE_LEN_RANGE):
             return False
         if rv:
@@ -573,9 +635,26 @@ class Module:
         size = len(data) + 16 if op == ENCRYPT else len(data)
         out = ffi.new("unsigned char[]", size or 1)
         n = ffi.new("unsigned long*", size)
-        rv = lib.hp11_gcm(
-            self._m, op, session, key, iv, len(iv), aad, len(aad), data, len(data), out, n
-        )
+        rv = self._call(lib.hp11_gcm, lib.hp11_submit_gcm,
+                        (self._m, op, session, key, iv, len(iv), aad, len(aad), data,
+                         len(data), out, n), (iv, aad, data, out, n), _CRYPT_NAMES[op])
         if rv:
-            raise _fail(rv, "C_Encrypt" if op == ENCRYPT else "C_Decrypt")
+            raise _fail(rv, _CRYPT_NAMES[op])
         return cast(bytes, ffi.buffer(out, n[0])[:])
+
+
+_CRYPT_NAMES: Final = ("C_Encrypt", "C_Decrypt", "C_Sign")
+
+
+class _RoutedModule(Module):
+    """A :class:`Module` view whose token calls go through a router (see Module.bind)."""
+
+    _router: Router
+    _parent: Module
+
+    def _call(self, direct: Any, submit: Any, args: tuple[Any, ...], keep: Any,  # type: ignore[override]
+              function: str) -> int:
+        return int(self._router(direct, submit, args, keep, function))
+
+    def close(self) -> None:  # the library belongs to the parent
+        pass

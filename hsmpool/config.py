@@ -8,9 +8,11 @@ Example (relative paths are relative to the file)::
     key_cache_size = 1024         # unwrapped key handles kept per token (LRU)
     failure_threshold = 3         # consecutive failures that eject a token
     slow_call_ms = 500            # a call slower than this counts as a failure
+    hang_ms = 250                 # a bounded call running longer is abandoned, the token ejected
     probe_interval = 0.1          # first health probe after ejection (doubles...)
     probe_max_interval = 2.0      # ...up to this
-    operation_timeout = 10.0      # retry budget of one operation across members
+    operation_timeout = 10.0      # time budget of one operation across members
+    executor_spin_us = 50         # an idle executor thread polls this long before sleeping
 
     [modules.softhsm]
     path = "/usr/lib/softhsm/libsofthsm2.so"
@@ -59,9 +61,11 @@ class PoolSettings:
     key_cache_size: int = 1024
     failure_threshold: int = 3
     slow_call_ms: float = 500.0
+    hang_ms: float = 250.0
     probe_interval: float = 0.1
     probe_max_interval: float = 2.0
     operation_timeout: float = 10.0
+    executor_spin_us: int = 50
 
     def __post_init__(self) -> None:
         if self.sessions_per_token < 1:
@@ -70,10 +74,14 @@ class PoolSettings:
             raise ConfigError("pool.key_cache_size must be at least 1")
         if self.failure_threshold < 1:
             raise ConfigError("pool.failure_threshold must be at least 1")
-        for name in ("lease_timeout", "slow_call_ms", "probe_interval", "probe_max_interval",
-                     "operation_timeout"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"pool.{name} must be positive")
+        for name in ("lease_timeout", "slow_call_ms", "hang_ms", "probe_interval",
+                     "probe_max_interval", "operation_timeout"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+                raise ConfigError(f"pool.{name} must be a positive number")
+        if (isinstance(self.executor_spin_us, bool) or not isinstance(self.executor_spin_us, int)
+                or not 0 <= self.executor_spin_us <= 10_000):
+            raise ConfigError("pool.executor_spin_us must be an integer 0..10000")
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@
      +-- UnsupportedOperationError   no member of the partition offers the mechanism
      +-- PoolUnavailableError        no healthy member could serve the operation
      |    +-- LeaseTimeoutError      every session of the chosen token stayed busy
+     |    +-- DeadlineExceededError  the operation's deadline passed (hung or slow tokens)
      +-- InvalidBlobError            a wrapped-key blob is corrupt, truncated or unusable
      |    +-- ForeignBlobError       the blob belongs to another instance
      +-- InvalidTagError             AES-GCM authentication failed (tampered data, wrong AAD)
@@ -58,6 +59,11 @@ class PoolUnavailableError(HsmPoolError):
 
 class LeaseTimeoutError(PoolUnavailableError):
     """No session of the token became free within the lease timeout."""
+
+
+class DeadlineExceededError(PoolUnavailableError):
+    """The operation's deadline (``hsmpool.deadline``, a server request's) passed before a
+    token answered; the call in progress was abandoned."""
 
 
 class InvalidBlobError(HsmPoolError):

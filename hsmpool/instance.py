@@ -24,6 +24,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 
+from hsmpool import _calls
 from hsmpool import _p11 as p
 from hsmpool import kek as _kek
 from hsmpool._p11 import Mechanism, P11Error, Template
@@ -258,7 +259,7 @@ class Instance:
         if handle is not None:
             return handle
         kek = member.domain_keys["kek"]
-        with member.anchor_lock:
+        with _calls.pinned(), member.anchor_lock:
             try:
                 handle = member.module.unwrap(member.anchor, _kek.WRAP_PAD, kek, kb.wrapped,
                                               _UNWRAP_TEMPLATES[kb.spec])

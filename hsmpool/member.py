@@ -7,9 +7,16 @@ kept in an LRU. Worker sessions are leased for exactly one operation and evicted
 operation raised a device fault.
 
 The breaker: ``failure_threshold`` consecutive failures (a device fault, or a call slower than
-``slow_call_ms``) eject the member; the pool's prober then probes it with backoff and
-readmits it when a probe answers quickly. On readmission the anchor session and the handle
-cache are rebuilt, since a token that really went away lost both.
+``slow_call_ms``) eject the member; so does, at once, a call abandoned because it ran past
+its hang budget (``hang_ms``) or its deadline (see :mod:`hsmpool._calls`). The pool's prober
+then probes the member with backoff and readmits it when a probe answers quickly. On
+readmission the anchor session and the handle cache are rebuilt, since a token that really
+went away lost both.
+
+Calls run inline in the caller's thread, or on the member's *executor* (C threads made on
+demand) when the caller has a call context (:mod:`hsmpool._calls`). An abandoned call keeps
+its buffers alive (:meth:`Member.abandon`) until the token returns; its session is closed
+then, never reused.
 """
 
 from __future__ import annotations
@@ -20,10 +27,12 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from hsmpool import _p11
-from hsmpool._p11 import Module, P11Error, TokenInfo
+from hsmpool import _calls, _p11
+from hsmpool._p11 import CallTimeout, Module, P11Error, TokenInfo
+from hsmpool._p11_cffi import ffi
+from hsmpool._p11_cffi import lib as _lib
 from hsmpool._stats import Histogram
 from hsmpool.config import PoolSettings, TokenConfig
 from hsmpool.errors import LeaseTimeoutError, LoginError
@@ -56,6 +65,7 @@ class MemberStats:
     ejections: int
     sessions_open: int
     cached_keys: int
+    abandoned: int  # calls given up on that the token has not returned yet
     p50_ms: float
     p90_ms: float
     p99_ms: float
@@ -72,7 +82,7 @@ class Member:
     ) -> None:
         self.name = config.name
         self.config = config
-        self.module = module
+        self.module = module.bind(self._route)
         self.info = info
         self.slot = info.slot
         self.weight = config.weight
@@ -92,7 +102,14 @@ class Member:
         self._consecutive = 0
         self._hist = Histogram()
         self._slow_ns = int(settings.slow_call_ms * 1e6)
+        self._hang_s = settings.hang_ms / 1e3
         self._threshold = settings.failure_threshold
+        self._exec: object | None = None
+        self._abandoned: list[tuple[object, object]] = []  # (job, what keeps its memory)
+        self._orphans: list[int] = []  # sessions of abandoned calls, closed once they return
+        # Request greenlets waiting for a session, with their hubs.
+        self._async_waiters: list[tuple[Any, _calls.Hub]] = []
+        self.stuck = False  # an executor thread never came back (see close)
         self._cache: OrderedDict[bytes, int] = OrderedDict()
         self._cache_size = settings.key_cache_size
         self.on_eject: Callable[[Member], None] | None = None
@@ -128,41 +145,63 @@ class Member:
 
     # --- sessions --------------------------------------------------------------------
 
-    def _lease(self) -> int:
-        with self._lock:
-            self.in_flight += 1
-            if self._idle:
-                return self._idle.pop()
-            if self._open < self.settings.sessions_per_token:
-                self._open += 1
-                opening = True
-            else:
-                opening = False
-                deadline = time.monotonic() + self.settings.lease_timeout
-                self._waiting += 1
-                try:
-                    while not self._idle:
-                        left = deadline - time.monotonic()
-                        if left <= 0 or not self._free.wait(left):
-                            if self._idle:
-                                break
-                            self.in_flight -= 1
-                            raise LeaseTimeoutError(
-                                f"token {self.name!r}: no session free within "
-                                f"{self.settings.lease_timeout:g} s"
-                            )
-                finally:
-                    self._waiting -= 1
-                return self._idle.pop()
-        if opening:
-            try:
-                return self.module.open_session(self.slot)
-            except BaseException:
+    def _lease(self, ctx: _calls.CallContext | None) -> int:
+        while True:
+            with self._lock:
+                if self._idle:
+                    self.in_flight += 1
+                    return self._idle.pop()
+                if self._open < self.settings.sessions_per_token:
+                    self._open += 1
+                    self.in_flight += 1
+                    break
+                if ctx is not None and ctx.hub is not None and not ctx.pins:
+                    # A request greenlet: wait without blocking the event loop.
+                    from greenlet import getcurrent
+
+                    me = getcurrent()
+                    self._async_waiters.append((me, ctx.hub))
+                else:
+                    me = None
+                    timeout = self.settings.lease_timeout
+                    if ctx is not None:
+                        timeout = min(timeout, ctx.left())
+                    self._waiting += 1
+                    try:
+                        deadline = time.monotonic() + timeout
+                        while not self._idle:
+                            left = deadline - time.monotonic()
+                            if left <= 0 or not self._free.wait(left):
+                                if self._idle:
+                                    break
+                                raise LeaseTimeoutError(
+                                    f"token {self.name!r}: no session free within "
+                                    f"{timeout:g} s")
+                    finally:
+                        self._waiting -= 1
+                    self.in_flight += 1
+                    return self._idle.pop()
+            assert ctx is not None and ctx.hub is not None and me is not None
+            until = min(ctx.deadline, time.monotonic() + self.settings.lease_timeout)
+
+            def give_up(me: object = me) -> None:
                 with self._lock:
-                    self._open -= 1
-                    self.in_flight -= 1
-                raise
-        raise AssertionError("unreachable")
+                    self._async_waiters = [w for w in self._async_waiters if w[0] is not me]
+
+            try:
+                ctx.hub.suspend(until, give_up)  # resumed by _release
+            except CallTimeout:
+                if ctx.left() <= 0:
+                    raise
+                raise LeaseTimeoutError(f"token {self.name!r}: no session free within "
+                                        f"{self.settings.lease_timeout:g} s") from None
+        try:
+            return self.module.open_session(self.slot)
+        except BaseException:
+            with self._lock:
+                self._open -= 1
+                self.in_flight -= 1
+            raise
 
     def _release(self, session: int, elapsed_ns: int, ok: bool, evict: bool,
                  slow_counts: bool = True) -> bool:
@@ -178,12 +217,35 @@ class Member:
                 self._idle.append(session)
                 if self._waiting:
                     self._free.notify()
+            waiter = self._async_waiters.pop(0) if self._async_waiters else None
             if ok and (elapsed_ns < self._slow_ns or not slow_counts):
                 self._consecutive = 0
             else:
                 eject = self._failed_locked(error=not ok)
+        if waiter is not None:
+            self._wake_waiter(waiter)
         if evict:
             self._close_quietly(session)
+        return eject
+
+    @staticmethod
+    def _wake_waiter(waiter: tuple[Any, _calls.Hub]) -> None:
+        waiter[1].wake(waiter[0])
+
+    def _abandoned_session(self, session: int, elapsed_ns: int) -> bool:
+        """A call on ``session`` was given up: the session is not reused (it is closed once
+        the token returns), the member is ejected. True if this call ejected it."""
+        with self._lock:
+            self.in_flight -= 1
+            self.ops += 1
+            self.errors += 1
+            self._hist.add(elapsed_ns)
+            self._open -= 1
+            self._orphans.append(session)
+            waiter = self._async_waiters.pop(0) if self._async_waiters else None
+            eject = self._eject_locked()
+        if waiter is not None:
+            self._wake_waiter(waiter)
         return eject
 
     def _failed_locked(self, error: bool) -> bool:
@@ -191,7 +253,12 @@ class Member:
         if error:
             self.errors += 1
         self._consecutive += 1
-        if self._consecutive >= self._threshold and self.state is MemberState.HEALTHY:
+        if self._consecutive >= self._threshold:
+            return self._eject_locked()
+        return False
+
+    def _eject_locked(self) -> bool:
+        if self.state is MemberState.HEALTHY:
             self.state = MemberState.EJECTED
             self.ejections += 1
             return True
@@ -201,27 +268,40 @@ class Member:
         for s in sessions:
             try:
                 self.module.close_session(s)
-            except P11Error:
+            except P11Error:  # CallTimeout included: the session is gone either way
                 pass
 
     def run(self, fn: Callable[[int], T], slow_is_failure: bool = True) -> T:
         """Run ``fn(session)`` on a leased session; count it; feed the breaker.
 
         ``slow_is_failure=False`` for operations that are slow by nature (RSA key
-        generation takes seconds): only their errors count against the token.
+        generation takes seconds): only their errors count against the token, and they
+        have no hang budget (only the deadline bounds them).
 
-        Device faults are re-raised as :class:`P11Error` for the pool to retry elsewhere;
-        any other exception (bad input) passes through without counting as a failure.
+        Device faults are re-raised as :class:`P11Error` for the pool to retry elsewhere
+        (a :class:`CallTimeout` too, after the member was ejected); any other exception
+        (bad input) passes through without counting as a failure.
         """
+        ctx = _calls.current()
+        outer: float | None = None
         try:
-            session = self._lease()
+            session = self._lease(ctx)
+        except CallTimeout:
+            raise
         except P11Error as exc:
             if exc.rv in _p11.DEVICE_FAULTS:
                 self.record_failure()
             raise
+        if ctx is not None:
+            outer = ctx.budget
+            ctx.budget = self._hang_s if slow_is_failure else None
         t0 = time.perf_counter_ns()
         try:
             result = fn(session)
+        except CallTimeout:
+            if self._abandoned_session(session, time.perf_counter_ns() - t0):
+                self._ejected()
+            raise
         except P11Error as exc:
             fault = exc.rv in _p11.DEVICE_FAULTS
             if self._release(session, time.perf_counter_ns() - t0, not fault, fault):
@@ -231,10 +311,61 @@ class Member:
             if self._release(session, time.perf_counter_ns() - t0, True, False):
                 self._ejected()
             raise
+        finally:
+            if ctx is not None:
+                ctx.budget = outer
         elapsed = time.perf_counter_ns() - t0
         if self._release(session, elapsed, True, False, slow_is_failure):
             self._ejected()
         return result
+
+    # --- routing of token calls --------------------------------------------------------
+
+    def _route(self, direct: Callable[..., int], submit: Callable[..., int],
+               args: tuple[object, ...], keep: object, function: str) -> int:
+        """The router of this member's module view (see hsmpool._calls)."""
+        ctx = _calls.current()
+        if ctx is None:
+            return direct(*args)
+        return _calls.run_call(ctx, self, submit, args, keep, function)
+
+    def executor(self) -> object:
+        """The C executor of this token's calls (made on first use)."""
+        ex = self._exec
+        if ex is None:
+            with self._lock:
+                ex = self._exec
+                if ex is None:
+                    # Enough threads for every session and the anchor, and a few more in
+                    # case calls are stuck in a token that is ejected but still hanging.
+                    ex = _lib.hp11_exec_new(2 * self.settings.sessions_per_token + 2,
+                                            self.settings.executor_spin_us)
+                    if ex == ffi.NULL:
+                        raise MemoryError("cannot allocate a token executor")
+                    self._exec = ex
+        return ex
+
+    def abandon(self, job: object, keep: object) -> None:
+        """A call was given up while the token still runs it: keep its memory until then."""
+        with self._lock:
+            self._abandoned.append((job, keep))
+
+    def reap(self) -> int:
+        """Free the abandoned calls the token has returned from, and close their sessions
+        once none is left running. Returns how many are still running."""
+        with self._lock:
+            done = [a for a in self._abandoned
+                    if _lib.hp11_job_state(a[0]) == _lib.HP11_JOB_DONE]
+            self._abandoned = [a for a in self._abandoned if a not in done]
+            running = len(self._abandoned)
+            orphans: list[int] = []
+            if not running:
+                orphans, self._orphans = self._orphans, []
+        for job, _ in done:
+            _lib.hp11_job_free(job)
+        if orphans:
+            self._close_quietly(*orphans)
+        return running
 
     def _ejected(self) -> None:
         with self._lock:
@@ -262,17 +393,21 @@ class Member:
         try:
             for _ in range(self._threshold + 2):
                 self.module.random(session, 16)
-        except P11Error:
+        except CallTimeout:
+            with self._lock:
+                self._orphans.append(session)  # still in use by the abandoned call
             return False
-        finally:
-            try:
-                self.module.close_session(session)
-            except P11Error:
-                pass
+        except P11Error:
+            self._close_quietly(session)
+            return False
+        self._close_quietly(session)
         return time.perf_counter_ns() - t0 < self._slow_ns
 
-    def readmit(self) -> None:
-        """Rebuild the login and the handle cache after a successful probe, then admit."""
+    def readmit(self) -> bool:
+        """Rebuild the login and the handle cache after a successful probe, then admit.
+        False (still ejected) while an abandoned call has not come back from the token."""
+        if self.reap():
+            return False
         with self._lock:
             old_idle, self._idle = self._idle, []
             self._open -= len(old_idle)
@@ -285,6 +420,7 @@ class Member:
         with self._lock:
             self._consecutive = 0
             self.state = MemberState.HEALTHY
+        return True
 
     # --- unwrapped-key cache ---------------------------------------------------------
 
@@ -321,7 +457,7 @@ class Member:
             self._destroy(handle)
 
     def _destroy(self, handle: int) -> None:
-        with self.anchor_lock:
+        with _calls.pinned(), self.anchor_lock:
             try:
                 self.module.destroy_object(self.anchor, handle)
             except P11Error:
@@ -343,6 +479,7 @@ class Member:
                 ejections=self.ejections,
                 sessions_open=self._open,
                 cached_keys=len(self._cache),
+                abandoned=len(self._abandoned),
                 p50_ms=self._hist.percentile(0.50) * 1e3,
                 p90_ms=self._hist.percentile(0.90) * 1e3,
                 p99_ms=self._hist.percentile(0.99) * 1e3,
@@ -354,3 +491,12 @@ class Member:
             idle, self._idle = self._idle, []
             self._cache.clear()
         self._close_quietly(*idle, self.anchor)
+        ex = self._exec
+        if ex is not None:
+            # Threads still inside a hung call cannot be stopped: then the executor (and
+            # the module, see Pool.close) are left to the end of the process.
+            if _lib.hp11_exec_stop(ex, 500_000) and not self.reap():
+                _lib.hp11_exec_free(ex)
+                self._exec = None
+            else:
+                self.stuck = True

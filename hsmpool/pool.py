@@ -7,6 +7,11 @@ instance's domain keys are on every token of its partition (copying them where m
 Balancing is least in-flight, weighted, among the healthy members of an instance that offer
 the mechanisms an operation needs. A device fault on one member is retried on another; the
 member's breaker ejects it after consecutive failures and a background prober readmits it.
+
+Time: a caller with a call context (``hsmpool.deadline(seconds)``, the server's requests)
+has a deadline for the whole operation, enforced while a token call is in progress; a call
+that runs past the hang budget is abandoned, its member ejected, and the operation retried
+on another member (a hedge) while time is left. See :mod:`hsmpool._calls`.
 """
 
 from __future__ import annotations
@@ -21,12 +26,13 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from hsmpool import _p11
-from hsmpool._p11 import Module, P11Error, acquire_module, release_module
+from hsmpool import _calls, _p11
+from hsmpool._p11 import CallTimeout, Module, P11Error, acquire_module, release_module
 from hsmpool._shim import shim_for
 from hsmpool.config import PoolConfig, TokenConfig, load_config
 from hsmpool.errors import (
     ConfigError,
+    DeadlineExceededError,
     InstanceNotFoundError,
     LoginError,
     ModuleLoadError,
@@ -151,8 +157,10 @@ class Pool:
         self._probe_wake.set()
         for m in self.members.values():
             m.close()
-        for mod in self._modules.values():
-            release_module(mod)
+        stuck = {m.config.module for m in self.members.values() if m.stuck}
+        for name, mod in self._modules.items():
+            if name not in stuck:  # a thread is still inside that library: never unload it
+                release_module(mod)
         self._modules.clear()
 
     def __enter__(self) -> Pool:
@@ -167,16 +175,23 @@ class Pool:
                 what: str, *, slow_is_failure: bool = True) -> T:
         """Run ``fn(member, session)`` on the least-loaded healthy member; fail over.
 
-        Device faults move the operation to another member; when every capable member has
-        failed once, the round starts again until the operation timeout.
+        Device faults (and abandoned calls) move the operation to another member; when every
+        capable member has failed once, the round starts again. Without a call context the
+        rounds go on for ``operation_timeout`` after the first full round; with one, until
+        its deadline, which also bounds each call while it runs.
         """
         if not members:
             raise UnsupportedOperationError(f"no token of this partition supports {what}")
+        ctx = _calls.current()
         tried: list[Member] = []
-        deadline = 0.0
+        deadline = 0.0 if ctx is None else ctx.deadline
         last: P11Error | None = None
         n = len(members)
         while True:
+            if ctx is not None and time.monotonic() >= deadline:
+                raise DeadlineExceededError(
+                    f"{what}: no token answered in time"
+                    + (f" (last error {last.name})" if last else ""))
             best = None
             best_load = 0.0
             # Ties go round-robin (a rotating start), so idle members share the work.
@@ -201,11 +216,18 @@ class Pool:
                         + (f" (last error {last.name})" if last else "")
                     )
                 tried.clear()
-                time.sleep(0.001)
+                _calls.pause(0.001)
                 continue
             member = best
             try:
                 return member.run(functools.partial(fn, member), slow_is_failure)
+            except CallTimeout as exc:
+                if exc.deadline_passed:
+                    raise DeadlineExceededError(f"{what}: no token answered in time "
+                                                f"(token {member.name!r} did not return)"
+                                                ) from None
+                last = exc
+                tried.append(member)
             except P11Error as exc:
                 if exc.rv not in _p11.DEVICE_FAULTS:
                     raise
@@ -259,16 +281,22 @@ def _probe_loop(ref: weakref.ref[Pool]) -> None:
         settings = pool.settings
         now = time.monotonic()
         ejected = list(pool.ejected())
+        for m in pool.members.values():
+            m.reap()
+        # Probes are bounded like requests: a token that still hangs costs one budget.
+        budget = 2 * max(settings.slow_call_ms, settings.hang_ms) / 1e3
         for m in ejected:
             if m.name not in due:
                 backoff[m.name] = settings.probe_interval
                 due[m.name] = now + settings.probe_interval
             if now < due[m.name]:
                 continue
-            ok = m.probe()
+            with _calls.deadline(budget):
+                ok = m.probe()
             if ok:
                 try:
-                    m.readmit()
+                    with _calls.deadline(budget + settings.lease_timeout):
+                        ok = m.readmit()
                 except (P11Error, LoginError, ConfigError):
                     ok = False
             if ok:

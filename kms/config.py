@@ -11,6 +11,9 @@
     secret_context_keys = []     # encryption-context keys whose values never reach the audit
     [kms.accounts]
     default = "111122223333"     # account id of an instance (ARNs); else one is generated
+
+    [server]
+    request_timeout = 10.0       # seconds a request may take; past it: a retryable 503
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ class KmsSettings:
     import_token_ttl: float = 86400.0
     secret_context_keys: frozenset[str] = frozenset()
     accounts: Mapping[str, str] = field(default_factory=dict)
+    server: ServerSettings = field(default_factory=lambda: ServerSettings())
 
     def __post_init__(self) -> None:
         if not self.region or not all(c.isalnum() or c == "-" for c in self.region):
@@ -43,6 +47,28 @@ class KmsSettings:
                 raise ConfigError(f"kms.accounts.{inst} must be 12 digits")
         if not 1 <= self.max_plaintext <= 65536:
             raise ConfigError("kms.max_plaintext must be 1..65536")
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    """The ``[server]`` section: how ``hsmpool serve`` runs."""
+
+    request_timeout: float = 10.0
+
+    def __post_init__(self) -> None:
+        t = self.request_timeout
+        if isinstance(t, bool) or not isinstance(t, int | float) or not 0.1 <= t <= 600:
+            raise ConfigError("server.request_timeout must be 0.1..600 seconds")
+
+
+def parse_server_settings(doc: Mapping[str, Any]) -> ServerSettings:
+    raw = doc.get("server", {})
+    if not isinstance(raw, dict):
+        raise ConfigError("[server] must be a table")
+    bad = set(raw) - set(ServerSettings.__dataclass_fields__)
+    if bad:
+        raise ConfigError(f"unknown [server] key(s) {sorted(bad)}")
+    return ServerSettings(**raw)
 
 
 def parse_kms_settings(doc: Mapping[str, Any], base: Path) -> KmsSettings:
@@ -63,7 +89,9 @@ def parse_kms_settings(doc: Mapping[str, Any], base: Path) -> KmsSettings:
         return str(p if p.is_absolute() else base / p)
 
     audit = raw.get("audit_dir", "audit")
+    server = parse_server_settings(doc)
     return KmsSettings(
+        server=server,
         database=path(raw.get("database"), "kms.db"),
         audit_dir=None if audit in (False, "") else path(audit, "audit"),
         region=str(raw.get("region", "us-east-1")),

@@ -478,6 +478,8 @@ def _pool_error(exc: hsmpool.HsmPoolError) -> E.KmsError:
         return E.KMSInternal("stored key material could not be used")
     if isinstance(exc, hsmpool.DecryptionError):
         return E.InvalidCiphertext("the ciphertext could not be decrypted")
+    if isinstance(exc, hsmpool.DeadlineExceededError):
+        return E.DependencyTimeout("the HSMs did not answer in time; retry")
     if isinstance(exc, hsmpool.UnsupportedOperationError | hsmpool.PoolUnavailableError):
         return E.KeyUnavailable("no HSM is available to serve the request")
     return E.KMSInternal("the HSM pool failed")

@@ -75,16 +75,85 @@ unsigned long hp11_gcm(hp11_module *m, int op, unsigned long session, unsigned l
     const unsigned char *iv, unsigned long iv_len, const unsigned char *aad,
     unsigned long aad_len, const unsigned char *in, unsigned long in_len, unsigned char *out,
     unsigned long *out_len);
+
+#define HP11_JOB_QUEUED 0
+#define HP11_JOB_RUNNING 1
+#define HP11_JOB_DONE 2
+#define HP11_WAIT_DONE 0
+#define HP11_WAIT_HUNG 1
+#define HP11_WAIT_DEADLINE 2
+typedef struct hp11_exec hp11_exec;
+typedef struct hp11_job hp11_job;
+typedef struct hp11_notifier hp11_notifier;
+
+hp11_notifier *hp11_notifier_new(int fd);
+void hp11_notifier_detach(hp11_notifier *n);
+void hp11_notifier_free(hp11_notifier *n);
+size_t hp11_notifier_take(hp11_notifier *n, uint64_t *tags, size_t max);
+
+hp11_exec *hp11_exec_new(int max_threads, long spin_us);
+int hp11_exec_stop(hp11_exec *e, long timeout_us);
+void hp11_exec_free(hp11_exec *e);
+void hp11_exec_stats(hp11_exec *e, int *threads, int *idle, int *busy, int *queued);
+
+hp11_job *hp11_job_new(hp11_notifier *notifier);
+void hp11_job_free(hp11_job *j);
+int hp11_job_wait(hp11_job *j, long hang_us, long deadline_us);
+int hp11_job_state(const hp11_job *j);
+long hp11_job_running_us(const hp11_job *j);
+unsigned long hp11_job_rv(const hp11_job *j);
+
+int hp11_submit_gcm(hp11_exec *e, hp11_job *j, uint64_t tag, hp11_module *m, int op,
+    unsigned long session, unsigned long key, const unsigned char *iv, unsigned long iv_len,
+    const unsigned char *aad, unsigned long aad_len, const unsigned char *in,
+    unsigned long in_len, unsigned char *out, unsigned long *out_len);
+int hp11_submit_crypt(hp11_exec *e, hp11_job *j, uint64_t tag, hp11_module *m, int op,
+    unsigned long session, CK_MECHANISM *mech, unsigned long key, const unsigned char *in,
+    unsigned long in_len, unsigned char *out, unsigned long *out_len);
+int hp11_submit_verify(hp11_exec *e, hp11_job *j, uint64_t tag, hp11_module *m,
+    unsigned long session, CK_MECHANISM *mech, unsigned long key, const unsigned char *data,
+    unsigned long data_len, const unsigned char *sig, unsigned long sig_len);
+int hp11_submit_unwrap(hp11_exec *e, hp11_job *j, uint64_t tag, hp11_module *m,
+    unsigned long session, CK_MECHANISM *mech, unsigned long unwrapping_key,
+    const unsigned char *wrapped, unsigned long wrapped_len, CK_ATTRIBUTE *tpl,
+    unsigned long n, unsigned long *key);
+int hp11_submit_wrap(hp11_exec *e, hp11_job *j, uint64_t tag, hp11_module *m,
+    unsigned long session, CK_MECHANISM *mech, unsigned long wrapping_key, unsigned long key,
+    unsigned char *out, unsigned long *out_len);
+int hp11_submit_random(hp11_exec *e, hp11_job *j, uint64_t tag, hp11_module *m,
+    unsigned long session, unsigned char *out, unsigned long len);
+int hp11_submit_generate_key(hp11_exec *e, hp11_job *j, uint64_t tag, hp11_module *m,
+    unsigned long session, unsigned long mech, CK_ATTRIBUTE *tpl, unsigned long n,
+    unsigned long *key);
+int hp11_submit_generate_key_pair(hp11_exec *e, hp11_job *j, uint64_t tag, hp11_module *m,
+    unsigned long session, unsigned long mech, CK_ATTRIBUTE *pub, unsigned long npub,
+    CK_ATTRIBUTE *priv, unsigned long npriv, unsigned long *pub_key, unsigned long *priv_key);
+int hp11_submit_create_object(hp11_exec *e, hp11_job *j, uint64_t tag, hp11_module *m,
+    unsigned long session, CK_ATTRIBUTE *tpl, unsigned long n, unsigned long *obj);
+int hp11_submit_destroy_object(hp11_exec *e, hp11_job *j, uint64_t tag, hp11_module *m,
+    unsigned long session, unsigned long obj);
+int hp11_submit_get_attributes(hp11_exec *e, hp11_job *j, uint64_t tag, hp11_module *m,
+    unsigned long session, unsigned long obj, CK_ATTRIBUTE *tpl, unsigned long n);
+int hp11_submit_find(hp11_exec *e, hp11_job *j, uint64_t tag, hp11_module *m,
+    unsigned long session, CK_ATTRIBUTE *tpl, unsigned long n, unsigned long *objs,
+    unsigned long max, unsigned long *found);
+int hp11_submit_open_session(hp11_exec *e, hp11_job *j, uint64_t tag, hp11_module *m,
+    unsigned long slot, unsigned long *session);
+int hp11_submit_close_session(hp11_exec *e, hp11_job *j, uint64_t tag, hp11_module *m,
+    unsigned long session);
+int hp11_submit_login(hp11_exec *e, hp11_job *j, uint64_t tag, hp11_module *m,
+    unsigned long session, unsigned long user_type, const unsigned char *pin,
+    unsigned long pin_len);
 """
 
 ffibuilder = FFI()
 ffibuilder.cdef(CDEF)
 ffibuilder.set_source(
     "hsmpool._p11_cffi",
-    '#include "p11glue.h"\n',
-    sources=[_rel(HERE / "p11glue.c")],
+    '#include "p11glue.h"\n#include "p11exec.h"\n',
+    sources=[_rel(HERE / "p11glue.c"), _rel(HERE / "p11exec.c")],
     include_dirs=[_rel(HERE), "/usr/include/p11-kit-1"],
-    libraries=["dl"],
+    libraries=["dl", "pthread"],
     extra_compile_args=["-O2", "-std=gnu11"],
 )
 

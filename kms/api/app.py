@@ -1,13 +1,26 @@
 """The ASGI application: AWS KMS JSON 1.1 on ``POST /``, ``GET /healthz``, ``GET /metrics``.
 
 Request path: size check -> ``X-Amz-Target`` -> content type -> SigV4 -> JSON -> the
-operation (inline on the event loop: a PKCS#11 call takes tens of microseconds, less than a
-thread hand-off) -> JSON response. Every failure is a 4xx with ``{"__type", "message"}``
-named as boto3 expects; a 500 only for a fault of the server itself.
+operation -> JSON response. Every failure is a 4xx with ``{"__type", "message"}`` named as
+boto3 expects; a 503 ``DependencyTimeoutException`` past the request's deadline
+(``[server] request_timeout``); a 500 only for a fault of the server itself.
+
+Where the operation runs:
+
+* cryptographic and read-only operations run on the event loop, in a request greenlet of
+  the worker's :class:`hsmpool.AsyncHub`: their token calls run on the tokens' executors
+  while the loop serves other connections, so a slow or hung token costs only the requests
+  that are on it (the hub abandons a call past its hang budget or deadline; the pool ejects
+  the token and retries elsewhere);
+* operations that write state or generate keys (:data:`kms.api.aws_kms.BLOCKING`) run on a
+  thread pool with the same deadline: they wait for SQLite commits, the audit trail's
+  durable commit and key generation, none of which may hold the loop.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import json
 import logging
 import time
@@ -16,6 +29,7 @@ from typing import Any, Final
 
 import orjson
 
+import hsmpool
 from hsmpool.errors import InstanceNotFoundError
 from kms import errors as E
 from kms.api import aws_kms
@@ -52,6 +66,9 @@ class KmsApp:
         self.max_body = max_body
         self.metrics = Metrics()
         self._clients: dict[tuple[str, str | None], KmsClient] = {}
+        self._hub: hsmpool.AsyncHub | None = None
+        self._threads: concurrent.futures.ThreadPoolExecutor | None = None
+        self.request_timeout = 10.0
         if self.kms is not None:
             self._setup(self.kms)
 
@@ -60,6 +77,7 @@ class KmsApp:
         self.creds = CredentialStore(kms)
         regions = self._regions or (kms.settings.region,)
         self.verifier = Verifier(self.creds.secret_for, regions)
+        self.request_timeout = kms.settings.server.request_timeout
         self._creds_version = kms.store.data_version()
         self._creds_checked = time.monotonic()
 
@@ -98,6 +116,7 @@ class KmsApp:
                 try:
                     if self.kms is None and self._factory is not None:
                         self._setup(self._factory())
+                    self._start_executors()
                 except Exception as exc:  # noqa: BLE001 - reported to the server
                     # uvicorn logs the message only if it is not empty: name the type too.
                     log.error("worker startup failed", exc_info=True)
@@ -106,10 +125,27 @@ class KmsApp:
                     return
                 await send({"type": "lifespan.startup.complete"})
             elif msg["type"] == "lifespan.shutdown":
+                self._stop_executors()
                 if self.kms is not None:
                     self.kms.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+    def _start_executors(self) -> None:
+        """The hub of this loop and the thread pool of blocking operations."""
+        if self._hub is None:
+            self._hub = hsmpool.AsyncHub(asyncio.get_running_loop())
+        if self._threads is None:
+            self._threads = concurrent.futures.ThreadPoolExecutor(
+                max_workers=16, thread_name_prefix="kms-blocking")
+
+    def _stop_executors(self) -> None:
+        if self._threads is not None:
+            self._threads.shutdown(wait=True, cancel_futures=True)
+            self._threads = None
+        if self._hub is not None:
+            self._hub.close()
+            self._hub = None
 
     @staticmethod
     async def _respond(send: Send, status: int, body: bytes,
@@ -174,9 +210,34 @@ class KmsApp:
                 f"request body larger than {self.max_body} bytes"))
             self.metrics.observe("-", "RequestEntityTooLarge", time.perf_counter() - t0)
             return
-        status, body, op, result = self._handle(scope, headers, raw)
+        status, body, op, result = await self._run(scope, headers, raw)
         self.metrics.observe(op, result, time.perf_counter() - t0)
         await self._respond(send, status, body)
+
+    async def _run(self, scope: Scope, headers: dict[str, str], raw: bytes
+                   ) -> tuple[int, bytes, str, str]:
+        """Run the request where its operation belongs (see the module docstring)."""
+        if self._hub is None:
+            self._start_executors()
+        assert self._hub is not None and self._threads is not None
+        target = headers.get("x-amz-target", "")
+        if target[len(_PREFIX):] not in aws_kms.BLOCKING:
+            return await self._hub.run(self._handle, scope, headers, raw,
+                                       timeout=self.request_timeout)
+        job = self._threads.submit(self._handle_bounded, scope, headers, raw)
+        try:
+            # Past the deadline every token call gives up; a little more for the rest.
+            return await asyncio.wait_for(asyncio.wrap_future(job),
+                                          self.request_timeout * 1.1 + 0.1)
+        except TimeoutError:
+            return 503, _error(E.DependencyTimeout.code,
+                               "the request did not finish in time; retry"), \
+                target[len(_PREFIX):] or "-", E.DependencyTimeout.code
+
+    def _handle_bounded(self, scope: Scope, headers: dict[str, str], raw: bytes
+                        ) -> tuple[int, bytes, str, str]:
+        with hsmpool.deadline(self.request_timeout):
+            return self._handle(scope, headers, raw)
 
     # --- the protocol ------------------------------------------------------------------
 

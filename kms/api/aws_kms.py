@@ -459,6 +459,16 @@ def delete_imported_key_material(c: KmsClient, b: Body) -> dict[str, Any]:
     return {}
 
 
+#: Operations that write state or generate keys: they wait for durable commits (the store's,
+#: the audit trail's) or for key generation, so the server runs them off its event loop.
+BLOCKING: Final = frozenset({
+    "CreateKey", "EnableKey", "DisableKey", "ScheduleKeyDeletion", "CancelKeyDeletion",
+    "UpdateKeyDescription", "TagResource", "UntagResource", "CreateAlias", "UpdateAlias",
+    "DeleteAlias", "EnableKeyRotation", "DisableKeyRotation", "RotateKeyOnDemand",
+    "GetParametersForImport", "ImportKeyMaterial", "DeleteImportedKeyMaterial",
+    "GenerateDataKeyPair", "GenerateDataKeyPairWithoutPlaintext",
+})
+
 OPERATIONS: Final[dict[str, Handler]] = {
     "CreateKey": create_key,
     "DescribeKey": describe_key,
