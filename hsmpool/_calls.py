@@ -20,9 +20,9 @@ greenlet, so this works for plain threads too):
   ``/metrics`` go on; the executor reports completion through an eventfd the loop watches,
   and a sweep every few milliseconds throws ``CallTimeout`` into calls past their time.
 
-Code that holds a lock while it makes calls (the anchor session's unwraps) marks itself
-:func:`pinned`: its calls are bounded but never yield, so another greenlet cannot block the
-loop on that lock.
+A lock held across token calls (the anchor session's) must be a :class:`Lock` from here: a
+request greenlet that waits for it yields to the loop instead of blocking it (the holder
+may be another greenlet of the same loop, suspended in a call).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-__all__ = ["CallContext", "Hub", "current", "deadline", "pause", "pinned"]
+__all__ = ["CallContext", "Hub", "Lock", "current", "deadline", "pause"]
 
 _ATTR: Final = "_hsmpool_call"
 SWEEP_INTERVAL: Final = 0.005  # seconds between the hub's checks of calls past their time
@@ -54,13 +54,12 @@ SWEEP_INTERVAL: Final = 0.005  # seconds between the hub's checks of calls past 
 class CallContext:
     """The time limits of the calls made by one greenlet (a request, a probe)."""
 
-    __slots__ = ("budget", "deadline", "hub", "pins")
+    __slots__ = ("budget", "deadline", "hub")
 
     def __init__(self, deadline: float, hub: Hub | None = None) -> None:
         self.deadline = deadline  # time.monotonic() seconds
         self.hub = hub
         self.budget: float | None = None  # the current member call's hang budget (seconds)
-        self.pins = 0  # > 0: a lock is held, calls must not yield
 
     def left(self) -> float:
         return self.deadline - time.monotonic()
@@ -88,24 +87,33 @@ def deadline(seconds: float) -> Iterator[CallContext]:
         setattr(g, _ATTR, prev)
 
 
-@contextlib.contextmanager
-def pinned() -> Iterator[None]:
-    """Calls made inside the block do not yield to the event loop (a lock is held)."""
-    ctx = current()
-    if ctx is None:
-        yield
-        return
-    ctx.pins += 1
-    try:
-        yield
-    finally:
-        ctx.pins -= 1
+class Lock:
+    """A mutex for threads and request greenlets alike: a greenlet waiting for it yields to
+    its event loop (polling every half millisecond: these locks are rarely contended)."""
+
+    __slots__ = ("_lock",)
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> None:
+        if self._lock.acquire(blocking=False):
+            return
+        ctx = current()
+        if ctx is None or ctx.hub is None:
+            self._lock.acquire()
+            return
+        while not self._lock.acquire(blocking=False):
+            ctx.hub.sleep(0.0005)
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
 
 
 def pause(seconds: float) -> None:
     """Sleep without blocking the event loop when called from a request greenlet."""
     ctx = current()
-    if ctx is not None and ctx.hub is not None and not ctx.pins:
+    if ctx is not None and ctx.hub is not None:
         ctx.hub.sleep(seconds)
     else:
         time.sleep(seconds)
@@ -139,7 +147,7 @@ def run_call(ctx: CallContext, member: Member, submit: Any, args: tuple[Any, ...
         raise CallTimeout(function, True)
     budget = ctx.budget
     hub = ctx.hub
-    if hub is not None and not ctx.pins:
+    if hub is not None:
         return hub.call(member, submit, args, keep, function, budget)
     job = _sync_job()
     if submit(member.executor(), job, 0, *args):

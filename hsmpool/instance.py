@@ -24,7 +24,6 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 
-from hsmpool import _calls
 from hsmpool import _p11 as p
 from hsmpool import kek as _kek
 from hsmpool._p11 import Mechanism, P11Error, Template
@@ -259,7 +258,7 @@ class Instance:
         if handle is not None:
             return handle
         kek = member.domain_keys["kek"]
-        with _calls.pinned(), member.anchor_lock:
+        with member.anchor_lock:
             try:
                 handle = member.module.unwrap(member.anchor, _kek.WRAP_PAD, kek, kb.wrapped,
                                               _UNWRAP_TEMPLATES[kb.spec])

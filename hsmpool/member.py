@@ -113,8 +113,9 @@ class Member:
         self._cache: OrderedDict[bytes, int] = OrderedDict()
         self._cache_size = settings.key_cache_size
         self.on_eject: Callable[[Member], None] | None = None
-        # Serialises use of the anchor session (unwraps, destroys, domain-key work).
-        self.anchor_lock = threading.Lock()
+        # Serialises use of the anchor session (unwraps, destroys, domain-key work); held
+        # across token calls, so a request greenlet waits for it without blocking the loop.
+        self.anchor_lock = _calls.Lock()
         self.anchor = self._login()
         # Per-instance domain keys on this token: label -> object handle (set by the pool).
         self.domain_keys: dict[str, int] = {}
@@ -155,7 +156,7 @@ class Member:
                     self._open += 1
                     self.in_flight += 1
                     break
-                if ctx is not None and ctx.hub is not None and not ctx.pins:
+                if ctx is not None and ctx.hub is not None:
                     # A request greenlet: wait without blocking the event loop.
                     from greenlet import getcurrent
 
@@ -191,10 +192,8 @@ class Member:
             try:
                 ctx.hub.suspend(until, give_up)  # resumed by _release
             except CallTimeout:
-                if ctx.left() <= 0:
-                    raise
-                raise LeaseTimeoutError(f"token {self.name!r}: no session free within "
-                                        f"{self.settings.lease_timeout:g} s") from None
+                raise LeaseTimeoutError(f"token {self.name!r}: no session became free in "
+                                        "time") from None
         try:
             return self.module.open_session(self.slot)
         except BaseException:
@@ -284,17 +283,25 @@ class Member:
         """
         ctx = _calls.current()
         outer: float | None = None
-        try:
-            session = self._lease(ctx)
-        except CallTimeout:
-            raise
-        except P11Error as exc:
-            if exc.rv in _p11.DEVICE_FAULTS:
-                self.record_failure()
-            raise
         if ctx is not None:
             outer = ctx.budget
             ctx.budget = self._hang_s if slow_is_failure else None
+        try:
+            session = self._lease(ctx)
+        except CallTimeout:
+            if ctx is not None:
+                ctx.budget = outer
+            with self._lock:
+                eject = self._eject_locked()  # opening a session hung
+            if eject:
+                self._ejected()
+            raise
+        except BaseException as exc:
+            if ctx is not None:
+                ctx.budget = outer
+            if isinstance(exc, P11Error) and exc.rv in _p11.DEVICE_FAULTS:
+                self.record_failure()
+            raise
         t0 = time.perf_counter_ns()
         try:
             result = fn(session)
@@ -385,6 +392,9 @@ class Member:
     def probe(self) -> bool:
         """One health check, outside the breaker: a fresh session and a few random draws,
         all of which must answer quickly (a token failing every Nth call stays out)."""
+        ctx = _calls.current()
+        if ctx is not None:
+            ctx.budget = self._hang_s  # a probe call slower than that: still hanging
         t0 = time.perf_counter_ns()
         try:
             session = self.module.open_session(self.slot)
@@ -457,7 +467,7 @@ class Member:
             self._destroy(handle)
 
     def _destroy(self, handle: int) -> None:
-        with _calls.pinned(), self.anchor_lock:
+        with self.anchor_lock:
             try:
                 self.module.destroy_object(self.anchor, handle)
             except P11Error:

@@ -355,14 +355,14 @@ class Kms:
                 blob = inst.generate(info.pool_spec)
                 public = blob.public_key
         except hsmpool.HsmPoolError as exc:
-            raise _pool_error(exc) from None
+            raise pool_error(exc) from None
         return KeyVersion(uuid.uuid4().hex, key_id, number, now, bytes(blob), public)
 
     def software_secret(self, inst: Instance, v: KeyVersion) -> bytes:
         try:
             return inst.export_secret(self._blob(v))
         except hsmpool.HsmPoolError as exc:
-            raise _pool_error(exc) from None
+            raise pool_error(exc) from None
 
     def sm4(self, inst: Instance, v: KeyVersion) -> SM4GCM:
         return self._material.get(v.version_id, lambda: SM4GCM(self.software_secret(inst, v)))
@@ -382,21 +382,31 @@ class Kms:
             if _is_deleted(rec):
                 continue  # purged already: its row stays (PendingDeletion) for the audit trail
             inst = self.pool.instance(rec.instance)
+            job = KmsClient(self, rec.instance, None, None, principal_name=SCHEDULER_PRINCIPAL)
             try:
-                if rec.state is KeyState.PENDING_DELETION:
-                    self._purge(inst, rec)
-                    done["purged"].append(rec.key_id)
-                elif rec.import_valid_to is not None and rec.import_valid_to <= t:
-                    self._expire_import(inst, rec)
-                    done["expired"].append(rec.key_id)
-                elif rec.rotation_enabled and rec.next_rotation is not None:
-                    self.rotate(inst, rec, t, scheduled=True)
-                    done["rotated"].append(rec.key_id)
+                # Bounded like a request: a hung token costs this job, not the scheduler.
+                with hsmpool.deadline(self.pool.settings.operation_timeout):
+                    self._run_job(job, inst, rec, t, done)
             except ConcurrentUpdate:
                 continue  # another worker got there first
         if any(done.values()):
             self._drop_caches()
         return done
+
+    def _run_job(self, job: KmsClient, inst: Instance, rec: KeyRecord, t: float,
+                 done: dict[str, list[str]]) -> None:
+        if rec.state is KeyState.PENDING_DELETION:
+            self._purge(inst, rec)
+            done["purged"].append(rec.key_id)
+            job._audit("kms:DeleteKey", rec, None, "ok")
+        elif rec.import_valid_to is not None and rec.import_valid_to <= t:
+            self._expire_import(inst, rec)
+            done["expired"].append(rec.key_id)
+            job._audit("kms:ExpireKeyMaterial", rec, None, "ok")
+        elif rec.rotation_enabled and rec.next_rotation is not None:
+            v = self.rotate(inst, rec, t, scheduled=True)
+            done["rotated"].append(rec.key_id)
+            job._audit("kms:RotateKey", rec, v.version_id, "ok")
 
     def start_scheduler(self, interval: float = 60.0) -> None:
         def loop() -> None:
@@ -448,6 +458,18 @@ class Kms:
 
 
 _NO_DETAILS: Final[Mapping[str, str]] = {}
+SCHEDULER_PRINCIPAL: Final = "hsmpool:scheduler"  # the audit trail's name for scheduled jobs
+
+#: Actions that change state: their success is acknowledged only after the audit record is
+#: durable (KmsClient._audit flushes the log).
+DURABLE_ACTIONS: Final = frozenset({
+    "kms:CreateKey", "kms:EnableKey", "kms:DisableKey", "kms:ScheduleKeyDeletion",
+    "kms:CancelKeyDeletion", "kms:UpdateKeyDescription", "kms:TagResource",
+    "kms:UntagResource", "kms:CreateAlias", "kms:UpdateAlias", "kms:DeleteAlias",
+    "kms:EnableKeyRotation", "kms:DisableKeyRotation", "kms:RotateKeyOnDemand",
+    "kms:GetParametersForImport", "kms:ImportKeyMaterial", "kms:DeleteImportedKeyMaterial",
+    "kms:PutKeyPolicy", "kms:RotateKey", "kms:DeleteKey", "kms:ExpireKeyMaterial",
+})
 _REQUEST_PREFIX: Final = f"{os.getpid():x}-{secrets.token_hex(4)}-"
 _request_counter = itertools.count(1)
 
@@ -471,7 +493,8 @@ def _is_deleted(rec: KeyRecord) -> bool:
     return rec.policy == _DELETED_MARK
 
 
-def _pool_error(exc: hsmpool.HsmPoolError) -> E.KmsError:
+def pool_error(exc: hsmpool.HsmPoolError) -> E.KmsError:
+    """The service's error for a failure of the pool (never its message: it names tokens)."""
     if isinstance(exc, hsmpool.InvalidTagError):
         return E.InvalidCiphertext("the ciphertext is not valid")
     if isinstance(exc, hsmpool.InvalidBlobError):
@@ -492,12 +515,17 @@ class KmsClient:
     id, a key ARN, an alias name (``alias/x``) or an alias ARN.
     """
 
-    def __init__(self, kms: Kms, instance: str, principal: Any, source_ip: str | None) -> None:
+    def __init__(self, kms: Kms, instance: str, principal: Any, source_ip: str | None, *,
+                 principal_name: str | None = None) -> None:
         self.kms = kms
         self.instance_name = instance
         self.inst = kms.pool.instance(instance)
         self.principal = principal
-        self._principal_name = "" if principal is None else str(getattr(principal, "name", ""))
+        # The name the audit trail records: the principal's, or for the embedder (principal
+        # None) the given name ("" by default).
+        self._principal_name = (principal_name if principal_name is not None
+                                else "" if principal is None
+                                else str(getattr(principal, "name", "")))
         self.source_ip = source_ip
         self._store = kms.store
         self._decisions: dict[tuple[str, tuple[str, ...]], tuple[int, bool]] = {}
@@ -610,9 +638,14 @@ class KmsClient:
             log.append(_AuditEvent(self.kms.now(), self.instance_name, self._principal_name,
                                    action, key.key_id if key else None, version, result,
                                    _next_request_id(), details))
-            return
-        record(self.kms.now(), self.instance_name, self._principal_name, action,
-               key.key_id if key else None, version, result, _next_request_id(), details)
+        else:
+            record(self.kms.now(), self.instance_name, self._principal_name, action,
+                   key.key_id if key else None, version, result, _next_request_id(), details)
+        if result == "ok" and action in DURABLE_ACTIONS:
+            # A change of state is acknowledged only once its record is on disk (group
+            # commit: concurrent changes share the commit); cryptographic operations are not
+            # waited for (their records follow within the writer's delay).
+            log.flush()
 
     def _run(self, action: str, fn: Callable[[], T]) -> T:
         """Run an operation body and audit a failure (the body audits its success)."""
@@ -622,7 +655,7 @@ class KmsClient:
             self._audit(action, None, None, exc.code)
             raise
         except hsmpool.HsmPoolError as exc:
-            err = _pool_error(exc)
+            err = pool_error(exc)
             self._audit(action, None, None, err.code)
             raise err from None
 

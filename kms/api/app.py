@@ -36,7 +36,7 @@ from kms.api import aws_kms
 from kms.api.metrics import Metrics
 from kms.api.sigv4 import AuthError, Verifier
 from kms.credentials import CredentialStore
-from kms.service import Kms, KmsClient
+from kms.service import Kms, KmsClient, pool_error
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -268,6 +268,11 @@ class KmsApp:
             return 400, _error("UnrecognizedClientException",
                                "The security token included in the request is invalid."), \
                 op, type(exc).__name__
+        except hsmpool.HsmPoolError as exc:
+            # The access key's secret is unwrapped in a token on first use: no token could
+            # do it now (all ejected, or past the deadline). Retryable, like the operation.
+            err = pool_error(exc)
+            return err.status, _error(err.code, err.message), op, err.code
         try:
             # orjson (about 10x faster than json here) refuses lone surrogates and nesting
             # deeper than 1024 with a JSONDecodeError, a ValueError: both would otherwise fail
