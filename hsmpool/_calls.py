@@ -218,35 +218,43 @@ class Hub:
 
     # --- request greenlets ---------------------------------------------------------------
 
-    async def run(self, fn: Callable[..., T], *args: Any, timeout: float) -> T:
-        """``fn(*args)`` in a new greenlet whose token calls end within ``timeout``
-        seconds; returns its result or raises its exception."""
+    def spawn(self, fn: Callable[..., T], args: tuple[Any, ...], timeout: float,
+              done: Callable[[bool, Any], None]) -> None:
+        """Start ``fn(*args)`` in a request greenlet whose token calls end within
+        ``timeout`` seconds; ``done(True, result)`` or ``done(False, exception)`` is called
+        when it ends, on the loop's thread: before ``spawn`` returns if ``fn`` made no call
+        that had to wait, else later."""
         ctx = CallContext(time.monotonic() + timeout, self)
-        fut: asyncio.Future[T] | None = None
-        box: list[tuple[bool, Any]] = []
 
         def body() -> None:
             setattr(getcurrent(), _ATTR, ctx)
             try:
-                out: tuple[bool, Any] = (True, fn(*args))
-            except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
-                out = (False, exc)
-            if fut is None:
-                box.append(out)
-            elif not fut.cancelled():
-                if out[0]:
-                    fut.set_result(out[1])
-                else:
-                    fut.set_exception(out[1])
+                value: Any = fn(*args)
+                ok = True
+            except BaseException as exc:  # noqa: BLE001 - handed to done()
+                value, ok = exc, False
+            try:
+                done(ok, value)
+            except Exception:  # noqa: BLE001 - never into the loop's callback
+                import logging
 
-        glet = greenlet(body)
-        glet.switch()
-        if box:
-            ok, value = box[0]
+                logging.getLogger("hsmpool").exception("request completion failed")
+
+        greenlet(body).switch()
+
+    async def run(self, fn: Callable[..., T], *args: Any, timeout: float) -> T:
+        """``await`` form of :meth:`spawn`: the result, or the exception raised."""
+        fut: asyncio.Future[T] = self.loop.create_future()
+
+        def done(ok: bool, value: Any) -> None:
+            if fut.cancelled():
+                return
             if ok:
-                return value  # type: ignore[no-any-return]
-            raise value
-        fut = self.loop.create_future()
+                fut.set_result(value)
+            else:
+                fut.set_exception(value)
+
+        self.spawn(fn, args, timeout, done)
         return await fut
 
     # --- calls from inside a request greenlet ----------------------------------------------

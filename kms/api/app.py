@@ -47,7 +47,9 @@ log = logging.getLogger("hsmpool.server")
 
 MAX_BODY: Final = 256 * 1024
 JSON_TYPES: Final = frozenset({"application/x-amz-json-1.1", "application/x-amz-json-1.0"})
-_JSON_HEADERS: Final = [(b"content-type", b"application/x-amz-json-1.1")]
+_JSON_TYPE: Final = b"application/x-amz-json-1.1"
+#: How an answer leaves: ``respond(status, body, content_type)``.
+Respond = Callable[[int, bytes, bytes], None]
 _PREFIX: Final = "TrentService."
 
 
@@ -147,13 +149,91 @@ class KmsApp:
             self._hub.close()
             self._hub = None
 
-    @staticmethod
-    async def _respond(send: Send, status: int, body: bytes,
-                       headers: list[tuple[bytes, bytes]] | None = None) -> None:
-        await send({"type": "http.response.start", "status": status,
-                    "headers": (headers or _JSON_HEADERS)
-                    + [(b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+    # --- HTTP, from any front door --------------------------------------------------------
+
+    def serve(self, method: str, path: str, query: str, headers: dict[str, str], body: bytes,
+              peer: str | None, respond: Respond) -> None:
+        """Answer one HTTP request (headers: lower-case names, repeated ones joined by ",").
+
+        ``respond(status, body, content_type)`` is called exactly once, on the event loop's
+        thread: at once, or later when the request's token calls or its blocking work are
+        done. The body size was checked by the caller (``max_body``).
+        """
+        t0 = time.perf_counter()
+        if method == "GET":
+            if path == "/healthz":
+                status, out = self._health()
+                respond(status, out, b"application/json")
+                return
+            if path == "/metrics":
+                text = self.metrics.render(self.kms.pool if self.kms else None).encode()
+                respond(200, text, b"text/plain; version=0.0.4")
+                return
+        if self.kms is None:
+            respond(503, _error("ServiceUnavailableException", "the service is starting"),
+                    _JSON_TYPE)
+            return
+        if method != "POST" or path != "/":
+            respond(404, _error("UnknownOperationException", "no such resource"), _JSON_TYPE)
+            return
+        if self._hub is None:
+            self._start_executors()
+        assert self._hub is not None and self._threads is not None
+        target = headers.get("x-amz-target", "")
+        op = target[len(_PREFIX):] if target.startswith(_PREFIX) else ""
+        metrics = self.metrics
+
+        def done(ok: bool, value: Any) -> None:
+            if ok:
+                status, out, name, result = value
+            else:  # _handle answers every error itself: this is a bug of ours
+                log.error("internal error in %s", op or "-", exc_info=value)
+                status, out, name, result = (500, _error("KMSInternalException",
+                                                         "internal error"), op, "Internal")
+            metrics.observe(name, result, time.perf_counter() - t0)
+            respond(status, out, _JSON_TYPE)
+
+        if op not in aws_kms.BLOCKING:
+            self._hub.spawn(self._handle, (path, query, headers, body, peer),
+                            self.request_timeout, done)
+            return
+        self._run_blocking(op, (path, query, headers, body, peer), done)
+
+    def _run_blocking(self, op: str, args: tuple[Any, ...],
+                      done: Callable[[bool, Any], None]) -> None:
+        """On the thread pool, with the request's deadline; past it (and a little more for
+        work that is not a token call) the client gets a retryable 503 at once."""
+        assert self._threads is not None
+        loop = asyncio.get_running_loop()
+        answered = False
+
+        def finish(ok: bool, value: Any) -> None:
+            nonlocal answered
+            if not answered:
+                answered = True
+                timer.cancel()
+                done(ok, value)
+
+        def late() -> None:
+            finish(True, (503, _error(E.DependencyTimeout.code,
+                                      "the request did not finish in time; retry"),
+                          op or "-", E.DependencyTimeout.code))
+
+        def ran(job: concurrent.futures.Future[Any]) -> None:
+            exc = job.exception()
+            try:
+                loop.call_soon_threadsafe(finish, exc is None, exc if exc else job.result())
+            except RuntimeError:  # the loop closed meanwhile (shutdown): nobody to answer
+                pass
+
+        timer = loop.call_later(self.request_timeout * 1.1 + 0.1, late)
+        self._threads.submit(self._handle_bounded, *args).add_done_callback(ran)
+
+    def _handle_bounded(self, *args: Any) -> tuple[int, bytes, str, str]:
+        with hsmpool.deadline(self.request_timeout):
+            return self._handle(*args)
+
+    # --- ASGI (uvicorn's own protocol, tests) ------------------------------------------------
 
     async def _read_body(self, receive: Receive, declared: int | None) -> bytes | None:
         if declared is not None and declared > self.max_body:
@@ -173,76 +253,42 @@ class KmsApp:
                 return b"".join(chunks)
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        t0 = time.perf_counter()
-        method = scope["method"]
-        path = scope["path"]
-        if method == "GET":
-            if path == "/healthz":
-                status, body = self._health()
-                await self._respond(send, status, body, [(b"content-type", b"application/json")])
-                return
-            if path == "/metrics":
-                body = self.metrics.render(self.kms.pool if self.kms else None).encode()
-                await self._respond(send, 200, body,
-                                    [(b"content-type", b"text/plain; version=0.0.4")])
-                return
-        if self.kms is None:
-            await self._respond(send, 503, _error("ServiceUnavailableException",
-                                                  "the service is starting"))
-            return
         headers: dict[str, str] = {}
         for name, value in scope["headers"]:
             key = name.decode("latin-1")
             v = value.decode("latin-1")
             headers[key] = headers[key] + "," + v if key in headers else v
-        if method != "POST" or path != "/":
-            await self._respond(send, 404, _error("UnknownOperationException",
-                                                  "no such resource"))
-            return
         try:
             declared = int(headers["content-length"]) if "content-length" in headers else None
         except ValueError:
             declared = None
         raw = await self._read_body(receive, declared)
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[tuple[int, bytes, bytes]] = loop.create_future()
+
+        def respond(status: int, out: bytes, content_type: bytes) -> None:
+            if not answer.done():
+                answer.set_result((status, out, content_type))
+
         if raw is None:
-            await self._respond(send, 413, _error(
-                "RequestEntityTooLargeException",
-                f"request body larger than {self.max_body} bytes"))
-            self.metrics.observe("-", "RequestEntityTooLarge", time.perf_counter() - t0)
-            return
-        status, body, op, result = await self._run(scope, headers, raw)
-        self.metrics.observe(op, result, time.perf_counter() - t0)
-        await self._respond(send, status, body)
-
-    async def _run(self, scope: Scope, headers: dict[str, str], raw: bytes
-                   ) -> tuple[int, bytes, str, str]:
-        """Run the request where its operation belongs (see the module docstring)."""
-        if self._hub is None:
-            self._start_executors()
-        assert self._hub is not None and self._threads is not None
-        target = headers.get("x-amz-target", "")
-        if target[len(_PREFIX):] not in aws_kms.BLOCKING:
-            return await self._hub.run(self._handle, scope, headers, raw,
-                                       timeout=self.request_timeout)
-        job = self._threads.submit(self._handle_bounded, scope, headers, raw)
-        try:
-            # Past the deadline every token call gives up; a little more for the rest.
-            return await asyncio.wait_for(asyncio.wrap_future(job),
-                                          self.request_timeout * 1.1 + 0.1)
-        except TimeoutError:
-            return 503, _error(E.DependencyTimeout.code,
-                               "the request did not finish in time; retry"), \
-                target[len(_PREFIX):] or "-", E.DependencyTimeout.code
-
-    def _handle_bounded(self, scope: Scope, headers: dict[str, str], raw: bytes
-                        ) -> tuple[int, bytes, str, str]:
-        with hsmpool.deadline(self.request_timeout):
-            return self._handle(scope, headers, raw)
+            self.metrics.observe("-", "RequestEntityTooLarge", 0.0)
+            respond(413, _error("RequestEntityTooLargeException",
+                                f"request body larger than {self.max_body} bytes"), _JSON_TYPE)
+        else:
+            client = scope.get("client")
+            self.serve(scope["method"], scope["path"],
+                       scope.get("query_string", b"").decode("latin-1"), headers, raw,
+                       client[0] if client else None, respond)
+        status, out, ctype = await answer
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", ctype),
+                                (b"content-length", str(len(out)).encode())]})
+        await send({"type": "http.response.body", "body": out})
 
     # --- the protocol ------------------------------------------------------------------
 
-    def _handle(self, scope: Scope, headers: dict[str, str], raw: bytes
-                ) -> tuple[int, bytes, str, str]:
+    def _handle(self, path: str, query: str, headers: dict[str, str], raw: bytes,
+                peer: str | None) -> tuple[int, bytes, str, str]:
         target = headers.get("x-amz-target", "")
         op = target[len(_PREFIX):] if target.startswith(_PREFIX) else ""
         handler = aws_kms.OPERATIONS.get(op)
@@ -257,10 +303,8 @@ class KmsApp:
         assert self.kms is not None
         self._fresh_credentials()
         try:
-            cred = self.verifier.verify("POST", scope["path"],
-                                        scope.get("query_string", b"").decode("latin-1"),
-                                        headers, raw)
-            client = self._client(cred.access_key_id, scope)
+            cred = self.verifier.verify("POST", path, query, headers, raw)
+            client = self._client(cred.access_key_id, peer)
         except AuthError as exc:
             return 400, _error(exc.code, exc.message), op, exc.code
         except (E.KmsError, InstanceNotFoundError) as exc:
@@ -293,10 +337,9 @@ class KmsApp:
             return 500, _error("KMSInternalException", "internal error"), op, "Internal"
         return 200, orjson.dumps(out), op, "ok"
 
-    def _client(self, access_key_id: str, scope: Scope) -> KmsClient:
+    def _client(self, access_key_id: str, peer: str | None) -> KmsClient:
         """The service client of an access key seen from one address (cached per pair)."""
-        client_addr = scope.get("client")
-        source_ip = client_addr[0] if client_addr else None
+        source_ip = peer
         key = (access_key_id, source_ip)
         client = self._clients.get(key)
         if client is None:

@@ -11,6 +11,7 @@ import os
 import socket
 
 from kms.api.app import KmsApp
+from kms.api.http11 import KmsHttpProtocol
 
 CONFIG_ENV = "HSMPOOL_CONFIG"
 
@@ -44,7 +45,7 @@ def serve(config: str, host: str = "127.0.0.1", port: int = 8080, workers: int |
         port=port,
         workers=n if n > 1 else None,
         loop="uvloop",
-        http="httptools",
+        http=KmsHttpProtocol,  # our lean HTTP/1.1 protocol (kms/api/http11.py)
         lifespan="on",
         access_log=False,
         log_level=log_level,
