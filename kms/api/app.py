@@ -34,6 +34,7 @@ from hsmpool.errors import InstanceNotFoundError
 from kms import errors as E
 from kms.api import aws_kms
 from kms.api.metrics import Metrics
+from kms.api.netaddr import source_address
 from kms.api.sigv4 import AuthError, Verifier
 from kms.credentials import CredentialStore
 from kms.service import Kms, KmsClient
@@ -78,6 +79,7 @@ class KmsApp:
         regions = self._regions or (kms.settings.region,)
         self.verifier = Verifier(self.creds.secret_for, regions)
         self.request_timeout = kms.settings.server.request_timeout
+        self.trusted_proxies = kms.settings.server.proxy_networks
         self._creds_version = kms.store.data_version()
         self._creds_checked = time.monotonic()
 
@@ -291,7 +293,7 @@ class KmsApp:
     def _client(self, access_key_id: str, scope: Scope) -> KmsClient:
         """The service client of an access key seen from one address (cached per pair)."""
         client_addr = scope.get("client")
-        source_ip = client_addr[0] if client_addr else None
+        source_ip = source_address(client_addr, scope["headers"], self.trusted_proxies)
         key = (access_key_id, source_ip)
         client = self._clients.get(key)
         if client is None:
