@@ -236,7 +236,7 @@ class Instance:
 
     def _warn_about_domain_keys(self, members: tuple[Member, ...]) -> None:
         for state, why in (
-            ("missing", "no SO PIN is configured to copy them there (so_pin_file or "
+            ("missing", "no SO PIN is available to copy them there (so_pin_file or "
                         "so_pin_env of a token that holds them): those tokens serve no key "
                         "operations of this instance until an administrator runs "
                         "'hsmpool status' with an SO PIN"),

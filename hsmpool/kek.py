@@ -47,7 +47,8 @@ import os
 import secrets
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from hsmpool import _p11 as p
@@ -73,7 +74,8 @@ def label_of(domain: str, instance: str) -> bytes:
 
 #: What the HSM domain key imposes on every key unwrapped under it (its
 #: ``CKA_UNWRAP_TEMPLATE``); the pool's own unwrap templates carry both attributes.
-HSM_UNWRAP_TEMPLATE: dict[int, p.AttrValue] = {p.CKA_SENSITIVE: True, p.CKA_EXTRACTABLE: False}
+HSM_UNWRAP_TEMPLATE: Mapping[int, p.AttrValue] = MappingProxyType(
+    {p.CKA_SENSITIVE: True, p.CKA_EXTRACTABLE: False})
 _HSM_UNWRAP = Template(HSM_UNWRAP_TEMPLATE)
 #: Return codes of a token that does not take the hardening attributes.
 _UNSUPPORTED = frozenset({p.CKR_ATTRIBUTE_TYPE_INVALID, p.CKR_ATTRIBUTE_VALUE_INVALID,
