@@ -56,9 +56,15 @@ CKA_COEFFICIENT: Final = 0x128
 CKA_VALUE_LEN: Final = 0x161
 CKA_EXTRACTABLE: Final = 0x162
 CKA_NEVER_EXTRACTABLE: Final = 0x164
+CKA_MODIFIABLE: Final = 0x170
+CKA_COPYABLE: Final = 0x171
 CKA_EC_PARAMS: Final = 0x180
 CKA_EC_POINT: Final = 0x181
 CKA_WRAP_WITH_TRUSTED: Final = 0x210
+CKF_ARRAY_ATTRIBUTE: Final = 0x40000000
+#: Attribute arrays (values are CK_ATTRIBUTE arrays: pass a :class:`Template`).
+CKA_WRAP_TEMPLATE: Final = CKF_ARRAY_ATTRIBUTE | 0x211
+CKA_UNWRAP_TEMPLATE: Final = CKF_ARRAY_ATTRIBUTE | 0x212
 
 CKM_RSA_PKCS_KEY_PAIR_GEN: Final = 0x0000
 CKM_RSA_PKCS: Final = 0x0001
@@ -113,6 +119,7 @@ CKR_NAMES: Final[Mapping[int, str]] = {
     0x011: "CKR_ATTRIBUTE_SENSITIVE",
     0x012: "CKR_ATTRIBUTE_TYPE_INVALID",
     0x013: "CKR_ATTRIBUTE_VALUE_INVALID",
+    0x01B: "CKR_ACTION_PROHIBITED",
     0x020: "CKR_DATA_INVALID",
     0x021: "CKR_DATA_LEN_RANGE",
     0x030: "CKR_DEVICE_ERROR",
@@ -163,6 +170,11 @@ CKR_NAMES: Final[Mapping[int, str]] = {
 }
 
 CKR_GENERAL_ERROR: Final = 0x005
+CKR_ATTRIBUTE_SENSITIVE: Final = 0x011
+CKR_ATTRIBUTE_TYPE_INVALID: Final = 0x012
+CKR_ATTRIBUTE_VALUE_INVALID: Final = 0x013
+CKR_ACTION_PROHIBITED: Final = 0x01B
+CKR_TEMPLATE_INCONSISTENT: Final = 0x0D1
 CKR_FUNCTION_FAILED: Final = 0x006
 CKR_DEVICE_ERROR: Final = 0x030
 CKR_DEVICE_MEMORY: Final = 0x031
@@ -258,14 +270,17 @@ Router = Any
 
 # --- attribute templates ----------------------------------------------------------------
 
-AttrValue = bool | int | bytes
-
 _TRUE = ffi.new("unsigned char*", 1)
 _FALSE = ffi.new("unsigned char*", 0)
 
 
 class Template:
-    """A CK_ATTRIBUTE array built once from a mapping, with its buffers kept alive."""
+    """A CK_ATTRIBUTE array built once from a mapping, with its buffers kept alive.
+
+    A value that is itself a :class:`Template` makes an attribute-array attribute
+    (``CKA_UNWRAP_TEMPLATE``, ``CKA_WRAP_TEMPLATE``): ``pValue`` points at the nested
+    CK_ATTRIBUTE array and ``ulValueLen`` is its size in bytes, as PKCS#11 defines them.
+    """
 
     __slots__ = ("array", "count", "_keep")
 
@@ -279,6 +294,10 @@ class Template:
             if isinstance(value, bool):
                 entry.pValue = _TRUE if value else _FALSE
                 entry.ulValueLen = 1
+            elif isinstance(value, Template):
+                keep.append(value)
+                entry.pValue = value.array
+                entry.ulValueLen = value.count * ffi.sizeof("CK_ATTRIBUTE")
             elif isinstance(value, int):
                 buf = ffi.new("unsigned long*", value)
                 keep.append(buf)
@@ -290,6 +309,9 @@ class Template:
                 entry.pValue = cbuf
                 entry.ulValueLen = len(value)
         self._keep = keep
+
+
+AttrValue = bool | int | bytes | Template
 
 
 # --- mechanisms -------------------------------------------------------------------------
@@ -558,6 +580,44 @@ class Module:
         value = bytes(ffi.buffer(buf, int(tpl[0].ulValueLen)))
         ffi.memmove(buf, b"\0" * size, size)
         return value
+
+    def get_attribute_array(self, session: int, obj: int, attr: int) -> dict[int, bytes]:
+        """An attribute-array attribute (``CKA_UNWRAP_TEMPLATE``...) as {type: value}: its
+        size, then the types and lengths of its entries, then their values (PKCS#11 v2.40,
+        C_GetAttributeValue on arrays)."""
+        outer = ffi.new("CK_ATTRIBUTE[1]")
+        outer[0].type = attr
+        outer[0].pValue = ffi.NULL
+        outer[0].ulValueLen = 0
+        keep: list[Any] = [outer]
+
+        def fetch() -> None:
+            rv = self._call(lib.hp11_get_attributes, lib.hp11_submit_get_attributes,
+                            (self._m, session, obj, outer, 1), tuple(keep),
+                            "C_GetAttributeValue")
+            if rv:
+                raise _fail(rv, "C_GetAttributeValue")
+
+        fetch()
+        n = int(outer[0].ulValueLen) // ffi.sizeof("CK_ATTRIBUTE")
+        if n == 0:
+            return {}
+        inner = ffi.new("CK_ATTRIBUTE[]", n)
+        for i in range(n):
+            inner[i].type = 0
+            inner[i].pValue = ffi.NULL
+            inner[i].ulValueLen = 0
+        keep.append(inner)
+        outer[0].pValue = inner
+        outer[0].ulValueLen = n * ffi.sizeof("CK_ATTRIBUTE")
+        fetch()
+        bufs = [ffi.new("unsigned char[]", max(int(inner[i].ulValueLen), 1)) for i in range(n)]
+        for i in range(n):
+            inner[i].pValue = bufs[i]
+        keep.extend(bufs)
+        fetch()
+        return {int(inner[i].type): bytes(ffi.buffer(bufs[i], int(inner[i].ulValueLen)))
+                for i in range(n)}
 
     def find(self, session: int, tpl: Template, limit: int = 64) -> list[int]:
         arr = ffi.new("unsigned long[]", limit)

@@ -2,6 +2,10 @@
 
     hsmpool [--config FILE] status [--self-test] [--json]
 
+``status`` also shows, per instance and token, the state of the instance's domain keys
+(``kek hardened|unhardened|missing``, ``swkek present|missing``; see
+:attr:`hsmpool.instance.Instance.domain_key_state`).
+
 This module holds the pool's own commands; the installed ``hsmpool`` command is
 ``kms.cli:main``, which adds the service's commands (keys, aliases, file encryption, audit)
 beside these, so that imports keep pointing down (kms -> hsmpool).
@@ -90,6 +94,8 @@ def cmd_status(args: argparse.Namespace) -> int:
                 tests[name] = self_test(inst)
         stats = pool.stats()
         report["tokens"] = {n: asdict(s) for n, s in stats.items()}
+        domain_keys = {name: inst.domain_key_state for name, inst in pool.instances.items()}
+        report["domain_keys"] = domain_keys
         if args.json:
             report["self_test"] = tests
             print(json.dumps(report, indent=2))
@@ -99,6 +105,11 @@ def cmd_status(args: argparse.Namespace) -> int:
             for s in stats.values():
                 print(f"{s.name:8} {s.label:16} {s.serial:18} {s.instance or '-':10} "
                       f"{s.state:8} {s.ops:6d} {s.errors:6d} {s.p50_ms:7.2f} {s.p99_ms:7.2f}")
+            print(f"\n{'instance':10} {'token':8} domain keys")
+            for name, members in domain_keys.items():
+                for member, states in members.items():
+                    keys = "  ".join(f"{d} {st}" for d, st in states.items())
+                    print(f"{name:10} {member:8} {keys}")
             for name, rows in tests.items():
                 print(f"\nself-test of instance {name!r}:")
                 for member, check, result, ms in rows:

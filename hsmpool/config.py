@@ -22,13 +22,20 @@ Example (relative paths are relative to the file)::
     module = "softhsm"
     label = "hsmpool-0"           # or: serial = "1e517b266ad758df"
     pin_file = "var/softhsm/user.pin"   # or: pin_env = "HSMPOOL_PIN"
-    so_pin_file = "var/softhsm/so.pin"  # optional: needed only to copy a KEK *from* this token
+    so_pin_env = "HSMPOOL_SO_PIN"  # optional (or so_pin_file): needed only to copy the
+                                   # domain keys *from* this token to one that lacks them
     weight = 1
 
     [instances.default]
     tokens = ["t0", "t1", "t2"]
 
 PINs are never written inline: only the name of an environment variable or of a file.
+
+The SO PIN is an administrator's secret: a pool opens without it as long as every token of
+a partition holds the instance's domain keys (a token that lacks them then serves no key
+operations of the instance; see :attr:`hsmpool.instance.Instance.domain_key_state`), so a
+serving host's configuration need name none, or name a variable that is set only for the
+administrator's ``hsmpool status`` run. See ``docs/security.md``.
 """
 
 from __future__ import annotations

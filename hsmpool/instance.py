@@ -14,6 +14,7 @@ import enum
 import fcntl
 import hashlib
 import hmac
+import logging
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -43,6 +44,8 @@ if TYPE_CHECKING:
     from hsmpool.pool import Pool
 
 T = TypeVar("T")
+
+log = logging.getLogger("hsmpool.instance")
 
 BlobLike = KeyBlob | bytes | bytearray | memoryview
 
@@ -152,7 +155,14 @@ _CURVES: Final = {KeySpec.EC_P256: ec.SECP256R1(), KeySpec.EC_SECP256K1: ec.SECP
 
 
 class Instance:
-    """A tenant: its partition of tokens and its domain keys. Obtain via ``pool.instance()``."""
+    """A tenant: its partition of tokens and its domain keys. Obtain via ``pool.instance()``.
+
+    ``domain_key_state[member][domain]`` says what each member holds: for ``kek``
+    ``"hardened"`` or ``"unhardened"`` (see :mod:`hsmpool.kek`), for ``swkek`` ``"present"``;
+    ``"missing"`` where the key could not be copied to the member (no SO PIN configured:
+    the member then serves no key operations of the instance), ``"unsupported"`` where the
+    member cannot wrap keys at all.
+    """
 
     def __init__(self, pool: Pool, name: str, members: list[Member]) -> None:
         self.pool = pool
@@ -160,9 +170,11 @@ class Instance:
         self.members = tuple(members)
         self._by_need: dict[tuple[int, ...], tuple[Member, ...]] = {}
         self.kek_ids: dict[str, bytes] = {}
+        self.domain_key_state: dict[str, dict[str, str]] = {m.name: {} for m in members}
         with _instance_lock(name, members):
             for domain in _kek.DOMAINS:
                 self._ensure_domain_key(domain)
+        self._warn_about_domain_keys(self.members)
 
     # --- domain keys -------------------------------------------------------------------
 
@@ -177,6 +189,8 @@ class Instance:
             raise ConfigError(f"instance {self.name!r}: the tokens of its partition hold "
                               f"different {domain} keys")
         wrappers = [m for m in self.members if p.CKM_AES_KEY_WRAP_PAD in m.mechanisms]
+        for m in self.members:
+            self.domain_key_state[m.name][domain] = "unsupported"
         if not found:
             if not wrappers:
                 # No member can wrap keys: the instance serves keyless operations only
@@ -184,14 +198,58 @@ class Instance:
                 return
             found[wrappers[0].name] = _kek.generate_domain_key(wrappers[0], domain, self.name)
         kek_id = next(iter(found.values()))[1]
-        source = next(m for m in self.members if m.name in found)
+        sources = [(m, found[m.name][0]) for m in self.members if m.name in found]
         for m in wrappers:
             if m.name in found:
                 m.domain_keys[domain] = found[m.name][0]
             elif p.CKM_RSA_PKCS_OAEP in m.mechanisms:
-                m.domain_keys[domain] = _kek.copy_domain_key(
-                    source, m, domain, self.name, kek_id, found[source.name][0])
+                handle = self._copy_from_any(sources, m, domain, kek_id)
+                if handle is not None:
+                    m.domain_keys[domain] = handle
+            else:
+                continue  # cannot receive a copy: stays "unsupported"
+            self._note_state(m, domain)
         self.kek_ids[domain] = kek_id
+
+    def _copy_from_any(self, sources: list[tuple[Member, int]], target: Member, domain: str,
+                       kek_id: bytes) -> int | None:
+        """Copy a domain key from the first holder whose SO PIN is configured; None (and
+        the target serves no key operations) if none is: a serving host need not hold any
+        SO PIN once the partition's tokens all hold the instance's domain keys."""
+        for source, handle in sources:
+            try:
+                return _kek.copy_domain_key(source, target, domain, self.name, kek_id, handle)
+            except _kek.SoPinMissing:
+                continue
+        return None
+
+    def _note_state(self, m: Member, domain: str) -> None:
+        handle = m.domain_keys.get(domain)
+        if handle is None:
+            state = "missing"
+        elif domain in _kek.HARDENED:
+            state = "hardened" if _kek.kek_is_hardened(m, handle) else "unhardened"
+        else:
+            state = "present"
+        self.domain_key_state[m.name][domain] = state
+
+    def _warn_about_domain_keys(self, members: tuple[Member, ...]) -> None:
+        for state, why in (
+            ("missing", "no SO PIN is available to copy them there (so_pin_file or "
+                        "so_pin_env of a token that holds them): those tokens serve no key "
+                        "operations of this instance until an administrator runs "
+                        "'hsmpool status' with an SO PIN"),
+            ("unhardened", "it was made without CKA_UNWRAP_TEMPLATE and is modifiable: "
+                           "a holder of the user PIN and of key blobs can read HSM keys "
+                           "out (see docs/security.md)"),
+        ):
+            names = sorted({m.name for m in members
+                            for st in self.domain_key_state[m.name].values() if st == state})
+            if names:
+                what = "domain keys are missing on" if state == "missing" else \
+                    "the kek domain key is not hardened on"
+                log.warning("instance %r: %s token(s) %s: %s", self.name, what,
+                            ", ".join(names), why)
 
     def add_member(self, member: Member) -> None:
         """Admit a token to the partition at run time, copying the domain keys to it."""
@@ -199,6 +257,7 @@ class Instance:
             raise ConfigError(f"token {member.name!r} already belongs to instance "
                               f"{member.instance!r}")
         can_wrap = p.CKM_AES_KEY_WRAP_PAD in member.mechanisms
+        self.domain_key_state[member.name] = {d: "unsupported" for d in _kek.DOMAINS}
         for domain in _kek.DOMAINS if can_wrap else ():
             source = next((m for m in self.members if domain in m.domain_keys), None)
             if source is None:
@@ -206,9 +265,11 @@ class Instance:
             member.domain_keys[domain] = _kek.copy_domain_key(
                 source, member, domain, self.name, self.kek_ids[domain],
                 source.domain_keys[domain])
+            self._note_state(member, domain)
         member.instance = self.name
         self.members = (*self.members, member)
         self._by_need.clear()
+        self._warn_about_domain_keys((member,))
 
     def only(self, *names: str) -> Instance:
         """A view of this instance restricted to some of its members (self-tests, tooling).

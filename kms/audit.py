@@ -142,6 +142,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from kms.private_files import private_dir, private_file
+
 __all__ = [
     "FORMAT_VERSION",
     "AuditError",
@@ -373,7 +375,7 @@ class AuditLog:
         self.wake_at = wake_at
         self.max_delay = float(max_delay)
         self._head_key = head_key
-        os.makedirs(self.directory, exist_ok=True)
+        private_dir(self.directory)
 
         self._lock_fd = os.open(os.path.join(self.directory, f"audit-{seg}.lock"),
                                 os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -398,6 +400,7 @@ class AuditLog:
         self._thread.start()
 
     def _open(self) -> sqlite3.Connection:
+        private_file(self.path)  # 0600 before SQLite makes it, and its -wal and -shm
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
             db.execute("PRAGMA busy_timeout = 5000")

@@ -14,10 +14,13 @@
 
     [server]
     request_timeout = 10.0       # seconds a request may take; past it: a retryable 503
+    trusted_proxies = []         # IPs/CIDRs whose X-Forwarded-For is believed (see
+                                 # kms/api/netaddr.py); empty: the TCP peer is the source
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -54,11 +57,32 @@ class ServerSettings:
     """The ``[server]`` section: how ``hsmpool serve`` runs."""
 
     request_timeout: float = 10.0
+    #: The reverse proxies (IP addresses or CIDR networks) whose ``X-Forwarded-For`` the
+    #: server believes; by default none, and the TCP peer is the request's source address.
+    trusted_proxies: tuple[str, ...] = ()
+    #: ``trusted_proxies`` parsed.
+    proxy_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = field(
+        init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         t = self.request_timeout
         if isinstance(t, bool) or not isinstance(t, int | float) or not 0.1 <= t <= 600:
             raise ConfigError("server.request_timeout must be 0.1..600 seconds")
+        proxies = self.trusted_proxies
+        if not isinstance(proxies, list | tuple):
+            raise ConfigError("server.trusted_proxies must be a list of IP addresses or "
+                              "CIDR networks")
+        nets = []
+        for entry in proxies:
+            try:
+                if not isinstance(entry, str):
+                    raise ValueError(entry)
+                nets.append(ipaddress.ip_network(entry.strip(), strict=True))
+            except ValueError:
+                raise ConfigError(f"server.trusted_proxies: {entry!r} is not an IP address "
+                                  "or a CIDR network without host bits") from None
+        object.__setattr__(self, "trusted_proxies", tuple(proxies))
+        object.__setattr__(self, "proxy_networks", tuple(nets))
 
 
 def parse_server_settings(doc: Mapping[str, Any]) -> ServerSettings:

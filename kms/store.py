@@ -30,6 +30,7 @@ from kms.model import (
     KeyVersion,
     Origin,
 )
+from kms.private_files import private_dir, private_file
 
 T = TypeVar("T")
 
@@ -162,7 +163,8 @@ class Store:
     def __init__(self, path: str | os.PathLike[str], *, sync: bool = True) -> None:
         self.path = str(path)
         if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            private_dir(Path(self.path).parent)
+            private_file(self.path)  # 0600 before SQLite makes it, and its -wal and -shm
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
                                    timeout=30.0)
         self._db.row_factory = sqlite3.Row

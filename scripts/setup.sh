@@ -43,6 +43,10 @@ fi
 
 bash softhsm-config/make-tokens.sh var/softhsm 3
 [ -f var/hsmpool.toml ] || sed "s|@VAR@|$(pwd)/var|g" softhsm-config/hsmpool.toml.in > var/hsmpool.toml
+# The administrator's step, with the SO PIN (in this process's environment only; the
+# configuration names none for the server): make the instances' domain keys and copy them
+# to every token of their partitions. Quick when already done.
+HSMPOOL_SO_PIN="$(cat var/softhsm/so.pin)" .venv/bin/hsmpool --config var/hsmpool.toml status >/dev/null
 if [ "$want_test" = 1 ] && [ "$(id -u)" = 0 ]; then
   # The openCryptoki soft token is machine-wide; a checkout without its PINs (a fresh clone,
   # as in CI) re-initialises it for the tests.

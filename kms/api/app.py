@@ -34,6 +34,7 @@ from hsmpool.errors import InstanceNotFoundError
 from kms import errors as E
 from kms.api import aws_kms
 from kms.api.metrics import Metrics
+from kms.api.netaddr import source_address
 from kms.api.sigv4 import AuthError, Verifier
 from kms.credentials import CredentialStore
 from kms.service import Kms, KmsClient, pool_error
@@ -80,6 +81,7 @@ class KmsApp:
         regions = self._regions or (kms.settings.region,)
         self.verifier = Verifier(self.creds.secret_for, regions)
         self.request_timeout = kms.settings.server.request_timeout
+        self.trusted_proxies = kms.settings.server.proxy_networks
         self._creds_version = kms.store.data_version()
         self._creds_checked = time.monotonic()
 
@@ -304,7 +306,7 @@ class KmsApp:
         self._fresh_credentials()
         try:
             cred = self.verifier.verify("POST", path, query, headers, raw)
-            client = self._client(cred.access_key_id, peer)
+            client = self._client(cred.access_key_id, peer, headers.get("x-forwarded-for"))
         except AuthError as exc:
             return 400, _error(exc.code, exc.message), op, exc.code
         except (E.KmsError, InstanceNotFoundError) as exc:
@@ -337,9 +339,10 @@ class KmsApp:
             return 500, _error("KMSInternalException", "internal error"), op, "Internal"
         return 200, orjson.dumps(out), op, "ok"
 
-    def _client(self, access_key_id: str, peer: str | None) -> KmsClient:
+    def _client(self, access_key_id: str, peer: str | None, forwarded_for: str | None
+                ) -> KmsClient:
         """The service client of an access key seen from one address (cached per pair)."""
-        source_ip = peer
+        source_ip = source_address(peer, forwarded_for, self.trusted_proxies)
         key = (access_key_id, source_ip)
         client = self._clients.get(key)
         if client is None:

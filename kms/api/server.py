@@ -48,6 +48,10 @@ def serve(config: str, host: str = "127.0.0.1", port: int = 8080, workers: int |
         http=KmsHttpProtocol,  # our lean HTTP/1.1 protocol (kms/api/http11.py)
         lifespan="on",
         access_log=False,
+        # The source address of a request is the TCP peer unless it is one of the
+        # [server] trusted_proxies (kms/api/netaddr.py); uvicorn's own proxy handling would
+        # believe X-Forwarded-For from 127.0.0.1, which any local client can send.
+        proxy_headers=False,
         log_level=log_level,
         ssl_certfile=tls_cert,
         ssl_keyfile=tls_key,

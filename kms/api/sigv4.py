@@ -5,6 +5,13 @@ headers as received (the ``host`` header with its port), and the SHA-256 of the 
 credential scope must name the ``kms`` service and a configured region, its date must match
 ``X-Amz-Date``, and that must be within the allowed clock skew. The derived signing key is
 cached per access key, day and region; signatures are compared in constant time.
+
+Every header that changes what a request means must be covered by the signature: ``host``,
+``x-amz-date``, and, when the request carries them, ``content-type``, ``x-amz-target`` and
+any other ``x-amz-*`` header (as AWS requires of SigV4 signers; the SDKs sign them all).
+Otherwise a request signed as one operation could be replayed as another by changing an
+unsigned ``X-Amz-Target``. A request that carries such a header unsigned is refused with
+``IncompleteSignatureException`` before its signature is checked.
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ _AUTH_RE: Final = re.compile(
 # Parsed dates (X-Amz-Date -> epoch): a signer sends the same value for a whole second.
 _EPOCHS: dict[str, float] = {}
 _EPOCHS_MAX: Final = 64
+#: Headers that must be signed when present (besides every ``x-amz-*`` header).
+MUST_SIGN: Final = frozenset({"host", "content-type", "x-amz-target", "x-amz-date"})
 
 
 class AuthError(Exception):
@@ -83,6 +92,13 @@ def _canonical_query(query: str) -> str:
         pairs.append((quote(unquote(k), safe="-_.~"), quote(unquote(v), safe="-_.~")))
     pairs.sort()
     return "&".join(f"{k}={v}" for k, v in pairs)
+
+
+def unsigned_headers(headers: Iterable[str], signed: Iterable[str]) -> list[str]:
+    """The (lower-case) header names of a request that must be signed but are not."""
+    covered = set(signed)
+    return sorted(name for name in headers
+                  if (name in MUST_SIGN or name.startswith("x-amz-")) and name not in covered)
 
 
 def canonical_request(method: str, path: str, query: str,
@@ -155,6 +171,12 @@ class Verifier:
                             "Credential date does not match X-Amz-Date")
         if "x-amz-date" not in auth.signed_headers:
             raise AuthError("IncompleteSignatureException", "x-amz-date must be signed")
+        unsigned = unsigned_headers(headers, auth.signed_headers)
+        if unsigned:
+            raise AuthError("IncompleteSignatureException",
+                            "Header(s) " + ", ".join(f"'{h}'" for h in unsigned)
+                            + " must be named in SignedHeaders (content-type, x-amz-target "
+                            "and every x-amz-* header of a request must be signed)")
         cache_key = (cred.access_key_id, cred.date, cred.region)
         key = self._keys.get(cache_key)
         if key is None:
