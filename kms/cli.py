@@ -342,17 +342,26 @@ def _report(args: argparse.Namespace, verb: str, res: FileResult) -> None:
               f"{res.cipher}, key {res.key_id}", file=out)
 
 
+def _refuse_existing_output(args: argparse.Namespace) -> None:
+    """Exit 2 (one line, nothing touched) if OUT exists and ``--force`` was not given."""
+    if args.output != "-" and not args.force and os.path.lexists(args.output):
+        print(f"hsmpool: error: output {args.output!r} exists (--force overwrites it)",
+              file=sys.stderr)
+        raise SystemExit(2)
+
+
 def cmd_encrypt(args: argparse.Namespace) -> int:
     from kms.fileenc import atomic_output, encrypt_file
 
     context = _context(args.context)
+    _refuse_existing_output(args)
     with _client(args) as client, _input(args.input) as (fin, total):
         bar = _progress(args, "encrypt", total)
         if args.output == "-":
             res = encrypt_file(client, args.key, fin, sys.stdout.buffer, context,
                                args.chunk_size, bar)
         else:
-            with atomic_output(args.output) as fout:
+            with atomic_output(args.output, replace=args.force) as fout:
                 res = encrypt_file(client, args.key, fin, fout, context, args.chunk_size, bar)
         if bar is not None:
             bar.finish()
@@ -364,6 +373,7 @@ def cmd_decrypt(args: argparse.Namespace) -> int:
     from kms.fileenc import atomic_output, decrypt_file
 
     context = _context(args.context)
+    _refuse_existing_output(args)
     with _client(args) as client, _input(args.input) as (fin, total):
         bar = _progress(args, "decrypt", total)
         if args.output == "-":
@@ -375,7 +385,7 @@ def cmd_decrypt(args: argparse.Namespace) -> int:
                     sys.stdout.buffer.write(block)
                 sys.stdout.buffer.flush()
         else:
-            with atomic_output(args.output) as fout:
+            with atomic_output(args.output, replace=args.force) as fout:
                 res = decrypt_file(client, fin, fout, context, bar)
         if bar is not None:
             bar.finish()
@@ -439,6 +449,8 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     shown.add_argument("--progress", action="store_true",
                        help="progress bar on stderr even when it is not a terminal")
     shown.add_argument("--quiet", "-q", action="store_true", help="no progress, no summary")
+    io_opts.add_argument("--force", "-f", action="store_true",
+                         help="overwrite OUT if it exists (default: refuse, exit status 2)")
     io_opts.add_argument("input", metavar="IN", help="input file, or - for stdin")
     io_opts.add_argument("output", metavar="OUT", help="output file, or - for stdout")
 

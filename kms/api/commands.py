@@ -6,13 +6,31 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvicorn's names
 
 ADMIN_POLICY: dict[str, Any] = {
     "Version": "2012-10-17",
     "Statement": [{"Effect": "Allow", "Action": "kms:*", "Resource": "*"}],
 }
+
+
+def _int_in(lo: int, hi: int) -> Callable[[str], int]:
+    """An argparse type: an integer in lo..hi."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"must be {lo}..{hi}, not {value}")
+        return value
+
+    return parse
 
 
 def _config(args: argparse.Namespace) -> str:
@@ -65,13 +83,16 @@ def cmd_credentials_create(args: argparse.Namespace) -> int:
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     serve = sub.add_parser("serve", help="run the HTTP server (AWS KMS wire protocol)")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8080)
-    serve.add_argument("--workers", type=int, default=None,
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default %(default)s)")
+    serve.add_argument("--port", type=_int_in(1, 65535), default=8080,
+                       help="TCP port (default %(default)s)")
+    serve.add_argument("--workers", type=_int_in(1, 256), default=None,
                        help="worker processes (default: one per core)")
-    serve.add_argument("--tls-cert", help="PEM certificate: serve HTTPS")
+    serve.add_argument("--tls-cert", help="PEM certificate: serve HTTPS (default: HTTP)")
     serve.add_argument("--tls-key", help="PEM private key of --tls-cert")
-    serve.add_argument("--log-level", default="warning")
+    serve.add_argument("--log-level", default="warning", choices=LOG_LEVELS,
+                       help="server log level (default %(default)s)")
     serve.set_defaults(func=cmd_serve)
 
     creds = sub.add_parser("credentials", help="access keys for the HTTP API")

@@ -241,10 +241,42 @@ def test_tampered_file(cli: Cli, file_keys: dict[str, str], tmp_path: Path,
         blob += b"\0"
     (tmp_path / "ct").write_bytes(bytes(blob))
     (tmp_path / "out").write_bytes(b"keep me")
-    msg = cli.fail("decrypt", str(tmp_path / "ct"), str(tmp_path / "out"))
+    msg = cli.fail("decrypt", "--force", str(tmp_path / "ct"), str(tmp_path / "out"))
     assert msg.startswith("hsmpool: InvalidCiphertextException: chunk ")
     assert (tmp_path / "out").read_bytes() == b"keep me"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ct", "in", "out"]
+
+
+@pytest.mark.parametrize("command", ["encrypt", "decrypt"])
+def test_existing_output_is_refused_without_force(cli: Cli, file_keys: dict[str, str],
+                                                  tmp_path: Path, command: str) -> None:
+    data = os.urandom(70_000)
+    (tmp_path / "in").write_bytes(data)
+    cli.run("encrypt", "-q", "--key", file_keys["SM4"], str(tmp_path / "in"),
+            str(tmp_path / "ct"))
+    src = tmp_path / ("in" if command == "encrypt" else "ct")
+    key = ["--key", file_keys["SM4"]] if command == "encrypt" else []
+    out = tmp_path / "out"
+    out.write_bytes(b"precious")
+    msg = cli.fail(command, *key, str(src), str(out), rc=2)
+    assert "exists" in msg and "--force" in msg and str(out) in msg
+    assert out.read_bytes() == b"precious"
+    os.chmod(out, 0o644)
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "nowhere")  # a dangling symlink is an existing name too
+    assert "exists" in cli.fail(command, *key, str(src), str(link), rc=2)
+    assert not (tmp_path / "nowhere").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ct", "in", "link", "out"]
+
+    cli.run(command, "-q", "--force", *key, str(src), str(out))
+    if command == "encrypt":
+        cli.run("decrypt", "-q", "-f", str(out), str(tmp_path / "back"))
+        assert (tmp_path / "back").read_bytes() == data
+    else:
+        assert out.read_bytes() == data
+    assert out.stat().st_mode & 0o777 == 0o600
+    # stdout is never refused
+    assert cli.run(command, "-q", *key, str(src), "-").stdout
 
 
 def test_progress_and_quiet(cli: Cli, file_keys: dict[str, str], tmp_path: Path) -> None:
@@ -314,6 +346,20 @@ def test_errors_are_one_line(cli: Cli, tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.chdir(tmp_path)
     assert fragment in cli.fail(*args, rc=rc)
     assert not (tmp_path / "out").exists()
+
+
+def test_serve_usage_errors(cli: Cli) -> None:
+    """A bad --log-level (it used to reach uvicorn: a KeyError traceback), port or worker
+    count is a one-line usage error."""
+    for args in (["--log-level", "loud"], ["--log-level", "WARNING"]):
+        msg = cli.fail("serve", *args, rc=2, instance=False)
+        assert "invalid choice" in msg and "trace" in msg
+    assert "1..65535" in cli.fail("serve", "--port", "70000", rc=2, instance=False)
+    assert "1..256" in cli.fail("serve", "--workers", "0", rc=2, instance=False)
+    assert "not an integer" in cli.fail("serve", "--port", "http", rc=2, instance=False)
+    text = cli.run("serve", "--help", instance=False).stdout.decode()
+    assert "critical,error,warning,info,debug,trace" in text and "(default warning)" in text
+    assert "(default 8080)" in text and "(default 127.0.0.1)" in text
 
 
 def test_config_and_instance_errors(cli: Cli, tmp_path: Path) -> None:
