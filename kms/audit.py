@@ -129,6 +129,7 @@ import hmac
 import json
 import math
 import os
+import pwd
 import re
 import socket
 import sqlite3
@@ -147,12 +148,16 @@ __all__ = [
     "AuditError",
     "AuditEvent",
     "AuditLog",
+    "SegmentInUse",
     "VerifyReport",
     "add_cli",
     "canonical",
     "chain_hash",
+    "cli_segment",
     "genesis",
+    "local_user",
     "main",
+    "open_cli_log",
     "parse_anchor",
     "segment_path",
     "verify",
@@ -171,6 +176,10 @@ DEFAULT_DIR = "var/audit"
 
 class AuditError(Exception):
     """The audit log cannot record (write failure, closed log, segment in use)."""
+
+
+class SegmentInUse(AuditError):
+    """Another :class:`AuditLog` (in this or another process) holds the segment."""
 
 
 # --------------------------------------------------------------------------- events
@@ -287,9 +296,42 @@ def segment_path(directory: str | os.PathLike[str], segment: str) -> str:
     return os.path.join(os.fspath(directory), f"audit-{segment}.db")
 
 
+def _name_part(text: str, limit: int = 48) -> str:
+    """``text`` made safe for a segment name (letters, digits, '._-'), at most ``limit``."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", text)[:limit]
+
+
 def _default_segment() -> str:
-    host = re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname()) or "host"
+    host = _name_part(socket.gethostname(), 100) or "host"
     return f"{host}-{os.getpid()}"
+
+
+def local_user() -> str:
+    """The name of this process's effective OS user (``uid<N>`` if it has no name)."""
+    uid = os.geteuid()
+    try:
+        return pwd.getpwuid(uid).pw_name or f"uid{uid}"
+    except KeyError:
+        return f"uid{uid}"
+
+
+def cli_segment() -> str:
+    """The segment the command-line runs of this host and OS user share:
+    ``cli-<host>-<user>``."""
+    host = _name_part(socket.gethostname()) or "host"
+    return f"cli-{host}-{_name_part(local_user()) or 'user'}"
+
+
+def open_cli_log(directory: str | os.PathLike[str], *, sync: bool = True) -> AuditLog:
+    """The audit log of one command-line run: the shared segment :func:`cli_segment`,
+    continued across runs, or, while a concurrent run holds it, a segment of this process
+    (``cli-<host>-<user>-<pid>``). Either is deleted at close if it holds no records."""
+    shared = cli_segment()
+    try:
+        return AuditLog(directory, shared, sync=sync, discard_if_empty=True)
+    except SegmentInUse:
+        return AuditLog(directory, f"{shared}-{os.getpid()}", sync=sync,
+                        discard_if_empty=True)
 
 
 # --------------------------------------------------------------------------- schema
@@ -335,6 +377,30 @@ _INSERTS = {1 << k: "INSERT INTO records (seq, record, prev_hash, hash) VALUES "
 
 # --------------------------------------------------------------------------- writer
 
+
+def _lock_segment(lock_path: str, segment: str) -> int:
+    """An exclusive ``flock`` on the segment's lock file, as an open descriptor. A lock
+    file deleted by its last holder (an empty, discarded segment) between our open and our
+    lock is no longer the segment's lock: open the new one and try again."""
+    for _ in range(100):
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            raise SegmentInUse(f"audit segment {segment!r} is in use by another writer") \
+                from exc
+        try:
+            current = os.stat(lock_path)
+        except FileNotFoundError:
+            current = None
+        held = os.fstat(fd)
+        if current is not None and (current.st_dev, current.st_ino) == (held.st_dev,
+                                                                         held.st_ino):
+            return fd
+        os.close(fd)
+    raise AuditError(f"audit segment {segment!r}: its lock file keeps being replaced")
+
 class _Marker:
     """A flush request travelling in the queue behind the events it waits for."""
 
@@ -356,11 +422,14 @@ class AuditLog:
 
     Create it in the process that uses it (after any fork): the writer thread does not
     survive ``fork``. ``wake_at`` and ``max_delay`` set the batching (module docstring).
+    With ``discard_if_empty``, a segment that holds no records when the log closes is
+    deleted (its database and lock files), so short-lived writers leave nothing behind.
+    Raises :class:`SegmentInUse` if another log holds the segment.
     """
 
     def __init__(self, directory: str | os.PathLike[str], segment: str | None = None, *,
                  sync: bool = True, head_key: bytes | None = None, wake_at: int = WAKE_AT,
-                 max_delay: float = MAX_DELAY) -> None:
+                 max_delay: float = MAX_DELAY, discard_if_empty: bool = False) -> None:
         seg = _default_segment() if segment is None else segment
         if not _SEGMENT_RE.fullmatch(seg):
             raise ValueError(f"bad audit segment name {seg!r} (letters, digits, '._-')")
@@ -373,15 +442,11 @@ class AuditLog:
         self.wake_at = wake_at
         self.max_delay = float(max_delay)
         self._head_key = head_key
+        self.discard_if_empty = discard_if_empty
         os.makedirs(self.directory, exist_ok=True)
 
-        self._lock_fd = os.open(os.path.join(self.directory, f"audit-{seg}.lock"),
-                                os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(self._lock_fd)
-            raise AuditError(f"audit segment {seg!r} is in use by another writer") from exc
+        self._lock_path = os.path.join(self.directory, f"audit-{seg}.lock")
+        self._lock_fd = _lock_segment(self._lock_path, seg)
         try:
             self._db = self._open()
         except BaseException:
@@ -519,9 +584,20 @@ class AuditLog:
         self._closed = True
         self._wake.set()
         self._thread.join()
+        if self.discard_if_empty and self._error is None and self._seq == 0:
+            self._discard()  # still under the lock: nobody else can be writing it
         os.close(self._lock_fd)
         if self._error is not None:
             raise AuditError(self._why_closed()) from self._error
+
+    def _discard(self) -> None:
+        """Delete the (empty) segment: database, WAL, shared memory, then the lock file,
+        which a waiting writer notices (see :func:`_lock_segment`)."""
+        for path in (self.path, self.path + "-wal", self.path + "-shm", self._lock_path):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
 
     def __enter__(self) -> AuditLog:
         return self

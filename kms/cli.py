@@ -36,9 +36,11 @@ from typing import IO, TYPE_CHECKING, Any, BinaryIO, NoReturn
 from hsmpool import cli as pool_cli
 
 if TYPE_CHECKING:
+    from kms.audit import AuditLog
     from kms.fileenc import FileResult
     from kms.model import AliasRecord, KeyRecord
-    from kms.service import KmsClient
+    from kms.service import Kms, KmsClient
+    from kms.store import Store
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,16 +75,72 @@ def _one_line_errors(parser: argparse.ArgumentParser) -> None:
                 _one_line_errors(child)
 
 
+def cli_principal() -> str:
+    """The principal the audit trail names for a command-line run: ``os:<user>``."""
+    from kms.audit import local_user
+
+    return "os:" + local_user()
+
+
+def open_service(config: str) -> Kms:
+    """The service of ``config`` for one command-line run: as :meth:`Kms.open`, but its
+    audit records go to the segment the CLI runs of this host and user share
+    (:func:`kms.audit.open_cli_log`; deleted at close if it got no records)."""
+    from hsmpool import Pool
+    from kms.audit import open_cli_log
+    from kms.config import load
+    from kms.service import Kms
+    from kms.store import Store
+
+    pool_cfg, settings = load(config)
+    pool = Pool(pool_cfg)
+    store: Store | None = None
+    audit: AuditLog | None = None
+    try:
+        store = Store(settings.database)
+        if settings.audit_dir is not None:
+            audit = open_cli_log(settings.audit_dir)
+        return Kms(pool, store, settings, audit=audit, owns_pool=True)
+    except BaseException:
+        if audit is not None:
+            audit.close()
+        if store is not None:
+            store.close()
+        pool.close()
+        raise
+
+
+@contextlib.contextmanager
+def open_records(config: str) -> Iterator[tuple[Store, AuditLog | None]]:
+    """The metadata store and a CLI audit log of ``config``, without the HSM pool (for
+    commands that change only metadata: a leaked access key can be disabled while every
+    token is down)."""
+    from kms.audit import open_cli_log
+    from kms.config import load
+    from kms.store import Store
+
+    settings = load(config)[1]
+    store = Store(settings.database)
+    try:
+        audit = None if settings.audit_dir is None else open_cli_log(settings.audit_dir)
+        try:
+            yield store, audit
+        finally:
+            if audit is not None:
+                audit.close()
+    finally:
+        store.close()
+
+
 @contextlib.contextmanager
 def _client(args: argparse.Namespace) -> Iterator[KmsClient]:
-    """A client of ``--instance`` on the service of ``--config``, closed at the end."""
-    from kms.service import Kms
+    """A client of ``--instance`` on the service of ``--config``, closed at the end; its
+    audit records name the OS user (:func:`cli_principal`)."""
+    with open_service(pool_cli._config_path(args)) as service:
+        yield service.client(args.instance, audit_name=cli_principal())
 
-    with Kms.open(pool_cli._config_path(args)) as service:
-        yield service.client(args.instance)
 
-
-def _when(t: float | None) -> str | None:
+def iso_time(t: float | None) -> str | None:
     if t is None:
         return None
     return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -92,11 +150,11 @@ def _key_json(rec: KeyRecord, aliases: Sequence[str] = ()) -> dict[str, Any]:
     return {
         "KeyId": rec.key_id, "Arn": rec.arn, "KeySpec": str(rec.spec),
         "KeyUsage": str(rec.usage), "Origin": str(rec.origin), "KeyState": str(rec.state),
-        "Description": rec.description, "CreationDate": _when(rec.created),
-        "DeletionDate": _when(rec.deletion_date),
+        "Description": rec.description, "CreationDate": iso_time(rec.created),
+        "DeletionDate": iso_time(rec.deletion_date),
         "KeyRotationEnabled": rec.rotation_enabled,
         "RotationPeriodInDays": rec.rotation_period_days,
-        "NextRotationDate": _when(rec.next_rotation),
+        "NextRotationDate": iso_time(rec.next_rotation),
         "PrimaryVersion": rec.primary_version,
         "MinDecryptionVersion": rec.min_decrypt_version,
         "Tags": dict(rec.tags), "Aliases": list(aliases),
@@ -105,18 +163,18 @@ def _key_json(rec: KeyRecord, aliases: Sequence[str] = ()) -> dict[str, Any]:
 
 def _alias_json(client: KmsClient, a: AliasRecord) -> dict[str, Any]:
     return {"AliasName": a.name, "AliasArn": client.kms.alias_arn(a.instance, a.name),
-            "TargetKeyId": a.key_id, "CreationDate": _when(a.created),
-            "LastUpdatedDate": _when(a.updated)}
+            "TargetKeyId": a.key_id, "CreationDate": iso_time(a.created),
+            "LastUpdatedDate": iso_time(a.updated)}
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
     cells = [[("-" if c is None or c == "" else str(c)) for c in r] for r in rows]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
     for r in [list(headers), *cells]:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
 
 
-def _fields(obj: Mapping[str, Any]) -> None:
+def print_fields(obj: Mapping[str, Any]) -> None:
     width = max(len(k) for k in obj)
     for k, v in obj.items():
         if isinstance(v, dict):
@@ -149,7 +207,7 @@ def _show_key(args: argparse.Namespace, client: KmsClient, rec: KeyRecord) -> in
     if args.json:
         print(json.dumps(doc, indent=2))
     else:
-        _fields(doc)
+        print_fields(doc)
     return 0
 
 
@@ -167,7 +225,7 @@ def cmd_key_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"Keys": docs}, indent=2))
     else:
-        _table(("KeyId", "KeySpec", "KeyUsage", "KeyState", "Aliases", "Description"),
+        print_table(("KeyId", "KeySpec", "KeyUsage", "KeyState", "Aliases", "Description"),
                [(d["KeyId"], d["KeySpec"], d["KeyUsage"], d["KeyState"],
                  ",".join(d["Aliases"]), d["Description"]) for d in docs])
     return 0
@@ -183,11 +241,11 @@ def cmd_key_rotate(args: argparse.Namespace) -> int:
         v = client.rotate_key_on_demand(args.key)
         rec = client.describe_key(v.key_id)
     doc = {"KeyId": rec.key_id, "Arn": rec.arn, "KeyVersion": v.version_id,
-           "VersionNumber": v.number, "CreationDate": _when(v.created)}
+           "VersionNumber": v.number, "CreationDate": iso_time(v.created)}
     if args.json:
         print(json.dumps(doc, indent=2))
     else:
-        _fields(doc)
+        print_fields(doc)
     return 0
 
 
@@ -212,7 +270,7 @@ def _alias_set(create: bool) -> Callable[[argparse.Namespace], int]:
         if args.json:
             print(json.dumps(doc, indent=2))
         else:
-            _fields(doc)
+            print_fields(doc)
         return 0
 
     return run
@@ -236,7 +294,7 @@ def cmd_alias_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"Aliases": docs}, indent=2))
     else:
-        _table(("AliasName", "TargetKeyId", "LastUpdatedDate"),
+        print_table(("AliasName", "TargetKeyId", "LastUpdatedDate"),
                [(d["AliasName"], d["TargetKeyId"], d["LastUpdatedDate"]) for d in docs])
     return 0
 

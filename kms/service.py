@@ -230,11 +230,18 @@ class Kms:
             raise
 
     def client(self, instance: str = "default", principal: Any = None,
-               source_ip: str | None = None) -> KmsClient:
+               source_ip: str | None = None, *, audit_name: str | None = None) -> KmsClient:
         """A caller of the service: an instance, and a principal (None: the embedding
-        application itself, with every permission inside the instance)."""
-        self.pool.instance(instance)  # raises InstanceNotFoundError early
-        return KmsClient(self, instance, principal, source_ip)
+        application itself, with every permission inside the instance). ``audit_name`` is
+        the principal recorded in the audit trail (default: the principal's name, "" for
+        the embedder; the CLI names the OS user). Raises
+        :class:`kms.errors.InstanceNotFound` for an instance the pool does not have."""
+        try:
+            self.pool.instance(instance)
+        except hsmpool.InstanceNotFoundError:
+            raise E.InstanceNotFound(f"instance {instance!r} is not configured in the pool") \
+                from None
+        return KmsClient(self, instance, principal, source_ip, audit_name=audit_name)
 
     def close(self) -> None:
         self._stop.set()
@@ -492,12 +499,14 @@ class KmsClient:
     id, a key ARN, an alias name (``alias/x``) or an alias ARN.
     """
 
-    def __init__(self, kms: Kms, instance: str, principal: Any, source_ip: str | None) -> None:
+    def __init__(self, kms: Kms, instance: str, principal: Any, source_ip: str | None, *,
+                 audit_name: str | None = None) -> None:
         self.kms = kms
         self.instance_name = instance
         self.inst = kms.pool.instance(instance)
         self.principal = principal
-        self._principal_name = "" if principal is None else str(getattr(principal, "name", ""))
+        self._principal_name = audit_name if audit_name is not None else (
+            "" if principal is None else str(getattr(principal, "name", "")))
         self.source_ip = source_ip
         self._store = kms.store
         self._decisions: dict[tuple[str, tuple[str, ...]], tuple[int, bool]] = {}

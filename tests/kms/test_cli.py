@@ -123,6 +123,71 @@ def test_sign_key_spec_and_usage(cli: Cli) -> None:
     assert "UnsupportedOperationException" in cli.fail("key", "rotate", k["KeyId"])
 
 
+# --- credentials --------------------------------------------------------------------------
+
+
+def test_credentials_lifecycle(cli: Cli, config: Path) -> None:
+    def cred(*args: str, rc: int = 0) -> Any:
+        return json.loads(cli.run("credentials", *args, "--json", rc=rc, instance=False).stdout)
+
+    first = cli.json("credentials", "create", "--name", "cli-app")
+    other = cli.json("credentials", "create", "--name", "cli-other")
+    assert first["Instance"] == INSTANCE and first["Principal"] == "cli-app"
+    secrets = {first["SecretAccessKey"], other["SecretAccessKey"]}
+    mine = cred("list", "--instance", INSTANCE, "--name", "cli-app")["AccessKeys"]
+    assert [k["AccessKeyId"] for k in mine] == [first["AccessKeyId"]]
+    assert set(mine[0]) == {"AccessKeyId", "Instance", "Principal", "PrincipalId",
+                            "CreateDate", "Enabled"}
+    assert mine[0]["Enabled"] is True and mine[0]["CreateDate"].endswith("Z")
+    listed = {k["AccessKeyId"]: k for k in cred("list")["AccessKeys"]}
+    assert {first["AccessKeyId"], other["AccessKeyId"]} <= set(listed)
+    table = cli.run("credentials", "list", instance=False).stdout.decode()
+    assert table.splitlines()[0].split() == ["AccessKeyId", "Instance", "Principal",
+                                             "CreateDate", "State"]
+    row = next(line for line in table.splitlines() if line.startswith(first["AccessKeyId"]))
+    assert row.split()[1:3] == [INSTANCE, "cli-app"] and row.split()[-1] == "enabled"
+
+    assert cred("disable", first["AccessKeyId"])["Enabled"] is False
+    assert cred("list", "--name", "cli-app")["AccessKeys"][0]["Enabled"] is False
+    shown = fields(cli.run("credentials", "enable", first["AccessKeyId"],
+                           instance=False).stdout)
+    assert shown["AccessKeyId"] == first["AccessKeyId"] and shown["Enabled"] == "True"
+
+    rotated = cred("rotate", first["AccessKeyId"], "--disable-old")
+    assert rotated["Principal"] == "cli-app" and rotated["Instance"] == INSTANCE
+    assert rotated["OldAccessKeyId"] == first["AccessKeyId"]
+    assert rotated["OldAccessKeyEnabled"] is False
+    secrets.add(rotated["SecretAccessKey"])
+    assert len(secrets) == 3
+    kept = cli.run("credentials", "rotate", rotated["AccessKeyId"], instance=False)
+    lines = kept.stdout.decode().splitlines()
+    assert lines[0].startswith("AccessKeyId=HSMP") and lines[1].startswith("SecretAccessKey=")
+    assert b"is enabled" in kept.stderr  # without --disable-old the old key stays
+    secrets.add(lines[1].partition("=")[2])
+    states = {k["AccessKeyId"]: k["Enabled"]
+              for k in cred("list", "--name", "cli-app")["AccessKeys"]}
+    assert states == {first["AccessKeyId"]: False, rotated["AccessKeyId"]: True,
+                      lines[0].partition("=")[2]: True}
+
+    gone = cred("delete", first["AccessKeyId"])
+    assert gone["Deleted"] is True and gone["AccessKeyId"] == first["AccessKeyId"]
+    assert first["AccessKeyId"] not in {k["AccessKeyId"] for k in cred("list")["AccessKeys"]}
+    for verb in ("delete", "enable", "disable", "rotate"):
+        msg = cli.fail("credentials", verb, first["AccessKeyId"], instance=False)
+        assert msg == (f"hsmpool: NotFoundException: access key {first['AccessKeyId']!r} "
+                       "does not exist")
+    assert "instance 'nope' is not configured" in cli.fail(
+        "credentials", "create", "--instance", "nope", instance=False)
+    assert "required" in cli.fail("credentials", "disable", rc=2, instance=False)
+
+    # Secrets were shown at creation and rotation only: not listed, not stored in clear.
+    every_listing = cli.run("credentials", "list", "--json", instance=False).stdout
+    every_listing += cli.run("credentials", "list", instance=False).stdout
+    stored = b"".join(p.read_bytes() for p in config.parent.rglob("*") if p.is_file())
+    for secret in secrets:
+        assert secret.encode() not in every_listing and secret.encode() not in stored
+
+
 # --- aliases ----------------------------------------------------------------------------
 
 
@@ -368,8 +433,8 @@ def test_config_and_instance_errors(cli: Cli, tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("[kms]\nnot valid toml = = =\n")
     assert "configuration" in Cli(bad).fail("key", "list", rc=2)
-    assert "InstanceNotFoundError" in cli.fail("key", "list", "--instance", "nope",
-                                               instance=False)
+    msg = cli.fail("key", "list", "--instance", "nope", instance=False)
+    assert msg == "hsmpool: NotFoundException: instance 'nope' is not configured in the pool"
 
 
 def test_error_messages_hold_no_context_values(cli: Cli, file_keys: dict[str, str],
