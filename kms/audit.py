@@ -139,9 +139,9 @@ import threading
 import time
 import types
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 __all__ = [
     "FORMAT_VERSION",
@@ -159,6 +159,7 @@ __all__ = [
     "main",
     "open_cli_log",
     "parse_anchor",
+    "segment_files",
     "segment_path",
     "verify",
 ]
@@ -1015,11 +1016,15 @@ def _check_head(db: sqlite3.Connection, segment: str, where: str, gen: bytes, la
                            "wrong key)")
 
 
-def _segments(directory: str) -> Iterator[tuple[str, str]]:
-    for name in sorted(os.listdir(directory)):
+def segment_files(directory: str | os.PathLike[str]) -> list[tuple[str, str]]:
+    """(segment, path) of every segment file in ``directory``, by name."""
+    d = os.fspath(directory)
+    out = []
+    for name in sorted(os.listdir(d)):
         m = _FILE_RE.fullmatch(name)
         if m:
-            yield m.group(1), os.path.join(directory, name)
+            out.append((m.group(1), os.path.join(d, name)))
+    return out
 
 
 def parse_anchor(text: str) -> tuple[str, int, str]:
@@ -1049,7 +1054,7 @@ def verify(directory: str | os.PathLike[str], *, head_key: bytes | None = None,
         by_segment.setdefault(seg, []).append((seq, hex_hash))
     wanted = None if segments is None else set(segments)
     found = set()
-    for segment, path in _segments(d):
+    for segment, path in segment_files(d):
         if wanted is not None and segment not in wanted:
             continue
         found.add(segment)
@@ -1063,7 +1068,52 @@ def verify(directory: str | os.PathLike[str], *, head_key: bytes | None = None,
 
 # --------------------------------------------------------------------------- CLI
 
+DEFAULT_CONFIG = "var/hsmpool.toml"
+
+
+def audit_location(args: argparse.Namespace) -> tuple[str, frozenset[str]]:
+    """The audit directory of an ``audit`` command, and the secret context keys of its
+    configuration: ``--dir``; else the ``[kms] audit_dir`` of ``--config``; else
+    ``$HSMPOOL_AUDIT_DIR``; else that of ``$HSMPOOL_CONFIG`` or ``var/hsmpool.toml`` (if it
+    exists); else ``var/audit``. A configuration error is one line and exit status 2."""
+    config = getattr(args, "config", None)
+    if args.dir is None and config is None:
+        if os.environ.get("HSMPOOL_AUDIT_DIR"):
+            return os.environ["HSMPOOL_AUDIT_DIR"], frozenset()
+        config = os.environ.get("HSMPOOL_CONFIG") or (
+            DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else None)
+        if config is None:
+            return DEFAULT_DIR, frozenset()
+    if config is None:
+        return args.dir, frozenset()
+    audit_dir, secret = _configured(config)
+    if args.dir is not None:
+        return args.dir, secret
+    if audit_dir is None:
+        _usage(f"configuration error: {config}: [kms] audit_dir is off (no audit trail)")
+    return audit_dir, secret
+
+
+def _configured(config: str) -> tuple[str | None, frozenset[str]]:
+    from hsmpool.config import read_toml
+    from hsmpool.errors import ConfigError
+    from kms.config import parse_kms_settings
+
+    try:
+        doc, base = read_toml(config)
+        settings = parse_kms_settings(doc, base)
+    except (ConfigError, ValueError, TypeError) as exc:
+        _usage(f"configuration error: {exc}")
+    return settings.audit_dir, settings.secret_context_keys
+
+
+def _usage(message: str) -> NoReturn:
+    print(f"hsmpool: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def _cmd_verify(args: argparse.Namespace) -> int:
+    directory = audit_location(args)[0]
     try:
         key = None
         if args.head_key_file:
@@ -1078,7 +1128,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     started = time.perf_counter()
-    report = verify(args.dir, head_key=key, segments=args.segment or None, anchors=anchors)
+    report = verify(directory, head_key=key, segments=args.segment or None, anchors=anchors)
     took = time.perf_counter() - started
     for h in report.heads:
         print(f"segment {h.segment}: {h.records} records, head seq {h.seq}, "
@@ -1086,18 +1136,24 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     for p in report.problems:
         print(f"PROBLEM: {p}")
     state = "OK" if report.ok else f"FAILED ({len(report.problems)} problems)"
-    print(f"audit {args.dir}: {report.segments} segments, {report.records} records, "
+    print(f"audit {directory}: {report.segments} segments, {report.records} records, "
           f"{len(anchors)} anchors, {state} in {took:.2f} s")
     return 0 if report.ok else 1
 
 
 def add_cli(subparsers: Any) -> None:
-    """Register ``audit verify`` on an ``argparse`` subparsers object."""
-    audit = subparsers.add_parser("audit", help="the audit trail")
-    sub = audit.add_subparsers(dest="audit_command", required=True)
-    v = sub.add_parser("verify", help="check every audit segment's hash chain and head")
-    v.add_argument("--dir", default=os.environ.get("HSMPOOL_AUDIT_DIR", DEFAULT_DIR),
-                   help="audit directory (default $HSMPOOL_AUDIT_DIR or %(default)s)")
+    """Register ``audit verify|tail|show|export`` on an ``argparse`` subparsers object."""
+    from kms import audit_reader
+
+    audit = subparsers.add_parser("audit", help="the audit trail: verify and read it")
+    sub = audit.add_subparsers(dest="audit_command", required=True, metavar="COMMAND")
+    where = argparse.ArgumentParser(add_help=False)
+    where.add_argument("--dir", default=None,
+                       help="audit directory (default: the [kms] audit_dir of --config; "
+                            "else $HSMPOOL_AUDIT_DIR; else that of $HSMPOOL_CONFIG or "
+                            f"{DEFAULT_CONFIG}; else {DEFAULT_DIR})")
+    v = sub.add_parser("verify", parents=[where],
+                       help="check every audit segment's hash chain and head")
     v.add_argument("--segment", action="append",
                    help="check only this segment (repeatable); a named segment that is "
                         "absent is a problem")
@@ -1108,6 +1164,7 @@ def add_cli(subparsers: Any) -> None:
     v.add_argument("--anchor-file", action="append", metavar="FILE",
                    help="file of anchors, one SEGMENT:SEQ:HASH per line ('#' comments)")
     v.set_defaults(func=_cmd_verify)
+    audit_reader.add_cli(sub, where)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
