@@ -133,7 +133,7 @@ def open_records(config: str) -> Iterator[tuple[Store, AuditLog | None]]:
 
 
 @contextlib.contextmanager
-def _client(args: argparse.Namespace) -> Iterator[KmsClient]:
+def open_client(args: argparse.Namespace) -> Iterator[KmsClient]:
     """A client of ``--instance`` on the service of ``--config``, closed at the end; its
     audit records name the OS user (:func:`cli_principal`)."""
     with open_service(pool_cli._config_path(args)) as service:
@@ -202,7 +202,7 @@ def _aliases_by_key(client: KmsClient, key_id: str | None = None) -> dict[str, l
     return out
 
 
-def _show_key(args: argparse.Namespace, client: KmsClient, rec: KeyRecord) -> int:
+def show_key(args: argparse.Namespace, client: KmsClient, rec: KeyRecord) -> int:
     doc = _key_json(rec, _aliases_by_key(client, rec.key_id).get(rec.key_id, []))
     if args.json:
         print(json.dumps(doc, indent=2))
@@ -212,13 +212,13 @@ def _show_key(args: argparse.Namespace, client: KmsClient, rec: KeyRecord) -> in
 
 
 def cmd_key_create(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        rec = client.create_key(args.spec, args.usage, args.description or "")
-        return _show_key(args, client, rec)
+    with open_client(args) as client:
+        rec = client.create_key(args.spec, args.usage, args.description or "", args.origin)
+        return show_key(args, client, rec)
 
 
 def cmd_key_list(args: argparse.Namespace) -> int:
-    with _client(args) as client:
+    with open_client(args) as client:
         keys = _all_pages(lambda m: client.list_keys(marker=m))
         aliases = _aliases_by_key(client)
         docs = [_key_json(k, aliases.get(k.key_id, [])) for k in keys]
@@ -232,12 +232,12 @@ def cmd_key_list(args: argparse.Namespace) -> int:
 
 
 def cmd_key_describe(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        return _show_key(args, client, client.describe_key(args.key))
+    with open_client(args) as client:
+        return show_key(args, client, client.describe_key(args.key))
 
 
 def cmd_key_rotate(args: argparse.Namespace) -> int:
-    with _client(args) as client:
+    with open_client(args) as client:
         v = client.rotate_key_on_demand(args.key)
         rec = client.describe_key(v.key_id)
     doc = {"KeyId": rec.key_id, "Arn": rec.arn, "KeyVersion": v.version_id,
@@ -251,9 +251,9 @@ def cmd_key_rotate(args: argparse.Namespace) -> int:
 
 def _key_change(method: str, **kw: Any) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        with _client(args) as client:
+        with open_client(args) as client:
             extra = {k: getattr(args, v) for k, v in kw.items()}
-            return _show_key(args, client, getattr(client, method)(args.key, **extra))
+            return show_key(args, client, getattr(client, method)(args.key, **extra))
 
     return run
 
@@ -264,7 +264,7 @@ def _alias_name(name: str) -> str:
 
 def _alias_set(create: bool) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        with _client(args) as client:
+        with open_client(args) as client:
             fn = client.create_alias if create else client.update_alias
             doc = _alias_json(client, fn(_alias_name(args.name), args.key))
         if args.json:
@@ -278,7 +278,7 @@ def _alias_set(create: bool) -> Callable[[argparse.Namespace], int]:
 
 def cmd_alias_delete(args: argparse.Namespace) -> int:
     name = _alias_name(args.name)
-    with _client(args) as client:
+    with open_client(args) as client:
         client.delete_alias(name)
     if args.json:
         print(json.dumps({"AliasName": name, "Deleted": True}))
@@ -288,7 +288,7 @@ def cmd_alias_delete(args: argparse.Namespace) -> int:
 
 
 def cmd_alias_list(args: argparse.Namespace) -> int:
-    with _client(args) as client:
+    with open_client(args) as client:
         docs = [_alias_json(client, a)
                 for a in _all_pages(lambda m: client.list_aliases(args.key, marker=m))]
     if args.json:
@@ -338,7 +338,7 @@ class _Bar:
         self.stream.flush()
 
 
-def _context_arg(text: str) -> tuple[str, str]:
+def context_arg(text: str) -> tuple[str, str]:
     k, sep, v = text.partition("=")
     if not sep or not k:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text.split('=')[0]!r}")
@@ -356,7 +356,7 @@ def _size_arg(text: str) -> int:
             from None
 
 
-def _context(pairs: Sequence[tuple[str, str]] | None) -> dict[str, str] | None:
+def context_pairs(pairs: Sequence[tuple[str, str]] | None) -> dict[str, str] | None:
     if pairs is None:
         return None
     ctx: dict[str, str] = {}
@@ -411,9 +411,9 @@ def _refuse_existing_output(args: argparse.Namespace) -> None:
 def cmd_encrypt(args: argparse.Namespace) -> int:
     from kms.fileenc import atomic_output, encrypt_file
 
-    context = _context(args.context)
+    context = context_pairs(args.context)
     _refuse_existing_output(args)
-    with _client(args) as client, _input(args.input) as (fin, total):
+    with open_client(args) as client, _input(args.input) as (fin, total):
         bar = _progress(args, "encrypt", total)
         if args.output == "-":
             res = encrypt_file(client, args.key, fin, sys.stdout.buffer, context,
@@ -430,9 +430,9 @@ def cmd_encrypt(args: argparse.Namespace) -> int:
 def cmd_decrypt(args: argparse.Namespace) -> int:
     from kms.fileenc import atomic_output, decrypt_file
 
-    context = _context(args.context)
+    context = context_pairs(args.context)
     _refuse_existing_output(args)
-    with _client(args) as client, _input(args.input) as (fin, total):
+    with open_client(args) as client, _input(args.input) as (fin, total):
         bar = _progress(args, "decrypt", total)
         if args.output == "-":
             # Nothing reaches stdout before the last chunk verified: spool first.
@@ -453,8 +453,9 @@ def cmd_decrypt(args: argparse.Namespace) -> int:
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register the service's commands: key, alias, encrypt, decrypt."""
+    from kms.cli_keys import add_key_commands
     from kms.fileenc import DEFAULT_CHUNK_SIZE
-    from kms.model import KeySpec, KeyUsage
+    from kms.model import KeySpec, KeyUsage, Origin
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--instance", default="default",
@@ -470,10 +471,14 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     key = sub.add_parser("key", help="create, list, rotate and delete keys")
     ks = key.add_subparsers(dest="key_command", required=True, metavar="COMMAND")
     p = leaf(ks, "create", "create a key", cmd_key_create)
-    p.add_argument("--spec", default="SYMMETRIC_DEFAULT", choices=[s.value for s in KeySpec])
+    p.add_argument("--spec", default="SYMMETRIC_DEFAULT", choices=[s.value for s in KeySpec],
+                   help="key spec (default %(default)s)")
     p.add_argument("--usage", choices=[u.value for u in KeyUsage],
                    help="default: the spec's first usage")
-    p.add_argument("--description", default="")
+    p.add_argument("--origin", default="AWS_KMS", choices=[o.value for o in Origin],
+                   help="AWS_KMS: material made in the HSMs; EXTERNAL: imported later with "
+                        "import-key-material (default %(default)s)")
+    p.add_argument("--description", default="", help="free text (default: none)")
     leaf(ks, "list", "list the instance's keys", cmd_key_list)
     for name, help_, func in (
             ("describe", "show a key", cmd_key_describe),
@@ -488,6 +493,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         p.add_argument("key", metavar="KEY", help="key id, key ARN, alias name or alias ARN")
         if name == "schedule-deletion":
             p.add_argument("--days", type=int, default=30, help="7..30 (default 30)")
+    add_key_commands(ks, leaf)
 
     alias = sub.add_parser("alias", help="create, update, delete and list aliases")
     als = alias.add_subparsers(dest="alias_command", required=True, metavar="COMMAND")
@@ -501,7 +507,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("--key", help="only the aliases of this key")
 
     io_opts = argparse.ArgumentParser(add_help=False)
-    io_opts.add_argument("--context", action="append", type=_context_arg, metavar="KEY=VALUE",
+    io_opts.add_argument("--context", action="append", type=context_arg, metavar="KEY=VALUE",
                          help="encryption context entry; repeatable; stored in the clear")
     shown = io_opts.add_mutually_exclusive_group()
     shown.add_argument("--progress", action="store_true",
