@@ -15,8 +15,12 @@ Use::
 Segments
     Every writer process has its own segment, the SQLite file ``audit-{segment}.db`` in the
     audit directory, so two processes never share a SQLite writer lock. A segment is held by
-    one :class:`AuditLog` at a time (an exclusive ``flock`` on ``audit-{segment}.lock``); a
-    server restarting ``worker-0`` reopens its segment and continues its chain.
+    one :class:`AuditLog` at a time (an exclusive ``flock`` on ``audit-{segment}.lock``;
+    :class:`SegmentInUse` otherwise); a server restarting ``worker-0`` reopens its segment
+    and continues its chain. Command-line runs share ``cli-{host}-{user}``
+    (:func:`open_cli_log`; a run that finds it held writes ``cli-{host}-{user}-{pid}``), and
+    a log opened with ``discard_if_empty`` deletes its segment at close if it holds no
+    records, so short runs leave no empty files. Reading: :mod:`kms.audit_reader`.
 
 Writing
     :meth:`AuditLog.append` only puts the event's fields on an in-memory queue (no I/O, no

@@ -2,12 +2,18 @@
 
     hsmpool [--config FILE] status [--self-test] [--json]
 
-    hsmpool key create [--spec SYMMETRIC_DEFAULT] [--usage U] [--description D]
+    hsmpool key create [--spec SYMMETRIC_DEFAULT] [--usage U] [--origin AWS_KMS]
+                       [--description D]
     hsmpool key list | describe KEY | rotate KEY | enable KEY | disable KEY
     hsmpool key schedule-deletion KEY [--days 30] | cancel-deletion KEY
+    hsmpool key enable-rotation|disable-rotation|rotation-status|tag|untag|tags|policy|
+                sign|verify|public-key|generate-data-key|get-parameters-for-import|
+                import-key-material ...                              (:mod:`kms.cli_keys`)
     hsmpool alias create|update NAME KEY | delete NAME | list [--key KEY]
-    hsmpool encrypt --key KEY [--context K=V ...] [--chunk-size 1M] IN OUT
-    hsmpool decrypt [--context K=V ...] IN OUT
+    hsmpool encrypt --key KEY [--context K=V ...] [--chunk-size 1M] [--force] IN OUT
+    hsmpool decrypt [--context K=V ...] [--force] IN OUT
+    hsmpool serve ... | credentials ...                              (:mod:`kms.api.commands`)
+    hsmpool audit verify|tail|show|export ...          (:mod:`kms.audit`, :mod:`kms.audit_reader`)
 
 The key and alias commands and encrypt/decrypt take ``--instance`` (default ``default``) and
 ``--json``; KEY is a key id, key ARN, alias name or alias ARN; an alias NAME may omit the
@@ -15,6 +21,11 @@ The key and alias commands and encrypt/decrypt take ``--instance`` (default ``de
 :mod:`kms.fileenc`); IN or OUT ``-`` is stdin or stdout. A progress bar goes to stderr when
 stderr is a terminal or with ``--progress``, never with ``--quiet``. ``decrypt`` writes OUT
 only once the whole file verified (to stdout: after spooling to an unlinked temporary file).
+An existing OUT is refused (exit status 2, untouched) unless ``--force``.
+
+A command-line run is the embedder of its instance (every permission); its audit records
+name the OS user as the principal (``os:<user>``) and go to the segment the runs of this
+host and user share (:func:`kms.audit.open_cli_log`).
 
 Errors are one line on stderr: exit status 1 for a failed operation, 2 for bad usage or
 configuration.
