@@ -46,6 +46,7 @@ __all__ = ["AuditRecord", "Filter", "Reader", "find", "follow", "parse_time", "r
            "tail"]
 
 PAGE = 256  # records read from a segment at a time
+_YEAR_10000 = 253_402_300_800.0  # a record time past it (or NaN) is malformed
 REDACTED = "<redacted>"
 
 
@@ -172,6 +173,7 @@ class Reader:
             f = json.loads(text)
             if not (isinstance(f, list) and len(f) == 10 and f[0] == FORMAT_VERSION
                     and isinstance(f[1], int | float) and not isinstance(f[1], bool)
+                    and 0 <= f[1] < _YEAR_10000
                     and all(isinstance(x, str) for x in (f[2], f[3], f[4], f[7], f[8]))
                     and all(x is None or isinstance(x, str) for x in (f[5], f[6]))
                     and isinstance(f[9], dict)

@@ -331,3 +331,20 @@ def test_cli_audit_holds_no_secrets(config: Path, tmp_path: Path) -> None:
     for blob in (stored, text):
         assert made["SecretAccessKey"].encode() not in blob
         assert b"top secret plaintext" not in blob
+
+
+def test_absurd_record_times_are_skipped(trail: Path) -> None:
+    """A row edited to a time no clock shows (NaN, far future, negative) is malformed for
+    the reader too: skipped with a warning, never a traceback."""
+    db = sqlite3.connect(trail.parent / "audit" / "audit-w0.db")
+    with db:
+        for seq, t in ((1, "NaN"), (2, "1e300"), (3, "-5")):
+            row = db.execute("SELECT record FROM records WHERE seq = ?", (seq,)).fetchone()
+            fields = row[0].split(",", 2)
+            db.execute("UPDATE records SET record = ? WHERE seq = ?",
+                       (",".join([fields[0], t, fields[2]]), seq))
+    db.close()
+    proc = run(trail, "audit", "export", "--table")
+    assert [row.split()[-1] for row in proc.stdout.splitlines()[1:]] == ["w1:1", "w1:2",
+                                                                        "w1:3"]
+    assert "segment w0: 3 malformed records skipped" in proc.stderr
