@@ -122,10 +122,11 @@ def open_service(config: str) -> Kms:
 
 
 @contextlib.contextmanager
-def open_records(config: str) -> Iterator[tuple[Store, AuditLog | None]]:
-    """The metadata store and a CLI audit log of ``config``, without the HSM pool (for
-    commands that change only metadata: a leaked access key can be disabled while every
-    token is down)."""
+def open_records(config: str, *, audit: bool = True
+                 ) -> Iterator[tuple[Store, AuditLog | None]]:
+    """The metadata store and (with ``audit``) a CLI audit log of ``config``, without the
+    HSM pool (for commands that read or change only metadata: a leaked access key can be
+    disabled while every token is down)."""
     from kms.audit import open_cli_log
     from kms.config import load
     from kms.store import Store
@@ -133,12 +134,13 @@ def open_records(config: str) -> Iterator[tuple[Store, AuditLog | None]]:
     settings = load(config)[1]
     store = Store(settings.database)
     try:
-        audit = None if settings.audit_dir is None else open_cli_log(settings.audit_dir)
+        log = None if settings.audit_dir is None or not audit else open_cli_log(
+            settings.audit_dir)
         try:
-            yield store, audit
+            yield store, log
         finally:
-            if audit is not None:
-                audit.close()
+            if log is not None:
+                log.close()
     finally:
         store.close()
 

@@ -137,7 +137,7 @@ def cmd_credentials_list(args: argparse.Namespace) -> int:
     from kms.cli import open_records, print_table
     from kms.credentials import list_access_keys
 
-    with open_records(_config(args)) as (store, _audit):
+    with open_records(_config(args), audit=False) as (store, _):
         docs = [_info_json(k) for k in list_access_keys(store, instance=args.instance,
                                                          principal=args.name)]
     if args.json:
@@ -156,7 +156,9 @@ def _credentials_change(operation: str) -> Callable[[argparse.Namespace], int]:
         from kms import credentials
         from kms.cli import cli_principal, open_records, print_fields
 
-        change = getattr(credentials, f"{operation}_access_key")
+        change = {"disable": credentials.disable_access_key,
+                  "enable": credentials.enable_access_key,
+                  "delete": credentials.delete_access_key}[operation]
         with open_records(_config(args)) as (store, audit):
             info = change(store, args.access_key_id, audit=audit, actor=cli_principal())
         doc = _info_json(info)

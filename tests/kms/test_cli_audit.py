@@ -93,9 +93,12 @@ def test_cli_runs_share_one_segment_and_name_the_os_user(config: Path) -> None:
 
 
 def test_a_run_without_records_leaves_no_segment(config: Path) -> None:
-    run(config, "credentials", "list")
-    run(config, "audit", "tail")  # readers write nothing either
-    assert db_segments(config) == []
+    run(config, "credentials", "list")  # a reader: opens no audit log at all
+    assert segments(config) == []
+    run(config, "credentials", "enable", "HSMPNOSUCHKEY0000000", rc=1)  # nothing recorded
+    assert (config.parent / "audit").is_dir() and segments(config) == []
+    assert run(config, "audit", "tail").stdout == ""
+    assert segments(config) == []
     run(config, "alias", "list", "--instance", INSTANCE)
     assert db_segments(config) == [f"audit-{cli_segment()}.db"]
 
