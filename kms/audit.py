@@ -15,8 +15,12 @@ Use::
 Segments
     Every writer process has its own segment, the SQLite file ``audit-{segment}.db`` in the
     audit directory, so two processes never share a SQLite writer lock. A segment is held by
-    one :class:`AuditLog` at a time (an exclusive ``flock`` on ``audit-{segment}.lock``); a
-    server restarting ``worker-0`` reopens its segment and continues its chain.
+    one :class:`AuditLog` at a time (an exclusive ``flock`` on ``audit-{segment}.lock``;
+    :class:`SegmentInUse` otherwise); a server restarting ``worker-0`` reopens its segment
+    and continues its chain. Command-line runs share ``cli-{host}-{user}``
+    (:func:`open_cli_log`; a run that finds it held writes ``cli-{host}-{user}-{pid}``), and
+    a log opened with ``discard_if_empty`` deletes its segment at close if it holds no
+    records, so short runs leave no empty files. Reading: :mod:`kms.audit_reader`.
 
 Writing
     :meth:`AuditLog.append` only puts the event's fields on an in-memory queue (no I/O, no
@@ -129,6 +133,7 @@ import hmac
 import json
 import math
 import os
+import pwd
 import re
 import socket
 import sqlite3
@@ -138,9 +143,9 @@ import threading
 import time
 import types
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 from kms.private_files import private_dir, private_file
 
@@ -149,13 +154,18 @@ __all__ = [
     "AuditError",
     "AuditEvent",
     "AuditLog",
+    "SegmentInUse",
     "VerifyReport",
     "add_cli",
     "canonical",
     "chain_hash",
+    "cli_segment",
     "genesis",
+    "local_user",
     "main",
+    "open_cli_log",
     "parse_anchor",
+    "segment_files",
     "segment_path",
     "verify",
 ]
@@ -173,6 +183,10 @@ DEFAULT_DIR = "var/audit"
 
 class AuditError(Exception):
     """The audit log cannot record (write failure, closed log, segment in use)."""
+
+
+class SegmentInUse(AuditError):
+    """Another :class:`AuditLog` (in this or another process) holds the segment."""
 
 
 # --------------------------------------------------------------------------- events
@@ -289,9 +303,42 @@ def segment_path(directory: str | os.PathLike[str], segment: str) -> str:
     return os.path.join(os.fspath(directory), f"audit-{segment}.db")
 
 
+def _name_part(text: str, limit: int = 48) -> str:
+    """``text`` made safe for a segment name (letters, digits, '._-'), at most ``limit``."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", text)[:limit]
+
+
 def _default_segment() -> str:
-    host = re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname()) or "host"
+    host = _name_part(socket.gethostname(), 100) or "host"
     return f"{host}-{os.getpid()}"
+
+
+def local_user() -> str:
+    """The name of this process's effective OS user (``uid<N>`` if it has no name)."""
+    uid = os.geteuid()
+    try:
+        return pwd.getpwuid(uid).pw_name or f"uid{uid}"
+    except KeyError:
+        return f"uid{uid}"
+
+
+def cli_segment() -> str:
+    """The segment the command-line runs of this host and OS user share:
+    ``cli-<host>-<user>``."""
+    host = _name_part(socket.gethostname()) or "host"
+    return f"cli-{host}-{_name_part(local_user()) or 'user'}"
+
+
+def open_cli_log(directory: str | os.PathLike[str], *, sync: bool = True) -> AuditLog:
+    """The audit log of one command-line run: the shared segment :func:`cli_segment`,
+    continued across runs, or, while a concurrent run holds it, a segment of this process
+    (``cli-<host>-<user>-<pid>``). Either is deleted at close if it holds no records."""
+    shared = cli_segment()
+    try:
+        return AuditLog(directory, shared, sync=sync, discard_if_empty=True)
+    except SegmentInUse:
+        return AuditLog(directory, f"{shared}-{os.getpid()}", sync=sync,
+                        discard_if_empty=True)
 
 
 # --------------------------------------------------------------------------- schema
@@ -337,6 +384,30 @@ _INSERTS = {1 << k: "INSERT INTO records (seq, record, prev_hash, hash) VALUES "
 
 # --------------------------------------------------------------------------- writer
 
+
+def _lock_segment(lock_path: str, segment: str) -> int:
+    """An exclusive ``flock`` on the segment's lock file, as an open descriptor. A lock
+    file deleted by its last holder (an empty, discarded segment) between our open and our
+    lock is no longer the segment's lock: open the new one and try again."""
+    for _ in range(100):
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            raise SegmentInUse(f"audit segment {segment!r} is in use by another writer") \
+                from exc
+        try:
+            current = os.stat(lock_path)
+        except FileNotFoundError:
+            current = None
+        held = os.fstat(fd)
+        if current is not None and (current.st_dev, current.st_ino) == (held.st_dev,
+                                                                         held.st_ino):
+            return fd
+        os.close(fd)
+    raise AuditError(f"audit segment {segment!r}: its lock file keeps being replaced")
+
 class _Marker:
     """A flush request travelling in the queue behind the events it waits for."""
 
@@ -358,11 +429,14 @@ class AuditLog:
 
     Create it in the process that uses it (after any fork): the writer thread does not
     survive ``fork``. ``wake_at`` and ``max_delay`` set the batching (module docstring).
+    With ``discard_if_empty``, a segment that holds no records when the log closes is
+    deleted (its database and lock files), so short-lived writers leave nothing behind.
+    Raises :class:`SegmentInUse` if another log holds the segment.
     """
 
     def __init__(self, directory: str | os.PathLike[str], segment: str | None = None, *,
                  sync: bool = True, head_key: bytes | None = None, wake_at: int = WAKE_AT,
-                 max_delay: float = MAX_DELAY) -> None:
+                 max_delay: float = MAX_DELAY, discard_if_empty: bool = False) -> None:
         seg = _default_segment() if segment is None else segment
         if not _SEGMENT_RE.fullmatch(seg):
             raise ValueError(f"bad audit segment name {seg!r} (letters, digits, '._-')")
@@ -375,15 +449,11 @@ class AuditLog:
         self.wake_at = wake_at
         self.max_delay = float(max_delay)
         self._head_key = head_key
+        self.discard_if_empty = discard_if_empty
         private_dir(self.directory)
 
-        self._lock_fd = os.open(os.path.join(self.directory, f"audit-{seg}.lock"),
-                                os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(self._lock_fd)
-            raise AuditError(f"audit segment {seg!r} is in use by another writer") from exc
+        self._lock_path = os.path.join(self.directory, f"audit-{seg}.lock")
+        self._lock_fd = _lock_segment(self._lock_path, seg)
         try:
             self._db = self._open()
         except BaseException:
@@ -522,9 +592,20 @@ class AuditLog:
         self._closed = True
         self._wake.set()
         self._thread.join()
+        if self.discard_if_empty and self._error is None and self._seq == 0:
+            self._discard()  # still under the lock: nobody else can be writing it
         os.close(self._lock_fd)
         if self._error is not None:
             raise AuditError(self._why_closed()) from self._error
+
+    def _discard(self) -> None:
+        """Delete the (empty) segment: database, WAL, shared memory, then the lock file,
+        which a waiting writer notices (see :func:`_lock_segment`)."""
+        for path in (self.path, self.path + "-wal", self.path + "-shm", self._lock_path):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
 
     def __enter__(self) -> AuditLog:
         return self
@@ -942,11 +1023,15 @@ def _check_head(db: sqlite3.Connection, segment: str, where: str, gen: bytes, la
                            "wrong key)")
 
 
-def _segments(directory: str) -> Iterator[tuple[str, str]]:
-    for name in sorted(os.listdir(directory)):
+def segment_files(directory: str | os.PathLike[str]) -> list[tuple[str, str]]:
+    """(segment, path) of every segment file in ``directory``, by name."""
+    d = os.fspath(directory)
+    out = []
+    for name in sorted(os.listdir(d)):
         m = _FILE_RE.fullmatch(name)
         if m:
-            yield m.group(1), os.path.join(directory, name)
+            out.append((m.group(1), os.path.join(d, name)))
+    return out
 
 
 def parse_anchor(text: str) -> tuple[str, int, str]:
@@ -976,7 +1061,7 @@ def verify(directory: str | os.PathLike[str], *, head_key: bytes | None = None,
         by_segment.setdefault(seg, []).append((seq, hex_hash))
     wanted = None if segments is None else set(segments)
     found = set()
-    for segment, path in _segments(d):
+    for segment, path in segment_files(d):
         if wanted is not None and segment not in wanted:
             continue
         found.add(segment)
@@ -990,7 +1075,52 @@ def verify(directory: str | os.PathLike[str], *, head_key: bytes | None = None,
 
 # --------------------------------------------------------------------------- CLI
 
+DEFAULT_CONFIG = "var/hsmpool.toml"
+
+
+def audit_location(args: argparse.Namespace) -> tuple[str, frozenset[str]]:
+    """The audit directory of an ``audit`` command, and the secret context keys of its
+    configuration: ``--dir``; else the ``[kms] audit_dir`` of ``--config``; else
+    ``$HSMPOOL_AUDIT_DIR``; else that of ``$HSMPOOL_CONFIG`` or ``var/hsmpool.toml`` (if it
+    exists); else ``var/audit``. A configuration error is one line and exit status 2."""
+    config = getattr(args, "config", None)
+    if args.dir is None and config is None:
+        if os.environ.get("HSMPOOL_AUDIT_DIR"):
+            return os.environ["HSMPOOL_AUDIT_DIR"], frozenset()
+        config = os.environ.get("HSMPOOL_CONFIG") or (
+            DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else None)
+        if config is None:
+            return DEFAULT_DIR, frozenset()
+    if config is None:
+        return args.dir, frozenset()
+    audit_dir, secret = _configured(config)
+    if args.dir is not None:
+        return args.dir, secret
+    if audit_dir is None:
+        _usage(f"configuration error: {config}: [kms] audit_dir is off (no audit trail)")
+    return audit_dir, secret
+
+
+def _configured(config: str) -> tuple[str | None, frozenset[str]]:
+    from hsmpool.config import read_toml
+    from hsmpool.errors import ConfigError
+    from kms.config import parse_kms_settings
+
+    try:
+        doc, base = read_toml(config)
+        settings = parse_kms_settings(doc, base)
+    except (ConfigError, ValueError, TypeError) as exc:
+        _usage(f"configuration error: {exc}")
+    return settings.audit_dir, settings.secret_context_keys
+
+
+def _usage(message: str) -> NoReturn:
+    print(f"hsmpool: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def _cmd_verify(args: argparse.Namespace) -> int:
+    directory = audit_location(args)[0]
     try:
         key = None
         if args.head_key_file:
@@ -1005,7 +1135,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     started = time.perf_counter()
-    report = verify(args.dir, head_key=key, segments=args.segment or None, anchors=anchors)
+    report = verify(directory, head_key=key, segments=args.segment or None, anchors=anchors)
     took = time.perf_counter() - started
     for h in report.heads:
         print(f"segment {h.segment}: {h.records} records, head seq {h.seq}, "
@@ -1013,18 +1143,24 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     for p in report.problems:
         print(f"PROBLEM: {p}")
     state = "OK" if report.ok else f"FAILED ({len(report.problems)} problems)"
-    print(f"audit {args.dir}: {report.segments} segments, {report.records} records, "
+    print(f"audit {directory}: {report.segments} segments, {report.records} records, "
           f"{len(anchors)} anchors, {state} in {took:.2f} s")
     return 0 if report.ok else 1
 
 
 def add_cli(subparsers: Any) -> None:
-    """Register ``audit verify`` on an ``argparse`` subparsers object."""
-    audit = subparsers.add_parser("audit", help="the audit trail")
-    sub = audit.add_subparsers(dest="audit_command", required=True)
-    v = sub.add_parser("verify", help="check every audit segment's hash chain and head")
-    v.add_argument("--dir", default=os.environ.get("HSMPOOL_AUDIT_DIR", DEFAULT_DIR),
-                   help="audit directory (default $HSMPOOL_AUDIT_DIR or %(default)s)")
+    """Register ``audit verify|tail|show|export`` on an ``argparse`` subparsers object."""
+    from kms import audit_reader
+
+    audit = subparsers.add_parser("audit", help="the audit trail: verify and read it")
+    sub = audit.add_subparsers(dest="audit_command", required=True, metavar="COMMAND")
+    where = argparse.ArgumentParser(add_help=False)
+    where.add_argument("--dir", default=None,
+                       help="audit directory (default: the [kms] audit_dir of --config; "
+                            "else $HSMPOOL_AUDIT_DIR; else that of $HSMPOOL_CONFIG or "
+                            f"{DEFAULT_CONFIG}; else {DEFAULT_DIR})")
+    v = sub.add_parser("verify", parents=[where],
+                       help="check every audit segment's hash chain and head")
     v.add_argument("--segment", action="append",
                    help="check only this segment (repeatable); a named segment that is "
                         "absent is a problem")
@@ -1035,6 +1171,7 @@ def add_cli(subparsers: Any) -> None:
     v.add_argument("--anchor-file", action="append", metavar="FILE",
                    help="file of anchors, one SEGMENT:SEQ:HASH per line ('#' comments)")
     v.set_defaults(func=_cmd_verify)
+    audit_reader.add_cli(sub, where)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

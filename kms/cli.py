@@ -2,12 +2,18 @@
 
     hsmpool [--config FILE] status [--self-test] [--json]
 
-    hsmpool key create [--spec SYMMETRIC_DEFAULT] [--usage U] [--description D]
+    hsmpool key create [--spec SYMMETRIC_DEFAULT] [--usage U] [--origin AWS_KMS]
+                       [--description D]
     hsmpool key list | describe KEY | rotate KEY | enable KEY | disable KEY
     hsmpool key schedule-deletion KEY [--days 30] | cancel-deletion KEY
+    hsmpool key enable-rotation|disable-rotation|rotation-status|tag|untag|tags|policy|
+                sign|verify|public-key|generate-data-key|get-parameters-for-import|
+                import-key-material ...                              (:mod:`kms.cli_keys`)
     hsmpool alias create|update NAME KEY | delete NAME | list [--key KEY]
-    hsmpool encrypt --key KEY [--context K=V ...] [--chunk-size 1M] IN OUT
-    hsmpool decrypt [--context K=V ...] IN OUT
+    hsmpool encrypt --key KEY [--context K=V ...] [--chunk-size 1M] [--force] IN OUT
+    hsmpool decrypt [--context K=V ...] [--force] IN OUT
+    hsmpool serve ... | credentials ...                              (:mod:`kms.api.commands`)
+    hsmpool audit verify|tail|show|export ...          (:mod:`kms.audit`, :mod:`kms.audit_reader`)
 
 The key and alias commands and encrypt/decrypt take ``--instance`` (default ``default``) and
 ``--json``; KEY is a key id, key ARN, alias name or alias ARN; an alias NAME may omit the
@@ -15,6 +21,11 @@ The key and alias commands and encrypt/decrypt take ``--instance`` (default ``de
 :mod:`kms.fileenc`); IN or OUT ``-`` is stdin or stdout. A progress bar goes to stderr when
 stderr is a terminal or with ``--progress``, never with ``--quiet``. ``decrypt`` writes OUT
 only once the whole file verified (to stdout: after spooling to an unlinked temporary file).
+An existing OUT is refused (exit status 2, untouched) unless ``--force``.
+
+A command-line run is the embedder of its instance (every permission); its audit records
+name the OS user as the principal (``os:<user>``) and go to the segment the runs of this
+host and user share (:func:`kms.audit.open_cli_log`).
 
 Errors are one line on stderr: exit status 1 for a failed operation, 2 for bad usage or
 configuration.
@@ -36,9 +47,11 @@ from typing import IO, TYPE_CHECKING, Any, BinaryIO, NoReturn
 from hsmpool import cli as pool_cli
 
 if TYPE_CHECKING:
+    from kms.audit import AuditLog
     from kms.fileenc import FileResult
     from kms.model import AliasRecord, KeyRecord
-    from kms.service import KmsClient
+    from kms.service import Kms, KmsClient
+    from kms.store import Store
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,16 +86,74 @@ def _one_line_errors(parser: argparse.ArgumentParser) -> None:
                 _one_line_errors(child)
 
 
-@contextlib.contextmanager
-def _client(args: argparse.Namespace) -> Iterator[KmsClient]:
-    """A client of ``--instance`` on the service of ``--config``, closed at the end."""
+def cli_principal() -> str:
+    """The principal the audit trail names for a command-line run: ``os:<user>``."""
+    from kms.audit import local_user
+
+    return "os:" + local_user()
+
+
+def open_service(config: str) -> Kms:
+    """The service of ``config`` for one command-line run: as :meth:`Kms.open`, but its
+    audit records go to the segment the CLI runs of this host and user share
+    (:func:`kms.audit.open_cli_log`; deleted at close if it got no records)."""
+    from hsmpool import Pool
+    from kms.audit import open_cli_log
+    from kms.config import load
     from kms.service import Kms
+    from kms.store import Store
 
-    with Kms.open(pool_cli._config_path(args)) as service:
-        yield service.client(args.instance)
+    pool_cfg, settings = load(config)
+    pool = Pool(pool_cfg)
+    store: Store | None = None
+    audit: AuditLog | None = None
+    try:
+        store = Store(settings.database)
+        if settings.audit_dir is not None:
+            audit = open_cli_log(settings.audit_dir)
+        return Kms(pool, store, settings, audit=audit, owns_pool=True)
+    except BaseException:
+        if audit is not None:
+            audit.close()
+        if store is not None:
+            store.close()
+        pool.close()
+        raise
 
 
-def _when(t: float | None) -> str | None:
+@contextlib.contextmanager
+def open_records(config: str, *, audit: bool = True
+                 ) -> Iterator[tuple[Store, AuditLog | None]]:
+    """The metadata store and (with ``audit``) a CLI audit log of ``config``, without the
+    HSM pool (for commands that read or change only metadata: a leaked access key can be
+    disabled while every token is down)."""
+    from kms.audit import open_cli_log
+    from kms.config import load
+    from kms.store import Store
+
+    settings = load(config)[1]
+    store = Store(settings.database)
+    try:
+        log = None if settings.audit_dir is None or not audit else open_cli_log(
+            settings.audit_dir)
+        try:
+            yield store, log
+        finally:
+            if log is not None:
+                log.close()
+    finally:
+        store.close()
+
+
+@contextlib.contextmanager
+def open_client(args: argparse.Namespace) -> Iterator[KmsClient]:
+    """A client of ``--instance`` on the service of ``--config``, closed at the end; its
+    audit records name the OS user (:func:`cli_principal`)."""
+    with open_service(pool_cli._config_path(args)) as service:
+        yield service.client(args.instance, audit_name=cli_principal())
+
+
+def iso_time(t: float | None) -> str | None:
     if t is None:
         return None
     return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -92,11 +163,11 @@ def _key_json(rec: KeyRecord, aliases: Sequence[str] = ()) -> dict[str, Any]:
     return {
         "KeyId": rec.key_id, "Arn": rec.arn, "KeySpec": str(rec.spec),
         "KeyUsage": str(rec.usage), "Origin": str(rec.origin), "KeyState": str(rec.state),
-        "Description": rec.description, "CreationDate": _when(rec.created),
-        "DeletionDate": _when(rec.deletion_date),
+        "Description": rec.description, "CreationDate": iso_time(rec.created),
+        "DeletionDate": iso_time(rec.deletion_date),
         "KeyRotationEnabled": rec.rotation_enabled,
         "RotationPeriodInDays": rec.rotation_period_days,
-        "NextRotationDate": _when(rec.next_rotation),
+        "NextRotationDate": iso_time(rec.next_rotation),
         "PrimaryVersion": rec.primary_version,
         "MinDecryptionVersion": rec.min_decrypt_version,
         "Tags": dict(rec.tags), "Aliases": list(aliases),
@@ -105,18 +176,18 @@ def _key_json(rec: KeyRecord, aliases: Sequence[str] = ()) -> dict[str, Any]:
 
 def _alias_json(client: KmsClient, a: AliasRecord) -> dict[str, Any]:
     return {"AliasName": a.name, "AliasArn": client.kms.alias_arn(a.instance, a.name),
-            "TargetKeyId": a.key_id, "CreationDate": _when(a.created),
-            "LastUpdatedDate": _when(a.updated)}
+            "TargetKeyId": a.key_id, "CreationDate": iso_time(a.created),
+            "LastUpdatedDate": iso_time(a.updated)}
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
     cells = [[("-" if c is None or c == "" else str(c)) for c in r] for r in rows]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
     for r in [list(headers), *cells]:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
 
 
-def _fields(obj: Mapping[str, Any]) -> None:
+def print_fields(obj: Mapping[str, Any]) -> None:
     width = max(len(k) for k in obj)
     for k, v in obj.items():
         if isinstance(v, dict):
@@ -144,58 +215,58 @@ def _aliases_by_key(client: KmsClient, key_id: str | None = None) -> dict[str, l
     return out
 
 
-def _show_key(args: argparse.Namespace, client: KmsClient, rec: KeyRecord) -> int:
+def show_key(args: argparse.Namespace, client: KmsClient, rec: KeyRecord) -> int:
     doc = _key_json(rec, _aliases_by_key(client, rec.key_id).get(rec.key_id, []))
     if args.json:
         print(json.dumps(doc, indent=2))
     else:
-        _fields(doc)
+        print_fields(doc)
     return 0
 
 
 def cmd_key_create(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        rec = client.create_key(args.spec, args.usage, args.description or "")
-        return _show_key(args, client, rec)
+    with open_client(args) as client:
+        rec = client.create_key(args.spec, args.usage, args.description or "", args.origin)
+        return show_key(args, client, rec)
 
 
 def cmd_key_list(args: argparse.Namespace) -> int:
-    with _client(args) as client:
+    with open_client(args) as client:
         keys = _all_pages(lambda m: client.list_keys(marker=m))
         aliases = _aliases_by_key(client)
         docs = [_key_json(k, aliases.get(k.key_id, [])) for k in keys]
     if args.json:
         print(json.dumps({"Keys": docs}, indent=2))
     else:
-        _table(("KeyId", "KeySpec", "KeyUsage", "KeyState", "Aliases", "Description"),
+        print_table(("KeyId", "KeySpec", "KeyUsage", "KeyState", "Aliases", "Description"),
                [(d["KeyId"], d["KeySpec"], d["KeyUsage"], d["KeyState"],
                  ",".join(d["Aliases"]), d["Description"]) for d in docs])
     return 0
 
 
 def cmd_key_describe(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        return _show_key(args, client, client.describe_key(args.key))
+    with open_client(args) as client:
+        return show_key(args, client, client.describe_key(args.key))
 
 
 def cmd_key_rotate(args: argparse.Namespace) -> int:
-    with _client(args) as client:
+    with open_client(args) as client:
         v = client.rotate_key_on_demand(args.key)
         rec = client.describe_key(v.key_id)
     doc = {"KeyId": rec.key_id, "Arn": rec.arn, "KeyVersion": v.version_id,
-           "VersionNumber": v.number, "CreationDate": _when(v.created)}
+           "VersionNumber": v.number, "CreationDate": iso_time(v.created)}
     if args.json:
         print(json.dumps(doc, indent=2))
     else:
-        _fields(doc)
+        print_fields(doc)
     return 0
 
 
 def _key_change(method: str, **kw: Any) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        with _client(args) as client:
+        with open_client(args) as client:
             extra = {k: getattr(args, v) for k, v in kw.items()}
-            return _show_key(args, client, getattr(client, method)(args.key, **extra))
+            return show_key(args, client, getattr(client, method)(args.key, **extra))
 
     return run
 
@@ -206,13 +277,13 @@ def _alias_name(name: str) -> str:
 
 def _alias_set(create: bool) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        with _client(args) as client:
+        with open_client(args) as client:
             fn = client.create_alias if create else client.update_alias
             doc = _alias_json(client, fn(_alias_name(args.name), args.key))
         if args.json:
             print(json.dumps(doc, indent=2))
         else:
-            _fields(doc)
+            print_fields(doc)
         return 0
 
     return run
@@ -220,7 +291,7 @@ def _alias_set(create: bool) -> Callable[[argparse.Namespace], int]:
 
 def cmd_alias_delete(args: argparse.Namespace) -> int:
     name = _alias_name(args.name)
-    with _client(args) as client:
+    with open_client(args) as client:
         client.delete_alias(name)
     if args.json:
         print(json.dumps({"AliasName": name, "Deleted": True}))
@@ -230,13 +301,13 @@ def cmd_alias_delete(args: argparse.Namespace) -> int:
 
 
 def cmd_alias_list(args: argparse.Namespace) -> int:
-    with _client(args) as client:
+    with open_client(args) as client:
         docs = [_alias_json(client, a)
                 for a in _all_pages(lambda m: client.list_aliases(args.key, marker=m))]
     if args.json:
         print(json.dumps({"Aliases": docs}, indent=2))
     else:
-        _table(("AliasName", "TargetKeyId", "LastUpdatedDate"),
+        print_table(("AliasName", "TargetKeyId", "LastUpdatedDate"),
                [(d["AliasName"], d["TargetKeyId"], d["LastUpdatedDate"]) for d in docs])
     return 0
 
@@ -280,7 +351,7 @@ class _Bar:
         self.stream.flush()
 
 
-def _context_arg(text: str) -> tuple[str, str]:
+def context_arg(text: str) -> tuple[str, str]:
     k, sep, v = text.partition("=")
     if not sep or not k:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text.split('=')[0]!r}")
@@ -298,7 +369,7 @@ def _size_arg(text: str) -> int:
             from None
 
 
-def _context(pairs: Sequence[tuple[str, str]] | None) -> dict[str, str] | None:
+def context_pairs(pairs: Sequence[tuple[str, str]] | None) -> dict[str, str] | None:
     if pairs is None:
         return None
     ctx: dict[str, str] = {}
@@ -342,17 +413,26 @@ def _report(args: argparse.Namespace, verb: str, res: FileResult) -> None:
               f"{res.cipher}, key {res.key_id}", file=out)
 
 
+def _refuse_existing_output(args: argparse.Namespace) -> None:
+    """Exit 2 (one line, nothing touched) if OUT exists and ``--force`` was not given."""
+    if args.output != "-" and not args.force and os.path.lexists(args.output):
+        print(f"hsmpool: error: output {args.output!r} exists (--force overwrites it)",
+              file=sys.stderr)
+        raise SystemExit(2)
+
+
 def cmd_encrypt(args: argparse.Namespace) -> int:
     from kms.fileenc import atomic_output, encrypt_file
 
-    context = _context(args.context)
-    with _client(args) as client, _input(args.input) as (fin, total):
+    context = context_pairs(args.context)
+    _refuse_existing_output(args)
+    with open_client(args) as client, _input(args.input) as (fin, total):
         bar = _progress(args, "encrypt", total)
         if args.output == "-":
             res = encrypt_file(client, args.key, fin, sys.stdout.buffer, context,
                                args.chunk_size, bar)
         else:
-            with atomic_output(args.output) as fout:
+            with atomic_output(args.output, replace=args.force) as fout:
                 res = encrypt_file(client, args.key, fin, fout, context, args.chunk_size, bar)
         if bar is not None:
             bar.finish()
@@ -363,8 +443,9 @@ def cmd_encrypt(args: argparse.Namespace) -> int:
 def cmd_decrypt(args: argparse.Namespace) -> int:
     from kms.fileenc import atomic_output, decrypt_file
 
-    context = _context(args.context)
-    with _client(args) as client, _input(args.input) as (fin, total):
+    context = context_pairs(args.context)
+    _refuse_existing_output(args)
+    with open_client(args) as client, _input(args.input) as (fin, total):
         bar = _progress(args, "decrypt", total)
         if args.output == "-":
             # Nothing reaches stdout before the last chunk verified: spool first.
@@ -375,7 +456,7 @@ def cmd_decrypt(args: argparse.Namespace) -> int:
                     sys.stdout.buffer.write(block)
                 sys.stdout.buffer.flush()
         else:
-            with atomic_output(args.output) as fout:
+            with atomic_output(args.output, replace=args.force) as fout:
                 res = decrypt_file(client, fin, fout, context, bar)
         if bar is not None:
             bar.finish()
@@ -385,8 +466,9 @@ def cmd_decrypt(args: argparse.Namespace) -> int:
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register the service's commands: key, alias, encrypt, decrypt."""
+    from kms.cli_keys import add_key_commands
     from kms.fileenc import DEFAULT_CHUNK_SIZE
-    from kms.model import KeySpec, KeyUsage
+    from kms.model import KeySpec, KeyUsage, Origin
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--instance", default="default",
@@ -402,10 +484,14 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     key = sub.add_parser("key", help="create, list, rotate and delete keys")
     ks = key.add_subparsers(dest="key_command", required=True, metavar="COMMAND")
     p = leaf(ks, "create", "create a key", cmd_key_create)
-    p.add_argument("--spec", default="SYMMETRIC_DEFAULT", choices=[s.value for s in KeySpec])
+    p.add_argument("--spec", default="SYMMETRIC_DEFAULT", choices=[s.value for s in KeySpec],
+                   help="key spec (default %(default)s)")
     p.add_argument("--usage", choices=[u.value for u in KeyUsage],
                    help="default: the spec's first usage")
-    p.add_argument("--description", default="")
+    p.add_argument("--origin", default="AWS_KMS", choices=[o.value for o in Origin],
+                   help="AWS_KMS: material made in the HSMs; EXTERNAL: imported later with "
+                        "import-key-material (default %(default)s)")
+    p.add_argument("--description", default="", help="free text (default: none)")
     leaf(ks, "list", "list the instance's keys", cmd_key_list)
     for name, help_, func in (
             ("describe", "show a key", cmd_key_describe),
@@ -420,6 +506,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         p.add_argument("key", metavar="KEY", help="key id, key ARN, alias name or alias ARN")
         if name == "schedule-deletion":
             p.add_argument("--days", type=int, default=30, help="7..30 (default 30)")
+    add_key_commands(ks, leaf)
 
     alias = sub.add_parser("alias", help="create, update, delete and list aliases")
     als = alias.add_subparsers(dest="alias_command", required=True, metavar="COMMAND")
@@ -433,12 +520,14 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("--key", help="only the aliases of this key")
 
     io_opts = argparse.ArgumentParser(add_help=False)
-    io_opts.add_argument("--context", action="append", type=_context_arg, metavar="KEY=VALUE",
+    io_opts.add_argument("--context", action="append", type=context_arg, metavar="KEY=VALUE",
                          help="encryption context entry; repeatable; stored in the clear")
     shown = io_opts.add_mutually_exclusive_group()
     shown.add_argument("--progress", action="store_true",
                        help="progress bar on stderr even when it is not a terminal")
     shown.add_argument("--quiet", "-q", action="store_true", help="no progress, no summary")
+    io_opts.add_argument("--force", "-f", action="store_true",
+                         help="overwrite OUT if it exists (default: refuse, exit status 2)")
     io_opts.add_argument("input", metavar="IN", help="input file, or - for stdin")
     io_opts.add_argument("output", metavar="OUT", help="output file, or - for stdout")
 

@@ -3,7 +3,24 @@
 A principal belongs to one instance and carries policies (:mod:`kms.policy`). An access key
 is an id and a secret; the secret is needed in clear to check HMAC signatures, so it is
 stored wrapped by the instance's pool domain key (``Instance.import_secret``) and unwrapped
-in a token when a server first sees the access key. Secrets are shown once, at creation.
+in a token when a server first sees the access key. Secrets are shown once, at creation
+(:func:`create_access_key`, :func:`rotate_access_key`); nothing lists them.
+
+The life of an access key::
+
+    key = create_access_key(kms, "default", "app", [policy])     # AccessKey, with secret
+    new = rotate_access_key(kms, key.access_key_id, disable_old=True)
+    list_access_keys(kms.store, instance="default")              # [AccessKeyInfo], no secrets
+    disable_access_key(kms.store, new.access_key_id)             # refused by every server
+    enable_access_key(kms.store, new.access_key_id)              #   worker within a second
+    delete_access_key(kms.store, key.access_key_id)              # gone for good
+
+Listing, enabling, disabling and deleting touch only the metadata store (no HSM). Each
+change is recorded in ``audit`` (if given; :func:`create_access_key` and
+:func:`rotate_access_key` use the service's) as action ``credentials:<Operation>`` by
+principal ``actor``, with the access key id and principal name as details. Unknown access
+keys raise :class:`kms.errors.NotFound`, an instance the pool lacks
+:class:`kms.errors.InstanceNotFound`.
 """
 
 from __future__ import annotations
@@ -12,23 +29,51 @@ import json
 import secrets
 import string
 import threading
+import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from kms.errors import MalformedPolicyDocument, NotFound
+from hsmpool import Instance, InstanceNotFoundError
+from kms.errors import InstanceNotFound, MalformedPolicyDocument, NotFound
 from kms.service import Kms
+
+if TYPE_CHECKING:
+    from kms.audit import AuditLog
+    from kms.store import Store
 
 _ID_ALPHABET = string.ascii_uppercase + string.digits
 
 
 @dataclass(frozen=True, slots=True)
 class AccessKey:
+    """A new access key, with its secret (shown once)."""
+
     access_key_id: str
     secret_access_key: str
     principal_id: str
     principal_name: str
     instance: str
+
+
+@dataclass(frozen=True, slots=True)
+class AccessKeyInfo:
+    """What can be known about an access key after its creation: never its secret.
+
+    There is no last-used time: recording one would make every authenticated request a
+    metadata write (and make every server worker drop its caches)."""
+
+    access_key_id: str
+    principal_id: str
+    principal_name: str
+    instance: str
+    created: float  # epoch seconds
+    enabled: bool
+
+
+def _info(row: dict[str, Any]) -> AccessKeyInfo:
+    return AccessKeyInfo(row["access_key_id"], row["principal_id"], row["name"],
+                         row["instance"], float(row["created"]), bool(row["enabled"]))
 
 
 def _policy_objects(policies: list[Any]) -> tuple[Any, ...]:
@@ -40,20 +85,106 @@ def _policy_objects(policies: list[Any]) -> tuple[Any, ...]:
         raise MalformedPolicyDocument(str(exc)) from None
 
 
-def create_access_key(kms: Kms, instance: str, name: str, policies: list[Any]) -> AccessKey:
+def _instance(kms: Kms, name: str) -> Instance:
+    try:
+        return kms.pool.instance(name)
+    except InstanceNotFoundError:
+        raise InstanceNotFound(f"instance {name!r} is not configured in the pool") from None
+
+
+def _record(audit: AuditLog | None, actor: str, operation: str, key: AccessKeyInfo,
+            **extra: str) -> None:
+    if audit is not None:
+        audit.record(time.time(), key.instance, actor, "credentials:" + operation, None, None,
+                     "ok", "cred-" + uuid.uuid4().hex,
+                     {"access_key_id": key.access_key_id, "principal": key.principal_name,
+                      **extra})
+
+
+def _new_key(kms: Kms, inst: Instance, instance: str, principal_id: str,
+             name: str) -> AccessKey:
+    access_key_id = "HSMP" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(16))
+    secret = secrets.token_urlsafe(30)[:40]
+    blob = inst.import_secret(secret.encode())
+    kms.store.put_access_key(access_key_id, principal_id, bytes(blob))
+    return AccessKey(access_key_id, secret, principal_id, name, instance)
+
+
+def create_access_key(kms: Kms, instance: str, name: str, policies: list[Any], *,
+                      actor: str = "") -> AccessKey:
     """Create (or update the policies of) principal ``name`` in ``instance`` and give it a
     new access key. ``policies`` are AWS-style policy documents (dicts or JSON strings)."""
-    kms.pool.instance(instance)
+    inst = _instance(kms, instance)
     parsed = _policy_objects(policies)
     docs = json.dumps([json.loads(p.to_json()) for p in parsed])
     row = kms.store.find_principal(instance, name)
     principal_id = row["principal_id"] if row else "p-" + uuid.uuid4().hex[:20]
     kms.store.put_principal(principal_id, instance, name, docs)
-    access_key_id = "HSMP" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(16))
-    secret = secrets.token_urlsafe(30)[:40]
-    blob = kms.pool.instance(instance).import_secret(secret.encode())
-    kms.store.put_access_key(access_key_id, principal_id, bytes(blob))
-    return AccessKey(access_key_id, secret, principal_id, name, instance)
+    key = _new_key(kms, inst, instance, principal_id, name)
+    _record(kms.audit, actor, "CreateAccessKey", describe_access_key(kms.store,
+                                                                     key.access_key_id))
+    return key
+
+
+def rotate_access_key(kms: Kms, access_key_id: str, *, disable_old: bool = False,
+                      actor: str = "") -> AccessKey:
+    """A new access key for the principal of ``access_key_id`` (same instance, same
+    policies); with ``disable_old`` the old key is disabled once the new one is stored."""
+    old = describe_access_key(kms.store, access_key_id)
+    inst = _instance(kms, old.instance)
+    key = _new_key(kms, inst, old.instance, old.principal_id, old.principal_name)
+    _record(kms.audit, actor, "RotateAccessKey",
+            describe_access_key(kms.store, key.access_key_id), replaces=access_key_id)
+    if disable_old:
+        disable_access_key(kms.store, access_key_id, audit=kms.audit, actor=actor)
+    return key
+
+
+def list_access_keys(store: Store, *, instance: str | None = None,
+                     principal: str | None = None) -> list[AccessKeyInfo]:
+    """Every access key (of ``instance``, of principal name ``principal``), enabled or not,
+    ordered by instance, principal and creation."""
+    return [_info(r) for r in store.list_access_keys(instance, principal)]
+
+
+def describe_access_key(store: Store, access_key_id: str) -> AccessKeyInfo:
+    row = store.find_access_key(access_key_id) if isinstance(access_key_id, str) else None
+    if row is None:
+        raise NotFound(f"access key {access_key_id!r} does not exist")
+    return _info(row)
+
+
+def _set_enabled(store: Store, access_key_id: str, enabled: bool, audit: AuditLog | None,
+                 actor: str) -> AccessKeyInfo:
+    if not isinstance(access_key_id, str) or not store.set_access_key_enabled(access_key_id,
+                                                                             enabled):
+        raise NotFound(f"access key {access_key_id!r} does not exist")
+    info = describe_access_key(store, access_key_id)
+    _record(audit, actor, "EnableAccessKey" if enabled else "DisableAccessKey", info)
+    return info
+
+
+def disable_access_key(store: Store, access_key_id: str, *, audit: AuditLog | None = None,
+                       actor: str = "") -> AccessKeyInfo:
+    """Refuse the access key from now on (servers notice within about 50 ms); reversible."""
+    return _set_enabled(store, access_key_id, False, audit, actor)
+
+
+def enable_access_key(store: Store, access_key_id: str, *, audit: AuditLog | None = None,
+                      actor: str = "") -> AccessKeyInfo:
+    """Accept a disabled access key again."""
+    return _set_enabled(store, access_key_id, True, audit, actor)
+
+
+def delete_access_key(store: Store, access_key_id: str, *, audit: AuditLog | None = None,
+                      actor: str = "") -> AccessKeyInfo:
+    """Delete the access key and its wrapped secret for good (the principal and its policies
+    stay); returns what it was."""
+    info = describe_access_key(store, access_key_id)
+    if not store.delete_access_key(access_key_id):  # deleted meanwhile
+        raise NotFound(f"access key {access_key_id!r} does not exist")
+    _record(audit, actor, "DeleteAccessKey", info)
+    return info
 
 
 class CredentialStore:
@@ -76,8 +207,11 @@ class CredentialStore:
         principal = self._load_principal(row["principal_id"])
         if principal is None:
             return None
-        secret = self.kms.pool.instance(principal.instance).export_secret(
-            bytes(row["secret_blob"])).decode()
+        try:
+            inst = self.kms.pool.instance(principal.instance)
+        except InstanceNotFoundError:  # the instance is no longer configured
+            return None
+        secret = inst.export_secret(bytes(row["secret_blob"])).decode()
         with self._lock:
             self._secrets[access_key_id] = secret
             self._owner[access_key_id] = row["principal_id"]

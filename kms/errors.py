@@ -7,6 +7,7 @@ Each class carries ``code``, the exception name of the AWS KMS API (what a front
 
     KmsError
      +-- NotFound                 NotFoundException            (also: not yours, not allowed)
+     |    +-- InstanceNotFound    NotFoundException            (no such instance in the pool)
      +-- Disabled                 DisabledException
      +-- KMSInvalidState          KMSInvalidStateException
      +-- InvalidCiphertext        InvalidCiphertextException
@@ -50,6 +51,12 @@ class KmsError(Exception):
 
 class NotFound(KmsError):
     code = "NotFoundException"
+
+
+class InstanceNotFound(NotFound):
+    """The pool has no instance (tenant) of that name: ``Kms.client`` and the credential
+    functions raise it for :class:`hsmpool.errors.InstanceNotFoundError`. A server answers a
+    caller whose instance is gone as an unrecognised client, never with this."""
 
 
 class Disabled(KmsError):

@@ -71,6 +71,7 @@ Python; the cipher objects keep their own copies, which SM4GCM wipes and OpenSSL
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import struct
@@ -379,9 +380,11 @@ def decrypt_path(client: KmsClient, src: str | os.PathLike[str],
 
 
 @contextlib.contextmanager
-def atomic_output(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
+def atomic_output(path: str | os.PathLike[str], *, replace: bool = True) -> Iterator[BinaryIO]:
     """A new file (mode 0600) beside ``path``; renamed onto ``path`` on success, removed on
-    any failure."""
+    any failure. With ``replace=False`` an existing ``path`` is never overwritten (even one
+    created while the file was written): :class:`FileExistsError`, and the new file is
+    removed."""
     target = Path(path)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part",
@@ -393,7 +396,10 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, target)
+        if replace:
+            os.replace(tmp, target)
+        else:
+            _link_new(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -401,6 +407,22 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
 
 
 # --- internals --------------------------------------------------------------------------
+
+
+def _link_new(tmp: str, target: Path) -> None:
+    """Move ``tmp`` to ``target`` unless ``target`` exists, atomically where the file system
+    has hard links (a link never replaces a file)."""
+    try:
+        os.link(tmp, target)
+    except FileExistsError:
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(target)) from None
+    except OSError:  # no hard links here (e.g. some FUSE or FAT mounts): check, then rename
+        if os.path.lexists(target):
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST),
+                                  str(target)) from None
+        os.replace(tmp, target)
+        return
+    os.unlink(tmp)
 
 
 def _check_chunk_size(chunk_size: object) -> None:

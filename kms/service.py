@@ -230,11 +230,18 @@ class Kms:
             raise
 
     def client(self, instance: str = "default", principal: Any = None,
-               source_ip: str | None = None) -> KmsClient:
+               source_ip: str | None = None, *, audit_name: str | None = None) -> KmsClient:
         """A caller of the service: an instance, and a principal (None: the embedding
-        application itself, with every permission inside the instance)."""
-        self.pool.instance(instance)  # raises InstanceNotFoundError early
-        return KmsClient(self, instance, principal, source_ip)
+        application itself, with every permission inside the instance). ``audit_name`` is
+        the principal recorded in the audit trail (default: the principal's name, "" for
+        the embedder; the CLI names the OS user). Raises
+        :class:`kms.errors.InstanceNotFound` for an instance the pool does not have."""
+        try:
+            self.pool.instance(instance)
+        except hsmpool.InstanceNotFoundError:
+            raise E.InstanceNotFound(f"instance {instance!r} is not configured in the pool") \
+                from None
+        return KmsClient(self, instance, principal, source_ip, audit_name=audit_name)
 
     def close(self) -> None:
         self._stop.set()
@@ -382,7 +389,7 @@ class Kms:
             if _is_deleted(rec):
                 continue  # purged already: its row stays (PendingDeletion) for the audit trail
             inst = self.pool.instance(rec.instance)
-            job = KmsClient(self, rec.instance, None, None, principal_name=SCHEDULER_PRINCIPAL)
+            job = KmsClient(self, rec.instance, None, None, audit_name=SCHEDULER_PRINCIPAL)
             try:
                 # Bounded like a request: a hung token costs this job, not the scheduler.
                 with hsmpool.deadline(self.pool.settings.operation_timeout):
@@ -516,16 +523,15 @@ class KmsClient:
     """
 
     def __init__(self, kms: Kms, instance: str, principal: Any, source_ip: str | None, *,
-                 principal_name: str | None = None) -> None:
+                 audit_name: str | None = None) -> None:
         self.kms = kms
         self.instance_name = instance
         self.inst = kms.pool.instance(instance)
         self.principal = principal
         # The name the audit trail records: the principal's, or for the embedder (principal
         # None) the given name ("" by default).
-        self._principal_name = (principal_name if principal_name is not None
-                                else "" if principal is None
-                                else str(getattr(principal, "name", "")))
+        self._principal_name = audit_name if audit_name is not None else (
+            "" if principal is None else str(getattr(principal, "name", "")))
         self.source_ip = source_ip
         self._store = kms.store
         self._decisions: dict[tuple[str, tuple[str, ...]], tuple[int, bool]] = {}

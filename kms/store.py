@@ -459,7 +459,44 @@ class Store:
                        (access_key_id, principal_id, secret_blob, time.time()))
 
     def get_access_key(self, access_key_id: str) -> dict[str, Any] | None:
+        """An *enabled* access key's row (with its wrapped secret), for authentication."""
         row = self._read(lambda db: db.execute(
             "SELECT * FROM access_keys WHERE access_key_id = ? AND enabled = 1",
             (access_key_id,)).fetchone())
         return dict(row) if row is not None else None
+
+    def find_access_key(self, access_key_id: str) -> dict[str, Any] | None:
+        """An access key, enabled or not, with its principal's name and instance (never its
+        secret): the columns of :meth:`list_access_keys`."""
+        row = self._read(lambda db: db.execute(
+            _ACCESS_KEY_INFO + " WHERE a.access_key_id = ?", (access_key_id,)).fetchone())
+        return dict(row) if row is not None else None
+
+    def list_access_keys(self, instance: str | None = None,
+                         principal_name: str | None = None) -> list[dict[str, Any]]:
+        """Access keys (never their secrets) by instance, principal name and creation time:
+        ``access_key_id, principal_id, created, enabled, name, instance``."""
+        rows = self._read(lambda db: db.execute(
+            _ACCESS_KEY_INFO + " WHERE (?1 IS NULL OR p.instance = ?1) AND "
+            "(?2 IS NULL OR p.name = ?2) ORDER BY p.instance, p.name, a.created, "
+            "a.access_key_id", (instance, principal_name)).fetchall())
+        return [dict(r) for r in rows]
+
+    def set_access_key_enabled(self, access_key_id: str, enabled: bool) -> bool:
+        """Enable or disable an access key; False if there is no such key."""
+        with self.transaction() as db:
+            cur = db.execute("UPDATE access_keys SET enabled = ? WHERE access_key_id = ?",
+                             (int(enabled), access_key_id))
+            return cur.rowcount == 1
+
+    def delete_access_key(self, access_key_id: str) -> bool:
+        """Delete an access key and its wrapped secret; False if there is no such key."""
+        with self.transaction() as db:
+            cur = db.execute("DELETE FROM access_keys WHERE access_key_id = ?",
+                             (access_key_id,))
+            return cur.rowcount == 1
+
+
+_ACCESS_KEY_INFO = ("SELECT a.access_key_id, a.principal_id, a.created, a.enabled, p.name, "
+                    "p.instance FROM access_keys a JOIN principals p "
+                    "ON p.principal_id = a.principal_id")

@@ -86,8 +86,9 @@ class KmsApp:
         self._creds_checked = time.monotonic()
 
     def _fresh_credentials(self) -> None:
-        """Forget cached principals, their clients and the authorization decisions when
-        another process committed (``credentials create`` replaces a principal's policies):
+        """Forget cached principals, their clients, the SigV4 signing keys and the
+        authorization decisions when another process committed (``credentials create``
+        replaces a principal's policies; ``credentials disable|delete`` revokes a key):
         checked at most every 50 ms, as the service checks its key caches."""
         t = time.monotonic()
         if t - self._creds_checked < 0.05:
@@ -98,6 +99,7 @@ class KmsApp:
         if dv == self._creds_version:
             return
         self._creds_version = dv
+        self.verifier.forget()  # no signing key of a revoked secret outlives the change
         self.creds.forget()
         self._clients.clear()
         authz = self.kms._authorizer

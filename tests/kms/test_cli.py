@@ -5,6 +5,7 @@ under a temporary folder.
 
 from __future__ import annotations
 
+import base64
 import calendar
 import hashlib
 import io
@@ -121,6 +122,234 @@ def test_sign_key_spec_and_usage(cli: Cli) -> None:
     k = cli.json("key", "create", "--spec", "RSA_2048", "--usage", "SIGN_VERIFY")
     assert (k["KeySpec"], k["KeyUsage"]) == ("RSA_2048", "SIGN_VERIFY")
     assert "UnsupportedOperationException" in cli.fail("key", "rotate", k["KeyId"])
+
+
+def test_key_rotation_settings(cli: Cli) -> None:
+    key_id = cli.json("key", "create")["KeyId"]
+    off = cli.json("key", "rotation-status", key_id)
+    assert off == {"KeyId": key_id, "KeyRotationEnabled": False, "RotationPeriodInDays": None,
+                   "NextRotationDate": None}
+    before = time.time()
+    on = cli.json("key", "enable-rotation", key_id, "--days", "90")
+    assert on["KeyRotationEnabled"] is True and on["RotationPeriodInDays"] == 90
+    when = calendar.timegm(time.strptime(on["NextRotationDate"], "%Y-%m-%dT%H:%M:%SZ"))
+    assert abs(when - (before + 90 * 86400)) < 120
+    assert cli.json("key", "rotation-status", key_id) == on
+    assert cli.json("key", "describe", key_id)["RotationPeriodInDays"] == 90
+    assert fields(cli.run("key", "enable-rotation", key_id).stdout)[
+        "RotationPeriodInDays"] == "365"  # the default period
+    assert cli.json("key", "disable-rotation", key_id)["KeyRotationEnabled"] is False
+    assert "ValidationException" in cli.fail("key", "enable-rotation", key_id, "--days", "30")
+    ec = cli.json("key", "create", "--spec", "ECC_NIST_P256")["KeyId"]
+    assert "UnsupportedOperationException" in cli.fail("key", "enable-rotation", ec)
+
+
+def test_key_tags_and_policy(cli: Cli) -> None:
+    key_id = cli.json("key", "create")["KeyId"]
+    tagged = cli.json("key", "tag", key_id, "team=blue", "env=prod", "note=a=b")
+    assert tagged == {"KeyId": key_id, "Tags": [{"TagKey": "env", "TagValue": "prod"},
+                                                {"TagKey": "note", "TagValue": "a=b"},
+                                                {"TagKey": "team", "TagValue": "blue"}]}
+    cli.run("key", "tag", key_id, "team=red")
+    left = cli.json("key", "untag", key_id, "env", "note")
+    assert left["Tags"] == [{"TagKey": "team", "TagValue": "red"}]
+    table = cli.run("key", "tags", key_id).stdout.decode().splitlines()
+    assert [line.split() for line in table] == [["TagKey", "TagValue"], ["team", "red"]]
+    assert cli.json("key", "describe", key_id)["Tags"] == {"team": "red"}
+    assert "KEY=VALUE" in cli.fail("key", "tag", key_id, "novalue", rc=2)
+    assert "required" in cli.fail("key", "untag", key_id, rc=2)
+
+    policy = json.loads(cli.run("key", "policy", key_id).stdout)
+    assert policy["Version"] == "2012-10-17" and policy["Statement"][0]["Action"] == "kms:*"
+    doc = cli.json("key", "policy", key_id)
+    assert doc["PolicyName"] == "default" and json.loads(doc["Policy"]) == policy
+    assert "NotFoundException" in cli.fail("key", "policy", "alias/none")
+
+
+def _spki(der: bytes) -> Any:
+    from cryptography.hazmat.primitives import serialization
+
+    return serialization.load_der_public_key(der)
+
+
+def test_sign_verify_and_public_key(cli: Cli, tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key_id = cli.json("key", "create", "--spec", "ECC_NIST_P256")["KeyId"]
+    msg = tmp_path / "msg"
+    msg.write_bytes(b"release 1.2.3 checksum " + os.urandom(16))
+    digest = tmp_path / "digest"
+    digest.write_bytes(hashlib.sha256(msg.read_bytes()).digest())
+    pub = cli.json("key", "public-key", key_id, "--out", str(tmp_path / "pub.der"))
+    assert pub["KeySpec"] == "ECC_NIST_P256" and pub["SigningAlgorithms"] == ["ECDSA_SHA_256"]
+    der = (tmp_path / "pub.der").read_bytes()
+    assert base64.b64decode(pub["PublicKey"]) == der
+    public = _spki(der)
+
+    signed = cli.json("key", "sign", key_id, "--algorithm", "ECDSA_SHA_256", "--message-file",
+                      str(msg), "--out", str(tmp_path / "sig"))
+    assert signed["MessageType"] == "RAW" and signed["KeyId"].endswith(key_id)
+    sig = (tmp_path / "sig").read_bytes()
+    assert base64.b64decode(signed["Signature"]) == sig
+    public.verify(sig, msg.read_bytes(), ec.ECDSA(hashes.SHA256()))  # anyone can check it
+    of_digest = cli.json("key", "sign", key_id, "--algorithm", "ECDSA_SHA_256",
+                         "--digest-file", str(digest))
+    assert of_digest["MessageType"] == "DIGEST"
+    public.verify(base64.b64decode(of_digest["Signature"]), msg.read_bytes(),
+                  ec.ECDSA(hashes.SHA256()))
+
+    ok = cli.json("key", "verify", key_id, "--algorithm", "ECDSA_SHA_256", "--message-file",
+                  str(msg), "--signature-file", str(tmp_path / "sig"))
+    assert ok["SignatureValid"] is True
+    assert cli.json("key", "verify", key_id, "--algorithm", "ECDSA_SHA_256", "--digest-file",
+                    str(digest), "--signature", of_digest["Signature"])["SignatureValid"]
+    (tmp_path / "other").write_bytes(b"not the message")
+    assert "KMSInvalidSignatureException" in cli.fail(
+        "key", "verify", key_id, "--algorithm", "ECDSA_SHA_256", "--message-file",
+        str(tmp_path / "other"), "--signature-file", str(tmp_path / "sig"))
+    # Refusals: an existing --out, bad base64, a wrong-size digest, another algorithm.
+    assert "exists" in cli.fail("key", "sign", key_id, "--algorithm", "ECDSA_SHA_256",
+                                "--message-file", str(msg), "--out", str(tmp_path / "sig"),
+                                rc=2)
+    assert (tmp_path / "sig").read_bytes() == sig
+    assert "base64" in cli.fail("key", "verify", key_id, "--algorithm", "ECDSA_SHA_256",
+                                "--message-file", str(msg), "--signature", "%%%", rc=2)
+    assert "ValidationException" in cli.fail("key", "sign", key_id, "--algorithm",
+                                             "ECDSA_SHA_256", "--digest-file", str(msg))
+    assert "InvalidKeyUsageException" in cli.fail("key", "sign", key_id, "--algorithm",
+                                                  "SM2DSA", "--message-file", str(msg))
+    assert "one of the arguments" in cli.fail("key", "sign", key_id, "--algorithm",
+                                              "ECDSA_SHA_256", rc=2)
+    assert "invalid choice" in cli.fail("key", "sign", key_id, "--algorithm", "MD5",
+                                        "--message-file", str(msg), rc=2)
+
+
+def test_generate_data_key(cli: Cli, config: Path) -> None:
+    from kms import Kms
+
+    key_id = cli.json("key", "create")["KeyId"]
+    quiet = cli.run("key", "generate-data-key", key_id, "--json")
+    doc = json.loads(quiet.stdout)
+    assert set(doc) == {"KeyId", "CiphertextBlob"} and quiet.stderr == b""
+    loud = cli.run("key", "generate-data-key", key_id, "--spec", "AES_128", "--context",
+                   "app=cli", "--plaintext", "--json")
+    assert b"secret" in loud.stderr and len(loud.stderr.splitlines()) == 1
+    made = json.loads(loud.stdout)
+    plaintext = base64.b64decode(made["Plaintext"])
+    assert len(plaintext) == 16
+    with Kms.open(config) as service:  # the blob opens to that plaintext, in its context
+        client = service.client(INSTANCE)
+        blob = base64.b64decode(made["CiphertextBlob"])
+        assert client.decrypt(blob, {"app": "cli"}).plaintext == plaintext
+        assert len(client.decrypt(base64.b64decode(doc["CiphertextBlob"])).plaintext) == 32
+    audit = b"".join(p.read_bytes() for p in (config.parent / "audit").iterdir())
+    assert plaintext not in audit and made["Plaintext"].encode() not in audit
+    assert "invalid choice" in cli.fail("key", "generate-data-key", key_id, "--spec", "DES",
+                                        rc=2)
+
+
+def test_import_key_material(cli: Cli, tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+
+    key = cli.json("key", "create", "--spec", "ECC_NIST_P256", "--origin", "EXTERNAL")
+    assert (key["Origin"], key["KeyState"]) == ("EXTERNAL", "PendingImport")
+    params = cli.json("key", "get-parameters-for-import", key["KeyId"], "--public-key-out",
+                      str(tmp_path / "wrap.der"), "--token-out", str(tmp_path / "token"))
+    assert params["WrappingAlgorithm"] == "RSAES_OAEP_SHA_256"
+    assert params["WrappingKeySpec"] == "RSA_2048" and params["ParametersValidTo"]
+    wrapping = _spki((tmp_path / "wrap.der").read_bytes())
+    assert isinstance(wrapping, rsa.RSAPublicKey) and wrapping.key_size == 2048
+    assert "exists" in cli.fail("key", "get-parameters-for-import", key["KeyId"],
+                                "--public-key-out", str(tmp_path / "wrap.der"), "--token-out",
+                                str(tmp_path / "t2"), rc=2)
+
+    mine = ec.generate_private_key(ec.SECP256R1())  # the customer's own key
+    pkcs8 = mine.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                               serialization.NoEncryption())
+    sha256 = hashes.SHA256()
+    (tmp_path / "material").write_bytes(
+        wrapping.encrypt(pkcs8, padding.OAEP(padding.MGF1(sha256), sha256, None)))
+    imported = cli.json("key", "import-key-material", key["KeyId"], "--token-file",
+                        str(tmp_path / "token"), "--material-file", str(tmp_path / "material"))
+    assert imported["KeyState"] == "Enabled"
+    (tmp_path / "msg").write_bytes(b"signed with imported material")
+    sig = cli.json("key", "sign", key["KeyId"], "--algorithm", "ECDSA_SHA_256",
+                   "--message-file", str(tmp_path / "msg"))["Signature"]
+    mine.public_key().verify(base64.b64decode(sig), b"signed with imported material",
+                             ec.ECDSA(hashes.SHA256()))
+    assert "InvalidImportTokenException" in cli.fail(  # a token is good for one import
+        "key", "import-key-material", key["KeyId"], "--token-file", str(tmp_path / "token"),
+        "--material-file", str(tmp_path / "material"))
+    assert "not a time" in cli.fail("key", "import-key-material", key["KeyId"],
+                                    "--token-file", "t", "--material-file", "m",
+                                    "--valid-to", "soon", rc=2)
+
+
+# --- credentials --------------------------------------------------------------------------
+
+
+def test_credentials_lifecycle(cli: Cli, config: Path) -> None:
+    def cred(*args: str, rc: int = 0) -> Any:
+        return json.loads(cli.run("credentials", *args, "--json", rc=rc, instance=False).stdout)
+
+    first = cli.json("credentials", "create", "--name", "cli-app")
+    other = cli.json("credentials", "create", "--name", "cli-other")
+    assert first["Instance"] == INSTANCE and first["Principal"] == "cli-app"
+    secrets = {first["SecretAccessKey"], other["SecretAccessKey"]}
+    mine = cred("list", "--instance", INSTANCE, "--name", "cli-app")["AccessKeys"]
+    assert [k["AccessKeyId"] for k in mine] == [first["AccessKeyId"]]
+    assert set(mine[0]) == {"AccessKeyId", "Instance", "Principal", "PrincipalId",
+                            "CreateDate", "Enabled"}
+    assert mine[0]["Enabled"] is True and mine[0]["CreateDate"].endswith("Z")
+    listed = {k["AccessKeyId"]: k for k in cred("list")["AccessKeys"]}
+    assert {first["AccessKeyId"], other["AccessKeyId"]} <= set(listed)
+    table = cli.run("credentials", "list", instance=False).stdout.decode()
+    assert table.splitlines()[0].split() == ["AccessKeyId", "Instance", "Principal",
+                                             "CreateDate", "State"]
+    row = next(line for line in table.splitlines() if line.startswith(first["AccessKeyId"]))
+    assert row.split()[1:3] == [INSTANCE, "cli-app"] and row.split()[-1] == "enabled"
+
+    assert cred("disable", first["AccessKeyId"])["Enabled"] is False
+    assert cred("list", "--name", "cli-app")["AccessKeys"][0]["Enabled"] is False
+    shown = fields(cli.run("credentials", "enable", first["AccessKeyId"],
+                           instance=False).stdout)
+    assert shown["AccessKeyId"] == first["AccessKeyId"] and shown["Enabled"] == "True"
+
+    rotated = cred("rotate", first["AccessKeyId"], "--disable-old")
+    assert rotated["Principal"] == "cli-app" and rotated["Instance"] == INSTANCE
+    assert rotated["OldAccessKeyId"] == first["AccessKeyId"]
+    assert rotated["OldAccessKeyEnabled"] is False
+    secrets.add(rotated["SecretAccessKey"])
+    assert len(secrets) == 3
+    kept = cli.run("credentials", "rotate", rotated["AccessKeyId"], instance=False)
+    lines = kept.stdout.decode().splitlines()
+    assert lines[0].startswith("AccessKeyId=HSMP") and lines[1].startswith("SecretAccessKey=")
+    assert b"is enabled" in kept.stderr  # without --disable-old the old key stays
+    secrets.add(lines[1].partition("=")[2])
+    states = {k["AccessKeyId"]: k["Enabled"]
+              for k in cred("list", "--name", "cli-app")["AccessKeys"]}
+    assert states == {first["AccessKeyId"]: False, rotated["AccessKeyId"]: True,
+                      lines[0].partition("=")[2]: True}
+
+    gone = cred("delete", first["AccessKeyId"])
+    assert gone["Deleted"] is True and gone["AccessKeyId"] == first["AccessKeyId"]
+    assert first["AccessKeyId"] not in {k["AccessKeyId"] for k in cred("list")["AccessKeys"]}
+    for verb in ("delete", "enable", "disable", "rotate"):
+        msg = cli.fail("credentials", verb, first["AccessKeyId"], instance=False)
+        assert msg == (f"hsmpool: NotFoundException: access key {first['AccessKeyId']!r} "
+                       "does not exist")
+    assert "instance 'nope' is not configured" in cli.fail(
+        "credentials", "create", "--instance", "nope", instance=False)
+    assert "required" in cli.fail("credentials", "disable", rc=2, instance=False)
+
+    # Secrets were shown at creation and rotation only: not listed, not stored in clear.
+    every_listing = cli.run("credentials", "list", "--json", instance=False).stdout
+    every_listing += cli.run("credentials", "list", instance=False).stdout
+    stored = b"".join(p.read_bytes() for p in config.parent.rglob("*") if p.is_file())
+    for secret in secrets:
+        assert secret.encode() not in every_listing and secret.encode() not in stored
 
 
 # --- aliases ----------------------------------------------------------------------------
@@ -241,10 +470,42 @@ def test_tampered_file(cli: Cli, file_keys: dict[str, str], tmp_path: Path,
         blob += b"\0"
     (tmp_path / "ct").write_bytes(bytes(blob))
     (tmp_path / "out").write_bytes(b"keep me")
-    msg = cli.fail("decrypt", str(tmp_path / "ct"), str(tmp_path / "out"))
+    msg = cli.fail("decrypt", "--force", str(tmp_path / "ct"), str(tmp_path / "out"))
     assert msg.startswith("hsmpool: InvalidCiphertextException: chunk ")
     assert (tmp_path / "out").read_bytes() == b"keep me"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ct", "in", "out"]
+
+
+@pytest.mark.parametrize("command", ["encrypt", "decrypt"])
+def test_existing_output_is_refused_without_force(cli: Cli, file_keys: dict[str, str],
+                                                  tmp_path: Path, command: str) -> None:
+    data = os.urandom(70_000)
+    (tmp_path / "in").write_bytes(data)
+    cli.run("encrypt", "-q", "--key", file_keys["SM4"], str(tmp_path / "in"),
+            str(tmp_path / "ct"))
+    src = tmp_path / ("in" if command == "encrypt" else "ct")
+    key = ["--key", file_keys["SM4"]] if command == "encrypt" else []
+    out = tmp_path / "out"
+    out.write_bytes(b"precious")
+    msg = cli.fail(command, *key, str(src), str(out), rc=2)
+    assert "exists" in msg and "--force" in msg and str(out) in msg
+    assert out.read_bytes() == b"precious"
+    os.chmod(out, 0o644)
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "nowhere")  # a dangling symlink is an existing name too
+    assert "exists" in cli.fail(command, *key, str(src), str(link), rc=2)
+    assert not (tmp_path / "nowhere").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ct", "in", "link", "out"]
+
+    cli.run(command, "-q", "--force", *key, str(src), str(out))
+    if command == "encrypt":
+        cli.run("decrypt", "-q", "-f", str(out), str(tmp_path / "back"))
+        assert (tmp_path / "back").read_bytes() == data
+    else:
+        assert out.read_bytes() == data
+    assert out.stat().st_mode & 0o777 == 0o600
+    # stdout is never refused
+    assert cli.run(command, "-q", *key, str(src), "-").stdout
 
 
 def test_progress_and_quiet(cli: Cli, file_keys: dict[str, str], tmp_path: Path) -> None:
@@ -316,14 +577,28 @@ def test_errors_are_one_line(cli: Cli, tmp_path: Path, monkeypatch: pytest.Monke
     assert not (tmp_path / "out").exists()
 
 
+def test_serve_usage_errors(cli: Cli) -> None:
+    """A bad --log-level (it used to reach uvicorn: a KeyError traceback), port or worker
+    count is a one-line usage error."""
+    for args in (["--log-level", "loud"], ["--log-level", "WARNING"]):
+        msg = cli.fail("serve", *args, rc=2, instance=False)
+        assert "invalid choice" in msg and "trace" in msg
+    assert "1..65535" in cli.fail("serve", "--port", "70000", rc=2, instance=False)
+    assert "1..256" in cli.fail("serve", "--workers", "0", rc=2, instance=False)
+    assert "not an integer" in cli.fail("serve", "--port", "http", rc=2, instance=False)
+    text = cli.run("serve", "--help", instance=False).stdout.decode()
+    assert "critical,error,warning,info,debug,trace" in text and "(default warning)" in text
+    assert "(default 8080)" in text and "(default 127.0.0.1)" in text
+
+
 def test_config_and_instance_errors(cli: Cli, tmp_path: Path) -> None:
     missing = Cli(tmp_path / "missing.toml")
     assert "configuration" in missing.fail("key", "list", rc=2)
     bad = tmp_path / "bad.toml"
     bad.write_text("[kms]\nnot valid toml = = =\n")
     assert "configuration" in Cli(bad).fail("key", "list", rc=2)
-    assert "InstanceNotFoundError" in cli.fail("key", "list", "--instance", "nope",
-                                               instance=False)
+    msg = cli.fail("key", "list", "--instance", "nope", instance=False)
+    assert msg == "hsmpool: NotFoundException: instance 'nope' is not configured in the pool"
 
 
 def test_error_messages_hold_no_context_values(cli: Cli, file_keys: dict[str, str],

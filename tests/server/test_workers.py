@@ -30,6 +30,7 @@ from tests.server.conftest import (
     Server,
     call,
     create_credential,
+    raises_code,
     run_server,
     write_server_config,
 )
@@ -359,3 +360,92 @@ def test_racing_writers_leave_one_state_everywhere(wserver: Server) -> None:
             _ok(wserver, "Encrypt", enc)
     else:
         assert {_err(wserver, "Encrypt", enc) for _ in range(10)} == {"DisabledException"}
+
+
+# --- credentials revoked through the CLI ----------------------------------------------------
+
+REVOCATION_BOUND = 1.0  # seconds from `credentials disable|enable|delete` to every worker
+
+
+def _credentials_cli(srv: Server, *args: str, rc: int = 0) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([str(HSMPOOL), "--config", str(srv.config), "credentials", *args],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == rc, proc.stderr
+    return proc
+
+
+def _burst(srv: Server, cred: Cred, n: int = 64) -> list[str]:
+    """``n`` ListKeys on fresh connections, 8 at a time: each answer's result ("ok" or the
+    error type)."""
+    def one(_: int) -> str:
+        status, body = call(srv.port, cred, "ListKeys", {})
+        if status == 200:
+            return "ok"
+        assert status == 400, (status, body)
+        return str(body["__type"])
+
+    with ThreadPoolExecutor(8) as ex:
+        return list(ex.map(one, range(n)))
+
+
+def _list_keys_by_worker(srv: Server) -> dict[str, Counter[bool]]:
+    """Per worker: how many ListKeys it answered so far, by success (True) or not."""
+    out: dict[str, Counter[bool]] = {}
+    for w, counts in _metrics_by_worker(srv).items():
+        out[w] = Counter()
+        for (op, result), n in counts.items():
+            if op == "ListKeys":
+                out[w][result == "ok"] += n
+    return out
+
+
+def _every_worker_answers(srv: Server, cred: Cred, want: str, since: float) -> None:
+    """Poll (bursts of fresh connections) until ``REVOCATION_BOUND`` after ``since``; from
+    then on every answer is ``want``, and both workers gave such answers."""
+    while time.monotonic() < since + REVOCATION_BOUND:
+        _burst(srv, cred, 16)
+    served: set[str] = set()
+    for _ in range(10):
+        before = _list_keys_by_worker(srv)
+        results = _burst(srv, cred)
+        assert set(results) == {want}, Counter(results)
+        after = _list_keys_by_worker(srv)
+        ok = want == "ok"
+        served |= {w for w in after if after[w][ok] > before.get(w, Counter())[ok]}
+        if len(served) == 2:
+            return
+    pytest.fail(f"only workers {sorted(served)} answered {want}")
+
+
+def test_disabled_credential_is_refused_by_every_worker(wserver: Server) -> None:
+    """``credentials disable`` (another process, the CLI) is seen by both workers within
+    1 s, although both hold the key's signing key in their SigV4 cache; ``enable`` makes it
+    work again; ``delete`` ends it for good."""
+    name = "revoked-" + uuid.uuid4().hex[:6]
+    cred = wserver.credential("srvw", name)
+    _every_worker_answers(wserver, cred, "ok", since=time.monotonic() - REVOCATION_BOUND)
+
+    doc = json.loads(_credentials_cli(wserver, "disable", cred.access_key_id,
+                                      "--json").stdout)
+    done = time.monotonic()
+    assert doc["AccessKeyId"] == cred.access_key_id and doc["Enabled"] is False
+    _every_worker_answers(wserver, cred, "UnrecognizedClientException", since=done)
+    boto = wserver.client(cred)
+    with raises_code(boto, "UnrecognizedClientException"):
+        boto.list_keys()
+    admin = wserver.creds["admin"]
+    assert set(_burst(wserver, admin, 16)) == {"ok"}  # only that key is refused
+
+    _credentials_cli(wserver, "enable", cred.access_key_id)
+    _every_worker_answers(wserver, cred, "ok", since=time.monotonic())
+    assert wserver.client(cred).list_keys()["Truncated"] in (True, False)
+
+    _credentials_cli(wserver, "delete", cred.access_key_id)
+    _every_worker_answers(wserver, cred, "UnrecognizedClientException",
+                          since=time.monotonic())
+    err = _credentials_cli(wserver, "enable", cred.access_key_id, rc=1).stderr
+    assert err.strip() == (f"hsmpool: NotFoundException: access key "
+                           f"{cred.access_key_id!r} does not exist")
+    listed = json.loads(_credentials_cli(wserver, "list", "--name", name, "--json").stdout)
+    assert listed == {"AccessKeys": []}
+    assert set(_burst(wserver, cred, 16)) == {"UnrecognizedClientException"}
