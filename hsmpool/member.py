@@ -13,7 +13,7 @@ then probes the member with backoff and readmits it when a probe answers quickly
 readmission the anchor session and the handle cache are rebuilt, since a token that really
 went away lost both.
 
-Calls run inline in the caller's thread, or on the member's *executor* (C threads made on
+Calls run inline in the caller's thread, or on the process's *executor* (C threads made on
 demand) when the caller has a call context (:mod:`hsmpool._calls`). An abandoned call keeps
 its buffers alive (:meth:`Member.abandon`) until the token returns; its session is closed
 then, never reused.
@@ -31,7 +31,6 @@ from typing import Any, TypeVar
 
 from hsmpool import _calls, _p11
 from hsmpool._p11 import CallTimeout, Module, P11Error, TokenInfo
-from hsmpool._p11_cffi import ffi
 from hsmpool._p11_cffi import lib as _lib
 from hsmpool._stats import Histogram
 from hsmpool.config import PoolSettings, TokenConfig
@@ -104,7 +103,6 @@ class Member:
         self._slow_ns = int(settings.slow_call_ms * 1e6)
         self._hang_s = settings.hang_ms / 1e3
         self._threshold = settings.failure_threshold
-        self._exec: object | None = None
         self._abandoned: list[tuple[object, object]] = []  # (job, what keeps its memory)
         self._orphans: list[int] = []  # sessions of abandoned calls, closed once they return
         # Request greenlets waiting for a session, with their hubs.
@@ -337,20 +335,8 @@ class Member:
         return _calls.run_call(ctx, self, submit, args, keep, function)
 
     def executor(self) -> object:
-        """The C executor of this token's calls (made on first use)."""
-        ex = self._exec
-        if ex is None:
-            with self._lock:
-                ex = self._exec
-                if ex is None:
-                    # Enough threads for every session and the anchor, and a few more in
-                    # case calls are stuck in a token that is ejected but still hanging.
-                    ex = _lib.hp11_exec_new(2 * self.settings.sessions_per_token + 2,
-                                            self.settings.executor_spin_us)
-                    if ex == ffi.NULL:
-                        raise MemoryError("cannot allocate a token executor")
-                    self._exec = ex
-        return ex
+        """The executor that runs this member's calls (see hsmpool._calls)."""
+        return _calls.executor(self.settings.executor_spin_us)
 
     def abandon(self, job: object, keep: object) -> None:
         """A call was given up while the token still runs it: keep its memory until then."""
@@ -371,7 +357,10 @@ class Member:
         for job, _ in done:
             _lib.hp11_job_free(job)
         if orphans:
-            self._close_quietly(*orphans)
+            # Bounded: a token that still hangs must not hold the caller (the prober); a
+            # close given up on still runs, and frees the session when the token returns.
+            with _calls.deadline(2 * self._hang_s):
+                self._close_quietly(*orphans)
         return running
 
     def _ejected(self) -> None:
@@ -501,12 +490,6 @@ class Member:
             idle, self._idle = self._idle, []
             self._cache.clear()
         self._close_quietly(*idle, self.anchor)
-        ex = self._exec
-        if ex is not None:
-            # Threads still inside a hung call cannot be stopped: then the executor (and
-            # the module, see Pool.close) are left to the end of the process.
-            if _lib.hp11_exec_stop(ex, 500_000) and not self.reap():
-                _lib.hp11_exec_free(ex)
-                self._exec = None
-            else:
-                self.stuck = True
+        # A call still inside the token cannot be stopped: then the module is left loaded
+        # to the end of the process (see Pool.close).
+        self.stuck = self.reap() > 0

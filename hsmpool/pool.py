@@ -291,8 +291,11 @@ def _probe_loop(ref: weakref.ref[Pool]) -> None:
                 due[m.name] = now + settings.probe_interval
             if now < due[m.name]:
                 continue
-            with _calls.deadline(budget):
-                ok = m.probe()
+            if m.reap():
+                ok = False  # a call it was given earlier has not returned: still hung
+            else:
+                with _calls.deadline(budget):
+                    ok = m.probe()
             if ok:
                 try:
                     with _calls.deadline(budget + settings.lease_timeout):
