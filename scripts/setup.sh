@@ -14,6 +14,7 @@ need=()
 command -v softhsm2-util >/dev/null || need+=(softhsm2)
 command -v gcc >/dev/null || need+=(gcc)
 [ -f /usr/include/openssl/evp.h ] || need+=(libssl-dev)
+[ -f /usr/include/sqlite3.h ] || need+=(libsqlite3-dev)
 [ -f /usr/include/p11-kit-1/p11-kit/pkcs11.h ] || need+=(libp11-kit-dev)
 [ "$want_test" = 1 ] && { command -v pkcsslotd >/dev/null || [ -x /usr/sbin/pkcsslotd ] || need+=(opencryptoki); }
 python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
