@@ -62,7 +62,32 @@ class ParsedAuth:
     signature: str
 
 
+# Parsed Authorization headers without their signature: a client sends the same credential
+# scope and signed headers for a whole day, so the parse (a regex, two dataclasses) is done
+# once per such prefix.
+_PARSED: dict[str, tuple[Credential, tuple[str, ...], str]] = {}
+_PARSED_MAX: Final = 4096
+_HEX64: Final = frozenset("0123456789abcdef")
+
+
 def parse_authorization(value: str | None) -> ParsedAuth:
+    if value:
+        cut = value.rfind("Signature=")
+        if cut > 0:
+            hit = _PARSED.get(value[:cut])
+            signature = value[cut + 10:]
+            if hit is not None and len(signature) == 64 and _HEX64.issuperset(signature):
+                return ParsedAuth(hit[0], hit[1], signature)
+    parsed = _parse_authorization(value)
+    if value:
+        cut = value.rfind("Signature=")
+        if len(_PARSED) >= _PARSED_MAX:
+            _PARSED.clear()
+        _PARSED[value[:cut]] = (parsed.credential, parsed.signed_headers, "")
+    return parsed
+
+
+def _parse_authorization(value: str | None) -> ParsedAuth:
     if not value:
         raise AuthError("MissingAuthenticationTokenException",
                         "Request is missing Authentication Token")
@@ -96,9 +121,21 @@ def _canonical_query(query: str) -> str:
 
 def unsigned_headers(headers: Iterable[str], signed: Iterable[str]) -> list[str]:
     """The (lower-case) header names of a request that must be signed but are not."""
-    covered = set(signed)
-    return sorted(name for name in headers
-                  if (name in MUST_SIGN or name.startswith("x-amz-")) and name not in covered)
+    key = (tuple(headers), tuple(signed))
+    hit = _UNSIGNED.get(key)
+    if hit is None:
+        covered = set(key[1])
+        hit = sorted(name for name in key[0]
+                     if (name in MUST_SIGN or name.startswith("x-amz-")) and name not in covered)
+        if len(_UNSIGNED) >= _PARSED_MAX:
+            _UNSIGNED.clear()
+        _UNSIGNED[key] = hit
+    return hit
+
+
+# (request header names, signed header names) -> the unsigned ones: the SDKs send the same
+# headers in the same order every time.
+_UNSIGNED: dict[tuple[tuple[str, ...], tuple[str, ...]], list[str]] = {}
 
 
 def canonical_request(method: str, path: str, query: str,
