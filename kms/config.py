@@ -14,6 +14,9 @@
 
     [server]
     request_timeout = 10.0       # seconds a request may take; past it: a retryable 503
+    rate_limit = 0               # requests/s per principal (0: none); ThrottlingException past it
+    rate_burst = 0               # requests above the rate a principal may send at once
+    max_blocking_per_principal = 8   # state-writing operations in progress per principal
     trusted_proxies = []         # IPs/CIDRs whose X-Forwarded-For is believed (see
                                  # kms/api/netaddr.py); empty: the TCP peer is the source
 """
@@ -57,6 +60,13 @@ class ServerSettings:
     """The ``[server]`` section: how ``hsmpool serve`` runs."""
 
     request_timeout: float = 10.0
+    #: Per principal: requests per second (0: no limit) and the burst above that rate;
+    #: past it, a throttling error the SDKs retry with backoff.
+    rate_limit: float = 0.0
+    rate_burst: float = 0.0
+    #: Per principal: operations that write state or generate keys in progress at once in
+    #: one worker (they run on its thread pool: one principal cannot take all of it).
+    max_blocking_per_principal: int = 8
     #: The reverse proxies (IP addresses or CIDR networks) whose ``X-Forwarded-For`` the
     #: server believes; by default none, and the TCP peer is the request's source address.
     trusted_proxies: tuple[str, ...] = ()
@@ -68,6 +78,13 @@ class ServerSettings:
         t = self.request_timeout
         if isinstance(t, bool) or not isinstance(t, int | float) or not 0.1 <= t <= 600:
             raise ConfigError("server.request_timeout must be 0.1..600 seconds")
+        for name in ("rate_limit", "rate_burst"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
+                raise ConfigError(f"server.{name} must be a number >= 0")
+        b = self.max_blocking_per_principal
+        if isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= 1024:
+            raise ConfigError("server.max_blocking_per_principal must be 1..1024")
         proxies = self.trusted_proxies
         if not isinstance(proxies, list | tuple):
             raise ConfigError("server.trusted_proxies must be a list of IP addresses or "

@@ -133,6 +133,8 @@ def _pending_deletion(rec: KeyRecord) -> None:
 
 # --- GetParametersForImport ------------------------------------------------------------
 
+MAX_IMPORT_TOKENS: Final = 8  # unexpired, unused import tokens per key
+
 
 def get_parameters_for_import(client: KmsClient, key_id: str, wrapping_algorithm: str,
                               wrapping_key_spec: str) -> ImportParameters:
@@ -148,6 +150,12 @@ def get_parameters_for_import(client: KmsClient, key_id: str, wrapping_algorithm
     _pending_deletion(rec)
     kms = client.kms
     inst = client.inst
+    # Each token holds a wrapping key made in a token (RSA generation takes a second or
+    # more): cap the live ones per key, before making another.
+    kms.store.delete_expired_import_tokens(rec.key_id, kms.now())
+    if kms.store.count_import_tokens(rec.key_id) >= MAX_IMPORT_TOKENS:
+        raise E.LimitExceeded(f"key {rec.arn} has {MAX_IMPORT_TOKENS} unused import tokens; "
+                              "use one or wait until they expire")
     if wrapping_key_spec == "SM2":
         priv = SM2PrivateKey.generate()
         blob = bytes(inst.import_secret(priv.to_bytes()))

@@ -229,6 +229,11 @@ class Kms:
             pool.close()
             raise
 
+    def forget_authorizations(self) -> None:
+        """Drop remembered authorization decisions (principals or policies changed)."""
+        if self._authorizer is not None:
+            self._authorizer.invalidate()
+
     def client(self, instance: str = "default", principal: Any = None,
                source_ip: str | None = None, *, audit_name: str | None = None) -> KmsClient:
         """A caller of the service: an instance, and a principal (None: the embedding
@@ -528,6 +533,7 @@ class KmsClient:
         self.instance_name = instance
         self.inst = kms.pool.instance(instance)
         self.principal = principal
+        self.principal_id = "" if principal is None else str(getattr(principal, "id", ""))
         # The name the audit trail records: the principal's, or for the embedder (principal
         # None) the given name ("" by default).
         self._principal_name = audit_name if audit_name is not None else (

@@ -369,6 +369,11 @@ class Store:
             cur = db.execute("DELETE FROM import_tokens WHERE token_id = ?", (token_id,))
             return cur.rowcount == 1
 
+    def count_import_tokens(self, key_id: str) -> int:
+        row = self._read(lambda db: db.execute(
+            "SELECT COUNT(*) AS n FROM import_tokens WHERE key_id = ?", (key_id,)).fetchone())
+        return int(row["n"])
+
     def delete_expired_import_tokens(self, key_id: str, now: float) -> None:
         with self.transaction() as db:
             db.execute("DELETE FROM import_tokens WHERE key_id = ? AND expires <= ?",

@@ -10,12 +10,21 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
+import orjson
+
+import hsmpool
 from kms import errors as E
+from kms.api.auth import Authenticator
+from kms.api.pipeline import Answer, Call, Request
+from kms.api.sigv4 import AuthError
 from kms.model import KeyRecord, KeyState, Origin
-from kms.service import KmsClient
+from kms.service import KmsClient, pool_error
+
+log = logging.getLogger("hsmpool.server")
 
 Body = Mapping[str, Any]
 Handler = Callable[[KmsClient, Body], dict[str, Any]]
@@ -509,3 +518,90 @@ OPERATIONS: Final[dict[str, Handler]] = {
     "ImportKeyMaterial": import_key_material,
     "DeleteImportedKeyMaterial": delete_imported_key_material,
 }
+
+
+# --- the front end --------------------------------------------------------------------------
+
+JSON_TYPES: Final = frozenset({"application/x-amz-json-1.1", "application/x-amz-json-1.0"})
+_JSON_TYPE: Final = b"application/x-amz-json-1.1"
+_PREFIX: Final = "TrentService."
+_UNRECOGNIZED: Final = "The security token included in the request is invalid."
+
+
+def _error(code: str, message: str) -> bytes:
+    return orjson.dumps({"__type": code, "message": message})
+
+
+class AwsKmsFrontend:
+    """AWS KMS JSON 1.1 on ``POST /`` with ``X-Amz-Target: TrentService.<Operation>`` and
+    SigV4 (service ``kms``). Every failure is a 4xx ``{"__type", "message"}`` named as boto3
+    expects; 503 ``DependencyTimeoutException`` past the deadline; 500 only for our bugs."""
+
+    name = "aws-kms"
+
+    def __init__(self, auth: Authenticator) -> None:
+        self.auth = auth
+
+    def accepts(self, req: Request) -> bool:
+        return req.method == "POST" and req.path == "/" \
+            and req.headers.get("x-amz-target", "").startswith(_PREFIX)
+
+    def _answer(self, status: int, code: str, message: str, op: str) -> Answer:
+        return Answer(status, _error(code, message), _JSON_TYPE, op, code)
+
+    def prepare(self, req: Request) -> Call | Answer:
+        op = req.headers["x-amz-target"][len(_PREFIX):]
+        handler = OPERATIONS.get(op)
+        if handler is None:
+            return self._answer(400, "UnknownOperationException", "unknown operation", "-")
+        ctype = req.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype not in JSON_TYPES:
+            return self._answer(400, "SerializationException",
+                                "Content-Type must be application/x-amz-json-1.1", op)
+        try:
+            cred = self.auth.sigv4("kms", req.method, req.path, req.query, req.headers,
+                                   req.body)
+            client = self.auth.client(cred.access_key_id, req.peer,
+                                      req.headers.get("x-forwarded-for"))
+        except AuthError as exc:
+            return self._answer(400, exc.code, exc.message, op)
+        except (E.KmsError, hsmpool.InstanceNotFoundError):
+            # InstanceNotFoundError: the access key's instance is no longer configured.
+            return self._answer(400, "UnrecognizedClientException", _UNRECOGNIZED, op)
+        except hsmpool.HsmPoolError as exc:
+            # The access key's secret is unwrapped in a token on first use: no token could
+            # do it now (all ejected, or past the deadline). Retryable, like the operation.
+            err = pool_error(exc)
+            return self._answer(err.status, err.code, err.message, op)
+        try:
+            # orjson (about 10x faster than json here) refuses lone surrogates and nesting
+            # deeper than 1024 with a JSONDecodeError, a ValueError: both would otherwise fail
+            # later, in UTF-8 encoding (SQLite, the ciphertext context), as a 500.
+            body = orjson.loads(req.body) if req.body else {}
+        except (ValueError, UnicodeError, RecursionError):
+            return self._answer(400, "SerializationException", "the body is not valid JSON", op)
+        if not isinstance(body, dict):
+            return self._answer(400, "SerializationException",
+                                "the body must be a JSON object", op)
+
+        def run() -> Answer:
+            try:
+                out = handler(client, body)
+            except E.KmsError as exc:
+                return self._answer(exc.status, exc.code, exc.message, op)
+            except Exception:  # noqa: BLE001 - a bug of ours: log the type, never the data
+                log.exception("internal error in %s", op)
+                return self.internal_error(op)
+            return Answer(200, orjson.dumps(out), _JSON_TYPE, op, "ok")
+
+        return Call(op, client.principal_id, op in BLOCKING, run)
+
+    def throttled(self, operation: str) -> Answer:
+        return self._answer(400, "ThrottlingException", "Rate exceeded", operation)
+
+    def timed_out(self, operation: str) -> Answer:
+        return self._answer(503, E.DependencyTimeout.code,
+                            "the request did not finish in time; retry", operation)
+
+    def internal_error(self, operation: str) -> Answer:
+        return self._answer(500, "KMSInternalException", "internal error", operation)
