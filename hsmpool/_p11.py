@@ -183,7 +183,11 @@ CKR_ENCRYPTED_DATA_INVALID: Final = 0x040
 CKR_ENCRYPTED_DATA_LEN_RANGE: Final = 0x041
 CKR_KEY_HANDLE_INVALID: Final = 0x060
 CKR_OBJECT_HANDLE_INVALID: Final = 0x082
+CKR_DATA_INVALID: Final = 0x020
+CKR_DATA_LEN_RANGE: Final = 0x021
 CKR_PIN_INCORRECT: Final = 0x0A0
+CKR_PIN_INVALID: Final = 0x0A1
+CKR_PIN_LEN_RANGE: Final = 0x0A2
 CKR_PIN_LOCKED: Final = 0x0A4
 CKR_SESSION_CLOSED: Final = 0x0B0
 CKR_SESSION_HANDLE_INVALID: Final = 0x0B3
@@ -192,6 +196,7 @@ CKR_SIGNATURE_LEN_RANGE: Final = 0x0C1
 CKR_TOKEN_NOT_PRESENT: Final = 0x0E0
 CKR_USER_ALREADY_LOGGED_IN: Final = 0x100
 CKR_USER_NOT_LOGGED_IN: Final = 0x101
+CKR_USER_PIN_NOT_INITIALIZED: Final = 0x102
 CKR_WRAPPED_KEY_INVALID: Final = 0x110
 CKR_WRAPPED_KEY_LEN_RANGE: Final = 0x112
 CKR_BUFFER_TOO_SMALL: Final = 0x150
@@ -678,16 +683,6 @@ class Module:
         if rv:
             raise _fail(rv, _CRYPT_NAMES[op])
         return cast(bytes, ffi.buffer(out, n[0])[:])
-
-    def verify(self, session: int, mech: Mechanism, key: int, data: bytes, sig: bytes) -> bool:
-        rv = self._call(lib.hp11_verify, lib.hp11_submit_verify,
-                        (self._m, session, mech.ptr, key, data, len(data), sig, len(sig)),
-                        (mech, data, sig), "C_Verify")
-        if rv in (CKR_SIGNATURE_INVALID, CKR_SIGNATURE_LEN_RANGE):
-            return False
-        if rv:
-            raise _fail(rv, "C_Verify")
-        return True
 
     def gcm(
         self, op: int, session: int, key: int, iv: bytes, aad: bytes, data: bytes

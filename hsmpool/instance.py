@@ -35,13 +35,12 @@ from hsmpool.errors import (
     ForeignBlobError,
     InvalidBlobError,
     InvalidTagError,
-    TokenError,
     UnsupportedOperationError,
 )
 from hsmpool.member import Member, MemberState
 
 if TYPE_CHECKING:
-    from hsmpool.pool import Pool
+    from hsmpool.balancer import Balancer
 
 T = TypeVar("T")
 
@@ -164,8 +163,8 @@ class Instance:
     member cannot wrap keys at all.
     """
 
-    def __init__(self, pool: Pool, name: str, members: list[Member]) -> None:
-        self.pool = pool
+    def __init__(self, balancer: Balancer, name: str, members: list[Member]) -> None:
+        self.balancer = balancer
         self.name = name
         self.members = tuple(members)
         self._by_need: dict[tuple[int, ...], tuple[Member, ...]] = {}
@@ -301,7 +300,7 @@ class Instance:
 
     def _run(self, need: tuple[int, ...], fn: Callable[[Member, int], T], what: str,
              *, slow_is_failure: bool = True) -> T:
-        return self.pool.execute(self.capable(need), fn, what,
+        return self.balancer.execute(self.capable(need), fn, what,
                                  slow_is_failure=slow_is_failure)
 
     def _blob(self, blob: BlobLike) -> KeyBlob:
@@ -673,7 +672,8 @@ class Instance:
                 try:
                     return m.module.crypt(p.DECRYPT, s, _OAEP_SHA1, self._handle(m, kb), data, k)
                 except P11Error as exc:
-                    if exc.rv in (p.CKR_ENCRYPTED_DATA_INVALID, 0x20, 0x21,
+                    if exc.rv in (p.CKR_ENCRYPTED_DATA_INVALID, p.CKR_DATA_INVALID,
+                                  p.CKR_DATA_LEN_RANGE,
                                   p.CKR_GENERAL_ERROR):
                         raise DecryptionError("RSA-OAEP decryption failed") from None
                     raise
@@ -685,7 +685,8 @@ class Instance:
             try:
                 return m.module.crypt(p.DECRYPT, s, _RSA_X509, self._handle(m, kb), data, k)
             except P11Error as exc:
-                if exc.rv in (p.CKR_ENCRYPTED_DATA_INVALID, 0x20, 0x21):
+                if exc.rv in (p.CKR_ENCRYPTED_DATA_INVALID, p.CKR_DATA_INVALID,
+                              p.CKR_DATA_LEN_RANGE):
                     raise DecryptionError("RSA-OAEP decryption failed") from None
                 raise
         em = self._run((p.CKM_RSA_X_509, p.CKM_AES_KEY_WRAP_PAD), raw_op, "RSA-OAEP")
@@ -807,6 +808,3 @@ def oaep_decode(em: bytes, hash_fn: Callable[..., hashlib._Hash], label: bytes =
 
 
 __all__ = ["Instance", "SignAlgorithm", "oaep_decode"]
-
-# Silence "imported but unused" for names re-exported for callers' convenience.
-_ = TokenError

@@ -40,7 +40,7 @@ T = TypeVar("T")
 
 
 # Login answers seen from SoftHSM2 while another process rewrites the token file.
-_LOGIN_TRANSIENT = frozenset({_p11.CKR_GENERAL_ERROR, 0x102})  # 0x102: USER_PIN_NOT_INITIALIZED
+_LOGIN_TRANSIENT = frozenset({_p11.CKR_GENERAL_ERROR, _p11.CKR_USER_PIN_NOT_INITIALIZED})
 
 
 class MemberState(enum.Enum):
@@ -134,7 +134,8 @@ class Member:
                 return session
             except P11Error as exc:
                 self.module.close_session(session)
-                if exc.rv in (_p11.CKR_PIN_INCORRECT, _p11.CKR_PIN_LOCKED, 0x0A1, 0x0A2):
+                if exc.rv in (_p11.CKR_PIN_INCORRECT, _p11.CKR_PIN_LOCKED, _p11.CKR_PIN_INVALID,
+                              _p11.CKR_PIN_LEN_RANGE):
                     raise LoginError(
                         f"token {self.name!r} refused the PIN ({exc.name})") from None
                 if exc.rv not in _LOGIN_TRANSIENT or attempt == attempts - 1:

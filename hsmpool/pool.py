@@ -16,37 +16,28 @@ on another member (a hedge) while time is left. See :mod:`hsmpool._calls`.
 
 from __future__ import annotations
 
-import functools
-import itertools
 import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
 
 from hsmpool import _calls, _p11
-from hsmpool._p11 import CallTimeout, Module, P11Error, acquire_module, release_module
+from hsmpool._p11 import Module, P11Error, acquire_module, release_module
 from hsmpool._shim import shim_for
+from hsmpool.balancer import Balancer
 from hsmpool.config import PoolConfig, TokenConfig, load_config
 from hsmpool.errors import (
     ConfigError,
-    DeadlineExceededError,
     InstanceNotFoundError,
     LoginError,
     ModuleLoadError,
-    PoolUnavailableError,
     TokenError,
     TokenNotFoundError,
-    UnsupportedOperationError,
 )
+from hsmpool.instance import Instance
 from hsmpool.member import Member, MemberState, MemberStats
-
-if TYPE_CHECKING:
-    from hsmpool.instance import Instance
-
-T = TypeVar("T")
 
 __all__ = ["Pool"]
 
@@ -55,8 +46,6 @@ class Pool:
     """A pool of PKCS#11 tokens partitioned into instances. Thread-safe."""
 
     def __init__(self, config: PoolConfig) -> None:
-        from hsmpool.instance import Instance  # the instance layer sits on top of the pool
-
         self.config = config
         self.settings = config.settings
         self._modules: dict[str, Module] = {}
@@ -65,7 +54,7 @@ class Pool:
         self._prober: threading.Thread | None = None
         self._probe_wake = threading.Event()
         self._lock = threading.Lock()
-        self._rr = itertools.count()
+        self.balancer = Balancer(self.settings)
         try:
             owner = {t: i.name for i in config.instances.values() for t in i.tokens}
             for tok in config.tokens.values():
@@ -73,7 +62,7 @@ class Pool:
             self.instances: dict[str, Instance] = {}
             for inst in config.instances.values():
                 members = [self.members[t] for t in inst.tokens]
-                self.instances[inst.name] = Instance(self, inst.name, members)
+                self.instances[inst.name] = Instance(self.balancer, inst.name, members)
         except BaseException:
             self.close()
             raise
@@ -168,71 +157,6 @@ class Pool:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    # --- execution ---------------------------------------------------------------------
-
-    def execute(self, members: tuple[Member, ...], fn: Callable[[Member, int], T],
-                what: str, *, slow_is_failure: bool = True) -> T:
-        """Run ``fn(member, session)`` on the least-loaded healthy member; fail over.
-
-        Device faults (and abandoned calls) move the operation to another member; when every
-        capable member has failed once, the round starts again. Without a call context the
-        rounds go on for ``operation_timeout`` after the first full round; with one, until
-        its deadline, which also bounds each call while it runs.
-        """
-        if not members:
-            raise UnsupportedOperationError(f"no token of this partition supports {what}")
-        ctx = _calls.current()
-        tried: list[Member] = []
-        deadline = 0.0 if ctx is None else ctx.deadline
-        last: P11Error | None = None
-        n = len(members)
-        while True:
-            if ctx is not None and time.monotonic() >= deadline:
-                raise DeadlineExceededError(
-                    f"{what}: no token answered in time"
-                    + (f" (last error {last.name})" if last else ""))
-            best = None
-            best_load = 0.0
-            # Ties go round-robin (a rotating start), so idle members share the work.
-            start = next(self._rr) % n if n > 1 else 0
-            for i in range(n):
-                m = members[(start + i) % n]
-                if m.state is MemberState.HEALTHY and m not in tried:
-                    load = (m.in_flight + 1) / m.weight
-                    if best is None or load < best_load:
-                        best, best_load = m, load
-            if best is None:
-                if not any(m.state is MemberState.HEALTHY for m in members):
-                    raise PoolUnavailableError(
-                        f"{what}: no healthy token in the partition"
-                        + (f" (last error {last.name})" if last else "")
-                    )
-                if deadline == 0.0:
-                    deadline = time.monotonic() + self.settings.operation_timeout
-                elif time.monotonic() > deadline:
-                    raise PoolUnavailableError(
-                        f"{what}: every token failed"
-                        + (f" (last error {last.name})" if last else "")
-                    )
-                tried.clear()
-                _calls.pause(0.001)
-                continue
-            member = best
-            try:
-                return member.run(functools.partial(fn, member), slow_is_failure)
-            except CallTimeout as exc:
-                if exc.deadline_passed:
-                    raise DeadlineExceededError(f"{what}: no token answered in time "
-                                                f"(token {member.name!r} did not return)"
-                                                ) from None
-                last = exc
-                tried.append(member)
-            except P11Error as exc:
-                if exc.rv not in _p11.DEVICE_FAULTS:
-                    raise
-                last = exc
-                tried.append(member)
 
     # --- health ------------------------------------------------------------------------
 

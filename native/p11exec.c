@@ -14,7 +14,7 @@
 enum { JOB_QUEUED = HP11_JOB_QUEUED, JOB_RUNNING = HP11_JOB_RUNNING, JOB_DONE = HP11_JOB_DONE };
 
 enum {
-    FN_GCM = 1, FN_CRYPT, FN_VERIFY, FN_UNWRAP, FN_WRAP, FN_RANDOM, FN_GENERATE_KEY,
+    FN_GCM = 1, FN_CRYPT, FN_UNWRAP, FN_WRAP, FN_RANDOM, FN_GENERATE_KEY,
     FN_GENERATE_KEY_PAIR, FN_CREATE_OBJECT, FN_DESTROY_OBJECT, FN_GET_ATTRIBUTES, FN_FIND,
     FN_OPEN_SESSION, FN_CLOSE_SESSION, FN_LOGIN,
 };
@@ -62,9 +62,6 @@ static unsigned long run(hp11_job *j) {
         return hp11_crypt(m, (int)a[1], a[2], (CK_MECHANISM *)a[3], a[4],
                           (const unsigned char *)a[5], a[6], (unsigned char *)a[7],
                           (unsigned long *)a[8]);
-    case FN_VERIFY:
-        return hp11_verify(m, a[1], (CK_MECHANISM *)a[2], a[3], (const unsigned char *)a[4],
-                           a[5], (const unsigned char *)a[6], a[7]);
     case FN_UNWRAP:
         return hp11_unwrap(m, a[1], (CK_MECHANISM *)a[2], a[3], (const unsigned char *)a[4],
                            a[5], (CK_ATTRIBUTE *)a[6], a[7], (unsigned long *)a[8]);
@@ -398,13 +395,6 @@ int hp11_submit_crypt(hp11_exec *e, hp11_job *j, uint64_t tag, hp11_module *m, i
                       const unsigned char *in, unsigned long in_len, unsigned char *out,
                       unsigned long *out_len) {
     SUBMIT(FN_CRYPT, W(m), W(op), session, W(mech), key, W(in), in_len, W(out), W(out_len));
-}
-
-int hp11_submit_verify(hp11_exec *e, hp11_job *j, uint64_t tag, hp11_module *m,
-                       unsigned long session, CK_MECHANISM *mech, unsigned long key,
-                       const unsigned char *data, unsigned long data_len,
-                       const unsigned char *sig, unsigned long sig_len) {
-    SUBMIT(FN_VERIFY, W(m), session, W(mech), key, W(data), data_len, W(sig), sig_len);
 }
 
 int hp11_submit_unwrap(hp11_exec *e, hp11_job *j, uint64_t tag, hp11_module *m,

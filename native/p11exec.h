@@ -69,9 +69,6 @@ int hp11_submit_gcm(hp11_exec *e, hp11_job *j, uint64_t tag, hp11_module *m, int
 int hp11_submit_crypt(hp11_exec *e, hp11_job *j, uint64_t tag, hp11_module *m, int op,
     unsigned long session, CK_MECHANISM *mech, unsigned long key, const unsigned char *in,
     unsigned long in_len, unsigned char *out, unsigned long *out_len);
-int hp11_submit_verify(hp11_exec *e, hp11_job *j, uint64_t tag, hp11_module *m,
-    unsigned long session, CK_MECHANISM *mech, unsigned long key, const unsigned char *data,
-    unsigned long data_len, const unsigned char *sig, unsigned long sig_len);
 int hp11_submit_unwrap(hp11_exec *e, hp11_job *j, uint64_t tag, hp11_module *m,
     unsigned long session, CK_MECHANISM *mech, unsigned long unwrapping_key,
     const unsigned char *wrapped, unsigned long wrapped_len, CK_ATTRIBUTE *tpl,

@@ -189,14 +189,6 @@ unsigned long hp11_crypt(hp11_module *m, int op, unsigned long session, CK_MECHA
     return rv;
 }
 
-unsigned long hp11_verify(hp11_module *m, unsigned long session, CK_MECHANISM *mech,
-                          unsigned long key, const unsigned char *data, unsigned long data_len,
-                          const unsigned char *sig, unsigned long sig_len) {
-    CK_RV rv = m->f->C_VerifyInit(session, mech, key);
-    if (rv != CKR_OK) return rv;
-    return m->f->C_Verify(session, (unsigned char *)data, data_len, (unsigned char *)sig, sig_len);
-}
-
 unsigned long hp11_gcm(hp11_module *m, int op, unsigned long session, unsigned long key,
                        const unsigned char *iv, unsigned long iv_len, const unsigned char *aad,
                        unsigned long aad_len, const unsigned char *in, unsigned long in_len,

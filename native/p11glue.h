@@ -66,9 +66,6 @@ unsigned long hp11_random(hp11_module *m, unsigned long session, unsigned char *
 unsigned long hp11_crypt(hp11_module *m, int op, unsigned long session, CK_MECHANISM *mech,
                          unsigned long key, const unsigned char *in, unsigned long in_len,
                          unsigned char *out, unsigned long *out_len);
-unsigned long hp11_verify(hp11_module *m, unsigned long session, CK_MECHANISM *mech,
-                          unsigned long key, const unsigned char *data, unsigned long data_len,
-                          const unsigned char *sig, unsigned long sig_len);
 /* AES-GCM with a 128-bit tag in one crossing; encrypt: out = ct || tag. */
 unsigned long hp11_gcm(hp11_module *m, int op, unsigned long session, unsigned long key,
                        const unsigned char *iv, unsigned long iv_len, const unsigned char *aad,
