@@ -34,9 +34,9 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from hsmpool import Instance, InstanceNotFoundError
+from hsmpool import HsmPoolError, Instance, InstanceNotFoundError
 from kms.errors import InstanceNotFound, MalformedPolicyDocument, NotFound
-from kms.service import Kms
+from kms.service import Kms, pool_error
 
 if TYPE_CHECKING:
     from kms.audit import AuditLog
@@ -211,7 +211,10 @@ class CredentialStore:
             inst = self.kms.pool.instance(principal.instance)
         except InstanceNotFoundError:  # the instance is no longer configured
             return None
-        secret = inst.export_secret(bytes(row["secret_blob"])).decode()
+        try:
+            secret = inst.export_secret(bytes(row["secret_blob"])).decode()
+        except HsmPoolError as exc:  # no token could unwrap it now: retryable
+            raise pool_error(exc) from None
         with self._lock:
             self._secrets[access_key_id] = secret
             self._owner[access_key_id] = row["principal_id"]

@@ -80,6 +80,21 @@ def _conflict_pause(attempt: int) -> None:
     time.sleep(random.random() * 0.001 * (attempt + 1))
 
 
+#: A token's statistics, as the pool reports them (``Kms.token_stats``).
+TokenStats = hsmpool.MemberStats
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceHealth:
+    store_ok: bool
+    tokens: Mapping[str, str]  # token name -> state ("healthy", "ejected", ...)
+    healthy_per_instance: Mapping[str, int]
+
+    @property
+    def ok(self) -> bool:
+        return self.store_ok and all(n > 0 for n in self.healthy_per_instance.values())
+
+
 @dataclass(frozen=True, slots=True)
 class EncryptResult:
     ciphertext_blob: bytes
@@ -228,6 +243,27 @@ class Kms:
         except BaseException:
             pool.close()
             raise
+
+    def change_token(self) -> int:
+        """A number that changes whenever another process committed to the metadata store
+        (callers drop what they cache when it does)."""
+        return self.store.data_version()
+
+    def token_stats(self) -> dict[str, TokenStats]:
+        """Per token of the pool: state, in-flight, ops, errors, latency percentiles."""
+        return self.pool.stats()
+
+    def health(self) -> ServiceHealth:
+        """The tokens' states, the healthy tokens per instance, whether the store answers."""
+        try:
+            self.store.data_version()
+            store_ok = True
+        except Exception:  # noqa: BLE001 - any failure of the store is "not ok"
+            store_ok = False
+        return ServiceHealth(
+            store_ok,
+            {name: s.state for name, s in self.pool.stats().items()},
+            {name: len(inst.healthy_members()) for name, inst in self.pool.instances.items()})
 
     def forget_authorizations(self) -> None:
         """Drop remembered authorization decisions (principals or policies changed)."""

@@ -7,7 +7,7 @@ answered here; everything else goes through the shared request pipeline
 JSON protocol, :class:`kms.api.aws_kms.AwsKmsFrontend`).
 
 Where an operation runs (see the pipeline): cryptographic and read-only operations run on
-the event loop in a request greenlet of the worker's :class:`hsmpool.AsyncHub`, their token
+the event loop in a request greenlet of the worker's :class:`kms.calls.AsyncHub`, their token
 calls on the tokens' executor while the loop serves other connections, so a slow or hung
 token costs only the requests that are on it; operations that write state or generate keys
 run on a thread pool. All under the request's deadline (``[server] request_timeout``).
@@ -169,7 +169,7 @@ class KmsApp:
                 respond(status, out, _JSON)
                 return
             if path == "/metrics":
-                text = self.metrics.render(self.kms.pool if self.kms else None).encode()
+                text = self.metrics.render(self.kms.token_stats() if self.kms else None).encode()
                 respond(200, text, b"text/plain; version=0.0.4")
                 return
         if self.pipeline is None:
@@ -180,16 +180,8 @@ class KmsApp:
     def _health(self) -> tuple[int, bytes]:
         if self.kms is None:
             return 503, json.dumps({"status": "starting"}).encode()
-        kms = self.kms
-        tokens = {name: s.state for name, s in kms.pool.stats().items()}
-        instances = {name: len(inst.healthy_members()) for name, inst in
-                     kms.pool.instances.items()}
-        try:
-            kms.store.data_version()
-            store_ok = True
-        except Exception:  # noqa: BLE001
-            store_ok = False
-        ok = store_ok and all(n > 0 for n in instances.values())
-        body = {"status": "ok" if ok else "degraded", "store": "ok" if store_ok else "error",
-                "tokens": tokens, "healthy_tokens_per_instance": instances}
-        return (200 if ok else 503), json.dumps(body).encode()
+        h = self.kms.health()
+        body = {"status": "ok" if h.ok else "degraded", "store": "ok" if h.store_ok else "error",
+                "tokens": dict(h.tokens),
+                "healthy_tokens_per_instance": dict(h.healthy_per_instance)}
+        return (200 if h.ok else 503), json.dumps(body).encode()

@@ -31,7 +31,7 @@ class Authenticator:
         self.trusted_proxies = trusted_proxies
         self._verifiers: dict[str, Verifier] = {}
         self._clients: dict[tuple[str, str | None], KmsClient] = {}
-        self._version = kms.store.data_version()
+        self._version = kms.change_token()
         self._checked = time.monotonic()
 
     def verifier(self, service: str) -> Verifier:
@@ -72,7 +72,7 @@ class Authenticator:
         if t - self._checked < 0.05:
             return
         self._checked = t
-        dv = self.kms.store.data_version()
+        dv = self.kms.change_token()
         if dv == self._version:
             return
         self._version = dv

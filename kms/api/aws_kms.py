@@ -16,13 +16,12 @@ from typing import Any, Final
 
 import orjson
 
-import hsmpool
 from kms import errors as E
 from kms.api.auth import Authenticator
 from kms.api.pipeline import Answer, Call, Request
 from kms.api.sigv4 import AuthError
 from kms.model import KeyRecord, KeyState, Origin
-from kms.service import KmsClient, pool_error
+from kms.service import KmsClient
 
 log = logging.getLogger("hsmpool.server")
 
@@ -565,14 +564,12 @@ class AwsKmsFrontend:
                                       req.headers.get("x-forwarded-for"))
         except AuthError as exc:
             return self._answer(400, exc.code, exc.message, op)
-        except (E.KmsError, hsmpool.InstanceNotFoundError):
-            # InstanceNotFoundError: the access key's instance is no longer configured.
-            return self._answer(400, "UnrecognizedClientException", _UNRECOGNIZED, op)
-        except hsmpool.HsmPoolError as exc:
+        except (E.KeyUnavailable, E.DependencyTimeout) as exc:
             # The access key's secret is unwrapped in a token on first use: no token could
             # do it now (all ejected, or past the deadline). Retryable, like the operation.
-            err = pool_error(exc)
-            return self._answer(err.status, err.code, err.message, op)
+            return self._answer(exc.status, exc.code, exc.message, op)
+        except E.KmsError:  # a principal or instance that is gone
+            return self._answer(400, "UnrecognizedClientException", _UNRECOGNIZED, op)
         try:
             # orjson (about 10x faster than json here) refuses lone surrogates and nesting
             # deeper than 1024 with a JSONDecodeError, a ValueError: both would otherwise fail

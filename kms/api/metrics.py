@@ -6,9 +6,10 @@ from __future__ import annotations
 import bisect
 import os
 from collections import defaultdict
+from collections.abc import Mapping
 from typing import Final
 
-from hsmpool import Pool
+from kms.service import TokenStats
 
 BUCKETS: Final = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                   1.0, 2.5)
@@ -30,7 +31,7 @@ class Metrics:
         h[bisect.bisect_left(BUCKETS, seconds)] += 1
         self.sums[operation] += seconds
 
-    def render(self, pool: Pool | None) -> str:
+    def render(self, stats: Mapping[str, TokenStats] | None) -> str:
         w = self.worker
         out = ["# HELP hsmpool_requests_total Requests by operation and result.",
                "# TYPE hsmpool_requests_total counter"]
@@ -49,8 +50,7 @@ class Metrics:
             out.append(f'hsmpool_request_seconds_sum{{worker="{w}",operation="{op}"}} '
                        f"{self.sums[op]:.6f}")
             out.append(f'hsmpool_request_seconds_count{{worker="{w}",operation="{op}"}} {cum}')
-        if pool is not None:
-            stats = pool.stats()
+        if stats is not None:
             out += ["# HELP hsmpool_token_state 1 for the token's current state.",
                     "# TYPE hsmpool_token_state gauge"]
             for s in stats.values():

@@ -4,7 +4,7 @@ A front end (:class:`Frontend`: the AWS KMS JSON protocol, later Secrets Manager
 Alibaba protocols) knows its wire format; everything else happens here, once:
 
 1. **route**: the first front end that :meth:`~Frontend.accepts` the request gets it;
-2. **prepare** (in a request greenlet of the worker's :class:`hsmpool.AsyncHub`: it may
+2. **prepare** (in a request greenlet of the worker's :class:`kms.calls.AsyncHub`: it may
    need a token, e.g. to unwrap an access key's secret on first use): the front end parses
    the request and authenticates its caller, and returns a :class:`Call` (or an answer: a
    refusal in its own dialect);
@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
-import hsmpool
+from kms import calls
 
 if TYPE_CHECKING:
     from kms.api.metrics import Metrics
@@ -168,13 +168,13 @@ class Pipeline:
         self.limits = limits
         self.request_timeout = request_timeout
         self._blocking_threads = blocking_threads
-        self._hub: hsmpool.AsyncHub | None = None
+        self._hub: calls.AsyncHub | None = None
         self._threads: concurrent.futures.ThreadPoolExecutor | None = None
 
     def start(self) -> None:
         """On the event loop's thread, before the first request."""
         if self._hub is None:
-            self._hub = hsmpool.AsyncHub(asyncio.get_running_loop())
+            self._hub = calls.AsyncHub(asyncio.get_running_loop())
         if self._threads is None:
             self._threads = concurrent.futures.ThreadPoolExecutor(
                 max_workers=self._blocking_threads, thread_name_prefix="kms-blocking")
@@ -248,7 +248,7 @@ class Pipeline:
                 left = deadline - time.perf_counter()
                 if left <= 0 or answered:
                     return fe.timed_out(call.operation)  # waited its whole turn
-                with hsmpool.deadline(left):
+                with calls.deadline(left):
                     return call.run()
             finally:
                 self.limits.end_blocking(call.principal)
