@@ -33,6 +33,7 @@ import hsmpool
 from hsmpool.errors import InstanceNotFoundError
 from kms import errors as E
 from kms.api import aws_kms
+from kms.api.logs import AccessLog, log_request
 from kms.api.metrics import Metrics
 from kms.api.netaddr import source_address
 from kms.api.sigv4 import AuthError, Verifier
@@ -68,6 +69,8 @@ class KmsApp:
         self._regions = regions
         self.max_body = max_body
         self.metrics = Metrics()
+        #: The access log (``hsmpool serve`` sets it from ``[server] access_log``); None: off.
+        self.access_log: AccessLog | None = None
         self._clients: dict[tuple[str, str | None], KmsClient] = {}
         self._hub: hsmpool.AsyncHub | None = None
         self._threads: concurrent.futures.ThreadPoolExecutor | None = None
@@ -170,7 +173,7 @@ class KmsApp:
                 respond(status, out, b"application/json")
                 return
             if path == "/metrics":
-                text = self.metrics.render(self.kms.pool if self.kms else None).encode()
+                text = self.metrics.render(self.kms).encode()
                 respond(200, text, b"text/plain; version=0.0.4")
                 return
         if self.kms is None:
@@ -186,6 +189,7 @@ class KmsApp:
         target = headers.get("x-amz-target", "")
         op = target[len(_PREFIX):] if target.startswith(_PREFIX) else ""
         metrics = self.metrics
+        access = self.access_log
 
         def done(ok: bool, value: Any) -> None:
             if ok:
@@ -194,7 +198,11 @@ class KmsApp:
                 log.error("internal error in %s", op or "-", exc_info=value)
                 status, out, name, result = (500, _error("KMSInternalException",
                                                          "internal error"), op, "Internal")
-            metrics.observe(name, result, time.perf_counter() - t0)
+            elapsed = time.perf_counter() - t0
+            metrics.observe(name, result, elapsed)
+            if access is not None or status == 400:  # the access log; failed authentications
+                log_request(access, self, name, status, result, elapsed, peer, headers, body,
+                            out)
             respond(status, out, _JSON_TYPE)
 
         if op not in aws_kms.BLOCKING:
@@ -368,7 +376,12 @@ class KmsApp:
             store_ok = True
         except Exception:  # noqa: BLE001
             store_ok = False
+        missing = kms.pool.missing
+        tokens.update((name, "missing") for name in missing)
         ok = store_ok and all(n > 0 for n in instances.values())
-        body = {"status": "ok" if ok else "degraded", "store": "ok" if store_ok else "error",
+        body = {"status": ("ok" if not missing else "degraded") if ok else "unavailable",
+                "store": "ok" if store_ok else "error",
                 "tokens": tokens, "healthy_tokens_per_instance": instances}
+        if missing:  # tokens left out at start (degraded start): which, and why
+            body["missing_tokens"] = dict(missing)
         return (200 if ok else 503), json.dumps(body).encode()

@@ -1,0 +1,178 @@
+"""The server's logs: where the ``hsmpool`` loggers write, the access log, and failed
+authentications.
+
+* ``hsmpool.*`` (the pool's token ejections and readmissions, the server's errors): one
+  line each on stderr, ``TIME LEVEL [pid] logger: message``, at ``[server] log_level``.
+* ``hsmpool.auth``: a WARNING per failed authentication, with the access key id the
+  request named (if any) and the reason; never the signature, a secret or the body.
+* ``hsmpool.access`` (``[server] access_log = "json" | "text"``): one line per request on
+  stderr: time, principal (instance/name, once authenticated), access key id, operation,
+  key id, HTTP status, error code, latency in ms, source address. Never plaintext, key
+  material, secrets or encryption-context values: of the bodies only the ``KeyId`` (what the
+  response names, else what the request named) is read.
+
+Cost: with the access log off, a request pays one ``None`` check and one integer compare in
+``KmsApp.serve``'s completion (measured in ``docs/decisions.md``); the work here runs only
+for logged requests and 400s.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import sys
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Final
+
+import orjson
+
+from kms.api.netaddr import source_address
+
+if TYPE_CHECKING:
+    from kms.api.app import KmsApp
+
+TRACE: Final = 5
+_LEVELS: Final = {"critical": logging.CRITICAL, "error": logging.ERROR,
+                  "warning": logging.WARNING, "info": logging.INFO, "debug": logging.DEBUG,
+                  "trace": TRACE}
+
+#: Results of ``KmsApp._handle`` that are an authentication failure.
+AUTH_FAILURES: Final = frozenset({
+    "MissingAuthenticationTokenException", "IncompleteSignatureException",
+    "InvalidSignatureException", "UnrecognizedClientException",
+    "NotFound", "InstanceNotFound", "InstanceNotFoundError"})
+#: Results decided before the signature was checked (no principal to name).
+_BEFORE_AUTH: Final = AUTH_FAILURES | {"UnknownOperation", "Serialization",
+                                       "RequestEntityTooLarge"}
+_AKID: Final = re.compile(r"Credential=([A-Za-z0-9]{1,128})/")
+_MAX_FIELD: Final = 256
+
+auth_log = logging.getLogger("hsmpool.auth")
+access_log = logging.getLogger("hsmpool.access")
+
+
+def configure(level: str, access: str = "off") -> None:
+    """Handlers of the ``hsmpool`` loggers (idempotent): stderr, at ``level``; the access
+    log's own raw handler when ``access`` is not ``"off"``."""
+    root = logging.getLogger("hsmpool")
+    for h in list(root.handlers):
+        if getattr(h, "_hsmpool", False):
+            root.removeHandler(h)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(
+        f"%(asctime)s %(levelname)s [{os.getpid()}] %(name)s: %(message)s"))
+    handler._hsmpool = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(_LEVELS[level])
+    root.propagate = False
+    for h in list(access_log.handlers):
+        access_log.removeHandler(h)
+    access_log.propagate = False
+    if access == "off":
+        access_log.disabled = True
+        return
+    access_log.disabled = False
+    raw = logging.StreamHandler(sys.stderr)
+    raw.setFormatter(logging.Formatter("%(message)s"))
+    access_log.addHandler(raw)
+    access_log.setLevel(logging.INFO)
+
+
+class AccessLog:
+    """Formats one access-log line per request (``"json"`` or ``"text"``)."""
+
+    def __init__(self, fmt: str) -> None:
+        if fmt not in ("json", "text"):
+            raise ValueError(f"access log format {fmt!r}")
+        self.json = fmt == "json"
+
+    def line(self, fields: Mapping[str, Any]) -> str:
+        if self.json:
+            return json.dumps(fields, separators=(",", ":"))
+        return " ".join(f"{k}={_text(v)}" for k, v in fields.items())
+
+
+def _text(v: Any) -> str:
+    if v is None:
+        return "-"
+    s = str(v)
+    return json.dumps(s) if not s or any(c.isspace() or c in '"=' for c in s) else s
+
+
+def _iso(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d}Z"
+
+
+def _short(v: object) -> str | None:
+    return v[:_MAX_FIELD] if isinstance(v, str) and v else None
+
+
+def _key_id(body: bytes, out: bytes) -> str | None:
+    """The key a request was about: the response's ``KeyId`` (or ``KeyMetadata.KeyId``),
+    else the request's ``KeyId``/``TargetKeyId``. Nothing else of either body is kept."""
+    for raw, names in ((out, ("KeyId",)), (body, ("KeyId", "TargetKeyId"))):
+        try:
+            doc = orjson.loads(raw) if raw else None
+        except (ValueError, UnicodeError, RecursionError):
+            continue
+        if not isinstance(doc, dict):
+            continue
+        for n in names:
+            v = _short(doc.get(n))
+            if v is not None:
+                return v
+        meta = doc.get("KeyMetadata")
+        if raw is out and isinstance(meta, dict):
+            v = _short(meta.get("KeyId"))
+            if v is not None:
+                return v
+    return None
+
+
+def _error_code(out: bytes) -> str | None:
+    try:
+        doc = orjson.loads(out)
+    except (ValueError, UnicodeError, RecursionError):
+        return None
+    return _short(doc.get("__type")) if isinstance(doc, dict) else None
+
+
+def log_request(access: AccessLog | None, app: KmsApp, op: str, status: int, result: str,
+                seconds: float, peer: str | None, headers: Mapping[str, str], body: bytes,
+                out: bytes) -> None:
+    """Called by ``KmsApp.serve`` when a request is answered, if the access log is on or
+    the status is 400 (which is where authentication failures are)."""
+    m = _AKID.search(headers.get("authorization", ""))
+    akid = m.group(1) if m else None
+    source = source_address(peer, headers.get("x-forwarded-for"),
+                            getattr(app, "trusted_proxies", ()))
+    if status == 400 and result in AUTH_FAILURES:
+        auth_log.warning("authentication failed: access key id %s from %s: %s (%s)",
+                         akid or "-", source or "-", _error_code(out) or result,
+                         _reason(out))
+    if access is None:
+        return
+    principal = None
+    if akid is not None and status < 500 and result not in _BEFORE_AUTH:
+        client = app._clients.get((akid, source))
+        p = getattr(client, "principal", None)
+        if p is not None:
+            principal = f"{p.instance}/{p.name}"
+    error = None if status == 200 else (_error_code(out) or result)
+    access_log.info(access.line({
+        "time": _iso(time.time()), "principal": principal, "access_key_id": akid,
+        "operation": op or "-", "key_id": _key_id(body, out), "status": status,
+        "error": error, "latency_ms": round(seconds * 1e3, 3), "source": source,
+        "worker": os.getpid()}))
+
+
+def _reason(out: bytes) -> str:
+    try:
+        doc = orjson.loads(out)
+    except (ValueError, UnicodeError, RecursionError):
+        return "-"
+    msg = doc.get("message") if isinstance(doc, dict) else None
+    return msg[:200] if isinstance(msg, str) else "-"
