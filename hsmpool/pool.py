@@ -90,7 +90,6 @@ class Pool:
                     if strict:
                         raise
                     self.missing[tok.name] = str(exc)
-                    log.warning("token %r left out of the pool: %s", tok.name, exc)
             if not self.members:
                 raise PoolUnavailableError("no configured token could be opened: " + "; ".join(
                     self.missing.values()))
@@ -114,6 +113,8 @@ class Pool:
         except BaseException:
             self.close()
             raise
+        for name, why in self.missing.items():  # once the pool stands (else: the error)
+            log.warning("token %r left out of the pool: %s", name, why)
         for m in self.members.values():
             m.on_eject = self._on_eject
 

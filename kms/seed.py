@@ -308,7 +308,7 @@ def create_key_with_id(client: KmsClient, key: SeedKey) -> KeyRecord:
     :meth:`kms.service.KmsClient.create_key`, which always makes a random id."""
     kms = client.kms
     external = key.material is not None
-    if external and not SPECS[key.spec].symmetric and key.spec not in _FILE_SPECS:
+    if external and key.spec not in _RAW_SPECS | _FILE_SPECS:
         raise SeedError(f"key {key.key_id}: {key.spec.value} keys cannot be imported")
     now = kms.now()
     version = None if external else kms.new_version(client.inst, key.key_id, key.spec, 1, now)

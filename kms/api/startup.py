@@ -25,6 +25,8 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Final
 
+from cryptography.exceptions import UnsupportedAlgorithm
+
 import hsmpool
 from hsmpool.config import PoolConfig, degraded_default, parse_config, read_toml
 from kms.config import KmsSettings, ServerSettings, parse_kms_settings
@@ -78,14 +80,15 @@ def check_tls(server: ServerSettings) -> ssl.SSLContext | None:
             raise StartupError(f"TLS {what} file {path!r} does not exist", EXIT_CONFIG)
         if not os.access(path, os.R_OK):
             raise StartupError(f"TLS {what} file {path!r} is not readable", EXIT_CONFIG)
+    _check_pem_files(server.tls_cert, server.tls_key)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:
         ctx.load_cert_chain(server.tls_cert, server.tls_key, password=_no_password)
     except ValueError as exc:
         raise StartupError(f"TLS key {server.tls_key!r}: {exc}", EXIT_CONFIG) from None
     except ssl.SSLError as exc:
-        reason = exc.reason or exc.strerror or str(exc)
-        if "KEY_VALUES_MISMATCH" in str(reason).upper():
+        reason = str(exc.reason or exc.strerror or exc)
+        if "MISMATCH" in reason.upper():
             what = f"key {server.tls_key!r} does not match certificate {server.tls_cert!r}"
         else:
             what = (f"cannot load certificate {server.tls_cert!r} with key "
@@ -95,6 +98,32 @@ def check_tls(server: ServerSettings) -> ssl.SSLContext | None:
         raise StartupError(f"TLS: cannot read {exc.filename or server.tls_cert!r}: "
                            f"{exc.strerror}", EXIT_CONFIG) from None
     return ctx
+
+
+def _check_pem_files(cert: str, key: str) -> None:
+    """Say which file is wrong (OpenSSL's own error names neither)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        with open(cert, "rb") as fh:
+            x509.load_pem_x509_certificates(fh.read())
+    except ValueError:
+        raise StartupError(f"TLS certificate file {cert!r} holds no PEM certificate",
+                           EXIT_CONFIG) from None
+    except OSError as exc:
+        raise StartupError(f"TLS: cannot read {cert!r}: {exc.strerror}", EXIT_CONFIG) from None
+    try:
+        with open(key, "rb") as fh:
+            serialization.load_pem_private_key(fh.read(), password=None)
+    except TypeError:
+        raise StartupError(f"TLS key file {key!r} is encrypted (give an unencrypted PEM key)",
+                           EXIT_CONFIG) from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise StartupError(f"TLS key file {key!r} holds no PEM private key",
+                           EXIT_CONFIG) from None
+    except OSError as exc:
+        raise StartupError(f"TLS: cannot read {key!r}: {exc.strerror}", EXIT_CONFIG) from None
 
 
 def open_service(pool_cfg: PoolConfig, settings: KmsSettings, *, segment: str,
