@@ -14,7 +14,7 @@ Example (relative paths are relative to the file)::
     operation_timeout = 10.0      # time budget of one operation across members
     executor_spin_us = 50         # an idle executor thread polls this long before sleeping
     require_all_tokens = false    # true: a token missing at start fails the open (unset:
-                                  # hsmpool.Pool is strict, hsmpool serve/status degrade)
+                                  # hsmpool.Pool is strict, the hsmpool command degrades)
 
     [modules.softhsm]
     path = "/usr/lib/softhsm/libsofthsm2.so"
@@ -78,8 +78,9 @@ class PoolSettings:
     executor_spin_us: int = 50
     #: ``True``: every configured token must open (the pool fails otherwise). ``False``: a
     #: token that is missing or refuses login is left out (``Pool.missing``) as long as each
-    #: instance keeps at least one token. ``None`` (unset): strict for :class:`hsmpool.Pool`;
-    #: ``hsmpool serve`` and ``hsmpool status`` treat it as ``False``.
+    #: instance keeps at least one token. ``None`` (unset): strict for :class:`hsmpool.Pool`
+    #: (and ``kms.Kms.open``); the ``hsmpool`` command (serve, status, the key and
+    #: credentials commands) treats it as ``False``.
     require_all_tokens: bool | None = None
 
     def __post_init__(self) -> None:
@@ -282,9 +283,9 @@ def load_config(path: str | os.PathLike[str]) -> PoolConfig:
 
 
 def degraded_default(config: PoolConfig) -> PoolConfig:
-    """``config`` with ``[pool] require_all_tokens`` false unless the file set it: what
-    ``hsmpool serve`` and ``hsmpool status`` open (a token missing at start is left out and
-    reported instead of failing the whole pool)."""
+    """``config`` with ``[pool] require_all_tokens`` false unless the file set it: what the
+    ``hsmpool`` command opens (a token missing at start is left out and reported instead of
+    failing the whole pool)."""
     if config.settings.require_all_tokens is not None:
         return config
     return replace(config, settings=replace(config.settings, require_all_tokens=False))
