@@ -111,7 +111,7 @@ def _short(v: object) -> str | None:
 
 
 def _key_id(body: bytes, out: bytes) -> str | None:
-    """The key a request was about: the response's ``KeyId`` (or ``KeyMetadata.KeyId``),
+    """The key a request was about: the response's ``KeyId`` (or ``KeyMetadata.Arn``),
     else the request's ``KeyId``/``TargetKeyId``. Nothing else of either body is kept."""
     for raw, names in ((out, ("KeyId",)), (body, ("KeyId", "TargetKeyId"))):
         try:
@@ -126,7 +126,7 @@ def _key_id(body: bytes, out: bytes) -> str | None:
                 return v
         meta = doc.get("KeyMetadata")
         if raw is out and isinstance(meta, dict):
-            v = _short(meta.get("KeyId"))
+            v = _short(meta.get("Arn")) or _short(meta.get("KeyId"))
             if v is not None:
                 return v
     return None
