@@ -27,12 +27,14 @@ wrapped here under the token-made public key, then ``ImportKeyMaterial``), so it
 tokens wrapped and is fingerprinted like any import.
 
 Idempotent: a key whose id exists in the instance is left as it is (not compared, not
-re-imported), and so is an alias that exists (a note is returned if it points elsewhere). The
+re-imported; only a key left waiting for its first import by a start that stopped half-way
+gets it), and so is an alias that exists (a note is returned if it points elsewhere). The
 server applies the seed once, in its parent process before any worker starts, so two
 workers never race; a key id that exists in *another* instance is an error.
 
-The file is parsed completely before anything is created (:func:`load_seed`); every problem
-is a :class:`SeedError` of one line. Material never appears in a message.
+The file is parsed completely, material checked against its spec, before anything is
+created (:func:`load_seed`); every problem is a :class:`SeedError` of one line. Material
+never appears in a message.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.keywrap import aes_key_wrap_with_padding
 
 from kms import errors as E
+from kms.importing import _check_material
 from kms.model import SPECS, KeyRecord, KeySpec, KeyState, KeyUsage, Origin
 
 if TYPE_CHECKING:
@@ -180,6 +183,11 @@ def _parse_key(entry: object, i: int, base: Path, source: str) -> SeedKey:
                                                 for a in aliases):
         raise SeedError(f"{where}: 'aliases' must be a list of names like alias/NAME")
     material = _material(entry, spec, base, where)
+    if material is not None:
+        try:
+            _check_material(spec, material)  # before anything is created
+        except E.KmsError as exc:
+            raise SeedError(f"{where}: {exc.code}: {exc.message}") from None
     return SeedKey(key_id, _str(entry, "instance", where, "default"), spec, usage,
                    _str(entry, "description", where, ""), tuple(sorted(tags.items())),
                    tuple(aliases), material)
@@ -275,6 +283,12 @@ def apply_seed(kms: Kms, seed: Seed, *, actor: str = "seed") -> list[str]:
             if existing is not None:
                 if existing.instance != k.instance:
                     raise SeedError(f"key {k.key_id} exists in another instance")
+                if k.material is not None and existing.origin is Origin.EXTERNAL \
+                        and existing.state is KeyState.PENDING_IMPORT \
+                        and existing.primary_version is None \
+                        and not kms.store.list_versions(k.key_id):
+                    _import(c, k.key_id, k.material)  # a start that stopped half-way
+                    lines.append(f"seed: imported the material of key {k.key_id}")
             else:
                 create_key_with_id(c, k)
                 lines.append(f"seed: created key {k.key_id} ({k.spec.value}"
