@@ -183,7 +183,7 @@ def serve(config: str, overrides: Mapping[str, Any] | None = None, *,
     try:
         pool_cfg, settings = startup.load_settings(config, overrides)
         server = settings.server
-        logs.configure(server.log_level, server.access_log)
+        logs.configure(server.log_level)
         startup.check_tls(server)
         seed = None
         if server.seed is not None:

@@ -56,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         pool_cfg, settings = startup.load_settings(args.config, json.loads(args.overrides))
         server = settings.server
-        logs.configure(server.log_level, server.access_log)
+        logs.configure(server.log_level)
         segment = f"{socket.gethostname()}-{os.getpid()}"
         kms = startup.open_service(pool_cfg, settings, segment=segment)
     except StartupError as exc:
