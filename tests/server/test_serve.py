@@ -307,6 +307,13 @@ def test_a_missing_token_leaves_the_server_degraded_not_down(token_dir: Path,
         assert status == 200 and doc["status"] == "degraded"
         assert doc["tokens"] == {"t5": "healthy", "t6": "healthy", "tx": "missing"}
         assert "absent-9" in str(doc["missing_tokens"]["tx"])  # type: ignore[index]
+        u = urlsplit(url)
+        conn = http.client.HTTPConnection("127.0.0.1", u.port, timeout=10)
+        conn.request("GET", "/metrics")
+        metrics = conn.getresponse().read().decode()
+        conn.close()
+        assert re.search(r'^hsmpool_token_state\{worker="\d+",token="tx",state="missing"\} 1$',
+                         metrics, re.M), metrics
         kms = boto3.client("kms", endpoint_url=url, region_name=REGION,
                            aws_access_key_id=cred.access_key_id,
                            aws_secret_access_key=cred.secret)
