@@ -47,3 +47,23 @@ class Histogram:
             if seen >= rank and c:
                 return bucket_upper_ns(i) / 1e9
         return 0.0
+
+    def coarse(self, bounds_s: tuple[float, ...]) -> tuple[list[int], float]:
+        """Counts per coarser bucket (durations up to each bound in seconds, then one more
+        for the rest: not cumulative), and an estimate of the sum of durations in seconds
+        (each fine bucket at its midpoint: within about 10 %). For Prometheus histograms."""
+        bounds_ns = [b * 1e9 for b in bounds_s]
+        out = [0] * (len(bounds_s) + 1)
+        total = 0.0
+        counts = list(self.counts)  # a copy: the owner may be adding meanwhile
+        j = 0
+        for i, c in enumerate(counts):
+            if not c:
+                continue
+            upper = bucket_upper_ns(i)
+            lower = bucket_upper_ns(i - 1) if i else 0
+            while j < len(bounds_ns) and upper > bounds_ns[j] + 1:
+                j += 1
+            out[j] += c
+            total += c * (upper + lower) / 2e9
+        return out, total

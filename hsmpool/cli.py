@@ -2,7 +2,9 @@
 
     hsmpool [--config FILE] status [--self-test] [--json]
 
-``status`` also shows, per instance and token, the state of the instance's domain keys
+``status`` opens the pool degraded (``[pool] require_all_tokens`` unset is false here): a
+token that is missing or refuses login is listed as ``missing``, with the reason. It also
+shows, per instance and token, the state of the instance's domain keys
 (``kek hardened|unhardened|missing``, ``swkek present|missing``; see
 :attr:`hsmpool.instance.Instance.domain_key_state`).
 
@@ -26,6 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 
 from hsmpool.blob import KeySpec
+from hsmpool.config import degraded_default, load_config
 from hsmpool.errors import ConfigError, HsmPoolError
 from hsmpool.instance import Instance, SignAlgorithm
 from hsmpool.pool import Pool
@@ -83,10 +86,11 @@ def self_test(inst: Instance) -> list[tuple[str, str, str, float]]:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    with Pool.open(_config_path(args)) as pool:
+    with Pool(degraded_default(load_config(_config_path(args)))) as pool:
         report: dict[str, object] = {
             "instances": {name: [m.name for m in inst.members]
                           for name, inst in pool.instances.items()},
+            "missing": dict(pool.missing),
         }
         tests: dict[str, list[tuple[str, str, str, float]]] = {}
         if args.self_test:
@@ -105,6 +109,13 @@ def cmd_status(args: argparse.Namespace) -> int:
             for s in stats.values():
                 print(f"{s.name:8} {s.label:16} {s.serial:18} {s.instance or '-':10} "
                       f"{s.state:8} {s.ops:6d} {s.errors:6d} {s.p50_ms:7.2f} {s.p99_ms:7.2f}")
+            owners = {t: i.name for i in pool.config.instances.values() for t in i.tokens}
+            for name in pool.missing:
+                tok = pool.config.tokens[name]
+                print(f"{name:8} {tok.label or '-':16} {tok.serial or '-':18} "
+                      f"{owners.get(name, '-'):10} missing")
+            for name, why in pool.missing.items():
+                print(f"# {name}: {why}")
             print(f"\n{'instance':10} {'token':8} domain keys")
             for name, members in domain_keys.items():
                 for member, states in members.items():

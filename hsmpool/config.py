@@ -13,6 +13,8 @@ Example (relative paths are relative to the file)::
     probe_max_interval = 2.0      # ...up to this
     operation_timeout = 10.0      # time budget of one operation across members
     executor_spin_us = 50         # an idle executor thread polls this long before sleeping
+    require_all_tokens = false    # true: a token missing at start fails the open (unset:
+                                  # hsmpool.Pool is strict, the hsmpool command degrades)
 
     [modules.softhsm]
     path = "/usr/lib/softhsm/libsofthsm2.so"
@@ -43,7 +45,7 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +57,7 @@ __all__ = [
     "PoolConfig",
     "PoolSettings",
     "TokenConfig",
+    "degraded_default",
     "load_config",
     "parse_config",
     "read_toml",
@@ -73,8 +76,17 @@ class PoolSettings:
     probe_max_interval: float = 2.0
     operation_timeout: float = 10.0
     executor_spin_us: int = 50
+    #: ``True``: every configured token must open (the pool fails otherwise). ``False``: a
+    #: token that is missing or refuses login is left out (``Pool.missing``) as long as each
+    #: instance keeps at least one token. ``None`` (unset): strict for :class:`hsmpool.Pool`
+    #: (and ``kms.Kms.open``); the ``hsmpool`` command (serve, status, the key and
+    #: credentials commands) treats it as ``False``.
+    require_all_tokens: bool | None = None
 
     def __post_init__(self) -> None:
+        if self.require_all_tokens is not None and not isinstance(self.require_all_tokens,
+                                                                  bool):
+            raise ConfigError("pool.require_all_tokens must be true or false")
         if self.sessions_per_token < 1:
             raise ConfigError("pool.sessions_per_token must be at least 1")
         if self.key_cache_size < 1:
@@ -268,3 +280,12 @@ def load_config(path: str | os.PathLike[str]) -> PoolConfig:
     """Read and validate a TOML configuration file."""
     doc, base = read_toml(path)
     return parse_config(doc, base, str(path))
+
+
+def degraded_default(config: PoolConfig) -> PoolConfig:
+    """``config`` with ``[pool] require_all_tokens`` false unless the file set it: what the
+    ``hsmpool`` command opens (a token missing at start is left out and reported instead of
+    failing the whole pool)."""
+    if config.settings.require_all_tokens is not None:
+        return config
+    return replace(config, settings=replace(config.settings, require_all_tokens=False))

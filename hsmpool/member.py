@@ -465,6 +465,11 @@ class Member:
 
     # --- stats and shutdown ----------------------------------------------------------
 
+    def latency_buckets(self, bounds_s: tuple[float, ...]) -> tuple[list[int], float]:
+        """This token's call latencies in coarse buckets (see ``Histogram.coarse``)."""
+        with self._lock:
+            return self._hist.coarse(bounds_s)
+
     def stats(self) -> MemberStats:
         with self._lock:
             return MemberStats(

@@ -8,6 +8,14 @@ Balancing is least in-flight, weighted, among the healthy members of an instance
 the mechanisms an operation needs. A device fault on one member is retried on another; the
 member's breaker ejects it after consecutive failures and a background prober readmits it.
 
+Degraded start: with ``[pool] require_all_tokens = false`` a token that is missing or
+refuses login at open is left out (:attr:`Pool.missing` says why) as long as each instance
+keeps at least one token that holds its domain keys; by default (unset) :class:`Pool` is
+strict and the first such failure is raised.
+
+Logging (logger ``hsmpool.pool``): a WARNING when a token is left out at open, when it is
+ejected, and when the prober readmits it.
+
 Time: a caller with a call context (``hsmpool.deadline(seconds)``, the server's requests)
 has a deadline for the whole operation, enforced while a token call is in progress; a call
 that runs past the hang budget is abandoned, its member ejected, and the operation retried
@@ -16,6 +24,7 @@ on another member (a hedge) while time is left. See :mod:`hsmpool._calls`.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -24,6 +33,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from hsmpool import _calls, _p11
+from hsmpool import kek as _kek
 from hsmpool._p11 import Module, P11Error, acquire_module, release_module
 from hsmpool._shim import shim_for
 from hsmpool.balancer import Balancer
@@ -33,6 +43,7 @@ from hsmpool.errors import (
     InstanceNotFoundError,
     LoginError,
     ModuleLoadError,
+    PoolUnavailableError,
     TokenError,
     TokenNotFoundError,
 )
@@ -40,6 +51,8 @@ from hsmpool.instance import Instance
 from hsmpool.member import Member, MemberState, MemberStats
 
 __all__ = ["Pool"]
+
+log = logging.getLogger("hsmpool.pool")
 
 
 class Pool:
@@ -55,17 +68,43 @@ class Pool:
         self._probe_wake = threading.Event()
         self._lock = threading.Lock()
         self.balancer = Balancer(self.settings)
+        #: Tokens left out at open (``require_all_tokens = false``): name -> why.
+        self.missing: dict[str, str] = {}
+        strict = self.settings.require_all_tokens is not False
         try:
             owner = {t: i.name for i in config.instances.values() for t in i.tokens}
             for tok in config.tokens.values():
-                self.members[tok.name] = self._open_member(tok, owner.get(tok.name))
+                try:
+                    self.members[tok.name] = self._open_member(tok, owner.get(tok.name))
+                except (TokenNotFoundError, LoginError, TokenError) as exc:
+                    if strict:
+                        raise
+                    self.missing[tok.name] = str(exc)
+            if not self.members:
+                raise PoolUnavailableError("no configured token could be opened: " + "; ".join(
+                    self.missing.values()))
             self.instances: dict[str, Instance] = {}
             for inst in config.instances.values():
-                members = [self.members[t] for t in inst.tokens]
+                members = [self.members[t] for t in inst.tokens if t in self.members]
+                gone = [t for t in inst.tokens if t not in self.members]
+                if not members:
+                    raise PoolUnavailableError(
+                        f"instance {inst.name!r}: no token of its partition could be opened ("
+                        + "; ".join(self.missing[t] for t in gone) + ")")
+                if gone and not any(_kek.find_domain_key(m, d, inst.name) is not None
+                                    for m in members for d in _kek.DOMAINS):
+                    # New domain keys made now would not be the ones on the missing tokens
+                    # (nor unwrap the blobs already stored under those).
+                    raise PoolUnavailableError(
+                        f"instance {inst.name!r}: token(s) {', '.join(gone)} missing, and no "
+                        "token present holds the instance's domain keys; refusing to make "
+                        "new ones while part of the partition is missing")
                 self.instances[inst.name] = Instance(self.balancer, inst.name, members)
         except BaseException:
             self.close()
             raise
+        for name, why in self.missing.items():  # once the pool stands (else: the error)
+            log.warning("token %r left out of the pool: %s", name, why)
         for m in self.members.values():
             m.on_eject = self._on_eject
 
@@ -161,6 +200,8 @@ class Pool:
     # --- health ------------------------------------------------------------------------
 
     def _on_eject(self, member: Member) -> None:
+        log.warning("token %r (label %r, instance %s) ejected after failures; probing it "
+                    "for readmission", member.name, member.info.label, member.instance or "-")
         with self._lock:
             if self._closed:
                 return
@@ -198,6 +239,7 @@ def _probe_loop(ref: weakref.ref[Pool]) -> None:
     """Probe ejected members with exponential backoff; readmit those that answer."""
     backoff: dict[str, float] = {}
     due: dict[str, float] = {}
+    since: dict[str, float] = {}  # when the prober first saw a member ejected
     while True:
         pool = ref()
         if pool is None or pool._closed:
@@ -211,6 +253,7 @@ def _probe_loop(ref: weakref.ref[Pool]) -> None:
         budget = 2 * max(settings.slow_call_ms, settings.hang_ms) / 1e3
         for m in ejected:
             if m.name not in due:
+                since[m.name] = now
                 backoff[m.name] = settings.probe_interval
                 due[m.name] = now + settings.probe_interval
             if now < due[m.name]:
@@ -227,6 +270,8 @@ def _probe_loop(ref: weakref.ref[Pool]) -> None:
                 except (P11Error, LoginError, ConfigError):
                     ok = False
             if ok:
+                log.warning("token %r (label %r) readmitted after %.1f s out of the pool",
+                            m.name, m.info.label, time.monotonic() - since.pop(m.name, now))
                 backoff.pop(m.name, None)
                 due.pop(m.name, None)
             else:

@@ -98,13 +98,14 @@ def open_service(config: str) -> Kms:
     audit records go to the segment the CLI runs of this host and user share
     (:func:`kms.audit.open_cli_log`; deleted at close if it got no records)."""
     from hsmpool import Pool
+    from hsmpool.config import degraded_default
     from kms.audit import open_cli_log
     from kms.config import load
     from kms.service import Kms
     from kms.store import Store
 
     pool_cfg, settings = load(config)
-    pool = Pool(pool_cfg)
+    pool = Pool(degraded_default(pool_cfg))  # a token that is down: the others serve
     store: Store | None = None
     audit: AuditLog | None = None
     try:

@@ -12,13 +12,25 @@
     [kms.accounts]
     default = "111122223333"     # account id of an instance (ARNs); else one is generated
 
-    [server]
+    [server]                     # how ``hsmpool serve`` runs; its options override these
+    host = "127.0.0.1"           # address to listen on
+    port = 8080                  # TCP port (0: any free port)
+    workers = 0                  # worker processes; 0: one per core
+    tls_cert = ""                # PEM certificate (chain): serve HTTPS; "" for HTTP
+    tls_key = ""                 # PEM private key of tls_cert (unencrypted)
+    log_level = "warning"        # critical, error, warning, info, debug, trace
+    access_log = "off"           # "json" (JSON lines), "text", or "off"
+    state_dir = "run"            # per-server folder of the workers' metrics files
+    seed = ""                    # a seed file of keys and aliases made at start if absent
     request_timeout = 10.0       # seconds a request may take; past it: a retryable 503
     rate_limit = 0               # requests/s per principal (0: none); ThrottlingException past it
     rate_burst = 0               # requests above the rate a principal may send at once
     max_blocking_per_principal = 8   # state-writing operations in progress per principal
     trusted_proxies = []         # IPs/CIDRs whose X-Forwarded-For is believed (see
                                  # kms/api/netaddr.py); empty: the TCP peer is the source
+
+Relative paths (``tls_cert``, ``tls_key``, ``state_dir``, ``seed``) are relative to the
+configuration file. The full reference is ``docs/configuration.md``.
 """
 
 from __future__ import annotations
@@ -55,10 +67,28 @@ class KmsSettings:
             raise ConfigError("kms.max_plaintext must be 1..65536")
 
 
+LOG_LEVELS: tuple[str, ...] = ("critical", "error", "warning", "info", "debug", "trace")
+ACCESS_LOGS: tuple[str, ...] = ("off", "json", "text")
+MAX_WORKERS = 256
+
+
 @dataclass(frozen=True, slots=True)
 class ServerSettings:
-    """The ``[server]`` section: how ``hsmpool serve`` runs."""
+    """The ``[server]`` section: how ``hsmpool serve`` runs (its command-line options
+    override each of these). Paths are absolute once parsed from a file."""
 
+    host: str = "127.0.0.1"
+    port: int = 8080
+    #: Worker processes; 0 means one per core.
+    workers: int = 0
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    log_level: str = "warning"
+    access_log: str = "off"
+    #: The folder under which each running server keeps its workers' metrics files.
+    state_dir: str = "run"
+    #: A seed file: keys and aliases created at start when absent (:mod:`kms.seed`).
+    seed: str | None = None
     request_timeout: float = 10.0
     #: Per principal: requests per second (0: no limit) and the burst above that rate;
     #: past it, a throttling error the SDKs retry with backoff.
@@ -85,6 +115,28 @@ class ServerSettings:
         b = self.max_blocking_per_principal
         if isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= 1024:
             raise ConfigError("server.max_blocking_per_principal must be 1..1024")
+        if not isinstance(self.host, str) or not self.host.strip() or any(
+                c.isspace() for c in self.host):
+            raise ConfigError("server.host must be a host name or an IP address")
+        for name, lo, hi in (("port", 0, 65535), ("workers", 0, MAX_WORKERS)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+                raise ConfigError(f"server.{name} must be an integer {lo}..{hi}")
+        for name in ("tls_cert", "tls_key", "seed"):
+            v = getattr(self, name)
+            if v is not None and not isinstance(v, str):
+                raise ConfigError(f"server.{name} must be a file name")
+            if v == "":
+                object.__setattr__(self, name, None)
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("server.tls_cert and server.tls_key go together: give both "
+                              "or neither")
+        if not isinstance(self.state_dir, str) or not self.state_dir:
+            raise ConfigError("server.state_dir must be a folder name")
+        if self.log_level not in LOG_LEVELS:
+            raise ConfigError(f"server.log_level must be one of {', '.join(LOG_LEVELS)}")
+        if self.access_log not in ACCESS_LOGS:
+            raise ConfigError(f"server.access_log must be one of {', '.join(ACCESS_LOGS)}")
         proxies = self.trusted_proxies
         if not isinstance(proxies, list | tuple):
             raise ConfigError("server.trusted_proxies must be a list of IP addresses or "
@@ -101,15 +153,39 @@ class ServerSettings:
         object.__setattr__(self, "trusted_proxies", tuple(proxies))
         object.__setattr__(self, "proxy_networks", tuple(nets))
 
+    @property
+    def worker_count(self) -> int:
+        """``workers``, with 0 resolved to the number of cores."""
+        return self.workers or os.cpu_count() or 1
 
-def parse_server_settings(doc: Mapping[str, Any]) -> ServerSettings:
+
+_SERVER_PATHS = ("tls_cert", "tls_key", "state_dir", "seed")
+
+
+def parse_server_settings(doc: Mapping[str, Any], base: Path | None = None) -> ServerSettings:
+    """The ``[server]`` table; relative paths are made absolute against ``base`` (the
+    configuration file's folder)."""
     raw = doc.get("server", {})
     if not isinstance(raw, dict):
         raise ConfigError("[server] must be a table")
-    bad = set(raw) - set(ServerSettings.__dataclass_fields__)
+    known = set(ServerSettings.__dataclass_fields__) - {"proxy_networks"}
+    bad = set(raw) - known
     if bad:
         raise ConfigError(f"unknown [server] key(s) {sorted(bad)}")
-    return ServerSettings(**raw)
+    kw = dict(raw)
+    for key in _SERVER_PATHS:
+        value = kw.get(key)
+        if isinstance(value, str) and value:
+            kw[key] = resolve_path(value, base or Path.cwd())
+    if "state_dir" not in kw:
+        kw["state_dir"] = resolve_path("run", base or Path.cwd())
+    return ServerSettings(**kw)
+
+
+def resolve_path(value: str, base: Path) -> str:
+    """``value`` (``~`` expanded) as an absolute path, relative ones against ``base``."""
+    p = Path(os.path.expanduser(value))
+    return str(p if p.is_absolute() else base / p)
 
 
 def parse_kms_settings(doc: Mapping[str, Any], base: Path) -> KmsSettings:
@@ -130,7 +206,14 @@ def parse_kms_settings(doc: Mapping[str, Any], base: Path) -> KmsSettings:
         return str(p if p.is_absolute() else base / p)
 
     audit = raw.get("audit_dir", "audit")
-    server = parse_server_settings(doc)
+    server = parse_server_settings(doc, base)
+    for key, kind in (("database", str), ("region", str), ("max_plaintext", int),
+                      ("import_token_ttl", int | float), ("secret_context_keys", list),
+                      ("accounts", dict)):
+        if key in raw and (not isinstance(raw[key], kind) or isinstance(raw[key], bool)):
+            raise ConfigError(f"kms.{key} has the wrong type ({type(raw[key]).__name__})")
+    if not isinstance(audit, str | bool) or audit is True:
+        raise ConfigError("kms.audit_dir must be a folder name, or false for no audit")
     return KmsSettings(
         server=server,
         database=path(raw.get("database"), "kms.db"),
@@ -138,8 +221,8 @@ def parse_kms_settings(doc: Mapping[str, Any], base: Path) -> KmsSettings:
         region=str(raw.get("region", "us-east-1")),
         max_plaintext=int(raw.get("max_plaintext", 4096)),
         import_token_ttl=float(raw.get("import_token_ttl", 86400)),
-        secret_context_keys=frozenset(raw.get("secret_context_keys", [])),
-        accounts=dict(raw.get("accounts", {})),
+        secret_context_keys=frozenset(str(k) for k in raw.get("secret_context_keys", [])),
+        accounts={str(k): str(v) for k, v in raw.get("accounts", {}).items()},
     )
 
 

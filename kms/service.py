@@ -24,7 +24,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
 from cryptography.hazmat.primitives import hashes, serialization
@@ -89,6 +89,7 @@ class ServiceHealth:
     store_ok: bool
     tokens: Mapping[str, str]  # token name -> state ("healthy", "ejected", ...)
     healthy_per_instance: Mapping[str, int]
+    missing: Mapping[str, str] = field(default_factory=dict)  # left out at start: why
 
     @property
     def ok(self) -> bool:
@@ -263,7 +264,17 @@ class Kms:
         return ServiceHealth(
             store_ok,
             {name: s.state for name, s in self.pool.stats().items()},
-            {name: len(inst.healthy_members()) for name, inst in self.pool.instances.items()})
+            {name: len(inst.healthy_members()) for name, inst in self.pool.instances.items()},
+            dict(self.pool.missing))
+
+    def token_latency(self, token: str, bounds_s: tuple[float, ...]) -> tuple[list[int], float]:
+        """A token's call latencies in buckets up to each bound (and one more), and their
+        approximate sum in seconds (Prometheus histograms)."""
+        return self.pool.members[token].latency_buckets(bounds_s)
+
+    def audit_backlog(self) -> int:
+        """Audit records waiting for the writer."""
+        return self.audit.pending if self.audit is not None else 0
 
     def forget_authorizations(self) -> None:
         """Drop remembered authorization decisions (principals or policies changed)."""

@@ -26,6 +26,7 @@ from typing import Any, Final
 
 from kms.api.auth import Authenticator
 from kms.api.aws_kms import AwsKmsFrontend
+from kms.api.logs import AccessLog
 from kms.api.metrics import Metrics
 from kms.api.pipeline import Limits, Pipeline, Request, Respond
 from kms.service import Kms
@@ -54,6 +55,7 @@ class KmsApp:
         self.max_body = max_body
         self.metrics = Metrics()
         self.pipeline: Pipeline | None = None
+        self._access_log: AccessLog | None = None
         if self.kms is not None:
             self._setup(self.kms)
 
@@ -66,7 +68,20 @@ class KmsApp:
         self.pipeline = Pipeline(
             [AwsKmsFrontend(self.auth)], self.metrics,
             Limits(server.rate_limit, server.rate_burst, server.max_blocking_per_principal),
-            server.request_timeout)
+            server.request_timeout, trusted_proxies=server.proxy_networks)
+        self.pipeline.access_log = self._access_log
+
+    @property
+    def access_log(self) -> AccessLog | None:
+        """The access log (``hsmpool serve`` sets it from ``[server] access_log``); None:
+        off (failed authentications are logged either way)."""
+        return self._access_log
+
+    @access_log.setter
+    def access_log(self, log: AccessLog | None) -> None:
+        self._access_log = log
+        if self.pipeline is not None:
+            self.pipeline.access_log = log
 
     # --- ASGI (uvicorn's lifespan; tests and tools that speak ASGI) ------------------------
 
@@ -169,7 +184,7 @@ class KmsApp:
                 respond(status, out, _JSON)
                 return
             if path == "/metrics":
-                text = self.metrics.render(self.kms.token_stats() if self.kms else None).encode()
+                text = self.metrics.render(self.kms).encode()
                 respond(200, text, b"text/plain; version=0.0.4")
                 return
         if self.pipeline is None:
@@ -181,7 +196,12 @@ class KmsApp:
         if self.kms is None:
             return 503, json.dumps({"status": "starting"}).encode()
         h = self.kms.health()
-        body = {"status": "ok" if h.ok else "degraded", "store": "ok" if h.store_ok else "error",
-                "tokens": dict(h.tokens),
-                "healthy_tokens_per_instance": dict(h.healthy_per_instance)}
+        tokens = dict(h.tokens)
+        tokens.update((name, "missing") for name in h.missing)
+        body: dict[str, object] = {
+            "status": ("ok" if not h.missing else "degraded") if h.ok else "unavailable",
+            "store": "ok" if h.store_ok else "error", "tokens": tokens,
+            "healthy_tokens_per_instance": dict(h.healthy_per_instance)}
+        if h.missing:  # tokens left out at start (degraded start): which, and why
+            body["missing_tokens"] = dict(h.missing)
         return (200 if h.ok else 503), json.dumps(body).encode()

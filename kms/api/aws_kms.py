@@ -591,7 +591,9 @@ class AwsKmsFrontend:
                 return self.internal_error(op)
             return Answer(200, orjson.dumps(out), _JSON_TYPE, op, "ok")
 
-        return Call(op, client.principal_id, op in BLOCKING, run)
+        p = client.principal
+        caller = f"{p.instance}/{p.name}" if p is not None else None
+        return Call(op, client.principal_id, op in BLOCKING, run, caller, client.source_ip)
 
     def throttled(self, operation: str) -> Answer:
         return self._answer(400, "ThrottlingException", "Rate exceeded", operation)

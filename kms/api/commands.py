@@ -2,10 +2,16 @@
 
     hsmpool serve [--host H] [--port P] [--workers N] [--tls-cert C --tls-key K]
                   [--log-level critical|error|warning|info|debug|trace]
+                  [--access-log json|text|off] [--seed FILE] [--dev]
     hsmpool credentials create [--instance I] [--name N] [--policy JSON|@FILE ...]
     hsmpool credentials list [--instance I] [--name N]
     hsmpool credentials disable|enable|delete ACCESS_KEY_ID
     hsmpool credentials rotate ACCESS_KEY_ID [--disable-old]
+
+``serve`` options override the configuration's ``[server]`` values (``kms/config.py``); each
+``--help`` line says the default. ``serve --dev`` needs no configuration: an in-memory store,
+ephemeral SoftHSM2 tokens, one worker, and an admin credential printed at start
+(:mod:`kms.devenv`).
 
 Every credentials command takes ``--json``. Secrets are printed by ``create`` and ``rotate``
 only; ``list``, ``disable``, ``enable`` and ``delete`` need no HSM (metadata only). Each
@@ -22,10 +28,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kms.config import ACCESS_LOGS, LOG_LEVELS, MAX_WORKERS
+
 if TYPE_CHECKING:
     from kms.credentials import AccessKey, AccessKeyInfo
-
-LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvicorn's names
 
 ADMIN_POLICY: dict[str, Any] = {
     "Version": "2012-10-17",
@@ -52,19 +58,37 @@ def _config(args: argparse.Namespace) -> str:
     return str(args.config or os.environ.get("HSMPOOL_CONFIG") or "var/hsmpool.toml")
 
 
+def _serve_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``[server]`` values given on the command line (paths made absolute)."""
+    out: dict[str, Any] = {}
+    for name in ("host", "port", "workers", "log_level", "access_log"):
+        value = getattr(args, name)
+        if value is not None:
+            out[name] = value
+    for name in ("tls_cert", "tls_key", "seed"):
+        value = getattr(args, name)
+        if value is not None:
+            out[name] = os.path.abspath(os.path.expanduser(value))
+    return out
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from kms.api.server import serve
 
+    overrides = _serve_overrides(args)
+    if args.dev:
+        from kms.devenv import serve_dev
+
+        if args.config:
+            print("hsmpool: serve --dev makes its own configuration: drop --config",
+                  file=sys.stderr)
+            return 2
+        return serve_dev(overrides)
     config = _config(args)
     if not Path(config).exists():
         print(f"hsmpool: configuration file {config!r} does not exist", file=sys.stderr)
         return 2
-    scheme = "https" if args.tls_cert else "http"
-    print(f"hsmpool: serving AWS KMS on {scheme}://{args.host}:{args.port} "
-          f"({args.workers or os.cpu_count()} workers)", file=sys.stderr, flush=True)
-    serve(config, args.host, args.port, args.workers, args.tls_cert, args.tls_key,
-          args.log_level)
-    return 0
+    return serve(config, overrides)
 
 
 def _policies(values: list[str] | None) -> list[Any]:
@@ -174,17 +198,29 @@ def _credentials_change(operation: str) -> Callable[[argparse.Namespace], int]:
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    serve = sub.add_parser("serve", help="run the HTTP server (AWS KMS wire protocol)")
-    serve.add_argument("--host", default="127.0.0.1",
-                       help="address to listen on (default %(default)s)")
-    serve.add_argument("--port", type=_int_in(1, 65535), default=8080,
-                       help="TCP port (default %(default)s)")
-    serve.add_argument("--workers", type=_int_in(1, 256), default=None,
+    serve = sub.add_parser(
+        "serve", help="run the HTTP server (AWS KMS wire protocol)",
+        description="Run the HTTP server. Each option overrides the configuration's [server] "
+                    "value; the default is that value, else the one shown.")
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=_int_in(0, 65535),
+                       help="TCP port, 0 for any free one (default 8080)")
+    serve.add_argument("--workers", type=_int_in(1, MAX_WORKERS),
                        help="worker processes (default: one per core)")
-    serve.add_argument("--tls-cert", help="PEM certificate: serve HTTPS (default: HTTP)")
-    serve.add_argument("--tls-key", help="PEM private key of --tls-cert")
-    serve.add_argument("--log-level", default="warning", choices=LOG_LEVELS,
-                       help="server log level (default %(default)s)")
+    serve.add_argument("--tls-cert", metavar="FILE",
+                       help="PEM certificate (chain): serve HTTPS (default: none, HTTP)")
+    serve.add_argument("--tls-key", metavar="FILE",
+                       help="unencrypted PEM private key of --tls-cert (default: none)")
+    serve.add_argument("--log-level", choices=LOG_LEVELS,
+                       help="server log level (default warning)")
+    serve.add_argument("--access-log", choices=ACCESS_LOGS,
+                       help="one line per request on stderr, as JSON or text (default off)")
+    serve.add_argument("--seed", metavar="FILE",
+                       help="keys and aliases to create at start if absent (default: none)")
+    serve.add_argument("--dev", action="store_true",
+                       help="a throw-away server with no configuration: in-memory store, "
+                            "ephemeral SoftHSM2 tokens, one worker, an admin credential "
+                            "printed at start (default: off)")
     serve.set_defaults(func=cmd_serve)
 
     creds = sub.add_parser("credentials", help="access keys for the HTTP API")

@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from kms import calls
+from kms.api.logs import AccessLog, log_request
+from kms.api.netaddr import Network, source_address
 
 if TYPE_CHECKING:
     from kms.api.metrics import Metrics
@@ -72,6 +74,8 @@ class Call:
     principal: str  # the caller's principal id (limits)
     blocking: bool
     run: Callable[[], Answer]  # runs the operation and renders its answer (never raises)
+    caller: str | None = None  # "instance/principal name", for the access log
+    source: str | None = None  # the request's source address as policies saw it
 
 
 class Frontend(Protocol):
@@ -162,11 +166,15 @@ class Pipeline:
     """The worker's request path over its front ends (see the module docstring)."""
 
     def __init__(self, frontends: list[Frontend], metrics: Metrics, limits: Limits,
-                 request_timeout: float, blocking_threads: int = 16) -> None:
+                 request_timeout: float, blocking_threads: int = 16,
+                 trusted_proxies: tuple[Network, ...] = ()) -> None:
         self.frontends = frontends
         self.metrics = metrics
         self.limits = limits
         self.request_timeout = request_timeout
+        self.trusted_proxies = trusted_proxies
+        #: The access log (:class:`kms.api.logs.AccessLog`), or None: off.
+        self.access_log: AccessLog | None = None
         self._blocking_threads = blocking_threads
         self._hub: calls.AsyncHub | None = None
         self._threads: concurrent.futures.ThreadPoolExecutor | None = None
@@ -194,7 +202,7 @@ class Pipeline:
         frontend = next((f for f in self.frontends if f.accepts(req)), None)
         if frontend is None:
             self._answer(UNKNOWN_OPERATION if req.method == "POST" and req.path == "/"
-                         else NOT_FOUND, t0, respond)
+                         else NOT_FOUND, t0, respond, req, None)
             return
         if self._hub is None:
             self.start()
@@ -204,29 +212,31 @@ class Pipeline:
         def done(ok: bool, value: Any) -> None:
             if ok:
                 if value is not None:  # None: handed to the thread pool, answered from there
-                    self._answer(value, t0, respond)
+                    answer, call = value
+                    self._answer(answer, t0, respond, req, call)
             else:  # the front end answers every error itself: this is a bug of ours
                 log.error("internal error in the %s front end", fe.name, exc_info=value)
-                self._answer(fe.internal_error("-"), t0, respond)
+                self._answer(fe.internal_error("-"), t0, respond, req, None)
 
         self._hub.spawn(self._prepare_and_run, (fe, req, t0, respond), self.request_timeout,
                         done)
 
-    def _prepare_and_run(self, fe: Frontend, req: Request, t0: float,
-                         respond: Respond) -> Answer | None:
+    def _prepare_and_run(self, fe: Frontend, req: Request, t0: float, respond: Respond
+                         ) -> tuple[Answer, Call | None] | None:
         """In a request greenlet: authenticate, apply the limits, run or hand over."""
         prepared = fe.prepare(req)
         if isinstance(prepared, Answer):
-            return prepared
+            return prepared, None
         call = prepared
         if not self.limits.admit(call.principal):
-            return fe.throttled(call.operation)
+            return fe.throttled(call.operation), call
         if not call.blocking:
-            return call.run()
-        self._run_blocking(fe, call, t0, respond)
+            return call.run(), call
+        self._run_blocking(fe, call, req, t0, respond)
         return None
 
-    def _run_blocking(self, fe: Frontend, call: Call, t0: float, respond: Respond) -> None:
+    def _run_blocking(self, fe: Frontend, call: Call, req: Request, t0: float,
+                      respond: Respond) -> None:
         """On the thread pool, under what is left of the request's deadline (its turn among
         the principal's blocking operations first); past it, and a little more for work
         that is not a token call, the client is answered at once."""
@@ -241,7 +251,7 @@ class Pipeline:
             if not answered:
                 answered = True
                 timer.cancel()
-                self._answer(answer, t0, respond)
+                self._answer(answer, t0, respond, req, call)
 
         def bounded() -> Answer:
             try:
@@ -270,6 +280,14 @@ class Pipeline:
                                 lambda: finish(fe.timed_out(call.operation)))
         self.limits.begin_blocking(call.principal, start)
 
-    def _answer(self, answer: Answer, t0: float, respond: Respond) -> None:
-        self.metrics.observe(answer.operation, answer.result, time.perf_counter() - t0)
+    def _answer(self, answer: Answer, t0: float, respond: Respond, req: Request,
+                call: Call | None) -> None:
+        seconds = time.perf_counter() - t0
+        self.metrics.observe(answer.operation, answer.result, seconds)
+        if self.access_log is not None or answer.status == 400:  # and failed authentications
+            source = call.source if call is not None else source_address(
+                req.peer, req.headers.get("x-forwarded-for"), self.trusted_proxies)
+            log_request(self.access_log, answer.operation, answer.status, answer.result,
+                        seconds, source, call.caller if call is not None else None,
+                        req.headers, req.body, answer.body)
         respond(answer.status, answer.body, answer.content_type)

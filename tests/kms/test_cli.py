@@ -583,7 +583,7 @@ def test_serve_usage_errors(cli: Cli) -> None:
     for args in (["--log-level", "loud"], ["--log-level", "WARNING"]):
         msg = cli.fail("serve", *args, rc=2, instance=False)
         assert "invalid choice" in msg and "trace" in msg
-    assert "1..65535" in cli.fail("serve", "--port", "70000", rc=2, instance=False)
+    assert "0..65535" in cli.fail("serve", "--port", "70000", rc=2, instance=False)
     assert "1..256" in cli.fail("serve", "--workers", "0", rc=2, instance=False)
     assert "not an integer" in cli.fail("serve", "--port", "http", rc=2, instance=False)
     text = cli.run("serve", "--help", instance=False).stdout.decode()

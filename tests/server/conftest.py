@@ -278,3 +278,77 @@ def kms(server: Server) -> Any:
 def kms2(server: Server) -> Any:
     """boto3 ``kms`` client of the "srv2" admin."""
     return server.client(server.creds["admin2"])
+
+
+# --- `hsmpool serve` as a process whose start-up is watched -----------------------------
+
+
+@dataclass
+class ServeRun:
+    """An ``hsmpool serve`` process with its stderr (and stdout) in ``log``."""
+
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def text(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def lines(self) -> list[str]:
+        return [ln for ln in self.text().splitlines() if ln.strip()]
+
+    def wait_for(self, fragment: str, timeout: float = START_TIMEOUT) -> str:
+        """The first log line holding ``fragment``; fails if the process exits first."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.lines():
+                if fragment in line:
+                    return line
+            if self.proc.poll() is not None:
+                for line in self.lines():  # a last look: it may have written and exited
+                    if fragment in line:
+                        return line
+                pytest.fail(f"exited ({self.proc.returncode}) before {fragment!r}:\n"
+                            f"{self.text()}")
+            time.sleep(0.05)
+        pytest.fail(f"no {fragment!r} within {timeout} s:\n{self.text()}")
+
+    def finish(self, timeout: float = 60) -> int:
+        """Wait for the process to exit by itself; its exit status."""
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _stop(self.proc)
+            pytest.fail(f"still running after {timeout} s:\n{self.text()}")
+
+    def stop(self) -> int | None:
+        _stop(self.proc)
+        return self.proc.returncode
+
+
+def start_serve(args: Sequence[str], log: Path, *, config: Path | None = None,
+                env: Mapping[str, str] | None = None) -> ServeRun:
+    """``hsmpool [--config CONFIG] serve ARGS`` in its own process group."""
+    cmd = [str(HSMPOOL)] + (["--config", str(config)] if config is not None else []) + \
+        ["serve", *args]
+    with log.open("wb") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT,
+                                start_new_session=True,
+                                env=None if env is None else {**os.environ, **env})
+    return ServeRun(proc, log)
+
+
+@contextlib.contextmanager
+def serving(args: Sequence[str], log: Path, *, config: Path | None = None,
+            env: Mapping[str, str] | None = None) -> Iterator[tuple[ServeRun, str]]:
+    """A server started with ``args`` (give ``--port 0``: it picks a free one), up once it
+    printed its serving line; yields the run and its URL. Stopped (SIGTERM) at the end."""
+    run = start_serve(args, log, config=config, env=env)
+    try:
+        line = run.wait_for("hsmpool: serving AWS KMS on ")
+        url = line.split(" on ", 1)[1].split(" (", 1)[0]
+        yield run, url
+    finally:
+        run.stop()

@@ -36,9 +36,10 @@ from tests.server.conftest import (
 )
 
 STALENESS = 0.2  # > the service's 50 ms cross-process cache check
-_SAMPLE = re.compile(r'^hsmpool_requests_total\{worker="(\d+)",operation="([^"]*)",'
+_SAMPLE = re.compile(r'^hsmpool_requests_total\{operation="([^"]*)",'
                      r'result="([^"]*)"\} (\d+)$', re.M)
-_WORKER = re.compile(r'worker="(\d+)"')
+_SERVED = re.compile(r'^hsmpool_worker_requests_total\{worker="(\d+)"\} (\d+)$', re.M)
+PUBLISHED = 1.2  # > the interval at which each worker publishes its metrics (1 s)
 
 
 @pytest.fixture(scope="module")
@@ -67,29 +68,25 @@ def _err(srv: Server, op: str, params: dict[str, Any]) -> str:
     return str(body["__type"])
 
 
-def _metrics_once(srv: Server) -> tuple[str, Counter[tuple[str, str]]]:
-    status, _, body = srv.get("/metrics")
-    assert status == 200
-    text = body.decode()
-    workers = set(_WORKER.findall(text))
-    counts: Counter[tuple[str, str]] = Counter()
-    for _w, op, result, n in _SAMPLE.findall(text):
-        counts[(op, result)] += int(n)
-    (pid,) = workers  # one worker renders its own metrics
-    return pid, counts
-
-
-def _metrics_by_worker(srv: Server, want: int = 2, attempts: int = 400
-                       ) -> dict[str, Counter[tuple[str, str]]]:
-    """The request counters of each worker: /metrics on fresh connections until ``want``
-    distinct workers answered (each answer is that worker's current state)."""
-    seen: dict[str, Counter[tuple[str, str]]] = {}
-    for _ in range(attempts):
-        pid, counts = _metrics_once(srv)
-        seen[pid] = counts
-        if len(seen) >= want:
+def _metrics(srv: Server, want: int = 2, timeout: float = 30.0
+             ) -> tuple[dict[str, int], Counter[tuple[str, str]]]:
+    """After the workers' publishing interval: (requests answered per worker pid, requests
+    by (operation, result) summed over the workers), from one scrape showing ``want``
+    workers. Every worker's counts are in every scrape, whichever worker answers it."""
+    time.sleep(PUBLISHED)
+    deadline = time.monotonic() + timeout
+    while True:
+        status, _, body = srv.get("/metrics")
+        assert status == 200
+        text = body.decode()
+        served = {w: int(n) for w, n in _SERVED.findall(text)}
+        if len(served) >= want or time.monotonic() > deadline:
             break
-    return seen
+        time.sleep(0.2)
+    counts: Counter[tuple[str, str]] = Counter()
+    for op, result, n in _SAMPLE.findall(text):
+        counts[(op, result)] += int(n)
+    return served, counts
 
 
 def _ppid(pid: int) -> int:
@@ -98,8 +95,8 @@ def _ppid(pid: int) -> int:
 
 
 def test_two_worker_processes_answer(wserver: Server) -> None:
-    seen = _metrics_by_worker(wserver)
-    assert len(seen) == 2, f"only workers {sorted(seen)} answered /metrics"
+    seen, _ = _metrics(wserver)
+    assert len(seen) == 2, f"only workers {sorted(seen)} in /metrics"
     for pid in map(int, seen):
         assert pid != wserver.proc.pid
         assert _ppid(pid) == wserver.proc.pid  # children of the server process
@@ -108,8 +105,8 @@ def test_two_worker_processes_answer(wserver: Server) -> None:
 
 
 def test_keys_made_anywhere_work_everywhere(wserver: Server) -> None:
-    before = _metrics_by_worker(wserver)
-    assert len(before) == 2
+    before_served, before = _metrics(wserver)
+    assert len(before_served) == 2
     keys = [_ok(wserver, "CreateKey", {"Description": f"worker key {i}"})["KeyMetadata"]
             for i in range(20)]
     assert len({k["KeyId"] for k in keys}) == 20
@@ -133,25 +130,23 @@ def test_keys_made_anywhere_work_everywhere(wserver: Server) -> None:
         marker = page["NextMarker"]
     assert {k["KeyId"] for k in keys} <= listed
     # The two workers' counters add up to exactly the requests made, and both served some.
-    _spread_until_both_served(wserver, before, keys[0]["KeyId"])
-    after = _metrics_by_worker(wserver)
-    assert set(after) == set(before)
+    _spread_until_both_served(wserver, before_served, keys[0]["KeyId"])
+    after_served, after = _metrics(wserver)
+    assert set(after_served) == set(before_served)
     for op in ("CreateKey", "DescribeKey", "Encrypt", "Decrypt"):
-        made = sum(after[w][(op, "ok")] - before[w][(op, "ok")] for w in after)
-        assert made >= 20
-    assert sum(after[w][("CreateKey", "ok")] - before[w][("CreateKey", "ok")]
-               for w in after) == 20
-    for w in after:
-        assert sum(after[w].values()) > sum(before[w].values()), f"worker {w} served nothing"
+        assert after[(op, "ok")] - before[(op, "ok")] >= 20
+    assert after[("CreateKey", "ok")] - before[("CreateKey", "ok")] == 20
+    for w in after_served:
+        assert after_served[w] > before_served[w], f"worker {w} served nothing"
 
 
-def _spread_until_both_served(srv: Server, before: dict[str, Counter[tuple[str, str]]],
-                              key_id: str, rounds: int = 20) -> None:
+def _spread_until_both_served(srv: Server, before: dict[str, int], key_id: str,
+                              rounds: int = 20) -> None:
     """More requests on fresh connections, concurrently, until each worker served one
     (sequential connections may keep landing on the same worker)."""
     for _ in range(rounds):
-        now = _metrics_by_worker(srv)
-        if len(now) == 2 and all(sum(now[w].values()) > sum(before[w].values()) for w in now):
+        now, _ = _metrics(srv)
+        if len(now) == 2 and all(now[w] > before.get(w, 0) for w in now):
             return
         with ThreadPoolExecutor(8) as ex:
             list(ex.map(lambda _: _ok(srv, "DescribeKey", {"KeyId": key_id}), range(32)))
@@ -307,14 +302,14 @@ def test_shutdown_stops_every_worker_and_keeps_the_audit(token_dir: Path,
     config = write_server_config(tmp_path, token_dir, {"srvw": [5, 6]})
     cred = create_credential(config, "srvw", "admin")
     with run_server(config, workers=2) as srv:
-        pids = set(_metrics_by_worker(srv))
+        pids = set(_metrics(srv)[0])
         assert len(pids) == 2
         k = _ok(srv, "CreateKey", {}, cred=cred)["KeyMetadata"]
         with ThreadPoolExecutor(4) as ex:
             list(ex.map(lambda _: _ok(srv, "Encrypt", {"KeyId": k["KeyId"],
                                                        "Plaintext": "eA=="}, cred=cred),
                         range(40)))
-        served = {w for w, c in _metrics_by_worker(srv).items() if c[("Encrypt", "ok")] > 0}
+        served = {w for w, n in _metrics(srv)[0].items() if n > 0}
     for pid in map(int, pids):
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(
             f"/proc/{pid}/status").read_text().lower(), f"worker {pid} still running"
@@ -388,17 +383,6 @@ def _burst(srv: Server, cred: Cred, n: int = 64) -> list[str]:
         return list(ex.map(one, range(n)))
 
 
-def _list_keys_by_worker(srv: Server) -> dict[str, Counter[bool]]:
-    """Per worker: how many ListKeys it answered so far, by success (True) or not."""
-    out: dict[str, Counter[bool]] = {}
-    for w, counts in _metrics_by_worker(srv).items():
-        out[w] = Counter()
-        for (op, result), n in counts.items():
-            if op == "ListKeys":
-                out[w][result == "ok"] += n
-    return out
-
-
 def _every_worker_answers(srv: Server, cred: Cred, want: str, since: float) -> None:
     """Poll (bursts of fresh connections) until ``REVOCATION_BOUND`` after ``since``; from
     then on every answer is ``want``, and both workers gave such answers."""
@@ -406,12 +390,12 @@ def _every_worker_answers(srv: Server, cred: Cred, want: str, since: float) -> N
         _burst(srv, cred, 16)
     served: set[str] = set()
     for _ in range(10):
-        before = _list_keys_by_worker(srv)
+        before = _metrics(srv)[0]
         results = _burst(srv, cred)
         assert set(results) == {want}, Counter(results)
-        after = _list_keys_by_worker(srv)
-        ok = want == "ok"
-        served |= {w for w in after if after[w][ok] > before.get(w, Counter())[ok]}
+        # Every answer of the burst was `want`: a worker whose count grew gave some.
+        after = _metrics(srv)[0]
+        served |= {w for w in after if after[w] > before.get(w, 0)}
         if len(served) == 2:
             return
     pytest.fail(f"only workers {sorted(served)} answered {want}")
