@@ -102,12 +102,19 @@ __all__ = [
     "ACTIONS",
     "ADMIN",
     "Authorizer",
+    "KeyPolicy",
+    "KeyStatement",
     "Policy",
     "PolicyError",
     "Principal",
     "Request",
     "Statement",
+    "account_root_arn",
+    "identity_effect",
     "is_allowed",
+    "key_decision",
+    "parse_principal_arn",
+    "principal_arn",
 ]
 
 
@@ -157,6 +164,11 @@ ACTIONS: Final[frozenset[str]] = frozenset(
         "kms:GetKeyPolicy",
         "kms:PutKeyPolicy",
         "kms:ListKeyPolicies",
+        "kms:CreateGrant",
+        "kms:ListGrants",
+        "kms:ListRetirableGrants",
+        "kms:RetireGrant",
+        "kms:RevokeGrant",
     }
 )
 """The AWS KMS action names a policy can grant, in their canonical spelling."""
@@ -526,6 +538,37 @@ def _parse_statement(obj: object) -> Statement:
     )
 
 
+def _load_document(document: str | bytes | Mapping[str, Any]) -> tuple[str, list[Any]]:
+    """The Version and the raw statements of a policy document (JSON text or decoded)."""
+    if isinstance(document, str | bytes | bytearray):
+        try:
+            obj: Any = json.loads(document, object_pairs_hook=_no_duplicates)
+        except PolicyError as exc:
+            raise PolicyError(f"policy document: {exc}") from None
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            raise PolicyError(f"policy document is not valid JSON: {exc}") from None
+    else:
+        obj = document
+    if not isinstance(obj, Mapping):
+        raise PolicyError(f"policy document must be a JSON object, not {type(obj).__name__}")
+    for key in obj:
+        if key not in ("Version", "Id", "Statement"):
+            raise PolicyError(f"policy document: unknown element {key!r}")
+    version = obj.get("Version", "2012-10-17")
+    if not isinstance(version, str) or version not in _VERSIONS:
+        raise PolicyError(f"Version {version!r} must be one of {', '.join(_VERSIONS)}")
+    if "Statement" not in obj:
+        raise PolicyError("policy document: missing Statement")
+    raw = obj["Statement"]
+    if isinstance(raw, dict):
+        raw = [raw]
+    if not isinstance(raw, list):
+        raise PolicyError(
+            f"Statement must be an object or a list of objects, not {type(raw).__name__}"
+        )
+    return version, raw
+
+
 @dataclass(frozen=True, slots=True)
 class Policy:
     """A policy document: statements, evaluated together with every other policy of a principal."""
@@ -551,32 +594,7 @@ class Policy:
     @classmethod
     def from_json(cls, document: str | bytes | Mapping[str, Any]) -> Policy:
         """Parse an AWS-style policy document (JSON text, or the already-decoded object)."""
-        if isinstance(document, str | bytes | bytearray):
-            try:
-                obj: Any = json.loads(document, object_pairs_hook=_no_duplicates)
-            except PolicyError as exc:
-                raise PolicyError(f"policy document: {exc}") from None
-            except (ValueError, UnicodeDecodeError) as exc:
-                raise PolicyError(f"policy document is not valid JSON: {exc}") from None
-        else:
-            obj = document
-        if not isinstance(obj, Mapping):
-            raise PolicyError(f"policy document must be a JSON object, not {type(obj).__name__}")
-        for key in obj:
-            if key not in ("Version", "Id", "Statement"):
-                raise PolicyError(f"policy document: unknown element {key!r}")
-        version = obj.get("Version", "2012-10-17")
-        if not isinstance(version, str) or version not in _VERSIONS:
-            raise PolicyError(f"Version {version!r} must be one of {', '.join(_VERSIONS)}")
-        if "Statement" not in obj:
-            raise PolicyError("policy document: missing Statement")
-        raw = obj["Statement"]
-        if isinstance(raw, dict):
-            raw = [raw]
-        if not isinstance(raw, list):
-            raise PolicyError(
-                f"Statement must be an object or a list of objects, not {type(raw).__name__}"
-            )
+        version, raw = _load_document(document)
         statements = []
         for i, item in enumerate(raw):
             try:
@@ -697,24 +715,197 @@ class Request:
         return addr
 
 
+# ------------------------------------------------------------------- principal ARNs, key policies
+
+_PRINCIPAL_ARN_RE: Final = re.compile(r"arn:aws[a-z-]*:iam::(\d{12}):(?:(root)|user/(.+))\Z",
+                                      re.DOTALL)
+_ACCOUNT_RE: Final = re.compile(r"\d{12}\Z")
+
+
+def principal_arn(account: str, name: str) -> str:
+    """The ARN naming principal ``name`` of the instance whose account is ``account``."""
+    return f"arn:aws:iam::{account}:user/{name}"
+
+
+def account_root_arn(account: str) -> str:
+    """The account principal: in a key policy, "defer to the principals' own policies"."""
+    return f"arn:aws:iam::{account}:root"
+
+
+def parse_principal_arn(text: object) -> tuple[str, str | None]:
+    """``(account, principal name)`` of a principal ARN, ``(account, None)`` for the account
+    root; PolicyError for anything else (roles, services, other formats)."""
+    m = _PRINCIPAL_ARN_RE.match(text) if isinstance(text, str) else None
+    if m is None:
+        raise PolicyError(
+            f"principal {text!r} is neither arn:aws:iam::<account>:user/<name> nor "
+            "arn:aws:iam::<account>:root"
+        )
+    account, root, name = m.groups()
+    return account, (None if root else name)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyStatement:
+    """A key policy statement: whom it is about (``principals``, as written: ``"*"``, an
+    account id, an account root ARN or a principal ARN) and the rule itself."""
+
+    principals: tuple[str, ...]
+    statement: Statement
+
+    _anyone: bool = field(init=False, repr=False, compare=False)
+    _accounts: frozenset[str] = field(init=False, repr=False, compare=False)
+    _users: frozenset[tuple[str, str]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.statement, Statement):
+            raise PolicyError("KeyStatement.statement must be a Statement")
+        anyone = False
+        accounts: set[str] = set()
+        users: set[tuple[str, str]] = set()
+        for p in _str_tuple(self.principals, "Principal"):
+            if p == "*":
+                anyone = True
+            elif _ACCOUNT_RE.match(p):
+                accounts.add(p)
+            else:
+                account, name = parse_principal_arn(p)
+                if name is None:
+                    accounts.add(account)
+                else:
+                    users.add((account, name))
+        set_ = object.__setattr__
+        set_(self, "_anyone", anyone)
+        set_(self, "_accounts", frozenset(accounts))
+        set_(self, "_users", frozenset(users))
+
+    def about(self, account: str, name: str) -> Literal["direct", "account"] | None:
+        """How the statement names principal ``name`` of ``account``: itself or everyone
+        (``"direct"``), its account (``"account"``), or not at all."""
+        if self._anyone or (account, name) in self._users:
+            return "direct"
+        return "account" if account in self._accounts else None
+
+
+KeyPolicyEffect = Literal["Deny", "Allow", "Identity"]
+
+
+@dataclass(frozen=True, slots=True)
+class KeyPolicy:
+    """A key policy document: statements with a ``Principal`` (see the module docstring)."""
+
+    statements: tuple[KeyStatement, ...]
+    version: str = "2012-10-17"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.statements, tuple) or not all(
+            isinstance(st, KeyStatement) for st in self.statements
+        ):
+            raise PolicyError("KeyPolicy.statements must be a tuple of KeyStatement")
+        if self.version not in _VERSIONS:
+            raise PolicyError(f"Version {self.version!r} must be one of {', '.join(_VERSIONS)}")
+
+    @classmethod
+    def from_json(cls, document: str | bytes | Mapping[str, Any]) -> KeyPolicy:
+        """Parse a key policy document: a policy document whose every statement names its
+        principals (``Principal``: ``"*"`` or ``{"AWS": <principal or list>}``)."""
+        version, raw = _load_document(document)
+        statements = []
+        for i, item in enumerate(raw):
+            try:
+                statements.append(_parse_key_statement(item))
+            except PolicyError as exc:
+                raise PolicyError(f"Statement[{i}]: {exc}") from None
+        return cls(statements=tuple(statements), version=version)
+
+    def evaluate(self, request: Request, account: str, name: str) -> KeyPolicyEffect | None:
+        """For principal ``name`` of ``account``: ``"Deny"`` (an applicable Deny naming it,
+        everyone or its account), ``"Allow"`` (an applicable Allow naming it or everyone),
+        ``"Identity"`` (only an Allow naming its account: its own policies decide), or None."""
+        result: KeyPolicyEffect | None = None
+        for kst in self.statements:
+            about = kst.about(account, name)
+            if about is None or not kst.statement.applies(request):
+                continue
+            if kst.statement.effect == "Deny":
+                return "Deny"
+            if about == "direct":
+                result = "Allow"
+            elif result is None:
+                result = "Identity"
+        return result
+
+
+def _principals(value: object) -> tuple[str, ...]:
+    if value == "*":
+        return ("*",)
+    if not isinstance(value, dict) or not value:
+        raise PolicyError('Principal must be "*" or an object such as {"AWS": "<ARN>"}')
+    for key in value:
+        if key != "AWS":
+            raise PolicyError(f"Principal {key!r} is not supported (only AWS principals)")
+    return _strings(value["AWS"], "Principal AWS")
+
+
+def _parse_key_statement(obj: object) -> KeyStatement:
+    if not isinstance(obj, dict):
+        raise PolicyError(f"must be an object, not {type(obj).__name__}")
+    if "NotPrincipal" in obj:
+        raise PolicyError(_REFUSED_KEYS["NotPrincipal"])
+    if "Principal" not in obj:
+        raise PolicyError("missing Principal (every key policy statement names principals)")
+    rest = {k: v for k, v in obj.items() if k != "Principal"}
+    return KeyStatement(_principals(obj["Principal"]), _parse_statement(rest))
+
+
+def key_decision(identity: Effect | None, key_policy: KeyPolicy | None, request: Request,
+                 account: str, name: str) -> Effect | None:
+    """The decision on a key from the principal's own policies (``identity``, from
+    :func:`identity_effect`) and the key's policy (None: the default key policy, which defers
+    to the principal's policies): ``"Deny"``, ``"Allow"``, or None (not allowed by policy; a
+    grant may still allow it)."""
+    if identity == "Deny":
+        return "Deny"
+    if key_policy is None:
+        return identity
+    kp = key_policy.evaluate(request, account, name)
+    if kp == "Deny":
+        return "Deny"
+    if kp == "Allow" or (kp == "Identity" and identity == "Allow"):
+        return "Allow"
+    return None
+
+
 # ----------------------------------------------------------------------------------- decision
 
 
-def is_allowed(principal: Principal, request: Request) -> bool:
-    """The decision: same instance, no applicable Deny, at least one applicable Allow."""
+Effect = Literal["Allow", "Deny"]
+
+
+def identity_effect(principal: Principal, request: Request) -> Effect | None:
+    """What the principal's own policies say: ``"Deny"`` (an applicable Deny, or another
+    instance), ``"Allow"`` (an applicable Allow and no Deny), or None (nothing applies)."""
     if principal.instance != request.instance:
-        return False
+        return "Deny"
     allowed = False
     for st in principal._statements:
         if st.applies(request):
             if st.effect == "Deny":
-                return False
+                return "Deny"
             allowed = True
-    return allowed
+    return "Allow" if allowed else None
+
+
+def is_allowed(principal: Principal, request: Request) -> bool:
+    """The decision: same instance, no applicable Deny, at least one applicable Allow."""
+    return identity_effect(principal, request) == "Allow"
+
+
+_MISSING: Final = object()
 
 
 class Authorizer:
-    """:func:`is_allowed` with a bounded decision cache (cleared whole when full).
+    """:func:`identity_effect` with a bounded decision cache (cleared whole when full).
 
     The cached path is one tuple and one dict lookup.  Thread-safe under the GIL: dict reads and
     writes are atomic, :meth:`invalidate` swaps in a fresh dict, and a decision computed across
@@ -728,19 +919,22 @@ class Authorizer:
             raise ValueError("max_entries must be at least 1")
         self._max_entries = max_entries
         self._generation = 0
-        self._cache: dict[tuple[str, str], bool] = {}
+        self._cache: dict[tuple[str, str], Effect | None] = {}
 
     def check(self, principal: Principal, request: Request) -> bool:
+        return self.effect(principal, request) == "Allow"
+
+    def effect(self, principal: Principal, request: Request) -> Effect | None:
+        """:func:`identity_effect`, cached."""
         if principal._uses_context:
-            return is_allowed(principal, request)
+            return identity_effect(principal, request)
         key = (principal.id, request._cache_key)
-        try:
-            return self._cache[key]
-        except KeyError:
-            pass
-        generation = self._generation
         cache = self._cache
-        decision = is_allowed(principal, request)
+        hit = cache.get(key, _MISSING)
+        if hit is not _MISSING:
+            return hit  # type: ignore[return-value]
+        generation = self._generation
+        decision = identity_effect(principal, request)
         if generation == self._generation:
             if len(cache) >= self._max_entries:
                 cache.clear()

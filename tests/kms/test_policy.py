@@ -101,7 +101,7 @@ def test_admin_allows_every_action() -> None:
 
 
 def test_actions_table() -> None:
-    assert len(ACTIONS) == 40
+    assert len(ACTIONS) == 45
     assert {"kms:Encrypt", "kms:ReEncryptTo", "kms:ListKeyPolicies", "kms:RotateKeyOnDemand"} <= (
         ACTIONS
     )
