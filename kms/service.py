@@ -1317,13 +1317,16 @@ class KmsClient:
         def body() -> EncryptResult:
             data = _bytes(plaintext, "Plaintext", max_len=self.kms.settings.max_plaintext)
             rec = self._key_for("kms:Encrypt", key_id, encryption_context,
-                                tokens=_grants.parse_tokens(grant_tokens))
+                                tokens=_grants.parse_tokens(grant_tokens) if grant_tokens
+                                else ())
             self._check_state(rec)
             self._check_usage(rec, KeyUsage.ENCRYPT_DECRYPT)
-            if not rec.info.offers_encryption(encryption_algorithm):
+            info = rec.info
+            if encryption_algorithm not in info.encryption_algorithms and \
+                    encryption_algorithm not in info.encryption_aliases:
                 raise E.InvalidKeyUsage(f"{rec.spec.value} keys do not support "
                                         f"{encryption_algorithm}")
-            if rec.info.symmetric:
+            if info.symmetric:
                 blob, v = self._seal(rec, data, encryption_context)
             else:
                 if encryption_context:
@@ -1341,7 +1344,7 @@ class KmsClient:
                 encryption_algorithm: str = "SYMMETRIC_DEFAULT", *,
                 grant_tokens: Sequence[str] = ()) -> DecryptResult:
         def body() -> DecryptResult:
-            tokens = _grants.parse_tokens(grant_tokens)
+            tokens = _grants.parse_tokens(grant_tokens) if grant_tokens else ()
             if not isinstance(encryption_algorithm, str):
                 raise E.Validation("EncryptionAlgorithm must be a string")
             if encryption_algorithm not in _SYMMETRIC_NAMES:
@@ -1351,7 +1354,8 @@ class KmsClient:
                                           tokens)
             rec, v, plaintext = self._open(ciphertext_blob, encryption_context, "kms:Decrypt",
                                            key_id, tokens)
-            if not rec.info.offers_encryption(encryption_algorithm):
+            if encryption_algorithm != "SYMMETRIC_DEFAULT" and \
+                    not rec.info.offers_encryption(encryption_algorithm):
                 raise E.InvalidKeyUsage(f"{rec.spec.value} keys do not support "
                                         f"{encryption_algorithm}")
             self._audit("kms:Decrypt", rec, v.version_id, "ok", encryption_context)
@@ -1425,7 +1429,8 @@ class KmsClient:
                 if not isinstance(n, int) or not 1 <= n <= 1024:
                     raise E.Validation("NumberOfBytes must be 1..1024")
             rec = self._key_for(action, key_id, encryption_context,
-                                tokens=_grants.parse_tokens(grant_tokens))
+                                tokens=_grants.parse_tokens(grant_tokens) if grant_tokens
+                                else ())
             self._check_state(rec)
             self._check_usage(rec, KeyUsage.ENCRYPT_DECRYPT)
             if not rec.info.symmetric:
