@@ -1,25 +1,71 @@
 """Access control inside the KMS service: policies, principals, and the allow/deny decision.
 
-Pure logic, no I/O.  The service asks :func:`is_allowed` (or the caching :class:`Authorizer`)
-before every operation and, on ``False``, answers as if the key did not exist; this module only
-says yes or no.
+Pure logic, no I/O.  The service asks :func:`identity_effect` (through the caching
+:class:`Authorizer`) and, for an operation on a key, :func:`key_decision` before every
+operation and, on a refusal, answers as if the key did not exist; this module only says yes or
+no.  Grants (:mod:`kms.grants`) are the service's last step, described below.
 
 Model
 -----
-A :class:`Principal` belongs to one *instance* (tenant) and carries :class:`Policy` documents.
-A policy is a tuple of :class:`Statement`; each statement allows or denies some *actions*
-(``kms:Encrypt``, ``kms:Generate*``, ``kms:*``, ``*``) on some *resources*, optionally only
-from some networks and only for some encryption contexts.
+A :class:`Principal` belongs to one *instance* (tenant) and carries :class:`Policy` documents
+(its *own*, or identity, policies).  A policy is a tuple of :class:`Statement`; each statement
+allows or denies some *actions* (``kms:Encrypt``, ``kms:Generate*``, ``kms:*``, ``*``) on some
+*resources*, optionally only from some networks and only for some encryption contexts.  A key
+may carry a :class:`KeyPolicy` (statements that also name *principals*) and grants.
 
-Decision (:func:`is_allowed`)
------------------------------
+Principal ARNs
+--------------
+Key policies and grants name principals by ARN: ``arn:aws:iam::<account>:user/<principal
+name>`` (:func:`principal_arn`), where the account is the instance's (the one in its key
+ARNs), and the account itself by ``arn:aws:iam::<account>:root`` or the bare 12-digit account
+id.  Any partition (``arn:aws-cn:...``) is read as ``aws``.  Roles, services and federated
+principals do not exist here and are refused.
+
+Resource names of a key
+-----------------------
+A request on a key carries every name of the key (``Request.resources``): its key ARN and the
+ARNs of *all aliases pointing at it now* (AWS's ``kms:ResourceAliases``; the alias a caller
+named it by, ``kms:RequestAlias``, is always among them).  So ``"Resource":
+"arn:aws:kms:*:*:alias/app-*"`` covers Encrypt by alias, by key id, and Decrypt (which names
+no key) of every key with an ``app-`` alias, and stops covering a key once its last such alias
+is deleted or moved.  Alias management (CreateAlias, UpdateAlias, DeleteAlias) is the
+exception: it is authorised on the alias ARN and, separately, on the key ARN alone (its own
+aliases are the subject of the operation, not a name for it), as AWS requires permission on
+both the alias and every key involved.
+
+Decision, principal's own policies (:func:`identity_effect`, :func:`is_allowed`)
+------------------------------------------------------------------------------
 1. A principal of another instance is refused, whatever its policies say (even ``kms:*`` on
    ``*``).
 2. A statement *applies* to a request when its action patterns match the action, one of its
-   resource patterns matches one of the names of the target (``Request.resources``: the key ARN
-   and, when the caller named the key by an alias, the alias ARN), and its conditions hold.
-3. Any applicable ``Deny`` refuses; otherwise any applicable ``Allow`` grants; otherwise the
-   request is refused (default deny).  The order of policies and statements does not matter.
+   resource patterns matches one of the names of the target, and its conditions hold.
+3. Any applicable ``Deny`` refuses (``"Deny"``); otherwise any applicable ``Allow`` allows
+   (``"Allow"``); otherwise nothing applies (None: refused unless a key policy or a grant
+   allows).  The order of policies and statements does not matter.
+
+Decision on a key (:func:`key_decision`, then grants)
+----------------------------------------------------
+The subset of AWS's key-policy evaluation that a single account needs:
+
+1. An applicable ``Deny`` of the principal's own policies refuses.
+2. An applicable ``Deny`` of the key policy that names the principal, ``"*"`` or the account
+   (root ARN or account id) refuses.
+3. An applicable ``Allow`` of the key policy that names the principal or ``"*"`` allows, even
+   if the principal's own policies say nothing.
+4. An applicable ``Allow`` of the key policy that names the account root defers: it allows if
+   the principal's own policies allow (this is the default key policy's "Enable IAM User
+   Permissions" statement).
+5. Otherwise a grant on the key to the principal that allows the operation (with its
+   encryption-context constraints met) allows; otherwise refused.
+
+A key without a key policy (none given) behaves as under AWS's default key policy: the
+principal's own policies decide (steps 1, 4, 5), as before key policies were evaluated.  The
+embedding caller (no principal, and so the command line) is bound by neither key policies nor
+grants: it is the instance's administrator and the way back from a key policy that locks
+everyone out.  Key policy statements use the same actions, resources and conditions as the
+principal's (below); ``Resource: "*"`` means the key.  Not supported (a
+:class:`PolicyError`): ``NotPrincipal``, non-AWS principals, other condition keys and
+operators (``kms:CallerAccount``, ``kms:ViaService``, ``kms:GrantIsForAWSResource`` ...).
 
 Patterns
 --------
@@ -75,11 +121,19 @@ JSON
 attached to a principal.  Duplicate keys in a JSON object are refused.  :meth:`Policy.to_json`
 writes the same format; ``Policy.from_json(p.to_json()) == p``.
 
+:meth:`KeyPolicy.from_json` reads key policies: the same format, where every statement must
+also have ``Principal``: ``"*"`` or ``{"AWS": <principal or list>}`` with principals as above
+(``"*"``, an account id, an account root ARN, a principal ARN).  A principal ARN of a name
+that does not exist (yet) is accepted; one of another account never applies.
+
 Caching
 -------
-:class:`Authorizer` memoises decisions per (principal id, action, resource names, source IP,
-instance).  Principals whose policies use encryption-context conditions are never cached (their
-decisions depend on per-request data with unbounded variety).  Call
+:class:`Authorizer` memoises the principal's own effect per (principal id, action, resource
+names, source IP, instance), and its generation voids every decision cached elsewhere (the
+service's per-client decisions, which include key policies and grants; the service calls
+:meth:`Authorizer.invalidate` after a key policy or grant changes, or another process
+commits).  Principals whose policies use encryption-context conditions are never cached
+(their decisions depend on per-request data with unbounded variety).  Call
 :meth:`Authorizer.invalidate` after a principal's policies change, *after* the new
 :class:`Principal` object is what callers get: a check that started with the old object and
 finishes after the invalidation does not store its result, but one that starts after it with a
@@ -648,8 +702,8 @@ class Request:
     """What a caller asks to do.
 
     ``action`` must be one of :data:`ACTIONS` (any case; it is stored in canonical spelling).
-    ``resources`` holds every name of the target: its key ARN, and the alias ARN when the caller
-    named the key by an alias; ``()`` for account-level actions.  ``source_ip`` is the caller's
+    ``resources`` holds every name of the target: its key ARN and the ARNs of its aliases (see
+    "Resource names of a key"); ``()`` for account-level actions.  ``source_ip`` is the caller's
     address when known.  Invalid values raise ``ValueError``.
     """
 
