@@ -1,8 +1,10 @@
 """The KMS service: :class:`Kms` (shared, thread-safe) and :class:`KmsClient` (a caller).
 
 Every operation runs one pipeline: resolve the key (id, ARN, alias or alias ARN) ->
-authorise (principal, policy, instance; a caller without a grant is told the key does not
-exist) -> check state and usage -> the pool or software operation -> audit.
+authorise (instance; the principal's policies, the key's policy and grants, against the key
+ARN and its aliases' ARNs: see :mod:`kms.policy`; a caller not allowed is told the key does
+not exist) -> check state and usage -> the pool or software operation -> audit (once, under
+the operation's own action).
 
 Key records are immutable; a change builds the new record, the store writes it in one
 transaction (compare-and-swap on the revision), and only then is it swapped into the cache.
@@ -862,7 +864,7 @@ class KmsClient:
             key_id = str(uuid.uuid4())
             arn = self.kms.key_arn(self.instance_name, key_id)
             if key_policy is not None and not bypass_policy_lockout_safety_check:
-                self._check_lockout(key_policy, (arn,))
+                self._check_lockout(key_policy, lambda: (arn,))
             version = None
             if org is Origin.AWS_KMS:
                 version = self.kms.new_version(self.inst, key_id, spec, 1, now)
@@ -1040,7 +1042,7 @@ class KmsClient:
 
         def fn(rec: KeyRecord) -> KeyRecord | None:
             if not bypass_policy_lockout_safety_check:
-                self._check_lockout(key_policy, self._names(rec))
+                self._check_lockout(key_policy, lambda: self._names(rec))
             return rec.evolve(policy=policy)
 
         try:
@@ -1048,14 +1050,15 @@ class KmsClient:
         finally:
             self.kms._forget_decisions()
 
-    def _check_lockout(self, key_policy: KeyPolicy, names: tuple[str, ...]) -> None:
+    def _check_lockout(self, key_policy: KeyPolicy,
+                       names: Callable[[], tuple[str, ...]]) -> None:
         """AWS's lockout safety check: the new key policy must let the caller (a principal)
-        run PutKeyPolicy on the key."""
+        run PutKeyPolicy on the key (known by ``names()``)."""
         principal = self.principal
         if principal is None:
             return  # the embedder is bound by no key policy
-        req = Request(action="kms:PutKeyPolicy", resources=names, instance=self.instance_name,
-                      source_ip=self.source_ip)
+        req = Request(action="kms:PutKeyPolicy", resources=names(),
+                      instance=self.instance_name, source_ip=self.source_ip)
         decision = key_decision(identity_effect(principal, req), key_policy, req,
                                 self._account, principal.name)
         if decision != "Allow":
