@@ -23,6 +23,8 @@ Each class carries ``code``, the exception name of the AWS KMS API (what a front
      +-- LimitExceeded            LimitExceededException
      +-- InvalidImportToken       InvalidImportTokenException
      +-- ExpiredImportToken       ExpiredImportTokenException
+     +-- InvalidGrantToken        InvalidGrantTokenException
+     +-- InvalidGrantId           InvalidGrantIdException
      +-- IncorrectKeyMaterial     IncorrectKeyMaterialException
      +-- Tag                      TagException
      +-- MalformedPolicyDocument  MalformedPolicyDocumentException
@@ -119,6 +121,14 @@ class ExpiredImportToken(KmsError):
     code = "ExpiredImportTokenException"
 
 
+class InvalidGrantToken(KmsError):
+    code = "InvalidGrantTokenException"
+
+
+class InvalidGrantId(KmsError):
+    code = "InvalidGrantIdException"
+
+
 class IncorrectKeyMaterial(KmsError):
     code = "IncorrectKeyMaterialException"
 
@@ -158,6 +168,7 @@ ALL_ERRORS: tuple[type[KmsError], ...] = (
     NotFound, Disabled, KMSInvalidState, InvalidCiphertext, IncorrectKey, InvalidKeyUsage,
     KMSInvalidSignature, KMSInvalidMac, AlreadyExists, InvalidAliasName, InvalidArn,
     InvalidMarker, UnsupportedOperation, LimitExceeded, InvalidImportToken, ExpiredImportToken,
-    IncorrectKeyMaterial, Tag, MalformedPolicyDocument, Validation, AccessDenied,
+    InvalidGrantToken, InvalidGrantId, IncorrectKeyMaterial, Tag, MalformedPolicyDocument,
+    Validation, AccessDenied,
     KeyUnavailable, DependencyTimeout, KMSInternal,
 )

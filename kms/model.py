@@ -63,6 +63,11 @@ class SpecInfo:
     signing_algorithms: tuple[str, ...] = ()
     mac_algorithms: tuple[str, ...] = ()
     symmetric: bool = False
+    encryption_aliases: tuple[str, ...] = ()  # other names accepted for the algorithms
+
+    def offers_encryption(self, algorithm: str) -> bool:
+        """Whether keys of this spec encrypt with ``algorithm`` (a name or an alias)."""
+        return algorithm in self.encryption_algorithms or algorithm in self.encryption_aliases
 
     @property
     def rotatable(self) -> bool:
@@ -82,8 +87,10 @@ SPECS: Final[Mapping[KeySpec, SpecInfo]] = {
     s.spec: s for s in (
         SpecInfo(KeySpec.SYMMETRIC_DEFAULT, (_ENC,), PoolSpec.AES_256, ProtectionLevel.HSM,
                  encryption_algorithms=("SYMMETRIC_DEFAULT",), symmetric=True),
+        # SM4 keys: SYMMETRIC_DEFAULT (SM4-GCM), as AWS China names it; SM4_GCM accepted too.
         SpecInfo(KeySpec.SM4, (_ENC,), PoolSpec.SECRET, ProtectionLevel.SOFTWARE, 16,
-                 encryption_algorithms=("SYMMETRIC_DEFAULT",), symmetric=True),
+                 encryption_algorithms=("SYMMETRIC_DEFAULT",), symmetric=True,
+                 encryption_aliases=("SM4_GCM",)),
         SpecInfo(KeySpec.RSA_2048, (_ENC, _SIGN), PoolSpec.RSA_2048, ProtectionLevel.HSM,
                  encryption_algorithms=_RSA_ENC, signing_algorithms=_RSA_SIGN),
         SpecInfo(KeySpec.RSA_3072, (_ENC, _SIGN), PoolSpec.RSA_3072, ProtectionLevel.HSM,
@@ -132,6 +139,7 @@ class KeyRecord:
     policy: str | None = None
     import_valid_to: float | None = None
     revision: int = 1
+    purged_at: float | None = None  # set when the deletion window passed and it was shredded
 
     def __post_init__(self) -> None:
         if self.usage not in SPECS[self.spec].usages:
@@ -148,6 +156,11 @@ class KeyRecord:
     @property
     def protection(self) -> ProtectionLevel:
         return SPECS[self.spec].protection
+
+    @property
+    def purged(self) -> bool:
+        """Shredded after its deletion window: kept for the audit trail, seen by nobody."""
+        return self.purged_at is not None
 
     def evolve(self, **changes: object) -> KeyRecord:
         return replace(self, revision=self.revision + 1, **changes)  # type: ignore[arg-type]
@@ -177,6 +190,62 @@ class AliasRecord:
     key_id: str
     created: float
     updated: float
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """A grant on one key (see :mod:`kms.grants`): its grantee principal may run
+    ``operations`` (AWS wire names, e.g. ``"Decrypt"``) on the key, under the encryption
+    context constraints ``subset`` (the request's context includes these pairs) and
+    ``equals`` (the request's context is exactly this), both when both are given.
+    Principals are held by id (``grantee_id``) and shown by ARN (``grantee_arn``)."""
+
+    grant_id: str  # 64 hex digits
+    key_id: str
+    instance: str
+    name: str | None
+    grantee_id: str
+    grantee_arn: str
+    retiring_id: str | None
+    retiring_arn: str | None
+    operations: tuple[str, ...]
+    subset: Mapping[str, str] | None
+    equals: Mapping[str, str] | None
+    token: str
+    issuing_account: str
+    created: float
+    actions: frozenset[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "actions", frozenset("kms:" + op for op in self.operations))
+
+    def allows(self, action: str, context: Mapping[str, str] | None) -> bool:
+        """Whether the grant lets its grantee run ``action`` with this encryption context.
+        CreateGrant and RetireGrant are decided by those operations, never here."""
+        if action not in self.actions or action in _GRANT_MANAGEMENT:
+            return False
+        return action == "kms:DescribeKey" or self.context_ok(context)
+
+    def context_ok(self, context: Mapping[str, str] | None) -> bool:
+        ctx = context or _NO_CONTEXT
+        if self.equals is not None and dict(ctx) != dict(self.equals):
+            return False
+        return self.subset is None or all(ctx.get(k) == v for k, v in self.subset.items())
+
+    def implied_by(self, subset: Mapping[str, str] | None,
+                   equals: Mapping[str, str] | None) -> bool:
+        """Whether every context meeting the constraints (``subset``, ``equals``) also meets
+        this grant's: a grant made through this one must be at least as strict."""
+        if self.equals is not None and (equals is None or dict(equals) != dict(self.equals)):
+            return False
+        if self.subset is None:
+            return True
+        known = equals if equals is not None else subset
+        return known is not None and all(known.get(k) == v for k, v in self.subset.items())
+
+
+_GRANT_MANAGEMENT: Final = frozenset({"kms:CreateGrant", "kms:RetireGrant"})
+_NO_CONTEXT: Final[Mapping[str, str]] = {}
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,25 +1,71 @@
 """Access control inside the KMS service: policies, principals, and the allow/deny decision.
 
-Pure logic, no I/O.  The service asks :func:`is_allowed` (or the caching :class:`Authorizer`)
-before every operation and, on ``False``, answers as if the key did not exist; this module only
-says yes or no.
+Pure logic, no I/O.  The service asks :func:`identity_effect` (through the caching
+:class:`Authorizer`) and, for an operation on a key, :func:`key_decision` before every
+operation and, on a refusal, answers as if the key did not exist; this module only says yes or
+no.  Grants (:mod:`kms.grants`) are the service's last step, described below.
 
 Model
 -----
-A :class:`Principal` belongs to one *instance* (tenant) and carries :class:`Policy` documents.
-A policy is a tuple of :class:`Statement`; each statement allows or denies some *actions*
-(``kms:Encrypt``, ``kms:Generate*``, ``kms:*``, ``*``) on some *resources*, optionally only
-from some networks and only for some encryption contexts.
+A :class:`Principal` belongs to one *instance* (tenant) and carries :class:`Policy` documents
+(its *own*, or identity, policies).  A policy is a tuple of :class:`Statement`; each statement
+allows or denies some *actions* (``kms:Encrypt``, ``kms:Generate*``, ``kms:*``, ``*``) on some
+*resources*, optionally only from some networks and only for some encryption contexts.  A key
+may carry a :class:`KeyPolicy` (statements that also name *principals*) and grants.
 
-Decision (:func:`is_allowed`)
------------------------------
+Principal ARNs
+--------------
+Key policies and grants name principals by ARN: ``arn:aws:iam::<account>:user/<principal
+name>`` (:func:`principal_arn`), where the account is the instance's (the one in its key
+ARNs), and the account itself by ``arn:aws:iam::<account>:root`` or the bare 12-digit account
+id.  Any partition (``arn:aws-cn:...``) is read as ``aws``.  Roles, services and federated
+principals do not exist here and are refused.
+
+Resource names of a key
+-----------------------
+A request on a key carries every name of the key (``Request.resources``): its key ARN and the
+ARNs of *all aliases pointing at it now* (AWS's ``kms:ResourceAliases``; the alias a caller
+named it by, ``kms:RequestAlias``, is always among them).  So ``"Resource":
+"arn:aws:kms:*:*:alias/app-*"`` covers Encrypt by alias, by key id, and Decrypt (which names
+no key) of every key with an ``app-`` alias, and stops covering a key once its last such alias
+is deleted or moved.  Alias management (CreateAlias, UpdateAlias, DeleteAlias) is the
+exception: it is authorised on the alias ARN and, separately, on the key ARN alone (its own
+aliases are the subject of the operation, not a name for it), as AWS requires permission on
+both the alias and every key involved.
+
+Decision, principal's own policies (:func:`identity_effect`, :func:`is_allowed`)
+------------------------------------------------------------------------------
 1. A principal of another instance is refused, whatever its policies say (even ``kms:*`` on
    ``*``).
 2. A statement *applies* to a request when its action patterns match the action, one of its
-   resource patterns matches one of the names of the target (``Request.resources``: the key ARN
-   and, when the caller named the key by an alias, the alias ARN), and its conditions hold.
-3. Any applicable ``Deny`` refuses; otherwise any applicable ``Allow`` grants; otherwise the
-   request is refused (default deny).  The order of policies and statements does not matter.
+   resource patterns matches one of the names of the target, and its conditions hold.
+3. Any applicable ``Deny`` refuses (``"Deny"``); otherwise any applicable ``Allow`` allows
+   (``"Allow"``); otherwise nothing applies (None: refused unless a key policy or a grant
+   allows).  The order of policies and statements does not matter.
+
+Decision on a key (:func:`key_decision`, then grants)
+----------------------------------------------------
+The subset of AWS's key-policy evaluation that a single account needs:
+
+1. An applicable ``Deny`` of the principal's own policies refuses.
+2. An applicable ``Deny`` of the key policy that names the principal, ``"*"`` or the account
+   (root ARN or account id) refuses.
+3. An applicable ``Allow`` of the key policy that names the principal or ``"*"`` allows, even
+   if the principal's own policies say nothing.
+4. An applicable ``Allow`` of the key policy that names the account root defers: it allows if
+   the principal's own policies allow (this is the default key policy's "Enable IAM User
+   Permissions" statement).
+5. Otherwise a grant on the key to the principal that allows the operation (with its
+   encryption-context constraints met) allows; otherwise refused.
+
+A key without a key policy (none given) behaves as under AWS's default key policy: the
+principal's own policies decide (steps 1, 4, 5), as before key policies were evaluated.  The
+embedding caller (no principal, and so the command line) is bound by neither key policies nor
+grants: it is the instance's administrator and the way back from a key policy that locks
+everyone out.  Key policy statements use the same actions, resources and conditions as the
+principal's (below); ``Resource: "*"`` means the key.  Not supported (a
+:class:`PolicyError`): ``NotPrincipal``, non-AWS principals, other condition keys and
+operators (``kms:CallerAccount``, ``kms:ViaService``, ``kms:GrantIsForAWSResource`` ...).
 
 Patterns
 --------
@@ -75,11 +121,19 @@ JSON
 attached to a principal.  Duplicate keys in a JSON object are refused.  :meth:`Policy.to_json`
 writes the same format; ``Policy.from_json(p.to_json()) == p``.
 
+:meth:`KeyPolicy.from_json` reads key policies: the same format, where every statement must
+also have ``Principal``: ``"*"`` or ``{"AWS": <principal or list>}`` with principals as above
+(``"*"``, an account id, an account root ARN, a principal ARN).  A principal ARN of a name
+that does not exist (yet) is accepted; one of another account never applies.
+
 Caching
 -------
-:class:`Authorizer` memoises decisions per (principal id, action, resource names, source IP,
-instance).  Principals whose policies use encryption-context conditions are never cached (their
-decisions depend on per-request data with unbounded variety).  Call
+:class:`Authorizer` memoises the principal's own effect per (principal id, action, resource
+names, source IP, instance), and its generation voids every decision cached elsewhere (the
+service's per-client decisions, which include key policies and grants; the service calls
+:meth:`Authorizer.invalidate` after a key policy or grant changes, or another process
+commits).  Principals whose policies use encryption-context conditions are never cached
+(their decisions depend on per-request data with unbounded variety).  Call
 :meth:`Authorizer.invalidate` after a principal's policies change, *after* the new
 :class:`Principal` object is what callers get: a check that started with the old object and
 finishes after the invalidation does not store its result, but one that starts after it with a
@@ -102,12 +156,19 @@ __all__ = [
     "ACTIONS",
     "ADMIN",
     "Authorizer",
+    "KeyPolicy",
+    "KeyStatement",
     "Policy",
     "PolicyError",
     "Principal",
     "Request",
     "Statement",
+    "account_root_arn",
+    "identity_effect",
     "is_allowed",
+    "key_decision",
+    "parse_principal_arn",
+    "principal_arn",
 ]
 
 
@@ -157,6 +218,11 @@ ACTIONS: Final[frozenset[str]] = frozenset(
         "kms:GetKeyPolicy",
         "kms:PutKeyPolicy",
         "kms:ListKeyPolicies",
+        "kms:CreateGrant",
+        "kms:ListGrants",
+        "kms:ListRetirableGrants",
+        "kms:RetireGrant",
+        "kms:RevokeGrant",
     }
 )
 """The AWS KMS action names a policy can grant, in their canonical spelling."""
@@ -526,6 +592,37 @@ def _parse_statement(obj: object) -> Statement:
     )
 
 
+def _load_document(document: str | bytes | Mapping[str, Any]) -> tuple[str, list[Any]]:
+    """The Version and the raw statements of a policy document (JSON text or decoded)."""
+    if isinstance(document, str | bytes | bytearray):
+        try:
+            obj: Any = json.loads(document, object_pairs_hook=_no_duplicates)
+        except PolicyError as exc:
+            raise PolicyError(f"policy document: {exc}") from None
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            raise PolicyError(f"policy document is not valid JSON: {exc}") from None
+    else:
+        obj = document
+    if not isinstance(obj, Mapping):
+        raise PolicyError(f"policy document must be a JSON object, not {type(obj).__name__}")
+    for key in obj:
+        if key not in ("Version", "Id", "Statement"):
+            raise PolicyError(f"policy document: unknown element {key!r}")
+    version = obj.get("Version", "2012-10-17")
+    if not isinstance(version, str) or version not in _VERSIONS:
+        raise PolicyError(f"Version {version!r} must be one of {', '.join(_VERSIONS)}")
+    if "Statement" not in obj:
+        raise PolicyError("policy document: missing Statement")
+    raw = obj["Statement"]
+    if isinstance(raw, dict):
+        raw = [raw]
+    if not isinstance(raw, list):
+        raise PolicyError(
+            f"Statement must be an object or a list of objects, not {type(raw).__name__}"
+        )
+    return version, raw
+
+
 @dataclass(frozen=True, slots=True)
 class Policy:
     """A policy document: statements, evaluated together with every other policy of a principal."""
@@ -551,32 +648,7 @@ class Policy:
     @classmethod
     def from_json(cls, document: str | bytes | Mapping[str, Any]) -> Policy:
         """Parse an AWS-style policy document (JSON text, or the already-decoded object)."""
-        if isinstance(document, str | bytes | bytearray):
-            try:
-                obj: Any = json.loads(document, object_pairs_hook=_no_duplicates)
-            except PolicyError as exc:
-                raise PolicyError(f"policy document: {exc}") from None
-            except (ValueError, UnicodeDecodeError) as exc:
-                raise PolicyError(f"policy document is not valid JSON: {exc}") from None
-        else:
-            obj = document
-        if not isinstance(obj, Mapping):
-            raise PolicyError(f"policy document must be a JSON object, not {type(obj).__name__}")
-        for key in obj:
-            if key not in ("Version", "Id", "Statement"):
-                raise PolicyError(f"policy document: unknown element {key!r}")
-        version = obj.get("Version", "2012-10-17")
-        if not isinstance(version, str) or version not in _VERSIONS:
-            raise PolicyError(f"Version {version!r} must be one of {', '.join(_VERSIONS)}")
-        if "Statement" not in obj:
-            raise PolicyError("policy document: missing Statement")
-        raw = obj["Statement"]
-        if isinstance(raw, dict):
-            raw = [raw]
-        if not isinstance(raw, list):
-            raise PolicyError(
-                f"Statement must be an object or a list of objects, not {type(raw).__name__}"
-            )
+        version, raw = _load_document(document)
         statements = []
         for i, item in enumerate(raw):
             try:
@@ -630,8 +702,8 @@ class Request:
     """What a caller asks to do.
 
     ``action`` must be one of :data:`ACTIONS` (any case; it is stored in canonical spelling).
-    ``resources`` holds every name of the target: its key ARN, and the alias ARN when the caller
-    named the key by an alias; ``()`` for account-level actions.  ``source_ip`` is the caller's
+    ``resources`` holds every name of the target: its key ARN and the ARNs of its aliases (see
+    "Resource names of a key"); ``()`` for account-level actions.  ``source_ip`` is the caller's
     address when known.  Invalid values raise ``ValueError``.
     """
 
@@ -697,24 +769,197 @@ class Request:
         return addr
 
 
+# ------------------------------------------------------------------- principal ARNs, key policies
+
+_PRINCIPAL_ARN_RE: Final = re.compile(r"arn:aws[a-z-]*:iam::(\d{12}):(?:(root)|user/(.+))\Z",
+                                      re.DOTALL)
+_ACCOUNT_RE: Final = re.compile(r"\d{12}\Z")
+
+
+def principal_arn(account: str, name: str) -> str:
+    """The ARN naming principal ``name`` of the instance whose account is ``account``."""
+    return f"arn:aws:iam::{account}:user/{name}"
+
+
+def account_root_arn(account: str) -> str:
+    """The account principal: in a key policy, "defer to the principals' own policies"."""
+    return f"arn:aws:iam::{account}:root"
+
+
+def parse_principal_arn(text: object) -> tuple[str, str | None]:
+    """``(account, principal name)`` of a principal ARN, ``(account, None)`` for the account
+    root; PolicyError for anything else (roles, services, other formats)."""
+    m = _PRINCIPAL_ARN_RE.match(text) if isinstance(text, str) else None
+    if m is None:
+        raise PolicyError(
+            f"principal {text!r} is neither arn:aws:iam::<account>:user/<name> nor "
+            "arn:aws:iam::<account>:root"
+        )
+    account, root, name = m.groups()
+    return account, (None if root else name)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyStatement:
+    """A key policy statement: whom it is about (``principals``, as written: ``"*"``, an
+    account id, an account root ARN or a principal ARN) and the rule itself."""
+
+    principals: tuple[str, ...]
+    statement: Statement
+
+    _anyone: bool = field(init=False, repr=False, compare=False)
+    _accounts: frozenset[str] = field(init=False, repr=False, compare=False)
+    _users: frozenset[tuple[str, str]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.statement, Statement):
+            raise PolicyError("KeyStatement.statement must be a Statement")
+        anyone = False
+        accounts: set[str] = set()
+        users: set[tuple[str, str]] = set()
+        for p in _str_tuple(self.principals, "Principal"):
+            if p == "*":
+                anyone = True
+            elif _ACCOUNT_RE.match(p):
+                accounts.add(p)
+            else:
+                account, name = parse_principal_arn(p)
+                if name is None:
+                    accounts.add(account)
+                else:
+                    users.add((account, name))
+        set_ = object.__setattr__
+        set_(self, "_anyone", anyone)
+        set_(self, "_accounts", frozenset(accounts))
+        set_(self, "_users", frozenset(users))
+
+    def about(self, account: str, name: str) -> Literal["direct", "account"] | None:
+        """How the statement names principal ``name`` of ``account``: itself or everyone
+        (``"direct"``), its account (``"account"``), or not at all."""
+        if self._anyone or (account, name) in self._users:
+            return "direct"
+        return "account" if account in self._accounts else None
+
+
+KeyPolicyEffect = Literal["Deny", "Allow", "Identity"]
+
+
+@dataclass(frozen=True, slots=True)
+class KeyPolicy:
+    """A key policy document: statements with a ``Principal`` (see the module docstring)."""
+
+    statements: tuple[KeyStatement, ...]
+    version: str = "2012-10-17"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.statements, tuple) or not all(
+            isinstance(st, KeyStatement) for st in self.statements
+        ):
+            raise PolicyError("KeyPolicy.statements must be a tuple of KeyStatement")
+        if self.version not in _VERSIONS:
+            raise PolicyError(f"Version {self.version!r} must be one of {', '.join(_VERSIONS)}")
+
+    @classmethod
+    def from_json(cls, document: str | bytes | Mapping[str, Any]) -> KeyPolicy:
+        """Parse a key policy document: a policy document whose every statement names its
+        principals (``Principal``: ``"*"`` or ``{"AWS": <principal or list>}``)."""
+        version, raw = _load_document(document)
+        statements = []
+        for i, item in enumerate(raw):
+            try:
+                statements.append(_parse_key_statement(item))
+            except PolicyError as exc:
+                raise PolicyError(f"Statement[{i}]: {exc}") from None
+        return cls(statements=tuple(statements), version=version)
+
+    def evaluate(self, request: Request, account: str, name: str) -> KeyPolicyEffect | None:
+        """For principal ``name`` of ``account``: ``"Deny"`` (an applicable Deny naming it,
+        everyone or its account), ``"Allow"`` (an applicable Allow naming it or everyone),
+        ``"Identity"`` (only an Allow naming its account: its own policies decide), or None."""
+        result: KeyPolicyEffect | None = None
+        for kst in self.statements:
+            about = kst.about(account, name)
+            if about is None or not kst.statement.applies(request):
+                continue
+            if kst.statement.effect == "Deny":
+                return "Deny"
+            if about == "direct":
+                result = "Allow"
+            elif result is None:
+                result = "Identity"
+        return result
+
+
+def _principals(value: object) -> tuple[str, ...]:
+    if value == "*":
+        return ("*",)
+    if not isinstance(value, dict) or not value:
+        raise PolicyError('Principal must be "*" or an object such as {"AWS": "<ARN>"}')
+    for key in value:
+        if key != "AWS":
+            raise PolicyError(f"Principal {key!r} is not supported (only AWS principals)")
+    return _strings(value["AWS"], "Principal AWS")
+
+
+def _parse_key_statement(obj: object) -> KeyStatement:
+    if not isinstance(obj, dict):
+        raise PolicyError(f"must be an object, not {type(obj).__name__}")
+    if "NotPrincipal" in obj:
+        raise PolicyError(_REFUSED_KEYS["NotPrincipal"])
+    if "Principal" not in obj:
+        raise PolicyError("missing Principal (every key policy statement names principals)")
+    rest = {k: v for k, v in obj.items() if k != "Principal"}
+    return KeyStatement(_principals(obj["Principal"]), _parse_statement(rest))
+
+
+def key_decision(identity: Effect | None, key_policy: KeyPolicy | None, request: Request,
+                 account: str, name: str) -> Effect | None:
+    """The decision on a key from the principal's own policies (``identity``, from
+    :func:`identity_effect`) and the key's policy (None: the default key policy, which defers
+    to the principal's policies): ``"Deny"``, ``"Allow"``, or None (not allowed by policy; a
+    grant may still allow it)."""
+    if identity == "Deny":
+        return "Deny"
+    if key_policy is None:
+        return identity
+    kp = key_policy.evaluate(request, account, name)
+    if kp == "Deny":
+        return "Deny"
+    if kp == "Allow" or (kp == "Identity" and identity == "Allow"):
+        return "Allow"
+    return None
+
+
 # ----------------------------------------------------------------------------------- decision
 
 
-def is_allowed(principal: Principal, request: Request) -> bool:
-    """The decision: same instance, no applicable Deny, at least one applicable Allow."""
+Effect = Literal["Allow", "Deny"]
+
+
+def identity_effect(principal: Principal, request: Request) -> Effect | None:
+    """What the principal's own policies say: ``"Deny"`` (an applicable Deny, or another
+    instance), ``"Allow"`` (an applicable Allow and no Deny), or None (nothing applies)."""
     if principal.instance != request.instance:
-        return False
+        return "Deny"
     allowed = False
     for st in principal._statements:
         if st.applies(request):
             if st.effect == "Deny":
-                return False
+                return "Deny"
             allowed = True
-    return allowed
+    return "Allow" if allowed else None
+
+
+def is_allowed(principal: Principal, request: Request) -> bool:
+    """The decision: same instance, no applicable Deny, at least one applicable Allow."""
+    return identity_effect(principal, request) == "Allow"
+
+
+_MISSING: Final = object()
 
 
 class Authorizer:
-    """:func:`is_allowed` with a bounded decision cache (cleared whole when full).
+    """:func:`identity_effect` with a bounded decision cache (cleared whole when full).
 
     The cached path is one tuple and one dict lookup.  Thread-safe under the GIL: dict reads and
     writes are atomic, :meth:`invalidate` swaps in a fresh dict, and a decision computed across
@@ -728,19 +973,22 @@ class Authorizer:
             raise ValueError("max_entries must be at least 1")
         self._max_entries = max_entries
         self._generation = 0
-        self._cache: dict[tuple[str, str], bool] = {}
+        self._cache: dict[tuple[str, str], Effect | None] = {}
 
     def check(self, principal: Principal, request: Request) -> bool:
+        return self.effect(principal, request) == "Allow"
+
+    def effect(self, principal: Principal, request: Request) -> Effect | None:
+        """:func:`identity_effect`, cached."""
         if principal._uses_context:
-            return is_allowed(principal, request)
+            return identity_effect(principal, request)
         key = (principal.id, request._cache_key)
-        try:
-            return self._cache[key]
-        except KeyError:
-            pass
-        generation = self._generation
         cache = self._cache
-        decision = is_allowed(principal, request)
+        hit = cache.get(key, _MISSING)
+        if hit is not _MISSING:
+            return hit  # type: ignore[return-value]
+        generation = self._generation
+        decision = identity_effect(principal, request)
         if generation == self._generation:
             if len(cache) >= self._max_entries:
                 cache.clear()

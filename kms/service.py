@@ -1,8 +1,10 @@
 """The KMS service: :class:`Kms` (shared, thread-safe) and :class:`KmsClient` (a caller).
 
 Every operation runs one pipeline: resolve the key (id, ARN, alias or alias ARN) ->
-authorise (principal, policy, instance; a caller without a grant is told the key does not
-exist) -> check state and usage -> the pool or software operation -> audit.
+authorise (instance; the principal's policies, the key's policy and grants, against the key
+ARN and its aliases' ARNs: see :mod:`kms.policy`; a caller not allowed is told the key does
+not exist) -> check state and usage -> the pool or software operation -> audit (once, under
+the operation's own action).
 
 Key records are immutable; a change builds the new record, the store writes it in one
 transaction (compare-and-swap on the revision), and only then is it swapped into the cache.
@@ -15,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import itertools
+import logging
 import os
 import random
 import re
@@ -39,12 +42,14 @@ from hsmpool.gm import InvalidTag as GmInvalidTag
 from hsmpool.instance import Instance, SignAlgorithm
 from kms import ciphertext as ctf
 from kms import errors as E
+from kms import grants as _grants
 from kms import importing as _importing
 from kms.audit import AuditEvent as _AuditEvent
 from kms.config import KmsSettings
 from kms.model import (
     SPECS,
     AliasRecord,
+    Grant,
     KeyRecord,
     KeySpec,
     KeyState,
@@ -53,9 +58,19 @@ from kms.model import (
     Origin,
     ProtectionLevel,
 )
+from kms.policy import (
+    Authorizer,
+    KeyPolicy,
+    PolicyError,
+    Request,
+    identity_effect,
+    key_decision,
+    principal_arn,
+)
 from kms.store import ConcurrentUpdate, Store
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 DAY: Final = 86400.0
 _UUID_RE: Final = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -70,6 +85,7 @@ _HASH_OBJ: Final[dict[str, hashes.HashAlgorithm]] = {
     "SHA_512": hashes.SHA512()}
 _MAC_HASH: Final = {"HMAC_SHA_256": "sha256", "HMAC_SHA_384": "sha384",
                     "HMAC_SHA_512": "sha512"}
+_SYMMETRIC_NAMES: Final = frozenset({"SYMMETRIC_DEFAULT", "SM4_GCM"})
 MAX_MESSAGE: Final = 4096
 CAS_ATTEMPTS: Final = 20  # compare-and-swap attempts of a key change before giving up
 
@@ -206,9 +222,14 @@ class Kms:
         self.audit = audit
         self.now = now
         self._owns_pool = owns_pool
-        self._authorizer = authorizer
+        self._authorizer: Authorizer | None = authorizer
         self._keys: dict[str, KeyRecord] = {}
         self._aliases: dict[tuple[str, str], str | None] = {}
+        # Per key: its resource names (key ARN, then the ARNs of its aliases) and its grants
+        # by grantee principal id; key policies parsed, by document text.
+        self._names: dict[str, tuple[str, ...]] = {}
+        self._grants: dict[str, Mapping[str, tuple[Grant, ...]]] = {}
+        self._key_policies: dict[str, KeyPolicy] = {}
         self._versions: dict[str, KeyVersion] = {}
         self._blobs: dict[str, KeyBlob] = {}
         self._headers: dict[str, bytes] = {}  # version id -> ciphertext header
@@ -329,7 +350,22 @@ class Kms:
             self._generation += 1
             self._keys.clear()
             self._aliases.clear()
+            self._names.clear()
+            self._grants.clear()
             self._versions.clear()  # blobs can be shredded or restored by another process
+        self._forget_decisions()  # key policies, aliases or grants may have changed
+
+    @property
+    def authorizer(self) -> Authorizer:
+        """The decision cache of this service's callers (made on first use)."""
+        authz = self._authorizer
+        if authz is None:
+            authz = self._authorizer = Authorizer()
+        return authz
+
+    def _forget_decisions(self) -> None:
+        if self._authorizer is not None:
+            self._authorizer.invalidate()
 
     def account(self, instance: str) -> str:
         acct = self._accounts.get(instance)
@@ -364,11 +400,70 @@ class Kms:
             self._generation += 1
             self._keys.pop(rec.key_id, None)
 
-    def _forget_alias(self, instance: str, name: str) -> None:
-        """After an alias write: evict it (as :meth:`_swap` does for keys)."""
+    def _forget_alias(self, instance: str, name: str, *key_ids: str) -> None:
+        """After an alias write: evict it and the resource names of the keys it pointed at
+        and points at (as :meth:`_swap` does for keys)."""
         with self._cache_lock:
             self._generation += 1
             self._aliases.pop((instance, name), None)
+            for key_id in key_ids:
+                self._names.pop(key_id, None)
+
+    def resource_names(self, rec: KeyRecord) -> tuple[str, ...]:
+        """The names a policy sees a key by: its ARN and the ARNs of every alias pointing at
+        it now (AWS's kms:ResourceAliases). Cached; alias writes and other processes'
+        commits evict them."""
+        names = self._names.get(rec.key_id)
+        if names is None:
+            generation = self._generation
+            aliases = self.store.alias_names_of_key(rec.instance, rec.key_id)
+            names = (rec.arn, *(self.alias_arn(rec.instance, a) for a in aliases))
+            with self._cache_lock:
+                if generation == self._generation:
+                    self._names[rec.key_id] = names
+        return names
+
+    def grants_for(self, key_id: str) -> Mapping[str, tuple[Grant, ...]]:
+        """A key's grants by grantee principal id. Cached; grant writes and other
+        processes' commits evict them."""
+        by_grantee = self._grants.get(key_id)
+        if by_grantee is None:
+            generation = self._generation
+            index: dict[str, list[Grant]] = {}
+            for g in self.store.grants_of_key(key_id):
+                index.setdefault(g.grantee_id, []).append(g)
+            by_grantee = {pid: tuple(gs) for pid, gs in index.items()}
+            with self._cache_lock:
+                if generation == self._generation:
+                    self._grants[key_id] = by_grantee
+        return by_grantee
+
+    def forget_grants(self, key_id: str) -> None:
+        """After a grant write: evict the key's grants and every cached decision."""
+        with self._cache_lock:
+            self._generation += 1
+            self._grants.pop(key_id, None)
+        self._forget_decisions()
+
+    def key_policy(self, rec: KeyRecord) -> KeyPolicy | None:
+        """A key's policy, parsed (None: the default policy, which defers to the
+        principals' own policies). A stored document that does not parse (written before
+        key policies were checked) allows nobody: only grants then give access."""
+        text = rec.policy
+        if text is None:
+            return None
+        kp = self._key_policies.get(text)
+        if kp is None:
+            try:
+                kp = KeyPolicy.from_json(text)
+            except PolicyError:
+                log.warning("key %s: its stored key policy does not parse; it allows no "
+                            "principal until replaced (PutKeyPolicy)", rec.key_id)
+                kp = _NOBODY
+            if len(self._key_policies) > 4096:
+                self._key_policies.clear()
+            self._key_policies[text] = kp
+        return kp
 
     def _version(self, version_id: str) -> KeyVersion | None:
         v = self._versions.get(version_id)
@@ -438,7 +533,7 @@ class Kms:
         t = self.now() if now is None else now
         done: dict[str, list[str]] = {"rotated": [], "purged": [], "expired": []}
         for rec in self.store.keys_due(t):
-            if _is_deleted(rec):
+            if rec.purged:
                 continue  # purged already: its row stays (PendingDeletion) for the audit trail
             inst = self.pool.instance(rec.instance)
             job = KmsClient(self, rec.instance, None, None, audit_name=SCHEDULER_PRINCIPAL)
@@ -499,8 +594,7 @@ class Kms:
     def _purge(self, inst: Instance, rec: KeyRecord) -> None:
         versions = self.store.list_versions(rec.key_id)
         new = rec.evolve(state=KeyState.PENDING_DELETION, primary_version=None,
-                         deletion_date=rec.deletion_date, description=rec.description)
-        new = _deleted(new)
+                         purged_at=self.now())
         self.store.destroy_material(rec, new)
         self._forget_versions(versions, inst)
         self._swap(new)
@@ -527,7 +621,8 @@ DURABLE_ACTIONS: Final = frozenset({
     "kms:UntagResource", "kms:CreateAlias", "kms:UpdateAlias", "kms:DeleteAlias",
     "kms:EnableKeyRotation", "kms:DisableKeyRotation", "kms:RotateKeyOnDemand",
     "kms:GetParametersForImport", "kms:ImportKeyMaterial", "kms:DeleteImportedKeyMaterial",
-    "kms:PutKeyPolicy", "kms:RotateKey", "kms:DeleteKey", "kms:ExpireKeyMaterial",
+    "kms:PutKeyPolicy", "kms:CreateGrant", "kms:RetireGrant", "kms:RevokeGrant",
+    "kms:RotateKey", "kms:DeleteKey", "kms:ExpireKeyMaterial",
 })
 _REQUEST_PREFIX: Final = f"{os.getpid():x}-{secrets.token_hex(4)}-"
 _request_counter = itertools.count(1)
@@ -538,18 +633,7 @@ def _next_request_id() -> str:
     return _REQUEST_PREFIX + str(next(_request_counter))
 
 
-_DELETED_MARK: Final = "\x00deleted"
-
-
-def _deleted(rec: KeyRecord) -> KeyRecord:
-    """A purged key keeps its row (and versions, blobs shredded) for the audit trail; the
-    service treats it as not found."""
-    return KeyRecord(**{**{f: getattr(rec, f) for f in rec.__dataclass_fields__},
-                        "policy": _DELETED_MARK})
-
-
-def _is_deleted(rec: KeyRecord) -> bool:
-    return rec.policy == _DELETED_MARK
+_NOBODY: Final = KeyPolicy(())  # a key policy that allows no principal
 
 
 def pool_error(exc: hsmpool.HsmPoolError) -> E.KmsError:
@@ -587,6 +671,11 @@ class KmsClient:
             "" if principal is None else str(getattr(principal, "name", "")))
         self.source_ip = source_ip
         self._store = kms.store
+        self._account = kms.account(instance)
+        #: The caller's principal ARN (grants and key policies name principals by it);
+        #: None for the embedder.
+        self.principal_arn = None if principal is None else principal_arn(self._account,
+                                                                          principal.name)
         self._decisions: dict[tuple[str, tuple[str, ...]], tuple[int, bool]] = {}
         # Decisions of principals whose policies look at the encryption context are never
         # remembered (the Authorizer does not cache them either).
@@ -595,17 +684,16 @@ class KmsClient:
 
     # --- pipeline ----------------------------------------------------------------------
 
-    def _resolve(self, key_id: object) -> tuple[KeyRecord, tuple[str, ...]]:
-        """The key record and the resource names it was addressed by (for policies)."""
+    def _resolve(self, key_id: object) -> tuple[KeyRecord, str | None]:
+        """The key record, and the alias it was named by (None: by key id or key ARN)."""
         kms = self.kms
         kms._fresh()
         if type(key_id) is str:
             hit = kms._keys.get(key_id)
-            if hit is not None and hit.instance == self.instance_name and not _is_deleted(hit):
-                return hit, (hit.arn,)
+            if hit is not None and hit.instance == self.instance_name and hit.purged_at is None:
+                return hit, None
         if not isinstance(key_id, str) or not key_id:
             raise E.Validation("KeyId must be a non-empty string")
-        names: tuple[str, ...]
         target = key_id
         alias: str | None = None
         if key_id.startswith("arn:"):
@@ -613,7 +701,7 @@ class KmsClient:
             if m is None:
                 raise E.NotFound(f"key {key_id!r} does not exist")
             region, account, kind, rest = m.groups()
-            if region != kms.settings.region or account != kms.account(self.instance_name):
+            if region != kms.settings.region or account != self._account:
                 raise E.NotFound(f"key {key_id!r} does not exist")
             if kind == "alias":
                 alias = "alias/" + rest
@@ -622,64 +710,114 @@ class KmsClient:
         elif key_id.startswith("alias/"):
             alias = key_id
         if alias is not None:
-            cache_key = (self.instance_name, alias)
-            target_id = kms._aliases.get(cache_key)
-            if target_id is None:
-                generation = kms._generation
-                rec_a = self._store.get_alias(self.instance_name, alias)
-                if rec_a is None:
-                    raise E.NotFound(f"alias {alias!r} does not exist")
-                target_id = rec_a.key_id
-                with kms._cache_lock:
-                    if generation == kms._generation:  # no write or drop since the read
-                        kms._aliases[cache_key] = target_id
-            target = target_id
+            target = self._alias_target(alias)
         rec = kms._key(target) if _UUID_RE.match(target) else None
-        if rec is None or rec.instance != self.instance_name or _is_deleted(rec):
+        if rec is None or rec.instance != self.instance_name or rec.purged:
             raise E.NotFound(f"key {key_id!r} does not exist")
+        return rec, alias
+
+    def _alias_target(self, alias: str) -> str:
+        kms = self.kms
+        cache_key = (self.instance_name, alias)
+        target_id = kms._aliases.get(cache_key)
+        if target_id is None:
+            generation = kms._generation
+            rec_a = self._store.get_alias(self.instance_name, alias)
+            if rec_a is None:
+                raise E.NotFound(f"alias {alias!r} does not exist")
+            target_id = rec_a.key_id
+            with kms._cache_lock:
+                if generation == kms._generation:  # no write or drop since the read
+                    kms._aliases[cache_key] = target_id
+        return target_id
+
+    def _names(self, rec: KeyRecord, alias: str | None = None) -> tuple[str, ...]:
+        """The resource names a key operation is authorised against: the key ARN and the
+        ARNs of the key's aliases (kms:ResourceAliases), with the alias the caller named it
+        by (kms:RequestAlias) among them."""
+        names = self.kms.resource_names(rec)
         if alias is not None:
-            names = (rec.arn, kms.alias_arn(self.instance_name, alias))
-        else:
-            names = (rec.arn,)
-        return rec, names
+            arn = self.kms.alias_arn(self.instance_name, alias)
+            if arn not in names:
+                names = (*names, arn)
+        return names
 
     def _allow(self, action: str, resources: tuple[str, ...],
-               context: Mapping[str, str] | None = None) -> bool:
-        if self.principal is None:
+               context: Mapping[str, str] | None = None, *, key: KeyRecord | None = None,
+               tokens: Sequence[tuple[str, str]] = (),
+               grant_ok: Callable[[Grant], bool] | None = None) -> bool:
+        """The decision for the caller: its own policies and, for an operation on ``key``,
+        the key's policy and grants (those of ``tokens`` too; ``grant_ok`` replaces the
+        usual grant rule for CreateGrant). See :mod:`kms.policy`."""
+        principal = self.principal
+        if principal is None:
             return True
-        # A client is one principal from one address: without an encryption context the
-        # answer depends only on (action, resources), so it is remembered here and a policy
-        # Request is built only on a miss (the Authorizer's generation voids old answers).
-        authz = self.kms._authorizer
-        if authz is None:
-            from kms.policy import Authorizer
-
-            authz = self.kms._authorizer = Authorizer()
-        key = (action, resources)
-        if not context:
-            hit = self._decisions.get(key)
-            if hit is not None and hit[0] == authz.generation:
+        # A client is one principal from one address: without an encryption context, grant
+        # tokens or a special grant rule, the answer depends only on (action, resources), so
+        # it is remembered here and a policy Request is built only on a miss (the
+        # Authorizer's generation voids old answers: policy, key policy or grant changes).
+        authz = self.kms.authorizer
+        generation = authz.generation
+        dkey = (action, resources)
+        cacheable = not context and not tokens and grant_ok is None
+        if cacheable:
+            hit = self._decisions.get(dkey)
+            if hit is not None and hit[0] == generation:
                 return hit[1]
-        from kms.policy import Request
-
         req = Request(action=action, resources=resources, instance=self.instance_name,
                       source_ip=self.source_ip, encryption_context=context or {})
-        allowed = bool(authz.check(self.principal, req))
-        if not context and not self._principal_has_conditions:
+        identity = authz.effect(principal, req)
+        if key is None:
+            allowed = identity == "Allow"
+        else:
+            decision = key_decision(identity, self.kms.key_policy(key), req, self._account,
+                                    principal.name)
+            allowed = decision == "Allow" if decision is not None else self._granted(
+                key, action, context, tokens, grant_ok)
+        if cacheable and not self._principal_has_conditions:
             if len(self._decisions) > 4096:
                 self._decisions.clear()
-            self._decisions[key] = (authz.generation, allowed)
+            self._decisions[dkey] = (generation, allowed)
         return allowed
 
+    def _granted(self, rec: KeyRecord, action: str, context: Mapping[str, str] | None,
+                 tokens: Sequence[tuple[str, str]],
+                 grant_ok: Callable[[Grant], bool] | None) -> bool:
+        """Whether a grant on the key to the caller allows the action: a grant of the key's
+        (cached), or one named by a grant token (looked up at once: effective even before
+        this process has seen the commit)."""
+        pid = self.principal.id
+        ok = grant_ok if grant_ok is not None else (lambda g: g.allows(action, context))
+        mine = self.kms.grants_for(rec.key_id).get(pid, ())
+        if any(ok(g) for g in mine):
+            return True
+        for grant_id, token in tokens:
+            g = next((g for g in mine if g.grant_id == grant_id), None)
+            if g is None:
+                g = self._store.get_grant(grant_id)
+            if g is not None and g.key_id == rec.key_id and g.grantee_id == pid \
+                    and hmac.compare_digest(g.token, token) and ok(g):
+                return True
+        return False
+
     def _key_for(self, action: str, key_id: object,
-                 context: Mapping[str, str] | None = None) -> KeyRecord:
-        rec, names = self._resolve(key_id)
-        if not self._allow(action, names, context):
+                 context: Mapping[str, str] | None = None, *,
+                 tokens: Sequence[tuple[str, str]] = (), key_arn_only: bool = False,
+                 grant_ok: Callable[[Grant], bool] | None = None) -> KeyRecord:
+        """Resolve and authorise; NotFound for a caller who may not (whether or not the key
+        exists). ``key_arn_only``: authorise against the key ARN alone (alias management:
+        the aliases are the subject of the operation, not a name of the key)."""
+        rec, alias = self._resolve(key_id)
+        if self.principal is None:
+            return rec
+        names = (rec.arn,) if key_arn_only else self._names(rec, alias)
+        if not self._allow(action, names, context, key=rec, tokens=tokens, grant_ok=grant_ok):
             raise E.NotFound(f"key {key_id!r} does not exist")
         return rec
 
     def _audit(self, action: str, key: KeyRecord | None, version: str | None, result: str,
-               context: Mapping[str, str] | None = None) -> None:
+               context: Mapping[str, str] | None = None,
+               extra: Mapping[str, str] | None = None) -> None:
         log = self.kms.audit
         if log is None:
             return
@@ -691,6 +829,8 @@ class KmsClient:
             secret = self.kms.settings.secret_context_keys
             details = {"ctx:" + k: ("<redacted>" if k in secret or k.startswith("secret:")
                                     else v) for k, v in context.items()}
+        if extra:
+            details = {**details, **extra}
         try:
             record = log.record  # AuditLog's unchecked fast path: the values are built here
         except AttributeError:  # a log with only append(AuditEvent), e.g. a test double
@@ -743,10 +883,16 @@ class KmsClient:
     def create_key(self, key_spec: str = "SYMMETRIC_DEFAULT", key_usage: str | None = None,
                    description: str = "", origin: str = "AWS_KMS",
                    tags: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
-                   policy: str | None = None) -> KeyRecord:
+                   policy: str | None = None, *,
+                   bypass_policy_lockout_safety_check: bool = False) -> KeyRecord:
+        """A new key. ``policy``: its key policy document (default: the default key policy,
+        under which the principals' own policies decide); it must let the caller change it
+        later (PutKeyPolicy) unless ``bypass_policy_lockout_safety_check``."""
+
         def body() -> KeyRecord:
             if not self._allow("kms:CreateKey", ()):
                 raise E.AccessDenied("not allowed to create keys")
+            key_policy = None if policy is None else check_key_policy(policy)
             try:
                 spec = KeySpec(key_spec)
             except ValueError:
@@ -769,12 +915,14 @@ class KmsClient:
             tag_pairs = _tags(tags)
             now = self.kms.now()
             key_id = str(uuid.uuid4())
+            arn = self.kms.key_arn(self.instance_name, key_id)
+            if key_policy is not None and not bypass_policy_lockout_safety_check:
+                self._check_lockout(key_policy, lambda: (arn,))
             version = None
             if org is Origin.AWS_KMS:
                 version = self.kms.new_version(self.inst, key_id, spec, 1, now)
             rec = KeyRecord(
-                key_id=key_id, instance=self.instance_name,
-                arn=self.kms.key_arn(self.instance_name, key_id), spec=spec, usage=usage,
+                key_id=key_id, instance=self.instance_name, arn=arn, spec=spec, usage=usage,
                 origin=org,
                 state=KeyState.ENABLED if version else KeyState.PENDING_IMPORT, created=now,
                 description=description,
@@ -787,9 +935,10 @@ class KmsClient:
 
         return self._run("kms:CreateKey", body)
 
-    def describe_key(self, key_id: str) -> KeyRecord:
+    def describe_key(self, key_id: str, *, grant_tokens: Sequence[str] = ()) -> KeyRecord:
         def body() -> KeyRecord:
-            rec = self._key_for("kms:DescribeKey", key_id)
+            rec = self._key_for("kms:DescribeKey", key_id,
+                                tokens=_grants.parse_tokens(grant_tokens))
             self._audit("kms:DescribeKey", rec, None, "ok")
             return rec
 
@@ -804,7 +953,7 @@ class KmsClient:
             recs = [r for r in self._store.list_keys(self.instance_name, after, lim + 1)]
             more = len(recs) > lim
             recs = recs[:lim]
-            items = tuple(r for r in recs if not _is_deleted(r))
+            items = tuple(r for r in recs if not r.purged)
             nxt = recs[-1].key_id if more and recs else None
             self._audit("kms:ListKeys", None, None, "ok")
             return ListPage(items, nxt)
@@ -906,11 +1055,69 @@ class KmsClient:
             tags=tuple((k, v) for k, v in rec.tags if k not in drop)))
 
     def list_resource_tags(self, key_id: str) -> tuple[tuple[str, str], ...]:
-        return self.describe_key(key_id).tags if self._allow_tags(key_id) else ()
+        def body() -> tuple[tuple[str, str], ...]:
+            rec = self._key_for("kms:ListResourceTags", key_id)
+            self._audit("kms:ListResourceTags", rec, None, "ok")
+            return rec.tags
 
-    def _allow_tags(self, key_id: str) -> bool:
-        self._key_for("kms:ListResourceTags", key_id)
-        return True
+        return self._run("kms:ListResourceTags", body)
+
+    # --- key policies --------------------------------------------------------------------
+
+    def get_key_policy(self, key_id: str, policy_name: str = "default") -> str:
+        """The key policy document: as given (CreateKey, PutKeyPolicy), or the default
+        (the account root may use the key: the principals' own policies decide)."""
+
+        def body() -> str:
+            rec = self._key_for("kms:GetKeyPolicy", key_id)
+            if policy_name != "default":
+                raise E.NotFound(f"key {rec.arn} has no key policy named {policy_name!r}")
+            self._audit("kms:GetKeyPolicy", rec, None, "ok")
+            return rec.policy if rec.policy is not None else default_key_policy(self._account)
+
+        return self._run("kms:GetKeyPolicy", body)
+
+    def list_key_policies(self, key_id: str) -> tuple[str, ...]:
+        def body() -> tuple[str, ...]:
+            rec = self._key_for("kms:ListKeyPolicies", key_id)
+            self._audit("kms:ListKeyPolicies", rec, None, "ok")
+            return ("default",)
+
+        return self._run("kms:ListKeyPolicies", body)
+
+    def put_key_policy(self, key_id: str, policy: str, policy_name: str = "default", *,
+                       bypass_policy_lockout_safety_check: bool = False) -> KeyRecord:
+        """Replace the key policy (checked as in :meth:`create_key`); it applies to the
+        next request of every caller."""
+        if policy_name != "default":
+            raise E.Validation("only the key policy named 'default' can be set")
+        key_policy = check_key_policy(policy)
+
+        def fn(rec: KeyRecord) -> KeyRecord | None:
+            if not bypass_policy_lockout_safety_check:
+                self._check_lockout(key_policy, lambda: self._names(rec))
+            return rec.evolve(policy=policy)
+
+        try:
+            return self._change("kms:PutKeyPolicy", key_id, fn)
+        finally:
+            self.kms._forget_decisions()
+
+    def _check_lockout(self, key_policy: KeyPolicy,
+                       names: Callable[[], tuple[str, ...]]) -> None:
+        """AWS's lockout safety check: the new key policy must let the caller (a principal)
+        run PutKeyPolicy on the key (known by ``names()``)."""
+        principal = self.principal
+        if principal is None:
+            return  # the embedder is bound by no key policy
+        req = Request(action="kms:PutKeyPolicy", resources=names(),
+                      instance=self.instance_name, source_ip=self.source_ip)
+        decision = key_decision(identity_effect(principal, req), key_policy, req,
+                                self._account, principal.name)
+        if decision != "Allow":
+            raise E.MalformedPolicyDocument(
+                "the new key policy would not allow you to update the key policy in the "
+                "future (set BypassPolicyLockoutSafetyCheck to set it anyway)")
 
     # --- rotation ----------------------------------------------------------------------
 
@@ -997,56 +1204,77 @@ class KmsClient:
             raise E.InvalidAliasName("the alias/aws/ prefix is reserved")
         return name
 
+    def _alias_arn(self, name: str) -> tuple[str, ...]:
+        return (self.kms.alias_arn(self.instance_name, name),)
+
+    def _allow_on_key(self, action: str, rec: KeyRecord) -> bool:
+        """Alias management's check on a key: the action on the key ARN alone."""
+        return self._allow(action, (rec.arn,), key=rec)
+
     def create_alias(self, alias_name: str, target_key_id: str) -> AliasRecord:
+        """kms:CreateAlias on the alias and on the key (as in AWS)."""
+
         def body() -> AliasRecord:
             name = self._check_alias(alias_name)
-            rec = self._key_for("kms:CreateAlias", target_key_id)
-            if not self._allow("kms:CreateAlias", (self.kms.alias_arn(self.instance_name,
-                                                                      name),)):
+            rec = self._key_for("kms:CreateAlias", target_key_id, key_arn_only=True)
+            if not self._allow("kms:CreateAlias", self._alias_arn(name)):
                 raise E.AccessDenied(f"not allowed to create alias {name}")
             if rec.state is KeyState.PENDING_DELETION:
                 raise E.KMSInvalidState(f"key {rec.arn} is pending deletion")
             now = self.kms.now()
             alias = AliasRecord(self.instance_name, name, rec.key_id, now, now)
             self._store.put_alias(alias, create=True)
-            self.kms._forget_alias(self.instance_name, name)
+            self.kms._forget_alias(self.instance_name, name, rec.key_id)
             self._audit("kms:CreateAlias", rec, None, "ok")
             return alias
 
         return self._run("kms:CreateAlias", body)
 
+    def _current_alias(self, action: str, name: str) -> tuple[AliasRecord, KeyRecord]:
+        """The alias and the key it points at, if the caller may run ``action`` on both;
+        NotFound otherwise, whether or not the alias exists."""
+        if not self._allow(action, self._alias_arn(name)):
+            raise E.NotFound(f"alias {name} does not exist")
+        self.kms._fresh()
+        old = self._store.get_alias(self.instance_name, name)
+        key = self.kms._key(old.key_id) if old is not None else None
+        if old is None or key is None or not self._allow_on_key(action, key):
+            raise E.NotFound(f"alias {name} does not exist")
+        return old, key
+
     def update_alias(self, alias_name: str, target_key_id: str) -> AliasRecord:
+        """kms:UpdateAlias on the alias, on the key it points at and on the new key."""
+
         def body() -> AliasRecord:
             name = self._check_alias(alias_name)
-            old = self._store.get_alias(self.instance_name, name)
-            if old is None or not self._allow(
-                    "kms:UpdateAlias", (self.kms.alias_arn(self.instance_name, name),)):
-                raise E.NotFound(f"alias {name} does not exist")
-            rec = self._key_for("kms:UpdateAlias", target_key_id)
+            old, old_key = self._current_alias("kms:UpdateAlias", name)
+            rec = self._key_for("kms:UpdateAlias", target_key_id, key_arn_only=True)
             if rec.state is KeyState.PENDING_DELETION:
                 raise E.KMSInvalidState(f"key {rec.arn} is pending deletion")
-            old_key = self.kms._key(old.key_id)
-            if old_key is not None and old_key.usage is not rec.usage:
+            if old_key.usage is not rec.usage:
                 raise E.Validation("an alias can only move to a key with the same usage")
             alias = AliasRecord(self.instance_name, name, rec.key_id, old.created,
                                 self.kms.now())
             self._store.put_alias(alias, create=False)
-            self.kms._forget_alias(self.instance_name, name)
+            self.kms._forget_alias(self.instance_name, name, old.key_id, rec.key_id)
             self._audit("kms:UpdateAlias", rec, None, "ok")
             return alias
 
         return self._run("kms:UpdateAlias", body)
 
     def delete_alias(self, alias_name: str) -> None:
+        """kms:DeleteAlias on the alias and on the key it points at."""
+
         def body() -> None:
             name = self._check_alias(alias_name)
-            if not self._allow("kms:DeleteAlias",
-                               (self.kms.alias_arn(self.instance_name, name),)):
-                raise E.NotFound(f"alias {name} does not exist")
-            if not self._store.delete_alias(self.instance_name, name):
-                raise E.NotFound(f"alias {name} does not exist")
-            self.kms._forget_alias(self.instance_name, name)
-            self._audit("kms:DeleteAlias", None, None, "ok")
+            for _attempt in range(CAS_ATTEMPTS):
+                old, key = self._current_alias("kms:DeleteAlias", name)
+                if self._store.delete_alias(self.instance_name, name, key_id=old.key_id):
+                    self.kms._forget_alias(self.instance_name, name, old.key_id)
+                    self._audit("kms:DeleteAlias", key, None, "ok")
+                    return
+                self.kms._forget_alias(self.instance_name, name, old.key_id)  # moved meanwhile
+            raise E.KMSInternal("the alias is changing too fast; retry")
 
         self._run("kms:DeleteAlias", body)
 
@@ -1085,21 +1313,23 @@ class KmsClient:
         return hdr + nonce + self.kms.sm4(self.inst, v).encrypt(nonce, plaintext, aad), v
 
     def _open(self, blob: object, context: Mapping[str, str] | None, action: str,
-              expect_key: str | None) -> tuple[KeyRecord, KeyVersion, bytes]:
+              expect_key: str | None, tokens: Sequence[tuple[str, str]] = ()
+              ) -> tuple[KeyRecord, KeyVersion, bytes]:
         parsed = ctf.parse(blob)  # type: ignore[arg-type]
         self.kms._fresh()
         v = self.kms._version(parsed.version_id)
         if v is None:
             raise E.InvalidCiphertext("the ciphertext is not valid")
         rec = self.kms._key(v.key_id)
-        if rec is None or rec.instance != self.instance_name or _is_deleted(rec):
+        if rec is None or rec.instance != self.instance_name or rec.purged:
             raise E.InvalidCiphertext("the ciphertext is not valid")
-        if expect_key is not None:
-            wanted, _ = self._resolve(expect_key)
-            if wanted.key_id != rec.key_id:
-                raise E.IncorrectKey("the ciphertext was not made with the given key")
-        if not self._allow(action, (rec.arn,), context):
+        # Authorised on the ciphertext's key first: a caller who may not use it learns
+        # nothing about the KeyId it named (whether that alias or key exists).
+        if self.principal is not None and not self._allow(
+                action, self._names(rec), context, key=rec, tokens=tokens):
             raise E.NotFound("key does not exist")
+        if expect_key is not None:
+            self._expect_key(rec, expect_key)
         self._check_state(rec)
         self._check_usage(rec, KeyUsage.ENCRYPT_DECRYPT)
         if not rec.info.symmetric:
@@ -1125,18 +1355,34 @@ class KmsClient:
                                       "context does not match") from None
         return rec, v, plaintext
 
+    def _expect_key(self, rec: KeyRecord, expect_key: str) -> None:
+        """Decrypt's KeyId must name the ciphertext's key (IncorrectKey if it names another;
+        NotFound if it names none). Checked only once the caller may use that key."""
+        wanted, _ = self._resolve(expect_key)
+        if wanted.key_id != rec.key_id:
+            raise E.IncorrectKey("the ciphertext was not made with the given key")
+
     def encrypt(self, key_id: str, plaintext: bytes,
                 encryption_context: Mapping[str, str] | None = None,
-                encryption_algorithm: str = "SYMMETRIC_DEFAULT") -> EncryptResult:
+                encryption_algorithm: str = "SYMMETRIC_DEFAULT", *,
+                grant_tokens: Sequence[str] = ()) -> EncryptResult:
+        """Encrypt under a key. For SM4 keys ``encryption_algorithm`` may also be
+        ``"SM4_GCM"`` (a name for their SYMMETRIC_DEFAULT); the result names the algorithm
+        as asked."""
+
         def body() -> EncryptResult:
             data = _bytes(plaintext, "Plaintext", max_len=self.kms.settings.max_plaintext)
-            rec = self._key_for("kms:Encrypt", key_id, encryption_context)
+            rec = self._key_for("kms:Encrypt", key_id, encryption_context,
+                                tokens=_grants.parse_tokens(grant_tokens) if grant_tokens
+                                else ())
             self._check_state(rec)
             self._check_usage(rec, KeyUsage.ENCRYPT_DECRYPT)
-            if encryption_algorithm not in rec.info.encryption_algorithms:
+            info = rec.info
+            if encryption_algorithm not in info.encryption_algorithms and \
+                    encryption_algorithm not in info.encryption_aliases:
                 raise E.InvalidKeyUsage(f"{rec.spec.value} keys do not support "
                                         f"{encryption_algorithm}")
-            if rec.info.symmetric:
+            if info.symmetric:
                 blob, v = self._seal(rec, data, encryption_context)
             else:
                 if encryption_context:
@@ -1151,21 +1397,31 @@ class KmsClient:
     def decrypt(self, ciphertext_blob: bytes,
                 encryption_context: Mapping[str, str] | None = None,
                 key_id: str | None = None,
-                encryption_algorithm: str = "SYMMETRIC_DEFAULT") -> DecryptResult:
+                encryption_algorithm: str = "SYMMETRIC_DEFAULT", *,
+                grant_tokens: Sequence[str] = ()) -> DecryptResult:
         def body() -> DecryptResult:
-            if encryption_algorithm != "SYMMETRIC_DEFAULT":
+            tokens = _grants.parse_tokens(grant_tokens) if grant_tokens else ()
+            if not isinstance(encryption_algorithm, str):
+                raise E.Validation("EncryptionAlgorithm must be a string")
+            if encryption_algorithm not in _SYMMETRIC_NAMES:
                 if key_id is None:
                     raise E.Validation("KeyId is required for asymmetric decryption")
-                return self._asym_decrypt(key_id, ciphertext_blob, encryption_algorithm)
+                return self._asym_decrypt(key_id, ciphertext_blob, encryption_algorithm,
+                                          tokens)
             rec, v, plaintext = self._open(ciphertext_blob, encryption_context, "kms:Decrypt",
-                                           key_id)
+                                           key_id, tokens)
+            if encryption_algorithm != "SYMMETRIC_DEFAULT" and \
+                    not rec.info.offers_encryption(encryption_algorithm):
+                raise E.InvalidKeyUsage(f"{rec.spec.value} keys do not support "
+                                        f"{encryption_algorithm}")
             self._audit("kms:Decrypt", rec, v.version_id, "ok", encryption_context)
-            return DecryptResult(plaintext, rec.arn, "SYMMETRIC_DEFAULT", v.version_id)
+            return DecryptResult(plaintext, rec.arn, encryption_algorithm, v.version_id)
 
         return self._run("kms:Decrypt", body)
 
-    def _asym_decrypt(self, key_id: str, blob: bytes, algorithm: str) -> DecryptResult:
-        rec = self._key_for("kms:Decrypt", key_id)
+    def _asym_decrypt(self, key_id: str, blob: bytes, algorithm: str,
+                      tokens: Sequence[tuple[str, str]]) -> DecryptResult:
+        rec = self._key_for("kms:Decrypt", key_id, tokens=tokens)
         self._check_state(rec)
         self._check_usage(rec, KeyUsage.ENCRYPT_DECRYPT)
         if algorithm not in rec.info.encryption_algorithms:
@@ -1186,15 +1442,17 @@ class KmsClient:
     def re_encrypt(self, ciphertext_blob: bytes, destination_key_id: str,
                    source_encryption_context: Mapping[str, str] | None = None,
                    destination_encryption_context: Mapping[str, str] | None = None,
-                   source_key_id: str | None = None) -> tuple[EncryptResult, str]:
+                   source_key_id: str | None = None, *,
+                   grant_tokens: Sequence[str] = ()) -> tuple[EncryptResult, str]:
         """Decrypt under the source key, encrypt under the destination (any symmetric key).
         Returns the new ciphertext and the source key ARN."""
 
         def body() -> tuple[EncryptResult, str]:
+            tokens = _grants.parse_tokens(grant_tokens)
             src, v, plaintext = self._open(ciphertext_blob, source_encryption_context,
-                                           "kms:ReEncryptFrom", source_key_id)
+                                           "kms:ReEncryptFrom", source_key_id, tokens)
             dst = self._key_for("kms:ReEncryptTo", destination_key_id,
-                                destination_encryption_context)
+                                destination_encryption_context, tokens=tokens)
             self._check_state(dst)
             self._check_usage(dst, KeyUsage.ENCRYPT_DECRYPT)
             if not dst.info.symmetric:
@@ -1209,7 +1467,8 @@ class KmsClient:
     def generate_data_key(self, key_id: str, key_spec: str | None = None,
                           number_of_bytes: int | None = None,
                           encryption_context: Mapping[str, str] | None = None,
-                          *, with_plaintext: bool = True) -> DataKey:
+                          *, with_plaintext: bool = True,
+                          grant_tokens: Sequence[str] = ()) -> DataKey:
         action = "kms:GenerateDataKey" + ("" if with_plaintext else "WithoutPlaintext")
 
         def body() -> DataKey:
@@ -1225,7 +1484,9 @@ class KmsClient:
                 n = number_of_bytes
                 if not isinstance(n, int) or not 1 <= n <= 1024:
                     raise E.Validation("NumberOfBytes must be 1..1024")
-            rec = self._key_for(action, key_id, encryption_context)
+            rec = self._key_for(action, key_id, encryption_context,
+                                tokens=_grants.parse_tokens(grant_tokens) if grant_tokens
+                                else ())
             self._check_state(rec)
             self._check_usage(rec, KeyUsage.ENCRYPT_DECRYPT)
             if not rec.info.symmetric:
@@ -1239,20 +1500,22 @@ class KmsClient:
 
     def generate_data_key_without_plaintext(self, key_id: str, key_spec: str | None = None,
                                             number_of_bytes: int | None = None,
-                                            encryption_context: Mapping[str, str] | None = None
-                                            ) -> DataKey:
+                                            encryption_context: Mapping[str, str] | None = None,
+                                            *, grant_tokens: Sequence[str] = ()) -> DataKey:
         return self.generate_data_key(key_id, key_spec, number_of_bytes, encryption_context,
-                                      with_plaintext=False)
+                                      with_plaintext=False, grant_tokens=grant_tokens)
 
     def generate_data_key_pair(self, key_id: str, key_pair_spec: str,
                                encryption_context: Mapping[str, str] | None = None,
-                               *, with_plaintext: bool = True) -> DataKeyPair:
+                               *, with_plaintext: bool = True,
+                               grant_tokens: Sequence[str] = ()) -> DataKeyPair:
         action = "kms:GenerateDataKeyPair" + ("" if with_plaintext else "WithoutPlaintext")
 
         def body() -> DataKeyPair:
             if key_pair_spec not in _PAIR_SPECS:
                 raise E.Validation(f"unknown KeyPairSpec {key_pair_spec!r}")
-            rec = self._key_for(action, key_id, encryption_context)
+            rec = self._key_for(action, key_id, encryption_context,
+                                tokens=_grants.parse_tokens(grant_tokens))
             self._check_state(rec)
             self._check_usage(rec, KeyUsage.ENCRYPT_DECRYPT)
             if not rec.info.symmetric:
@@ -1267,19 +1530,21 @@ class KmsClient:
 
     def generate_data_key_pair_without_plaintext(
             self, key_id: str, key_pair_spec: str,
-            encryption_context: Mapping[str, str] | None = None) -> DataKeyPair:
+            encryption_context: Mapping[str, str] | None = None, *,
+            grant_tokens: Sequence[str] = ()) -> DataKeyPair:
         return self.generate_data_key_pair(key_id, key_pair_spec, encryption_context,
-                                           with_plaintext=False)
+                                           with_plaintext=False, grant_tokens=grant_tokens)
 
     # --- signing and MAC ---------------------------------------------------------------
 
     def sign(self, key_id: str, message: bytes, signing_algorithm: str,
-             message_type: str = "RAW") -> tuple[bytes, str]:
+             message_type: str = "RAW", *, grant_tokens: Sequence[str] = ()
+             ) -> tuple[bytes, str]:
         """Returns (signature, key ARN). ECDSA and SM2 signatures are DER."""
 
         def body() -> tuple[bytes, str]:
             data = _bytes(message, "Message", max_len=MAX_MESSAGE)
-            rec = self._key_for("kms:Sign", key_id)
+            rec = self._key_for("kms:Sign", key_id, tokens=_grants.parse_tokens(grant_tokens))
             self._check_state(rec)
             self._check_usage(rec, KeyUsage.SIGN_VERIFY)
             _check_sign_args(rec, signing_algorithm, message_type, data)
@@ -1299,13 +1564,14 @@ class KmsClient:
         return self._run("kms:Sign", body)
 
     def verify(self, key_id: str, message: bytes, signature: bytes, signing_algorithm: str,
-               message_type: str = "RAW") -> str:
+               message_type: str = "RAW", *, grant_tokens: Sequence[str] = ()) -> str:
         """Returns the key ARN; raises KMSInvalidSignature if the signature is wrong."""
 
         def body() -> str:
             data = _bytes(message, "Message", max_len=MAX_MESSAGE)
             sig = _bytes(signature, "Signature", max_len=6144)
-            rec = self._key_for("kms:Verify", key_id)
+            rec = self._key_for("kms:Verify", key_id,
+                                tokens=_grants.parse_tokens(grant_tokens))
             self._check_state(rec)
             self._check_usage(rec, KeyUsage.SIGN_VERIFY)
             _check_sign_args(rec, signing_algorithm, message_type, data)
@@ -1318,9 +1584,11 @@ class KmsClient:
 
         return self._run("kms:Verify", body)
 
-    def get_public_key(self, key_id: str) -> PublicKeyInfo:
+    def get_public_key(self, key_id: str, *, grant_tokens: Sequence[str] = ()
+                       ) -> PublicKeyInfo:
         def body() -> PublicKeyInfo:
-            rec = self._key_for("kms:GetPublicKey", key_id)
+            rec = self._key_for("kms:GetPublicKey", key_id,
+                                tokens=_grants.parse_tokens(grant_tokens))
             self._check_state(rec)
             if rec.info.symmetric or rec.usage is KeyUsage.GENERATE_VERIFY_MAC:
                 raise E.UnsupportedOperation("only asymmetric keys have a public key")
@@ -1334,10 +1602,10 @@ class KmsClient:
 
         return self._run("kms:GetPublicKey", body)
 
-    def _mac(self, action: str, key_id: str, message: bytes, algorithm: str
-             ) -> tuple[KeyRecord, KeyVersion, bytes]:
+    def _mac(self, action: str, key_id: str, message: bytes, algorithm: str,
+             grant_tokens: Sequence[str]) -> tuple[KeyRecord, KeyVersion, bytes]:
         data = _bytes(message, "Message", max_len=MAX_MESSAGE)
-        rec = self._key_for(action, key_id)
+        rec = self._key_for(action, key_id, tokens=_grants.parse_tokens(grant_tokens))
         self._check_state(rec)
         self._check_usage(rec, KeyUsage.GENERATE_VERIFY_MAC)
         if algorithm not in rec.info.mac_algorithms:
@@ -1351,18 +1619,22 @@ class KmsClient:
             mac = self.inst.hmac(self.kms._blob(v), data)
         return rec, v, mac
 
-    def generate_mac(self, key_id: str, message: bytes, mac_algorithm: str) -> tuple[bytes, str]:
+    def generate_mac(self, key_id: str, message: bytes, mac_algorithm: str, *,
+                     grant_tokens: Sequence[str] = ()) -> tuple[bytes, str]:
         def body() -> tuple[bytes, str]:
-            rec, v, mac = self._mac("kms:GenerateMac", key_id, message, mac_algorithm)
+            rec, v, mac = self._mac("kms:GenerateMac", key_id, message, mac_algorithm,
+                                    grant_tokens)
             self._audit("kms:GenerateMac", rec, v.version_id, "ok")
             return mac, rec.arn
 
         return self._run("kms:GenerateMac", body)
 
-    def verify_mac(self, key_id: str, message: bytes, mac: bytes, mac_algorithm: str) -> str:
+    def verify_mac(self, key_id: str, message: bytes, mac: bytes, mac_algorithm: str, *,
+                   grant_tokens: Sequence[str] = ()) -> str:
         def body() -> str:
             given = _bytes(mac, "Mac", max_len=128)
-            rec, v, expected = self._mac("kms:VerifyMac", key_id, message, mac_algorithm)
+            rec, v, expected = self._mac("kms:VerifyMac", key_id, message, mac_algorithm,
+                                         grant_tokens)
             if not hmac.compare_digest(expected, given):
                 self._audit("kms:VerifyMac", rec, v.version_id, E.KMSInvalidMac.code)
                 raise E.KMSInvalidMac("the MAC is not valid")
@@ -1406,8 +1678,78 @@ class KmsClient:
         return self._run("kms:DeleteImportedKeyMaterial",
                          lambda: _importing.delete_imported_key_material(self, key_id))
 
+    # --- grants (see kms/grants.py) ------------------------------------------------------
+
+    def create_grant(self, key_id: str, grantee_principal: str, operations: Sequence[str], *,
+                     retiring_principal: str | None = None,
+                     constraints: Mapping[str, Mapping[str, str]] | None = None,
+                     name: str | None = None,
+                     grant_tokens: Sequence[str] = ()) -> _grants.NewGrant:
+        """Let ``grantee_principal`` (a principal ARN) run ``operations`` (AWS names:
+        ``["Encrypt", "Decrypt"]``) on the key; returns the grant id and token."""
+        return self._run("kms:CreateGrant", lambda: _grants.create_grant(
+            self, key_id, grantee_principal, operations, retiring_principal, constraints,
+            name, grant_tokens))
+
+    def list_grants(self, key_id: str, limit: int = 50, marker: str | None = None, *,
+                    grant_id: str | None = None,
+                    grantee_principal: str | None = None) -> ListPage:
+        """A key's grants (:class:`kms.model.Grant`), by grant id."""
+        return self._run("kms:ListGrants", lambda: _grants.list_grants(
+            self, key_id, limit, marker, grant_id, grantee_principal))
+
+    def list_retirable_grants(self, retiring_principal: str, limit: int = 50,
+                              marker: str | None = None) -> ListPage:
+        """The instance's grants whose retiring principal is ``retiring_principal``."""
+        return self._run("kms:ListRetirableGrants", lambda: _grants.list_retirable_grants(
+            self, retiring_principal, limit, marker))
+
+    def retire_grant(self, grant_token: str | None = None, key_id: str | None = None,
+                     grant_id: str | None = None) -> None:
+        """Delete a grant named by its token, or by key and grant id: its retiring
+        principal, its grantee (if it allows RetireGrant), or a caller allowed
+        kms:RetireGrant on the key may."""
+        self._run("kms:RetireGrant", lambda: _grants.retire_grant(
+            self, grant_token, key_id, grant_id))
+
+    def revoke_grant(self, key_id: str, grant_id: str) -> None:
+        """Delete a grant (kms:RevokeGrant on the key)."""
+        self._run("kms:RevokeGrant", lambda: _grants.revoke_grant(self, key_id, grant_id))
+
 
 # --- helpers -----------------------------------------------------------------------------
+
+MAX_KEY_POLICY_BYTES: Final = 32768  # AWS's key policy document size quota
+_CONTROL_RE: Final = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def check_key_policy(text: object) -> KeyPolicy:
+    """A key policy document, checked: a string of at most 32 KiB of UTF-8 without control
+    characters (tab, CR and LF allowed), in the supported key policy format (see
+    :mod:`kms.policy`). MalformedPolicyDocument or LimitExceeded otherwise."""
+    if not isinstance(text, str) or not text:
+        raise E.MalformedPolicyDocument("the key policy must be a non-empty string")
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_KEY_POLICY_BYTES:
+        raise E.LimitExceeded(f"a key policy is at most {MAX_KEY_POLICY_BYTES} bytes")
+    if _CONTROL_RE.search(text):
+        raise E.MalformedPolicyDocument("the key policy contains control characters")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise E.MalformedPolicyDocument("the key policy is not valid Unicode") from None
+    try:
+        return KeyPolicy.from_json(text)
+    except PolicyError as exc:
+        raise E.MalformedPolicyDocument(f"the key policy is not valid: {exc}") from None
+
+
+def default_key_policy(account: str) -> str:
+    """What GetKeyPolicy answers for a key given no policy: the account root may do
+    everything, i.e. the principals' own policies decide (AWS's default key policy)."""
+    return ('{"Version":"2012-10-17","Id":"key-default-1","Statement":[{"Sid":"Enable IAM '
+            'User Permissions","Effect":"Allow","Principal":{"AWS":"arn:aws:iam::' + account
+            + ':root"},"Action":"kms:*","Resource":"*"}]}')
+
 
 
 def _limit(limit: object) -> int:

@@ -19,9 +19,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from kms.errors import AlreadyExists, KMSInternal
+from kms.errors import AlreadyExists, KMSInternal, LimitExceeded
 from kms.model import (
     AliasRecord,
+    Grant,
     ImportToken,
     KeyRecord,
     KeySpec,
@@ -118,19 +119,54 @@ MIGRATIONS: list[str] = [
     ALTER TABLE keys ADD COLUMN material_salt BLOB;
     ALTER TABLE keys ADD COLUMN material_id BLOB
     """,
+    # 4: a purged key is marked by its own column (it used to be a policy text, which a
+    # caller could forge with CreateKey). Keys carrying the old mark that were purged (pending
+    # deletion, every blob shredded) keep that status; any other key carrying it had it
+    # forged: it becomes visible again, with the default key policy.
+    """
+    ALTER TABLE keys ADD COLUMN purged_at REAL;
+    UPDATE keys SET purged_at = COALESCE(deletion_date, created)
+        WHERE policy = char(0) || 'deleted' AND state = 'PendingDeletion'
+        AND NOT EXISTS (SELECT 1 FROM key_versions v
+                        WHERE v.key_id = keys.key_id AND v.blob IS NOT NULL);
+    UPDATE keys SET policy = NULL WHERE policy = char(0) || 'deleted'
+    """,
+    # 5: grants (kms/grants.py); principals by id, shown by ARN; operations and constraints
+    # as JSON
+    """
+    CREATE TABLE grants (
+        grant_id TEXT PRIMARY KEY,
+        key_id TEXT NOT NULL REFERENCES keys (key_id),
+        instance TEXT NOT NULL,
+        name TEXT,
+        grantee_id TEXT NOT NULL,
+        grantee_arn TEXT NOT NULL,
+        retiring_id TEXT,
+        retiring_arn TEXT,
+        operations TEXT NOT NULL,
+        subset TEXT,
+        equals TEXT,
+        token TEXT NOT NULL,
+        issuing_account TEXT NOT NULL,
+        created REAL NOT NULL
+    );
+    CREATE INDEX grants_by_key ON grants (key_id, grant_id);
+    CREATE INDEX grants_by_retiring ON grants (instance, retiring_id, grant_id)
+    """,
 ]
 
 _KEY_COLUMNS = ("key_id", "instance", "arn", "spec", "usage", "origin", "state", "created",
                 "description", "deletion_date", "rotation_enabled", "rotation_period_days",
                 "next_rotation", "primary_version", "min_decrypt_version", "tags", "policy",
-                "import_valid_to", "revision")
+                "import_valid_to", "revision", "purged_at")
 
 
 def _key_row(r: KeyRecord) -> tuple[Any, ...]:
     return (r.key_id, r.instance, r.arn, r.spec.value, r.usage.value, r.origin.value,
             r.state.value, r.created, r.description, r.deletion_date, int(r.rotation_enabled),
             r.rotation_period_days, r.next_rotation, r.primary_version, r.min_decrypt_version,
-            json.dumps([list(t) for t in r.tags]), r.policy, r.import_valid_to, r.revision)
+            json.dumps([list(t) for t in r.tags]), r.policy, r.import_valid_to, r.revision,
+            r.purged_at)
 
 
 def _key_from(row: sqlite3.Row) -> KeyRecord:
@@ -143,6 +179,7 @@ def _key_from(row: sqlite3.Row) -> KeyRecord:
         primary_version=row["primary_version"], min_decrypt_version=row["min_decrypt_version"],
         tags=tuple((k, v) for k, v in json.loads(row["tags"])), policy=row["policy"],
         import_valid_to=row["import_valid_to"], revision=row["revision"],
+        purged_at=row["purged_at"],
     )
 
 
@@ -151,6 +188,43 @@ def _version_from(row: sqlite3.Row) -> KeyVersion:
     return KeyVersion(version_id=row["version_id"], key_id=row["key_id"], number=row["number"],
                       created=row["created"], blob=bytes(blob) if blob is not None else None,
                       public_key=bytes(row["public_key"]), imported=bool(row["imported"]))
+
+
+_GRANT_COLUMNS = ("grant_id", "key_id", "instance", "name", "grantee_id", "grantee_arn",
+                  "retiring_id", "retiring_arn", "operations", "subset", "equals", "token",
+                  "issuing_account", "created")
+
+
+def _json_or_none(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, sort_keys=True)
+
+
+def _grant_row(g: Grant) -> tuple[Any, ...]:
+    return (g.grant_id, g.key_id, g.instance, g.name, g.grantee_id, g.grantee_arn,
+            g.retiring_id, g.retiring_arn, json.dumps(list(g.operations)),
+            _json_or_none(None if g.subset is None else dict(g.subset)),
+            _json_or_none(None if g.equals is None else dict(g.equals)), g.token,
+            g.issuing_account, g.created)
+
+
+def _grant_from(row: sqlite3.Row) -> Grant:
+    subset, equals = row["subset"], row["equals"]
+    return Grant(grant_id=row["grant_id"], key_id=row["key_id"], instance=row["instance"],
+                 name=row["name"], grantee_id=row["grantee_id"],
+                 grantee_arn=row["grantee_arn"], retiring_id=row["retiring_id"],
+                 retiring_arn=row["retiring_arn"],
+                 operations=tuple(json.loads(row["operations"])),
+                 subset=None if subset is None else json.loads(subset),
+                 equals=None if equals is None else json.loads(equals), token=row["token"],
+                 issuing_account=row["issuing_account"], created=row["created"])
+
+
+def _same_grant(a: Grant, b: Grant) -> bool:
+    """Same key, name, principals, operations and constraints (CreateGrant's retry rule)."""
+    return (a.key_id, a.name, a.grantee_id, a.retiring_id, sorted(a.operations),
+            a.subset and dict(a.subset), a.equals and dict(a.equals)) == (
+        b.key_id, b.name, b.grantee_id, b.retiring_id, sorted(b.operations),
+        b.subset and dict(b.subset), b.equals and dict(b.equals))
 
 
 class ConcurrentUpdate(KMSInternal):
@@ -272,12 +346,12 @@ class Store:
         return [_key_from(r) for r in rows]
 
     def keys_due(self, now: float) -> list[KeyRecord]:
-        """Keys whose rotation or deletion is due."""
+        """Keys whose rotation or deletion is due (never a purged key)."""
         rows = self._read(lambda db: db.execute(
-            "SELECT * FROM keys WHERE (state = 'Enabled' AND rotation_enabled = 1 AND "
-            "next_rotation <= ?) OR (state = 'PendingDeletion' AND deletion_date <= ?) "
-            "OR (import_valid_to IS NOT NULL AND import_valid_to <= ? AND "
-            "state IN ('Enabled', 'Disabled'))",
+            "SELECT * FROM keys WHERE purged_at IS NULL AND ((state = 'Enabled' AND "
+            "rotation_enabled = 1 AND next_rotation <= ?) OR (state = 'PendingDeletion' AND "
+            "deletion_date <= ?) OR (import_valid_to IS NOT NULL AND import_valid_to <= ? "
+            "AND state IN ('Enabled', 'Disabled')))",
             (now, now, now)).fetchall())
         return [_key_from(r) for r in rows]
 
@@ -302,6 +376,7 @@ class Store:
             db.execute("UPDATE key_versions SET blob = NULL WHERE key_id = ?", (new.key_id,))
             db.execute("DELETE FROM aliases WHERE key_id = ?", (new.key_id,))
             db.execute("DELETE FROM import_tokens WHERE key_id = ?", (new.key_id,))
+            db.execute("DELETE FROM grants WHERE key_id = ?", (new.key_id,))
 
     # --- aliases -----------------------------------------------------------------------
 
@@ -323,10 +398,11 @@ class Store:
             "SELECT * FROM aliases WHERE instance = ? AND name = ?", (instance, name)).fetchone())
         return AliasRecord(**dict(row)) if row is not None else None
 
-    def delete_alias(self, instance: str, name: str) -> bool:
+    def delete_alias(self, instance: str, name: str, *, key_id: str | None = None) -> bool:
+        """Delete an alias (only if it still points at ``key_id``, when given)."""
         with self.transaction() as db:
-            cur = db.execute("DELETE FROM aliases WHERE instance = ? AND name = ?",
-                             (instance, name))
+            cur = db.execute("DELETE FROM aliases WHERE instance = ?1 AND name = ?2 AND "
+                             "(?3 IS NULL OR key_id = ?3)", (instance, name, key_id))
             return cur.rowcount == 1
 
     def list_aliases(self, instance: str, key_id: str | None, after: str,
@@ -340,6 +416,69 @@ class Store:
                          "ORDER BY name LIMIT ?", (instance, key_id, after, limit))
         rows = self._read(lambda db: db.execute(sql, args).fetchall())
         return [AliasRecord(**dict(r)) for r in rows]
+
+    def alias_names_of_key(self, instance: str, key_id: str) -> list[str]:
+        """Every alias of a key, by name."""
+        rows = self._read(lambda db: db.execute(
+            "SELECT name FROM aliases WHERE instance = ? AND key_id = ? ORDER BY name",
+            (instance, key_id)).fetchall())
+        return [str(r["name"]) for r in rows]
+
+    # --- grants ------------------------------------------------------------------------
+
+    def create_grant(self, grant: Grant, *, per_grantee_limit: int) -> Grant:
+        """Store ``grant`` and return it; or, if it has a name and an identical grant of that
+        name exists on the key (a retried CreateGrant), return that one instead. Raises
+        :class:`LimitExceeded` when the grantee has ``per_grantee_limit`` grants on the key."""
+        with self.transaction() as db:
+            if grant.name is not None:
+                for row in db.execute("SELECT * FROM grants WHERE key_id = ? AND name = ?",
+                                      (grant.key_id, grant.name)).fetchall():
+                    old = _grant_from(row)
+                    if _same_grant(old, grant):
+                        return old
+            n = db.execute("SELECT count(*) FROM grants WHERE key_id = ? AND grantee_id = ?",
+                           (grant.key_id, grant.grantee_id)).fetchone()[0]
+            if n >= per_grantee_limit:
+                raise LimitExceeded(f"a principal has at most {per_grantee_limit} grants "
+                                    "on a key")
+            db.execute(f"INSERT INTO grants ({', '.join(_GRANT_COLUMNS)}) VALUES "
+                       f"({', '.join('?' * len(_GRANT_COLUMNS))})", _grant_row(grant))
+            return grant
+
+    def get_grant(self, grant_id: str) -> Grant | None:
+        row = self._read(lambda db: db.execute(
+            "SELECT * FROM grants WHERE grant_id = ?", (grant_id,)).fetchone())
+        return _grant_from(row) if row is not None else None
+
+    def grants_of_key(self, key_id: str) -> list[Grant]:
+        rows = self._read(lambda db: db.execute(
+            "SELECT * FROM grants WHERE key_id = ? ORDER BY grant_id", (key_id,)).fetchall())
+        return [_grant_from(r) for r in rows]
+
+    def list_grants(self, key_id: str, after: str, limit: int, *, grant_id: str | None = None,
+                    grantee_id: str | None = None) -> list[Grant]:
+        """A key's grants by grant id after ``after``, optionally only one grant id or one
+        grantee's."""
+        rows = self._read(lambda db: db.execute(
+            "SELECT * FROM grants WHERE key_id = ?1 AND grant_id > ?2 AND "
+            "(?3 IS NULL OR grant_id = ?3) AND (?4 IS NULL OR grantee_id = ?4) "
+            "ORDER BY grant_id LIMIT ?5",
+            (key_id, after, grant_id, grantee_id, limit)).fetchall())
+        return [_grant_from(r) for r in rows]
+
+    def list_retirable_grants(self, instance: str, retiring_id: str, after: str,
+                              limit: int) -> list[Grant]:
+        rows = self._read(lambda db: db.execute(
+            "SELECT * FROM grants WHERE instance = ? AND retiring_id = ? AND grant_id > ? "
+            "ORDER BY grant_id LIMIT ?", (instance, retiring_id, after, limit)).fetchall())
+        return [_grant_from(r) for r in rows]
+
+    def delete_grant(self, grant_id: str, key_id: str) -> bool:
+        with self.transaction() as db:
+            cur = db.execute("DELETE FROM grants WHERE grant_id = ? AND key_id = ?",
+                             (grant_id, key_id))
+            return cur.rowcount == 1
 
     # --- import tokens -----------------------------------------------------------------
 

@@ -2,8 +2,10 @@
 
 Each handler takes a :class:`~kms.KmsClient` and the decoded JSON body and returns the
 response body. Blobs are base64 in JSON; dates are epoch seconds; key ids in responses are
-ARNs where AWS returns ARNs. ``GrantTokens`` are accepted and ignored (grants are not
-modelled; policies decide). Any malformed field raises :class:`~kms.errors.Validation`.
+ARNs where AWS returns ARNs. ``GrantTokens`` are passed to the service wherever AWS takes
+them (a token makes its grant effective at once; see :mod:`kms.grants`). Any malformed field
+raises :class:`~kms.errors.Validation`. Each handler makes one service call, so a request is
+authorised and audited once, under its own action.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from kms import errors as E
 from kms.api.auth import Authenticator
 from kms.api.pipeline import Answer, Call, Request
 from kms.api.sigv4 import AuthError
-from kms.model import KeyRecord, KeyState, Origin
+from kms.model import Grant, KeyRecord, KeyState, Origin
 from kms.service import KmsClient
 
 log = logging.getLogger("hsmpool.server")
@@ -87,10 +89,22 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-def _grant_tokens(body: Body) -> None:
+def _grant_tokens(body: Body) -> list[str]:
     g = body.get("GrantTokens")
-    if g is not None and (not isinstance(g, list) or not all(isinstance(x, str) for x in g)):
+    if g is None:
+        return []
+    if not isinstance(g, list) or not all(isinstance(x, str) for x in g):
         raise E.Validation("'GrantTokens' must be a list of strings")
+    return g
+
+
+def _bool(body: Body, name: str) -> bool:
+    v = body.get(name)
+    if v is None:
+        return False
+    if not isinstance(v, bool):
+        raise E.Validation(f"'{name}' must be a boolean")
+    return v
 
 
 def key_metadata(c: KmsClient, rec: KeyRecord) -> dict[str, Any]:
@@ -157,13 +171,15 @@ def create_key(c: KmsClient, b: Body) -> dict[str, Any]:
     rec = c.create_key(key_spec=spec, key_usage=_str(b, "KeyUsage", False),
                        description=_str(b, "Description", False, "") or "",
                        origin=_str(b, "Origin", False, "AWS_KMS") or "AWS_KMS",
-                       tags=_tags_in(b), policy=_str(b, "Policy", False))
+                       tags=_tags_in(b), policy=_str(b, "Policy", False),
+                       bypass_policy_lockout_safety_check=_bool(
+                           b, "BypassPolicyLockoutSafetyCheck"))
     return {"KeyMetadata": key_metadata(c, rec)}
 
 
 def describe_key(c: KmsClient, b: Body) -> dict[str, Any]:
-    _grant_tokens(b)
-    return {"KeyMetadata": key_metadata(c, c.describe_key(_req(b, "KeyId")))}
+    rec = c.describe_key(_req(b, "KeyId"), grant_tokens=_grant_tokens(b))
+    return {"KeyMetadata": key_metadata(c, rec)}
 
 
 def list_keys(c: KmsClient, b: Body) -> dict[str, Any]:
@@ -220,20 +236,22 @@ def list_resource_tags(c: KmsClient, b: Body) -> dict[str, Any]:
 
 
 def get_key_policy(c: KmsClient, b: Body) -> dict[str, Any]:
-    rec = c.describe_key(_req(b, "KeyId"))
-    return {"Policy": rec.policy or _default_policy(c, rec), "PolicyName": "default"}
+    name = _str(b, "PolicyName", False) or "default"
+    return {"Policy": c.get_key_policy(_req(b, "KeyId"), name), "PolicyName": name}
 
 
-def _default_policy(c: KmsClient, rec: KeyRecord) -> str:
-    account = c.kms.account(rec.instance)
-    return ('{"Version":"2012-10-17","Id":"key-default-1","Statement":[{"Sid":"Enable IAM '
-            'User Permissions","Effect":"Allow","Principal":{"AWS":"arn:aws:iam::' + account
-            + ':root"},"Action":"kms:*","Resource":"*"}]}')
+def put_key_policy(c: KmsClient, b: Body) -> dict[str, Any]:
+    c.put_key_policy(_req(b, "KeyId"), _req(b, "Policy"),
+                     _str(b, "PolicyName", False) or "default",
+                     bypass_policy_lockout_safety_check=_bool(
+                         b, "BypassPolicyLockoutSafetyCheck"))
+    return {}
 
 
 def list_key_policies(c: KmsClient, b: Body) -> dict[str, Any]:
-    c.describe_key(_req(b, "KeyId"))
-    return {"PolicyNames": ["default"], "Truncated": False}
+    _int(b, "Limit")
+    _str(b, "Marker", False)
+    return {"PolicyNames": list(c.list_key_policies(_req(b, "KeyId"))), "Truncated": False}
 
 
 # --- aliases -----------------------------------------------------------------------------
@@ -289,16 +307,12 @@ def get_key_rotation_status(c: KmsClient, b: Body) -> dict[str, Any]:
 
 
 def rotate_key_on_demand(c: KmsClient, b: Body) -> dict[str, Any]:
-    key_id = _req(b, "KeyId")
-    c.rotate_key_on_demand(key_id)
-    return {"KeyId": c.describe_key(key_id).key_id}
+    return {"KeyId": c.rotate_key_on_demand(_req(b, "KeyId")).key_id}
 
 
 def list_key_rotations(c: KmsClient, b: Body) -> dict[str, Any]:
-    key_id = _req(b, "KeyId")
-    versions = c.list_key_rotations(key_id)
-    rec = c.describe_key(key_id)
-    items = [{"KeyId": rec.key_id, "RotationDate": v.created,
+    versions = c.list_key_rotations(_req(b, "KeyId"))
+    items = [{"KeyId": v.key_id, "RotationDate": v.created,
               "RotationType": "ON_DEMAND"} for v in versions[1:]]
     return {"Rotations": items, "Truncated": False}
 
@@ -307,44 +321,43 @@ def list_key_rotations(c: KmsClient, b: Body) -> dict[str, Any]:
 
 
 def encrypt(c: KmsClient, b: Body) -> dict[str, Any]:
-    _grant_tokens(b)
     plaintext = _blob(b, "Plaintext")
     assert plaintext is not None
     r = c.encrypt(_req(b, "KeyId"), plaintext, _ctx(b),
-                  _str(b, "EncryptionAlgorithm", False) or "SYMMETRIC_DEFAULT")
+                  _str(b, "EncryptionAlgorithm", False) or "SYMMETRIC_DEFAULT",
+                  grant_tokens=_grant_tokens(b))
     return {"CiphertextBlob": _b64(r.ciphertext_blob), "KeyId": r.key_id,
             "EncryptionAlgorithm": r.encryption_algorithm}
 
 
 def decrypt(c: KmsClient, b: Body) -> dict[str, Any]:
-    _grant_tokens(b)
     blob = _blob(b, "CiphertextBlob")
     assert blob is not None
     r = c.decrypt(blob, _ctx(b), _str(b, "KeyId", False),
-                  _str(b, "EncryptionAlgorithm", False) or "SYMMETRIC_DEFAULT")
+                  _str(b, "EncryptionAlgorithm", False) or "SYMMETRIC_DEFAULT",
+                  grant_tokens=_grant_tokens(b))
     return {"KeyId": r.key_id, "Plaintext": _b64(r.plaintext),
             "EncryptionAlgorithm": r.encryption_algorithm}
 
 
 def re_encrypt(c: KmsClient, b: Body) -> dict[str, Any]:
-    _grant_tokens(b)
     blob = _blob(b, "CiphertextBlob")
     assert blob is not None
     r, source = c.re_encrypt(blob, _req(b, "DestinationKeyId"), _ctx(b, "SourceEncryptionContext"),
                              _ctx(b, "DestinationEncryptionContext"),
-                             _str(b, "SourceKeyId", False))
+                             _str(b, "SourceKeyId", False), grant_tokens=_grant_tokens(b))
     return {"CiphertextBlob": _b64(r.ciphertext_blob), "SourceKeyId": source, "KeyId": r.key_id,
             "SourceEncryptionAlgorithm": "SYMMETRIC_DEFAULT",
             "DestinationEncryptionAlgorithm": "SYMMETRIC_DEFAULT"}
 
 
 def _data_key(c: KmsClient, b: Body, with_plaintext: bool) -> dict[str, Any]:
-    _grant_tokens(b)
     spec = _str(b, "KeySpec", False)
     n = _int(b, "NumberOfBytes")
     if spec is None and n is None:
         raise E.Validation("one of KeySpec and NumberOfBytes is required")
-    r = c.generate_data_key(_req(b, "KeyId"), spec, n, _ctx(b), with_plaintext=with_plaintext)
+    r = c.generate_data_key(_req(b, "KeyId"), spec, n, _ctx(b), with_plaintext=with_plaintext,
+                            grant_tokens=_grant_tokens(b))
     out = {"CiphertextBlob": _b64(r.ciphertext_blob), "KeyId": r.key_id}
     if r.plaintext is not None:
         out["Plaintext"] = _b64(r.plaintext)
@@ -360,9 +373,8 @@ def generate_data_key_without_plaintext(c: KmsClient, b: Body) -> dict[str, Any]
 
 
 def _data_key_pair(c: KmsClient, b: Body, with_plaintext: bool) -> dict[str, Any]:
-    _grant_tokens(b)
     r = c.generate_data_key_pair(_req(b, "KeyId"), _req(b, "KeyPairSpec"), _ctx(b),
-                                 with_plaintext=with_plaintext)
+                                 with_plaintext=with_plaintext, grant_tokens=_grant_tokens(b))
     out = {"PrivateKeyCiphertextBlob": _b64(r.private_key_ciphertext_blob),
            "PublicKey": _b64(r.public_key), "KeyId": r.key_id, "KeyPairSpec": r.key_pair_spec}
     if r.private_key_plaintext is not None:
@@ -379,26 +391,25 @@ def generate_data_key_pair_without_plaintext(c: KmsClient, b: Body) -> dict[str,
 
 
 def sign(c: KmsClient, b: Body) -> dict[str, Any]:
-    _grant_tokens(b)
     msg = _blob(b, "Message")
     assert msg is not None
     alg = _req(b, "SigningAlgorithm")
-    sig, arn = c.sign(_req(b, "KeyId"), msg, alg, _str(b, "MessageType", False) or "RAW")
+    sig, arn = c.sign(_req(b, "KeyId"), msg, alg, _str(b, "MessageType", False) or "RAW",
+                      grant_tokens=_grant_tokens(b))
     return {"KeyId": arn, "Signature": _b64(sig), "SigningAlgorithm": alg}
 
 
 def verify(c: KmsClient, b: Body) -> dict[str, Any]:
-    _grant_tokens(b)
     msg, sig = _blob(b, "Message"), _blob(b, "Signature")
     assert msg is not None and sig is not None
     alg = _req(b, "SigningAlgorithm")
-    arn = c.verify(_req(b, "KeyId"), msg, sig, alg, _str(b, "MessageType", False) or "RAW")
+    arn = c.verify(_req(b, "KeyId"), msg, sig, alg, _str(b, "MessageType", False) or "RAW",
+                   grant_tokens=_grant_tokens(b))
     return {"KeyId": arn, "SignatureValid": True, "SigningAlgorithm": alg}
 
 
 def get_public_key(c: KmsClient, b: Body) -> dict[str, Any]:
-    _grant_tokens(b)
-    info = c.get_public_key(_req(b, "KeyId"))
+    info = c.get_public_key(_req(b, "KeyId"), grant_tokens=_grant_tokens(b))
     out: dict[str, Any] = {"KeyId": info.key_id, "PublicKey": _b64(info.public_key),
                            "CustomerMasterKeySpec": info.key_spec, "KeySpec": info.key_spec,
                            "KeyUsage": info.key_usage}
@@ -410,20 +421,18 @@ def get_public_key(c: KmsClient, b: Body) -> dict[str, Any]:
 
 
 def generate_mac(c: KmsClient, b: Body) -> dict[str, Any]:
-    _grant_tokens(b)
     msg = _blob(b, "Message")
     assert msg is not None
     alg = _req(b, "MacAlgorithm")
-    mac, arn = c.generate_mac(_req(b, "KeyId"), msg, alg)
+    mac, arn = c.generate_mac(_req(b, "KeyId"), msg, alg, grant_tokens=_grant_tokens(b))
     return {"Mac": _b64(mac), "MacAlgorithm": alg, "KeyId": arn}
 
 
 def verify_mac(c: KmsClient, b: Body) -> dict[str, Any]:
-    _grant_tokens(b)
     msg, mac = _blob(b, "Message"), _blob(b, "Mac")
     assert msg is not None and mac is not None
     alg = _req(b, "MacAlgorithm")
-    arn = c.verify_mac(_req(b, "KeyId"), msg, mac, alg)
+    arn = c.verify_mac(_req(b, "KeyId"), msg, mac, alg, grant_tokens=_grant_tokens(b))
     return {"KeyId": arn, "MacValid": True, "MacAlgorithm": alg}
 
 
@@ -467,6 +476,83 @@ def delete_imported_key_material(c: KmsClient, b: Body) -> dict[str, Any]:
     return {}
 
 
+# --- grants ------------------------------------------------------------------------------
+
+
+def _constraints_out(g: Grant) -> dict[str, Any] | None:
+    out: dict[str, Any] = {}
+    if g.subset is not None:
+        out["EncryptionContextSubset"] = dict(g.subset)
+    if g.equals is not None:
+        out["EncryptionContextEquals"] = dict(g.equals)
+    return out or None
+
+
+def _grant_entry(c: KmsClient, g: Grant) -> dict[str, Any]:
+    entry: dict[str, Any] = {"KeyId": c.kms.key_arn(g.instance, g.key_id),
+                             "GrantId": g.grant_id, "CreationDate": g.created,
+                             "GranteePrincipal": g.grantee_arn,
+                             "IssuingAccount": g.issuing_account,
+                             "Operations": list(g.operations)}
+    if g.name is not None:
+        entry["Name"] = g.name
+    if g.retiring_arn is not None:
+        entry["RetiringPrincipal"] = g.retiring_arn
+    constraints = _constraints_out(g)
+    if constraints is not None:
+        entry["Constraints"] = constraints
+    return entry
+
+
+def _grant_page(c: KmsClient, items: tuple[Any, ...], marker: str | None) -> dict[str, Any]:
+    return _page([_grant_entry(c, g) for g in items], "Grants", marker)
+
+
+def create_grant(c: KmsClient, b: Body) -> dict[str, Any]:
+    if b.get("GranteeServicePrincipal") is not None or \
+            b.get("RetiringServicePrincipal") is not None:
+        raise E.UnsupportedOperation("service principals are not supported")
+    ops = b.get("Operations")
+    if not isinstance(ops, list) or not all(isinstance(op, str) for op in ops):
+        raise E.Validation("'Operations' must be a list of strings")
+    constraints = b.get("Constraints")
+    if constraints is not None and not isinstance(constraints, dict):
+        raise E.Validation("'Constraints' must be a structure")
+    r = c.create_grant(_req(b, "KeyId"), _req(b, "GranteePrincipal"), ops,
+                       retiring_principal=_str(b, "RetiringPrincipal", False),
+                       constraints=constraints, name=_str(b, "Name", False),
+                       grant_tokens=_grant_tokens(b))
+    return {"GrantId": r.grant_id, "GrantToken": r.grant_token}
+
+
+def list_grants(c: KmsClient, b: Body) -> dict[str, Any]:
+    limit = _int(b, "Limit", 50)
+    assert limit is not None
+    page = c.list_grants(_req(b, "KeyId"), limit, _str(b, "Marker", False),
+                         grant_id=_str(b, "GrantId", False),
+                         grantee_principal=_str(b, "GranteePrincipal", False))
+    return _grant_page(c, page.items, page.next_marker)
+
+
+def list_retirable_grants(c: KmsClient, b: Body) -> dict[str, Any]:
+    limit = _int(b, "Limit", 50)
+    assert limit is not None
+    page = c.list_retirable_grants(_req(b, "RetiringPrincipal"), limit,
+                                   _str(b, "Marker", False))
+    return _grant_page(c, page.items, page.next_marker)
+
+
+def retire_grant(c: KmsClient, b: Body) -> dict[str, Any]:
+    c.retire_grant(_str(b, "GrantToken", False), _str(b, "KeyId", False),
+                   _str(b, "GrantId", False))
+    return {}
+
+
+def revoke_grant(c: KmsClient, b: Body) -> dict[str, Any]:
+    c.revoke_grant(_req(b, "KeyId"), _req(b, "GrantId"))
+    return {}
+
+
 #: Operations that write state or generate keys: they wait for durable commits (the store's,
 #: the audit trail's) or for key generation, so the server runs them off its event loop.
 BLOCKING: Final = frozenset({
@@ -474,7 +560,8 @@ BLOCKING: Final = frozenset({
     "UpdateKeyDescription", "TagResource", "UntagResource", "CreateAlias", "UpdateAlias",
     "DeleteAlias", "EnableKeyRotation", "DisableKeyRotation", "RotateKeyOnDemand",
     "GetParametersForImport", "ImportKeyMaterial", "DeleteImportedKeyMaterial",
-    "GenerateDataKeyPair", "GenerateDataKeyPairWithoutPlaintext",
+    "GenerateDataKeyPair", "GenerateDataKeyPairWithoutPlaintext", "PutKeyPolicy",
+    "CreateGrant", "RetireGrant", "RevokeGrant",
 })
 
 OPERATIONS: Final[dict[str, Handler]] = {
@@ -490,6 +577,7 @@ OPERATIONS: Final[dict[str, Handler]] = {
     "UntagResource": untag_resource,
     "ListResourceTags": list_resource_tags,
     "GetKeyPolicy": get_key_policy,
+    "PutKeyPolicy": put_key_policy,
     "ListKeyPolicies": list_key_policies,
     "CreateAlias": create_alias,
     "UpdateAlias": update_alias,
@@ -516,6 +604,11 @@ OPERATIONS: Final[dict[str, Handler]] = {
     "GetParametersForImport": get_parameters_for_import,
     "ImportKeyMaterial": import_key_material,
     "DeleteImportedKeyMaterial": delete_imported_key_material,
+    "CreateGrant": create_grant,
+    "ListGrants": list_grants,
+    "ListRetirableGrants": list_retirable_grants,
+    "RetireGrant": retire_grant,
+    "RevokeGrant": revoke_grant,
 }
 
 

@@ -237,15 +237,15 @@ def test_sigkill_loses_nothing_acknowledged(svc_config: Path, svc_pool: Pool,
 
 
 def purged_in_store(db: Path) -> tuple[int, list[str]]:
-    """(How many keys carry the service's purged mark, those of them that still have a
-    wrapped blob), read with sqlite3 directly."""
+    """(How many keys are marked purged, those of them that still have a wrapped blob),
+    read with sqlite3 directly."""
     check = sqlite3.connect(db)
     try:
-        marked = check.execute("SELECT count(*) FROM keys WHERE policy = ?",
-                               ("\x00deleted",)).fetchone()[0]
+        marked = check.execute(
+            "SELECT count(*) FROM keys WHERE purged_at IS NOT NULL").fetchone()[0]
         rows = check.execute(
             "SELECT DISTINCT k.key_id FROM keys k JOIN key_versions v ON v.key_id = k.key_id "
-            "WHERE k.policy = ? AND v.blob IS NOT NULL", ("\x00deleted",)).fetchall()
+            "WHERE k.purged_at IS NOT NULL AND v.blob IS NOT NULL").fetchall()
     finally:
         check.close()
     return int(marked), [r[0] for r in rows]

@@ -17,12 +17,17 @@ from kms.policy import (
     ACTIONS,
     ADMIN,
     Authorizer,
+    KeyPolicy,
     Policy,
     PolicyError,
     Principal,
     Request,
     Statement,
+    identity_effect,
     is_allowed,
+    key_decision,
+    parse_principal_arn,
+    principal_arn,
 )
 
 KEY_ID = "1234abcd-12ab-34cd-56ef-1234567890ab"
@@ -101,7 +106,7 @@ def test_admin_allows_every_action() -> None:
 
 
 def test_actions_table() -> None:
-    assert len(ACTIONS) == 40
+    assert len(ACTIONS) == 45
     assert {"kms:Encrypt", "kms:ReEncryptTo", "kms:ListKeyPolicies", "kms:RotateKeyOnDemand"} <= (
         ACTIONS
     )
@@ -871,3 +876,112 @@ def test_authorizer_drops_a_decision_computed_across_invalidate() -> None:
     assert len(auth) == 0  # computed across the invalidation: not stored
     assert auth.check(p, req())
     assert len(auth) == 1
+
+
+# ---------------------------------------------------------------- principal ARNs, key policies
+
+ACCOUNT = "111122223333"
+ME = f"arn:aws:iam::{ACCOUNT}:user/app"
+ROOT = f"arn:aws:iam::{ACCOUNT}:root"
+
+
+def test_principal_arns() -> None:
+    assert principal_arn(ACCOUNT, "app") == ME
+    assert parse_principal_arn(ME) == (ACCOUNT, "app")
+    assert parse_principal_arn(ROOT) == (ACCOUNT, None)
+    assert parse_principal_arn("arn:aws-cn:iam::111122223333:user/a/b") == (ACCOUNT, "a/b")
+    for bad in ("app", "arn:aws:iam::1234:user/x", f"arn:aws:iam::{ACCOUNT}:role/r",
+                f"arn:aws:iam::{ACCOUNT}:user/", f"arn:aws:sts::{ACCOUNT}:user/x", 7):
+        with pytest.raises(PolicyError):
+            parse_principal_arn(bad)
+
+
+def key_policy(*statements: dict[str, Any]) -> KeyPolicy:
+    return KeyPolicy.from_json({"Version": "2012-10-17", "Statement": list(statements)})
+
+
+def kst(effect: str, principal: Any, action: str = "kms:*", **extra: Any) -> dict[str, Any]:
+    return {"Effect": effect, "Principal": principal, "Action": action, "Resource": "*",
+            **extra}
+
+
+@pytest.mark.parametrize(("principal", "expected"), [
+    ("*", "Allow"), ({"AWS": "*"}, "Allow"), ({"AWS": ME}, "Allow"), ({"AWS": [ROOT]}, "Identity"),
+    ({"AWS": ACCOUNT}, "Identity"), ({"AWS": "arn:aws:iam::999999999999:user/app"}, None),
+    ({"AWS": f"arn:aws:iam::{ACCOUNT}:user/other"}, None),
+    ({"AWS": "arn:aws:iam::999999999999:root"}, None),
+])
+def test_key_policy_allow_principals(principal: Any, expected: str | None) -> None:
+    assert key_policy(kst("Allow", principal)).evaluate(req(), ACCOUNT, "app") == expected
+
+
+@pytest.mark.parametrize("principal", ["*", {"AWS": ME}, {"AWS": ROOT}, {"AWS": ACCOUNT}])
+def test_key_policy_deny_for_it_everyone_or_its_account_wins(principal: Any) -> None:
+    kp = key_policy(kst("Allow", {"AWS": ME}), kst("Deny", principal, "kms:Encrypt"))
+    assert kp.evaluate(req(), ACCOUNT, "app") == "Deny"
+    assert kp.evaluate(req("kms:Decrypt"), ACCOUNT, "app") == "Allow"
+
+
+def test_key_policy_statements_match_actions_resources_and_conditions() -> None:
+    kp = key_policy({"Effect": "Allow", "Principal": "*", "Action": "kms:Decrypt",
+                     "Resource": "arn:aws:kms:*:*:alias/app-*",
+                     "Condition": {"StringEquals": {"kms:EncryptionContext:t": "blue"}}})
+    assert kp.evaluate(req("kms:Decrypt", KEY, ALIAS, ctx={"t": "blue"}), ACCOUNT, "app") \
+        == "Allow"
+    for r in (req("kms:Decrypt", KEY, ctx={"t": "blue"}),
+              req("kms:Decrypt", KEY, ALIAS, ctx={"t": "red"}),
+              req("kms:Encrypt", KEY, ALIAS, ctx={"t": "blue"})):
+        assert kp.evaluate(r, ACCOUNT, "app") is None
+
+
+# (identity effect, key policy effect for the caller) -> decision
+_DECISIONS = {
+    ("Deny", "Allow"): "Deny", ("Deny", None): "Deny", ("Allow", "Deny"): "Deny",
+    ("Allow", "Identity"): "Allow", (None, "Identity"): None, (None, "Allow"): "Allow",
+    ("Allow", None): None, (None, None): None, ("Allow", "Allow"): "Allow",
+}
+
+
+@pytest.mark.parametrize(("identity", "kp_effect"), sorted(_DECISIONS, key=str))
+def test_key_decision_table(identity: str | None, kp_effect: str | None) -> None:
+    statements = {"Allow": [kst("Allow", {"AWS": ME})], "Deny": [kst("Deny", "*")],
+                  "Identity": [kst("Allow", {"AWS": ROOT})], None: []}[kp_effect]
+    kp = KeyPolicy.from_json({"Statement": statements}) if statements else KeyPolicy(())
+    assert kp.evaluate(req(), ACCOUNT, "app") == kp_effect
+    got = key_decision(identity, kp, req(), ACCOUNT, "app")  # type: ignore[arg-type]
+    assert got == _DECISIONS[(identity, kp_effect)]
+
+
+def test_no_key_policy_means_the_principal_policy_decides() -> None:
+    for identity in ("Allow", "Deny", None):
+        assert key_decision(identity, None, req(), ACCOUNT, "app") == identity  # type: ignore
+
+
+@pytest.mark.parametrize(("doc", "message"), [
+    ({"Statement": [{"Effect": "Allow", "Action": "kms:*", "Resource": "*"}]},
+     "missing Principal"),
+    ({"Statement": [kst("Allow", {"Service": "x.amazonaws.com"})]}, "only AWS principals"),
+    ({"Statement": [kst("Allow", {"AWS": f"arn:aws:iam::{ACCOUNT}:role/r"})]}, "neither"),
+    ({"Statement": [kst("Allow", {"AWS": []})]}, "empty"),
+    ({"Statement": [kst("Allow", "everyone")]}, "Principal must be"),
+    ({"Statement": [{**kst("Allow", "*"), "NotPrincipal": {"AWS": "*"}}]}, "NotPrincipal"),
+    ({"Statement": [kst("Allow", "*", "kms:Nope")]}, "matches no KMS action"),
+])
+def test_malformed_key_policies(doc: dict[str, Any], message: str) -> None:
+    with pytest.raises(PolicyError, match=message):
+        KeyPolicy.from_json(json.dumps(doc))
+
+
+def test_identity_policies_still_refuse_principal() -> None:
+    with pytest.raises(PolicyError, match="Principal is not supported"):
+        Policy.from_json(json.dumps({"Statement": [kst("Allow", "*")]}))
+
+
+def test_identity_effect_and_cached_effect() -> None:
+    p = principal(allow("kms:Encrypt", KEY), deny("kms:Decrypt", "*"))
+    authz = Authorizer()
+    for r, expected in ((req(), "Allow"), (req("kms:Decrypt"), "Deny"),
+                        (req("kms:Sign"), None), (req(instance="inst-b"), "Deny")):
+        assert identity_effect(p, r) == expected
+        assert authz.effect(p, r) == expected == authz.effect(p, r)
+        assert authz.check(p, r) is (expected == "Allow")

@@ -384,9 +384,16 @@ def test_policy_through_alias_and_context_condition(server: Server, kms: Any) ->
                    EncryptionContext={"tenant": "blue"})["CiphertextBlob"]
     with raises_code(c, "NotFoundException"):
         c.encrypt(KeyId=name, Plaintext=b"x", EncryptionContext={"tenant": "red"})
-    with raises_code(c, "NotFoundException"):  # by key id: the alias grant does not apply
-        c.encrypt(KeyId=k["KeyId"], Plaintext=b"x", EncryptionContext={"tenant": "blue"})
-    with raises_code(c, "NotFoundException"):  # Decrypt names no alias
+    # The key's aliases are its resource names (kms:ResourceAliases): by key id too, and
+    # Decrypt (which names no key) too.
+    c.encrypt(KeyId=k["KeyId"], Plaintext=b"x", EncryptionContext={"tenant": "blue"})
+    assert c.decrypt(CiphertextBlob=ct,
+                     EncryptionContext={"tenant": "blue"})["Plaintext"] == b"blue data"
+    with raises_code(c, "NotFoundException"):
+        c.decrypt(CiphertextBlob=ct, EncryptionContext={"tenant": "red"})
+    # Once the alias is gone, the policy no longer names the key.
+    kms.delete_alias(AliasName=name)
+    with raises_code(c, "NotFoundException"):
         c.decrypt(CiphertextBlob=ct, EncryptionContext={"tenant": "blue"})
     assert kms.decrypt(CiphertextBlob=ct,
                        EncryptionContext={"tenant": "blue"})["Plaintext"] == b"blue data"

@@ -68,6 +68,15 @@ def sym(kms: Any) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
+def tokens(kms: Any, sym: dict[str, Any], account: str) -> list[str]:
+    """Two real grant tokens (grants on ``sym`` to the admin itself): requests may pass
+    tokens of any grant; a token of a grant on another key is ignored."""
+    return [kms.create_grant(KeyId=sym["KeyId"], Operations=["Encrypt", "Decrypt"],
+                             GranteePrincipal=f"arn:aws:iam::{account}:user/admin",
+                             )["GrantToken"] for _ in range(2)]
+
+
+@pytest.fixture(scope="module")
 def sym_b(kms: Any) -> dict[str, Any]:
     return _new_key(kms)
 
@@ -472,7 +481,7 @@ def test_rotation_unsupported_for_asymmetric_and_hmac(kms: Any, rsa_sign: dict[s
 
 
 def test_encrypt_decrypt_every_key_reference(kms: Any, sym: dict[str, Any],
-                                             account: str) -> None:
+                                             account: str, tokens: list[str]) -> None:
     alias = "alias/" + _uniq("refs")
     kms.create_alias(AliasName=alias, TargetKeyId=sym["KeyId"])
     refs = [sym["KeyId"], sym["Arn"], alias, f"arn:aws:kms:us-east-1:{account}:{alias}"]
@@ -480,10 +489,10 @@ def test_encrypt_decrypt_every_key_reference(kms: Any, sym: dict[str, Any],
     for ref in refs:
         pt = os.urandom(100)
         r = kms.encrypt(KeyId=ref, Plaintext=pt, EncryptionContext=ctx,
-                        GrantTokens=["token-1", "token-2"])
+                        GrantTokens=tokens)
         assert r["KeyId"] == sym["Arn"] and r["EncryptionAlgorithm"] == "SYMMETRIC_DEFAULT"
         d = kms.decrypt(CiphertextBlob=r["CiphertextBlob"], EncryptionContext=ctx,
-                        GrantTokens=["token-1"])
+                        GrantTokens=tokens[:1])
         assert d["Plaintext"] == pt and d["KeyId"] == sym["Arn"]
         assert d["EncryptionAlgorithm"] == "SYMMETRIC_DEFAULT"
         # With the KeyId named, by the same reference.
@@ -518,12 +527,13 @@ def test_decrypt_failures(kms: Any, sym: dict[str, Any], sym_b: dict[str, Any]) 
         kms.decrypt(CiphertextBlob=ct, EncryptionContext={"a": "b"}, KeyId=sym_b["KeyId"])
 
 
-def test_re_encrypt(kms: Any, sym: dict[str, Any], sm4: dict[str, Any]) -> None:
+def test_re_encrypt(kms: Any, sym: dict[str, Any], sm4: dict[str, Any],
+                    tokens: list[str]) -> None:
     ct = kms.encrypt(KeyId=sym["KeyId"], Plaintext=b"move me",
                      EncryptionContext={"src": "1"})["CiphertextBlob"]
     r = kms.re_encrypt(CiphertextBlob=ct, SourceEncryptionContext={"src": "1"},
                        DestinationKeyId=sm4["KeyId"], DestinationEncryptionContext={"dst": "2"},
-                       GrantTokens=["t"])
+                       GrantTokens=tokens)
     assert r["SourceKeyId"] == sym["Arn"] and r["KeyId"] == sm4["Arn"]
     assert r["SourceEncryptionAlgorithm"] == "SYMMETRIC_DEFAULT"
     assert r["DestinationEncryptionAlgorithm"] == "SYMMETRIC_DEFAULT"
@@ -547,10 +557,10 @@ def test_re_encrypt(kms: Any, sym: dict[str, Any], sm4: dict[str, Any]) -> None:
     ({"KeySpec": "AES_256"}, 32), ({"KeySpec": "AES_128"}, 16), ({"NumberOfBytes": 1}, 1),
     ({"NumberOfBytes": 64}, 64), ({"NumberOfBytes": 1024}, 1024)])
 def test_generate_data_key(kms: Any, sym: dict[str, Any], sm4: dict[str, Any],
-                           args: dict[str, Any], size: int) -> None:
+                           args: dict[str, Any], size: int, tokens: list[str]) -> None:
     for key in (sym, sm4):
         ctx = {"dk": "yes"}
-        r = kms.generate_data_key(KeyId=key["Arn"], EncryptionContext=ctx, GrantTokens=["g"],
+        r = kms.generate_data_key(KeyId=key["Arn"], EncryptionContext=ctx, GrantTokens=tokens,
                                   **args)
         assert r["KeyId"] == key["Arn"] and len(r["Plaintext"]) == size
         d = kms.decrypt(CiphertextBlob=r["CiphertextBlob"], EncryptionContext=ctx)
@@ -774,10 +784,11 @@ def test_get_public_key_of_symmetric_and_hmac_keys(kms: Any, sym: dict[str, Any]
 @pytest.mark.parametrize(("spec", "alg", "size"), [
     ("HMAC_256", "HMAC_SHA_256", 32), ("HMAC_384", "HMAC_SHA_384", 48),
     ("HMAC_512", "HMAC_SHA_512", 64), ("HMAC_SM3", "HMAC_SM3", 32)])
-def test_generate_verify_mac(kms: Any, spec: str, alg: str, size: int) -> None:
+def test_generate_verify_mac(kms: Any, spec: str, alg: str, size: int,
+                             tokens: list[str]) -> None:
     md = _new_key(kms, spec, "GENERATE_VERIFY_MAC")
     kid = md["KeyId"]
-    r = kms.generate_mac(KeyId=kid, Message=b"mac me", MacAlgorithm=alg, GrantTokens=["g"])
+    r = kms.generate_mac(KeyId=kid, Message=b"mac me", MacAlgorithm=alg, GrantTokens=tokens)
     assert r["KeyId"] == md["Arn"] and r["MacAlgorithm"] == alg and len(r["Mac"]) == size
     assert kms.generate_mac(KeyId=kid, Message=b"mac me", MacAlgorithm=alg)["Mac"] == r["Mac"]
     v = kms.verify_mac(KeyId=md["Arn"], Message=b"mac me", Mac=r["Mac"], MacAlgorithm=alg)
