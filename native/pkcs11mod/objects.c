@@ -378,6 +378,8 @@ static size_t allowed_mechs(const kmskey_t *k, int kind, CK_ULONG *m)
     case KS_EC:
         m[n++] = CKM_ECDSA;
         m[n++] = CKM_ECDSA_SHA256;
+        m[n++] = CKM_ECDSA_SHA384;
+        m[n++] = CKM_ECDSA_SHA512;
         break;
     case KS_SM2:
         m[n++] = CKM_HSMPOOL_SM2;
