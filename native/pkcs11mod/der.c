@@ -174,9 +174,9 @@ const char *digestinfo_parse(const unsigned char *in, size_t len, const unsigned
         for (int with_null = 1; with_null >= 0; with_null--) {
             unsigned char pre[19];
             size_t k = 0, alg_len = 11 + (with_null ? 2u : 0u);
-            size_t total = 2 + alg_len + 2 + HASHES[i].dlen;
+            size_t content = 2 + alg_len + 2 + HASHES[i].dlen;
             pre[k++] = 0x30;
-            pre[k++] = (unsigned char)(total - 2);
+            pre[k++] = (unsigned char)content;
             pre[k++] = 0x30;
             pre[k++] = (unsigned char)alg_len;
             memcpy(pre + k, sha2_arc, sizeof sha2_arc);

@@ -657,11 +657,11 @@ CK_RV ops_generate_key_pair(slot_t *s, const CK_MECHANISM *m, const CK_ATTRIBUTE
                   attr_true(find_attr(pub, npub, CKA_ENCRYPT));
     int sign = attr_true(find_attr(priv, npriv, CKA_SIGN)) ||
                attr_true(find_attr(pub, npub, CKA_VERIFY));
-    if (encrypt && sign)
-        return CKR_TEMPLATE_INCONSISTENT; /* a KMS key has one usage */
-    if (encrypt && m->mechanism == CKM_EC_KEY_PAIR_GEN)
+    /* A KMS key has one usage: ENCRYPT_DECRYPT only when encryption and not signing is
+     * asked for (templates that ask for both, as python-pkcs11's defaults do, sign). */
+    if (encrypt && !sign && m->mechanism == CKM_EC_KEY_PAIR_GEN)
         return CKR_TEMPLATE_INCONSISTENT;
-    const char *usage = encrypt ? "ENCRYPT_DECRYPT" : "SIGN_VERIFY";
+    const char *usage = encrypt && !sign ? "ENCRYPT_DECRYPT" : "SIGN_VERIFY";
     char label[256] = "";
     const CK_ATTRIBUTE *la = find_attr(priv, npriv, CKA_LABEL);
     if (la == NULL)

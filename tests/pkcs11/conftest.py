@@ -63,7 +63,7 @@ class P11Env:
     def env(self) -> dict[str, str]:
         return {**os.environ, "HSMPOOL_PKCS11_CONF": str(self.conf)}
 
-    def audit(self, n: int = 2000) -> list[dict[str, Any]]:
+    def audit(self, n: int = 100000) -> list[dict[str, Any]]:
         out = subprocess.run([str(HSMPOOL), "--config", str(self.server.config), "audit",
                               "tail", "-n", str(n), "--json"], capture_output=True, text=True,
                              timeout=60, check=True)
@@ -113,6 +113,23 @@ def p11(token_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[P
         write_module_conf(conf, srv, cred_file, hidden["Arn"])
         yield P11Env(srv, admin, pkcs11_module_path(), conf, cred_file, principal, cred,
                      keys, hidden)
+
+
+@pytest.fixture(scope="package")
+def p11lib(p11: P11Env) -> Iterator[Any]:
+    """The module loaded in this process by python-pkcs11 (C_Initialize reads the
+    configuration named by HSMPOOL_PKCS11_CONF, so it is set first), with the slot of
+    LISTED logged in by one session kept open: PKCS#11 login state is per slot, so the
+    tests' sessions are opened without a PIN (python-pkcs11 treats the second C_Login's
+    CKR_USER_ALREADY_LOGGED_IN as an error, and logs every session out when a session
+    that logged in closes)."""
+    import pkcs11
+
+    os.environ["HSMPOOL_PKCS11_CONF"] = str(p11.conf)
+    lib = pkcs11.lib(p11.module)
+    login = lib.get_token(token_label=LISTED).open(user_pin=PIN)
+    yield lib
+    login.close()
 
 
 def need_tool(name: str) -> str:
