@@ -75,7 +75,8 @@ def test_ecdsa_sign_and_verify(p11: P11Env, tmp_path: Path) -> None:
     msg = tmp_path / "msg"
     msg.write_bytes(b"signed through PKCS#11 " * 50)
     sig = tmp_path / "sig"
-    tool(p11, "--sign", "-m", "ECDSA-SHA256", "--id", key_id(p11, "ec"), "-i", str(msg), "-o", str(sig))
+    tool(p11, "--sign", "-m", "ECDSA-SHA256", "--id", key_id(p11, "ec"), "-i", str(msg), "-o",
+         str(sig))
     raw = sig.read_bytes()
     assert len(raw) == 64
     der = utils.encode_dss_signature(int.from_bytes(raw[:32], "big"),
