@@ -28,7 +28,7 @@ fi
 # OpenSSL 3's PKCS#11 provider, for the PKCS#11 module's tests: Debian 12 has it only in
 # bookworm-backports. Its .deb is fetched with a sources list of its own (the machine's apt
 # configuration is not changed) and installed with its dependencies from the usual ones.
-ossl_modules=$(openssl version -m 2>/dev/null | sed -n 's/^MODULESDIR: "\(.*\)"$/\1/p')
+ossl_modules=$( (openssl version -m 2>/dev/null || true) | sed -n 's/^MODULESDIR: "\(.*\)"$/\1/p')
 if [ "$want_test" = 1 ] && [ -n "$ossl_modules" ] && [ ! -f "$ossl_modules/pkcs11.so" ]; then
   echo "setup: installing pkcs11-provider" >&2
   if ! DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q pkcs11-provider >/dev/null 2>&1; then
