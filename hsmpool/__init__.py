@@ -13,7 +13,12 @@ the block (a hung token is abandoned and ejected, the operation retried on anoth
 an event-loop server runs its requests through :class:`AsyncHub`. See ``hsmpool._calls``.
 
 Exceptions: see :mod:`hsmpool.errors`.
+
+:func:`pkcs11_module_path` is where ``pip install`` put ``libhsmpool-pkcs11.so``, the PKCS#11
+module that presents a KMS server's keys to third-party software (docs/pkcs11.md).
 """
+
+from pathlib import Path as _Path
 
 from hsmpool._calls import Hub as AsyncHub
 from hsmpool._calls import deadline
@@ -67,4 +72,15 @@ __all__ = [
     "deadline",
     "load_config",
     "parse_config",
+    "pkcs11_module_path",
 ]
+
+
+def pkcs11_module_path() -> str:
+    """The absolute path of ``libhsmpool-pkcs11.so`` (built by ``pip install``).
+
+    Raises :class:`FileNotFoundError` when the package was installed without it."""
+    path = _Path(__file__).resolve().parent / "libhsmpool-pkcs11.so"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: reinstall hsmpool (pip install -e .)")
+    return str(path)

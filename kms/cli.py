@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     audit.add_cli(sub)
     add_commands(sub)
+    from kms import pkcs11_cli
+
+    pkcs11_cli.add_commands(sub)
     _one_line_errors(parser)
     return parser
 

@@ -17,12 +17,34 @@ command -v gcc >/dev/null || need+=(gcc)
 [ -f /usr/include/sqlite3.h ] || need+=(libsqlite3-dev)
 [ -f /usr/include/p11-kit-1/p11-kit/pkcs11.h ] || need+=(libp11-kit-dev)
 [ "$want_test" = 1 ] && { command -v pkcsslotd >/dev/null || [ -x /usr/sbin/pkcsslotd ] || need+=(opencryptoki); }
+[ "$want_test" = 1 ] && { command -v pkcs11-tool >/dev/null || need+=(opensc); }
 python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
+SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}" >&2
-  SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
   $SUDO apt-get update -q >/dev/null
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "${need[@]}" >/dev/null
+fi
+# OpenSSL 3's PKCS#11 provider, for the PKCS#11 module's tests: Debian 12 has it only in
+# bookworm-backports. Its .deb is fetched with a sources list of its own (the machine's apt
+# configuration is not changed) and installed with its dependencies from the usual ones.
+ossl_modules=$( (openssl version -m 2>/dev/null || true) | sed -n 's/^MODULESDIR: "\(.*\)"$/\1/p')
+if [ "$want_test" = 1 ] && [ -n "$ossl_modules" ] && [ ! -f "$ossl_modules/pkcs11.so" ]; then
+  echo "setup: installing pkcs11-provider" >&2
+  if ! DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q pkcs11-provider >/dev/null 2>&1; then
+    codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
+    bpo=$(mktemp -d)
+    mkdir -p "$bpo/lists/partial"
+    echo "deb http://deb.debian.org/debian $codename-backports main" > "$bpo/sources.list"
+    aptopts=(-o "Dir::Etc::SourceList=$bpo/sources.list" -o Dir::Etc::SourceParts=/dev/null
+             -o "Dir::State::Lists=$bpo/lists")
+    ( cd "$bpo" && $SUDO apt-get "${aptopts[@]}" update -q >/dev/null 2>&1 \
+        && $SUDO apt-get "${aptopts[@]}" download pkcs11-provider >/dev/null 2>&1 \
+        && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q ./pkcs11-provider_*.deb \
+             >/dev/null 2>&1 ) \
+      || echo "setup: pkcs11-provider is not installable here (its tests will skip)" >&2
+    $SUDO rm -rf "$bpo"
+  fi
 fi
 
 if [ ! -x .venv/bin/python ]; then
@@ -31,7 +53,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=.venv/.hsmpool-installed
 extras=""; [ "$want_test" = 1 ] && extras="[test]"
-hash_of() { (cat pyproject.toml setup.py native/*.c native/*.h native/*.py; echo "$1") | sha256sum | cut -c1-16; }
+hash_of() { (cat pyproject.toml setup.py native/*.c native/*.h native/*.py native/pkcs11mod/*; echo "$1") | sha256sum | cut -c1-16; }
 src_hash=$(hash_of "$extras")
 test_hash=$(hash_of "[test]")  # an install with the test extras serves a plain run too
 if [ ! -f "$stamp" ] || ! grep -qx -e "$src_hash" -e "$test_hash" "$stamp"; then
