@@ -198,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                        port, tmp)
         wait_ready(server, "/metrics", WORKERS)
         from benchmarks.server import boto_client
-        from kms.pkcs11_cli import encrypt_credential
+        from kms.cli.pkcs11 import encrypt_credential
 
         kms = boto_client(port, ak, sk)
         key_id = kms.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")[

@@ -808,7 +808,7 @@ os.environ["HSMPOOL_CONFIG"] = sys.argv[1]
 # CPU time of the event-loop thread, not wall time: on a shared machine a starved worker
 # would otherwise charge its waits for a core to whichever call it was preempted in.
 prof = cProfile.Profile(time.thread_time)
-config = uvicorn.Config("kms.api.server:make_app", factory=True, host="127.0.0.1",
+config = uvicorn.Config("kms.server.run:make_app", factory=True, host="127.0.0.1",
                         port=int(sys.argv[2]), loop="uvloop", http="httptools",
                         lifespan="on", access_log=False, log_level="warning")
 server = uvicorn.Server(config)
@@ -956,7 +956,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "--port", str(ports["trivial"]), "--workers", str(WORKERS), "--loop", "uvloop",
                 "--http", "httptools", "--no-access-log", "--log-level", "warning",
                 "--lifespan", "off", "--timeout-keep-alive", "30", "--backlog", "2048",
-                # the same uvicorn settings as `hsmpool serve` (kms/api/server.py)
+                # the same uvicorn settings as `hsmpool serve` (kms/server/run.py)
                 "--no-server-header", "--no-date-header"],
                 ports["trivial"], tmp))
         if "moto" in targets:

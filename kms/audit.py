@@ -127,7 +127,6 @@ Threat model (what this does and does not protect)
 
 from __future__ import annotations
 
-import argparse
 import fcntl
 import hashlib
 import hmac
@@ -139,12 +138,10 @@ import re
 import socket
 import sqlite3
 import struct
-import sys
-import time
 import types
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import Any
 
 from kms._auditw_cffi import ffi as _ffi
 from kms._auditw_cffi import lib as _lib
@@ -157,13 +154,11 @@ __all__ = [
     "AuditLog",
     "SegmentInUse",
     "VerifyReport",
-    "add_cli",
     "canonical",
     "chain_hash",
     "cli_segment",
     "genesis",
     "local_user",
-    "main",
     "open_cli_log",
     "parse_anchor",
     "segment_files",
@@ -987,116 +982,3 @@ def verify(directory: str | os.PathLike[str], *, head_key: bytes | None = None,
     for missing in sorted(required - found):
         report.problem(f"segment {missing}: missing ({segment_path(d, missing)} not found)")
     return report
-
-
-# --------------------------------------------------------------------------- CLI
-
-DEFAULT_CONFIG = "var/hsmpool.toml"
-
-
-def audit_location(args: argparse.Namespace) -> tuple[str, frozenset[str]]:
-    """The audit directory of an ``audit`` command, and the secret context keys of its
-    configuration: ``--dir``; else the ``[kms] audit_dir`` of ``--config``; else
-    ``$HSMPOOL_AUDIT_DIR``; else that of ``$HSMPOOL_CONFIG`` or ``var/hsmpool.toml`` (if it
-    exists); else ``var/audit``. A configuration error is one line and exit status 2."""
-    config = getattr(args, "config", None)
-    if args.dir is None and config is None:
-        if os.environ.get("HSMPOOL_AUDIT_DIR"):
-            return os.environ["HSMPOOL_AUDIT_DIR"], frozenset()
-        config = os.environ.get("HSMPOOL_CONFIG") or (
-            DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else None)
-        if config is None:
-            return DEFAULT_DIR, frozenset()
-    if config is None:
-        return args.dir, frozenset()
-    audit_dir, secret = _configured(config)
-    if args.dir is not None:
-        return args.dir, secret
-    if audit_dir is None:
-        _usage(f"configuration error: {config}: [kms] audit_dir is off (no audit trail)")
-    return audit_dir, secret
-
-
-def _configured(config: str) -> tuple[str | None, frozenset[str]]:
-    from hsmpool.config import read_toml
-    from hsmpool.errors import ConfigError
-    from kms.config import parse_kms_settings
-
-    try:
-        doc, base = read_toml(config)
-        settings = parse_kms_settings(doc, base)
-    except (ConfigError, ValueError, TypeError) as exc:
-        _usage(f"configuration error: {exc}")
-    return settings.audit_dir, settings.secret_context_keys
-
-
-def _usage(message: str) -> NoReturn:
-    print(f"hsmpool: {message}", file=sys.stderr)
-    raise SystemExit(2)
-
-
-def _cmd_verify(args: argparse.Namespace) -> int:
-    directory = audit_location(args)[0]
-    try:
-        key = None
-        if args.head_key_file:
-            with open(args.head_key_file, "rb") as f:
-                key = f.read()
-        texts = list(args.anchor or [])
-        for name in args.anchor_file or []:
-            with open(name, encoding="utf-8") as f:
-                texts += [ln for ln in (x.split("#")[0].strip() for x in f) if ln]
-        anchors = [parse_anchor(t) for t in texts]
-    except (OSError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    started = time.perf_counter()
-    report = verify(directory, head_key=key, segments=args.segment or None, anchors=anchors)
-    took = time.perf_counter() - started
-    for h in report.heads:
-        print(f"segment {h.segment}: {h.records} records, head seq {h.seq}, "
-              f"anchor {h.segment}:{h.seq}:{h.hash}")
-    for p in report.problems:
-        print(f"PROBLEM: {p}")
-    state = "OK" if report.ok else f"FAILED ({len(report.problems)} problems)"
-    print(f"audit {directory}: {report.segments} segments, {report.records} records, "
-          f"{len(anchors)} anchors, {state} in {took:.2f} s")
-    return 0 if report.ok else 1
-
-
-def add_cli(subparsers: Any) -> None:
-    """Register ``audit verify|tail|show|export`` on an ``argparse`` subparsers object."""
-    from kms import audit_reader
-
-    audit = subparsers.add_parser("audit", help="the audit trail: verify and read it")
-    sub = audit.add_subparsers(dest="audit_command", required=True, metavar="COMMAND")
-    where = argparse.ArgumentParser(add_help=False)
-    where.add_argument("--dir", default=None,
-                       help="audit directory (default: the [kms] audit_dir of --config; "
-                            "else $HSMPOOL_AUDIT_DIR; else that of $HSMPOOL_CONFIG or "
-                            f"{DEFAULT_CONFIG}; else {DEFAULT_DIR})")
-    v = sub.add_parser("verify", parents=[where],
-                       help="check every audit segment's hash chain and head")
-    v.add_argument("--segment", action="append",
-                   help="check only this segment (repeatable); a named segment that is "
-                        "absent is a problem")
-    v.add_argument("--head-key-file", help="file holding the head HMAC key")
-    v.add_argument("--anchor", action="append", metavar="SEGMENT:SEQ:HASH",
-                   help="a head printed by an earlier verify and kept elsewhere; it must "
-                        "still be in its chain (repeatable)")
-    v.add_argument("--anchor-file", action="append", metavar="FILE",
-                   help="file of anchors, one SEGMENT:SEQ:HASH per line ('#' comments)")
-    v.set_defaults(func=_cmd_verify)
-    audit_reader.add_cli(sub, where)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m kms.audit verify [--dir DIR]``."""
-    parser = argparse.ArgumentParser(prog="hsmpool")
-    add_cli(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["audit", *(sys.argv[1:] if argv is None else argv)])
-    return int(args.func(args))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -87,7 +87,7 @@ class ServerSettings:
     access_log: str = "off"
     #: The folder under which each running server keeps its workers' metrics files.
     state_dir: str = "run"
-    #: A seed file: keys and aliases created at start when absent (:mod:`kms.seed`).
+    #: A seed file: keys and aliases created at start when absent (:mod:`kms.server.seed`).
     seed: str | None = None
     request_timeout: float = 10.0
     #: Per principal: requests per second (0: no limit) and the burst above that rate;

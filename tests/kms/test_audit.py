@@ -21,6 +21,7 @@ import pytest
 
 from kms import audit
 from kms.audit import AuditError, AuditEvent, AuditLog, chain_hash, verify
+from kms.cli import audit as audit_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 N_TAMPER = 10  # records in the tampered segments
@@ -792,35 +793,35 @@ def test_named_segment_missing(tampered: Path) -> None:
 
 
 def test_cli_verify(tampered: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert audit.main(["verify", "--dir", str(tampered.parent)]) == 0
+    assert audit_cli.main(["verify", "--dir", str(tampered.parent)]) == 0
     out = capsys.readouterr().out
     assert f"segment t: {N_TAMPER} records, head seq {N_TAMPER}, anchor t:{N_TAMPER}:" in out
     assert "1 segments, 10 records, 0 anchors, OK" in out
     anchor = out.split("anchor ")[1].split()[0]
 
     edit(tampered, 2, "result", "ok!")
-    assert audit.main(["verify", "--dir", str(tampered.parent)]) == 1
+    assert audit_cli.main(["verify", "--dir", str(tampered.parent)]) == 1
     out = capsys.readouterr().out
     assert "PROBLEM: segment t: seq 2: record edited (hash mismatch)" in out
     assert "FAILED (1 problems)" in out
 
     # Re-chain after the edit (hashes, links and head): only the anchor still sees it.
     _rechain(tampered, "t", 2)
-    assert audit.main(["verify", "--dir", str(tampered.parent)]) == 0
+    assert audit_cli.main(["verify", "--dir", str(tampered.parent)]) == 0
     capsys.readouterr()
     anchor_file = tampered.parent.parent / "anchors"
     anchor_file.write_text(f"# taken before the rewrite\n{anchor}\n")
-    assert audit.main(["verify", "--dir", str(tampered.parent), "--anchor-file",
+    assert audit_cli.main(["verify", "--dir", str(tampered.parent), "--anchor-file",
                        str(anchor_file)]) == 1
     out = capsys.readouterr().out
     assert f"PROBLEM: segment t: seq {N_TAMPER}: hash differs from the anchor" in out
-    assert audit.main(["verify", "--dir", str(tampered.parent), "--anchor", "t:1:zz"]) == 2
+    assert audit_cli.main(["verify", "--dir", str(tampered.parent), "--anchor", "t:1:zz"]) == 2
 
 
 def test_cli_as_a_process_and_add_cli(tampered: Path, tmp_path: Path) -> None:
     key_file = tmp_path / "key"
     key_file.write_bytes(b"k" * 32)
-    done = subprocess.run([sys.executable, "-m", "kms.audit", "verify", "--dir",
+    done = subprocess.run([sys.executable, "-m", "kms.cli.audit", "verify", "--dir",
                            str(tampered.parent), "--head-key-file", str(key_file)],
                           capture_output=True, text=True, env=child_env(), timeout=60)
     assert done.returncode == 1  # the segment was written without a head key
@@ -828,7 +829,7 @@ def test_cli_as_a_process_and_add_cli(tampered: Path, tmp_path: Path) -> None:
 
     import argparse
     parser = argparse.ArgumentParser()
-    audit.add_cli(parser.add_subparsers(dest="command"))
+    audit_cli.add_cli(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["audit", "verify", "--dir", str(tampered.parent)])
     assert args.func(args) == 0
 

@@ -1,4 +1,4 @@
-"""``hsmpool pkcs11 credential``: the module's credential file (format in kms/pkcs11_cli.py),
+"""``hsmpool pkcs11 credential``: the module's credential file (format in kms/cli/pkcs11.py),
 written 0600, readable only with its PIN, never echoing the PIN or the secret."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from kms.pkcs11_cli import CredentialError, decrypt_credential, encrypt_credential
+from kms.cli.pkcs11 import CredentialError, decrypt_credential, encrypt_credential
 
 ROOT = Path(__file__).resolve().parents[2]
 HSMPOOL = ROOT / ".venv" / "bin" / "hsmpool"

@@ -8,12 +8,12 @@
     hsmpool key schedule-deletion KEY [--days 30] | cancel-deletion KEY
     hsmpool key enable-rotation|disable-rotation|rotation-status|tag|untag|tags|policy|
                 sign|verify|public-key|generate-data-key|get-parameters-for-import|
-                import-key-material ...                              (:mod:`kms.cli_keys`)
+                import-key-material ...                              (:mod:`kms.cli.keys`)
     hsmpool alias create|update NAME KEY | delete NAME | list [--key KEY]
     hsmpool encrypt --key KEY [--context K=V ...] [--chunk-size 1M] [--force] IN OUT
     hsmpool decrypt [--context K=V ...] [--force] IN OUT
-    hsmpool serve ... | credentials ...                              (:mod:`kms.api.commands`)
-    hsmpool audit verify|tail|show|export ...          (:mod:`kms.audit`, :mod:`kms.audit_reader`)
+    hsmpool serve ... | credentials ...                              (:mod:`kms.cli.server`)
+    hsmpool audit verify|tail|show|export ...          (:mod:`kms.cli.audit`)
 
 The key and alias commands and encrypt/decrypt take ``--instance`` (default ``default``) and
 ``--json``; KEY is a key id, key ARN, alias name or alias ARN; an alias NAME may omit the
@@ -55,18 +55,18 @@ if TYPE_CHECKING:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from kms.api import commands as server_commands
+    from kms.cli import server as server_commands
 
     parser = pool_cli.build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     server_commands.add_commands(sub)
-    from kms import audit
+    from kms.cli import audit as audit_commands
 
-    audit.add_cli(sub)
+    audit_commands.add_cli(sub)
     add_commands(sub)
-    from kms import pkcs11_cli
+    from kms.cli import pkcs11 as pkcs11_commands
 
-    pkcs11_cli.add_commands(sub)
+    pkcs11_commands.add_commands(sub)
     _one_line_errors(parser)
     return parser
 
@@ -470,7 +470,7 @@ def cmd_decrypt(args: argparse.Namespace) -> int:
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register the service's commands: key, alias, encrypt, decrypt."""
-    from kms.cli_keys import add_key_commands
+    from kms.cli.keys import add_key_commands
     from kms.fileenc import DEFAULT_CHUNK_SIZE
     from kms.model import KeySpec, KeyUsage, Origin
 

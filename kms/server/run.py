@@ -1,7 +1,7 @@
 """``hsmpool serve``: uvicorn (httptools, uvloop) on a socket bound by the parent, one
 worker process per core by default.
 
-Start-up, in the parent, before any worker exists (:mod:`kms.api.startup`): the
+Start-up, in the parent, before any worker exists (:mod:`kms.server.startup`): the
 configuration is validated (``[server]`` with the command line's overrides), the TLS
 certificate and key are loaded, the seed file is parsed, the socket is bound, and the
 service is opened once — every token found and logged in (a token missing or refusing login
@@ -11,8 +11,8 @@ on stderr and a non-zero exit (2 for configuration, 1 for tokens, the store or t
 
 * One worker: the parent serves, with the service it opened.
 * N workers: the parent closes its service (the pool's PKCS#11 libraries are finalised
-  there) and starts N fresh interpreters (:mod:`kms.api.worker`, supervised by
-  :mod:`kms.api.supervisor`), each opening its own service and audit segment and serving on
+  there) and starts N fresh interpreters (:mod:`kms.server.worker`, supervised by
+  :mod:`kms.server.supervisor`), each opening its own service and audit segment and serving on
   the parent's socket; each publishes its metrics once a second to the server's state
   folder (:mod:`kms.api.metrics`).
 
@@ -33,10 +33,11 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kms.api import logs, startup
+from kms.api import logs
 from kms.api.app import KmsApp
 from kms.api.http11 import KmsHttpProtocol
-from kms.api.startup import StartupError
+from kms.server import startup
+from kms.server.startup import StartupError
 
 if TYPE_CHECKING:
     import uvicorn
@@ -48,7 +49,7 @@ CONFIG_ENV = "HSMPOOL_CONFIG"
 
 
 def make_app() -> KmsApp:
-    """A uvicorn factory (``kms.api.server:make_app``; benchmarks' profiler): the
+    """A uvicorn factory (``kms.server.run:make_app``; benchmarks' profiler): the
     configuration path comes from ``$HSMPOOL_CONFIG``."""
     from kms.service import Kms
 
@@ -187,7 +188,7 @@ def serve(config: str, overrides: Mapping[str, Any] | None = None, *,
         startup.check_tls(server)
         seed = None
         if server.seed is not None:
-            from kms.seed import SeedError, load_seed
+            from kms.server.seed import SeedError, load_seed
 
             try:
                 seed = load_seed(server.seed)
@@ -210,7 +211,7 @@ def serve(config: str, overrides: Mapping[str, Any] | None = None, *,
     try:
         lines = []
         if seed is not None:
-            from kms.seed import SeedError, apply_seed
+            from kms.server.seed import SeedError, apply_seed
 
             try:
                 lines += apply_seed(kms, seed)
@@ -255,7 +256,7 @@ def _serve_here(kms: Kms, sock: socket.socket, server: ServerSettings, serving: 
 
 def _serve_workers(config: str, overrides: Mapping[str, Any], sock: socket.socket,
                    server: ServerSettings, workers: int, serving: str) -> int:
-    from kms.api.supervisor import Supervisor
+    from kms.server.supervisor import Supervisor
 
     try:
         state = _make_state_dir(server.state_dir)
@@ -266,7 +267,7 @@ def _serve_workers(config: str, overrides: Mapping[str, Any], sock: socket.socke
     settings_json = json.dumps(dict(overrides))
 
     def argv(index: int, status_fd: int) -> list[str]:
-        return [sys.executable, "-m", "kms.api.worker", "--config", os.path.abspath(config),
+        return [sys.executable, "-m", "kms.server.worker", "--config", os.path.abspath(config),
                 "--overrides", settings_json, "--fd", str(sock.fileno()),
                 "--status-fd", str(status_fd), "--state-dir", str(state),
                 "--index", str(index)]

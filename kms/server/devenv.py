@@ -89,7 +89,7 @@ def make_environment(root: Path) -> Path:
 
 
 def _admin_credential(kms: Kms) -> list[str]:
-    from kms.api.commands import ADMIN_POLICY
+    from kms.cli.server import ADMIN_POLICY
     from kms.credentials import create_access_key
 
     key = create_access_key(kms, INSTANCE, "admin", [ADMIN_POLICY], actor="dev")
@@ -100,7 +100,7 @@ def _admin_credential(kms: Kms) -> list[str]:
 
 def serve_dev(overrides: Mapping[str, Any]) -> int:
     """``hsmpool serve --dev``; returns the exit status."""
-    from kms.api.server import say, serve
+    from kms.server.run import say, serve
 
     if overrides.get("workers", 1) != 1:
         say("serve --dev runs one worker (its store is in memory): drop --workers")

@@ -1,7 +1,7 @@
 """The parent of a multi-worker ``hsmpool serve``: starts the workers, watches them, stops
 them.
 
-Each worker is a fresh interpreter (``python -m kms.api.worker``, never a fork of the
+Each worker is a fresh interpreter (``python -m kms.server.worker``, never a fork of the
 parent: PKCS#11 libraries are initialised in the worker) handed the listening socket and the
 write end of a status pipe. On it the worker says ``ready`` once it serves, or ``failed
 <one line>`` if it could not start.

@@ -11,7 +11,7 @@
 ``serve`` options override the configuration's ``[server]`` values (``kms/config.py``); each
 ``--help`` line says the default. ``serve --dev`` needs no configuration: an in-memory store,
 ephemeral SoftHSM2 tokens, one worker, and an admin credential printed at start
-(:mod:`kms.devenv`).
+(:mod:`kms.server.devenv`).
 
 Every credentials command takes ``--json``. Secrets are printed by ``create`` and ``rotate``
 only; ``list``, ``disable``, ``enable`` and ``delete`` need no HSM (metadata only). Each
@@ -73,11 +73,11 @@ def _serve_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from kms.api.server import serve
+    from kms.server.run import serve
 
     overrides = _serve_overrides(args)
     if args.dev:
-        from kms.devenv import serve_dev
+        from kms.server.devenv import serve_dev
 
         if args.config:
             print("hsmpool: serve --dev makes its own configuration: drop --config",

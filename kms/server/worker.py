@@ -1,7 +1,7 @@
 """One worker process of a multi-worker ``hsmpool serve`` (started by
-:mod:`kms.api.supervisor`, never by hand)::
+:mod:`kms.server.supervisor`, never by hand)::
 
-    python -m kms.api.worker --config CFG --overrides JSON --fd N --status-fd M
+    python -m kms.server.worker --config CFG --overrides JSON --fd N --status-fd M
                              --state-dir DIR --index I
 
 It opens its own service (pool, store, audit segment ``<host>-<pid>``), serves on the
@@ -21,8 +21,9 @@ import socket
 import sys
 from collections.abc import Sequence
 
-from kms.api import logs, startup
-from kms.api.startup import StartupError
+from kms.api import logs
+from kms.server import startup
+from kms.server.startup import StartupError
 
 STARTUP_FAILED = 3
 
@@ -43,7 +44,7 @@ def _report(fd: int, line: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="kms.api.worker")
+    parser = argparse.ArgumentParser(prog="kms.server.worker")
     parser.add_argument("--config", required=True)
     parser.add_argument("--overrides", default="{}")
     parser.add_argument("--fd", type=int, required=True)
@@ -65,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - one line to the parent, never a traceback
         _report(status, f"failed {type(exc).__name__}: {exc}")
         return STARTUP_FAILED
-    from kms.api.server import run_app, setup_app
+    from kms.server.run import run_app, setup_app
 
     kms.start_scheduler(60.0)
     app = setup_app(kms, server, args.state_dir)
