@@ -12,7 +12,7 @@ Exceptions: :mod:`kms.errors` (one class per AWS KMS error name).
 """
 
 from kms.errors import KmsError
-from kms.importing import ImportParameters
+from kms.keys.importing import ImportParameters
 from kms.model import AliasRecord, KeyRecord, KeySpec, KeyState, KeyUsage, KeyVersion, Origin
 from kms.service import (
     DataKey,

@@ -194,7 +194,7 @@ class AliasRecord:
 
 @dataclass(frozen=True, slots=True)
 class Grant:
-    """A grant on one key (see :mod:`kms.grants`): its grantee principal may run
+    """A grant on one key (see :mod:`kms.keys.grants`): its grantee principal may run
     ``operations`` (AWS wire names, e.g. ``"Decrypt"``) on the key, under the encryption
     context constraints ``subset`` (the request's context includes these pairs) and
     ``equals`` (the request's context is exactly this), both when both are given.

@@ -3,7 +3,7 @@
 Pure logic, no I/O.  The service asks :func:`identity_effect` (through the caching
 :class:`Authorizer`) and, for an operation on a key, :func:`key_decision` before every
 operation and, on a refusal, answers as if the key did not exist; this module only says yes or
-no.  Grants (:mod:`kms.grants`) are the service's last step, described below.
+no.  Grants (:mod:`kms.keys.grants`) are the service's last step, described below.
 
 Model
 -----

@@ -114,7 +114,7 @@ MIGRATIONS: list[str] = [
     );
     """,
     # 3: imported key material's keyed fingerprint (HMAC-SHA256 under a per-key random
-    # salt), so a re-import can be checked to be the same material (kms/importing.py)
+    # salt), so a re-import can be checked to be the same material (kms/keys/importing.py)
     """
     ALTER TABLE keys ADD COLUMN material_salt BLOB;
     ALTER TABLE keys ADD COLUMN material_id BLOB
@@ -131,7 +131,7 @@ MIGRATIONS: list[str] = [
                         WHERE v.key_id = keys.key_id AND v.blob IS NOT NULL);
     UPDATE keys SET policy = NULL WHERE policy = char(0) || 'deleted'
     """,
-    # 5: grants (kms/grants.py); principals by id, shown by ARN; operations and constraints
+    # 5: grants (kms/keys/grants.py); principals by id, shown by ARN; operations and constraints
     # as JSON
     """
     CREATE TABLE grants (

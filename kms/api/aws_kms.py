@@ -3,7 +3,7 @@
 Each handler takes a :class:`~kms.KmsClient` and the decoded JSON body and returns the
 response body. Blobs are base64 in JSON; dates are epoch seconds; key ids in responses are
 ARNs where AWS returns ARNs. ``GrantTokens`` are passed to the service wherever AWS takes
-them (a token makes its grant effective at once; see :mod:`kms.grants`). Any malformed field
+them (a token makes its grant effective at once; see :mod:`kms.keys.grants`). Any malformed field
 raises :class:`~kms.errors.Validation`. Each handler makes one service call, so a request is
 authorised and audited once, under its own action.
 """

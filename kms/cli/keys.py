@@ -260,7 +260,7 @@ def _valid_to_arg(text: str) -> float:
 
 
 def cmd_import_key_material(args: argparse.Namespace) -> int:
-    from kms.importing import DOES_NOT_EXPIRE, EXPIRES
+    from kms.keys.importing import DOES_NOT_EXPIRE, EXPIRES
 
     token = _read(args.token_file, "import token file")
     material = _read(args.material_file, "key material file")
@@ -276,7 +276,7 @@ def cmd_import_key_material(args: argparse.Namespace) -> int:
 def add_key_commands(ks: Any, leaf: Leaf) -> None:
     """Register these commands under ``hsmpool key`` (``leaf`` adds one with the common
     ``--instance`` and ``--json`` options)."""
-    from kms.importing import DOES_NOT_EXPIRE, EXPIRES, WRAPPING_ALGORITHMS, WRAPPING_KEY_SPECS
+    from kms.keys.importing import DOES_NOT_EXPIRE, EXPIRES, WRAPPING_ALGORITHMS, WRAPPING_KEY_SPECS
 
     def keyed(name: str, help_: str, func: Callable[[argparse.Namespace], int]
               ) -> argparse.ArgumentParser:

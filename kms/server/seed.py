@@ -56,7 +56,8 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.keywrap import aes_key_wrap_with_padding
 
 from kms import errors as E
-from kms.importing import _check_material
+from kms.keys.importing import _check_material
+from kms.keys.material import backend
 from kms.model import SPECS, KeyRecord, KeySpec, KeyState, KeyUsage, Origin
 
 if TYPE_CHECKING:
@@ -325,7 +326,8 @@ def create_key_with_id(client: KmsClient, key: SeedKey) -> KeyRecord:
     if external and key.spec not in _RAW_SPECS | _FILE_SPECS:
         raise SeedError(f"key {key.key_id}: {key.spec.value} keys cannot be imported")
     now = kms.now()
-    version = None if external else kms.new_version(client.inst, key.key_id, key.spec, 1, now)
+    version = None if external else backend(key.spec).new_version(
+        client.inst, key.key_id, 1, now)
     rec = KeyRecord(
         key_id=key.key_id, instance=client.instance_name,
         arn=kms.key_arn(client.instance_name, key.key_id), spec=key.spec, usage=key.usage,

@@ -11,8 +11,8 @@ import pytest
 from hsmpool import Pool
 from kms import Kms, KmsClient, Store
 from kms import errors as E
-from kms import grants as grants_module
 from kms.config import KmsSettings
+from kms.keys import grants as grants_module
 from kms.policy import Principal
 from tests.kms.conftest import FakeClock
 from tests.kms.principals import INSTANCE, allow, as_principal, make_principal

@@ -27,7 +27,7 @@ from kms import ciphertext as ctf
 from kms import errors as E
 from kms.audit import AuditLog
 from kms.config import KmsSettings
-from kms.importing import ImportParameters
+from kms.keys.importing import ImportParameters
 from tests.conftest import pool_toml
 
 INSTANCE = "imp"

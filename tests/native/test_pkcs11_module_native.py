@@ -1,7 +1,7 @@
 """The PKCS#11 module's C (native/pkcs11mod/): it compiles without a warning under -Wall
 -Wextra, and its parsers' unit checks (native/tests_c/p11mod_units.c: JSON, base64, DER,
 the configuration file, with every truncation of valid input) pass under AddressSanitizer
-and UBSan. tests/pkcs11/test_sanitizers.py runs the whole module under them against a
+and UBSan. tests/pkcs11_module/test_sanitizers.py runs the whole module under them against a
 server."""
 
 from __future__ import annotations

@@ -74,7 +74,7 @@ def test_a_tenants_slow_operations_do_not_stall_another_tenant(two_tenants: Serv
 
 
 def test_import_tokens_per_key_are_capped(two_tenants: Server) -> None:
-    from kms.importing import MAX_IMPORT_TOKENS
+    from kms.keys.importing import MAX_IMPORT_TOKENS
 
     a = _client(two_tenants, "a")
     ext = a.create_key(Origin="EXTERNAL")["KeyMetadata"]["KeyId"]

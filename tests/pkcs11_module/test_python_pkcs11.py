@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, utils
 from pkcs11 import MGF, Attribute, Mechanism, ObjectClass
 from pkcs11.mechanisms import GCMParams
 
-from tests.pkcs11.conftest import (
+from tests.pkcs11_module.conftest import (
     INSTANCE,
     LISTED,
     PIN,

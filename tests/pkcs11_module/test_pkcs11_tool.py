@@ -15,7 +15,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 
-from tests.pkcs11.conftest import DISCOVER, LISTED, PIN, P11Env, need_tool
+from tests.pkcs11_module.conftest import DISCOVER, LISTED, PIN, P11Env, need_tool
 
 
 def tool(p11: P11Env, *args: str, token: str = LISTED, login: bool = True,

@@ -61,7 +61,7 @@ import hmac
 import secrets
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -71,11 +71,17 @@ import hsmpool
 from hsmpool.blob import KeySpec as PoolSpec
 from hsmpool.gm import SM2PrivateKey
 from kms import errors as E
+from kms.caller import Caller, any_state, declare
+from kms.keys.lifecycle import CAS_ATTEMPTS, conflict_pause
 from kms.model import SPECS, ImportToken, KeyRecord, KeySpec, KeyState, KeyVersion, Origin
 from kms.store import ConcurrentUpdate
 
-if TYPE_CHECKING:
-    from kms.service import KmsClient
+GET_PARAMETERS_FOR_IMPORT: Final = any_state("kms:GetParametersForImport", durable=True)
+IMPORT_KEY_MATERIAL: Final = any_state("kms:ImportKeyMaterial", durable=True)
+DELETE_IMPORTED_KEY_MATERIAL: Final = any_state("kms:DeleteImportedKeyMaterial", durable=True)
+declare(GET_PARAMETERS_FOR_IMPORT, IMPORT_KEY_MATERIAL, DELETE_IMPORTED_KEY_MATERIAL)
+
+KmsClient = Caller  # the functions below run as a caller of the key's instance
 
 DAY: Final = 86400.0
 MAX_VALID_DAYS: Final = 365
@@ -145,7 +151,7 @@ def get_parameters_for_import(client: KmsClient, key_id: str, wrapping_algorithm
     if (wrapping_algorithm == "SM2PKE") != (wrapping_key_spec == "SM2"):
         raise E.Validation("the SM2PKE wrapping algorithm goes with the SM2 wrapping key spec, "
                            "and only with it")
-    rec = client._key_for("kms:GetParametersForImport", key_id)
+    rec = client._key_for(GET_PARAMETERS_FOR_IMPORT.action, key_id)
     _external(rec)
     _pending_deletion(rec)
     kms = client.kms
@@ -165,13 +171,13 @@ def get_parameters_for_import(client: KmsClient, key_id: str, wrapping_algorithm
         kb = inst.generate(_RSA_WRAPPING[wrapping_key_spec])
         blob, public = bytes(kb), kb.public_key
     token = inst.random(TOKEN_LEN)
+    store = kms.store
     now = kms.now()
     expires = now + kms.settings.import_token_ttl
-    store = kms.store
     store.delete_expired_import_tokens(rec.key_id, now)
     store.put_import_token(ImportToken(_token_id(token), rec.key_id, wrapping_algorithm,
                                        wrapping_key_spec, blob, public, expires))
-    client._audit("kms:GetParametersForImport", rec, None, "ok")
+    client._audit(GET_PARAMETERS_FOR_IMPORT.action, rec, None, "ok")
     return ImportParameters(rec.arn, token, public, expires)
 
 
@@ -346,9 +352,16 @@ def import_key_material(client: KmsClient, key_id: str, import_token: bytes,
         raise E.Validation(f"EncryptedKeyMaterial must be 1..{MAX_WRAPPED} bytes")
     wrapped = bytes(encrypted_key_material)
     kms = client.kms
+    with kms._write_lock:  # one discipline for every key change (kms.keys.lifecycle)
+        return _import_cas(client, key_id, import_token, wrapped, valid_to, expiration_model)
+
+
+def _import_cas(client: KmsClient, key_id: str, import_token: bytes, wrapped: bytes,
+                valid_to: float | None, expiration_model: str) -> KeyRecord:
+    kms = client.kms
     store = kms.store
-    for _ in range(5):
-        rec = client._key_for("kms:ImportKeyMaterial", key_id)
+    for attempt in range(CAS_ATTEMPTS):
+        rec = client._key_for(IMPORT_KEY_MATERIAL.action, key_id)
         _external(rec)
         _pending_deletion(rec)
         expiry = _valid_to(client, valid_to, expiration_model)
@@ -384,6 +397,7 @@ def import_key_material(client: KmsClient, key_id: str, import_token: bytes,
                                   version=version, restore_blob=restore)
         except ConcurrentUpdate:
             kms._drop_caches()
+            conflict_pause(attempt)
             continue
         except LookupError:
             raise E.InvalidImportToken("the import token is not valid for this key") from None
@@ -392,7 +406,7 @@ def import_key_material(client: KmsClient, key_id: str, import_token: bytes,
                                          "into this key before") from None
         kms._swap(new)
         client.inst.invalidate(tok.wrapping_blob)
-        client._audit("kms:ImportKeyMaterial", new, new.primary_version, "ok")
+        client._audit(IMPORT_KEY_MATERIAL.action, new, new.primary_version, "ok")
         return new
     raise E.KMSInternal("the key is changing too fast; retry")
 
@@ -402,20 +416,47 @@ def import_key_material(client: KmsClient, key_id: str, import_token: bytes,
 
 def delete_imported_key_material(client: KmsClient, key_id: str) -> KeyRecord:
     kms = client.kms
-    for _ in range(5):
-        rec = client._key_for("kms:DeleteImportedKeyMaterial", key_id)
-        _external(rec)
-        state = (KeyState.PENDING_DELETION if rec.state is KeyState.PENDING_DELETION
-                 else KeyState.PENDING_IMPORT)
-        new = rec.evolve(state=state, primary_version=None, import_valid_to=None)
-        versions = kms.store.list_versions(rec.key_id)
-        try:
-            kms.store.shred_imported_material(rec, new)
-        except ConcurrentUpdate:
-            kms._drop_caches()
-            continue
-        kms._forget_versions(versions, client.inst)
-        kms._swap(new)
-        client._audit("kms:DeleteImportedKeyMaterial", new, None, "ok")
-        return new
+    with kms._write_lock:
+        for attempt in range(CAS_ATTEMPTS):
+            rec = client._key_for(DELETE_IMPORTED_KEY_MATERIAL.action, key_id)
+            _external(rec)
+            state = (KeyState.PENDING_DELETION if rec.state is KeyState.PENDING_DELETION
+                     else KeyState.PENDING_IMPORT)
+            new = rec.evolve(state=state, primary_version=None, import_valid_to=None)
+            versions = kms.store.list_versions(rec.key_id)
+            try:
+                kms.store.shred_imported_material(rec, new)
+            except ConcurrentUpdate:
+                kms._drop_caches()
+                conflict_pause(attempt)
+                continue
+            kms._forget_versions(versions, client.inst)
+            kms._swap(new)
+            client._audit(DELETE_IMPORTED_KEY_MATERIAL.action, new, None, "ok")
+            return new
     raise E.KMSInternal("the key is changing too fast; retry")
+
+
+class KeyImport(Caller):
+    """Bring your own key: the operations of the module docstring, as a caller's methods."""
+
+    def get_parameters_for_import(self, key_id: str, wrapping_algorithm: str,
+                                  wrapping_key_spec: str) -> ImportParameters:
+        """A wrapping public key and an import token for an EXTERNAL key."""
+        return self._run("kms:GetParametersForImport",
+                         lambda: get_parameters_for_import(
+                             self, key_id, wrapping_algorithm, wrapping_key_spec))
+
+    def import_key_material(self, key_id: str, import_token: bytes,
+                            encrypted_key_material: bytes, valid_to: float | None = None,
+                            expiration_model: str = "KEY_MATERIAL_DOES_NOT_EXPIRE"
+                            ) -> KeyRecord:
+        """Import wrapped key material (or the same material again) into an EXTERNAL key."""
+        return self._run("kms:ImportKeyMaterial", lambda: import_key_material(
+            self, key_id, import_token, encrypted_key_material, valid_to, expiration_model))
+
+    def delete_imported_key_material(self, key_id: str) -> KeyRecord:
+        """Shred an EXTERNAL key's material (state PendingImport, unless pending deletion);
+        the same material can be imported again."""
+        return self._run("kms:DeleteImportedKeyMaterial",
+                         lambda: delete_imported_key_material(self, key_id))

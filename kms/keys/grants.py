@@ -51,14 +51,21 @@ import re
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 from kms import errors as E
+from kms.caller import Caller, ListPage, any_state, declare
 from kms.model import Grant, KeyRecord, KeyState, KeyUsage
 from kms.policy import PolicyError, account_root_arn, parse_principal_arn, principal_arn
 
-if TYPE_CHECKING:
-    from kms.service import KmsClient, ListPage
+CREATE_GRANT: Final = any_state("kms:CreateGrant", durable=True)
+LIST_GRANTS: Final = any_state("kms:ListGrants")
+LIST_RETIRABLE_GRANTS: Final = any_state("kms:ListRetirableGrants")
+RETIRE_GRANT: Final = any_state("kms:RetireGrant", durable=True)
+REVOKE_GRANT: Final = any_state("kms:RevokeGrant", durable=True)
+declare(CREATE_GRANT, LIST_GRANTS, LIST_RETIRABLE_GRANTS, RETIRE_GRANT, REVOKE_GRANT)
+
+KmsClient = Caller  # the functions below run as a caller of the key's instance
 
 PER_GRANTEE_LIMIT: Final = 500
 MAX_TOKENS: Final = 10
@@ -286,7 +293,7 @@ def list_retirable_grants(client: KmsClient, retiring_principal: object, limit: 
 
 
 def _page(rows: list[Grant], limit: int) -> ListPage:
-    from kms.service import ListPage
+    from kms.caller import ListPage
 
     more = len(rows) > limit
     rows = rows[:limit]
@@ -346,3 +353,43 @@ def _delete(client: KmsClient, g: Grant, rec: KeyRecord, action: str) -> None:
         raise E.NotFound("the grant does not exist")
     kms.forget_grants(g.key_id)
     client._audit(action, rec, None, "ok", extra={"grant_id": g.grant_id})
+
+
+class Grants(Caller):
+    """Grants: the operations of the module docstring, as a caller's methods."""
+
+    def create_grant(self, key_id: str, grantee_principal: str, operations: Sequence[str], *,
+                     retiring_principal: str | None = None,
+                     constraints: Mapping[str, Mapping[str, str]] | None = None,
+                     name: str | None = None,
+                     grant_tokens: Sequence[str] = ()) -> NewGrant:
+        """Let ``grantee_principal`` (a principal ARN) run ``operations`` (AWS names:
+        ``["Encrypt", "Decrypt"]``) on the key; returns the grant id and token."""
+        return self._run("kms:CreateGrant", lambda: create_grant(
+            self, key_id, grantee_principal, operations, retiring_principal, constraints,
+            name, grant_tokens))
+
+    def list_grants(self, key_id: str, limit: int = 50, marker: str | None = None, *,
+                    grant_id: str | None = None,
+                    grantee_principal: str | None = None) -> ListPage:
+        """A key's grants (:class:`kms.model.Grant`), by grant id."""
+        return self._run("kms:ListGrants", lambda: list_grants(
+            self, key_id, limit, marker, grant_id, grantee_principal))
+
+    def list_retirable_grants(self, retiring_principal: str, limit: int = 50,
+                              marker: str | None = None) -> ListPage:
+        """The instance's grants whose retiring principal is ``retiring_principal``."""
+        return self._run("kms:ListRetirableGrants", lambda: list_retirable_grants(
+            self, retiring_principal, limit, marker))
+
+    def retire_grant(self, grant_token: str | None = None, key_id: str | None = None,
+                     grant_id: str | None = None) -> None:
+        """Delete a grant named by its token, or by key and grant id: its retiring
+        principal, its grantee (if it allows RetireGrant), or a caller allowed
+        kms:RetireGrant on the key may."""
+        self._run("kms:RetireGrant", lambda: retire_grant(
+            self, grant_token, key_id, grant_id))
+
+    def revoke_grant(self, key_id: str, grant_id: str) -> None:
+        """Delete a grant (kms:RevokeGrant on the key)."""
+        self._run("kms:RevokeGrant", lambda: revoke_grant(self, key_id, grant_id))

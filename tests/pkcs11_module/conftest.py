@@ -72,7 +72,7 @@ class P11Env:
 
 def write_module_conf(path: Path, server: Server, cred_file: Path, hidden_arn: str,
                       extra: str = "") -> None:
-    lines = ["# written by tests/pkcs11/conftest.py", "[slot]", f"token_label = {LISTED}",
+    lines = ["# written by tests/pkcs11_module/conftest.py", "[slot]", f"token_label = {LISTED}",
              f"endpoint = {server.url}", "region = us-east-1", f"credential_file = {cred_file}",
              "refresh_seconds = 0"]
     lines += [f"key = {label} alias/p11-{label}" for label in KEYS]

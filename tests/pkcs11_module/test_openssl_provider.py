@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding
 from cryptography.x509.oid import NameOID
 
-from tests.pkcs11.conftest import LISTED, PIN, P11Env, need_tool
+from tests.pkcs11_module.conftest import LISTED, PIN, P11Env, need_tool
 from tests.server.conftest import free_port
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.pkcs11.conftest import PIN, P11Env
+from tests.pkcs11_module.conftest import PIN, P11Env
 from tests.server.conftest import HSMPOOL, _stop, free_port
 from tests.server.test_tls import _self_signed
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.pkcs11.conftest import LISTED, PIN, P11Env
+from tests.pkcs11_module.conftest import LISTED, PIN, P11Env
 
 ROOT = Path(__file__).resolve().parents[2]
 MOD = ROOT / "native" / "pkcs11mod"
