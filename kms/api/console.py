@@ -81,7 +81,7 @@ _PAGE: Final = 1000
 MAX_FAILURES: Final = 10  # failed sign-ins per source address per minute
 KEY_ACTIONS: Final = ("disable", "enable", "cancel-deletion", "rotate")
 KEY_FIELDS: Final = ("id", "aliases", "spec", "usage", "state", "origin", "created",
-                     "rotation", "next_rotation", "deletion", "description")
+                     "rotation", "next_rotation", "deletion", "description", "rotatable")
 
 
 class ConsoleError(Exception):
@@ -135,7 +135,8 @@ def key_row(rec: KeyRecord, aliases: list[str]) -> list[Any]:
             rec.state.value, rec.origin.value, int(rec.created),
             rec.rotation_period_days if rec.rotation_enabled else 0,
             int(rec.next_rotation) if rec.rotation_enabled and rec.next_rotation else 0,
-            int(rec.deletion_date) if rec.deletion_date else 0, rec.description[:120]]
+            int(rec.deletion_date) if rec.deletion_date else 0, rec.description[:120],
+            int(rec.info.rotatable and rec.origin.value == "AWS_KMS")]
 
 
 class ConsoleFrontend:

@@ -288,10 +288,7 @@ function keyActions(r) {
   if (st === "Enabled") out.push(b("disable", "Disable"));
   if (st === "Disabled") out.push(b("enable", "Enable"));
   if (st === "PendingDeletion") out.push(b("cancel-deletion", "Cancel deletion"));
-  if (st === "Enabled" && (r[f.spec] === "SYMMETRIC_DEFAULT" || r[f.spec] === "SM4" ||
-                           r[f.spec].startsWith("HMAC") || r[f.spec].startsWith("RSA") ||
-                           r[f.spec].startsWith("ECC") || r[f.spec] === "SM2") && r[f.origin] === "AWS_KMS")
-    out.push(b("rotate", "Rotate"));
+  if (st === "Enabled" && r[f.rotatable]) out.push(b("rotate", "Rotate"));
   return el("span", { class: "actions" }, ...out);
 }
 
