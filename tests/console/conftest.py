@@ -18,8 +18,13 @@ from typing import Any
 
 import pytest
 
-from tests.server.conftest import Cred, Server, create_credential, run_server, \
-    write_server_config
+from tests.server.conftest import (
+    Cred,
+    Server,
+    create_credential,
+    run_server,
+    write_server_config,
+)
 
 INSTANCES: dict[str, list[int]] = {"con": [0, 1, 2], "con2": [3, 4]}
 APP_POLICY: dict[str, Any] = {"Version": "2012-10-17", "Statement": [
