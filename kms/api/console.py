@@ -153,13 +153,9 @@ class ConsoleFrontend:
         self.now = now
         self.secure = server.tls_cert is not None
         self.admins = frozenset(server.console_admins)
-        self.sessions: SessionKeys | None
-        try:
-            self.sessions = SessionKeys(load_key(server.state_dir),
-                                        server.console_session_hours * 3600.0, now=now)
-        except OSError as exc:
-            log.error("console disabled: no session key in %s: %s", server.state_dir, exc)
-            self.sessions = None
+        self._state_dir = server.state_dir
+        self._lifetime = server.console_session_hours * 3600.0
+        self._sessions: SessionKeys | None = None
         self.view = ServerView(kms, metrics, now=now)
         self.history = History(self.view)
         self.audit = AuditView(kms.settings.audit_dir, kms.settings.secret_context_keys,
@@ -185,6 +181,18 @@ class ConsoleFrontend:
         }
 
     # --- the worker's life -----------------------------------------------------------
+
+    @property
+    def sessions(self) -> SessionKeys | None:
+        """The session keys, read (or made) on first use: None if the state folder has no
+        usable console key (logged; the console's API then answers 503)."""
+        if self._sessions is None:
+            try:
+                self._sessions = SessionKeys(load_key(self._state_dir), self._lifetime,
+                                             now=self.now)
+            except OSError as exc:
+                log.error("console: no session key in %s: %s", self._state_dir, exc)
+        return self._sessions
 
     @property
     def holds(self) -> OperatorHolds:

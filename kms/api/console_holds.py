@@ -11,7 +11,6 @@ folder: a restarted server starts with every token in the pool.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
 import logging
@@ -78,11 +77,13 @@ class OperatorHolds:
         for name, s in self.kms.token_stats().items():
             want = name in names
             if want != s.held:
-                with contextlib.suppress(Exception):
+                try:
                     if want:
                         self.kms.hold_token(name)
                     else:
                         self.kms.release_token(name)
+                except Exception:  # noqa: BLE001 - the next change of the file retries
+                    log.exception("console: could not apply the operator's hold on %r", name)
 
 
 def _parse(raw: bytes) -> set[str]:
