@@ -210,6 +210,10 @@ def test_a_console_administrator_sees_every_instance_and_ejects_tokens(
     kms2 = console_server.client(console_server.creds["admin2"])
     assert len(kms2.list_key_rotations(KeyId=key_b)["Rotations"]) >= 1
 
+    status, doc = console.post("/console/api/tokens/action", {"token": "tx", "action": "eject"})
+    assert status == 404 and doc["error"] == "NotFoundException"
+    status, doc = console.post("/console/api/tokens/action", {"token": "t2", "action": "pause"})
+    assert status == 400
     status, doc = console.post("/console/api/tokens/action", {"token": "t2", "action": "eject"})
     assert status == 200 and doc["changed"]
     states = {t["name"]: t for t in console.get("/console/api/overview")[1]["tokens"]}
