@@ -168,6 +168,15 @@ function spark(rows) {
   return svg;
 }
 
+// The circuit breaker of a token, in words: closed (serving), open (ejected after failures,
+// the prober tries it with backoff), held (ejected by an operator until readmitted).
+function breaker(t) {
+  if (t.held) return "held by an operator";
+  if (t.state === "healthy") return t.workers_healthy < t.workers ? "open in some workers" : "closed";
+  if (t.state === "ejected") return "open: probing";
+  return "-";
+}
+
 async function tokenAction(name, action) {
   const ok = await confirmStep((action === "eject" ? "Eject" : "Readmit") + " token " + name +
                                (action === "eject" ? " from the pool (every worker)?" : "?"));
@@ -191,7 +200,8 @@ async function refreshOverview() {
   $("tokens").tBodies[0].replaceChildren(...o.tokens.map((t) => el("tr", { "data-token": t.name },
     el("td", { class: "mono" }, t.name), el("td", {}, t.label), el("td", {}, t.instances.join(", ")),
     el("td", { class: "state " + t.state, "data-state": t.state },
-       t.state + (t.held ? " (operator)" : "") + (t.missing ? ": " + t.missing : "")),
+       t.state + (t.missing ? ": " + t.missing : "")),
+    el("td", {}, breaker(t)),
     el("td", { class: "num" }, t.workers_healthy + "/" + t.workers),
     el("td", { class: "num" }, t.in_flight), el("td", { class: "num" }, t.ops_s),
     el("td", { class: "num" }, (t.error_rate * 100).toFixed(1) + " %"),
