@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives import hashes, padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 import hsmpool.gm as gm
+from benchmarks.plots import write_plots
 
 SIZES = [32, 1024, 16384, 1 << 20]
 GMSSL_SIZES = {32, 1024}
@@ -312,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
     print(f"\nwrote {out} ({res['wall_seconds']:.0f} s)")
+    write_plots(out, res, "gm")
     return 0
 
 

@@ -55,6 +55,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from benchmarks.plots import write_plots
+
 if TYPE_CHECKING:
     from multiprocessing.synchronize import Barrier, Lock
 
@@ -700,6 +702,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(doc, indent=2) + "\n")
     print(f"wrote {args.json}")
+    write_plots(args.json, doc, "pool")
     return 0
 
 

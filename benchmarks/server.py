@@ -89,6 +89,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from benchmarks.plots import write_plots
+
 ROOT: Final = Path(__file__).resolve().parent.parent
 TOKEN_DIR: Final = ROOT / "var" / "bench-tokens"
 DEFAULT_JSON: Final = ROOT / "bench-results" / "server.json"
@@ -1056,6 +1058,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(doc, indent=2) + "\n")
     print(f"wrote {args.json}")
+    write_plots(args.json, doc, "server")
     return 0
 
 

@@ -68,6 +68,7 @@ class MemberStats:
     p50_ms: float
     p90_ms: float
     p99_ms: float
+    held: bool = False  # ejected by an operator (:meth:`Member.hold`): not probed back in
 
 
 class Member:
@@ -111,6 +112,8 @@ class Member:
         self._cache: OrderedDict[bytes, int] = OrderedDict()
         self._cache_size = settings.key_cache_size
         self.on_eject: Callable[[Member], None] | None = None
+        #: Ejected by an operator (:meth:`hold`): the prober leaves it out until released.
+        self.held = False
         # Serialises use of the anchor session (unwraps, destroys, domain-key work); held
         # across token calls, so a request greenlet waits for it without blocking the loop.
         self.anchor_lock = _calls.Lock()
@@ -403,6 +406,20 @@ class Member:
         self._close_quietly(session)
         return time.perf_counter_ns() - t0 < self._slow_ns
 
+    def hold(self) -> bool:
+        """An operator's ejection: out of the pool until :meth:`release` (the prober
+        leaves a held member alone). True if it was healthy until now."""
+        with self._lock:
+            self.held = True
+            return self._eject_locked()
+
+    def release(self) -> bool:
+        """End an operator's hold; the prober then probes the member and readmits it.
+        True if it was held."""
+        with self._lock:
+            was, self.held = self.held, False
+            return was
+
     def readmit(self) -> bool:
         """Rebuild the login and the handle cache after a successful probe, then admit.
         False (still ejected) while an abandoned call has not come back from the token."""
@@ -418,6 +435,8 @@ class Member:
             self.anchor = self._login()
             self._close_quietly(old_anchor)
         with self._lock:
+            if self.held:  # an operator ejected it meanwhile
+                return False
             self._consecutive = 0
             self.state = MemberState.HEALTHY
         return True
@@ -488,6 +507,7 @@ class Member:
                 p50_ms=self._hist.percentile(0.50) * 1e3,
                 p90_ms=self._hist.percentile(0.90) * 1e3,
                 p99_ms=self._hist.percentile(0.99) * 1e3,
+                held=self.held,
             )
 
     def close(self) -> None:

@@ -199,9 +199,9 @@ class Pool:
 
     # --- health ------------------------------------------------------------------------
 
-    def _on_eject(self, member: Member) -> None:
-        log.warning("token %r (label %r, instance %s) ejected after failures; probing it "
-                    "for readmission", member.name, member.info.label, member.instance or "-")
+    def _on_eject(self, member: Member, why: str = "ejected after failures") -> None:
+        log.warning("token %r (label %r, instance %s) %s; probing it for readmission",
+                    member.name, member.info.label, member.instance or "-", why)
         with self._lock:
             if self._closed:
                 return
@@ -212,6 +212,25 @@ class Pool:
                 )
                 self._prober.start()
         self._probe_wake.set()
+
+    def hold(self, name: str) -> bool:
+        """An operator ejects token ``name`` from the pool until :meth:`release`. True if
+        it was serving until now. KeyError for a token the pool does not have."""
+        member = self.members[name]
+        ejected = member.hold()
+        if ejected:
+            log.warning("token %r (label %r, instance %s) ejected by an operator", member.name,
+                        member.info.label, member.instance or "-")
+        return ejected
+
+    def release(self, name: str) -> bool:
+        """End an operator's hold on token ``name``: the prober probes it and readmits it
+        (within ``probe_interval`` when it answers). True if it was held."""
+        member = self.members[name]
+        released = member.release()
+        if released and member.state is MemberState.EJECTED:
+            self._on_eject(member, why="released by an operator")
+        return released
 
     def ejected(self) -> Iterable[Member]:
         return [m for m in self.members.values() if m.state is MemberState.EJECTED]
@@ -246,7 +265,7 @@ def _probe_loop(ref: weakref.ref[Pool]) -> None:
             return
         settings = pool.settings
         now = time.monotonic()
-        ejected = list(pool.ejected())
+        ejected = [m for m in pool.ejected() if not m.held]  # held: an operator's
         for m in pool.members.values():
             m.reap()
         # Probes are bounded like requests: a token that still hangs costs one budget.

@@ -91,8 +91,14 @@ class Filter:
     request_id: str | None = None
     seq: int | None = None
     segment: str | None = None
+    instance: str | None = None
+    principal: str | None = None
 
     def accepts(self, rec: AuditRecord) -> bool:
+        if self.instance is not None and rec.instance != self.instance:
+            return False
+        if self.principal is not None and rec.principal != self.principal:
+            return False
         if self.since is not None and rec.time < self.since:
             return False
         if self.until is not None and rec.time > self.until:

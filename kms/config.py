@@ -28,6 +28,9 @@
     max_blocking_per_principal = 8   # state-writing operations in progress per principal
     trusted_proxies = []         # IPs/CIDRs whose X-Forwarded-For is believed (see
                                  # kms/api/netaddr.py); empty: the TCP peer is the source
+    console_admins = []          # "instance/name" principals that are console administrators
+                                 # of every instance (docs/console.md)
+    console_session_hours = 8.0  # a console sign-in lasts this long
 
 Relative paths (``tls_cert``, ``tls_key``, ``state_dir``, ``seed``) are relative to the
 configuration file. The full reference is ``docs/configuration.md``.
@@ -100,6 +103,11 @@ class ServerSettings:
     #: The reverse proxies (IP addresses or CIDR networks) whose ``X-Forwarded-For`` the
     #: server believes; by default none, and the TCP peer is the request's source address.
     trusted_proxies: tuple[str, ...] = ()
+    #: Principals (``"instance/name"``) that are administrators of the operators' console:
+    #: they see and act in every instance and eject or readmit tokens (docs/console.md).
+    console_admins: tuple[str, ...] = ()
+    #: How long a console sign-in lasts (hours).
+    console_session_hours: float = 8.0
     #: ``trusted_proxies`` parsed.
     proxy_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = field(
         init=False, repr=False, compare=False)
@@ -151,6 +159,15 @@ class ServerSettings:
                 raise ConfigError(f"server.trusted_proxies: {entry!r} is not an IP address "
                                   "or a CIDR network without host bits") from None
         object.__setattr__(self, "trusted_proxies", tuple(proxies))
+        admins = self.console_admins
+        if not isinstance(admins, list | tuple) or not all(
+                isinstance(a, str) and a.count("/") == 1 and all(a.split("/")) for a in admins):
+            raise ConfigError('server.console_admins must be a list of "instance/name" '
+                              "principals")
+        object.__setattr__(self, "console_admins", tuple(admins))
+        h = self.console_session_hours
+        if isinstance(h, bool) or not isinstance(h, int | float) or not 0.05 <= h <= 168:
+            raise ConfigError("server.console_session_hours must be 0.05..168")
         object.__setattr__(self, "proxy_networks", tuple(nets))
 
     @property

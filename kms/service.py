@@ -441,6 +441,40 @@ class Kms:
         self._forget_versions(versions, inst)
         self._swap(new)
 
+    # --- the operators' console (kms/api/console.py) -------------------------------------
+
+    def partitions(self) -> dict[str, tuple[str, ...]]:
+        """Per instance, the names of the tokens of its partition as configured (tokens
+        left out at start included: see :meth:`health`)."""
+        return {name: tuple(inst.tokens) for name, inst in self.pool.config.instances.items()}
+
+    def hold_token(self, token: str) -> bool:
+        """An operator's ejection of a token from this process's pool, until
+        :meth:`release_token` (the prober leaves it out meanwhile). True if it was serving.
+        :class:`kms.errors.NotFound` for a token the pool does not have."""
+        try:
+            return self.pool.hold(token)
+        except KeyError:
+            raise E.NotFound(f"token {token!r} is not in the pool") from None
+
+    def describable(self, client: KmsClient, records: Sequence[KeyRecord]) -> list[KeyRecord]:
+        """The records among ``records`` that ``client`` may DescribeKey (its policies, the
+        keys' policies and grants), decided without writing audit records: what an
+        operators' console shows of a ListKeys page (AWS lists every key id to a caller
+        allowed ListKeys; their metadata is DescribeKey's)."""
+        if client.principal is None:
+            return list(records)
+        return [r for r in records
+                if client._allow("kms:DescribeKey", client._names(r), key=r)]
+
+    def release_token(self, token: str) -> bool:
+        """End an operator's hold: the prober probes the token and readmits it when it
+        answers. True if it was held. :class:`kms.errors.NotFound` as for :meth:`hold_token`."""
+        try:
+            return self.pool.release(token)
+        except KeyError:
+            raise E.NotFound(f"token {token!r} is not in the pool") from None
+
 
 
 class KmsClient(KeyLifecycle, Aliases, KeyCrypto, KeyImport, Grants):

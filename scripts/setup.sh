@@ -4,7 +4,8 @@
 #   - a virtual environment in .venv with the project installed (editable; this builds the
 #     native code: SM4/SM3/SM2, the PKCS#11 binding and the shim);
 #   - three SoftHSM2 tokens under var/softhsm and a pool configuration var/hsmpool.toml.
-# Usage: scripts/setup.sh [--test]   (--test also installs test tools and openCryptoki's token)
+# Usage: scripts/setup.sh [--test]   (--test also installs test tools, openCryptoki's token,
+#                                     and chromium with chromium-driver for the console's tests)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 want_test=0
@@ -18,6 +19,10 @@ command -v gcc >/dev/null || need+=(gcc)
 [ -f /usr/include/p11-kit-1/p11-kit/pkcs11.h ] || need+=(libp11-kit-dev)
 [ "$want_test" = 1 ] && { command -v pkcsslotd >/dev/null || [ -x /usr/sbin/pkcsslotd ] || need+=(opencryptoki); }
 [ "$want_test" = 1 ] && { command -v pkcs11-tool >/dev/null || need+=(opensc); }
+# The console's browser tests (tests/console/test_console_browser.py): Debian's headless
+# Chromium and its WebDriver.
+[ "$want_test" = 1 ] && { command -v chromium >/dev/null || need+=(chromium); }
+[ "$want_test" = 1 ] && { command -v chromedriver >/dev/null || need+=(chromium-driver); }
 python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
 SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
 if [ ${#need[@]} -gt 0 ]; then

@@ -3,8 +3,9 @@
 ``KmsApp.serve`` is the door every HTTP request comes through (from our own HTTP/1.1
 protocol, :mod:`kms.api.http11`, or from ASGI): ``GET /healthz`` and ``GET /metrics`` are
 answered here; everything else goes through the shared request pipeline
-(:mod:`kms.api.pipeline`) to the front end that speaks its protocol (today the AWS KMS
-JSON protocol, :class:`kms.api.aws_kms.AwsKmsFrontend`).
+(:mod:`kms.api.pipeline`) to the front end that speaks its protocol (the AWS KMS JSON
+protocol, :class:`kms.api.aws_kms.AwsKmsFrontend`, and the operators' console under
+``/console``, :class:`kms.api.console.ConsoleFrontend`).
 
 Where an operation runs (see the pipeline): cryptographic and read-only operations run on
 the event loop in a request greenlet of the worker's :class:`kms.calls.AsyncHub`, their token
@@ -26,9 +27,10 @@ from typing import Any, Final
 
 from kms.api.auth import Authenticator
 from kms.api.aws_kms import AwsKmsFrontend
+from kms.api.console import ConsoleFrontend
 from kms.api.logs import AccessLog
 from kms.api.metrics import Metrics
-from kms.api.pipeline import Limits, Pipeline, Request, Respond
+from kms.api.pipeline import Headers, Limits, Pipeline, Request, Respond
 from kms.service import Kms
 
 Scope = MutableMapping[str, Any]
@@ -55,6 +57,7 @@ class KmsApp:
         self.max_body = max_body
         self.metrics = Metrics()
         self.pipeline: Pipeline | None = None
+        self.console: ConsoleFrontend | None = None
         self._access_log: AccessLog | None = None
         if self.kms is not None:
             self._setup(self.kms)
@@ -65,8 +68,9 @@ class KmsApp:
         self.auth = Authenticator(kms, self._regions or (kms.settings.region,),
                                   server.proxy_networks)
         self.request_timeout = server.request_timeout
+        self.console = ConsoleFrontend(kms, self.auth, self.metrics)
         self.pipeline = Pipeline(
-            [AwsKmsFrontend(self.auth)], self.metrics,
+            [AwsKmsFrontend(self.auth), self.console], self.metrics,
             Limits(server.rate_limit, server.rate_burst, server.max_blocking_per_principal),
             server.request_timeout, trusted_proxies=server.proxy_networks)
         self.pipeline.access_log = self._access_log
@@ -101,6 +105,8 @@ class KmsApp:
                         self._setup(self._factory())
                     if self.pipeline is not None:
                         self.pipeline.start()
+                    if self.console is not None:
+                        self.console.start(asyncio.get_running_loop())
                 except Exception as exc:  # noqa: BLE001 - reported to the server
                     # uvicorn logs the message only if it is not empty: name the type too.
                     log.error("worker startup failed", exc_info=True)
@@ -109,6 +115,8 @@ class KmsApp:
                     return
                 await send({"type": "lifespan.startup.complete"})
             elif msg["type"] == "lifespan.shutdown":
+                if self.console is not None:
+                    self.console.stop()
                 if self.pipeline is not None:
                     self.pipeline.stop()
                 if self.kms is not None:
@@ -144,12 +152,13 @@ class KmsApp:
         except ValueError:
             declared = None
         raw = await self._read_body(receive, declared)
-        answer: asyncio.Future[tuple[int, bytes, bytes]] = \
+        answer: asyncio.Future[tuple[int, bytes, bytes, Headers]] = \
             asyncio.get_running_loop().create_future()
 
-        def respond(status: int, out: bytes, content_type: bytes) -> None:
+        def respond(status: int, out: bytes, content_type: bytes, extra: Headers = (), /
+                    ) -> None:
             if not answer.done():
-                answer.set_result((status, out, content_type))
+                answer.set_result((status, out, content_type, extra))
 
         if raw is None:
             self.metrics.observe("-", "RequestEntityTooLarge", 0.0)
@@ -162,10 +171,10 @@ class KmsApp:
             self.serve(scope["method"], scope["path"],
                        scope.get("query_string", b"").decode("latin-1"), headers, raw,
                        client[0] if client else None, respond)
-        status, out, ctype = await answer
+        status, out, ctype, extra = await answer
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", ctype),
-                                (b"content-length", str(len(out)).encode())]})
+                                (b"content-length", str(len(out)).encode()), *extra]})
         await send({"type": "http.response.body", "body": out})
 
     # --- every request -----------------------------------------------------------------

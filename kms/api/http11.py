@@ -36,7 +36,10 @@ log = logging.getLogger("hsmpool.server")
 MAX_HEAD: Final = 16 * 1024
 MAX_QUEUED: Final = 8  # pipelined requests waiting behind the one being answered
 
-_REASONS: Final = {200: b"OK", 400: b"Bad Request", 403: b"Forbidden", 404: b"Not Found",
+_REASONS: Final = {200: b"OK", 204: b"No Content", 303: b"See Other",
+                   304: b"Not Modified", 400: b"Bad Request", 401: b"Unauthorized",
+                   403: b"Forbidden", 404: b"Not Found", 409: b"Conflict",
+                   415: b"Unsupported Media Type", 429: b"Too Many Requests",
                    405: b"Method Not Allowed", 408: b"Request Timeout",
                    413: b"Payload Too Large", 414: b"URI Too Long",
                    431: b"Request Header Fields Too Large", 500: b"Internal Server Error",
@@ -223,8 +226,9 @@ class KmsHttpProtocol(asyncio.Protocol):
         path, query = (url, "") if q < 0 else (url[:q], url[q + 1:].decode("latin-1"))
         keep_alive = req.keep_alive
 
-        def respond(status: int, body: bytes, content_type: bytes) -> None:
-            self._respond(status, body, content_type, keep_alive)
+        def respond(status: int, body: bytes, content_type: bytes,
+                    headers: tuple[tuple[bytes, bytes], ...] = (), /) -> None:
+            self._respond(status, body, content_type, keep_alive, headers)
 
         try:
             self.app.serve(req.method, path.decode("latin-1"), query, req.headers, req.body,
@@ -235,13 +239,15 @@ class KmsHttpProtocol(asyncio.Protocol):
                           b"application/json", False)
 
     def _respond(self, status: int, body: bytes, content_type: bytes,
-                 keep_alive: bool) -> None:
+                 keep_alive: bool, headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
         transport = self.transport
         if transport is None or transport.is_closing():
             return  # the client went away meanwhile
         close = self.closing or not keep_alive
-        head = b"%scontent-type: %s\r\ncontent-length: %d\r\n%s\r\n" % (
-            _status_line(status), content_type, len(body),
+        extra = b"".join(b"%s: %s\r\n" % (name, value) for name, value in headers
+                         if b"\r" not in value and b"\n" not in value) if headers else b""
+        head = b"%scontent-type: %s\r\ncontent-length: %d\r\n%s%s\r\n" % (
+            _status_line(status), content_type, len(body), extra,
             b"connection: close\r\n" if close else b"")
         transport.write(head + body)
         self.busy = False

@@ -29,16 +29,19 @@ import asyncio
 import bisect
 import contextlib
 import json
+import logging
 import os
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
     from kms.service import Kms
+
+log = logging.getLogger("hsmpool.server")
 
 BUCKETS: Final = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                   1.0, 2.5)
@@ -113,6 +116,12 @@ class Metrics:
         self.requests: defaultdict[tuple[str, str], int] = defaultdict(int)
         self.hist: dict[str, list[int]] = {}
         self.sums: defaultdict[str, float] = defaultdict(float)
+        #: Requests by (front end, caller's instance or "-", operation, result): the
+        #: console's request rates (not rendered in ``/metrics``).
+        self.calls: defaultdict[tuple[str, str, str, str], int] = defaultdict(int)
+        #: Called on the event loop after each snapshot is published (the console's token
+        #: history and operator holds), or by the console's own timer in a one-worker server.
+        self.tick_hooks: list[Callable[[], None]] = []
         self.pid = os.getpid()
         #: The server's state folder (a multi-worker server); None: this worker alone.
         self.share: MetricsShare | None = None
@@ -126,6 +135,12 @@ class Metrics:
         h[bisect.bisect_left(BUCKETS, seconds)] += 1
         self.sums[operation] += seconds
 
+    def count(self, frontend: str, caller: str | None, operation: str, result: str) -> None:
+        """One answered request, by front end and the instance of its caller
+        (``"instance/name"``; None before authentication)."""
+        instance = caller.partition("/")[0] if caller else "-"
+        self.calls[(frontend, instance, operation, result)] += 1
+
     # --- snapshots ---------------------------------------------------------------------
 
     def snapshot(self, kms: Kms | None) -> dict[str, Any]:
@@ -138,12 +153,14 @@ class Metrics:
                 hist, total = kms.token_latency(name, BUCKETS)
                 tokens[name] = {"state": s.state, "in_flight": s.in_flight, "ops": s.ops,
                                 "errors": s.errors, "ejections": s.ejections, "hist": hist,
-                                "sum": total}
+                                "sum": total, "p50_ms": s.p50_ms, "p99_ms": s.p99_ms,
+                                "held": s.held}
             missing = sorted(kms.health().missing)
             pending = kms.audit_backlog()
         return {"pid": self.pid, "time": time.time(),
                 "requests": [[op, res, n] for (op, res), n in self.requests.items()],
                 "hist": dict(self.hist), "sums": dict(self.sums), "tokens": tokens,
+                "calls": [[*k, n] for k, n in self.calls.items()],
                 "missing": missing, "audit_pending": pending, "process": process_figures()}
 
     def publish(self, kms: Kms | None) -> None:
@@ -157,9 +174,21 @@ class Metrics:
         that counts: no lock needed)."""
         def tick() -> None:
             self.publish(kms)
+            self.run_tick_hooks()
             self._timer = loop.call_later(interval, tick)
 
         tick()
+
+    @property
+    def publishing(self) -> bool:
+        return self._timer is not None
+
+    def run_tick_hooks(self) -> None:
+        for hook in self.tick_hooks:
+            try:
+                hook()
+            except Exception:  # noqa: BLE001 - a hook must not stop the publishing
+                log.exception("metrics tick hook failed")
 
     def stop_publishing(self, kms: Kms | None) -> None:
         if self._timer is not None:

@@ -41,8 +41,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("hsmpool.server")
 
-#: How an answer leaves: ``respond(status, body, content_type)``.
-Respond = Callable[[int, bytes, bytes], None]
+#: Response header lines beyond Content-Type and Content-Length: (name, value) pairs, names
+#: in lower case. Only front ends that need them (the console's cookies) send any.
+Headers = tuple[tuple[bytes, bytes], ...]
+
+
+class Respond(Protocol):
+    """How an answer leaves: ``respond(status, body, content_type[, headers])``."""
+
+    def __call__(self, status: int, body: bytes, content_type: bytes,
+                 headers: Headers = (), /) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +62,7 @@ class Answer:
     content_type: bytes
     operation: str  # the front end's operation name, "-" if none was recognised
     result: str  # "ok" or the error code sent
+    headers: Headers = ()
 
 
 @dataclass(slots=True)
@@ -202,7 +211,7 @@ class Pipeline:
         frontend = next((f for f in self.frontends if f.accepts(req)), None)
         if frontend is None:
             self._answer(UNKNOWN_OPERATION if req.method == "POST" and req.path == "/"
-                         else NOT_FOUND, t0, respond, req, None)
+                         else NOT_FOUND, t0, respond, req, None, "-")
             return
         if self._hub is None:
             self.start()
@@ -213,10 +222,10 @@ class Pipeline:
             if ok:
                 if value is not None:  # None: handed to the thread pool, answered from there
                     answer, call = value
-                    self._answer(answer, t0, respond, req, call)
+                    self._answer(answer, t0, respond, req, call, fe.name)
             else:  # the front end answers every error itself: this is a bug of ours
                 log.error("internal error in the %s front end", fe.name, exc_info=value)
-                self._answer(fe.internal_error("-"), t0, respond, req, None)
+                self._answer(fe.internal_error("-"), t0, respond, req, None, fe.name)
 
         self._hub.spawn(self._prepare_and_run, (fe, req, t0, respond), self.request_timeout,
                         done)
@@ -251,7 +260,7 @@ class Pipeline:
             if not answered:
                 answered = True
                 timer.cancel()
-                self._answer(answer, t0, respond, req, call)
+                self._answer(answer, t0, respond, req, call, fe.name)
 
         def bounded() -> Answer:
             try:
@@ -281,13 +290,18 @@ class Pipeline:
         self.limits.begin_blocking(call.principal, start)
 
     def _answer(self, answer: Answer, t0: float, respond: Respond, req: Request,
-                call: Call | None) -> None:
+                call: Call | None, frontend: str) -> None:
         seconds = time.perf_counter() - t0
         self.metrics.observe(answer.operation, answer.result, seconds)
+        self.metrics.count(frontend, call.caller if call is not None else None,
+                           answer.operation, answer.result)
         if self.access_log is not None or answer.status == 400:  # and failed authentications
             source = call.source if call is not None else source_address(
                 req.peer, req.headers.get("x-forwarded-for"), self.trusted_proxies)
             log_request(self.access_log, answer.operation, answer.status, answer.result,
                         seconds, source, call.caller if call is not None else None,
                         req.headers, req.body, answer.body)
-        respond(answer.status, answer.body, answer.content_type)
+        if answer.headers:
+            respond(answer.status, answer.body, answer.content_type, answer.headers)
+        else:
+            respond(answer.status, answer.body, answer.content_type)

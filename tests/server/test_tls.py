@@ -117,3 +117,25 @@ def test_plain_http_to_the_tls_port_does_not_crash_it(tls_server: tuple[int, Pat
     with urllib.request.urlopen(f"https://127.0.0.1:{port}/healthz", context=ctx,
                                 timeout=5) as resp:
         assert json.loads(resp.read())["status"] == "ok"
+
+
+def test_the_console_cookie_is_secure_over_https(tls_server: tuple[int, Path, object]
+                                                 ) -> None:
+    import http.client
+    import json
+
+    port, cert, cred = tls_server
+    ctx = ssl.create_default_context(cafile=str(cert))
+    conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=30)
+    try:
+        body = json.dumps({"access_key_id": cred.access_key_id,  # type: ignore[attr-defined]
+                           "secret_access_key": cred.secret})  # type: ignore[attr-defined]
+        conn.request("POST", "/console/api/session", body=body,
+                      headers={"Content-Type": "application/json"})
+        r = conn.getresponse()
+        r.read()
+        assert r.status == 200
+        cookie = r.getheader("set-cookie") or ""
+    finally:
+        conn.close()
+    assert "; Secure" in cookie and "HttpOnly" in cookie and "SameSite=Strict" in cookie
