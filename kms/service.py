@@ -457,16 +457,6 @@ class Kms:
         except KeyError:
             raise E.NotFound(f"token {token!r} is not in the pool") from None
 
-    def describable(self, client: KmsClient, records: Sequence[KeyRecord]) -> list[KeyRecord]:
-        """The records among ``records`` that ``client`` may DescribeKey (its policies, the
-        keys' policies and grants), decided without writing audit records: what an
-        operators' console shows of a ListKeys page (AWS lists every key id to a caller
-        allowed ListKeys; their metadata is DescribeKey's)."""
-        if client.principal is None:
-            return list(records)
-        return [r for r in records
-                if client._allow("kms:DescribeKey", client._names(r), key=r)]
-
     def release_token(self, token: str) -> bool:
         """End an operator's hold: the prober probes the token and readmits it when it
         answers. True if it was held. :class:`kms.errors.NotFound` as for :meth:`hold_token`."""
@@ -474,7 +464,6 @@ class Kms:
             return self.pool.release(token)
         except KeyError:
             raise E.NotFound(f"token {token!r} is not in the pool") from None
-
 
 
 class KmsClient(KeyLifecycle, Aliases, KeyCrypto, KeyImport, Grants):

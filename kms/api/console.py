@@ -481,7 +481,7 @@ class ConsoleFrontend:
         marker: str | None = None
         while True:
             page = client.list_keys(_PAGE, marker)
-            records.extend(self.kms.describable(client, page.items))
+            records.extend(client.describable(page.items))
             marker = page.next_marker
             if not marker:
                 break

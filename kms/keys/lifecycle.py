@@ -136,6 +136,16 @@ class KeyLifecycle(Caller):
 
         return self._run("kms:DescribeKey", body)
 
+    def describable(self, records: Sequence[KeyRecord]) -> list[KeyRecord]:
+        """The records among ``records`` this caller may DescribeKey (its policies, the
+        keys' policies and grants), decided without writing audit records: what an
+        operators' console shows of a ListKeys page (AWS lists every key id to a caller
+        allowed ListKeys; their metadata is DescribeKey's)."""
+        if self.principal is None:
+            return list(records)
+        return [r for r in records
+                if self._allow(DESCRIBE_KEY.action, self._names(r), key=r)]
+
     def list_keys(self, limit: int = 100, marker: str | None = None) -> ListPage:
         def body() -> ListPage:
             if not self._allow("kms:ListKeys", ()):
