@@ -65,7 +65,7 @@ class Op:
         if state not in self.states:
             if state is KeyState.DISABLED:
                 raise E.Disabled(f"key {rec.arn} is disabled")
-            raise E.KMSInvalidState(f"key {rec.arn} is {state.value}")
+            raise E.InvalidState(f"key {rec.arn} is {state.value}")
         if self.usage is not None and rec.usage is not self.usage:
             raise E.InvalidKeyUsage(f"key {rec.arn} has usage {rec.usage.value}")
 
@@ -345,16 +345,16 @@ class Caller:
         try:
             return fn()
         except E.KmsError as exc:
-            self._audit(action, None, None, exc.code)
+            self._audit(action, None, None, exc.kind)
             raise
         except hsmpool.HsmPoolError as exc:
             err = pool_error(exc)
-            self._audit(action, None, None, err.code)
+            self._audit(action, None, None, err.kind)
             raise err from None
 
     def _primary(self, rec: KeyRecord) -> KeyVersion:
         v = self.kms._version(rec.primary_version) if rec.primary_version else None
         if v is None or v.blob is None:
-            raise E.KMSInvalidState(f"key {rec.arn} has no key material")
+            raise E.InvalidState(f"key {rec.arn} has no key material")
         return v
 

@@ -1,58 +1,45 @@
-"""The KMS exceptions: one root, :class:`KmsError`; one class per AWS KMS error name.
+"""The service's exceptions: one root, :class:`KmsError`, and one class per kind of failure.
 
-Each class carries ``code``, the exception name of the AWS KMS API (what a front end puts in
-``__type`` and what boto3 maps to its exception classes), and ``status``, the HTTP status.
+The kinds are the service's own, not any protocol's: each front end maps them to its wire
+codes with a table of its own (``kms/api/aws_kms.py`` to AWS KMS's exception names and HTTP
+statuses; the Secrets Manager and Alibaba front ends to theirs). ``kind`` is also what the
+audit trail records as the result of a failed operation.
 
 ::
 
-    KmsError
-     +-- NotFound                 NotFoundException            (also: not yours, not allowed)
-     |    +-- InstanceNotFound    NotFoundException            (no such instance in the pool)
-     +-- Disabled                 DisabledException
-     +-- KMSInvalidState          KMSInvalidStateException
-     +-- InvalidCiphertext        InvalidCiphertextException
-     +-- IncorrectKey             IncorrectKeyException
-     +-- InvalidKeyUsage          InvalidKeyUsageException
-     +-- KMSInvalidSignature      KMSInvalidSignatureException
-     +-- KMSInvalidMac            KMSInvalidMacException
-     +-- AlreadyExists            AlreadyExistsException
-     +-- InvalidAliasName         InvalidAliasNameException
-     +-- InvalidArn               InvalidArnException
-     +-- InvalidMarker            InvalidMarkerException
-     +-- UnsupportedOperation     UnsupportedOperationException
-     +-- LimitExceeded            LimitExceededException
-     +-- InvalidImportToken       InvalidImportTokenException
-     +-- ExpiredImportToken       ExpiredImportTokenException
-     +-- InvalidGrantToken        InvalidGrantTokenException
-     +-- InvalidGrantId           InvalidGrantIdException
-     +-- IncorrectKeyMaterial     IncorrectKeyMaterialException
-     +-- Tag                      TagException
-     +-- MalformedPolicyDocument  MalformedPolicyDocumentException
-     +-- Validation               ValidationException
-     +-- AccessDenied             AccessDeniedException
-     +-- KeyUnavailable           KeyUnavailableException      (the pool cannot serve now)
-     +-- DependencyTimeout        DependencyTimeoutException
-     +-- KMSInternal              KMSInternalException
+    KmsError: NotFound, InstanceNotFound, Disabled, InvalidState, InvalidCiphertext,
+        IncorrectKey, InvalidKeyUsage, InvalidSignature, InvalidMac,
+        AlreadyExists, InvalidAliasName, InvalidArn, InvalidMarker,
+        UnsupportedOperation, LimitExceeded, InvalidImportToken,
+        ExpiredImportToken, InvalidGrantToken, InvalidGrantId,
+        IncorrectKeyMaterial, InvalidTag, MalformedPolicyDocument, Validation,
+        AccessDenied, KeyUnavailable, DependencyTimeout, Internal
+
+(InstanceNotFound is a NotFound: the pool has no such instance.)
 
 Messages never contain plaintext, key material, encryption-context values or secrets.
 """
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 
 class KmsError(Exception):
     """Root of every exception raised by :mod:`kms`."""
 
-    code = "KMSInternalException"
-    status = 400
+    #: The protocol-neutral kind (the class's name; subclasses of a kind keep its kind).
+    kind: ClassVar[str] = "Internal"
 
     def __init__(self, message: str = "") -> None:
-        super().__init__(message or self.code)
-        self.message = message or self.code
+        super().__init__(message or self.kind)
+        self.message = message or self.kind
 
 
 class NotFound(KmsError):
-    code = "NotFoundException"
+    """The resource does not exist (also: not this instance's, or the caller may not know)."""
+
+    kind = "NotFound"
 
 
 class InstanceNotFound(NotFound):
@@ -62,113 +49,161 @@ class InstanceNotFound(NotFound):
 
 
 class Disabled(KmsError):
-    code = "DisabledException"
+    """The key is disabled."""
+
+    kind = "Disabled"
 
 
-class KMSInvalidState(KmsError):
-    code = "KMSInvalidStateException"
+class InvalidState(KmsError):
+    """The resource's state does not allow the operation."""
+
+    kind = "InvalidState"
 
 
 class InvalidCiphertext(KmsError):
-    code = "InvalidCiphertextException"
+    """The ciphertext is not valid (tampered, another context, material deleted)."""
+
+    kind = "InvalidCiphertext"
 
 
 class IncorrectKey(KmsError):
-    code = "IncorrectKeyException"
+    """The ciphertext was made with another key than the one named."""
+
+    kind = "IncorrectKey"
 
 
 class InvalidKeyUsage(KmsError):
-    code = "InvalidKeyUsageException"
+    """The key's usage or spec does not offer the operation or algorithm."""
+
+    kind = "InvalidKeyUsage"
 
 
-class KMSInvalidSignature(KmsError):
-    code = "KMSInvalidSignatureException"
+class InvalidSignature(KmsError):
+    """The signature does not verify."""
+
+    kind = "InvalidSignature"
 
 
-class KMSInvalidMac(KmsError):
-    code = "KMSInvalidMacException"
+class InvalidMac(KmsError):
+    """The MAC does not verify."""
+
+    kind = "InvalidMac"
 
 
 class AlreadyExists(KmsError):
-    code = "AlreadyExistsException"
+    """A resource of that name exists."""
+
+    kind = "AlreadyExists"
 
 
 class InvalidAliasName(KmsError):
-    code = "InvalidAliasNameException"
+    """An alias name that is not allowed."""
+
+    kind = "InvalidAliasName"
 
 
 class InvalidArn(KmsError):
-    code = "InvalidArnException"
+    """An ARN that does not parse."""
+
+    kind = "InvalidArn"
 
 
 class InvalidMarker(KmsError):
-    code = "InvalidMarkerException"
+    """A pagination marker that is not one of ours."""
+
+    kind = "InvalidMarker"
 
 
 class UnsupportedOperation(KmsError):
-    code = "UnsupportedOperationException"
+    """The operation is not offered for this resource."""
+
+    kind = "UnsupportedOperation"
 
 
 class LimitExceeded(KmsError):
-    code = "LimitExceededException"
+    """A quota is reached."""
+
+    kind = "LimitExceeded"
 
 
 class InvalidImportToken(KmsError):
-    code = "InvalidImportTokenException"
+    """The import token is not valid for the key."""
+
+    kind = "InvalidImportToken"
 
 
 class ExpiredImportToken(KmsError):
-    code = "ExpiredImportTokenException"
+    """The import token has expired."""
+
+    kind = "ExpiredImportToken"
 
 
 class InvalidGrantToken(KmsError):
-    code = "InvalidGrantTokenException"
+    """A grant token that is not valid."""
+
+    kind = "InvalidGrantToken"
 
 
 class InvalidGrantId(KmsError):
-    code = "InvalidGrantIdException"
+    """A grant id that is not the key's."""
+
+    kind = "InvalidGrantId"
 
 
 class IncorrectKeyMaterial(KmsError):
-    code = "IncorrectKeyMaterialException"
+    """Imported material that is not the key's earlier material."""
+
+    kind = "IncorrectKeyMaterial"
 
 
-class Tag(KmsError):
-    code = "TagException"
+class InvalidTag(KmsError):
+    """Tags that are not allowed."""
+
+    kind = "InvalidTag"
 
 
 class MalformedPolicyDocument(KmsError):
-    code = "MalformedPolicyDocumentException"
+    """A policy document that does not parse or is not allowed."""
+
+    kind = "MalformedPolicyDocument"
 
 
 class Validation(KmsError):
-    code = "ValidationException"
+    """An argument that is not valid."""
+
+    kind = "Validation"
 
 
 class AccessDenied(KmsError):
-    code = "AccessDeniedException"
+    """Not allowed (operations with no resource to feign not to see)."""
+
+    kind = "AccessDenied"
 
 
 class KeyUnavailable(KmsError):
-    code = "KeyUnavailableException"
-    status = 500
+    """The pool cannot serve the request now (retry later)."""
+
+    kind = "KeyUnavailable"
 
 
 class DependencyTimeout(KmsError):
-    code = "DependencyTimeoutException"
-    status = 503
+    """The HSMs did not answer in time (retry)."""
+
+    kind = "DependencyTimeout"
 
 
-class KMSInternal(KmsError):
-    code = "KMSInternalException"
-    status = 500
+class Internal(KmsError):
+    """An internal failure (nothing about it is told)."""
+
+    kind = "Internal"
 
 
+#: Every kind, one class each (a front end's table must cover them all: tests check it).
 ALL_ERRORS: tuple[type[KmsError], ...] = (
-    NotFound, Disabled, KMSInvalidState, InvalidCiphertext, IncorrectKey, InvalidKeyUsage,
-    KMSInvalidSignature, KMSInvalidMac, AlreadyExists, InvalidAliasName, InvalidArn,
-    InvalidMarker, UnsupportedOperation, LimitExceeded, InvalidImportToken, ExpiredImportToken,
-    InvalidGrantToken, InvalidGrantId, IncorrectKeyMaterial, Tag, MalformedPolicyDocument,
-    Validation, AccessDenied,
-    KeyUnavailable, DependencyTimeout, KMSInternal,
+    NotFound, Disabled, InvalidState, InvalidCiphertext, IncorrectKey, InvalidKeyUsage,
+    InvalidSignature, InvalidMac, AlreadyExists, InvalidAliasName, InvalidArn,
+    InvalidMarker, UnsupportedOperation, LimitExceeded, InvalidImportToken,
+    ExpiredImportToken, InvalidGrantToken, InvalidGrantId, IncorrectKeyMaterial, InvalidTag,
+    MalformedPolicyDocument, Validation, AccessDenied, KeyUnavailable, DependencyTimeout,
+    Internal,
 )

@@ -266,7 +266,7 @@ def encrypt_file(client: KmsClient, key_id: str, src: BinaryIO, dst: BinaryIO,
     key = bytearray(dk.plaintext or b"")
     try:
         if len(key) != key_len:
-            raise E.KMSInternal("the service returned a data key of the wrong length")
+            raise E.Internal("the service returned a data key of the wrong length")
         aead = _aead(cipher_id, key)
     finally:
         _wipe(key)

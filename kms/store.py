@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from kms.errors import AlreadyExists, KMSInternal, LimitExceeded
+from kms.errors import AlreadyExists, Internal, LimitExceeded
 from kms.model import (
     AliasRecord,
     Grant,
@@ -227,7 +227,7 @@ def _same_grant(a: Grant, b: Grant) -> bool:
         b.subset and dict(b.subset), b.equals and dict(b.equals))
 
 
-class ConcurrentUpdate(KMSInternal):
+class ConcurrentUpdate(Internal):
     """A key changed under us (another worker committed first); the caller retries."""
 
 

@@ -28,6 +28,36 @@ from kms.service import KmsClient
 log = logging.getLogger("hsmpool.server")
 
 Body = Mapping[str, Any]
+#: The service's error kinds as AWS KMS names them on the wire, with the HTTP status.
+WIRE_ERRORS: Final[dict[str, tuple[str, int]]] = {
+    "NotFound": ("NotFoundException", 400),
+    "Disabled": ("DisabledException", 400),
+    "InvalidState": ("KMSInvalidStateException", 400),
+    "InvalidCiphertext": ("InvalidCiphertextException", 400),
+    "IncorrectKey": ("IncorrectKeyException", 400),
+    "InvalidKeyUsage": ("InvalidKeyUsageException", 400),
+    "InvalidSignature": ("KMSInvalidSignatureException", 400),
+    "InvalidMac": ("KMSInvalidMacException", 400),
+    "AlreadyExists": ("AlreadyExistsException", 400),
+    "InvalidAliasName": ("InvalidAliasNameException", 400),
+    "InvalidArn": ("InvalidArnException", 400),
+    "InvalidMarker": ("InvalidMarkerException", 400),
+    "UnsupportedOperation": ("UnsupportedOperationException", 400),
+    "LimitExceeded": ("LimitExceededException", 400),
+    "InvalidImportToken": ("InvalidImportTokenException", 400),
+    "ExpiredImportToken": ("ExpiredImportTokenException", 400),
+    "InvalidGrantToken": ("InvalidGrantTokenException", 400),
+    "InvalidGrantId": ("InvalidGrantIdException", 400),
+    "IncorrectKeyMaterial": ("IncorrectKeyMaterialException", 400),
+    "InvalidTag": ("TagException", 400),
+    "MalformedPolicyDocument": ("MalformedPolicyDocumentException", 400),
+    "Validation": ("ValidationException", 400),
+    "AccessDenied": ("AccessDeniedException", 400),
+    "KeyUnavailable": ("KeyUnavailableException", 500),
+    "DependencyTimeout": ("DependencyTimeoutException", 503),
+    "Internal": ("KMSInternalException", 500),
+}
+
 Handler = Callable[[KmsClient, Body], dict[str, Any]]
 
 
@@ -150,7 +180,7 @@ def _tags_in(body: Body, name: str = "Tags") -> list[tuple[str, str]]:
     for t in v:
         if not isinstance(t, dict) or not isinstance(t.get("TagKey"), str) \
                 or not isinstance(t.get("TagValue"), str):
-            raise E.Tag("each tag needs a TagKey and a TagValue")
+            raise E.InvalidTag("each tag needs a TagKey and a TagValue")
         out.append((t["TagKey"], t["TagValue"]))
     return out
 
@@ -641,6 +671,10 @@ class AwsKmsFrontend:
     def _answer(self, status: int, code: str, message: str, op: str) -> Answer:
         return Answer(status, _error(code, message), _JSON_TYPE, op, code)
 
+    def _failed(self, exc: E.KmsError, op: str) -> Answer:
+        code, status = WIRE_ERRORS[exc.kind]
+        return self._answer(status, code, exc.message, op)
+
     def prepare(self, req: Request) -> Call | Answer:
         op = req.headers["x-amz-target"][len(_PREFIX):]
         handler = OPERATIONS.get(op)
@@ -660,7 +694,7 @@ class AwsKmsFrontend:
         except (E.KeyUnavailable, E.DependencyTimeout) as exc:
             # The access key's secret is unwrapped in a token on first use: no token could
             # do it now (all ejected, or past the deadline). Retryable, like the operation.
-            return self._answer(exc.status, exc.code, exc.message, op)
+            return self._failed(exc, op)
         except E.KmsError:  # a principal or instance that is gone
             return self._answer(400, "UnrecognizedClientException", _UNRECOGNIZED, op)
         try:
@@ -678,7 +712,7 @@ class AwsKmsFrontend:
             try:
                 out = handler(client, body)
             except E.KmsError as exc:
-                return self._answer(exc.status, exc.code, exc.message, op)
+                return self._failed(exc, op)
             except Exception:  # noqa: BLE001 - a bug of ours: log the type, never the data
                 log.exception("internal error in %s", op)
                 return self.internal_error(op)
@@ -692,8 +726,8 @@ class AwsKmsFrontend:
         return self._answer(400, "ThrottlingException", "Rate exceeded", operation)
 
     def timed_out(self, operation: str) -> Answer:
-        return self._answer(503, E.DependencyTimeout.code,
+        return self._answer(503, WIRE_ERRORS["DependencyTimeout"][0],
                             "the request did not finish in time; retry", operation)
 
     def internal_error(self, operation: str) -> Answer:
-        return self._answer(500, "KMSInternalException", "internal error", operation)
+        return self._answer(500, WIRE_ERRORS["Internal"][0], "internal error", operation)

@@ -121,12 +121,13 @@ def _ok(doc: Any, op: str, extra: Headers = ()) -> Answer:
     return Answer(200, orjson.dumps(doc), _JSON, op, "ok", _SECURITY + extra)
 
 
+_STATUS: Final = {"NotFound": 404, "AccessDenied": 403, "KeyUnavailable": 503,
+                  "DependencyTimeout": 503, "Internal": 500}
+
+
 def _status_of(exc: E.KmsError) -> int:
-    if isinstance(exc, E.NotFound):
-        return 404
-    if isinstance(exc, E.AccessDenied):
-        return 403
-    return exc.status if exc.status >= 500 else 400
+    """The console's HTTP status for a service error (its code is the error's kind)."""
+    return _STATUS.get(exc.kind, 400)
 
 
 def key_row(rec: KeyRecord, aliases: list[str]) -> list[Any]:
@@ -277,7 +278,7 @@ class ConsoleFrontend:
             except ConsoleError as exc:
                 return _error(exc.status, exc.code, exc.message, op)
             except E.KmsError as exc:
-                return _error(_status_of(exc), exc.code, exc.message, op)
+                return _error(_status_of(exc), exc.kind, exc.message, op)
             except Exception:  # noqa: BLE001 - a bug of ours: log the type, never the data
                 log.exception("internal error in %s", op)
                 return self.internal_error(op)
@@ -352,7 +353,7 @@ class ConsoleFrontend:
             expected = self.auth.creds.secret_for(akid)
             principal = self.auth.creds.principal_for(akid) if expected is not None else None
         except (E.KeyUnavailable, E.DependencyTimeout) as exc:
-            return _error(503, exc.code, "the HSMs cannot check the secret now; retry", op)
+            return _error(503, exc.kind, "the HSMs cannot check the secret now; retry", op)
         except E.KmsError:
             expected, principal = None, None
         # Compared in constant time, also for an unknown access key.
@@ -391,7 +392,7 @@ class ConsoleFrontend:
                 return _error(401, "SignInRequired", "the access key is disabled or gone", op)
             principal = self.auth.creds.principal_for(session.access_key_id)
         except (E.KeyUnavailable, E.DependencyTimeout) as exc:
-            return _error(503, exc.code, "the HSMs cannot check the session now; retry", op)
+            return _error(503, exc.kind, "the HSMs cannot check the session now; retry", op)
         except E.KmsError:
             return _error(401, "SignInRequired", "the access key is disabled or gone", op)
         return self._make_viewer(session.access_key_id, principal,

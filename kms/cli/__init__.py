@@ -555,7 +555,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return pool_cli.main(argv, build_parser())
     except KmsError as exc:
-        print(f"hsmpool: {exc.code}: {exc.message}", file=sys.stderr)
+        print(f"hsmpool: {exc.kind}: {exc.message}", file=sys.stderr)
         return 1
     except BrokenPipeError:
         with contextlib.suppress(OSError):

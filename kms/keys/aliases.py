@@ -51,7 +51,7 @@ class Aliases(Caller):
             if not self._allow("kms:CreateAlias", self._alias_arn(name)):
                 raise E.AccessDenied(f"not allowed to create alias {name}")
             if rec.state is KeyState.PENDING_DELETION:
-                raise E.KMSInvalidState(f"key {rec.arn} is pending deletion")
+                raise E.InvalidState(f"key {rec.arn} is pending deletion")
             now = self.kms.now()
             alias = AliasRecord(self.instance_name, name, rec.key_id, now, now)
             self._store.put_alias(alias, create=True)
@@ -81,7 +81,7 @@ class Aliases(Caller):
             old, old_key = self._current_alias("kms:UpdateAlias", name)
             rec = self._key_for("kms:UpdateAlias", target_key_id, key_arn_only=True)
             if rec.state is KeyState.PENDING_DELETION:
-                raise E.KMSInvalidState(f"key {rec.arn} is pending deletion")
+                raise E.InvalidState(f"key {rec.arn} is pending deletion")
             if old_key.usage is not rec.usage:
                 raise E.Validation("an alias can only move to a key with the same usage")
             alias = AliasRecord(self.instance_name, name, rec.key_id, old.created,
@@ -105,7 +105,7 @@ class Aliases(Caller):
                     self._audit("kms:DeleteAlias", key, None, "ok")
                     return
                 self.kms._forget_alias(self.instance_name, name, old.key_id)  # moved meanwhile
-            raise E.KMSInternal("the alias is changing too fast; retry")
+            raise E.Internal("the alias is changing too fast; retry")
 
         self._run("kms:DeleteAlias", body)
 

@@ -344,8 +344,8 @@ class KeyCrypto(Caller):
             v = self._primary(rec)
             if not backend(rec.spec).verify(v, data, sig, signing_algorithm,
                                             message_type == "DIGEST"):
-                self._audit(VERIFY.action, rec, v.version_id, E.KMSInvalidSignature.code)
-                raise E.KMSInvalidSignature("the signature is not valid")
+                self._audit(VERIFY.action, rec, v.version_id, E.InvalidSignature.kind)
+                raise E.InvalidSignature("the signature is not valid")
             self._audit(VERIFY.action, rec, v.version_id, "ok")
             return rec.arn
 
@@ -393,8 +393,8 @@ class KeyCrypto(Caller):
             rec, v, expected = self._mac(VERIFY_MAC, key_id, message, mac_algorithm,
                                          grant_tokens)
             if not hmac.compare_digest(expected, given):
-                self._audit(VERIFY_MAC.action, rec, v.version_id, E.KMSInvalidMac.code)
-                raise E.KMSInvalidMac("the MAC is not valid")
+                self._audit(VERIFY_MAC.action, rec, v.version_id, E.InvalidMac.kind)
+                raise E.InvalidMac("the MAC is not valid")
             self._audit(VERIFY_MAC.action, rec, v.version_id, "ok")
             return rec.arn
 

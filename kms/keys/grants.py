@@ -238,7 +238,7 @@ def create_grant(client: KmsClient, key_id: str, grantee_principal: object,
     rec = client._key_for("kms:CreateGrant", key_id, tokens=tokens, grant_ok=through_grant)
     _fits_key(rec, ops, (subset, equals) != (None, None))
     if rec.state is KeyState.PENDING_DELETION:
-        raise E.KMSInvalidState(f"key {rec.arn} is pending deletion")
+        raise E.InvalidState(f"key {rec.arn} is pending deletion")
     grantee_id, grantee_arn = _principal(client, grantee_principal, "GranteePrincipal")
     retiring_id = retiring_arn = None
     if retiring_principal is not None:

@@ -134,7 +134,7 @@ def _external(rec: KeyRecord) -> None:
 
 def _pending_deletion(rec: KeyRecord) -> None:
     if rec.state is KeyState.PENDING_DELETION:
-        raise E.KMSInvalidState(f"key {rec.arn} is pending deletion")
+        raise E.InvalidState(f"key {rec.arn} is pending deletion")
 
 
 # --- GetParametersForImport ------------------------------------------------------------
@@ -229,7 +229,7 @@ def _unwrap(client: KmsClient, tok: ImportToken, wrapped: bytes) -> bytes:
         try:
             priv = SM2PrivateKey.from_bytes(client.inst.export_secret(tok.wrapping_blob))
         except hsmpool.InvalidBlobError:
-            raise E.KMSInternal("the wrapping key could not be used") from None
+            raise E.Internal("the wrapping key could not be used") from None
         for fmt in ("der", "raw"):
             try:
                 return priv.decrypt(wrapped, format=fmt)
@@ -408,7 +408,7 @@ def _import_cas(client: KmsClient, key_id: str, import_token: bytes, wrapped: by
         client.inst.invalidate(tok.wrapping_blob)
         client._audit(IMPORT_KEY_MATERIAL.action, new, new.primary_version, "ok")
         return new
-    raise E.KMSInternal("the key is changing too fast; retry")
+    raise E.Internal("the key is changing too fast; retry")
 
 
 # --- DeleteImportedKeyMaterial ---------------------------------------------------------
@@ -434,7 +434,7 @@ def delete_imported_key_material(client: KmsClient, key_id: str) -> KeyRecord:
             kms._swap(new)
             client._audit(DELETE_IMPORTED_KEY_MATERIAL.action, new, None, "ok")
             return new
-    raise E.KMSInternal("the key is changing too fast; retry")
+    raise E.Internal("the key is changing too fast; retry")
 
 
 class KeyImport(Caller):

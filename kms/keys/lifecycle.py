@@ -185,7 +185,7 @@ class KeyLifecycle(Caller):
                     self.kms._swap(new)
                     self._audit(action, new, None, "ok")
                     return new
-            raise E.KMSInternal("the key is changing too fast; retry")
+            raise E.Internal("the key is changing too fast; retry")
 
         return self._run(action, body)
 
@@ -194,7 +194,7 @@ class KeyLifecycle(Caller):
             if rec.state is KeyState.ENABLED:
                 return None
             if rec.state is not KeyState.DISABLED:
-                raise E.KMSInvalidState(f"key {rec.arn} is {rec.state.value}")
+                raise E.InvalidState(f"key {rec.arn} is {rec.state.value}")
             return rec.evolve(state=KeyState.ENABLED)
 
         return self._change(ENABLE_KEY, key_id, fn)
@@ -204,7 +204,7 @@ class KeyLifecycle(Caller):
             if rec.state is KeyState.DISABLED:
                 return None
             if rec.state is not KeyState.ENABLED:
-                raise E.KMSInvalidState(f"key {rec.arn} is {rec.state.value}")
+                raise E.InvalidState(f"key {rec.arn} is {rec.state.value}")
             return rec.evolve(state=KeyState.DISABLED)
 
         return self._change(DISABLE_KEY, key_id, fn)
@@ -215,7 +215,7 @@ class KeyLifecycle(Caller):
 
         def fn(rec: KeyRecord) -> KeyRecord | None:
             if rec.state is KeyState.PENDING_DELETION:
-                raise E.KMSInvalidState(f"key {rec.arn} is already pending deletion")
+                raise E.InvalidState(f"key {rec.arn} is already pending deletion")
             return rec.evolve(state=KeyState.PENDING_DELETION,
                               deletion_date=self.kms.now() + pending_window_days * DAY)
 
@@ -224,7 +224,7 @@ class KeyLifecycle(Caller):
     def cancel_key_deletion(self, key_id: str) -> KeyRecord:
         def fn(rec: KeyRecord) -> KeyRecord | None:
             if rec.state is not KeyState.PENDING_DELETION:
-                raise E.KMSInvalidState(f"key {rec.arn} is not pending deletion")
+                raise E.InvalidState(f"key {rec.arn} is not pending deletion")
             state = KeyState.DISABLED if rec.primary_version else KeyState.PENDING_IMPORT
             return rec.evolve(state=state, deletion_date=None)
 
@@ -369,7 +369,7 @@ class KeyLifecycle(Caller):
                         continue
                     self._audit("kms:RotateKeyOnDemand", rec, v.version_id, "ok")
                     return v
-            raise E.KMSInternal("the key is changing too fast; retry")
+            raise E.Internal("the key is changing too fast; retry")
 
         return self._run("kms:RotateKeyOnDemand", body)
 
@@ -436,18 +436,18 @@ def _tags(tags: Mapping[str, str] | Sequence[tuple[str, str]] | None
     if tags is None:
         return ()
     if not isinstance(tags, Mapping | list | tuple):
-        raise E.Tag("tags are a map or a list of (key, value) pairs")
+        raise E.InvalidTag("tags are a map or a list of (key, value) pairs")
     if not tags:
         return ()
     pairs = list(tags.items()) if isinstance(tags, Mapping) else list(tags)
     out = {}
     for pair in pairs:
         if not (isinstance(pair, tuple | list) and len(pair) == 2):
-            raise E.Tag("tags are (key, value) pairs")
+            raise E.InvalidTag("tags are (key, value) pairs")
         k, v = pair
         if not isinstance(k, str) or not isinstance(v, str) or not 1 <= len(k) <= 128 \
                 or len(v) > 256 or k.startswith("aws:"):
-            raise E.Tag("tag keys are 1..128 characters (not aws:...), values up to 256")
+            raise E.InvalidTag("tag keys are 1..128 characters (not aws:...), values up to 256")
         out[k] = v
     if len(out) > 50:
         raise E.LimitExceeded("a key has at most 50 tags")

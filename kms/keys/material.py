@@ -53,14 +53,14 @@ def pool_error(exc: hsmpool.HsmPoolError) -> E.KmsError:
     if isinstance(exc, hsmpool.InvalidTagError):
         return E.InvalidCiphertext("the ciphertext is not valid")
     if isinstance(exc, hsmpool.InvalidBlobError):
-        return E.KMSInternal("stored key material could not be used")
+        return E.Internal("stored key material could not be used")
     if isinstance(exc, hsmpool.DecryptionError):
         return E.InvalidCiphertext("the ciphertext could not be decrypted")
     if isinstance(exc, hsmpool.DeadlineExceededError):
         return E.DependencyTimeout("the HSMs did not answer in time; retry")
     if isinstance(exc, hsmpool.UnsupportedOperationError | hsmpool.PoolUnavailableError):
         return E.KeyUnavailable("no HSM is available to serve the request")
-    return E.KMSInternal("the HSM pool failed")
+    return E.Internal("the HSM pool failed")
 
 
 class VersionCache:
@@ -76,7 +76,7 @@ class VersionCache:
         kb = self._blobs.get(v.version_id)
         if kb is None:
             if v.blob is None:
-                raise E.KMSInvalidState("the key material of this key has been deleted")
+                raise E.InvalidState("the key material of this key has been deleted")
             kb = KeyBlob.parse(v.blob)
             self._blobs[v.version_id] = kb
         return kb

@@ -188,7 +188,7 @@ def _parse_key(entry: object, i: int, base: Path, source: str) -> SeedKey:
         try:
             _check_material(spec, material)  # before anything is created
         except E.KmsError as exc:
-            raise SeedError(f"{where}: {exc.code}: {exc.message}") from None
+            raise SeedError(f"{where}: {exc.kind}: {exc.message}") from None
     return SeedKey(key_id, _str(entry, "instance", where, "default"), spec, usage,
                    _str(entry, "description", where, ""), tuple(sorted(tags.items())),
                    tuple(aliases), material)
@@ -300,7 +300,7 @@ def apply_seed(kms: Kms, seed: Seed, *, actor: str = "seed") -> list[str]:
         for a in seed.aliases:
             lines += _alias(client(a.instance), a.name, a.key_id)
     except E.KmsError as exc:
-        raise SeedError(f"{exc.code}: {exc.message}") from None
+        raise SeedError(f"{exc.kind}: {exc.message}") from None
     return lines
 
 

@@ -211,7 +211,7 @@ def test_a_console_administrator_sees_every_instance_and_ejects_tokens(
     assert len(kms2.list_key_rotations(KeyId=key_b)["Rotations"]) >= 1
 
     status, doc = console.post("/console/api/tokens/action", {"token": "tx", "action": "eject"})
-    assert status == 404 and doc["error"] == "NotFoundException"
+    assert status == 404 and doc["error"] == "NotFound"
     status, doc = console.post("/console/api/tokens/action", {"token": "t2", "action": "pause"})
     assert status == 400
     status, doc = console.post("/console/api/tokens/action", {"token": "t2", "action": "eject"})

@@ -352,7 +352,7 @@ def test_a_refused_call_is_audited_once_under_its_action(audited: tuple[Kms, Pat
         OPERATIONS["ListResourceTags"](p, {"KeyId": key.key_id})
     service.audit.flush()  # type: ignore[union-attr]
     records = [(r.action, r.result) for r in read(audit_dir, Filter(since=since))]
-    assert records == [("kms:ListResourceTags", "NotFoundException")]
+    assert records == [("kms:ListResourceTags", "NotFound")]
 
 
 # --- issue 16: SM4 algorithm names ---------------------------------------------------------

@@ -550,7 +550,7 @@ def tampered(tmp_path: Path) -> Iterator[Path]:
     ("key_id", "key-9"),
     ("key_id", None),
     ("key_version", "f" * 32),
-    ("result", "AccessDeniedException"),
+    ("result", "AccessDenied"),
     ("request_id", "req-x"),
     ("details", {"purpose": "p5", "team": "red"}),
     ("details", {"purpose": "p5"}),
@@ -877,7 +877,7 @@ def test_service_records_calls_with_secret_context_values_redacted(
     stored = rows(tmp_path / "audit" / "audit-svc-0.db")
     by_action = [(r["action"], r["result"]) for r in stored]
     assert by_action == [("kms:CreateKey", "ok"), ("kms:Encrypt", "ok"),
-                         ("kms:Encrypt", "NotFoundException")]
+                         ("kms:Encrypt", "NotFound")]
     create, enc, failed = stored
     assert enc["details"] == {"ctx:purpose": "backup", "ctx:pin": "<redacted>",
                               "ctx:secret:tok": "<redacted>"}

@@ -112,7 +112,7 @@ def test_key_lifecycle(cli: Cli) -> None:
     assert s["KeyState"] == "PendingDeletion"
     when = calendar.timegm(time.strptime(s["DeletionDate"], "%Y-%m-%dT%H:%M:%SZ"))
     assert abs(when - (before + 7 * 86400)) < 120
-    assert "KMSInvalidStateException" in cli.fail("key", "rotate", key_id)
+    assert "InvalidState" in cli.fail("key", "rotate", key_id)
     c = cli.json("key", "cancel-deletion", key_id)
     assert c["KeyState"] == "Disabled" and c["DeletionDate"] is None
     assert fields(cli.run("key", "describe", key_id).stdout)["KeyState"] == "Disabled"
@@ -121,7 +121,7 @@ def test_key_lifecycle(cli: Cli) -> None:
 def test_sign_key_spec_and_usage(cli: Cli) -> None:
     k = cli.json("key", "create", "--spec", "RSA_2048", "--usage", "SIGN_VERIFY")
     assert (k["KeySpec"], k["KeyUsage"]) == ("RSA_2048", "SIGN_VERIFY")
-    assert "UnsupportedOperationException" in cli.fail("key", "rotate", k["KeyId"])
+    assert "UnsupportedOperation" in cli.fail("key", "rotate", k["KeyId"])
 
 
 def test_key_rotation_settings(cli: Cli) -> None:
@@ -139,9 +139,9 @@ def test_key_rotation_settings(cli: Cli) -> None:
     assert fields(cli.run("key", "enable-rotation", key_id).stdout)[
         "RotationPeriodInDays"] == "365"  # the default period
     assert cli.json("key", "disable-rotation", key_id)["KeyRotationEnabled"] is False
-    assert "ValidationException" in cli.fail("key", "enable-rotation", key_id, "--days", "30")
+    assert "Validation" in cli.fail("key", "enable-rotation", key_id, "--days", "30")
     ec = cli.json("key", "create", "--spec", "ECC_NIST_P256")["KeyId"]
-    assert "UnsupportedOperationException" in cli.fail("key", "enable-rotation", ec)
+    assert "UnsupportedOperation" in cli.fail("key", "enable-rotation", ec)
 
 
 def test_key_tags_and_policy(cli: Cli) -> None:
@@ -163,7 +163,7 @@ def test_key_tags_and_policy(cli: Cli) -> None:
     assert policy["Version"] == "2012-10-17" and policy["Statement"][0]["Action"] == "kms:*"
     doc = cli.json("key", "policy", key_id)
     assert doc["PolicyName"] == "default" and json.loads(doc["Policy"]) == policy
-    assert "NotFoundException" in cli.fail("key", "policy", "alias/none")
+    assert "NotFound" in cli.fail("key", "policy", "alias/none")
 
 
 def _spki(der: bytes) -> Any:
@@ -205,7 +205,7 @@ def test_sign_verify_and_public_key(cli: Cli, tmp_path: Path) -> None:
     assert cli.json("key", "verify", key_id, "--algorithm", "ECDSA_SHA_256", "--digest-file",
                     str(digest), "--signature", of_digest["Signature"])["SignatureValid"]
     (tmp_path / "other").write_bytes(b"not the message")
-    assert "KMSInvalidSignatureException" in cli.fail(
+    assert "InvalidSignature" in cli.fail(
         "key", "verify", key_id, "--algorithm", "ECDSA_SHA_256", "--message-file",
         str(tmp_path / "other"), "--signature-file", str(tmp_path / "sig"))
     # Refusals: an existing --out, bad base64, a wrong-size digest, another algorithm.
@@ -215,9 +215,9 @@ def test_sign_verify_and_public_key(cli: Cli, tmp_path: Path) -> None:
     assert (tmp_path / "sig").read_bytes() == sig
     assert "base64" in cli.fail("key", "verify", key_id, "--algorithm", "ECDSA_SHA_256",
                                 "--message-file", str(msg), "--signature", "%%%", rc=2)
-    assert "ValidationException" in cli.fail("key", "sign", key_id, "--algorithm",
+    assert "Validation" in cli.fail("key", "sign", key_id, "--algorithm",
                                              "ECDSA_SHA_256", "--digest-file", str(msg))
-    assert "InvalidKeyUsageException" in cli.fail("key", "sign", key_id, "--algorithm",
+    assert "InvalidKeyUsage" in cli.fail("key", "sign", key_id, "--algorithm",
                                                   "SM2DSA", "--message-file", str(msg))
     assert "one of the arguments" in cli.fail("key", "sign", key_id, "--algorithm",
                                               "ECDSA_SHA_256", rc=2)
@@ -279,7 +279,7 @@ def test_import_key_material(cli: Cli, tmp_path: Path) -> None:
                    "--message-file", str(tmp_path / "msg"))["Signature"]
     mine.public_key().verify(base64.b64decode(sig), b"signed with imported material",
                              ec.ECDSA(hashes.SHA256()))
-    assert "InvalidImportTokenException" in cli.fail(  # a token is good for one import
+    assert "InvalidImportToken" in cli.fail(  # a token is good for one import
         "key", "import-key-material", key["KeyId"], "--token-file", str(tmp_path / "token"),
         "--material-file", str(tmp_path / "material"))
     assert "not a time" in cli.fail("key", "import-key-material", key["KeyId"],
@@ -338,7 +338,7 @@ def test_credentials_lifecycle(cli: Cli, config: Path) -> None:
     assert first["AccessKeyId"] not in {k["AccessKeyId"] for k in cred("list")["AccessKeys"]}
     for verb in ("delete", "enable", "disable", "rotate"):
         msg = cli.fail("credentials", verb, first["AccessKeyId"], instance=False)
-        assert msg == (f"hsmpool: NotFoundException: access key {first['AccessKeyId']!r} "
+        assert msg == (f"hsmpool: NotFound: access key {first['AccessKeyId']!r} "
                        "does not exist")
     assert "instance 'nope' is not configured" in cli.fail(
         "credentials", "create", "--instance", "nope", instance=False)
@@ -361,7 +361,7 @@ def test_alias_operations(cli: Cli) -> None:
     made = cli.json("alias", "create", "cli-alias", a)  # the alias/ prefix is optional
     assert made["AliasName"] == "alias/cli-alias" and made["TargetKeyId"] == a
     assert made["AliasArn"].endswith(":alias/cli-alias")
-    assert "AlreadyExistsException" in cli.fail("alias", "create", "alias/cli-alias", b)
+    assert "AlreadyExists" in cli.fail("alias", "create", "alias/cli-alias", b)
     listed = {x["AliasName"]: x["TargetKeyId"] for x in cli.json("alias", "list")["Aliases"]}
     assert listed["alias/cli-alias"] == a
     assert cli.json("key", "describe", "alias/cli-alias")["KeyId"] == a
@@ -374,9 +374,9 @@ def test_alias_operations(cli: Cli) -> None:
     assert "alias/cli-alias" in table and b in table
     assert cli.run("alias", "delete", "cli-alias").stdout == b"deleted alias/cli-alias\n"
     assert "alias/cli-alias" not in cli.run("alias", "list").stdout.decode()
-    assert "NotFoundException" in cli.fail("key", "describe", "alias/cli-alias")
-    assert "NotFoundException" in cli.fail("alias", "delete", "cli-alias")
-    assert "InvalidAliasNameException" in cli.fail("alias", "create", "bad name!", a)
+    assert "NotFound" in cli.fail("key", "describe", "alias/cli-alias")
+    assert "NotFound" in cli.fail("alias", "delete", "cli-alias")
+    assert "InvalidAliasName" in cli.fail("alias", "create", "bad name!", a)
 
 
 # --- files ------------------------------------------------------------------------------
@@ -422,7 +422,7 @@ def test_encrypt_decrypt_round_trip(cli: Cli, file_keys: dict[str, str], tmp_pat
 
     msg = cli.fail("decrypt", "--context", "app=other", "--context", "team=blue", str(ct),
                    str(out))
-    assert "InvalidCiphertextException" in msg and "other" not in msg
+    assert "InvalidCiphertext" in msg and "other" not in msg
     assert not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plain.bin", "plain.bin.enc"]
 
@@ -471,7 +471,7 @@ def test_tampered_file(cli: Cli, file_keys: dict[str, str], tmp_path: Path,
     (tmp_path / "ct").write_bytes(bytes(blob))
     (tmp_path / "out").write_bytes(b"keep me")
     msg = cli.fail("decrypt", "--force", str(tmp_path / "ct"), str(tmp_path / "out"))
-    assert msg.startswith("hsmpool: InvalidCiphertextException: chunk ")
+    assert msg.startswith("hsmpool: InvalidCiphertext: chunk ")
     assert (tmp_path / "out").read_bytes() == b"keep me"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ct", "in", "out"]
 
@@ -553,9 +553,9 @@ def test_progress_bar_when_stderr_is_a_terminal(config: Path, file_keys: dict[st
 
 
 @pytest.mark.parametrize("args, rc, fragment", [
-    (["key", "describe", "00000000-0000-0000-0000-000000000000"], 1, "NotFoundException"),
-    (["key", "describe", "alias/none"], 1, "NotFoundException"),
-    (["key", "schedule-deletion", "alias/none", "--days", "3"], 1, "ValidationException"),
+    (["key", "describe", "00000000-0000-0000-0000-000000000000"], 1, "NotFound"),
+    (["key", "describe", "alias/none"], 1, "NotFound"),
+    (["key", "schedule-deletion", "alias/none", "--days", "3"], 1, "Validation"),
     (["key", "create", "--spec", "DES"], 2, "invalid choice"),
     (["key", "frobnicate"], 2, "invalid choice"),
     (["key"], 2, "COMMAND"),
@@ -568,7 +568,7 @@ def test_progress_bar_when_stderr_is_a_terminal(config: Path, file_keys: dict[st
     (["decrypt", "/nonexistent/in", "out"], 1, "No such file"),
     (["encrypt", "--key", "alias/none", "/etc/hostname", "/nonexistent/dir/out"], 1,
      "No such file or directory: '/nonexistent/dir/out'"),
-    (["decrypt", "/etc/hostname", "out"], 1, "InvalidCiphertextException"),
+    (["decrypt", "/etc/hostname", "out"], 1, "InvalidCiphertext"),
 ])
 def test_errors_are_one_line(cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                              args: list[str], rc: int, fragment: str) -> None:
@@ -598,7 +598,7 @@ def test_config_and_instance_errors(cli: Cli, tmp_path: Path) -> None:
     bad.write_text("[kms]\nnot valid toml = = =\n")
     assert "configuration" in Cli(bad).fail("key", "list", rc=2)
     msg = cli.fail("key", "list", "--instance", "nope", instance=False)
-    assert msg == "hsmpool: NotFoundException: instance 'nope' is not configured in the pool"
+    assert msg == "hsmpool: NotFound: instance 'nope' is not configured in the pool"
 
 
 def test_error_messages_hold_no_context_values(cli: Cli, file_keys: dict[str, str],
@@ -606,7 +606,7 @@ def test_error_messages_hold_no_context_values(cli: Cli, file_keys: dict[str, st
     (tmp_path / "in").write_bytes(b"payload-bytes " * 100)
     msg = cli.fail("encrypt", "--key", file_keys["SM4"], "--context", "secret:pw=hunter2",
                    str(tmp_path / "in"), str(tmp_path / "ct"))
-    assert "ValidationException" in msg and "hunter2" not in msg
+    assert "Validation" in msg and "hunter2" not in msg
     cli.run("encrypt", "-q", "--key", file_keys["SM4"], "--context", "who=alice-42",
             str(tmp_path / "in"), str(tmp_path / "ct"))
     msg = cli.fail("decrypt", "--context", "who=mallory-13", str(tmp_path / "ct"),

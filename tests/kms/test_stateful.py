@@ -57,7 +57,7 @@ class MCt:
 
 def state_error(state: str) -> type[E.KmsError] | None:
     """The error an operation using a key in this state raises (None: it works)."""
-    return {ENABLED: None, DISABLED: E.Disabled, PENDING: E.KMSInvalidState,
+    return {ENABLED: None, DISABLED: E.Disabled, PENDING: E.InvalidState,
             PURGED: E.NotFound}[state]
 
 
@@ -135,7 +135,7 @@ def run_machine(pool: Pool, base: Path) -> None:
         @rule(key_id=keys)
         def disable(self, key_id: str) -> None:
             k = self.model[key_id]
-            err = {ENABLED: None, DISABLED: None, PENDING: E.KMSInvalidState,
+            err = {ENABLED: None, DISABLED: None, PENDING: E.InvalidState,
                    PURGED: E.NotFound}[k.state]
             if self.expect(err, lambda: self.c.disable_key(key_id)) is not None:
                 k.state = DISABLED
@@ -143,7 +143,7 @@ def run_machine(pool: Pool, base: Path) -> None:
         @rule(key_id=keys)
         def enable(self, key_id: str) -> None:
             k = self.model[key_id]
-            err = {ENABLED: None, DISABLED: None, PENDING: E.KMSInvalidState,
+            err = {ENABLED: None, DISABLED: None, PENDING: E.InvalidState,
                    PURGED: E.NotFound}[k.state]
             if self.expect(err, lambda: self.c.enable_key(key_id)) is not None:
                 k.state = ENABLED
@@ -151,7 +151,7 @@ def run_machine(pool: Pool, base: Path) -> None:
         @rule(key_id=keys, days=st.integers(min_value=7, max_value=30))
         def schedule_deletion(self, key_id: str, days: int) -> None:
             k = self.model[key_id]
-            err = {ENABLED: None, DISABLED: None, PENDING: E.KMSInvalidState,
+            err = {ENABLED: None, DISABLED: None, PENDING: E.InvalidState,
                    PURGED: E.NotFound}[k.state]
             rec = self.expect(err, lambda: self.c.schedule_key_deletion(key_id, days))
             if rec is not None:
@@ -161,7 +161,7 @@ def run_machine(pool: Pool, base: Path) -> None:
         @rule(key_id=keys)
         def cancel_deletion(self, key_id: str) -> None:
             k = self.model[key_id]
-            err = {ENABLED: E.KMSInvalidState, DISABLED: E.KMSInvalidState, PENDING: None,
+            err = {ENABLED: E.InvalidState, DISABLED: E.InvalidState, PENDING: None,
                    PURGED: E.NotFound}[k.state]
             if self.expect(err, lambda: self.c.cancel_key_deletion(key_id)) is not None:
                 k.state, k.deletion_date = DISABLED, None
@@ -199,7 +199,7 @@ def run_machine(pool: Pool, base: Path) -> None:
         @rule(name=alias_names, key_id=keys)
         def create_alias(self, name: str, key_id: str) -> None:
             k = self.model[key_id]
-            err = {PURGED: E.NotFound, PENDING: E.KMSInvalidState}.get(k.state)
+            err = {PURGED: E.NotFound, PENDING: E.InvalidState}.get(k.state)
             if err is None and name in self.aliases:
                 err = E.AlreadyExists
             if self.expect(err, lambda: self.c.create_alias(name, key_id)) is not None:
@@ -209,7 +209,7 @@ def run_machine(pool: Pool, base: Path) -> None:
         def update_alias(self, name: str, key_id: str) -> None:
             k = self.model[key_id]
             err = E.NotFound if name not in self.aliases else \
-                {PURGED: E.NotFound, PENDING: E.KMSInvalidState}.get(k.state)
+                {PURGED: E.NotFound, PENDING: E.InvalidState}.get(k.state)
             if self.expect(err, lambda: self.c.update_alias(name, key_id)) is not None:
                 self.aliases[name] = key_id
 

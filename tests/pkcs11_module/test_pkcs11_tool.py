@@ -169,7 +169,7 @@ def test_every_use_is_audited_under_the_module_principal(p11: P11Env, tmp_path: 
     # the denied key was never used: every request naming it was refused
     assert not any(r["KeyId"] == p11.hidden["KeyId"] for r in mine)
     refused = [r for r in mine if r["Action"] == "kms:DescribeKey"
-               and r["Result"] == "NotFoundException"]
+               and r["Result"] == "NotFound"]
     assert refused
 
 
