@@ -619,13 +619,24 @@ def test_error_messages_hold_no_context_values(cli: Cli, file_keys: dict[str, st
 
 def _run_measured(argv: list[str], out: Path) -> tuple[int, int, float]:
     """Run ``argv`` with stdout and stderr to ``out``; (exit status, peak RSS in KiB of
-    that process alone, seconds)."""
+    that process alone, seconds).
+
+    The command is started by a small launcher process, not by pytest: Linux carries the
+    peak RSS of the address space a process came from across ``exec`` (``ru_maxrss`` of a
+    child spawned from a 200 MiB pytest reads at least 200 MiB), so the launcher, a bare
+    interpreter of a few MiB, is the process the command's figure inherits from."""
+    launcher = (
+        "import os, sys\n"
+        "fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)\n"
+        "pid = os.posix_spawn(sys.argv[2], sys.argv[2:], dict(os.environ), file_actions=[\n"
+        "    (os.POSIX_SPAWN_DUP2, fd, 1), (os.POSIX_SPAWN_DUP2, fd, 2)])\n"
+        "_, status, usage = os.wait4(pid, 0)\n"
+        "print(os.waitstatus_to_exitcode(status), usage.ru_maxrss)\n")
     t0 = time.perf_counter()
-    pid = os.posix_spawn(argv[0], argv, dict(os.environ), file_actions=[
-        (os.POSIX_SPAWN_OPEN, 1, str(out), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600),
-        (os.POSIX_SPAWN_DUP2, 1, 2)])
-    _, status, usage = os.wait4(pid, 0)
-    return os.waitstatus_to_exitcode(status), usage.ru_maxrss, time.perf_counter() - t0
+    done = subprocess.run([sys.executable, "-S", "-c", launcher, str(out), *argv],
+                          capture_output=True, text=True, check=True)
+    rc, rss = (int(v) for v in done.stdout.split())
+    return rc, rss, time.perf_counter() - t0
 
 
 def _sha256_file(path: Path) -> str:

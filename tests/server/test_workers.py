@@ -428,7 +428,7 @@ def test_disabled_credential_is_refused_by_every_worker(wserver: Server) -> None
     _every_worker_answers(wserver, cred, "UnrecognizedClientException",
                           since=time.monotonic())
     err = _credentials_cli(wserver, "enable", cred.access_key_id, rc=1).stderr
-    assert err.strip() == (f"hsmpool: NotFoundException: access key "
+    assert err.strip() == (f"hsmpool: NotFound: access key "
                            f"{cred.access_key_id!r} does not exist")
     listed = json.loads(_credentials_cli(wserver, "list", "--name", name, "--json").stdout)
     assert listed == {"AccessKeys": []}
