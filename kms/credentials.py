@@ -37,10 +37,15 @@ from typing import TYPE_CHECKING, Any
 from hsmpool import HsmPoolError, Instance, InstanceNotFoundError
 from kms.errors import InstanceNotFound, MalformedPolicyDocument, NotFound
 from kms.service import Kms, pool_error
+from kms.store import AccessKeyInfo
 
 if TYPE_CHECKING:
     from kms.audit import AuditLog
-    from kms.store import Store
+    from kms.store import MetadataStore
+
+__all__ = ["AccessKey", "AccessKeyInfo", "CredentialStore", "create_access_key",
+           "delete_access_key", "describe_access_key", "disable_access_key",
+           "enable_access_key", "list_access_keys", "rotate_access_key"]
 
 _ID_ALPHABET = string.ascii_uppercase + string.digits
 
@@ -54,26 +59,6 @@ class AccessKey:
     principal_id: str
     principal_name: str
     instance: str
-
-
-@dataclass(frozen=True, slots=True)
-class AccessKeyInfo:
-    """What can be known about an access key after its creation: never its secret.
-
-    There is no last-used time: recording one would make every authenticated request a
-    metadata write (and make every server worker drop its caches)."""
-
-    access_key_id: str
-    principal_id: str
-    principal_name: str
-    instance: str
-    created: float  # epoch seconds
-    enabled: bool
-
-
-def _info(row: dict[str, Any]) -> AccessKeyInfo:
-    return AccessKeyInfo(row["access_key_id"], row["principal_id"], row["name"],
-                         row["instance"], float(row["created"]), bool(row["enabled"]))
 
 
 def _policy_objects(policies: list[Any]) -> tuple[Any, ...]:
@@ -118,7 +103,7 @@ def create_access_key(kms: Kms, instance: str, name: str, policies: list[Any], *
     parsed = _policy_objects(policies)
     docs = json.dumps([json.loads(p.to_json()) for p in parsed])
     row = kms.store.find_principal(instance, name)
-    principal_id = row["principal_id"] if row else "p-" + uuid.uuid4().hex[:20]
+    principal_id = row.principal_id if row else "p-" + uuid.uuid4().hex[:20]
     kms.store.put_principal(principal_id, instance, name, docs)
     key = _new_key(kms, inst, instance, principal_id, name)
     _record(kms.audit, actor, "CreateAccessKey", describe_access_key(kms.store,
@@ -140,21 +125,21 @@ def rotate_access_key(kms: Kms, access_key_id: str, *, disable_old: bool = False
     return key
 
 
-def list_access_keys(store: Store, *, instance: str | None = None,
+def list_access_keys(store: MetadataStore, *, instance: str | None = None,
                      principal: str | None = None) -> list[AccessKeyInfo]:
     """Every access key (of ``instance``, of principal name ``principal``), enabled or not,
     ordered by instance, principal and creation."""
-    return [_info(r) for r in store.list_access_keys(instance, principal)]
+    return store.list_access_keys(instance, principal)
 
 
-def describe_access_key(store: Store, access_key_id: str) -> AccessKeyInfo:
+def describe_access_key(store: MetadataStore, access_key_id: str) -> AccessKeyInfo:
     row = store.find_access_key(access_key_id) if isinstance(access_key_id, str) else None
     if row is None:
         raise NotFound(f"access key {access_key_id!r} does not exist")
-    return _info(row)
+    return row
 
 
-def _set_enabled(store: Store, access_key_id: str, enabled: bool, audit: AuditLog | None,
+def _set_enabled(store: MetadataStore, access_key_id: str, enabled: bool, audit: AuditLog | None,
                  actor: str) -> AccessKeyInfo:
     if not isinstance(access_key_id, str) or not store.set_access_key_enabled(access_key_id,
                                                                              enabled):
@@ -164,19 +149,19 @@ def _set_enabled(store: Store, access_key_id: str, enabled: bool, audit: AuditLo
     return info
 
 
-def disable_access_key(store: Store, access_key_id: str, *, audit: AuditLog | None = None,
+def disable_access_key(store: MetadataStore, access_key_id: str, *, audit: AuditLog | None = None,
                        actor: str = "") -> AccessKeyInfo:
     """Refuse the access key from now on (servers notice within about 50 ms); reversible."""
     return _set_enabled(store, access_key_id, False, audit, actor)
 
 
-def enable_access_key(store: Store, access_key_id: str, *, audit: AuditLog | None = None,
+def enable_access_key(store: MetadataStore, access_key_id: str, *, audit: AuditLog | None = None,
                       actor: str = "") -> AccessKeyInfo:
     """Accept a disabled access key again."""
     return _set_enabled(store, access_key_id, True, audit, actor)
 
 
-def delete_access_key(store: Store, access_key_id: str, *, audit: AuditLog | None = None,
+def delete_access_key(store: MetadataStore, access_key_id: str, *, audit: AuditLog | None = None,
                       actor: str = "") -> AccessKeyInfo:
     """Delete the access key and its wrapped secret for good (the principal and its policies
     stay); returns what it was."""
@@ -204,7 +189,7 @@ class CredentialStore:
         row = self.kms.store.get_access_key(access_key_id)
         if row is None:
             return None
-        principal = self._load_principal(row["principal_id"])
+        principal = self._load_principal(row.principal_id)
         if principal is None:
             return None
         try:
@@ -212,12 +197,12 @@ class CredentialStore:
         except InstanceNotFoundError:  # the instance is no longer configured
             return None
         try:
-            secret = inst.export_secret(bytes(row["secret_blob"])).decode()
+            secret = inst.export_secret(row.secret_blob).decode()
         except HsmPoolError as exc:  # no token could unwrap it now: retryable
             raise pool_error(exc) from None
         with self._lock:
             self._secrets[access_key_id] = secret
-            self._owner[access_key_id] = row["principal_id"]
+            self._owner[access_key_id] = row.principal_id
         return secret
 
     def principal_for(self, access_key_id: str) -> Any:
@@ -239,9 +224,9 @@ class CredentialStore:
         row = self.kms.store.get_principal(principal_id)
         if row is None:
             return None
-        policies = _policy_objects(json.loads(row["policies"]))
-        principal = Principal(id=row["principal_id"], name=row["name"],
-                              instance=row["instance"], policies=policies)
+        policies = _policy_objects(json.loads(row.policies))
+        principal = Principal(id=row.principal_id, name=row.name,
+                              instance=row.instance, policies=policies)
         self._principals[principal_id] = principal
         return principal
 

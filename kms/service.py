@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import socket
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -47,7 +48,7 @@ from kms.keys.lifecycle import DAY, KeyLifecycle, check_key_policy, default_key_
 from kms.keys.material import VersionCache, backend, pool_error
 from kms.model import Grant, KeyRecord, KeyState, KeyVersion
 from kms.policy import Authorizer, KeyPolicy, PolicyError
-from kms.store import ConcurrentUpdate, Store
+from kms.store import Conflict, MetadataStore, Store
 
 __all__ = [
     "DURABLE_ACTIONS", "DataKey", "DataKeyPair", "DecryptResult", "EncryptResult", "Kms",
@@ -58,6 +59,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 SCHEDULER_PRINCIPAL: Final = "hsmpool:scheduler"  # the audit trail's name for scheduled jobs
+SCHEDULER_LEASE: Final = "scheduler"  # the store lease of the process running due jobs
+SCHEDULER_LEASE_TTL: Final = 120.0  # seconds; renewed before each job
 _NOBODY: Final = KeyPolicy(())  # a key policy that allows no principal
 
 
@@ -87,7 +90,7 @@ class Kms:
     def __init__(
         self,
         pool: Pool,
-        store: Store,
+        store: MetadataStore,
         settings: KmsSettings,
         *,
         audit: Any = None,
@@ -118,10 +121,11 @@ class Kms:
         # Read-modify-write of key records: one at a time in this process, so that threads
         # do not exhaust each other's compare-and-swap retries (left for other processes).
         self._write_lock = threading.RLock()
-        self._data_version = store.data_version()
+        self._change_token = store.change_token()
         self._generation = 0  # bumped by every write and drop (see _key)
         self._checked = time.monotonic()
         self._scheduler: threading.Thread | None = None
+        self._lease_owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._stop = threading.Event()
 
     # --- opening -----------------------------------------------------------------------
@@ -148,7 +152,7 @@ class Kms:
     def change_token(self) -> int:
         """A number that changes whenever another process committed to the metadata store
         (callers drop what they cache when it does)."""
-        return self.store.data_version()
+        return self.store.change_token()
 
     def token_stats(self) -> dict[str, TokenStats]:
         """Per token of the pool: state, in-flight, ops, errors, latency percentiles."""
@@ -157,7 +161,7 @@ class Kms:
     def health(self) -> ServiceHealth:
         """The tokens' states, the healthy tokens per instance, whether the store answers."""
         try:
-            self.store.data_version()
+            self.store.change_token()
             store_ok = True
         except Exception:  # noqa: BLE001 - any failure of the store is "not ok"
             store_ok = False
@@ -219,9 +223,9 @@ class Kms:
         if t - self._checked < 0.05:
             return
         self._checked = t
-        dv = self.store.data_version()
-        if dv != self._data_version:
-            self._data_version = dv
+        token = self.store.change_token()
+        if token != self._change_token:
+            self._change_token = token
             self._drop_caches()
 
     def _drop_caches(self) -> None:
@@ -364,20 +368,32 @@ class Kms:
         material. Returns the key ids handled, by kind."""
         t = self.now() if now is None else now
         done: dict[str, list[str]] = {"rotated": [], "purged": [], "expired": []}
+        # One process at a time (the lease); a job that races a request anyway loses its
+        # compare-and-swap and is left for the next run.
+        if not self.store.try_lock(SCHEDULER_LEASE, self._lease_owner, SCHEDULER_LEASE_TTL):
+            return done
+        try:
+            self._run_due(t, done)
+        finally:
+            self.store.unlock(SCHEDULER_LEASE, self._lease_owner)
+        if any(done.values()):
+            self._drop_caches()
+        return done
+
+    def _run_due(self, t: float, done: dict[str, list[str]]) -> None:
         for rec in self.store.keys_due(t):
             if rec.purged:
                 continue  # purged already: its row stays (PendingDeletion) for the audit trail
+            if not self.store.try_lock(SCHEDULER_LEASE, self._lease_owner, SCHEDULER_LEASE_TTL):
+                return  # the lease expired and another process took it over
             inst = self.pool.instance(rec.instance)
             job = Caller(self, rec.instance, None, None, audit_name=SCHEDULER_PRINCIPAL)
             try:
                 # Bounded like a request: a hung token costs this job, not the scheduler.
                 with hsmpool.deadline(self.pool.settings.operation_timeout):
                     self._run_job(job, inst, rec, t, done)
-            except ConcurrentUpdate:
-                continue  # another worker got there first
-        if any(done.values()):
-            self._drop_caches()
-        return done
+            except Conflict:
+                continue  # a request changed the key first
 
     def _run_job(self, job: Caller, inst: Instance, rec: KeyRecord, t: float,
                  done: dict[str, list[str]]) -> None:

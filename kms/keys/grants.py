@@ -144,7 +144,7 @@ def _principal(client: KmsClient, arn: object, what: str) -> tuple[str, str]:
     row = client._store.find_principal(client.instance_name, name)
     if row is None:
         raise E.Validation(f"{what}: there is no principal {name!r} in this account")
-    return str(row["principal_id"]), principal_arn(account, name)
+    return row.principal_id, principal_arn(account, name)
 
 
 def _context_map(value: object, what: str) -> dict[str, str]:

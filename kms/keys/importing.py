@@ -74,7 +74,7 @@ from kms import errors as E
 from kms.caller import Caller, any_state, declare
 from kms.keys.lifecycle import CAS_ATTEMPTS, conflict_pause
 from kms.model import SPECS, ImportToken, KeyRecord, KeySpec, KeyState, KeyVersion, Origin
-from kms.store import ConcurrentUpdate
+from kms.store import Conflict
 
 GET_PARAMETERS_FOR_IMPORT: Final = any_state("kms:GetParametersForImport", durable=True)
 IMPORT_KEY_MATERIAL: Final = any_state("kms:ImportKeyMaterial", durable=True)
@@ -395,7 +395,7 @@ def _import_cas(client: KmsClient, key_id: str, import_token: bytes, wrapped: by
         try:
             store.import_material(rec, new, token_id=tok.token_id, salt=salt, material_id=fp,
                                   version=version, restore_blob=restore)
-        except ConcurrentUpdate:
+        except Conflict:
             kms._drop_caches()
             conflict_pause(attempt)
             continue
@@ -426,7 +426,7 @@ def delete_imported_key_material(client: KmsClient, key_id: str) -> KeyRecord:
             versions = kms.store.list_versions(rec.key_id)
             try:
                 kms.store.shred_imported_material(rec, new)
-            except ConcurrentUpdate:
+            except Conflict:
                 kms._drop_caches()
                 conflict_pause(attempt)
                 continue

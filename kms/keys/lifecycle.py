@@ -22,7 +22,7 @@ from kms.keys import grants as _grants
 from kms.keys.material import backend
 from kms.model import SPECS, KeyRecord, KeySpec, KeyState, KeyUsage, KeyVersion, Origin
 from kms.policy import KeyPolicy, PolicyError, Request, identity_effect, key_decision
-from kms.store import ConcurrentUpdate
+from kms.store import Conflict
 
 DAY: Final = 86400.0
 CAS_ATTEMPTS: Final = 20  # compare-and-swap attempts of a key change before giving up
@@ -178,7 +178,7 @@ class KeyLifecycle(Caller):
                         return rec
                     try:
                         self._store.update_key(rec, new)
-                    except ConcurrentUpdate:
+                    except Conflict:
                         self.kms._drop_caches()
                         conflict_pause(attempt)
                         continue
@@ -363,7 +363,7 @@ class KeyLifecycle(Caller):
                     ROTATE_KEY_ON_DEMAND.check(rec)
                     try:
                         v = self.kms.rotate(self.inst, rec, self.kms.now())
-                    except ConcurrentUpdate:
+                    except Conflict:
                         self.kms._drop_caches()
                         conflict_pause(attempt)
                         continue

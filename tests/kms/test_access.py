@@ -240,6 +240,7 @@ def test_migration_keeps_real_purges_and_unhides_forged_marks(svc_pool: Pool,
                     (purged.key_id, forged.key_id))
         old.execute("ALTER TABLE keys DROP COLUMN purged_at")
         old.execute("DROP TABLE grants")
+        old.execute("DROP TABLE leases")
         old.execute(f"PRAGMA user_version = {3}")
     old.close()
     service = Kms(svc_pool, Store(db), KmsSettings(database=str(db), audit_dir=None),

@@ -1,10 +1,9 @@
-"""The metadata store: SQLite (WAL, synchronous=FULL) with versioned migrations.
+"""The embedded metadata store: one SQLite file (WAL, synchronous=FULL), versioned migrations.
 
-A write returns only after its transaction is durable, so key material (wrapped blobs) is
-on disk before an operation reports success. Several processes may open the same file (the
-server's workers): SQLite serialises writers; readers see committed data, and
-:meth:`Store.data_version` tells a process when another one has committed, so in-memory
-caches can be dropped.
+Implements :class:`kms.store.MetadataStore`. A write returns only after its transaction is
+durable. Several processes may open the same file (the server's workers): SQLite serialises
+writers; readers see committed data; the change token is ``PRAGMA data_version`` (it
+changes when another connection commits).
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from kms.errors import AlreadyExists, Internal, LimitExceeded
+from kms.errors import AlreadyExists, LimitExceeded
 from kms.model import (
     AliasRecord,
     Grant,
@@ -32,6 +31,7 @@ from kms.model import (
     Origin,
 )
 from kms.private_files import private_dir, private_file
+from kms.store.interface import AccessKeyInfo, AccessKeySecret, Conflict, PrincipalRecord
 
 T = TypeVar("T")
 
@@ -153,6 +153,14 @@ MIGRATIONS: list[str] = [
     CREATE INDEX grants_by_key ON grants (key_id, grant_id);
     CREATE INDEX grants_by_retiring ON grants (instance, retiring_id, grant_id)
     """,
+    # 6: named leases (the scheduler's: one process at a time runs due jobs)
+    """
+    CREATE TABLE leases (
+        name TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        expires REAL NOT NULL
+    )
+    """,
 ]
 
 _KEY_COLUMNS = ("key_id", "instance", "arn", "spec", "usage", "origin", "state", "created",
@@ -227,12 +235,22 @@ def _same_grant(a: Grant, b: Grant) -> bool:
         b.subset and dict(b.subset), b.equals and dict(b.equals))
 
 
-class ConcurrentUpdate(Internal):
-    """A key changed under us (another worker committed first); the caller retries."""
+_KEY_SETS = ", ".join(f"{c} = ?" for c in _KEY_COLUMNS[1:])
 
 
-class Store:
-    """Thread-safe access to one SQLite metadata file."""
+def _swap_key(db: sqlite3.Connection, old: KeyRecord, new: KeyRecord) -> None:
+    """The compare-and-swap of every key change: write ``new`` iff the stored revision is
+    still ``old``'s, else :class:`Conflict`."""
+    if new.key_id != old.key_id or new.revision <= old.revision:
+        raise ValueError("a key change needs a later revision of the same key")
+    cur = db.execute(f"UPDATE keys SET {_KEY_SETS} WHERE key_id = ? AND revision = ?",
+                     (*_key_row(new)[1:], new.key_id, old.revision))
+    if cur.rowcount != 1:
+        raise Conflict("the key changed concurrently; retry")
+
+
+class SqliteStore:
+    """Thread-safe access to one SQLite metadata file (:class:`kms.store.MetadataStore`)."""
 
     def __init__(self, path: str | os.PathLike[str], *, sync: bool = True) -> None:
         self.path = str(path)
@@ -281,10 +299,24 @@ class Store:
         with self._lock:
             return fn(self._db)
 
-    def data_version(self) -> int:
+    def change_token(self) -> int:
         """Changes whenever another connection commits (PRAGMA data_version)."""
         with self._lock:
             return int(self._db.execute("PRAGMA data_version").fetchone()[0])
+
+    def try_lock(self, name: str, owner: str, ttl: float) -> bool:
+        now = time.time()
+        with self.transaction() as db:
+            cur = db.execute(
+                "INSERT INTO leases VALUES (?1, ?2, ?3) ON CONFLICT (name) DO UPDATE SET "
+                "owner = excluded.owner, expires = excluded.expires "
+                "WHERE leases.owner = ?2 OR leases.expires <= ?4",
+                (name, owner, now + ttl, now))
+            return cur.rowcount == 1
+
+    def unlock(self, name: str, owner: str) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM leases WHERE name = ? AND owner = ?", (name, owner))
 
     def close(self) -> None:
         with self._lock:
@@ -323,14 +355,8 @@ class Store:
     def update_key(self, old: KeyRecord, new: KeyRecord,
                    version: KeyVersion | None = None) -> None:
         """Write ``new`` (and a new version) iff the stored record is still ``old``."""
-        if new.key_id != old.key_id or new.revision <= old.revision:
-            raise ValueError("update_key needs a later revision of the same key")
         with self.transaction() as db:
-            sets = ", ".join(f"{c} = ?" for c in _KEY_COLUMNS[1:])
-            cur = db.execute(f"UPDATE keys SET {sets} WHERE key_id = ? AND revision = ?",
-                             (*_key_row(new)[1:], new.key_id, old.revision))
-            if cur.rowcount != 1:
-                raise ConcurrentUpdate("the key changed concurrently; retry")
+            _swap_key(db, old, new)
             if version is not None:
                 self._insert_version(db, version)
 
@@ -368,11 +394,7 @@ class Store:
     def destroy_material(self, old: KeyRecord, new: KeyRecord) -> None:
         """Crypto-shred: drop every wrapped blob of a key and write its new record."""
         with self.transaction() as db:
-            sets = ", ".join(f"{c} = ?" for c in _KEY_COLUMNS[1:])
-            cur = db.execute(f"UPDATE keys SET {sets} WHERE key_id = ? AND revision = ?",
-                             (*_key_row(new)[1:], new.key_id, old.revision))
-            if cur.rowcount != 1:
-                raise ConcurrentUpdate("the key changed concurrently; retry")
+            _swap_key(db, old, new)
             db.execute("UPDATE key_versions SET blob = NULL WHERE key_id = ?", (new.key_id,))
             db.execute("DELETE FROM aliases WHERE key_id = ?", (new.key_id,))
             db.execute("DELETE FROM import_tokens WHERE key_id = ?", (new.key_id,))
@@ -536,22 +558,16 @@ class Store:
         still ``old``, record the material's fingerprint (or check it is unchanged), and
         either add ``version`` or put ``restore_blob`` back into the key's shredded versions.
 
-        Raises :class:`ConcurrentUpdate` if the key changed, :class:`LookupError` if the
-        token was consumed meanwhile, :class:`ValueError` if a different fingerprint was
-        recorded meanwhile.
+        Raises :class:`Conflict` if the key changed, :class:`LookupError` if the token was
+        consumed meanwhile, :class:`ValueError` if a different fingerprint was recorded
+        meanwhile.
         """
-        if new.key_id != old.key_id or new.revision <= old.revision:
-            raise ValueError("import_material needs a later revision of the same key")
         with self.transaction() as db:
             cur = db.execute("DELETE FROM import_tokens WHERE token_id = ? AND key_id = ?",
                              (token_id, new.key_id))
             if cur.rowcount != 1:
                 raise LookupError("the import token is no longer valid")
-            sets = ", ".join(f"{c} = ?" for c in _KEY_COLUMNS[1:])
-            cur = db.execute(f"UPDATE keys SET {sets} WHERE key_id = ? AND revision = ?",
-                             (*_key_row(new)[1:], new.key_id, old.revision))
-            if cur.rowcount != 1:
-                raise ConcurrentUpdate("the key changed concurrently; retry")
+            _swap_key(db, old, new)
             row = db.execute("SELECT material_salt, material_id FROM keys WHERE key_id = ?",
                              (new.key_id,)).fetchone()
             if row["material_id"] is None:
@@ -570,11 +586,7 @@ class Store:
         :meth:`destroy_material`, aliases, import tokens and the fingerprint stay (the same
         material may be imported again)."""
         with self.transaction() as db:
-            sets = ", ".join(f"{c} = ?" for c in _KEY_COLUMNS[1:])
-            cur = db.execute(f"UPDATE keys SET {sets} WHERE key_id = ? AND revision = ?",
-                             (*_key_row(new)[1:], new.key_id, old.revision))
-            if cur.rowcount != 1:
-                raise ConcurrentUpdate("the key changed concurrently; retry")
+            _swap_key(db, old, new)
             db.execute("UPDATE key_versions SET blob = NULL WHERE key_id = ?", (new.key_id,))
 
     # --- principals --------------------------------------------------------------------
@@ -586,45 +598,47 @@ class Store:
                        "DO UPDATE SET policies = excluded.policies",
                        (principal_id, instance, name, policies_json, time.time()))
 
-    def get_principal(self, principal_id: str) -> dict[str, Any] | None:
+    def get_principal(self, principal_id: str) -> PrincipalRecord | None:
         row = self._read(lambda db: db.execute(
             "SELECT * FROM principals WHERE principal_id = ?", (principal_id,)).fetchone())
-        return dict(row) if row is not None else None
+        return _principal_from(row) if row is not None else None
 
-    def find_principal(self, instance: str, name: str) -> dict[str, Any] | None:
+    def find_principal(self, instance: str, name: str) -> PrincipalRecord | None:
         row = self._read(lambda db: db.execute(
             "SELECT * FROM principals WHERE instance = ? AND name = ?",
             (instance, name)).fetchone())
-        return dict(row) if row is not None else None
+        return _principal_from(row) if row is not None else None
 
     def put_access_key(self, access_key_id: str, principal_id: str, secret_blob: bytes) -> None:
         with self.transaction() as db:
             db.execute("INSERT INTO access_keys VALUES (?, ?, ?, ?, 1)",
                        (access_key_id, principal_id, secret_blob, time.time()))
 
-    def get_access_key(self, access_key_id: str) -> dict[str, Any] | None:
-        """An *enabled* access key's row (with its wrapped secret), for authentication."""
+    def get_access_key(self, access_key_id: str) -> AccessKeySecret | None:
+        """An *enabled* access key's wrapped secret, for authentication."""
         row = self._read(lambda db: db.execute(
-            "SELECT * FROM access_keys WHERE access_key_id = ? AND enabled = 1",
-            (access_key_id,)).fetchone())
-        return dict(row) if row is not None else None
+            "SELECT access_key_id, principal_id, secret_blob FROM access_keys "
+            "WHERE access_key_id = ? AND enabled = 1", (access_key_id,)).fetchone())
+        if row is None:
+            return None
+        return AccessKeySecret(row["access_key_id"], row["principal_id"],
+                               bytes(row["secret_blob"]))
 
-    def find_access_key(self, access_key_id: str) -> dict[str, Any] | None:
+    def find_access_key(self, access_key_id: str) -> AccessKeyInfo | None:
         """An access key, enabled or not, with its principal's name and instance (never its
-        secret): the columns of :meth:`list_access_keys`."""
+        secret)."""
         row = self._read(lambda db: db.execute(
             _ACCESS_KEY_INFO + " WHERE a.access_key_id = ?", (access_key_id,)).fetchone())
-        return dict(row) if row is not None else None
+        return _access_key_from(row) if row is not None else None
 
     def list_access_keys(self, instance: str | None = None,
-                         principal_name: str | None = None) -> list[dict[str, Any]]:
-        """Access keys (never their secrets) by instance, principal name and creation time:
-        ``access_key_id, principal_id, created, enabled, name, instance``."""
+                         principal_name: str | None = None) -> list[AccessKeyInfo]:
+        """Access keys (never their secrets) by instance, principal name and creation time."""
         rows = self._read(lambda db: db.execute(
             _ACCESS_KEY_INFO + " WHERE (?1 IS NULL OR p.instance = ?1) AND "
             "(?2 IS NULL OR p.name = ?2) ORDER BY p.instance, p.name, a.created, "
             "a.access_key_id", (instance, principal_name)).fetchall())
-        return [dict(r) for r in rows]
+        return [_access_key_from(r) for r in rows]
 
     def set_access_key_enabled(self, access_key_id: str, enabled: bool) -> bool:
         """Enable or disable an access key; False if there is no such key."""
@@ -644,3 +658,13 @@ class Store:
 _ACCESS_KEY_INFO = ("SELECT a.access_key_id, a.principal_id, a.created, a.enabled, p.name, "
                     "p.instance FROM access_keys a JOIN principals p "
                     "ON p.principal_id = a.principal_id")
+
+
+def _principal_from(row: sqlite3.Row) -> PrincipalRecord:
+    return PrincipalRecord(row["principal_id"], row["instance"], row["name"], row["policies"],
+                           float(row["created"]))
+
+
+def _access_key_from(row: sqlite3.Row) -> AccessKeyInfo:
+    return AccessKeyInfo(row["access_key_id"], row["principal_id"], row["name"],
+                         row["instance"], float(row["created"]), bool(row["enabled"]))

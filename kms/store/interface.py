@@ -1,0 +1,225 @@
+"""What the service needs of a metadata store: :class:`MetadataStore`, and its records.
+
+Every implementation passes the contract suite ``tests/store/test_contract.py`` (SQLite:
+:mod:`kms.store.sqlite`; PostgreSQL to come). The rules an implementation keeps:
+
+* **durable before it returns**: a write's transaction is committed (and on disk) when the
+  method returns, so key material and secret values are stored before success is reported;
+* **compare-and-swap on records**: a key change names the revision it read
+  (``old``) and fails with :class:`Conflict` if the stored record moved on; the caller
+  re-reads and retries (:data:`kms.keys.lifecycle.CAS_ATTEMPTS`);
+* **a change token** (:meth:`MetadataStore.change_token`) that changes once another process
+  (another store object) has committed, so the processes' caches can be dropped;
+* **named leases** (:meth:`MetadataStore.try_lock`): one process at a time runs the
+  scheduler's jobs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from kms.errors import Internal
+from kms.model import AliasRecord, Grant, ImportToken, KeyRecord, KeyVersion
+
+__all__ = ["AccessKeyInfo", "AccessKeySecret", "Conflict", "MetadataStore", "PrincipalRecord"]
+
+
+class Conflict(Internal):
+    """A record changed under us (another process committed first); the caller retries."""
+
+
+@dataclass(frozen=True, slots=True)
+class PrincipalRecord:
+    """A principal of an instance, with its policies (a JSON array of policy documents)."""
+
+    principal_id: str
+    instance: str
+    name: str
+    policies: str
+    created: float
+
+
+@dataclass(frozen=True, slots=True)
+class AccessKeyInfo:
+    """What can be known about an access key after its creation: never its secret.
+
+    There is no last-used time: recording one would make every authenticated request a
+    metadata write (and make every server worker drop its caches)."""
+
+    access_key_id: str
+    principal_id: str
+    principal_name: str
+    instance: str
+    created: float  # epoch seconds
+    enabled: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AccessKeySecret:
+    """An enabled access key's secret, wrapped by its instance's domain key (for
+    authentication only)."""
+
+    access_key_id: str
+    principal_id: str
+    secret_blob: bytes
+
+
+class MetadataStore(Protocol):
+    """The metadata of every instance: keys and versions, aliases, grants, import tokens,
+    imported material fingerprints, principals and access keys (see the module docstring
+    for the rules). Thread-safe."""
+
+    # --- plumbing
+
+    def change_token(self) -> int:
+        """A number that changes once another process has committed to the store."""
+        ...
+
+    def try_lock(self, name: str, owner: str, ttl: float) -> bool:
+        """Take or renew the lease ``name`` for ``owner`` for ``ttl`` seconds; False if
+        another owner holds an unexpired lease."""
+        ...
+
+    def unlock(self, name: str, owner: str) -> None:
+        """Give up ``owner``'s lease ``name`` (nothing if another owner holds it)."""
+        ...
+
+    def close(self) -> None: ...
+
+    def instance_account(self, name: str, make: Callable[[], str]) -> str:
+        """The instance's account id, made by ``make`` and stored on first use (every
+        process gets the same)."""
+        ...
+
+    # --- keys and versions
+
+    def insert_key(self, record: KeyRecord, version: KeyVersion | None) -> None: ...
+
+    def update_key(self, old: KeyRecord, new: KeyRecord,
+                   version: KeyVersion | None = None) -> None:
+        """Write ``new`` (and add ``version``) iff the stored record is still ``old``
+        (:class:`Conflict` otherwise). ``new`` must be a later revision of the same key."""
+        ...
+
+    def get_key(self, key_id: str) -> KeyRecord | None: ...
+
+    def list_keys(self, instance: str, after: str, limit: int) -> list[KeyRecord]:
+        """An instance's keys by key id, after ``after``."""
+        ...
+
+    def keys_due(self, now: float) -> list[KeyRecord]:
+        """Keys whose rotation, deletion or imported-material expiry is due (never a
+        purged key)."""
+        ...
+
+    def get_version(self, version_id: str) -> KeyVersion | None: ...
+
+    def list_versions(self, key_id: str) -> list[KeyVersion]:
+        """A key's versions by number."""
+        ...
+
+    def destroy_material(self, old: KeyRecord, new: KeyRecord) -> None:
+        """Crypto-shred (compare-and-swap as :meth:`update_key`): drop every wrapped blob of
+        the key, its aliases, import tokens and grants, and write ``new``."""
+        ...
+
+    # --- aliases
+
+    def put_alias(self, alias: AliasRecord, *, create: bool) -> None:
+        """Create (:class:`kms.errors.AlreadyExists` if the name is taken) or repoint."""
+        ...
+
+    def get_alias(self, instance: str, name: str) -> AliasRecord | None: ...
+
+    def delete_alias(self, instance: str, name: str, *, key_id: str | None = None) -> bool:
+        """Delete an alias (only if it still points at ``key_id``, when given)."""
+        ...
+
+    def list_aliases(self, instance: str, key_id: str | None, after: str,
+                     limit: int) -> list[AliasRecord]: ...
+
+    def alias_names_of_key(self, instance: str, key_id: str) -> list[str]: ...
+
+    # --- grants
+
+    def create_grant(self, grant: Grant, *, per_grantee_limit: int) -> Grant:
+        """Store ``grant``, or return the identical grant of the same name (a retried
+        CreateGrant); :class:`kms.errors.LimitExceeded` past ``per_grantee_limit``."""
+        ...
+
+    def get_grant(self, grant_id: str) -> Grant | None: ...
+
+    def grants_of_key(self, key_id: str) -> list[Grant]: ...
+
+    def list_grants(self, key_id: str, after: str, limit: int, *, grant_id: str | None = None,
+                    grantee_id: str | None = None) -> list[Grant]: ...
+
+    def list_retirable_grants(self, instance: str, retiring_id: str, after: str,
+                              limit: int) -> list[Grant]: ...
+
+    def delete_grant(self, grant_id: str, key_id: str) -> bool: ...
+
+    # --- import tokens and imported material
+
+    def put_import_token(self, token: ImportToken) -> None: ...
+
+    def get_import_token(self, token_id: str) -> ImportToken | None: ...
+
+    def delete_import_tokens(self, key_id: str) -> None: ...
+
+    def delete_import_token(self, token_id: str) -> bool: ...
+
+    def count_import_tokens(self, key_id: str) -> int: ...
+
+    def delete_expired_import_tokens(self, key_id: str, now: float) -> None: ...
+
+    def material_fingerprint(self, key_id: str) -> tuple[bytes, bytes] | None:
+        """(salt, keyed fingerprint) of the material imported into a key, if any."""
+        ...
+
+    def import_material(self, old: KeyRecord, new: KeyRecord, *, token_id: str,
+                        salt: bytes, material_id: bytes, version: KeyVersion | None = None,
+                        restore_blob: bytes | None = None) -> None:
+        """One transaction: consume the import token (:class:`LookupError` if gone), write
+        ``new`` iff the stored record is ``old`` (:class:`Conflict`), record the material's
+        fingerprint or check it is unchanged (:class:`ValueError`), and add ``version`` or
+        put ``restore_blob`` back into the key's shredded versions."""
+        ...
+
+    def shred_imported_material(self, old: KeyRecord, new: KeyRecord) -> None:
+        """Drop every wrapped blob of a key and write ``new`` (compare-and-swap); aliases,
+        import tokens and the fingerprint stay."""
+        ...
+
+    # --- principals and access keys
+
+    def put_principal(self, principal_id: str, instance: str, name: str,
+                      policies_json: str) -> None:
+        """Create a principal, or replace its policies."""
+        ...
+
+    def get_principal(self, principal_id: str) -> PrincipalRecord | None: ...
+
+    def find_principal(self, instance: str, name: str) -> PrincipalRecord | None: ...
+
+    def put_access_key(self, access_key_id: str, principal_id: str,
+                       secret_blob: bytes) -> None: ...
+
+    def get_access_key(self, access_key_id: str) -> AccessKeySecret | None:
+        """An *enabled* access key's wrapped secret, for authentication."""
+        ...
+
+    def find_access_key(self, access_key_id: str) -> AccessKeyInfo | None:
+        """An access key, enabled or not (never its secret)."""
+        ...
+
+    def list_access_keys(self, instance: str | None = None,
+                         principal_name: str | None = None) -> list[AccessKeyInfo]:
+        """By instance, principal name and creation time."""
+        ...
+
+    def set_access_key_enabled(self, access_key_id: str, enabled: bool) -> bool: ...
+
+    def delete_access_key(self, access_key_id: str) -> bool: ...
