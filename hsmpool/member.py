@@ -406,6 +406,15 @@ class Member:
         self._close_quietly(session)
         return time.perf_counter_ns() - t0 < self._slow_ns
 
+    def eject(self) -> bool:
+        """Eject on outside evidence (another process of the server saw this token fail):
+        out of the pool until the prober finds it answering. True if it was healthy."""
+        with self._lock:
+            ejected = self._eject_locked()
+            if ejected:
+                self._cache.clear()
+        return ejected  # the pool (Pool.eject) tells its prober
+
     def hold(self) -> bool:
         """An operator's ejection: out of the pool until :meth:`release` (the prober
         leaves a held member alone). True if it was healthy until now."""

@@ -213,6 +213,16 @@ class Pool:
                 self._prober.start()
         self._probe_wake.set()
 
+    def eject(self, name: str, why: str) -> bool:
+        """Eject token ``name`` on outside evidence (``why``: whose); the prober probes it
+        and readmits it once it answers, as after failures seen here. True if it was
+        serving until now. KeyError for a token the pool does not have."""
+        member = self.members[name]
+        ejected = member.eject()
+        if ejected:
+            self._on_eject(member, why=why)
+        return ejected
+
     def hold(self, name: str) -> bool:
         """An operator ejects token ``name`` from the pool until :meth:`release`. True if
         it was serving until now. KeyError for a token the pool does not have."""

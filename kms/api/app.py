@@ -27,6 +27,7 @@ from typing import Any, Final
 
 from kms.api.auth import Authenticator
 from kms.api.aws_kms import AwsKmsFrontend
+from kms.api.peer_health import PeerEjections
 from kms.api.console import ConsoleFrontend
 from kms.api.logs import AccessLog
 from kms.api.metrics import Metrics
@@ -69,6 +70,7 @@ class KmsApp:
                                   server.proxy_networks)
         self.request_timeout = server.request_timeout
         self.console = ConsoleFrontend(kms, self.auth, self.metrics)
+        self.metrics.tick_hooks.append(PeerEjections(kms, self.metrics).tick)
         self.pipeline = Pipeline(
             [AwsKmsFrontend(self.auth), self.console], self.metrics,
             Limits(server.rate_limit, server.rate_burst, server.max_blocking_per_principal),
