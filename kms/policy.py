@@ -223,9 +223,30 @@ ACTIONS: Final[frozenset[str]] = frozenset(
         "kms:ListRetirableGrants",
         "kms:RetireGrant",
         "kms:RevokeGrant",
+        # the secrets manager (kms/secrets), as AWS Secrets Manager names its actions
+        "secretsmanager:CreateSecret",
+        "secretsmanager:GetSecretValue",
+        "secretsmanager:BatchGetSecretValue",
+        "secretsmanager:PutSecretValue",
+        "secretsmanager:DescribeSecret",
+        "secretsmanager:ListSecrets",
+        "secretsmanager:ListSecretVersionIds",
+        "secretsmanager:UpdateSecret",
+        "secretsmanager:UpdateSecretVersionStage",
+        "secretsmanager:RotateSecret",
+        "secretsmanager:CancelRotateSecret",
+        "secretsmanager:DeleteSecret",
+        "secretsmanager:RestoreSecret",
+        "secretsmanager:GetRandomPassword",
+        "secretsmanager:TagResource",
+        "secretsmanager:UntagResource",
+        "secretsmanager:GetResourcePolicy",
+        "secretsmanager:PutResourcePolicy",
+        "secretsmanager:DeleteResourcePolicy",
     }
 )
-"""The AWS KMS action names a policy can grant, in their canonical spelling."""
+"""The action names a policy can grant (AWS KMS's and AWS Secrets Manager's), in their
+canonical spelling."""
 
 _CANONICAL: Final[Mapping[str, str]] = MappingProxyType({a.lower(): a for a in ACTIONS})
 _VERSIONS: Final = ("2012-10-17", "2008-10-17")
@@ -273,7 +294,8 @@ def _action_set(patterns: tuple[str, ...]) -> frozenset[str]:
         if not hits:
             close = difflib.get_close_matches(pattern.lower(), _CANONICAL, n=1, cutoff=0.75)
             hint = f" (did you mean {_CANONICAL[close[0]]!r}?)" if close else ""
-            raise PolicyError(f"Action {pattern!r} matches no KMS action{hint}")
+            raise PolicyError(f"Action {pattern!r} matches no KMS or Secrets Manager "
+                              f"action{hint}")
         matched |= hits
     return frozenset(matched)
 
@@ -284,6 +306,12 @@ _ARN_FIELDS: Final = r"arn:[^:]*:kms:[^:]*:[^:]*:"
 def _check_arn_pattern(pattern: str) -> None:
     parts = pattern.split(":", 5)
     wild = _has_wildcard(pattern)
+    if len(parts) == 6 and parts[2] == "secretsmanager":
+        # arn:<partition>:secretsmanager:<region>:<account>:secret:<name>-<6 characters>
+        if not (parts[5].startswith("secret:") or (wild and parts[5].startswith("*"))):
+            raise PolicyError(f"Resource {pattern!r} is not a secret ARN "
+                              "(arn:<partition>:secretsmanager:<region>:<account>:secret:...)")
+        return
     if not wild:
         ok = (
             len(parts) == 6
@@ -297,7 +325,8 @@ def _check_arn_pattern(pattern: str) -> None:
                 "(arn:<partition>:kms:<region>:<account>:key/<id> or ...:alias/<name>)"
             )
     elif len(parts) == 6 and not _has_wildcard(parts[2]) and parts[2] != "kms":
-        raise PolicyError(f"Resource {pattern!r} names service {parts[2]!r}, not 'kms'")
+        raise PolicyError(f"Resource {pattern!r} names service {parts[2]!r}, not 'kms' "
+                          "or 'secretsmanager'")
     # The text after the last colon of a KMS ARN is 'key/...' or 'alias/...'.
     tail = pattern.rsplit(":", 1)[-1]
     literal = re.split(r"[*?]", tail, maxsplit=1)[0]
@@ -664,7 +693,8 @@ class Policy:
         return json.dumps(self.to_obj(), indent=2)
 
 
-ADMIN: Final[Policy] = Policy((Statement("Allow", ("kms:*",), ("*",), sid="Admin"),))
+ADMIN: Final[Policy] = Policy((Statement("Allow", ("kms:*", "secretsmanager:*"), ("*",),
+                                         sid="Admin"),))
 """Everything on everything: what the embedded caller (no principal) gets."""
 
 

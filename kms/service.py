@@ -48,6 +48,7 @@ from kms.keys.lifecycle import DAY, KeyLifecycle, check_key_policy, default_key_
 from kms.keys.material import VersionCache, backend, pool_error
 from kms.model import Grant, KeyRecord, KeyState, KeyVersion
 from kms.policy import Authorizer, KeyPolicy, PolicyError
+from kms.secrets.manage import Secrets
 from kms.store import Conflict, MetadataStore, Store
 
 __all__ = [
@@ -117,6 +118,8 @@ class Kms:
         #: Parsed blobs and software key objects, by version id.
         self.versions = VersionCache()
         self._accounts: dict[str, str] = {}
+        #: Per instance, the key id of its default secrets key (kms.secrets.manage).
+        self.default_secret_keys: dict[str, str] = {}
         self._cache_lock = threading.Lock()
         # Read-modify-write of key records: one at a time in this process, so that threads
         # do not exhaust each other's compare-and-swap retries (left for other processes).
@@ -367,13 +370,15 @@ class Kms:
         """Run due rotations, purge keys past their deletion window, and expire imported
         material. Returns the key ids handled, by kind."""
         t = self.now() if now is None else now
-        done: dict[str, list[str]] = {"rotated": [], "purged": [], "expired": []}
+        done: dict[str, list[str]] = {"rotated": [], "purged": [], "expired": [],
+                                      "secrets_rotated": [], "secrets_deleted": []}
         # One process at a time (the lease); a job that races a request anyway loses its
         # compare-and-swap and is left for the next run.
         if not self.store.try_lock(SCHEDULER_LEASE, self._lease_owner, SCHEDULER_LEASE_TTL):
             return done
         try:
             self._run_due(t, done)
+            self._run_due_secrets(t, done)
         finally:
             self.store.unlock(SCHEDULER_LEASE, self._lease_owner)
         if any(done.values()):
@@ -394,6 +399,26 @@ class Kms:
                     self._run_job(job, inst, rec, t, done)
             except Conflict:
                 continue  # a request changed the key first
+
+    def _run_due_secrets(self, t: float, done: dict[str, list[str]]) -> None:
+        """Purge secrets past their recovery window; rotate secrets whose rotation is due
+        (a failure is recorded on the secret and retried at the next run)."""
+        for rec in self.store.secrets_due(t):
+            if not self.store.try_lock(SCHEDULER_LEASE, self._lease_owner, SCHEDULER_LEASE_TTL):
+                return
+            job = KmsClient(self, rec.instance, None, None, audit_name=SCHEDULER_PRINCIPAL)
+            try:
+                with hsmpool.deadline(self.pool.settings.operation_timeout):
+                    if rec.deletion_date is not None:
+                        if rec.deletion_date <= t:
+                            self.store.purge_secret(rec)
+                            done["secrets_deleted"].append(rec.arn)
+                            job._audit_secret("DeleteSecret", rec)
+                    elif rec.rotator is not None:
+                        job.rotate_secret(rec.arn)
+                        done["secrets_rotated"].append(rec.arn)
+            except (Conflict, E.KmsError, hsmpool.HsmPoolError):
+                continue  # changed meanwhile, or the rotation failed (recorded on it)
 
     def _run_job(self, job: Caller, inst: Instance, rec: KeyRecord, t: float,
                  done: dict[str, list[str]]) -> None:
@@ -482,7 +507,7 @@ class Kms:
             raise E.NotFound(f"token {token!r} is not in the pool") from None
 
 
-class KmsClient(KeyLifecycle, Aliases, KeyCrypto, KeyImport, Grants):
+class KmsClient(KeyLifecycle, Aliases, Secrets, KeyCrypto, KeyImport, Grants):
     """The operations of the service, as one caller (instance + principal) sees them.
 
     Method names and arguments follow the AWS KMS API (snake_case). Key ids may be a key

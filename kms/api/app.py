@@ -27,10 +27,10 @@ from typing import Any, Final
 
 from kms.api.auth import Authenticator
 from kms.api.aws_kms import AwsKmsFrontend
-from kms.api.peer_health import PeerEjections
 from kms.api.console import ConsoleFrontend
 from kms.api.logs import AccessLog
 from kms.api.metrics import Metrics
+from kms.api.peer_health import PeerEjections
 from kms.api.pipeline import Headers, Limits, Pipeline, Request, Respond
 from kms.service import Kms
 

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 ADMIN_POLICY: dict[str, Any] = {
     "Version": "2012-10-17",
-    "Statement": [{"Effect": "Allow", "Action": "kms:*", "Resource": "*"}],
+    "Statement": [{"Effect": "Allow", "Action": ["kms:*", "secretsmanager:*"], "Resource": "*"}],
 }
 
 
@@ -237,7 +237,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                         help="principal name, created if new (default %(default)s)")
     create.add_argument("--policy", action="append",
                         help="policy JSON, or @FILE; repeatable; replaces the principal's "
-                             "policies (default: kms:* on *)")
+                             "policies (default: kms:* and secretsmanager:* on *)")
     create.set_defaults(func=cmd_credentials_create)
 
     listing = csub.add_parser("list", parents=[as_json],

@@ -16,14 +16,16 @@ Every implementation passes the contract suite ``tests/store/test_contract.py`` 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from kms.errors import Internal
 from kms.model import AliasRecord, Grant, ImportToken, KeyRecord, KeyVersion
+from kms.secrets.model import SecretRecord, SecretVersion
 
-__all__ = ["AccessKeyInfo", "AccessKeySecret", "Conflict", "MetadataStore", "PrincipalRecord"]
+__all__ = ["AccessKeyInfo", "AccessKeySecret", "Conflict", "MetadataStore", "PrincipalRecord",
+           "SecretStore"]
 
 
 class Conflict(Internal):
@@ -66,10 +68,56 @@ class AccessKeySecret:
     secret_blob: bytes
 
 
-class MetadataStore(Protocol):
+class SecretStore(Protocol):
+    """The secrets manager's part of the store (:mod:`kms.secrets`): secrets and their
+    versions. Every change names the secret revision it read (compare-and-swap) and writes
+    the versions it touches in the same transaction."""
+
+    def insert_secret(self, record: SecretRecord,
+                      versions: Sequence[SecretVersion] = ()) -> None:
+        """A new secret (:class:`kms.errors.AlreadyExists` if its name is taken in the
+        instance), with its first versions."""
+        ...
+
+    def update_secret(self, old: SecretRecord, new: SecretRecord,
+                      versions: Sequence[SecretVersion] = (),
+                      drop_versions: Sequence[str] = ()) -> None:
+        """Write ``new`` iff the stored record is still ``old`` (:class:`Conflict`), insert
+        or replace (stages) each of ``versions``, delete ``drop_versions``: one
+        transaction."""
+        ...
+
+    def get_secret(self, secret_id: str) -> SecretRecord | None: ...
+
+    def find_secret(self, instance: str, *, name: str | None = None,
+                    arn: str | None = None) -> SecretRecord | None:
+        """An instance's secret by name or by full ARN."""
+        ...
+
+    def list_secrets(self, instance: str, after: str, limit: int) -> list[SecretRecord]:
+        """An instance's secrets by name, after ``after``."""
+        ...
+
+    def get_secret_version(self, secret_id: str, version_id: str) -> SecretVersion | None: ...
+
+    def secret_versions(self, secret_id: str) -> list[SecretVersion]:
+        """A secret's versions, oldest first."""
+        ...
+
+    def secrets_due(self, now: float) -> list[SecretRecord]:
+        """Secrets whose deletion or rotation is due."""
+        ...
+
+    def purge_secret(self, old: SecretRecord) -> None:
+        """Delete a secret and every version of it (compare-and-swap as
+        :meth:`update_secret`); its name is free again."""
+        ...
+
+
+class MetadataStore(SecretStore, Protocol):
     """The metadata of every instance: keys and versions, aliases, grants, import tokens,
-    imported material fingerprints, principals and access keys (see the module docstring
-    for the rules). Thread-safe."""
+    imported material fingerprints, principals and access keys, secrets (see the module
+    docstring for the rules). Thread-safe."""
 
     # --- plumbing
 

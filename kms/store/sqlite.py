@@ -32,6 +32,8 @@ from kms.model import (
 )
 from kms.private_files import private_dir, private_file
 from kms.store.interface import AccessKeyInfo, AccessKeySecret, Conflict, PrincipalRecord
+from kms.store.sqlite_secrets import MIGRATION as SECRETS_MIGRATION
+from kms.store.sqlite_secrets import SqliteSecrets
 
 T = TypeVar("T")
 
@@ -161,6 +163,8 @@ MIGRATIONS: list[str] = [
         expires REAL NOT NULL
     )
     """,
+    # 7: the secrets manager (kms/secrets): secrets and their versions
+    SECRETS_MIGRATION,
 ]
 
 _KEY_COLUMNS = ("key_id", "instance", "arn", "spec", "usage", "origin", "state", "created",
@@ -249,7 +253,7 @@ def _swap_key(db: sqlite3.Connection, old: KeyRecord, new: KeyRecord) -> None:
         raise Conflict("the key changed concurrently; retry")
 
 
-class SqliteStore:
+class SqliteStore(SqliteSecrets):
     """Thread-safe access to one SQLite metadata file (:class:`kms.store.MetadataStore`)."""
 
     def __init__(self, path: str | os.PathLike[str], *, sync: bool = True) -> None:

@@ -106,11 +106,11 @@ def test_admin_allows_every_action() -> None:
 
 
 def test_actions_table() -> None:
-    assert len(ACTIONS) == 45
-    assert {"kms:Encrypt", "kms:ReEncryptTo", "kms:ListKeyPolicies", "kms:RotateKeyOnDemand"} <= (
-        ACTIONS
-    )
-    assert all(a.startswith("kms:") for a in ACTIONS)
+    assert len([a for a in ACTIONS if a.startswith("kms:")]) == 45
+    assert len([a for a in ACTIONS if a.startswith("secretsmanager:")]) == 19
+    assert len(ACTIONS) == 45 + 19
+    assert {"kms:Encrypt", "kms:ReEncryptTo", "kms:ListKeyPolicies", "kms:RotateKeyOnDemand",
+            "secretsmanager:GetSecretValue", "secretsmanager:RotateSecret"} <= ACTIONS
 
 
 # ----------------------------------------------------------------------------------- actions
@@ -593,12 +593,12 @@ def test_decision_matches_definition(pols: list[Policy], r: Request) -> None:
         ),
         (
             '{"Statement": [{"Effect": "Allow", "Action": "kms:Encrpyt", "Resource": "*"}]}',
-            r"Statement\[0\]: Action 'kms:Encrpyt' matches no KMS action "
+            r"Statement\[0\]: Action 'kms:Encrpyt' matches no KMS or Secrets Manager action "
             r"\(did you mean 'kms:Encrypt'\?\)",
         ),
         (
             '{"Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}',
-            "Action 's3:\\*' matches no KMS action",
+            "Action 's3:\\*' matches no KMS or Secrets Manager action",
         ),
         (
             '{"Statement": [{"Effect": "Allow", "Action": 5, "Resource": "*"}]}',
@@ -965,7 +965,7 @@ def test_no_key_policy_means_the_principal_policy_decides() -> None:
     ({"Statement": [kst("Allow", {"AWS": []})]}, "empty"),
     ({"Statement": [kst("Allow", "everyone")]}, "Principal must be"),
     ({"Statement": [{**kst("Allow", "*"), "NotPrincipal": {"AWS": "*"}}]}, "NotPrincipal"),
-    ({"Statement": [kst("Allow", "*", "kms:Nope")]}, "matches no KMS action"),
+    ({"Statement": [kst("Allow", "*", "kms:Nope")]}, "matches no KMS or Secrets Manager action"),
 ])
 def test_malformed_key_policies(doc: dict[str, Any], message: str) -> None:
     with pytest.raises(PolicyError, match=message):

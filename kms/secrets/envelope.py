@@ -1,0 +1,77 @@
+"""How a secret value is sealed: envelope encryption under a KMS key of the instance.
+
+Each version gets its own 256-bit data key from ``GenerateDataKey`` on the secret's KMS key
+(so the key's material never leaves its token, and the value may be up to 65,536 bytes,
+beyond Encrypt's limit), with the encryption context ``{"SecretARN": <arn>,
+"SecretVersionId": <version>}``: a version's envelope opens only as that version of that
+secret. The value is AES-256-GCM under the data key, the same context as AAD. Format::
+
+    0x01 | len(wrapped data key): 2 bytes, big-endian | wrapped data key | nonce (12) | ct+tag
+
+Opening calls ``Decrypt`` with the same context. The data key's plaintext is dropped at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from collections.abc import Mapping
+from typing import Final, Protocol
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from kms import errors as E
+from kms.keys.crypto import DataKey, DecryptResult
+
+FORMAT: Final = 1
+NONCE: Final = 12
+
+
+class KeyCaller(Protocol):
+    """The two key operations an envelope needs (a :class:`kms.KmsClient`)."""
+
+    def generate_data_key(self, key_id: str, key_spec: str | None = None,
+                          number_of_bytes: int | None = None,
+                          encryption_context: Mapping[str, str] | None = None) -> DataKey: ...
+
+    def decrypt(self, ciphertext_blob: bytes,
+                encryption_context: Mapping[str, str] | None = None) -> DecryptResult: ...
+
+
+def context(arn: str, version_id: str) -> dict[str, str]:
+    return {"SecretARN": arn, "SecretVersionId": version_id}
+
+
+def _aad(ctx: Mapping[str, str]) -> bytes:
+    return json.dumps(dict(ctx), sort_keys=True, separators=(",", ":")).encode()
+
+
+def seal(keys: KeyCaller, key_id: str, arn: str, version_id: str, value: bytes) -> bytes:
+    ctx = context(arn, version_id)
+    dk = keys.generate_data_key(key_id, "AES_256", encryption_context=ctx)
+    assert dk.plaintext is not None
+    nonce = os.urandom(NONCE)
+    body = AESGCM(dk.plaintext).encrypt(nonce, value, _aad(ctx))
+    wrapped = dk.ciphertext_blob
+    return struct.pack(">BH", FORMAT, len(wrapped)) + wrapped + nonce + body
+
+
+def open_(keys: KeyCaller, arn: str, version_id: str, envelope: bytes) -> bytes:
+    """The value; :class:`kms.errors.InvalidCiphertext` if the envelope is not this
+    version's (tampered, or moved)."""
+    if len(envelope) < 3 or envelope[0] != FORMAT:
+        raise E.InvalidCiphertext("the stored secret value is not valid")
+    (n,) = struct.unpack_from(">H", envelope, 1)
+    wrapped = envelope[3:3 + n]
+    nonce = envelope[3 + n:3 + n + NONCE]
+    body = envelope[3 + n + NONCE:]
+    if len(wrapped) != n or len(nonce) != NONCE or len(body) < 16:
+        raise E.InvalidCiphertext("the stored secret value is not valid")
+    ctx = context(arn, version_id)
+    data_key = keys.decrypt(wrapped, encryption_context=ctx).plaintext
+    try:
+        return AESGCM(data_key).decrypt(nonce, body, _aad(ctx))
+    except InvalidTag:
+        raise E.InvalidCiphertext("the stored secret value is not valid") from None
