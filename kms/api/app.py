@@ -27,6 +27,7 @@ from typing import Any, Final
 
 from kms.api.auth import Authenticator
 from kms.api.aws_kms import AwsKmsFrontend
+from kms.api.aws_secrets import AwsSecretsFrontend
 from kms.api.console import ConsoleFrontend
 from kms.api.logs import AccessLog
 from kms.api.metrics import Metrics
@@ -72,7 +73,8 @@ class KmsApp:
         self.console = ConsoleFrontend(kms, self.auth, self.metrics)
         self.metrics.tick_hooks.append(PeerEjections(kms, self.metrics).tick)
         self.pipeline = Pipeline(
-            [AwsKmsFrontend(self.auth), self.console], self.metrics,
+            [AwsKmsFrontend(self.auth), AwsSecretsFrontend(self.auth), self.console],
+            self.metrics,
             Limits(server.rate_limit, server.rate_burst, server.max_blocking_per_principal),
             server.request_timeout, trusted_proxies=server.proxy_networks)
         self.pipeline.access_log = self._access_log

@@ -660,24 +660,33 @@ class AwsKmsFrontend:
     expects; 503 ``DependencyTimeoutException`` past the deadline; 500 only for our bugs."""
 
     name = "aws-kms"
+    #: What a front end of this family (AWS JSON 1.1 over SigV4) is made of: the target
+    #: prefix, the SigV4 service, the handlers, the operations that block, the error table.
+    #: :class:`kms.api.aws_secrets.AwsSecretsFrontend` is the same with its own.
+    prefix: str = _PREFIX
+    service: str = "kms"
+    operations: Mapping[str, Callable[[Any, Body], dict[str, Any]]] = OPERATIONS
+    blocking: frozenset[str] = BLOCKING
+    wire_errors: Mapping[str, tuple[str, int]] = WIRE_ERRORS
+    throttling: tuple[str, int] = ("ThrottlingException", 400)
 
     def __init__(self, auth: Authenticator) -> None:
         self.auth = auth
 
     def accepts(self, req: Request) -> bool:
         return req.method == "POST" and req.path == "/" \
-            and req.headers.get("x-amz-target", "").startswith(_PREFIX)
+            and req.headers.get("x-amz-target", "").startswith(self.prefix)
 
     def _answer(self, status: int, code: str, message: str, op: str) -> Answer:
         return Answer(status, _error(code, message), _JSON_TYPE, op, code)
 
     def _failed(self, exc: E.KmsError, op: str) -> Answer:
-        code, status = WIRE_ERRORS[exc.kind]
+        code, status = self.wire_errors[exc.kind]
         return self._answer(status, code, exc.message, op)
 
     def prepare(self, req: Request) -> Call | Answer:
-        op = req.headers["x-amz-target"][len(_PREFIX):]
-        handler = OPERATIONS.get(op)
+        op = req.headers["x-amz-target"][len(self.prefix):]
+        handler = self.operations.get(op)
         if handler is None:
             return self._answer(400, "UnknownOperationException", "unknown operation", "-")
         ctype = req.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -685,7 +694,7 @@ class AwsKmsFrontend:
             return self._answer(400, "SerializationException",
                                 "Content-Type must be application/x-amz-json-1.1", op)
         try:
-            cred = self.auth.sigv4("kms", req.method, req.path, req.query, req.headers,
+            cred = self.auth.sigv4(self.service, req.method, req.path, req.query, req.headers,
                                    req.body)
             client = self.auth.client(cred.access_key_id, req.peer,
                                       req.headers.get("x-forwarded-for"))
@@ -720,14 +729,17 @@ class AwsKmsFrontend:
 
         p = client.principal
         caller = f"{p.instance}/{p.name}" if p is not None else None
-        return Call(op, client.principal_id, op in BLOCKING, run, caller, client.source_ip)
+        return Call(op, client.principal_id, op in self.blocking, run, caller,
+                    client.source_ip)
 
     def throttled(self, operation: str) -> Answer:
-        return self._answer(400, "ThrottlingException", "Rate exceeded", operation)
+        code, status = self.throttling
+        return self._answer(status, code, "Rate exceeded", operation)
 
     def timed_out(self, operation: str) -> Answer:
-        return self._answer(503, WIRE_ERRORS["DependencyTimeout"][0],
-                            "the request did not finish in time; retry", operation)
+        code, status = self.wire_errors["DependencyTimeout"]
+        return self._answer(status, code, "the request did not finish in time; retry",
+                            operation)
 
     def internal_error(self, operation: str) -> Answer:
-        return self._answer(500, WIRE_ERRORS["Internal"][0], "internal error", operation)
+        return self._answer(500, self.wire_errors["Internal"][0], "internal error", operation)

@@ -119,10 +119,11 @@ class Server:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def client(self, cred: Cred, **config: Any) -> Any:
-        """A boto3 ``kms`` client on this server (no retries: every answer is seen)."""
+    def client(self, cred: Cred, *, service: str = "kms", **config: Any) -> Any:
+        """A boto3 client (``kms`` or ``secretsmanager``) on this server (no retries:
+        every answer is seen)."""
         cfg = Config(retries={"max_attempts": 1, "mode": "standard"}, **config)
-        return boto3.client("kms", endpoint_url=self.url, region_name=REGION,
+        return boto3.client(service, endpoint_url=self.url, region_name=REGION,
                             aws_access_key_id=cred.access_key_id,
                             aws_secret_access_key=cred.secret, config=cfg)
 
