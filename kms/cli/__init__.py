@@ -469,8 +469,9 @@ def cmd_decrypt(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register the service's commands: key, alias, encrypt, decrypt."""
+    """Register the service's commands: key, alias, encrypt, decrypt, secret."""
     from kms.cli.keys import add_key_commands
+    from kms.cli.secrets import add_secret_commands
     from kms.fileenc import DEFAULT_CHUNK_SIZE
     from kms.model import KeySpec, KeyUsage, Origin
 
@@ -547,6 +548,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                          description="Decrypt IN to OUT; OUT appears only if all of IN "
                                      "verified.")
     dec.set_defaults(func=cmd_decrypt)
+    add_secret_commands(sub, leaf)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -684,3 +684,39 @@ def test_one_gib_round_trip_in_flat_memory(config: Path, file_keys: dict[str, st
     for _ in range(size // len(block)):
         zeros.update(block)
     assert _sha256_file(back) == zeros.hexdigest()
+
+
+# --- secrets ----------------------------------------------------------------------------
+
+
+def test_secret_commands(cli: Cli, tmp_path: Path) -> None:
+    name = f"cli/db-{os.getpid()}"
+    value = json.dumps({"username": "app", "password": "pw-1"})
+    proc = cli.run("secret", "create", name, "--value-file", "-", "--tag", "team=blue",
+                   "--json", stdin=value.encode())
+    made = json.loads(proc.stdout)
+    assert made["Name"] == name and made["ARN"].startswith("arn:aws:secretsmanager:")
+    assert cli.run("secret", "get", name).stdout.decode() == value
+    assert cli.run("secret", "get", name, "--field", "username").stdout == b"app"
+    cli.run("secret", "put", name, "--value", "second")
+    assert cli.run("secret", "get", name).stdout == b"second"
+    assert cli.run("secret", "get", name, "--stage", "AWSPREVIOUS").stdout.decode() == value
+    desc = cli.json("secret", "describe", made["ARN"])
+    assert sorted(map(tuple, desc["Versions"].values())) == [("AWSCURRENT",), ("AWSPREVIOUS",)]
+    assert "pw-1" not in json.dumps(desc) and desc["Tags"] == {"team": "blue"}
+    rotated = cli.json("secret", "rotate", name, "--rotator", "generic", "--every-days", "30")
+    assert rotated["NextRotationDate"] is not None
+    new = cli.run("secret", "get", name).stdout.decode()
+    assert new not in ("second", value) and len(new) == 32
+    assert name in [s["Name"] for s in cli.json("secret", "list")]
+    cli.run("secret", "delete", name, "--days", "7")
+    assert "marked for deletion" in cli.fail("secret", "get", name)
+    cli.run("secret", "restore", name)
+    blob = tmp_path / "blob"
+    blob.write_bytes(bytes(range(256)))
+    cli.run("secret", "create", name + "-bin", "--binary-file", str(blob))
+    out = tmp_path / "out"
+    cli.run("secret", "get", name + "-bin", "--out", str(out))
+    assert out.read_bytes() == bytes(range(256))
+    cli.run("secret", "delete", name + "-bin", "--force")
+    assert "NotFound" in cli.fail("secret", "describe", name + "-bin")

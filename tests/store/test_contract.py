@@ -28,6 +28,7 @@ from kms.model import (
     KeyVersion,
     Origin,
 )
+from kms.secrets.model import SecretRecord, SecretVersion
 from kms.store import Conflict, MetadataStore, SqliteStore
 
 Opener = Callable[[], MetadataStore]
@@ -401,3 +402,70 @@ def test_only_one_of_many_contenders_gets_a_lease(opener: Opener) -> None:
     for t in threads:
         t.join()
     assert len(won) == 1
+
+
+# --- secrets (kms.store.SecretStore) ----------------------------------------------------
+
+
+def _secret(name: str = "app/db", instance: str = "i1") -> SecretRecord:
+    sid = uuid.uuid4().hex
+    return SecretRecord(sid, instance, name, f"arn:aws:secretsmanager:r:1:secret:{name}-"
+                        f"{sid[:6]}", 1.0, 1, tags=(("team", "blue"),))
+
+
+def _sv(rec: SecretRecord, vid: str, *stages: str) -> SecretVersion:
+    return SecretVersion(rec.secret_id, vid, time.time(), tuple(sorted(stages)),
+                         b"envelope-" + vid.encode(), False)
+
+
+def test_a_secret_and_its_versions_read_back_as_written(store: MetadataStore) -> None:
+    rec = _secret()
+    store.insert_secret(rec, [_sv(rec, "v1", "AWSCURRENT")])
+    assert store.get_secret(rec.secret_id) == rec
+    assert store.find_secret("i1", name="app/db") == rec
+    assert store.find_secret("i1", arn=rec.arn) == rec
+    assert store.find_secret("i2", name="app/db") is None  # another instance's name
+    assert [v.version_id for v in store.secret_versions(rec.secret_id)] == ["v1"]
+    got = store.get_secret_version(rec.secret_id, "v1")
+    assert got is not None and got.stages == ("AWSCURRENT",) and got.envelope == b"envelope-v1"
+    with pytest.raises(AlreadyExists):
+        store.insert_secret(_secret())  # the same name in the same instance
+    store.insert_secret(_secret(instance="i2"))  # the same name elsewhere
+
+
+def test_secret_stages_move_in_one_compare_and_swap(opener: Opener) -> None:
+    a, b = opener(), opener()
+    rec = _secret()
+    a.insert_secret(rec, [_sv(rec, "v1", "AWSCURRENT")])
+    v1 = a.get_secret_version(rec.secret_id, "v1")
+    assert v1 is not None
+    new = rec.evolve(last_changed=2.0)
+    a.update_secret(rec, new, [v1.with_stages(("AWSPREVIOUS",)), _sv(rec, "v2", "AWSCURRENT")])
+    # A writer that read the old revision loses, and writes none of its versions.
+    with pytest.raises(Conflict):
+        b.update_secret(rec, rec.evolve(), [_sv(rec, "v3", "AWSCURRENT")])
+    assert b.get_secret_version(rec.secret_id, "v3") is None
+    stages = {v.version_id: v.stages for v in b.secret_versions(rec.secret_id)}
+    assert stages == {"v1": ("AWSPREVIOUS",), "v2": ("AWSCURRENT",)}
+    b.update_secret(new, new.evolve(), drop_versions=["v1"])
+    assert [v.version_id for v in a.secret_versions(rec.secret_id)] == ["v2"]
+
+
+def test_secrets_list_due_and_purge(store: MetadataStore) -> None:
+    recs = [_secret(f"s{i}") for i in range(5)]
+    for r in recs:
+        store.insert_secret(r, [_sv(r, "v", "AWSCURRENT")])
+    page = store.list_secrets("i1", "s1", 2)
+    assert [r.name for r in page] == ["s2", "s3"]
+    deleting = recs[0].evolve(deletion_date=10.0)
+    store.update_secret(recs[0], deleting)
+    rotating = recs[1].evolve(rotation_enabled=True, next_rotation=20.0, rotator="generic")
+    store.update_secret(recs[1], rotating)
+    assert [r.name for r in store.secrets_due(5.0)] == []
+    assert sorted(r.name for r in store.secrets_due(30.0)) == ["s0", "s1"]
+    with pytest.raises(Conflict):
+        store.purge_secret(recs[0])  # a stale revision
+    store.purge_secret(deleting)
+    assert store.get_secret(recs[0].secret_id) is None
+    assert store.secret_versions(recs[0].secret_id) == []
+    store.insert_secret(_secret("s0"))  # the name is free again
