@@ -5,7 +5,8 @@
 #     native code: SM4/SM3/SM2, the PKCS#11 binding and the shim);
 #   - three SoftHSM2 tokens under var/softhsm and a pool configuration var/hsmpool.toml.
 # Usage: scripts/setup.sh [--test]   (--test also installs test tools, openCryptoki's token,
-#                                     and chromium with chromium-driver for the console's tests)
+#                                     chromium with chromium-driver for the console's tests,
+#                                     and PostgreSQL for the secrets manager's rotators)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 want_test=0
@@ -23,6 +24,9 @@ command -v gcc >/dev/null || need+=(gcc)
 # Chromium and its WebDriver.
 [ "$want_test" = 1 ] && { command -v chromium >/dev/null || need+=(chromium); }
 [ "$want_test" = 1 ] && { command -v chromedriver >/dev/null || need+=(chromium-driver); }
+# The secrets manager's PostgreSQL rotators are tested against a throw-away cluster
+# (tests/postgres.py) of Debian's PostgreSQL.
+[ "$want_test" = 1 ] && { ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql); }
 python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
 SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
 if [ ${#need[@]} -gt 0 ]; then

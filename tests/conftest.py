@@ -17,6 +17,9 @@ from typing import Any
 import pytest
 
 from hsmpool.faults import FaultInjector
+from tests.postgres import PostgresCluster
+from tests.postgres import available as postgres_available
+from tests.postgres import cluster as postgres_cluster
 
 ROOT = Path(__file__).resolve().parents[1]
 SOFTHSM = "/usr/lib/softhsm/libsofthsm2.so"
@@ -78,3 +81,13 @@ def faults() -> Iterator[FaultInjector]:
     inj.heal()
     yield inj
     inj.heal()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresCluster]:
+    """A throw-away PostgreSQL cluster for the session (tests/postgres.py)."""
+    why = postgres_available()
+    if why is not None:
+        pytest.skip(why)
+    with postgres_cluster() as pg:
+        yield pg

@@ -17,7 +17,8 @@ secret records which step failed and why (``rotation_error``; never a value), an
 caller gets :class:`kms.errors.InvalidState` with the same reason.
 
 Rotators here: ``generic`` (a new random password; a JSON object keeps its other keys and
-gets a new ``password``).
+gets a new ``password``), ``postgresql`` and ``postgresql-dual`` (a real PostgreSQL role's
+password, changed with ``ALTER ROLE``: :mod:`kms.secrets.pgrotators`).
 """
 
 from __future__ import annotations
@@ -25,10 +26,11 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 
 from kms import errors as E
 from kms.secrets.model import CURRENT, PENDING, SecretRecord
+from kms.secrets import pgrotators as pg
 from kms.secrets.passwords import random_password
 from kms.secrets.schedule import parse_rules
 
@@ -43,17 +45,25 @@ class RotationError(Exception):
     """A rotator's step failed; the message says why (never a secret value)."""
 
 
+class RotationContext(Protocol):
+    """What a rotator may use beyond the values: other secrets (a database secret's
+    ``masterarn``), read with the rotating caller's permissions."""
+
+    def secret_string(self, secret_id: str) -> str: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Rotator:
     name: str
     #: createSecret: the new value, from the current one (None: the secret has none yet).
     create: Callable[[str | None], str]
-    #: setSecret(current, pending) and testSecret(pending): raise RotationError to fail.
-    set: Callable[[str | None, str], None]
-    test: Callable[[str], None]
+    #: setSecret(ctx, current, pending) and testSecret(ctx, pending): RotationError to fail.
+    set: Callable[[RotationContext, str | None, str], None]
+    test: Callable[[RotationContext, str], None]
 
 
-def _new_password() -> str:
+def new_password() -> str:
+    """A rotator's new password: 32 characters, none that need quoting in a URL or shell."""
     return random_password(32, exclude_characters="\"'\\/@:`")
 
 
@@ -64,9 +74,9 @@ def _generic_create(current: str | None) -> str:
         except ValueError:
             doc = None
         if isinstance(doc, dict):
-            doc["password"] = _new_password()
+            doc["password"] = new_password()
             return json.dumps(doc)
-    return _new_password()
+    return new_password()
 
 
 def _nothing(*_: object) -> None:
@@ -75,6 +85,8 @@ def _nothing(*_: object) -> None:
 
 ROTATORS: Final[dict[str, Rotator]] = {
     "generic": Rotator("generic", _generic_create, _nothing, _nothing),
+    "postgresql": Rotator("postgresql", pg.single_create, pg.single_set, pg.test),
+    "postgresql-dual": Rotator("postgresql-dual", pg.dual_create, pg.dual_set, pg.test),
 }
 
 
@@ -113,10 +125,11 @@ def run_rotation(sm: Secrets, rec: SecretRecord, token: str) -> tuple[SecretReco
             rec, pending = sm._add_secret_version(rec, token, rotator.create(
                 current_value).encode(), False, (PENDING,))
         pending_value = sm._reveal_value(rec, pending).decode()
+        ctx = _Context(sm)
         step = STEPS[1]
-        rotator.set(current_value, pending_value)
+        rotator.set(ctx, current_value, pending_value)
         step = STEPS[2]
-        rotator.test(pending_value)
+        rotator.test(ctx, pending_value)
         step = STEPS[3]
         rec = _finish(sm, rec, pending.version_id)
         return rec, pending.version_id
@@ -125,6 +138,17 @@ def run_rotation(sm: Secrets, rec: SecretRecord, token: str) -> tuple[SecretReco
             else f"{step}: {type(exc).__name__}"
         _record_failure(sm, rec, reason)
         raise E.InvalidState(f"rotation failed at {reason}") from None
+
+
+class _Context:
+    def __init__(self, sm: Secrets) -> None:
+        self.sm = sm
+
+    def secret_string(self, secret_id: str) -> str:
+        value = self.sm.get_secret_value(secret_id).string
+        if value is None:
+            raise RotationError(f"the secret {secret_id} is binary")
+        return value
 
 
 def _finish(sm: Secrets, rec: SecretRecord, version_id: str) -> SecretRecord:
