@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Protocol
 
 from kms import errors as E
-from kms.secrets.model import CURRENT, PENDING, SecretRecord
 from kms.secrets import pgrotators as pg
+from kms.secrets.model import CURRENT, PENDING, SecretRecord
 from kms.secrets.passwords import random_password
 from kms.secrets.schedule import parse_rules
 
