@@ -8,20 +8,35 @@
     hsmpool secret rotate SECRET [--rotator NAME] [--every-days N | --schedule EXPR]
                    [--later]
     hsmpool secret delete SECRET [--days 7..30 | --force] | restore SECRET
+    hsmpool secret exec [--endpoint URL] --env NAME=REF ... -- COMMAND [ARG ...]
+    hsmpool secret agent --to DIR [--interval S] [--once] [--endpoint URL] FILE=REF ...
 
 Each calls the :class:`~kms.service.KmsClient` method of the same name (``SECRET``: a name
 or an ARN). ``get`` prints the value alone (a JSON secret's ``--field``, binary values in
 base64 unless ``--out``); ``--value`` is visible in the process list, ``--value-file -``
 reads stdin.
+
+``exec`` and ``agent`` deliver secrets without code change (:mod:`kms.secrets.delivery`):
+``exec`` runs COMMAND with the secrets in its environment (``REF`` is ``NAME[:FIELD]``);
+``agent`` writes them to files in DIR (0600, atomic rename) and rewrites each file when its
+secret's current version changes (a rotation), until stopped. Both read through the
+server's Secrets Manager API with boto3 when ``--endpoint`` (or
+``AWS_ENDPOINT_URL_SECRETS_MANAGER``) is set, with the credentials of the environment;
+else through the embedded service of ``--config``.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
+import os
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from kms.cli import context_arg, iso_time, open_client, print_fields, print_table
@@ -169,6 +184,102 @@ def cmd_restore(args: argparse.Namespace) -> int:
         return _emit(args, {"ARN": rec.arn, "Name": rec.name})
 
 
+# --- delivery --------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _source(args: argparse.Namespace) -> Iterator[Any]:
+    from kms.secrets.delivery import HttpSource, ServiceSource
+
+    endpoint = args.endpoint or os.environ.get("AWS_ENDPOINT_URL_SECRETS_MANAGER")
+    if endpoint:
+        try:
+            import boto3
+        except ImportError:
+            print("hsmpool: error: --endpoint needs boto3 (pip install boto3)", file=sys.stderr)
+            raise SystemExit(2) from None
+        yield HttpSource(boto3.client("secretsmanager", endpoint_url=endpoint))
+        return
+    with open_client(args) as client:
+        yield ServiceSource(client)
+
+
+def _pairs(items: list[str], what: str) -> dict[str, Any]:
+    from kms.secrets.delivery import parse_reference
+
+    out: dict[str, Any] = {}
+    for item in items:
+        name, sep, ref = item.partition("=")
+        if not sep or not name or not ref:
+            print(f"hsmpool: error: {what} {item!r} is not NAME=SECRET[:FIELD]",
+                  file=sys.stderr)
+            raise SystemExit(2)
+        out[name] = parse_reference(ref)
+    return out
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    from kms.secrets.delivery import DeliveryError, resolve
+
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        print("hsmpool: error: give the command after --", file=sys.stderr)
+        return 2
+    refs = _pairs(args.env or [], "--env")
+    try:
+        with _source(args) as source:
+            values = resolve(source, refs)
+        env = dict(os.environ)
+        for name, (_, value) in values.items():
+            env[name] = value.decode()
+    except (DeliveryError, UnicodeDecodeError) as exc:
+        print(f"hsmpool: error: {exc}", file=sys.stderr)
+        return 1
+    try:
+        os.execvpe(command[0], command, env)
+    except OSError as exc:
+        print(f"hsmpool: error: cannot run {command[0]!r}: {exc.strerror}", file=sys.stderr)
+        return 127
+    return 0  # not reached
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    from kms.secrets.delivery import DeliveryError, resolve, write_file
+
+    refs = _pairs(args.files, "FILE")
+    bad = [f for f in refs if "/" in f or f in (".", "..")]
+    if bad:
+        print(f"hsmpool: error: file names are plain names in --to: {bad}", file=sys.stderr)
+        return 2
+    to = Path(args.to)
+    to.mkdir(mode=0o700, parents=True, exist_ok=True)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    written: dict[str, str] = {}
+    with _source(args) as source:
+        while True:
+            try:
+                for name, (version, value) in resolve(source, refs).items():
+                    if written.get(name) != version:
+                        write_file(to / name, value)
+                        written[name] = version
+                        print(f"hsmpool: wrote {to / name} (version {version})",
+                              file=sys.stderr, flush=True)
+            except DeliveryError as exc:
+                print(f"hsmpool: error: {exc}", file=sys.stderr, flush=True)
+                if args.once:
+                    return 1
+            except Exception as exc:  # noqa: BLE001 - the agent keeps going; says why
+                kind = getattr(exc, "kind", type(exc).__name__)
+                print(f"hsmpool: cannot read the secrets now ({kind}); retrying",
+                      file=sys.stderr, flush=True)
+                if args.once:
+                    return 1
+            if args.once or stop.wait(args.interval):
+                return 0
+
+
 def _value_options(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--value-file", metavar="F", help="the value, UTF-8 text (- for stdin)")
@@ -223,3 +334,19 @@ def add_secret_commands(sub: Any, leaf: Leaf) -> None:
     how.add_argument("--force", action="store_true",
                      help="delete at once, without recovery")
     named("restore", "cancel a scheduled deletion", cmd_restore)
+
+    p = leaf(ss, "exec", "run a command with secrets in its environment", cmd_exec)
+    p.add_argument("--env", action="append", metavar="NAME=SECRET[:FIELD]",
+                   help="an environment variable from a secret (or a JSON field); repeatable")
+    p.add_argument("--endpoint", metavar="URL",
+                   help="the server's URL (default: AWS_ENDPOINT_URL_SECRETS_MANAGER, else "
+                        "the embedded service of --config)")
+    p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND ...")
+    p = leaf(ss, "agent", "keep secrets in files, rewritten after each rotation", cmd_agent)
+    p.add_argument("--to", required=True, metavar="DIR", help="the folder (made 0700)")
+    p.add_argument("--interval", type=float, default=30.0, metavar="S",
+                   help="seconds between checks (default %(default)s)")
+    p.add_argument("--once", action="store_true", help="write once and exit")
+    p.add_argument("--endpoint", metavar="URL", help="as for exec")
+    p.add_argument("files", nargs="+", metavar="FILE=SECRET[:FIELD]",
+                   help="a file in DIR from a secret (or a JSON field)")
