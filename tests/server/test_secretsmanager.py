@@ -185,3 +185,34 @@ def test_secret_cache_with_a_default_client_from_the_environment(server: Server,
     out = subprocess.run([sys.executable, "-c", code, name], env=env, capture_output=True,
                          text=True, timeout=60, check=True)
     assert out.stdout.strip() == "from-env"
+
+
+def test_secret_values_never_reach_logs_audit_errors_or_metrics(server: Server,
+                                                                sm: Any) -> None:
+    marker = "MARKER" + uuid.uuid4().hex
+    name = _name("hygiene")
+    token = uuid.uuid4().hex
+    sm.create_secret(Name=name, SecretString=marker, ClientRequestToken=token)
+    sm.get_secret_value(SecretId=name)
+    sm.put_secret_value(SecretId=name, SecretString=marker + "-2")
+    sm.batch_get_secret_value(SecretIdList=[name])
+    errors = []
+    for call in (lambda: sm.create_secret(Name=name, SecretString=marker + "-3",
+                                          ClientRequestToken=token),
+                 lambda: sm.put_secret_value(SecretId=name, SecretString=marker + "-4",
+                                             ClientRequestToken=token),
+                 lambda: sm.put_secret_value(SecretId=name, SecretString=marker * 2000),
+                 lambda: sm.get_secret_value(SecretId=marker)):
+        try:
+            call()
+        except Exception as exc:  # noqa: BLE001 - each must fail; its text is checked
+            errors.append(str(exc))
+    assert len(errors) == 4
+    _, _, metrics = server.get("/metrics")
+    audit = b"".join(p.read_bytes() for p in (server.config.parent / "audit").rglob("*")
+                     if p.is_file())
+    texts = {"errors": " ".join(errors[:3]), "metrics": metrics.decode(),
+             "log": server.log_text(), "audit": audit.decode("utf-8", "replace")}
+    assert "secretsmanager:GetSecretValue" in texts["audit"]
+    for where, text in texts.items():
+        assert marker not in text, where
