@@ -4,7 +4,7 @@ Each version gets its own 256-bit data key from ``GenerateDataKey`` on the secre
 (so the key's material never leaves its token, and the value may be up to 65,536 bytes,
 beyond Encrypt's limit), with the encryption context ``{"SecretARN": <arn>,
 "SecretVersionId": <version>}``: a version's envelope opens only as that version of that
-secret. The value is AES-256-GCM under the data key, the same context as AAD. Format::
+secret. The value is AES-256-GCM under the data key, with the ARN and version id as AAD. Format::
 
     0x01 | len(wrapped data key): 2 bytes, big-endian | wrapped data key | nonce (12) | ct+tag
 
@@ -13,7 +13,6 @@ Opening calls ``Decrypt`` with the same context. The data key's plaintext is dro
 
 from __future__ import annotations
 
-import json
 import os
 import struct
 from collections.abc import Mapping
@@ -44,8 +43,9 @@ def context(arn: str, version_id: str) -> dict[str, str]:
     return {"SecretARN": arn, "SecretVersionId": version_id}
 
 
-def _aad(ctx: Mapping[str, str]) -> bytes:
-    return json.dumps(dict(ctx), sort_keys=True, separators=(",", ":")).encode()
+def _aad(arn: str, version_id: str) -> bytes:
+    """The value's AAD: the secret ARN and version id (neither holds a NUL)."""
+    return f"{arn}\x00{version_id}".encode()
 
 
 def seal(keys: KeyCaller, key_id: str, arn: str, version_id: str, value: bytes) -> bytes:
@@ -53,7 +53,7 @@ def seal(keys: KeyCaller, key_id: str, arn: str, version_id: str, value: bytes) 
     dk = keys.generate_data_key(key_id, "AES_256", encryption_context=ctx)
     assert dk.plaintext is not None
     nonce = os.urandom(NONCE)
-    body = AESGCM(dk.plaintext).encrypt(nonce, value, _aad(ctx))
+    body = AESGCM(dk.plaintext).encrypt(nonce, value, _aad(arn, version_id))
     wrapped = dk.ciphertext_blob
     return struct.pack(">BH", FORMAT, len(wrapped)) + wrapped + nonce + body
 
@@ -72,6 +72,6 @@ def open_(keys: KeyCaller, arn: str, version_id: str, envelope: bytes) -> bytes:
     ctx = context(arn, version_id)
     data_key = keys.decrypt(wrapped, encryption_context=ctx).plaintext
     try:
-        return AESGCM(data_key).decrypt(nonce, body, _aad(ctx))
+        return AESGCM(data_key).decrypt(nonce, body, _aad(arn, version_id))
     except InvalidTag:
         raise E.InvalidCiphertext("the stored secret value is not valid") from None

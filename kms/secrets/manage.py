@@ -196,9 +196,38 @@ class Secrets(KeyCrypto):
         return (f"arn:aws:secretsmanager:{self.kms.settings.region}:{self._account}:"
                 f"secret:{name}-{suffix}")
 
+    def _secret_insert(self, rec: SecretRecord, versions: Sequence[SecretVersion]) -> None:
+        self._store.insert_secret(rec, versions)
+        self.kms.secret_cache.clear()
+
+    def _secret_update(self, old: SecretRecord, new: SecretRecord,
+                       versions: Sequence[SecretVersion] = (),
+                       drop_versions: Sequence[str] = ()) -> None:
+        try:
+            self._store.update_secret(old, new, versions, drop_versions)
+        finally:  # a conflict too: what we remember is stale
+            self.kms.secret_cache.clear()
+
+    def _secret_purge(self, old: SecretRecord) -> None:
+        try:
+            self._store.purge_secret(old)
+        finally:
+            self.kms.secret_cache.clear()
+
     def _secret_find(self, secret_id: object) -> SecretRecord:
         if not isinstance(secret_id, str) or not 1 <= len(secret_id) <= 2048:
             raise E.Validation("SecretId must be a name or an ARN")
+        self.kms._fresh()
+        cache = self.kms.secret_cache
+        hit = cache.record(self.instance_name, secret_id)
+        if hit is not None:
+            return hit
+        generation = cache.generation
+        rec = self._secret_lookup(secret_id)
+        cache.keep_record(self.instance_name, secret_id, rec, generation)
+        return rec
+
+    def _secret_lookup(self, secret_id: str) -> SecretRecord:
         store, inst = self._store, self.instance_name
         rec: SecretRecord | None
         if secret_id.startswith("arn:"):
@@ -243,7 +272,7 @@ class Secrets(KeyCrypto):
         for _ in range(CAS_ATTEMPTS):
             new = fn(rec)
             try:
-                self._store.update_secret(rec, new)
+                self._secret_update(rec, new)
                 return new
             except Conflict:
                 fresh = self._store.get_secret(rec.secret_id)
@@ -262,8 +291,13 @@ class Secrets(KeyCrypto):
         return self, rec.kms_key_id
 
     def _service_client(self) -> Any:
-        return self.kms.client(self.instance_name, None, self.source_ip,
-                               audit_name=f"secretsmanager:{self._principal_name}")
+        """The service itself, for the default key (made once per caller)."""
+        client = self.__dict__.get("_secrets_service_client")
+        if client is None:
+            client = self.kms.client(self.instance_name, None, self.source_ip,
+                                     audit_name=f"secretsmanager:{self._principal_name}")
+            self.__dict__["_secrets_service_client"] = client
+        return client
 
     def _default_secret_key(self) -> str:
         cache = self.kms.default_secret_keys
@@ -330,7 +364,7 @@ class Secrets(KeyCrypto):
                        if c.version_id != token]
             new = rec.evolve(last_changed=self.kms.now())
             try:
-                self._store.update_secret(rec, new, [*changed, v],
+                self._secret_update(rec, new, [*changed, v],
                                           _prune([*versions, v], changed))
                 return new, v
             except Conflict:
@@ -354,7 +388,13 @@ class Secrets(KeyCrypto):
                                  "VersionId" + (" and VersionStage" if stage else ""))
             return v
         label = CURRENT if stage is None else stage
-        for v in self._store.secret_versions(rec.secret_id):
+        cache = self.kms.secret_cache
+        versions = cache.versions(rec.secret_id)
+        if versions is None:
+            generation = cache.generation
+            versions = tuple(self._store.secret_versions(rec.secret_id))
+            cache.keep_versions(rec.secret_id, versions, generation)
+        for v in versions:
             if label in v.stages:
                 return v
         raise E.NotFound(f"Secrets Manager can't find the specified secret value for staging "
@@ -392,7 +432,7 @@ class Secrets(KeyCrypto):
                 versions.append(SecretVersion(rec.secret_id, token, now, (CURRENT,),
                                               self._seal_value(rec, token, value[0]), value[1]))
             try:
-                self._store.insert_secret(rec, versions)
+                self._secret_insert(rec, versions)
             except E.AlreadyExists:
                 found = self._store.find_secret(self.instance_name, name=name)
                 if found is None:
@@ -587,7 +627,7 @@ class Secrets(KeyCrypto):
                     changed = move_stages(versions, move_to_version_id, (version_stage,))
                 new = rec.evolve(last_changed=self.kms.now())
                 try:
-                    self._store.update_secret(rec, new, changed)
+                    self._secret_update(rec, new, changed)
                 except Conflict:
                     fresh = self._store.get_secret(rec.secret_id)
                     if fresh is None:
@@ -616,7 +656,7 @@ class Secrets(KeyCrypto):
             if force_delete_without_recovery:
                 for _ in range(CAS_ATTEMPTS):
                     try:
-                        self._store.purge_secret(rec)
+                        self._secret_purge(rec)
                         break
                     except Conflict:
                         rec = self._secret_find(secret_id)
@@ -797,7 +837,7 @@ class Secrets(KeyCrypto):
             new = rec.evolve(rotation_enabled=False, next_rotation=None)
             changed = [pending.with_stages(tuple(s for s in pending.stages if s != PENDING))] \
                 if pending is not None else []
-            self._store.update_secret(rec, new, changed)
+            self._secret_update(rec, new, changed)
             self._audit_secret("CancelRotateSecret", new)
             return new, pending.version_id if pending is not None else None
 

@@ -170,7 +170,7 @@ def _finish(sm: Secrets, rec: SecretRecord, version_id: str) -> SecretRecord:
         new = rec.evolve(last_rotated=now, last_changed=now, rotation_error=None,
                          next_rotation=nxt)
         try:
-            store.update_secret(rec, new, list(changed.values()))
+            sm._secret_update(rec, new, list(changed.values()))
             return new
         except Conflict:
             fresh = store.get_secret(rec.secret_id)
@@ -188,7 +188,7 @@ def _record_failure(sm: Secrets, rec: SecretRecord, reason: str) -> None:
         if fresh is None:
             return
         try:
-            sm._store.update_secret(fresh, fresh.evolve(rotation_error=reason[:1024]))
+            sm._secret_update(fresh, fresh.evolve(rotation_error=reason[:1024]))
             return
         except Conflict:
             continue
