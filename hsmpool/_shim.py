@@ -6,7 +6,7 @@ forwards every call to a *real* module. It fixes two things for the pool:
 * python-pkcs11 calls ``C_Initialize(NULL)``; the shim turns that into
   ``C_Initialize({flags=CKF_OS_LOCKING_OK})`` so modules such as SoftHSM2 lock internally and
   survive concurrent sessions;
-* fault injection for tests (``HSMPOOL_P11_FAULTS``, see :mod:`hsmpool.faults`).
+* fault injection for tests (``HSMPOOL_P11_FAULTS``, see tests/faults.py).
 
 A shared object is mapped only once per process (glibc deduplicates by inode), so one shim file
 cannot front two different real modules. :func:`shim_for` therefore gives every real module

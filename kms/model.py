@@ -257,12 +257,3 @@ class ImportToken:
     wrapping_blob: bytes
     public_key: bytes
     expires: float
-
-
-@dataclass(frozen=True, slots=True)
-class Page:
-    """A page of a list operation; ``next_marker`` is None on the last page."""
-
-    items: tuple[object, ...]
-    next_marker: str | None = None
-    extra: Mapping[str, object] = field(default_factory=dict)

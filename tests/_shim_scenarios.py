@@ -25,7 +25,7 @@ import pkcs11
 from pkcs11 import Attribute, KeyType, Mechanism
 from pkcs11.util.ec import encode_named_curve_parameters
 
-from hsmpool.faults import FaultInjector
+from tests.faults import FaultInjector
 
 Args = dict[str, Any]
 

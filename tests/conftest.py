@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from hsmpool.faults import FaultInjector
+from tests.faults import FaultInjector
 from tests.postgres import PostgresCluster
 from tests.postgres import available as postgres_available
 from tests.postgres import cluster as postgres_cluster

@@ -1,4 +1,5 @@
-"""The PKCS#11 shim (native/p11shim.c), its loader (hsmpool._shim) and hsmpool.faults.
+"""The PKCS#11 shim (native/p11shim.c), its loader (hsmpool._shim) and the fault injector
+(tests/faults.py).
 
 Everything runs against real SoftHSM2 tokens made by softhsm-config/make-tokens.sh. A module is
 initialised once per process, so each scenario that loads one runs in its own interpreter
@@ -22,7 +23,7 @@ import pytest
 
 from hsmpool import _shim
 from hsmpool._shim import shim_for, shim_library
-from hsmpool.faults import FaultInjector
+from tests.faults import FaultInjector
 
 ROOT = Path(__file__).resolve().parent.parent
 SOFTHSM = "/usr/lib/softhsm/libsofthsm2.so"

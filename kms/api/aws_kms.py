@@ -14,7 +14,7 @@ import base64
 import binascii
 import logging
 from collections.abc import Callable, Mapping
-from typing import Any, Final
+from typing import Any, Final, Literal, overload
 
 import orjson
 
@@ -77,12 +77,21 @@ def _str(body: Body, name: str, required: bool = True, default: str | None = Non
 
 
 def _req(body: Body, name: str) -> str:
-    v = _str(body, name)
-    assert v is not None
+    """A required string field."""
+    v = body.get(name)
+    if v is None:
+        raise E.Validation(f"1 validation error detected: '{name}' must not be null")
+    if not isinstance(v, str):
+        raise E.Validation(f"'{name}' must be a string")
     return v
 
 
+@overload
+def _int(body: Body, name: str, default: int) -> int: ...
+@overload
+def _int(body: Body, name: str, default: None = None) -> int | None: ...
 def _int(body: Body, name: str, default: int | None = None) -> int | None:
+    """An integer field (``default`` when absent: with a default, never None)."""
     v = body.get(name)
     if v is None:
         return default
@@ -91,7 +100,12 @@ def _int(body: Body, name: str, default: int | None = None) -> int | None:
     return v
 
 
+@overload
+def _blob(body: Body, name: str, required: Literal[True] = True) -> bytes: ...
+@overload
+def _blob(body: Body, name: str, required: bool) -> bytes | None: ...
 def _blob(body: Body, name: str, required: bool = True) -> bytes | None:
+    """A base64 field, decoded (required by default: then never None)."""
     v = body.get(name)
     if v is None:
         if required:
@@ -214,7 +228,6 @@ def describe_key(c: KmsClient, b: Body) -> dict[str, Any]:
 
 def list_keys(c: KmsClient, b: Body) -> dict[str, Any]:
     limit = _int(b, "Limit", 100)
-    assert limit is not None
     page = c.list_keys(limit, _str(b, "Marker", False))
     return _page([{"KeyId": r.key_id, "KeyArn": r.arn} for r in page.items], "Keys",
                  page.next_marker)
@@ -232,7 +245,6 @@ def disable_key(c: KmsClient, b: Body) -> dict[str, Any]:
 
 def schedule_key_deletion(c: KmsClient, b: Body) -> dict[str, Any]:
     days = _int(b, "PendingWindowInDays", 30)
-    assert days is not None
     rec = c.schedule_key_deletion(_req(b, "KeyId"), days)
     return {"KeyId": rec.arn, "DeletionDate": rec.deletion_date, "KeyState": rec.state.value,
             "PendingWindowInDays": days}
@@ -304,7 +316,6 @@ def delete_alias(c: KmsClient, b: Body) -> dict[str, Any]:
 
 def list_aliases(c: KmsClient, b: Body) -> dict[str, Any]:
     limit = _int(b, "Limit", 100)
-    assert limit is not None
     page = c.list_aliases(_str(b, "KeyId", False), limit, _str(b, "Marker", False))
     items = [{"AliasName": a.name, "AliasArn": c.kms.alias_arn(a.instance, a.name),
               "TargetKeyId": a.key_id, "CreationDate": a.created,
@@ -317,7 +328,6 @@ def list_aliases(c: KmsClient, b: Body) -> dict[str, Any]:
 
 def enable_key_rotation(c: KmsClient, b: Body) -> dict[str, Any]:
     period = _int(b, "RotationPeriodInDays", 365)
-    assert period is not None
     c.enable_key_rotation(_req(b, "KeyId"), period)
     return {}
 
@@ -352,7 +362,6 @@ def list_key_rotations(c: KmsClient, b: Body) -> dict[str, Any]:
 
 def encrypt(c: KmsClient, b: Body) -> dict[str, Any]:
     plaintext = _blob(b, "Plaintext")
-    assert plaintext is not None
     r = c.encrypt(_req(b, "KeyId"), plaintext, _ctx(b),
                   _str(b, "EncryptionAlgorithm", False) or "SYMMETRIC_DEFAULT",
                   grant_tokens=_grant_tokens(b))
@@ -362,7 +371,6 @@ def encrypt(c: KmsClient, b: Body) -> dict[str, Any]:
 
 def decrypt(c: KmsClient, b: Body) -> dict[str, Any]:
     blob = _blob(b, "CiphertextBlob")
-    assert blob is not None
     r = c.decrypt(blob, _ctx(b), _str(b, "KeyId", False),
                   _str(b, "EncryptionAlgorithm", False) or "SYMMETRIC_DEFAULT",
                   grant_tokens=_grant_tokens(b))
@@ -372,7 +380,6 @@ def decrypt(c: KmsClient, b: Body) -> dict[str, Any]:
 
 def re_encrypt(c: KmsClient, b: Body) -> dict[str, Any]:
     blob = _blob(b, "CiphertextBlob")
-    assert blob is not None
     r, source = c.re_encrypt(blob, _req(b, "DestinationKeyId"), _ctx(b, "SourceEncryptionContext"),
                              _ctx(b, "DestinationEncryptionContext"),
                              _str(b, "SourceKeyId", False), grant_tokens=_grant_tokens(b))
@@ -422,7 +429,6 @@ def generate_data_key_pair_without_plaintext(c: KmsClient, b: Body) -> dict[str,
 
 def sign(c: KmsClient, b: Body) -> dict[str, Any]:
     msg = _blob(b, "Message")
-    assert msg is not None
     alg = _req(b, "SigningAlgorithm")
     sig, arn = c.sign(_req(b, "KeyId"), msg, alg, _str(b, "MessageType", False) or "RAW",
                       grant_tokens=_grant_tokens(b))
@@ -431,7 +437,6 @@ def sign(c: KmsClient, b: Body) -> dict[str, Any]:
 
 def verify(c: KmsClient, b: Body) -> dict[str, Any]:
     msg, sig = _blob(b, "Message"), _blob(b, "Signature")
-    assert msg is not None and sig is not None
     alg = _req(b, "SigningAlgorithm")
     arn = c.verify(_req(b, "KeyId"), msg, sig, alg, _str(b, "MessageType", False) or "RAW",
                    grant_tokens=_grant_tokens(b))
@@ -452,7 +457,6 @@ def get_public_key(c: KmsClient, b: Body) -> dict[str, Any]:
 
 def generate_mac(c: KmsClient, b: Body) -> dict[str, Any]:
     msg = _blob(b, "Message")
-    assert msg is not None
     alg = _req(b, "MacAlgorithm")
     mac, arn = c.generate_mac(_req(b, "KeyId"), msg, alg, grant_tokens=_grant_tokens(b))
     return {"Mac": _b64(mac), "MacAlgorithm": alg, "KeyId": arn}
@@ -460,7 +464,6 @@ def generate_mac(c: KmsClient, b: Body) -> dict[str, Any]:
 
 def verify_mac(c: KmsClient, b: Body) -> dict[str, Any]:
     msg, mac = _blob(b, "Message"), _blob(b, "Mac")
-    assert msg is not None and mac is not None
     alg = _req(b, "MacAlgorithm")
     arn = c.verify_mac(_req(b, "KeyId"), msg, mac, alg, grant_tokens=_grant_tokens(b))
     return {"KeyId": arn, "MacValid": True, "MacAlgorithm": alg}
@@ -477,32 +480,24 @@ def generate_random(c: KmsClient, b: Body) -> dict[str, Any]:
 
 
 def get_parameters_for_import(c: KmsClient, b: Body) -> dict[str, Any]:
-    fn = getattr(c, "get_parameters_for_import", None)
-    if fn is None:
-        raise E.UnsupportedOperation("key import is not available")
-    p = fn(_req(b, "KeyId"), _req(b, "WrappingAlgorithm"), _req(b, "WrappingKeySpec"))
+    p = c.get_parameters_for_import(_req(b, "KeyId"), _req(b, "WrappingAlgorithm"),
+                                    _req(b, "WrappingKeySpec"))
     return {"KeyId": p.key_id, "ImportToken": _b64(p.import_token),
             "PublicKey": _b64(p.public_key), "ParametersValidTo": p.parameters_valid_to}
 
 
 def import_key_material(c: KmsClient, b: Body) -> dict[str, Any]:
-    fn = getattr(c, "import_key_material", None)
-    if fn is None:
-        raise E.UnsupportedOperation("key import is not available")
     token, material = _blob(b, "ImportToken"), _blob(b, "EncryptedKeyMaterial")
     valid_to = b.get("ValidTo")
     if valid_to is not None and not isinstance(valid_to, int | float):
         raise E.Validation("'ValidTo' must be a timestamp")
-    fn(_req(b, "KeyId"), token, material, valid_to,
-       _str(b, "ExpirationModel", False) or "KEY_MATERIAL_DOES_NOT_EXPIRE")
+    c.import_key_material(_req(b, "KeyId"), token, material, valid_to,
+                          _str(b, "ExpirationModel", False) or "KEY_MATERIAL_DOES_NOT_EXPIRE")
     return {}
 
 
 def delete_imported_key_material(c: KmsClient, b: Body) -> dict[str, Any]:
-    fn = getattr(c, "delete_imported_key_material", None)
-    if fn is None:
-        raise E.UnsupportedOperation("key import is not available")
-    fn(_req(b, "KeyId"))
+    c.delete_imported_key_material(_req(b, "KeyId"))
     return {}
 
 
@@ -557,7 +552,6 @@ def create_grant(c: KmsClient, b: Body) -> dict[str, Any]:
 
 def list_grants(c: KmsClient, b: Body) -> dict[str, Any]:
     limit = _int(b, "Limit", 50)
-    assert limit is not None
     page = c.list_grants(_req(b, "KeyId"), limit, _str(b, "Marker", False),
                          grant_id=_str(b, "GrantId", False),
                          grantee_principal=_str(b, "GranteePrincipal", False))
@@ -566,7 +560,6 @@ def list_grants(c: KmsClient, b: Body) -> dict[str, Any]:
 
 def list_retirable_grants(c: KmsClient, b: Body) -> dict[str, Any]:
     limit = _int(b, "Limit", 50)
-    assert limit is not None
     page = c.list_retirable_grants(_req(b, "RetiringPrincipal"), limit,
                                    _str(b, "Marker", False))
     return _grant_page(c, page.items, page.next_marker)

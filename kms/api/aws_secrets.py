@@ -265,7 +265,6 @@ def get_random_password(c: KmsClient, b: Body) -> dict[str, Any]:
         ("include_space", "IncludeSpace"))}
     require = b.get("RequireEachIncludedType", True)
     length = _int(b, "PasswordLength", 32)
-    assert length is not None
     return {"RandomPassword": c.get_random_password(
         length, exclude_characters=_str(b, "ExcludeCharacters", False, "") or "",
         require_each_included_type=require, **flags)}

@@ -23,8 +23,8 @@ from typing import Any
 
 import pytest
 
-from hsmpool.faults import FaultInjector
 from kms import Kms
+from tests.faults import FaultInjector
 from tests.server.conftest import Cred, Server
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -19,8 +19,8 @@ from hsmpool import (
     UnsupportedOperationError,
 )
 from hsmpool import _p11 as p
-from hsmpool.faults import FaultInjector
 from tests.conftest import ROOT, pool_toml
+from tests.faults import FaultInjector
 
 
 def _ock() -> dict[str, str]:

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from hsmpool import KeySpec, Pool, SignAlgorithm
-from hsmpool.faults import FaultInjector
 from hsmpool.instance import Instance
 from tests.conftest import pool_toml
+from tests.faults import FaultInjector
 
 
 @pytest.fixture(scope="module")

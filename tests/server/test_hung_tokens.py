@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from hsmpool.faults import FaultInjector
+from tests.faults import FaultInjector
 from tests.server.conftest import (
     Server,
     create_credential,

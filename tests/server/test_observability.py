@@ -24,7 +24,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from hsmpool.faults import FaultInjector
+from tests.faults import FaultInjector
 from tests.server.conftest import (
     REGION,
     Cred,

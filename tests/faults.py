@@ -1,4 +1,5 @@
-"""Fault injection for tests, driven through the native PKCS#11 shim.
+"""Fault injection for tests, driven through the native PKCS#11 shim (test tooling: it is
+not shipped in the package).
 
 The shim (see :mod:`hsmpool._shim`) reads the environment variable ``HSMPOOL_P11_FAULTS``
 **when the module is initialised** (``C_Initialize``). If it names a file, every call that
@@ -106,7 +107,7 @@ class FaultInjector:
             return {k: (r.kind, r.every, r.hang_ms) for k, r in self._rules.items()}
 
     def _render(self) -> str:
-        lines = ["# hsmpool fault rules (written by hsmpool.faults.FaultInjector)"]
+        lines = ["# hsmpool fault rules (written by tests/faults.py FaultInjector)"]
         for label, rule in self._rules.items():
             line = f"label={_label_field(label)} fault={rule.kind} every={rule.every}"
             if rule.kind == "hang":
