@@ -25,6 +25,7 @@ import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Final
 
+from kms.api.alibaba import AlibabaFrontend
 from kms.api.auth import Authenticator
 from kms.api.aws_kms import AwsKmsFrontend
 from kms.api.aws_secrets import AwsSecretsFrontend
@@ -73,7 +74,8 @@ class KmsApp:
         self.console = ConsoleFrontend(kms, self.auth, self.metrics)
         self.metrics.tick_hooks.append(PeerEjections(kms, self.metrics).tick)
         self.pipeline = Pipeline(
-            [AwsKmsFrontend(self.auth), AwsSecretsFrontend(self.auth), self.console],
+            [AwsKmsFrontend(self.auth), AwsSecretsFrontend(self.auth),
+             AlibabaFrontend(self.auth), self.console],
             self.metrics,
             Limits(server.rate_limit, server.rate_burst, server.max_blocking_per_principal),
             server.request_timeout, trusted_proxies=server.proxy_networks)

@@ -154,6 +154,11 @@ class KeyCrypto(Caller):
         if wanted.key_id != rec.key_id:
             raise E.IncorrectKey("the ciphertext was not made with the given key")
 
+    def ciphertext_version(self, blob: bytes) -> str:
+        """The key version id a symmetric ciphertext of this service names (no check of
+        its integrity: that is Decrypt's)."""
+        return ctf.parse(blob).version_id
+
     def encrypt(self, key_id: str, plaintext: bytes,
                 encryption_context: Mapping[str, str] | None = None,
                 encryption_algorithm: str = "SYMMETRIC_DEFAULT", *,

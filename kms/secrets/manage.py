@@ -329,7 +329,12 @@ class Secrets(KeyCrypto):
                                "used") from None
 
     def _reveal_value(self, rec: SecretRecord, v: SecretVersion) -> bytes:
-        keys, _ = self._secret_keys(rec)
+        if rec.kms_key_id is None:
+            # The default key is the service's own: its data key is opened without a second
+            # audit record (the secret operation's record names the secret and version).
+            keys: Any = _ServiceDecrypt(self._service_client())
+        else:
+            keys = self
         return envelope.open_(keys, rec.arn, v.version_id, v.envelope)
 
     def _secret_key_check(self, kms_key_id: object) -> str | None:
@@ -846,6 +851,25 @@ class Secrets(KeyCrypto):
 
 
 # --- helpers ----------------------------------------------------------------------------
+
+
+class _ServiceDecrypt:
+    """Decrypt of a data key under the default secrets key, as the service (no principal,
+    so no policy decision) and without an audit record of its own."""
+
+    def __init__(self, service: Any) -> None:
+        self.service = service
+
+    def decrypt(self, ciphertext_blob: bytes,
+                encryption_context: Mapping[str, str] | None = None) -> Any:
+        _, _, plaintext = self.service._open(ciphertext_blob, encryption_context,
+                                             "kms:Decrypt", None)
+        return _Plain(plaintext)
+
+
+@dataclass(frozen=True, slots=True)
+class _Plain:
+    plaintext: bytes
 
 
 def _max_results(value: object, cap: int) -> int:
