@@ -48,7 +48,7 @@ from kms.keys.lifecycle import DAY, KeyLifecycle, check_key_policy, default_key_
 from kms.keys.material import VersionCache, backend, pool_error
 from kms.model import Grant, KeyRecord, KeyState, KeyVersion
 from kms.policy import Authorizer, KeyPolicy, PolicyError
-from kms.secrets.cache import SecretCache
+from kms.secrets.cache import DataKeyCache, SecretCache
 from kms.secrets.manage import Secrets
 from kms.store import Conflict, MetadataStore, Store
 
@@ -122,6 +122,7 @@ class Kms:
         #: Per instance, the key id of its default secrets key (kms.secrets.manage).
         self.default_secret_keys: dict[str, str] = {}
         self.secret_cache = SecretCache()
+        self.data_keys = DataKeyCache()
         self._cache_lock = threading.Lock()
         # Read-modify-write of key records: one at a time in this process, so that threads
         # do not exhaust each other's compare-and-swap retries (left for other processes).
@@ -242,6 +243,7 @@ class Kms:
             self._grants.clear()
             self._versions.clear()  # blobs can be shredded or restored by another process
         self.secret_cache.clear()
+        self.data_keys.clear()
         self._forget_decisions()  # key policies, aliases or grants may have changed
 
     @property

@@ -50,3 +50,33 @@ class SecretCache:
                 if len(self._versions) >= MAX_ENTRIES:
                     self._versions.clear()
                 self._versions[secret_id] = versions
+
+
+class DataKeyCache:
+    """Data keys of secret versions sealed under the instance's default secrets key, kept
+    for ``ttl`` seconds so that a hot GetSecretValue does not go to a token each time (the
+    token's key stays in the token; this is the version's own 256-bit data key, as
+    GenerateDataKey hands out). Bounded; cleared with the secret cache; never used for a
+    secret under a customer's key (its caller's kms:Decrypt is checked every time)."""
+
+    def __init__(self, ttl: float = 300.0, max_entries: int = MAX_ENTRIES) -> None:
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._keys: dict[tuple[str, str], tuple[bytes, float]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, secret_id: str, version_id: str, now: float) -> bytes | None:
+        hit = self._keys.get((secret_id, version_id))
+        if hit is None or now > hit[1]:
+            return None
+        return hit[0]
+
+    def put(self, secret_id: str, version_id: str, data_key: bytes, now: float) -> None:
+        with self._lock:
+            if len(self._keys) >= self.max_entries:
+                self._keys.clear()
+            self._keys[(secret_id, version_id)] = (data_key, now + self.ttl)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._keys.clear()

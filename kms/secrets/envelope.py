@@ -28,15 +28,19 @@ FORMAT: Final = 1
 NONCE: Final = 12
 
 
-class KeyCaller(Protocol):
+class Decrypter(Protocol):
+    """What opening an envelope needs: Decrypt (of a :class:`kms.KmsClient`)."""
+
+    def decrypt(self, ciphertext_blob: bytes,
+                encryption_context: Mapping[str, str] | None = None) -> DecryptResult: ...
+
+
+class KeyCaller(Decrypter, Protocol):
     """The two key operations an envelope needs (a :class:`kms.KmsClient`)."""
 
     def generate_data_key(self, key_id: str, key_spec: str | None = None,
                           number_of_bytes: int | None = None,
                           encryption_context: Mapping[str, str] | None = None) -> DataKey: ...
-
-    def decrypt(self, ciphertext_blob: bytes,
-                encryption_context: Mapping[str, str] | None = None) -> DecryptResult: ...
 
 
 def context(arn: str, version_id: str) -> dict[str, str]:
@@ -58,9 +62,16 @@ def seal(keys: KeyCaller, key_id: str, arn: str, version_id: str, value: bytes) 
     return struct.pack(">BH", FORMAT, len(wrapped)) + wrapped + nonce + body
 
 
-def open_(keys: KeyCaller, arn: str, version_id: str, envelope: bytes) -> bytes:
+def open_(keys: Decrypter, arn: str, version_id: str, envelope: bytes) -> bytes:
     """The value; :class:`kms.errors.InvalidCiphertext` if the envelope is not this
     version's (tampered, or moved)."""
+    return open_with_key(keys, arn, version_id, envelope)[0]
+
+
+def open_with_key(keys: Decrypter | None, arn: str, version_id: str, envelope: bytes,
+                  data_key: bytes | None = None) -> tuple[bytes, bytes]:
+    """(value, data key): with ``data_key`` given (remembered from an earlier opening) no
+    key operation runs; else ``keys.decrypt`` opens the wrapped data key."""
     if len(envelope) < 3 or envelope[0] != FORMAT:
         raise E.InvalidCiphertext("the stored secret value is not valid")
     (n,) = struct.unpack_from(">H", envelope, 1)
@@ -69,9 +80,11 @@ def open_(keys: KeyCaller, arn: str, version_id: str, envelope: bytes) -> bytes:
     body = envelope[3 + n + NONCE:]
     if len(wrapped) != n or len(nonce) != NONCE or len(body) < 16:
         raise E.InvalidCiphertext("the stored secret value is not valid")
-    ctx = context(arn, version_id)
-    data_key = keys.decrypt(wrapped, encryption_context=ctx).plaintext
+    if data_key is None:
+        if keys is None:
+            raise ValueError("no data key and no key caller")
+        data_key = keys.decrypt(wrapped, encryption_context=context(arn, version_id)).plaintext
     try:
-        return AESGCM(data_key).decrypt(nonce, body, _aad(arn, version_id))
+        return AESGCM(data_key).decrypt(nonce, body, _aad(arn, version_id)), data_key
     except InvalidTag:
         raise E.InvalidCiphertext("the stored secret value is not valid") from None

@@ -23,6 +23,7 @@ import base64
 import hmac
 import re
 import secrets as _random
+import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -30,8 +31,8 @@ from typing import Any, Final
 
 from kms import errors as E
 from kms.caller import any_state, declare
-from kms.keys.crypto import KeyCrypto
-from kms.model import AliasRecord
+from kms.keys.crypto import DecryptResult, KeyCrypto
+from kms.model import AliasRecord, KeyState
 from kms.secrets import envelope
 from kms.secrets.model import CURRENT, PENDING, PREVIOUS, SecretRecord, SecretVersion
 from kms.secrets.passwords import PasswordError, random_password
@@ -329,13 +330,24 @@ class Secrets(KeyCrypto):
                                "used") from None
 
     def _reveal_value(self, rec: SecretRecord, v: SecretVersion) -> bytes:
-        if rec.kms_key_id is None:
-            # The default key is the service's own: its data key is opened without a second
-            # audit record (the secret operation's record names the secret and version).
-            keys: Any = _ServiceDecrypt(self._service_client())
-        else:
-            keys = self
-        return envelope.open_(keys, rec.arn, v.version_id, v.envelope)
+        if rec.kms_key_id is not None:
+            return envelope.open_(self, rec.arn, v.version_id, v.envelope)
+        # The default key is the service's own: its data key is opened without a second
+        # audit record (the secret operation's record names the secret and version), and
+        # remembered for a while (kms.secrets.cache.DataKeyCache) while that key is enabled.
+        kms = self.kms
+        key = kms._key(self._default_secret_key())
+        if key is None or key.state is not KeyState.ENABLED:
+            return envelope.open_(_ServiceDecrypt(self._service_client()), rec.arn,
+                                  v.version_id, v.envelope)  # fails with the key's reason
+        now = time.monotonic()
+        known = kms.data_keys.get(rec.secret_id, v.version_id, now)
+        value, data_key = envelope.open_with_key(
+            None if known is not None else _ServiceDecrypt(self._service_client()),
+            rec.arn, v.version_id, v.envelope, known)
+        if known is None:
+            kms.data_keys.put(rec.secret_id, v.version_id, data_key, now)
+        return value
 
     def _secret_key_check(self, kms_key_id: object) -> str | None:
         if kms_key_id is None or kms_key_id == "":
@@ -861,15 +873,10 @@ class _ServiceDecrypt:
         self.service = service
 
     def decrypt(self, ciphertext_blob: bytes,
-                encryption_context: Mapping[str, str] | None = None) -> Any:
-        _, _, plaintext = self.service._open(ciphertext_blob, encryption_context,
-                                             "kms:Decrypt", None)
-        return _Plain(plaintext)
-
-
-@dataclass(frozen=True, slots=True)
-class _Plain:
-    plaintext: bytes
+                encryption_context: Mapping[str, str] | None = None) -> DecryptResult:
+        rec, v, plaintext = self.service._open(ciphertext_blob, encryption_context,
+                                               "kms:Decrypt", None)
+        return DecryptResult(plaintext, rec.arn, "SYMMETRIC_DEFAULT", v.version_id)
 
 
 def _max_results(value: object, cap: int) -> int:

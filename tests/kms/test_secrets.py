@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -164,6 +165,7 @@ def test_rotation_by_tag_and_a_failed_step_keeps_current(client: KmsClient) -> N
 def test_tampered_envelope_fails_closed(kms: Kms, client: KmsClient, tmp_path: Path) -> None:
     name = unique("tamper")
     client.create_secret(name, secret_string="sealed", client_request_token=TOKEN_A)
+    assert client.get_secret_value(name).string == "sealed"  # its data key now remembered
     db = sqlite3.connect(tmp_path / "kms.db")
     (blob,) = db.execute("SELECT envelope FROM secret_versions WHERE version_id = ?",
                          (TOKEN_A,)).fetchone()
@@ -172,6 +174,7 @@ def test_tampered_envelope_fails_closed(kms: Kms, client: KmsClient, tmp_path: P
     with db:
         db.execute("UPDATE secret_versions SET envelope = ? WHERE version_id = ?",
                    (bytes(flipped), TOKEN_A))
+    time.sleep(0.1)  # another connection's commit is seen within 50 ms (Kms._fresh)
     with pytest.raises(E.InvalidCiphertext):
         client.get_secret_value(name)
     # Moved to another secret: the envelope is bound to its secret and version.
@@ -180,6 +183,7 @@ def test_tampered_envelope_fails_closed(kms: Kms, client: KmsClient, tmp_path: P
     with db:
         db.execute("UPDATE secret_versions SET envelope = ? WHERE version_id = ?",
                    (blob, TOKEN_B))
+    time.sleep(0.1)
     with pytest.raises(E.InvalidCiphertext):
         client.get_secret_value(other)
 
@@ -279,3 +283,15 @@ def test_values_never_reach_the_audit_trail(kms: Kms, client: KmsClient,
                    for p in sorted(audit_dir.rglob("*")) if p.is_file())
     assert "secretsmanager:GetSecretValue" in text and name in text
     assert "MARKER-" not in text
+
+
+def test_the_default_key_disabled_stops_reads_even_when_warm(client: KmsClient) -> None:
+    name = unique("warm")
+    client.create_secret(name, secret_string="hot")
+    assert client.get_secret_value(name).string == "hot"  # warm: no token call next time
+    default = client.describe_key("alias/aws/secretsmanager")
+    client.disable_key(default.key_id)
+    with pytest.raises(E.Disabled):
+        client.get_secret_value(name)
+    client.enable_key(default.key_id)
+    assert client.get_secret_value(name).string == "hot"
