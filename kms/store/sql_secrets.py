@@ -1,16 +1,15 @@
-"""The secrets manager's tables in the SQLite store (:class:`kms.store.SecretStore`).
+"""The secrets manager's part of the store's SQL (:class:`kms.store.SecretStore`).
 
-A mixin of :class:`kms.store.sqlite.SqliteStore` (its connection, lock and transactions);
-the tables are made by its migration 7.
+A mixin of :class:`kms.store.sql.SqlStore` (its engine's transactions and reads); the tables
+are made by SQLite's migration 7 (:data:`MIGRATION`) and PostgreSQL's schema.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from kms.errors import AlreadyExists
 from kms.secrets.model import SecretRecord, SecretVersion
@@ -65,7 +64,7 @@ def _row(r: SecretRecord) -> tuple[Any, ...]:
             r.last_rotated, r.next_rotation, r.rotation_error, r.policy)
 
 
-def _secret_from(row: sqlite3.Row) -> SecretRecord:
+def _secret_from(row: Any) -> SecretRecord:
     return SecretRecord(
         secret_id=row["secret_id"], instance=row["instance"], name=row["name"],
         arn=row["arn"], created=row["created"], revision=row["revision"],
@@ -78,7 +77,7 @@ def _secret_from(row: sqlite3.Row) -> SecretRecord:
         policy=row["policy"])
 
 
-def _version_from(row: sqlite3.Row) -> SecretVersion:
+def _version_from(row: Any) -> SecretVersion:
     stages = row["stages"]
     return SecretVersion(secret_id=row["secret_id"], version_id=row["version_id"],
                          created=row["created"],
@@ -86,7 +85,7 @@ def _version_from(row: sqlite3.Row) -> SecretVersion:
                          envelope=bytes(row["envelope"]), binary=bool(row["binary"]))
 
 
-def _put_versions(db: sqlite3.Connection, secret_id: str,
+def _put_versions(db: Any, secret_id: str,
                   versions: Sequence[SecretVersion]) -> None:
     for v in versions:
         if v.secret_id != secret_id:
@@ -97,13 +96,14 @@ def _put_versions(db: sqlite3.Connection, secret_id: str,
                     int(v.binary)))
 
 
-class SqliteSecrets:
+class SqlSecrets:
     """Secrets and secret versions (see :class:`kms.store.SecretStore`)."""
 
-    transaction: Callable[[], AbstractContextManager[sqlite3.Connection]]
-    _read: Callable[[Callable[[sqlite3.Connection], Any]], Any]
+    IntegrityError: ClassVar[type[Exception]]
+    transaction: Callable[[], AbstractContextManager[Any]]
+    _read: Callable[[Callable[[Any], Any]], Any]
 
-    def _swap_secret(self, db: sqlite3.Connection, old: SecretRecord,
+    def _swap_secret(self, db: Any, old: SecretRecord,
                      new: SecretRecord) -> None:
         if new.secret_id != old.secret_id or new.revision <= old.revision:
             raise ValueError("a secret change needs a later revision of the same secret")
@@ -118,7 +118,7 @@ class SqliteSecrets:
             with self.transaction() as db:
                 db.execute(f"INSERT INTO secrets VALUES ({_PLACES})", _row(record))
                 _put_versions(db, record.secret_id, versions)
-        except sqlite3.IntegrityError:
+        except self.IntegrityError:
             raise AlreadyExists(f"a secret named {record.name!r} already exists") from None
 
     def update_secret(self, old: SecretRecord, new: SecretRecord,
