@@ -3,7 +3,8 @@
 ::
 
     [kms]
-    database = "kms.db"          # SQLite metadata file, relative to the config file
+    database = "kms.db"          # SQLite metadata file, relative to the config file,
+                                 # or postgresql://user:password@host:port/dbname
     audit_dir = "audit"          # hash-chained audit segments
     region = "us-east-1"         # used in ARNs
     max_plaintext = 4096         # Encrypt limit, bytes (AWS: 4096)
@@ -217,7 +218,7 @@ def parse_kms_settings(doc: Mapping[str, Any], base: Path) -> KmsSettings:
 
     def path(value: object, default: str) -> str:
         s = str(value if value is not None else default)
-        if s == ":memory:":
+        if s == ":memory:" or s.startswith(("postgresql://", "postgres://")):
             return s
         p = Path(os.path.expanduser(s))
         return str(p if p.is_absolute() else base / p)

@@ -50,7 +50,7 @@ from kms.model import Grant, KeyRecord, KeyState, KeyVersion
 from kms.policy import Authorizer, KeyPolicy, PolicyError
 from kms.secrets.cache import DataKeyCache, SecretCache
 from kms.secrets.manage import Secrets
-from kms.store import Conflict, MetadataStore, Store
+from kms.store import Conflict, MetadataStore, open_store
 
 __all__ = [
     "DURABLE_ACTIONS", "DataKey", "DataKeyPair", "DecryptResult", "EncryptResult", "Kms",
@@ -144,7 +144,7 @@ class Kms:
         pool_cfg, settings = load(config_path)
         pool = Pool(pool_cfg)
         try:
-            store = Store(settings.database)
+            store = open_store(settings.database)
             audit = None
             if settings.audit_dir is not None:
                 from kms.audit import AuditLog

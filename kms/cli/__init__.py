@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     from kms.fileenc import FileResult
     from kms.model import AliasRecord, KeyRecord
     from kms.service import Kms, KmsClient
-    from kms.store import Store
+    from kms.store import MetadataStore
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,14 +105,14 @@ def open_service(config: str) -> Kms:
     from kms.audit import open_cli_log
     from kms.config import load
     from kms.service import Kms
-    from kms.store import Store
+    from kms.store import open_store
 
     pool_cfg, settings = load(config)
     pool = Pool(degraded_default(pool_cfg))  # a token that is down: the others serve
-    store: Store | None = None
+    store: MetadataStore | None = None
     audit: AuditLog | None = None
     try:
-        store = Store(settings.database)
+        store = open_store(settings.database)
         if settings.audit_dir is not None:
             audit = open_cli_log(settings.audit_dir)
         return Kms(pool, store, settings, audit=audit, owns_pool=True)
@@ -127,16 +127,16 @@ def open_service(config: str) -> Kms:
 
 @contextlib.contextmanager
 def open_records(config: str, *, audit: bool = True
-                 ) -> Iterator[tuple[Store, AuditLog | None]]:
+                 ) -> Iterator[tuple[MetadataStore, AuditLog | None]]:
     """The metadata store and (with ``audit``) a CLI audit log of ``config``, without the
     HSM pool (for commands that read or change only metadata: a leaked access key can be
     disabled while every token is down)."""
     from kms.audit import open_cli_log
     from kms.config import load
-    from kms.store import Store
+    from kms.store import open_store
 
     settings = load(config)[1]
-    store = Store(settings.database)
+    store = open_store(settings.database)
     try:
         log = None if settings.audit_dir is None or not audit else open_cli_log(
             settings.audit_dir)

@@ -132,7 +132,7 @@ def open_service(pool_cfg: PoolConfig, settings: KmsSettings, *, segment: str,
     from hsmpool import Pool
     from kms.audit import AuditError, AuditLog
     from kms.service import Kms
-    from kms.store import Store
+    from kms.store import open_store, redacted
 
     try:
         pool = Pool(pool_cfg)
@@ -143,9 +143,12 @@ def open_service(pool_cfg: PoolConfig, settings: KmsSettings, *, segment: str,
     store = None
     try:
         try:
-            store = Store(settings.database)
+            store = open_store(settings.database)
         except (sqlite3.Error, OSError) as exc:
             raise StartupError(f"cannot open the store {settings.database!r}: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - PostgreSQL: the driver's errors, one line
+            raise StartupError(f"cannot open the store {redacted(settings.database)}: "
+                               f"{type(exc).__name__}: {str(exc).strip()[:200]}") from None
         audit = None
         if settings.audit_dir is not None:
             try:

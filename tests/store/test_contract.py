@@ -39,13 +39,27 @@ def _sqlite(tmp_path: Path) -> Opener:
     return lambda: SqliteStore(path)
 
 
-ENGINES: dict[str, Callable[[Path], Opener]] = {"sqlite": _sqlite}
+def _postgresql(tmp_path: Path, request: pytest.FixtureRequest) -> Opener:
+    """A fresh database of the session's throw-away PostgreSQL cluster per test."""
+    from kms.store.postgres import PostgresStore
+
+    pg = request.getfixturevalue("postgres")
+    name = f"contract_{uuid.uuid4().hex[:12]}"
+    pg.execute(f"CREATE DATABASE {name}")
+    url = f"postgresql://{pg.user}:{pg.password}@{pg.host}:{pg.port}/{name}"
+    return lambda: PostgresStore(url)
+
+
+ENGINES: dict[str, Callable[[Path, pytest.FixtureRequest], Opener]] = {
+    "sqlite": lambda tmp_path, _request: _sqlite(tmp_path),
+    "postgresql": _postgresql,
+}
 
 
 @pytest.fixture(params=sorted(ENGINES))
 def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
     opened: list[MetadataStore] = []
-    make = ENGINES[request.param](tmp_path)
+    make = ENGINES[request.param](tmp_path, request)
 
     def open_store() -> MetadataStore:
         s = make()

@@ -1,0 +1,207 @@
+"""The PostgreSQL metadata store, for several nodes on one database (``[kms] database =
+"postgresql://..."``).
+
+The same SQL as every engine (:class:`kms.store.sql.SqlStore`) over psycopg 3 connections
+from a small pool: each write is one transaction, committed (and so durable, with the
+server's ``synchronous_commit``) before the method returns. Parameters written ``?``/``?N``
+are rewritten to psycopg's, and values are bound on the client side (so a NULL parameter
+needs no type). Text columns use the "C" collation, so pages come in the same byte order as
+in SQLite whatever the database's locale.
+
+The change token is a counter row bumped by every write transaction (another node's write
+moves it; so does this process's own, which only costs a cache refill). Schema migrations
+are versioned in ``store_schema`` and run under an advisory lock, so nodes starting together
+migrate once.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, Final, TypeVar
+
+from kms.store.sql import SqlStore
+
+T = TypeVar("T")
+
+_T: Final = 'TEXT COLLATE "C"'
+_F: Final = "DOUBLE PRECISION"
+
+#: The schema, by version (each entry a list of statements). Version 1 is the SQLite
+#: schema after its seven migrations, column for column.
+MIGRATIONS: Final[list[list[str]]] = [[
+    f"""CREATE TABLE instances (
+        name {_T} PRIMARY KEY, account {_T} NOT NULL, created {_F} NOT NULL)""",
+    f"""CREATE TABLE keys (
+        key_id {_T} PRIMARY KEY, instance {_T} NOT NULL, arn {_T} NOT NULL,
+        spec {_T} NOT NULL, usage {_T} NOT NULL, origin {_T} NOT NULL, state {_T} NOT NULL,
+        created {_F} NOT NULL, description {_T} NOT NULL DEFAULT '', deletion_date {_F},
+        rotation_enabled INTEGER NOT NULL DEFAULT 0,
+        rotation_period_days INTEGER NOT NULL DEFAULT 365, next_rotation {_F},
+        primary_version {_T}, min_decrypt_version INTEGER NOT NULL DEFAULT 1,
+        tags {_T} NOT NULL DEFAULT '[]', policy {_T}, import_valid_to {_F},
+        revision BIGINT NOT NULL, material_salt BYTEA, material_id BYTEA, purged_at {_F})""",
+    "CREATE INDEX keys_by_instance ON keys (instance, key_id)",
+    "CREATE INDEX keys_due ON keys (state, next_rotation)",
+    f"""CREATE TABLE key_versions (
+        version_id {_T} PRIMARY KEY, key_id {_T} NOT NULL REFERENCES keys (key_id),
+        number INTEGER NOT NULL, created {_F} NOT NULL, blob BYTEA,
+        public_key BYTEA NOT NULL DEFAULT '\\x'::bytea, imported INTEGER NOT NULL DEFAULT 0,
+        UNIQUE (key_id, number))""",
+    f"""CREATE TABLE aliases (
+        instance {_T} NOT NULL, name {_T} NOT NULL, key_id {_T} NOT NULL REFERENCES keys (key_id),
+        created {_F} NOT NULL, updated {_F} NOT NULL, PRIMARY KEY (instance, name))""",
+    "CREATE INDEX aliases_by_key ON aliases (key_id)",
+    f"""CREATE TABLE import_tokens (
+        token_id {_T} PRIMARY KEY, key_id {_T} NOT NULL, wrapping_algorithm {_T} NOT NULL,
+        wrapping_key_spec {_T} NOT NULL, wrapping_blob BYTEA NOT NULL,
+        public_key BYTEA NOT NULL, expires {_F} NOT NULL)""",
+    f"""CREATE TABLE principals (
+        principal_id {_T} PRIMARY KEY, instance {_T} NOT NULL, name {_T} NOT NULL,
+        policies {_T} NOT NULL DEFAULT '[]', created {_F} NOT NULL, UNIQUE (instance, name))""",
+    f"""CREATE TABLE access_keys (
+        access_key_id {_T} PRIMARY KEY,
+        principal_id {_T} NOT NULL REFERENCES principals (principal_id),
+        secret_blob BYTEA NOT NULL, created {_F} NOT NULL, enabled INTEGER NOT NULL DEFAULT 1)""",
+    f"""CREATE TABLE grants (
+        grant_id {_T} PRIMARY KEY, key_id {_T} NOT NULL REFERENCES keys (key_id),
+        instance {_T} NOT NULL, name {_T}, grantee_id {_T} NOT NULL, grantee_arn {_T} NOT NULL,
+        retiring_id {_T}, retiring_arn {_T}, operations {_T} NOT NULL, subset {_T},
+        equals {_T}, token {_T} NOT NULL, issuing_account {_T} NOT NULL,
+        created {_F} NOT NULL)""",
+    "CREATE INDEX grants_by_key ON grants (key_id, grant_id)",
+    "CREATE INDEX grants_by_retiring ON grants (instance, retiring_id, grant_id)",
+    f"""CREATE TABLE leases (
+        name {_T} PRIMARY KEY, owner {_T} NOT NULL, expires {_F} NOT NULL)""",
+    f"""CREATE TABLE secrets (
+        secret_id {_T} PRIMARY KEY, instance {_T} NOT NULL, name {_T} NOT NULL,
+        arn {_T} NOT NULL UNIQUE, created {_F} NOT NULL, revision BIGINT NOT NULL,
+        description {_T} NOT NULL DEFAULT '', kms_key_id {_T}, tags {_T} NOT NULL DEFAULT '[]',
+        last_changed {_F}, deletion_date {_F}, rotator {_T}, rotation_rules {_T},
+        rotation_enabled INTEGER NOT NULL DEFAULT 0, last_rotated {_F}, next_rotation {_F},
+        rotation_error {_T}, policy {_T}, UNIQUE (instance, name))""",
+    f"""CREATE TABLE secret_versions (
+        secret_id {_T} NOT NULL REFERENCES secrets (secret_id), version_id {_T} NOT NULL,
+        created {_F} NOT NULL, stages {_T} NOT NULL, envelope BYTEA NOT NULL,
+        "binary" INTEGER NOT NULL, PRIMARY KEY (secret_id, version_id))""",
+    "CREATE TABLE store_changes (id INTEGER PRIMARY KEY, n BIGINT NOT NULL)",
+    "INSERT INTO store_changes VALUES (1, 0)",
+]]
+
+_NUMBERED: Final = re.compile(r"\?(\d+)")
+_PLAIN: Final = re.compile(r"\?")
+_MIGRATION_LOCK: Final = 0x68736D706F6F6C  # "hsmpool": the advisory lock of migrations
+
+
+def _translate(sql: str, params: Sequence[Any] | None) -> tuple[str, Any]:
+    """SQLite-style parameters to psycopg's: ``?N`` by name, ``?`` by position."""
+    sql = sql.replace("%", "%%")
+    if _NUMBERED.search(sql):
+        values = {f"p{i + 1}": v for i, v in enumerate(params or ())}
+        return _NUMBERED.sub(lambda m: f"%(p{m.group(1)})s", sql), values
+    return _PLAIN.sub("%s", sql), tuple(params or ())
+
+
+class _Row(dict[str, Any]):
+    """A row readable by column name (and, as SQLite's rows, by position)."""
+
+    __slots__ = ("_values",)
+
+    def __init__(self, names: Sequence[str], values: Sequence[Any]) -> None:
+        super().__init__(zip(names, values, strict=True))
+        self._values = tuple(values)
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, int):
+            return self._values[key]
+        return dict.__getitem__(self, key)
+
+
+def _row_factory(cursor: Any) -> Callable[[Sequence[Any]], _Row]:
+    names = [c.name for c in (cursor.description or ())]
+    return lambda values: _Row(names, values)
+
+
+class _Db:
+    """A connection as :class:`SqlStore`'s SQL uses it."""
+
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    def execute(self, sql: str, params: Sequence[Any] | None = None) -> Any:
+        query, values = _translate(sql, params)
+        cur = self.conn.cursor()
+        cur.execute(query, values)
+        return cur
+
+
+class PostgresStore(SqlStore):
+    """Thread-safe access to one PostgreSQL database (:class:`kms.store.MetadataStore`)."""
+
+    def __init__(self, url: str, *, min_connections: int = 1,
+                 max_connections: int = 8) -> None:
+        import psycopg
+        from psycopg_pool import ConnectionPool
+
+        self.url = url
+        self.IntegrityError = psycopg.errors.IntegrityError  # type: ignore[misc]
+        self._psycopg = psycopg
+
+        def configure(conn: Any) -> None:
+            conn.cursor_factory = psycopg.ClientCursor
+            conn.row_factory = _row_factory
+
+        self._pool = ConnectionPool(url, min_size=min_connections, max_size=max_connections,
+                                    kwargs={"autocommit": False, "connect_timeout": 10},
+                                    configure=configure, open=True, timeout=30.0)
+        self._lock = threading.Lock()
+        self._migrate()
+
+    # --- plumbing ----------------------------------------------------------------------
+
+    def _migrate(self) -> None:
+        with self._pool.connection() as conn:
+            db = _Db(conn)
+            db.execute("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK,))
+            db.execute("CREATE TABLE IF NOT EXISTS store_schema (version INTEGER NOT NULL)")
+            row = db.execute("SELECT max(version) FROM store_schema").fetchone()
+            version = int(row[0] or 0)
+            for i in range(version, len(MIGRATIONS)):
+                for stmt in MIGRATIONS[i]:
+                    conn.execute(stmt)
+                db.execute("INSERT INTO store_schema VALUES (?)", (i + 1,))
+            conn.commit()
+
+    @property
+    def schema_version(self) -> int:
+        return int(self._read(lambda db: db.execute(
+            "SELECT max(version) FROM store_schema").fetchone()[0]))
+
+    @contextmanager
+    def transaction(self) -> Iterator[Any]:
+        with self._pool.connection() as conn:
+            try:
+                yield _Db(conn)
+                conn.execute("UPDATE store_changes SET n = n + 1 WHERE id = 1")
+            except BaseException:
+                conn.rollback()
+                raise
+            conn.commit()
+
+    def _read(self, fn: Callable[[Any], T]) -> T:
+        with self._pool.connection() as conn:
+            try:
+                return fn(_Db(conn))
+            finally:
+                conn.rollback()  # a read leaves no transaction open
+
+    def change_token(self) -> int:
+        return int(self._read(lambda db: db.execute(
+            "SELECT n FROM store_changes WHERE id = 1").fetchone()[0]))
+
+    def close(self) -> None:
+        self._pool.close()

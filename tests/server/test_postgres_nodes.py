@@ -1,0 +1,97 @@
+"""Several ``hsmpool serve`` nodes on one PostgreSQL database (kms/store/postgres.py), against
+the session's throw-away cluster: the server works on PostgreSQL as on SQLite, and what one
+node does is seen by the others within a second."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+
+from tests.postgres import PostgresCluster
+from tests.server.conftest import Server, create_credential, run_server, write_server_config
+
+
+@pytest.fixture(scope="module")
+def pg_config(token_dir: Path, tmp_path_factory: pytest.TempPathFactory,
+              postgres: PostgresCluster) -> Path:
+    name = f"nodes_{uuid.uuid4().hex[:10]}"
+    postgres.execute(f"CREATE DATABASE {name}")
+    url = f"postgresql://{postgres.user}:{postgres.password}@{postgres.host}:{postgres.port}/{name}"
+    cfg = write_server_config(tmp_path_factory.mktemp("pgnodes"), token_dir, {"pg": [3, 4]})
+    text = re.sub(r'^database = ".*"$', f'database = "{url}"', cfg.read_text(), flags=re.M)
+    cfg.write_text(text)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def nodes(pg_config: Path) -> Iterator[list[Server]]:
+    admin = create_credential(pg_config, "pg", "admin")
+    with contextlib.ExitStack() as stack:
+        servers = [stack.enter_context(run_server(pg_config, workers=w)) for w in (1, 2)]
+        for srv in servers:
+            srv.creds["admin"] = admin
+        yield servers
+
+
+def _until(check: Any, limit: float = 1.0) -> float:
+    """Seconds until ``check()`` holds (AssertionError past ``limit``)."""
+    t0 = time.monotonic()
+    while True:
+        try:
+            if check():
+                return time.monotonic() - t0
+        except ClientError:
+            pass
+        if time.monotonic() - t0 > limit:
+            raise AssertionError(f"not seen within {limit} s")
+        time.sleep(0.02)
+
+
+def test_a_key_made_on_one_node_works_on_the_other(nodes: list[Server]) -> None:
+    a, b = (srv.client(srv.creds["admin"]) for srv in nodes)
+    key = a.create_key(Description="on node a")["KeyMetadata"]["KeyId"]
+    blob = a.encrypt(KeyId=key, Plaintext=b"across nodes")["CiphertextBlob"]
+    _until(lambda: b.decrypt(CiphertextBlob=blob)["Plaintext"] == b"across nodes")
+    a.create_alias(AliasName=f"alias/pg-{uuid.uuid4().hex[:8]}", TargetKeyId=key)
+    a.disable_key(KeyId=key)
+    seen = _until(lambda: _code(lambda: b.encrypt(KeyId=key, Plaintext=b"x"))
+                  == "DisabledException")
+    assert seen < 1.0
+    a.enable_key(KeyId=key)
+    _until(lambda: b.encrypt(KeyId=key, Plaintext=b"x")["KeyId"].endswith(key))
+    v = b.rotate_key_on_demand(KeyId=key)
+    assert v["KeyId"] == key
+    rotations = a.list_key_rotations(KeyId=key)["Rotations"]
+    assert len(rotations) == 1
+    a.schedule_key_deletion(KeyId=key, PendingWindowInDays=7)
+    _until(lambda: b.describe_key(KeyId=key)["KeyMetadata"]["KeyState"] == "PendingDeletion")
+
+
+def test_secrets_and_credentials_across_nodes(nodes: list[Server], pg_config: Path) -> None:
+    a, b = (srv.client(srv.creds["admin"], service="secretsmanager") for srv in nodes)
+    name = f"pg/{uuid.uuid4().hex[:8]}"
+    a.create_secret(Name=name, SecretString="one")
+    _until(lambda: b.get_secret_value(SecretId=name)["SecretString"] == "one")
+    b.put_secret_value(SecretId=name, SecretString="two")
+    _until(lambda: a.get_secret_value(SecretId=name)["SecretString"] == "two")
+    # A credential made now (another process) is honoured by both nodes.
+    cred = create_credential(pg_config, "pg", f"late-{uuid.uuid4().hex[:6]}")
+    for srv in nodes:
+        c = srv.client(cred, service="secretsmanager")
+        _until(lambda c=c: c.get_secret_value(SecretId=name)["SecretString"] == "two")
+
+
+def _code(fn: Any) -> str | None:
+    try:
+        fn()
+    except ClientError as exc:
+        return str(exc.response["Error"]["Code"])
+    return None
