@@ -331,6 +331,132 @@ def get_random_password(c: KmsClient, p: Params) -> dict[str, Any]:
     return {"RandomPassword": pw}
 
 
+# --- key versions, asymmetric keys, tags ---------------------------------------------------
+
+SIGNING: Final = {"RSA_PSS_SHA_256": "RSASSA_PSS_SHA_256",
+                  "RSA_PKCS1_SHA_256": "RSASSA_PKCS1_V1_5_SHA_256",
+                  "ECDSA_SHA_256": "ECDSA_SHA_256", "SM2DSA": "SM2DSA"}
+ENCRYPTION: Final = {"RSAES_OAEP_SHA_256": "RSAES_OAEP_SHA_256",
+                     "RSAES_OAEP_SHA_1": "RSAES_OAEP_SHA_1", "SM2PKE": "SM2PKE"}
+
+
+def _version_out(key_id: str, v: Any) -> dict[str, Any]:
+    return {"KeyId": key_id, "KeyVersionId": v.version_id, "CreationDate": _time(v.created)}
+
+
+def create_key_version(c: KmsClient, p: Params) -> dict[str, Any]:
+    v = c.rotate_key_on_demand(_key_id(p))
+    return {"KeyVersion": _version_out(v.key_id, v)}
+
+
+def _versions(c: KmsClient, key_id: str) -> tuple[Any, ...]:
+    return c.list_key_rotations(key_id)
+
+
+def list_key_versions(c: KmsClient, p: Params) -> dict[str, Any]:
+    number, size = _page(p)
+    versions = _versions(c, _key_id(p))
+    chosen = versions[(number - 1) * size:number * size]
+    return {"KeyVersions": {"KeyVersion": [_version_out(v.key_id, v) for v in chosen]},
+            "TotalCount": len(versions), "PageNumber": number, "PageSize": size}
+
+
+def describe_key_version(c: KmsClient, p: Params) -> dict[str, Any]:
+    wanted = _p(p, "KeyVersionId")
+    for v in _versions(c, _key_id(p)):
+        if v.version_id == wanted:
+            return {"KeyVersion": _version_out(v.key_id, v)}
+    raise E.NotFound(f"key version {wanted} does not exist")
+
+
+def _asymmetric(c: KmsClient, p: Params) -> KeyRecord:
+    """The key, once the given KeyVersionId is its version (an asymmetric key has one)."""
+    rec = c.describe_key(_key_id(p))
+    if _p(p, "KeyVersionId") != rec.primary_version:
+        raise E.NotFound("the key version does not exist")
+    return rec
+
+
+def _algorithm(p: Params, table: Mapping[str, str]) -> str:
+    name = _p(p, "Algorithm")
+    if name not in table:
+        raise E.Validation(f"Algorithm must be one of {sorted(table)}")
+    return table[name]
+
+
+def asymmetric_sign(c: KmsClient, p: Params) -> dict[str, Any]:
+    rec = _asymmetric(c, p)
+    sig, _ = c.sign(rec.key_id, _b64(p, "Digest"), _algorithm(p, SIGNING), "DIGEST")
+    return {"KeyId": rec.key_id, "KeyVersionId": rec.primary_version, "Value": _b(sig)}
+
+
+def asymmetric_verify(c: KmsClient, p: Params) -> dict[str, Any]:
+    rec = _asymmetric(c, p)
+    try:
+        c.verify(rec.key_id, _b64(p, "Digest"), _b64(p, "Value"), _algorithm(p, SIGNING),
+                 "DIGEST")
+        ok = True
+    except E.InvalidSignature:
+        ok = False
+    return {"KeyId": rec.key_id, "KeyVersionId": rec.primary_version, "Value": ok}
+
+
+def asymmetric_encrypt(c: KmsClient, p: Params) -> dict[str, Any]:
+    rec = _asymmetric(c, p)
+    r = c.encrypt(rec.key_id, _b64(p, "Plaintext"), None, _algorithm(p, ENCRYPTION))
+    return {"KeyId": rec.key_id, "KeyVersionId": rec.primary_version,
+            "CiphertextBlob": _b(r.ciphertext_blob)}
+
+
+def asymmetric_decrypt(c: KmsClient, p: Params) -> dict[str, Any]:
+    rec = _asymmetric(c, p)
+    r = c.decrypt(_b64(p, "CiphertextBlob"), None, rec.key_id, _algorithm(p, ENCRYPTION))
+    return {"KeyId": rec.key_id, "KeyVersionId": rec.primary_version,
+            "Plaintext": _b(r.plaintext)}
+
+
+def get_public_key(c: KmsClient, p: Params) -> dict[str, Any]:
+    rec = _asymmetric(c, p)
+    der = c.get_public_key(rec.key_id).public_key
+    body = base64.encodebytes(der).decode().replace("\n", "")
+    lines = [body[i:i + 64] for i in range(0, len(body), 64)]
+    pem = "-----BEGIN PUBLIC KEY-----\n" + "\n".join(lines) + "\n-----END PUBLIC KEY-----\n"
+    return {"KeyId": rec.key_id, "KeyVersionId": rec.primary_version, "PublicKey": pem}
+
+
+def _json_list(p: Params, name: str) -> list[Any]:
+    try:
+        doc = json.loads(_p(p, name))
+    except ValueError:
+        raise E.Validation(f"the parameter {name} must be a JSON list") from None
+    if not isinstance(doc, list):
+        raise E.Validation(f"the parameter {name} must be a JSON list")
+    return doc
+
+
+def tag_resource(c: KmsClient, p: Params) -> dict[str, Any]:
+    pairs = []
+    for t in _json_list(p, "Tags"):
+        if not isinstance(t, dict) or not isinstance(t.get("TagKey"), str) \
+                or not isinstance(t.get("TagValue", ""), str):
+            raise E.Validation("Tags is a JSON list of {TagKey, TagValue}")
+        pairs.append((t["TagKey"], t.get("TagValue", "")))
+    c.tag_resource(_key_id(p), pairs)
+    return {}
+
+
+def untag_resource(c: KmsClient, p: Params) -> dict[str, Any]:
+    keys = _json_list(p, "TagKeys")
+    c.untag_resource(_key_id(p), keys)
+    return {}
+
+
+def list_resource_tags(c: KmsClient, p: Params) -> dict[str, Any]:
+    key = _key_id(p)
+    tags = c.list_resource_tags(key)
+    return {"Tags": {"Tag": [{"KeyId": key, "TagKey": k, "TagValue": v} for k, v in tags]}}
+
+
 # --- secret handlers ----------------------------------------------------------------------
 
 
@@ -461,6 +587,17 @@ _KEY_OPS: Final[dict[str, Callable[[KmsClient, Params], dict[str, Any]]]] = {
     "GenerateDataKey": generate_data_key,
     "GenerateDataKeyWithoutPlaintext": generate_data_key_without_plaintext,
     "GetRandomPassword": get_random_password,
+    "CreateKeyVersion": create_key_version,
+    "ListKeyVersions": list_key_versions,
+    "DescribeKeyVersion": describe_key_version,
+    "AsymmetricSign": asymmetric_sign,
+    "AsymmetricVerify": asymmetric_verify,
+    "AsymmetricEncrypt": asymmetric_encrypt,
+    "AsymmetricDecrypt": asymmetric_decrypt,
+    "GetPublicKey": get_public_key,
+    "TagResource": tag_resource,
+    "UntagResource": untag_resource,
+    "ListResourceTags": list_resource_tags,
 }
 _ALIAS_OPS: Final[dict[str, Callable[[KmsClient, Params], dict[str, Any]]]] = {
     "CreateAlias": create_alias,
@@ -485,7 +622,8 @@ OPERATIONS: Final[dict[str, tuple[str, Callable[[KmsClient, Params], dict[str, A
     **{a: ("alias", h) for a, h in _ALIAS_OPS.items()},
     **{a: ("secret", h) for a, h in _SECRET_OPS.items()},
 }
-BLOCKING: Final = frozenset({"CreateKey", "EnableKey", "DisableKey", "ScheduleKeyDeletion",
+BLOCKING: Final = frozenset({"CreateKey", "CreateKeyVersion", "TagResource", "UntagResource",
+                             "EnableKey", "DisableKey", "ScheduleKeyDeletion",
                              "CancelKeyDeletion", "CreateAlias", "UpdateAlias", "DeleteAlias",
                              "CreateSecret", "PutSecretValue", "DeleteSecret",
                              "RestoreSecret", "RotateSecret"})

@@ -165,3 +165,78 @@ out["stale"] = code_of(lambda: c.list_keys(m.ListKeysRequest()))
 ''', uuid.uuid4().hex)
     assert replay["replayed"] == ["SignatureNonceUsed", 400]
     assert replay["stale"] == ["InvalidTimeStamp.Expired", 400]
+
+
+ASYM_SCRIPT = r"""
+res = {}
+for spec, alg in (("RSA_2048", "RSA_PSS_SHA_256"), ("EC_P256", "ECDSA_SHA_256")):
+    k = c.create_key(m.CreateKeyRequest(key_spec=spec, key_usage="SIGN/VERIFY")).body.key_metadata
+    vid = c.list_key_versions(m.ListKeyVersionsRequest(key_id=k.key_id)).body.key_versions.key_version[0].key_version_id
+    pem = c.get_public_key(m.GetPublicKeyRequest(key_id=k.key_id, key_version_id=vid)).body.public_key
+    sig = c.asymmetric_sign(m.AsymmetricSignRequest(key_id=k.key_id, key_version_id=vid, algorithm=alg, digest=args[0])).body.value
+    ok = c.asymmetric_verify(m.AsymmetricVerifyRequest(key_id=k.key_id, key_version_id=vid, algorithm=alg, digest=args[0], value=sig)).body.value
+    bad = c.asymmetric_verify(m.AsymmetricVerifyRequest(key_id=k.key_id, key_version_id=vid, algorithm=alg, digest=args[1], value=sig)).body.value
+    res[spec] = [pem, sig, ok, bad]
+e = c.create_key(m.CreateKeyRequest(key_spec="RSA_2048", key_usage="ENCRYPT/DECRYPT")).body.key_metadata
+evid = c.list_key_versions(m.ListKeyVersionsRequest(key_id=e.key_id)).body.key_versions.key_version[0].key_version_id
+ct = c.asymmetric_encrypt(m.AsymmetricEncryptRequest(key_id=e.key_id, key_version_id=evid, algorithm="RSAES_OAEP_SHA_256", plaintext=b64(b"rsa secret"))).body.ciphertext_blob
+res["rsa_decrypt"] = base64.b64decode(c.asymmetric_decrypt(m.AsymmetricDecryptRequest(key_id=e.key_id, key_version_id=evid, algorithm="RSAES_OAEP_SHA_256", ciphertext_blob=ct)).body.plaintext).decode()
+res["wrong_version"] = code_of(lambda: c.asymmetric_encrypt(m.AsymmetricEncryptRequest(key_id=e.key_id, key_version_id="0" * 32, algorithm="RSAES_OAEP_SHA_256", plaintext=b64(b"x"))))
+k = c.create_key(m.CreateKeyRequest(key_spec="Aliyun_AES_256")).body.key_metadata
+c.tag_resource(m.TagResourceRequest(key_id=k.key_id, tags=json.dumps([{"TagKey": "team", "TagValue": "blue"}])))
+res["tags"] = [(t.tag_key, t.tag_value) for t in c.list_resource_tags(m.ListResourceTagsRequest(key_id=k.key_id)).body.tags.tag]
+v2 = c.create_key_version(m.CreateKeyVersionRequest(key_id=k.key_id)).body.key_version.key_version_id
+res["versions"] = len(c.list_key_versions(m.ListKeyVersionsRequest(key_id=k.key_id)).body.key_versions.key_version)
+res["described"] = c.describe_key_version(m.DescribeKeyVersionRequest(key_id=k.key_id, key_version_id=v2)).body.key_version.key_version_id == v2
+out.update(res)
+"""
+
+SM2_KEY = r"""
+k = c.create_key(m.CreateKeyRequest(key_spec="EC_SM2", key_usage="SIGN/VERIFY")).body.key_metadata
+vid = c.list_key_versions(m.ListKeyVersionsRequest(key_id=k.key_id)).body.key_versions.key_version[0].key_version_id
+out["key"] = [k.key_id, vid, c.get_public_key(m.GetPublicKeyRequest(key_id=k.key_id, key_version_id=vid)).body.public_key]
+"""
+
+SM2_SIGN = r"""
+out["sig"] = c.asymmetric_sign(m.AsymmetricSignRequest(key_id=args[0], key_version_id=args[1], algorithm="SM2DSA", digest=args[2])).body.value
+"""
+
+
+def test_asymmetric_keys_cross_checked(ali_python: Path, server: Server) -> None:
+    import hashlib
+
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+
+    from hsmpool.gm import SM2PublicKey
+    from tests.kms.test_service import der_to_raw, gmssl_verifier
+
+    msg = b"signed through the Alibaba SDK"
+    digest = base64.b64encode(hashlib.sha256(msg).digest()).decode()
+    other = base64.b64encode(hashlib.sha256(msg + b"!").digest()).decode()
+    out = _run(ali_python, server, ASYM_SCRIPT, digest, other)
+    for spec in ("RSA_2048", "EC_P256"):
+        pem, sig, ok, bad = out[spec]
+        assert ok is True and bad is False, spec
+        pub = serialization.load_pem_public_key(pem.encode())
+        raw = base64.b64decode(sig)
+        if isinstance(pub, rsa.RSAPublicKey):
+            pub.verify(raw, msg, padding.PSS(padding.MGF1(hashes.SHA256()),
+                                             padding.PSS.DIGEST_LENGTH), hashes.SHA256())
+        else:
+            assert isinstance(pub, ec.EllipticCurvePublicKey)
+            pub.verify(raw, msg, ec.ECDSA(hashes.SHA256()))
+    assert out["rsa_decrypt"] == "rsa secret"
+    assert out["wrong_version"][0] == "Forbidden.KeyNotFound"
+    assert out["tags"] == [["team", "blue"]]
+    assert out["versions"] == 2 and out["described"]
+    # SM2DSA over SM3(Z || M) with the default user id, verified by gmssl.
+    key_id, version, pem = _run(ali_python, server, SM2_KEY)["key"]
+    der = base64.b64decode("".join(line for line in pem.splitlines()
+                                   if line and not line.startswith("-----")))
+    e = SM2PublicKey.from_der(der).message_digest(msg)
+    sig = base64.b64decode(_run(ali_python, server, SM2_SIGN, key_id, version,
+                                base64.b64encode(e).decode())["sig"])
+    verifier = gmssl_verifier(der)
+    assert verifier.verify_with_sm3(der_to_raw(sig).hex(), msg)
+    assert not verifier.verify_with_sm3(der_to_raw(sig).hex(), msg + b"!")
