@@ -38,9 +38,9 @@ Load generators (``--loadgen``, default ``boto3`` and then ``wrk`` if installed,
   (256 per load, re-signed every round; the GetSecretValue bodies are all alike, so they
   differ where their signing second does) on ``--connections`` keep-alive connections: the
   servers' own rates, with little client CPU. ``wrk`` is ``benchmarks.server``'s (its Lua
-  script); ``python`` is ``benchmarks.server``'s asyncio + uvloop generator made to open a
-  connection again when the server closes it (moto's werkzeug answers every request with
-  ``Connection: close``, as wrk handles; ``--_replay``).
+  script); ``python`` is ``benchmarks.server``'s asyncio + uvloop generator, which opens a
+  connection again when the server closes it, as wrk does (moto's werkzeug answers every
+  request with ``Connection: close``).
 
 Every load first gets ``--warmup`` (2 s), then the timed ``--seconds`` (10 s) are split
 into ``--rounds`` (5) rounds, and in each round every load of every load generator runs in
@@ -70,13 +70,10 @@ import argparse
 import base64
 import json
 import os
-import platform
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from array import array
@@ -87,44 +84,45 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from benchmarks.plots import write_plots
 from benchmarks.server import (
-    _LUA,
-    _PROFILE_RUNNER,
-    HOST,
-    MAX_REQUESTS,
+    MOTO_ENV,
     OTHER_CPU_WARN,
-    REGION,
-    SOFTHSM_LIB,
-    WRK_QUANTILES,
     Acc,
     Cell,
     LoadResult,
     Server,
-    _command,
-    _content_length,
-    _result_line,
-    _run_child,
-    capacity,
-    free_port,
-    hist_pct,
-    hsmpool_bin,
-    machine_busy,
+    Target,
+    add_timing_args,
+    audit_summary,
+    begin,
+    boto_client,
+    check_replies,
+    configure,
+    hsmpool_argv,
+    mark,
+    meta_head,
+    meta_tail,
+    moto_argv,
     prepare_target,
-    raw_call,
-    read_requests,
-    run_wrk,
+    print_report,
+    profiled_server,
+    read_profile,
+    run_loadgen,
+    sign_raw,
     sign_requests,
-    start,
+    start_ready,
+    table,
+    teardown,
+    timing,
     tree_cpu,
     verdict,
     versions,
-    wait_ready,
+    write_lua,
     write_requests,
+    write_results,
 )
 
 ROOT: Final = Path(__file__).resolve().parent.parent
-TOKEN_DIR: Final = ROOT / "var" / "bench-tokens"
 DEFAULT_JSON: Final = ROOT / "bench-results" / "secrets.json"
 N_TOKENS: Final = 14  # make-tokens.sh is idempotent; the other benchmarks use 0..11
 TOKENS: Final = (12, 13)
@@ -141,82 +139,9 @@ LOADGENS: Final = ("boto3", "wrk", "python")
 
 BAR_VS_MOTO: Final = 25.0
 BAR_VS_DECRYPT: Final = 0.8
-MAX_SECONDS_PER_RUN: Final = 120
 
 
 # --- setup -------------------------------------------------------------------------------
-
-
-def make_tokens() -> None:
-    script = ROOT / "softhsm-config" / "make-tokens.sh"
-    subprocess.run(["bash", str(script), str(TOKEN_DIR), str(N_TOKENS)], check=True)
-
-
-def write_config(tmp: Path) -> Path:
-    lines = ["[pool]", "sessions_per_token = 8", "",
-             "[modules.softhsm]", f'path = "{SOFTHSM_LIB}"',
-             f'env = {{ SOFTHSM2_CONF = "{TOKEN_DIR / "softhsm2.conf"}" }}', ""]
-    for i in TOKENS:
-        lines += [f"[tokens.t{i}]", 'module = "softhsm"', f'label = "hsmpool-{i}"',
-                  f'pin_file = "{TOKEN_DIR / "user.pin"}"',
-                  f'so_pin_file = "{TOKEN_DIR / "so.pin"}"', ""]
-    names = ", ".join(f'"t{i}"' for i in TOKENS)
-    lines += [f"[instances.{INSTANCE}]", f"tokens = [{names}]", "",
-              "[kms]", f'database = "{tmp / "kms.db"}"', f'audit_dir = "{tmp / "audit"}"',
-              f'region = "{REGION}"', ""]
-    cfg = tmp / "hsmpool.toml"
-    cfg.write_text("\n".join(lines))
-    return cfg
-
-
-def create_credentials(cfg: Path) -> tuple[str, str]:
-    done = subprocess.run([hsmpool_bin(), "--config", str(cfg), "credentials", "create",
-                           "--instance", INSTANCE, "--name", "bench", "--json"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"credentials create failed: {done.stderr.strip()}")
-    doc = json.loads(done.stdout)
-    return doc["AccessKeyId"], doc["SecretAccessKey"]
-
-
-def client(service: str, port: int, ak: str, sk: str) -> Any:
-    """An unmodified boto3 client for ``service`` on 127.0.0.1:port (retries off)."""
-    import boto3
-    from botocore.config import Config
-
-    return boto3.client(service, endpoint_url=f"http://{HOST}:{port}", region_name=REGION,
-                        aws_access_key_id=ak, aws_secret_access_key=sk,
-                        config=Config(retries={"max_attempts": 1}))
-
-
-def start_ready(name: str, argv: Callable[[int], list[str]], path: str, want: int, tmp: Path,
-                notes: list[str], env: dict[str, str] | None = None) -> Server:
-    """Start a server on a free port and wait until it answers; retried once (seen on this
-    shared machine: a worker's startup failing on the SoftHSM tokens while other processes
-    use the token directory). A retry is reported in the notes."""
-    port = free_port()
-    srv = start(name, argv(port), port, tmp, env)
-    try:
-        wait_ready(srv, path, want)
-        return srv
-    except RuntimeError as exc:
-        note = f"{name} failed to start, retried once: {' | '.join(str(exc).splitlines()[-3:])}"
-        notes.append(note)
-        print(f"WARNING: {note}", flush=True)
-        srv.stop()
-    port = free_port()
-    srv = start(name, argv(port), port, tmp, env)
-    wait_ready(srv, path, want)
-    return srv
-
-
-def hsmpool_argv(cfg: Path, workers: int) -> Callable[[int], list[str]]:
-    return lambda port: [hsmpool_bin(), "--config", str(cfg), "serve", "--host", HOST,
-                         "--port", str(port), "--workers", str(workers)]
-
-
-def moto_argv(port: int) -> list[str]:
-    return [sys.executable, "-m", "moto.server", "-H", HOST, "-p", str(port)]
 
 
 @dataclass
@@ -233,7 +158,7 @@ class Prepared:
 
 
 def prepare(name: str, port: int, ak: str, sk: str, decrypt: bool) -> Prepared:
-    sm = client("secretsmanager", port, ak, sk)
+    sm = boto_client(port, ak, sk, "secretsmanager")
     value = secrets.token_hex(SECRET_BYTES // 2)
     sm.create_secret(Name=SECRET_NAME, SecretString=value,
                      Description=f"benchmarks.secrets {name}")
@@ -265,7 +190,8 @@ def boto3_load_main(spec_path: Path) -> int:
         calls = [{"SecretId": spec["secret_id"]}]
     else:
         calls = [{"CiphertextBlob": base64.b64decode(c)} for c in spec["ciphertexts"]]
-    clients = [client(service, spec["port"], spec["ak"], spec["sk"]) for _ in range(threads)]
+    clients = [boto_client(spec["port"], spec["ak"], spec["sk"], service)
+               for _ in range(threads)]
     for k, c in enumerate(clients):  # one untimed call each: the connection, the caches
         got = getattr(c, method)(**calls[k % len(calls)])
         if op == "GetSecretValue" and got.get("SecretString") != spec["expect"]:
@@ -384,111 +310,22 @@ def run_boto3(spec: dict[str, Any], work: Path, connections: int, processes: int
 
 def sign_gsv(p: Prepared, n: int) -> list[bytes]:
     """``n`` raw GetSecretValue requests, SigV4-signed now (service secretsmanager)."""
-    from botocore.auth import SigV4Auth
-    from botocore.awsrequest import AWSRequest
-    from botocore.credentials import Credentials
-
-    auth = SigV4Auth(Credentials(p.ak, p.sk), "secretsmanager", REGION)
-    host = f"{HOST}:{p.port}"
     data = json.dumps({"SecretId": SECRET_NAME}).encode()
-    out = []
-    for _ in range(n):
-        req = AWSRequest(method="POST", url=f"http://{host}/", data=data, headers={
-            "Content-Type": "application/x-amz-json-1.1",
-            "X-Amz-Target": "secretsmanager.GetSecretValue", "Host": host})
-        auth.add_auth(req)
-        lines = ["POST / HTTP/1.1", *(f"{k}: {v}" for k, v in req.headers.items()),
-                 f"Content-Length: {len(data)}", "", ""]
-        out.append("\r\n".join(lines).encode() + data)
-    return out
+    return sign_raw(p.ak, p.sk, "secretsmanager", "secretsmanager.GetSecretValue", p.port,
+                    [data] * n)
 
 
 def signed(p: Prepared, op: str, n: int) -> list[bytes]:
     if op == "GetSecretValue":
         return sign_gsv(p, n)
-    from benchmarks.server import Target
-
     return sign_requests("Decrypt", Target(p.name, p.port, p.ak, p.sk, p.key_id,
                                            list(p.ciphertexts)), p.port, n)
-
-
-def replay_main(reqfile: Path, port: int, conns: int, seconds: float) -> int:
-    """The ``python`` load generator (a child process): ``benchmarks.server``'s (asyncio +
-    uvloop raw streams, one request in flight per connection, every request timed), except
-    that a connection the server closes (moto answers every request with ``Connection:
-    close``; that load generator stops there) is opened again, as wrk does; the reconnect
-    counts in the next request's latency."""
-    import asyncio
-
-    import uvloop
-
-    reqs = read_requests(reqfile)
-    n = len(reqs)
-    lat = array("q")
-    state = {"errors": 0, "broken": 0, "reconnects": 0}
-    ns = time.perf_counter_ns
-
-    async def conn(k: int, t_stop: int, cap: int) -> None:
-        writer: asyncio.StreamWriter | None
-        reader, writer = await asyncio.open_connection(HOST, port)
-        i = (k * n) // conns
-        try:
-            for _ in range(cap):
-                t0 = ns()
-                if t0 >= t_stop:
-                    break
-                if writer is None:
-                    reader, writer = await asyncio.open_connection(HOST, port)
-                    state["reconnects"] += 1
-                writer.write(reqs[i])
-                i = i + 1 if i + 1 < n else 0
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = _content_length(head)
-                if length:
-                    await reader.readexactly(length)
-                lat.append(ns() - t0)
-                if head[9:10] != b"2":
-                    state["errors"] += 1
-                if b"\r\nconnection: close" in head.lower():
-                    writer.close()
-                    writer = None
-        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-            state["broken"] += 1
-        finally:
-            if writer is not None:
-                writer.close()
-
-    async def main() -> float:
-        t0 = ns()
-        await asyncio.gather(*(conn(k, t0 + int(seconds * 1e9), MAX_REQUESTS // conns)
-                               for k in range(conns)))
-        return (ns() - t0) / 1e9
-
-    elapsed = uvloop.run(main())
-    hist = Counter(v // 1000 for v in lat)
-    print("BENCHJSON " + json.dumps({
-        "requests": len(lat), "seconds": elapsed, "errors": state["errors"] + state["broken"],
-        "broken_connections": state["broken"], "reconnects": state["reconnects"],
-        "hist": sorted(hist.items())}), flush=True)
-    return 0
-
-
-def run_replay(port: int, reqfile: Path, conns: int, seconds: float) -> LoadResult:
-    argv = [sys.executable, "-m", "benchmarks.secrets", "--_replay", str(reqfile),
-            "--port", str(port), "--connections", str(conns), "--seconds", str(seconds)]
-    text, cpu = _run_child(argv, seconds + 60)
-    doc = _result_line(text, "python load generator")
-    return LoadResult(doc["requests"], doc["seconds"], doc["errors"],
-                      {int(v): float(c) for v, c in doc["hist"]}, cpu)
 
 
 def check_signed(p: Prepared, op: str, reqs: Sequence[bytes], k: int = 4) -> None:
     """Send a few of the requests once (not measured): they must succeed."""
     want = p.secret_value.encode() if op == "GetSecretValue" else b"Plaintext"
-    for r in reqs[:: max(1, len(reqs) // k)]:
-        status, body = raw_call(p.port, r)
-        if status != 200 or want not in body:
-            raise RuntimeError(f"{p.name} {op}: sanity request failed: {status} {body[:300]!r}")
+    check_replies(f"{p.name} {op}", p.port, reqs, want, k)
 
 
 # --- the run -----------------------------------------------------------------------------
@@ -517,47 +354,33 @@ def run_loads(loads: Sequence[Load], work: Path, connections: int, processes: in
               distinct: int) -> list[Row]:
     """A warm-up for every load, then ``rounds`` rounds in which every load runs
     ``seconds / rounds`` in turn (the order rotates)."""
-    script = work / "cycle.lua"
-    script.write_text(_LUA.replace("QUANTILES", str(WRK_QUANTILES)))
+    script = write_lua(work)
 
     def once(ld: Load, secs: float, a: Acc | None) -> None:
         pid = ld.server.proc.pid
-        marks: list[float] = []
+        # the server's and the machine's CPU are counted from the go (boto3: once every
+        # child is ready) or from the replay generator's start
+        since: list[tuple[float, float, float]] = []
 
-        def mark() -> None:
-            marks[:] = [tree_cpu(pid), machine_busy(), time.monotonic()]
+        def go() -> None:
+            since[:] = [mark(pid)]
 
         if ld.loadgen == "boto3":
             p = ld.prepared
             spec = {"op": ld.op, "port": p.port, "ak": p.ak, "sk": p.sk,
                     "secret_id": SECRET_NAME, "expect": p.secret_value,
                     "ciphertexts": [base64.b64encode(c).decode() for c in p.ciphertexts]}
-            res = run_boto3(spec, work, connections, processes, secs, mark)
+            res = run_boto3(spec, work, connections, processes, secs, go)
         else:
             reqfile = work / f"{ld.target}-{ld.op}.reqs"
             reqs = signed(ld.prepared, ld.op, distinct)  # re-signed every run: 5 min of skew
             write_requests(reqfile, reqs)
-            mark()
-            if ld.loadgen == "wrk":
-                res = run_wrk(ld.prepared.port, reqfile, script, connections, wrk_threads,
-                              max(1, round(secs)))
-            else:
-                res = run_replay(ld.prepared.port, reqfile, connections, secs)
+            go()
+            res = run_loadgen(ld.loadgen, ld.prepared.port, reqfile, script, connections,
+                              wrk_threads, secs)
             reqfile.unlink(missing_ok=True)
-        if a is None:
-            return
-        srv0, busy0, t0 = marks
-        wall = time.monotonic() - t0
-        a.srv_cpu += tree_cpu(pid) - srv0
-        a.busy += machine_busy() - busy0
-        a.wall += wall
-        a.requests += res.requests
-        a.seconds += res.seconds
-        a.errors += res.errors
-        a.lg_cpu += res.cpu_s
-        a.rounds += 1
-        for v, c in res.hist.items():
-            a.hist[v] = a.hist.get(v, 0) + c
+        if a is not None:
+            a.add(res, pid, since[0])
 
     for ld in loads:
         p = ld.prepared
@@ -572,19 +395,8 @@ def run_loads(loads: Sequence[Load], work: Path, connections: int, processes: in
         for ld in [*loads[k:], *loads[:k]]:
             once(ld, per_round, acc[ld.label])
         print(f"  round {r + 1}/{rounds} done", flush=True)
-    rows = []
-    for ld in loads:
-        a = acc[ld.label]
-        # CPU shares are over the wall time from the go (or the generator's start) to its end
-        rows.append(Row(ld.target, ld.op, a.requests / a.seconds, hist_pct(a.hist, 0.50) / 1e3,
-                        hist_pct(a.hist, 0.99) / 1e3, a.errors, a.requests, a.seconds,
-                        a.rounds, a.lg_cpu / a.wall, a.srv_cpu / a.wall,
-                        max(0.0, (a.busy - a.srv_cpu - a.lg_cpu) / a.wall),
-                        a.srv_cpu / max(1, a.requests) * 1e6,
-                        a.lg_cpu / max(1, a.requests) * 1e6,
-                        capacity(a.srv_cpu, a.lg_cpu, a.requests,
-                                 SERVER_PROCESSES[ld.target]), ld.loadgen))
-    return rows
+    return [acc[ld.label].cell(Row, ld.target, ld.op, SERVER_PROCESSES[ld.target],
+                               loadgen=ld.loadgen) for ld in loads]
 
 
 def find(rows: Sequence[Row], loadgen: str, target: str, op: str) -> Row | None:
@@ -594,17 +406,8 @@ def find(rows: Sequence[Row], loadgen: str, target: str, op: str) -> Row | None:
 
 def report(rows: Sequence[Row], loadgens: Sequence[str], connections: int,
            processes: int) -> tuple[str, dict[str, Any]]:
-    out: list[str] = []
-    head = (f"{'loadgen':<7} {'target':<8} {'op':<15} | {'req/s':>9} {'p50 ms':>7} "
-            f"{'p99 ms':>7} {'errors':>6} | {'lg cpu':>6} {'srv cpu':>7} {'other':>5} | "
-            f"{'srv µs/req':>10} {'lg µs/req':>9} {'cap req/s':>9}")
-    out += [head, "-" * len(head)]
-    for c in rows:
-        flag = "  <- other load" if c.other_cpu > OTHER_CPU_WARN else ""
-        out.append(f"{c.loadgen:<7} {c.target:<8} {c.op:<15} | {c.req_per_s:>9,.0f} "
-                   f"{c.p50_ms:>7.2f} {c.p99_ms:>7.2f} {c.errors:>6} | {c.loadgen_cpu:>6.0%} "
-                   f"{c.server_cpu:>7.0%} {c.other_cpu:>5.0%} | {c.server_us_per_req:>10.0f} "
-                   f"{c.loadgen_us_per_req:>9.0f} {c.capacity_req_per_s:>9,.0f}{flag}")
+    out = table(f"{'loadgen':<7} {'target':<8} {'op':<15}",
+                ((f"{c.loadgen:<7} {c.target:<8} {c.op:<15}", c) for c in rows))
     out.append(f"client concurrency {connections} (boto3: threads over {processes} "
                f"process{'es' if processes > 1 else ''}, one client each; wrk/python: "
                "keep-alive connections of pre-signed requests)")
@@ -694,43 +497,20 @@ _AREAS: Final[tuple[tuple[str, Callable[[str, str], bool]], ...]] = (
 
 def run_profile(cfg: Path, p: Prepared, op: str, tmp: Path, seconds: float, conns: int,
                 loadgen: str, wrk_threads: int) -> None:
-    import pstats
-
-    port = free_port()
-    out = tmp / "worker.prof"
-    runner = tmp / "profile_runner.py"
-    runner.write_text(_PROFILE_RUNNER)
-    srv = start("hsmpool-profiled", [sys.executable, str(runner), str(cfg), str(port),
-                                     str(out)], port, tmp)
-    try:
-        wait_ready(srv, "/healthz")
-        p = Prepared(p.name, port, p.ak, p.sk, p.secret_value, p.key_id, p.ciphertexts)
+    with profiled_server(cfg, tmp) as srv:
+        p = Prepared(p.name, srv.port, p.ak, p.sk, p.secret_value, p.key_id, p.ciphertexts)
         reqs = signed(p, op, 256)
         check_signed(p, op, reqs)
         reqfile = tmp / "profile.reqs"
         write_requests(reqfile, reqs)
+        script = write_lua(tmp)
         cpu0, t0 = tree_cpu(srv.proc.pid), time.monotonic()
-        if loadgen == "wrk":
-            script = tmp / "cycle.lua"
-            script.write_text(_LUA.replace("QUANTILES", str(WRK_QUANTILES)))
-            res = run_wrk(port, reqfile, script, conns, wrk_threads, max(1, round(seconds)))
-        else:
-            res = run_replay(port, reqfile, conns, seconds)
+        res = run_loadgen(loadgen, srv.port, reqfile, script, conns, wrk_threads, seconds)
         cpu = (tree_cpu(srv.proc.pid) - cpu0) / (time.monotonic() - t0)
         print(f"one worker under cProfile: {res.requests / res.seconds:,.0f} {op} req/s, "
               f"{res.errors} errors, worker CPU {cpu:.0%} (the profiler inflates cheap "
               "calls)")
-    finally:
-        srv.proc.send_signal(signal.SIGINT)
-        try:
-            srv.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            srv.stop()
-    if not out.exists():
-        raise RuntimeError(f"no profile written; log:\n{srv.log.read_text()[-2000:]}")
-    st = pstats.Stats(str(out))
-    st.sort_stats("tottime").print_stats(30)
-    print_areas(st, op)
+    print_areas(read_profile(srv, tmp), op)
 
 
 def print_areas(st: Any, op: str) -> None:
@@ -774,13 +554,7 @@ def print_areas(st: Any, op: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.secrets", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seconds", type=float, default=10.0, help="timed seconds per load (10)")
-    ap.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds per load (2)")
-    ap.add_argument("--rounds", type=int, default=5,
-                    help="interleaved rounds (5; with wrk, seconds/rounds is rounded to whole "
-                    "seconds)")
-    ap.add_argument("--quick", action="store_true",
-                    help="3-second loads in one round, 1 s warm-up")
+    add_timing_args(ap, "load", "")
     ap.add_argument("--connections", type=int, default=8,
                     help="client concurrency: boto3 threads in all, or keep-alive connections "
                     "(8)")
@@ -798,19 +572,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     default="GetSecretValue", help="the operation --profile loads (GetSecretValue)")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs, audit)")
     ap.add_argument("--_boto3-load", dest="boto3_load", type=Path, help=argparse.SUPPRESS)
-    ap.add_argument("--_replay", type=Path, help=argparse.SUPPRESS)
-    ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.boto3_load is not None:
         return boto3_load_main(args.boto3_load)
-    if args._replay is not None:
-        return replay_main(args._replay, args.port, args.connections, args.seconds)
-    seconds, warmup = (3.0, 1.0) if args.quick else (args.seconds, args.warmup)
-    rounds = 1 if args.quick else args.rounds
-    if not 0 < seconds <= MAX_SECONDS_PER_RUN or not 0 <= warmup <= 30 \
-            or not 1 <= rounds <= seconds:
-        ap.error("--seconds must be in (0, 120], --warmup in [0, 30], --rounds in "
-                 "[1, seconds]")
+    seconds, warmup, rounds = timing(ap, args)
     if not 1 <= args.processes <= args.connections:
         ap.error("--processes must be in [1, connections]")
     replay = "wrk" if shutil.which("wrk") else "python"
@@ -819,15 +584,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         ap.error("wrk is not installed (apt-get install wrk), use --loadgen boto3 python")
 
     t_start = time.monotonic()
-    make_tokens()
-    tmp = Path(tempfile.mkdtemp(prefix="secretsbench-", dir=ROOT / "var"))
+    tmp = begin(N_TOKENS, "secretsbench-")
     servers: list[Server] = []
     notes: list[str] = []
     try:
-        cfg = write_config(tmp)
-        print(f"setting up (tokens hsmpool-{TOKENS[0]}..{TOKENS[-1]}, temp dir {tmp}) ...",
-              flush=True)
-        ak, sk = create_credentials(cfg)
+        cfg, ak, sk = configure(tmp, TOKENS, INSTANCE)
         if args.profile:
             setup = start_ready("hsmpool-setup", hsmpool_argv(cfg, 1), "/healthz", 1, tmp,
                                 notes)
@@ -841,8 +602,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         hs = start_ready("hsmpool", hsmpool_argv(cfg, WORKERS), "/metrics", WORKERS, tmp,
                          notes)
         servers.append(hs)
-        moto = start_ready("moto", moto_argv, "/moto-api/", 1, tmp, notes,
-                           {"AWS_DEFAULT_REGION": REGION})
+        moto = start_ready("moto", moto_argv, "/moto-api/", 1, tmp, notes, MOTO_ENV)
         servers.append(moto)
         ours = prepare("hsmpool", hs.port, ak, sk, decrypt=True)
         theirs = prepare("moto", moto.port, "testing", "testing", decrypt=False)
@@ -857,54 +617,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         for srv in servers:
             if srv.proc.poll() is not None:
                 raise RuntimeError(f"{srv.name} exited; log:\n{srv.log.read_text()[-2000:]}")
-        audit = tmp / "audit"
-        audit_files = sorted(p.name for p in audit.glob("*")) if audit.exists() else []
-        audit_bytes = sum(p.stat().st_size for p in audit.rglob("*") if p.is_file()) \
-            if audit.exists() else 0
+        audit = audit_summary(tmp)
     finally:
-        for s in reversed(servers):
-            s.stop()
-        if args.keep:
-            print(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        teardown(servers, tmp, args.keep)
     text, summary = report(rows, loadgens, args.connections, args.processes)
-    print()
-    print(text)
-    print(f"audit: {len(audit_files)} files, {audit_bytes / 1e6:.1f} MB written by the "
-          "hsmpool workers during the run")
-    total = time.monotonic() - t_start
-    print(f"\nsetup {t_setup:.1f} s, total {total:.1f} s")
-    vers = versions()
-    try:
-        from importlib.metadata import version
-
-        vers["boto3"] = version("boto3")
-    except Exception:  # noqa: BLE001 - only a label
-        vers["boto3"] = ""
+    total = print_report(text, audit, t_setup, t_start)
     doc = {"meta": {
-        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "host": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version(),
-        "platform": platform.platform(), "loadgens": loadgens,
+        **meta_head(), "loadgens": loadgens,
         "wrk_threads": args.wrk_threads if "wrk" in loadgens else None,
         "connections": args.connections, "boto3_processes": args.processes,
         "seconds_per_load": seconds, "warmup_seconds": warmup, "rounds": rounds,
         "distinct_requests": args.distinct, "workers": WORKERS, "instance": INSTANCE,
         "tokens": [f"hsmpool-{i}" for i in TOKENS], "secret_bytes": SECRET_BYTES,
         "decrypt_plaintext_bytes": 32, "decrypt_ciphertexts": N_CIPHERTEXTS,
-        "audit_files": audit_files, "audit_bytes": audit_bytes, "versions": vers,
-        "git_commit": _command(["git", "-C", str(ROOT), "rev-parse", "HEAD"]),
-        "modified": _command(["git", "-C", str(ROOT), "status", "--porcelain", "--",
-                              "hsmpool", "kms", "native"]).splitlines(),
-        "setup_seconds": t_setup, "total_seconds": total, "notes": notes},
+        **meta_tail(audit, versions(("boto3",)), t_setup, total, notes)},
         "cells": [asdict(c) for c in rows], **summary}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(doc, indent=2) + "\n")
-    print(f"wrote {args.json}")
     # The server benchmark's plots: one bar per load generator and target, per operation.
-    plot_doc = {**doc, "cells": [{**asdict(c), "target": f"{c.target} ({c.loadgen})"}
-                                 for c in rows]}
-    write_plots(args.json, plot_doc, "server")
+    write_results(args.json, doc, {**doc, "cells": [
+        {**asdict(c), "target": f"{c.target} ({c.loadgen})"} for c in rows]})
     return 0
 
 

@@ -37,6 +37,9 @@ requests differ only where their signing second does. Load generators:
   errors (the servers here send no 1xx/3xx). Latency percentiles are wrk's.
 * ``python``: ``asyncio`` + ``uvloop`` raw streams in a child process (this module,
   ``--_loadgen``), parsing ``Content-Length``; non-2xx are errors; every request is timed.
+  A connection the server closes is opened again, as wrk does: after a response with
+  ``Connection: close`` (moto's werkzeug answers every request so) or when the socket closes
+  under a request (an error); the reconnect counts in the next request's latency.
 
 For each operation, every target first gets ``--warmup`` (2 s) of load, then the timed
 ``--seconds`` (10 s) are split into ``--rounds`` (5) rounds, and each round runs every
@@ -84,10 +87,10 @@ import sys
 import tempfile
 import time
 from array import array
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from benchmarks.plots import write_plots
 
@@ -237,7 +240,7 @@ def raw_call(port: int, request: bytes, timeout: float = 10.0) -> tuple[int, byt
             buf += chunk
         head, _, body = buf.partition(b"\r\n\r\n")
         status = int(head[9:12])
-        length = _content_length(head)
+        length = max(0, _framing(head)[0])
         while len(body) < length:
             chunk = s.recv(65536)
             if not chunk:
@@ -246,12 +249,24 @@ def raw_call(port: int, request: bytes, timeout: float = 10.0) -> tuple[int, byt
         return status, body[:length]
 
 
-def _content_length(head: bytes) -> int:
-    i = head.lower().find(b"\r\ncontent-length:")
+def _framing(head: bytes) -> tuple[int, bool]:
+    """A response head's ``Content-Length`` (-1 if it has none) and whether the server closes
+    the connection after the response (``Connection: close``, or HTTP/1.0 without
+    ``keep-alive``)."""
+    low = head.lower()
+    i = low.find(b"\r\ncontent-length:")
     if i < 0:
-        return 0
-    j = head.find(b"\r\n", i + 2)
-    return int(head[i + 17:j if j >= 0 else len(head)])
+        length = -1
+    else:
+        j = low.find(b"\r\n", i + 2)
+        length = int(low[i + 17:j if j >= 0 else len(low)])
+    i = low.find(b"\r\nconnection:")
+    if i < 0:
+        return length, low.startswith(b"http/1.0")
+    j = low.find(b"\r\n", i + 2)
+    value = low[i + 13:j if j >= 0 else len(low)]
+    return length, b"close" in value or (low.startswith(b"http/1.0")
+                                         and b"keep-alive" not in value)
 
 
 def wait_ready(server: Server, path: str, want_workers: int = 1, limit: float = 90.0) -> None:
@@ -284,24 +299,85 @@ def wait_ready(server: Server, path: str, want_workers: int = 1, limit: float = 
         time.sleep(0.05)
 
 
+def start_free(name: str, argv: Callable[[int], list[str]], tmp: Path,
+               env: dict[str, str] | None = None) -> Server:
+    """Start a server on a free port (``argv(port)``)."""
+    port = free_port()
+    return start(name, argv(port), port, tmp, env)
+
+
+def ensure_ready(srv: Server, argv: Callable[[int], list[str]], path: str, want: int,
+                 tmp: Path, notes: list[str], env: dict[str, str] | None = None) -> Server:
+    """Wait until a server started by :func:`start_free` answers; if it does not, it is
+    started again once on another port (seen on this shared machine: a worker's startup
+    failing on the SoftHSM tokens, TokenNotFoundError or C_Login CKR_GENERAL_ERROR, while
+    other processes use the token directory). A retry is reported in the notes; the server
+    that answers is returned, and one that does not is stopped."""
+    try:
+        wait_ready(srv, path, want)
+        return srv
+    except RuntimeError as exc:
+        note = (f"{srv.name} failed to start, retried once: "
+                f"{' | '.join(str(exc).splitlines()[-3:])}")
+        notes.append(note)
+        print(f"WARNING: {note}", flush=True)
+        srv.stop()
+    srv = start_free(srv.name, argv, tmp, env)
+    try:
+        wait_ready(srv, path, want)
+    except BaseException:
+        srv.stop()
+        raise
+    return srv
+
+
+def start_ready(name: str, argv: Callable[[int], list[str]], path: str, want: int, tmp: Path,
+                notes: list[str], env: dict[str, str] | None = None) -> Server:
+    """Start a server on a free port and wait until it answers (retried once)."""
+    return ensure_ready(start_free(name, argv, tmp, env), argv, path, want, tmp, notes, env)
+
+
+def hsmpool_argv(cfg: Path, workers: int) -> Callable[[int], list[str]]:
+    return lambda port: [hsmpool_bin(), "--config", str(cfg), "serve", "--host", HOST,
+                         "--port", str(port), "--workers", str(workers)]
+
+
+def moto_argv(port: int) -> list[str]:
+    return [sys.executable, "-m", "moto.server", "-H", HOST, "-p", str(port)]
+
+
+MOTO_ENV: Final = {"AWS_DEFAULT_REGION": REGION}
+
+
+def trivial_argv(port: int) -> list[str]:
+    return [sys.executable, "-m", "uvicorn", "benchmarks.server:trivial_app", "--host", HOST,
+            "--port", str(port), "--workers", str(WORKERS), "--loop", "uvloop",
+            "--http", "httptools", "--no-access-log", "--log-level", "warning",
+            "--lifespan", "off", "--timeout-keep-alive", "30", "--backlog", "2048",
+            # the same uvicorn settings as `hsmpool serve` (kms/server/run.py)
+            "--no-server-header", "--no-date-header"]
+
+
 # --- setup -------------------------------------------------------------------------------
 
 
-def make_tokens() -> None:
+def make_tokens(n: int = N_TOKENS) -> None:
+    """Tokens hsmpool-0..n-1 in ``TOKEN_DIR`` (make-tokens.sh is idempotent)."""
     script = ROOT / "softhsm-config" / "make-tokens.sh"
-    subprocess.run(["bash", str(script), str(TOKEN_DIR), str(N_TOKENS)], check=True)
+    subprocess.run(["bash", str(script), str(TOKEN_DIR), str(n)], check=True)
 
 
-def write_config(tmp: Path) -> Path:
+def write_config(tmp: Path, tokens: Sequence[int] = TOKENS, instance: str = INSTANCE) -> Path:
+    """A config of one instance on ``tokens``, its ``[kms]`` database and audit in tmp."""
     lines = ["[pool]", "sessions_per_token = 8", "",
              "[modules.softhsm]", f'path = "{SOFTHSM_LIB}"',
              f'env = {{ SOFTHSM2_CONF = "{TOKEN_DIR / "softhsm2.conf"}" }}', ""]
-    for i in TOKENS:
+    for i in tokens:
         lines += [f"[tokens.t{i}]", 'module = "softhsm"', f'label = "hsmpool-{i}"',
                   f'pin_file = "{TOKEN_DIR / "user.pin"}"',
                   f'so_pin_file = "{TOKEN_DIR / "so.pin"}"', ""]
-    names = ", ".join(f'"t{i}"' for i in TOKENS)
-    lines += [f"[instances.{INSTANCE}]", f"tokens = [{names}]", "",
+    names = ", ".join(f'"t{i}"' for i in tokens)
+    lines += [f"[instances.{instance}]", f"tokens = [{names}]", "",
               "[kms]", f'database = "{tmp / "kms.db"}"', f'audit_dir = "{tmp / "audit"}"',
               f'region = "{REGION}"', ""]
     cfg = tmp / "hsmpool.toml"
@@ -314,9 +390,9 @@ def hsmpool_bin() -> str:
     return str(cand) if cand.exists() else "hsmpool"
 
 
-def create_credentials(cfg: Path) -> tuple[str, str]:
+def create_credentials(cfg: Path, instance: str = INSTANCE) -> tuple[str, str]:
     done = subprocess.run([hsmpool_bin(), "--config", str(cfg), "credentials", "create",
-                           "--instance", INSTANCE, "--name", "bench", "--json"], cwd=ROOT,
+                           "--instance", instance, "--name", "bench", "--json"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"credentials create failed: {done.stderr.strip()}")
@@ -324,11 +400,12 @@ def create_credentials(cfg: Path) -> tuple[str, str]:
     return doc["AccessKeyId"], doc["SecretAccessKey"]
 
 
-def boto_client(port: int, ak: str, sk: str) -> Any:
+def boto_client(port: int, ak: str, sk: str, service: str = "kms") -> Any:
+    """An unmodified boto3 client for ``service`` on 127.0.0.1:port (retries off)."""
     import boto3
     from botocore.config import Config
 
-    return boto3.client("kms", endpoint_url=f"http://{HOST}:{port}", region_name=REGION,
+    return boto3.client(service, endpoint_url=f"http://{HOST}:{port}", region_name=REGION,
                         aws_access_key_id=ak, aws_secret_access_key=sk,
                         config=Config(retries={"max_attempts": 1}))
 
@@ -347,7 +424,7 @@ def prepare_target(name: str, port: int, ak: str, sk: str, n: int) -> Target:
     """Create a key (with boto3) and ``n`` ciphertexts of distinct plaintexts for Decrypt."""
     c = boto_client(port, ak, sk)
     key_id = c.create_key(Description=f"benchmarks.server {name}")["KeyMetadata"]["KeyId"]
-    cts = []
+    cts: list[bytes] = []
     for _ in range(n):
         pt = secrets.token_bytes(PLAINTEXT_BYTES)
         ct = c.encrypt(KeyId=key_id, Plaintext=pt)["CiphertextBlob"]
@@ -358,28 +435,21 @@ def prepare_target(name: str, port: int, ak: str, sk: str, n: int) -> Target:
     return Target(name, port, ak, sk, key_id, cts)
 
 
-def sign_requests(op: str, t: Target, port: int, n: int) -> list[bytes]:
-    """``n`` raw HTTP/1.1 requests, SigV4-signed now with botocore, for ``port``."""
+def sign_raw(ak: str, sk: str, service: str, amz_target: str, port: int,
+             bodies: Iterable[bytes]) -> list[bytes]:
+    """Raw HTTP/1.1 JSON POSTs of ``bodies`` for ``port``, SigV4-signed now with botocore
+    (``X-Amz-Target: amz_target``)."""
     from botocore.auth import SigV4Auth
     from botocore.awsrequest import AWSRequest
     from botocore.credentials import Credentials
 
-    auth = SigV4Auth(Credentials(t.ak, t.sk), "kms", REGION)
+    auth = SigV4Auth(Credentials(ak, sk), service, REGION)
     host = f"{HOST}:{port}"
     out = []
-    for i in range(n):
-        if op == "Encrypt":
-            body = {"KeyId": t.key_id,
-                    "Plaintext": base64.b64encode(secrets.token_bytes(PLAINTEXT_BYTES)).decode()}
-        elif op == "Decrypt":
-            body = {"CiphertextBlob": base64.b64encode(t.ciphertexts[i % len(t.ciphertexts)])
-                    .decode()}
-        else:
-            body = {"KeyId": t.key_id, "KeySpec": "AES_256"}
-        data = json.dumps(body).encode()
+    for data in bodies:
         req = AWSRequest(method="POST", url=f"http://{host}/", data=data, headers={
             "Content-Type": "application/x-amz-json-1.1",
-            "X-Amz-Target": f"TrentService.{op}", "Host": host})
+            "X-Amz-Target": amz_target, "Host": host})
         auth.add_auth(req)
         lines = ["POST / HTTP/1.1"]
         lines += [f"{k}: {v}" for k, v in req.headers.items()]
@@ -388,14 +458,35 @@ def sign_requests(op: str, t: Target, port: int, n: int) -> list[bytes]:
     return out
 
 
+def sign_requests(op: str, t: Target, port: int, n: int) -> list[bytes]:
+    """``n`` raw HTTP/1.1 requests, SigV4-signed now with botocore, for ``port``."""
+    def body(i: int) -> dict[str, str]:
+        if op == "Encrypt":
+            return {"KeyId": t.key_id,
+                    "Plaintext": base64.b64encode(secrets.token_bytes(PLAINTEXT_BYTES)).decode()}
+        if op == "Decrypt":
+            return {"CiphertextBlob": base64.b64encode(t.ciphertexts[i % len(t.ciphertexts)])
+                    .decode()}
+        return {"KeyId": t.key_id, "KeySpec": "AES_256"}
+
+    return sign_raw(t.ak, t.sk, "kms", f"TrentService.{op}", port,
+                    (json.dumps(body(i)).encode() for i in range(n)))
+
+
+def check_replies(what: str, port: int, reqs: Sequence[bytes], want: bytes, k: int) -> None:
+    """Send about ``k`` of the requests once (not measured): they must succeed, with
+    ``want`` in the body."""
+    for r in reqs[:: max(1, len(reqs) // k)]:
+        status, body = raw_call(port, r)
+        if status != 200 or want not in body:
+            raise RuntimeError(f"{what}: sanity request failed: {status} {body[:300]!r}")
+
+
 def check_requests(name: str, op: str, port: int, reqs: Sequence[bytes], k: int = 8) -> None:
     """Send a few of the requests once (not measured): they must succeed."""
     want = {"Encrypt": b"CiphertextBlob", "Decrypt": b"Plaintext",
             "GenerateDataKey": b"CiphertextBlob"}[op]
-    for r in reqs[:: max(1, len(reqs) // k)]:
-        status, body = raw_call(port, r)
-        if status != 200 or want not in body:
-            raise RuntimeError(f"{name} {op}: sanity request failed: {status} {body[:300]!r}")
+    check_replies(f"{name} {op}", port, reqs, want, k)
 
 
 # --- load generators ---------------------------------------------------------------------
@@ -522,6 +613,21 @@ def run_wrk(port: int, reqfile: Path, script: Path, conns: int, threads: int,
     return LoadResult(doc["requests"], doc["duration_us"] / 1e6, errors, hist, cpu)
 
 
+def write_lua(work: Path) -> Path:
+    """wrk's script (:data:`_LUA`), written to ``work/cycle.lua``."""
+    script = work / "cycle.lua"
+    script.write_text(_LUA.replace("QUANTILES", str(WRK_QUANTILES)))
+    return script
+
+
+def run_loadgen(loadgen: str, port: int, reqfile: Path, script: Path, conns: int,
+                threads: int, seconds: float) -> LoadResult:
+    """One run of the ``wrk`` (whole seconds) or ``python`` load generator."""
+    if loadgen == "wrk":
+        return run_wrk(port, reqfile, script, conns, threads, max(1, round(seconds)))
+    return run_python(port, reqfile, conns, seconds)
+
+
 def run_python(port: int, reqfile: Path, conns: int, seconds: float) -> LoadResult:
     argv = [sys.executable, "-m", "benchmarks.server", "--_loadgen", str(reqfile),
             "--port", str(port), "--connections", str(conns), "--seconds", str(seconds)]
@@ -531,9 +637,17 @@ def run_python(port: int, reqfile: Path, conns: int, seconds: float) -> LoadResu
                       {int(v): float(c) for v, c in doc["hist"]}, cpu)
 
 
+STALL_SECONDS: Final = 5.0  # the python load generator gives up on a connection this late
+
+
 def loadgen_main(reqfile: Path, port: int, conns: int, seconds: float) -> int:
     """The Python load generator (a child process): asyncio + uvloop raw streams, one
-    request in flight per keep-alive connection; every request timed."""
+    request in flight per connection, kept alive; every request timed. A connection the
+    server closes is opened again, as wrk does: after a response with ``Connection: close``
+    (moto's werkzeug sends it on every response, and then leaves a request sent on that
+    connection unanswered) or when the socket closes under a request (an error, the request
+    unanswered); the reconnect counts in the next request's latency. A connection still
+    waiting ``STALL_SECONDS`` after the deadline is given up (an error)."""
     import asyncio
     from collections import Counter
 
@@ -542,10 +656,12 @@ def loadgen_main(reqfile: Path, port: int, conns: int, seconds: float) -> int:
     reqs = read_requests(reqfile)
     n = len(reqs)
     lat = array("q")
-    state = {"errors": 0, "broken": 0}
+    state = {"errors": 0, "broken": 0, "reconnects": 0, "stalled": 0}
     ns = time.perf_counter_ns
 
     async def conn(k: int, t_stop: int, cap: int) -> None:
+        reader: Any
+        writer: Any
         reader, writer = await asyncio.open_connection(HOST, port)
         i = (k * n) // conns
         try:
@@ -553,31 +669,57 @@ def loadgen_main(reqfile: Path, port: int, conns: int, seconds: float) -> int:
                 t0 = ns()
                 if t0 >= t_stop:
                     break
+                if writer is None:
+                    try:
+                        reader, writer = await asyncio.open_connection(HOST, port)
+                    except OSError:  # the server is gone
+                        state["broken"] += 1
+                        break
+                    state["reconnects"] += 1
                 writer.write(reqs[i])
                 i = i + 1 if i + 1 < n else 0
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = _content_length(head)
-                if length:
-                    await reader.readexactly(length)
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                    length, close = _framing(head)
+                    if length > 0:
+                        await reader.readexactly(length)
+                    elif length < 0 and close:
+                        await reader.read()  # the body ends with the connection
+                except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+                    state["broken"] += 1  # unanswered: open the connection again
+                    writer.close()
+                    writer = None
+                    continue
                 lat.append(ns() - t0)
                 if head[9:10] != b"2":
                     state["errors"] += 1
-        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-            state["broken"] += 1
+                if close:
+                    writer.close()
+                    writer = None
         finally:
-            writer.close()
+            if writer is not None:
+                writer.close()
+
+    async def guarded(k: int, t_stop: int, cap: int) -> None:
+        try:
+            async with asyncio.timeout(seconds + STALL_SECONDS):
+                await conn(k, t_stop, cap)
+        except TimeoutError:
+            state["stalled"] += 1
 
     async def main() -> float:
         t0 = ns()
-        await asyncio.gather(*(conn(k, t0 + int(seconds * 1e9), MAX_REQUESTS // conns)
+        await asyncio.gather(*(guarded(k, t0 + int(seconds * 1e9), MAX_REQUESTS // conns)
                                for k in range(conns)))
         return (ns() - t0) / 1e9
 
     elapsed = uvloop.run(main())
     hist = Counter(v // 1000 for v in lat)
     print("BENCHJSON " + json.dumps({
-        "requests": len(lat), "seconds": elapsed, "errors": state["errors"] + state["broken"],
-        "broken_connections": state["broken"], "hist": sorted(hist.items())}), flush=True)
+        "requests": len(lat), "seconds": elapsed,
+        "errors": state["errors"] + state["broken"] + state["stalled"],
+        "broken_connections": state["broken"], "reconnects": state["reconnects"],
+        "stalled_connections": state["stalled"], "hist": sorted(hist.items())}), flush=True)
     return 0
 
 
@@ -620,6 +762,9 @@ class Cell:
     capacity_req_per_s: float
 
 
+C = TypeVar("C", bound=Cell)
+
+
 @dataclass
 class Acc:
     requests: int = 0
@@ -634,6 +779,39 @@ class Acc:
     def __post_init__(self) -> None:
         self.hist: dict[int, float] = {}
 
+    def add(self, res: LoadResult, pid: int, since: tuple[float, float, float]) -> None:
+        """Count one timed run of a load generator on the server ``pid``; ``since`` is
+        :func:`mark` just before it."""
+        srv0, busy0, t0 = since
+        wall = time.monotonic() - t0
+        self.srv_cpu += tree_cpu(pid) - srv0
+        self.busy += machine_busy() - busy0
+        self.wall += wall
+        self.requests += res.requests
+        self.seconds += res.seconds
+        self.errors += res.errors
+        self.lg_cpu += res.cpu_s
+        self.rounds += 1
+        for v, c in res.hist.items():
+            self.hist[v] = self.hist.get(v, 0) + c
+
+    def cell(self, cls: type[C], target: str, op: str, processes: int, **extra: Any) -> C:
+        """The row of what was counted (``cls``: :class:`Cell` or a subclass, ``extra`` its
+        own fields)."""
+        # CPU shares are over the bracketing wall time (it includes the generator's start).
+        return cls(target, op, self.requests / self.seconds, hist_pct(self.hist, 0.50) / 1e3,
+                   hist_pct(self.hist, 0.99) / 1e3, self.errors, self.requests, self.seconds,
+                   self.rounds, self.lg_cpu / self.wall, self.srv_cpu / self.wall,
+                   max(0.0, (self.busy - self.srv_cpu - self.lg_cpu) / self.wall),
+                   self.srv_cpu / max(1, self.requests) * 1e6,
+                   self.lg_cpu / max(1, self.requests) * 1e6,
+                   capacity(self.srv_cpu, self.lg_cpu, self.requests, processes), **extra)
+
+
+def mark(pid: int) -> tuple[float, float, float]:
+    """The CPU time of the server ``pid``'s tree, the machine's busy time and the clock."""
+    return tree_cpu(pid), machine_busy(), time.monotonic()
+
 
 def run_op(loadgen: str, op: str, plan: Sequence[tuple[str, Server, Sequence[bytes]]],
            work: Path, conns: int, threads: int, warmup: float, seconds: float, rounds: int
@@ -641,17 +819,14 @@ def run_op(loadgen: str, op: str, plan: Sequence[tuple[str, Server, Sequence[byt
     """One operation on every target: a warm-up each, then ``rounds`` rounds in which every
     target runs ``seconds / rounds`` in turn (the order rotates), so load from elsewhere on
     this shared machine falls on all targets alike."""
-    script = work / "cycle.lua"
-    script.write_text(_LUA.replace("QUANTILES", str(WRK_QUANTILES)))
+    script = write_lua(work)
     files = {}
     for name, _, reqs in plan:
         files[name] = work / f"{name}-{op}.reqs"
         write_requests(files[name], reqs)
 
     def once(name: str, srv: Server, secs: float) -> LoadResult:
-        if loadgen == "wrk":
-            return run_wrk(srv.port, files[name], script, conns, threads, max(1, round(secs)))
-        return run_python(srv.port, files[name], conns, secs)
+        return run_loadgen(loadgen, srv.port, files[name], script, conns, threads, secs)
 
     if warmup > 0:
         for name, srv, _ in plan:
@@ -661,35 +836,12 @@ def run_op(loadgen: str, op: str, plan: Sequence[tuple[str, Server, Sequence[byt
     for r in range(rounds):
         k = r % len(plan)
         for name, srv, _ in [*plan[k:], *plan[:k]]:
-            srv0, busy0, t0 = tree_cpu(srv.proc.pid), machine_busy(), time.monotonic()
-            res = once(name, srv, per_round)
-            wall = time.monotonic() - t0
-            a = acc[name]
-            a.srv_cpu += tree_cpu(srv.proc.pid) - srv0
-            a.busy += machine_busy() - busy0
-            a.wall += wall
-            a.requests += res.requests
-            a.seconds += res.seconds
-            a.errors += res.errors
-            a.lg_cpu += res.cpu_s
-            a.rounds += 1
-            for v, c in res.hist.items():
-                a.hist[v] = a.hist.get(v, 0) + c
+            since = mark(srv.proc.pid)
+            acc[name].add(once(name, srv, per_round), srv.proc.pid, since)
     for f in files.values():
         f.unlink(missing_ok=True)
-    cells = []
-    for name, _, _ in plan:
-        a = acc[name]
-        # CPU shares are over the bracketing wall time (it includes the generator's start).
-        cells.append(Cell(name, op, a.requests / a.seconds, hist_pct(a.hist, 0.50) / 1e3,
-                          hist_pct(a.hist, 0.99) / 1e3, a.errors, a.requests, a.seconds,
-                          a.rounds, a.lg_cpu / a.wall, a.srv_cpu / a.wall,
-                          max(0.0, (a.busy - a.srv_cpu - a.lg_cpu) / a.wall),
-                          a.srv_cpu / max(1, a.requests) * 1e6,
-                          a.lg_cpu / max(1, a.requests) * 1e6,
-                          capacity(a.srv_cpu, a.lg_cpu, a.requests,
-                                   SERVER_PROCESSES.get(name, WORKERS))))
-    return cells
+    return [acc[name].cell(Cell, name, op, SERVER_PROCESSES.get(name, WORKERS))
+            for name, _, _ in plan]
 
 
 def capacity(srv_cpu: float, lg_cpu: float, requests: int, processes: int) -> float:
@@ -707,18 +859,24 @@ def verdict(ok: bool) -> str:
     return "PASS" if ok else "MISS"
 
 
-def report(cells: Sequence[Cell], loadgen: str) -> tuple[str, dict[str, Any]]:
-    out: list[str] = []
-    head = (f"{'target':<8} {'op':<16} | {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} "
+def table(label_head: str, rows: Iterable[tuple[str, Cell]]) -> list[str]:
+    """A report's table: the label columns (``label_head``, each row's label), then the
+    measured columns of its cell; a cell with other load on the machine is flagged."""
+    head = (f"{label_head} | {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} "
             f"{'errors':>6} | {'lg cpu':>6} {'srv cpu':>7} {'other':>5} | {'srv µs/req':>10} "
             f"{'lg µs/req':>9} {'cap req/s':>9}")
-    out += [head, "-" * len(head)]
-    for c in cells:
+    out = [head, "-" * len(head)]
+    for label, c in rows:
         flag = "  <- other load" if c.other_cpu > OTHER_CPU_WARN else ""
-        out.append(f"{c.target:<8} {c.op:<16} | {c.req_per_s:>9,.0f} {c.p50_ms:>7.2f} "
+        out.append(f"{label} | {c.req_per_s:>9,.0f} {c.p50_ms:>7.2f} "
                    f"{c.p99_ms:>7.2f} {c.errors:>6} | {c.loadgen_cpu:>6.0%} "
                    f"{c.server_cpu:>7.0%} {c.other_cpu:>5.0%} | {c.server_us_per_req:>10.0f} "
                    f"{c.loadgen_us_per_req:>9.0f} {c.capacity_req_per_s:>9,.0f}{flag}")
+    return out
+
+
+def report(cells: Sequence[Cell], loadgen: str) -> tuple[str, dict[str, Any]]:
+    out = table(f"{'target':<8} {'op':<16}", ((f"{c.target:<8} {c.op:<16}", c) for c in cells))
     out.append(f"load generator: {loadgen}; cpu columns: CPU time / wall time (100% = one "
                f"core of {os.cpu_count()}); other = machine busy time not ours; µs/req = CPU "
                "time per request;")
@@ -781,16 +939,20 @@ def report(cells: Sequence[Cell], loadgen: str) -> tuple[str, dict[str, Any]]:
     return "\n".join(out), {"ratios": ratios, "projected_ratios": proj, "bars": bars}
 
 
-def versions() -> dict[str, str]:
+def versions(extra: Sequence[str] = ()) -> dict[str, str]:
+    """Versions of the stack, of wrk, then of the ``extra`` packages ("" if missing)."""
     from importlib.metadata import PackageNotFoundError, version
 
-    out = {}
-    for pkg in ("uvicorn", "httptools", "uvloop", "moto", "werkzeug", "flask", "botocore"):
+    def of(pkg: str) -> str:
         try:
-            out[pkg] = version(pkg)
+            return version(pkg)
         except PackageNotFoundError:
-            out[pkg] = ""
+            return ""
+
+    out = {pkg: of(pkg) for pkg in ("uvicorn", "httptools", "uvloop", "moto", "werkzeug",
+                                    "flask", "botocore")}
     out["wrk"] = _command(["wrk", "--version"]).splitlines()[0] if shutil.which("wrk") else ""
+    out.update((pkg, of(pkg)) for pkg in extra)
     return out
 
 
@@ -823,35 +985,49 @@ finally:
 """
 
 
-def run_profile(cfg: Path, target: Target, tmp: Path, seconds: float,
-                conns: int, threads: int) -> None:
-    import pstats
-
+@contextlib.contextmanager
+def profiled_server(cfg: Path, tmp: Path) -> Iterator[Server]:
+    """A one-worker hsmpool server under cProfile (:data:`_PROFILE_RUNNER`), ready; at the
+    end it is stopped with SIGINT, so that it writes its profile (:func:`read_profile`)."""
     port = free_port()
-    out = tmp / "worker.prof"
     runner = tmp / "profile_runner.py"
     runner.write_text(_PROFILE_RUNNER)
     srv = start("hsmpool-profiled", [sys.executable, str(runner), str(cfg), str(port),
-                                     str(out)], port, tmp)
+                                     str(tmp / "worker.prof")], port, tmp)
     try:
         wait_ready(srv, "/healthz")
-        reqs = sign_requests("Encrypt", target, port, 256)
-        check_requests("hsmpool-profiled", "Encrypt", port, reqs)
-        [c] = run_op("wrk", "Encrypt", [("hsmpool-profiled", srv, reqs)], tmp, conns,
-                     threads, 1.0, seconds, 1)
-        print(f"one worker under cProfile: {c.req_per_s:,.0f} Encrypt req/s, {c.errors} "
-              f"errors, worker CPU {c.server_cpu:.0%} (the profiler inflates cheap calls)")
+        yield srv
     finally:
         srv.proc.send_signal(signal.SIGINT)
         try:
             srv.proc.wait(20)
         except subprocess.TimeoutExpired:
             srv.stop()
+
+
+def read_profile(srv: Server, tmp: Path) -> Any:
+    """The profile :func:`profiled_server` ``srv`` wrote (pstats), its top 30 functions by
+    own time printed."""
+    import pstats
+
+    out = tmp / "worker.prof"
     if not out.exists():
         raise RuntimeError(f"no profile written; log:\n{srv.log.read_text()[-2000:]}")
     st = pstats.Stats(str(out))
     st.sort_stats("tottime").print_stats(30)
-    print_layers(st)
+    return st
+
+
+def run_profile(cfg: Path, target: Target, tmp: Path, seconds: float,
+                conns: int, threads: int) -> None:
+    with profiled_server(cfg, tmp) as srv:
+        reqs = sign_requests("Encrypt", target, srv.port, 256)
+        check_requests("hsmpool-profiled", "Encrypt", srv.port, reqs)
+        [c] = run_op("wrk", "Encrypt", [("hsmpool-profiled", srv, reqs)], tmp, conns,
+                     threads, 1.0, seconds, 1)
+        print(f"one worker under cProfile: {c.req_per_s:,.0f} Encrypt req/s, {c.errors} "
+              f"errors, worker CPU {c.server_cpu:.0%} (the profiler inflates cheap calls)")
+    print_layers(read_profile(srv, tmp))
 
 
 # (label, file suffix, function name): inclusive CPU time of the profiled thread
@@ -890,19 +1066,111 @@ def print_layers(st: Any) -> None:
         print(f"  {label:<46} {ct / reqs * 1e6:7.1f} µs  {ct / total:6.1%}")
 
 
+# --- the command line (shared with benchmarks.secrets) -----------------------------------
+
+MAX_SECONDS: Final = 120  # --seconds at most
+
+
+def add_timing_args(ap: argparse.ArgumentParser, unit: str, rounds_of: str) -> None:
+    """--seconds, --warmup, --rounds and --quick; ``unit`` is what one timed run loads
+    ("cell", "load"), ``rounds_of`` what the rounds are of (" per cell", "")."""
+    ap.add_argument("--seconds", type=float, default=10.0, help=f"timed seconds per {unit} (10)")
+    ap.add_argument("--warmup", type=float, default=2.0, help=f"warm-up seconds per {unit} (2)")
+    ap.add_argument("--rounds", type=int, default=5,
+                    help=f"interleaved rounds{rounds_of} (5; with wrk, seconds/rounds is rounded "
+                    "to whole seconds)")
+    ap.add_argument("--quick", action="store_true",
+                    help=f"3-second {unit}s in one round, 1 s warm-up")
+
+
+def timing(ap: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[float, float, int]:
+    """(seconds, warm-up seconds, rounds) of :func:`add_timing_args`' arguments, checked."""
+    seconds, warmup = (3.0, 1.0) if args.quick else (args.seconds, args.warmup)
+    rounds = 1 if args.quick else args.rounds
+    if not 0 < seconds <= MAX_SECONDS or not 0 <= warmup <= 30 or not 1 <= rounds <= seconds:
+        ap.error("--seconds must be in (0, 120], --warmup in [0, 30], --rounds in "
+                 "[1, seconds]")
+    return seconds, warmup, rounds
+
+
+def begin(n_tokens: int, prefix: str) -> Path:
+    """Make the tokens; a new temp dir under ``var/``."""
+    make_tokens(n_tokens)
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=ROOT / "var"))
+
+
+def configure(tmp: Path, tokens: Sequence[int], instance: str) -> tuple[Path, str, str]:
+    """The config of :func:`write_config` and an access key of the instance's."""
+    cfg = write_config(tmp, tokens, instance)
+    print(f"setting up (tokens hsmpool-{tokens[0]}..{tokens[-1]}, temp dir {tmp}) ...",
+          flush=True)
+    return (cfg, *create_credentials(cfg, instance))
+
+
+def audit_summary(tmp: Path) -> tuple[list[str], int]:
+    """The names of the files in tmp/audit and the bytes below it."""
+    audit = tmp / "audit"
+    if not audit.exists():
+        return [], 0
+    return (sorted(p.name for p in audit.glob("*")),
+            sum(p.stat().st_size for p in audit.rglob("*") if p.is_file()))
+
+
+def teardown(servers: Sequence[Server], tmp: Path, keep: bool) -> None:
+    """Stop the servers; delete the temp dir unless kept."""
+    for s in reversed(servers):
+        s.stop()
+    if keep:
+        print(f"kept {tmp}")
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def print_report(text: str, audit: tuple[list[str], int], t_setup: float,
+                 t_start: float) -> float:
+    """Print a report and the audit summary; the total seconds since ``t_start``."""
+    print()
+    print(text)
+    print(f"audit: {len(audit[0])} files, {audit[1] / 1e6:.1f} MB written by the "
+          "hsmpool workers during the run")
+    total = time.monotonic() - t_start
+    print(f"\nsetup {t_setup:.1f} s, total {total:.1f} s")
+    return total
+
+
+def meta_head() -> dict[str, Any]:
+    """The first fields of a result's meta: when and where."""
+    return {"date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "host": platform.node(), "cpus": os.cpu_count(),
+            "python": platform.python_version(), "platform": platform.platform()}
+
+
+def meta_tail(audit: tuple[list[str], int], vers: dict[str, str], t_setup: float,
+              total: float, notes: list[str]) -> dict[str, Any]:
+    """The last fields of a result's meta: the audit, versions, the commit, the times."""
+    return {"audit_files": audit[0], "audit_bytes": audit[1], "versions": vers,
+            "git_commit": _command(["git", "-C", str(ROOT), "rev-parse", "HEAD"]),
+            "modified": _command(["git", "-C", str(ROOT), "status", "--porcelain", "--",
+                                  "hsmpool", "kms", "native"]).splitlines(),
+            "setup_seconds": t_setup, "total_seconds": total, "notes": notes}
+
+
+def write_results(path: Path, doc: dict[str, Any], plot_doc: dict[str, Any] | None = None
+                  ) -> None:
+    """The JSON at ``path``, and the plots (of ``plot_doc``, else of ``doc``) beside it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"wrote {path}")
+    write_plots(path, doc if plot_doc is None else plot_doc, "server")
+
+
 # --- main --------------------------------------------------------------------------------
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.server", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seconds", type=float, default=10.0, help="timed seconds per cell (10)")
-    ap.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds per cell (2)")
-    ap.add_argument("--rounds", type=int, default=5,
-                    help="interleaved rounds per cell (5; with wrk, seconds/rounds is rounded "
-                    "to whole seconds)")
-    ap.add_argument("--quick", action="store_true",
-                    help="3-second cells in one round, 1 s warm-up")
+    add_timing_args(ap, "cell", " per cell")
     ap.add_argument("--connections", type=int, default=8)
     ap.add_argument("--loadgen", choices=("wrk", "python"), default=None,
                     help="(default: wrk if installed, else python)")
@@ -919,89 +1187,52 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args._loadgen is not None:
         return loadgen_main(args._loadgen, args.port, args.connections, args.seconds)
-    seconds, warmup = (3.0, 1.0) if args.quick else (args.seconds, args.warmup)
-    rounds = 1 if args.quick else args.rounds
-    if not 0 < seconds <= 120 or not 0 <= warmup <= 30 or not 1 <= rounds <= seconds:
-        ap.error("--seconds must be in (0, 120], --warmup in [0, 30], --rounds in "
-                 "[1, seconds]")
+    seconds, warmup, rounds = timing(ap, args)
     loadgen = args.loadgen or ("wrk" if shutil.which("wrk") else "python")
     if (loadgen == "wrk" or args.profile) and not shutil.which("wrk"):
         ap.error("wrk is not installed (apt-get install wrk), use --loadgen python")
 
     t_start = time.monotonic()
-    make_tokens()
-    tmp = Path(tempfile.mkdtemp(prefix="serverbench-", dir=ROOT / "var"))
+    tmp = begin(N_TOKENS, "serverbench-")
     servers: list[Server] = []
     cells: list[Cell] = []
     notes: list[str] = []
     try:
-        cfg = write_config(tmp)
-        print(f"setting up (tokens hsmpool-{TOKENS[0]}..{TOKENS[-1]}, temp dir {tmp}) ...",
-              flush=True)
-        ak, sk = create_credentials(cfg)
+        cfg, ak, sk = configure(tmp, TOKENS, INSTANCE)
         targets = set(args.targets) | ({"hsmpool"} if args.profile else set())
         if args.profile:
-            target = prepare_target("hsmpool", _prepare_port(cfg, tmp, servers), ak, sk, 4)
-            for s in servers:
-                s.stop()
+            setup = start_ready("hsmpool-setup", hsmpool_argv(cfg, 1), "/healthz", 1, tmp,
+                                notes)
+            servers.append(setup)
+            target = prepare_target("hsmpool", setup.port, ak, sk, 4)
+            setup.stop()
             servers.clear()
             run_profile(cfg, target, tmp, seconds, args.connections, args.wrk_threads)
             return 0
-        ports = {t: free_port() for t in targets}
-        if "hsmpool" in targets:
-            servers.append(start("hsmpool", [
-                hsmpool_bin(), "--config", str(cfg), "serve", "--host", HOST, "--port",
-                str(ports["hsmpool"]), "--workers", str(WORKERS)], ports["hsmpool"], tmp))
-        if "trivial" in targets:
-            servers.append(start("trivial", [
-                sys.executable, "-m", "uvicorn", "benchmarks.server:trivial_app", "--host", HOST,
-                "--port", str(ports["trivial"]), "--workers", str(WORKERS), "--loop", "uvloop",
-                "--http", "httptools", "--no-access-log", "--log-level", "warning",
-                "--lifespan", "off", "--timeout-keep-alive", "30", "--backlog", "2048",
-                # the same uvicorn settings as `hsmpool serve` (kms/server/run.py)
-                "--no-server-header", "--no-date-header"],
-                ports["trivial"], tmp))
-        if "moto" in targets:
-            servers.append(start("moto", [sys.executable, "-m", "moto.server", "-H", HOST,
-                                          "-p", str(ports["moto"])], ports["moto"], tmp,
-                                 {"AWS_DEFAULT_REGION": REGION}))
+        order = [t for t in ("hsmpool", "trivial", "moto") if t in targets]
+        argvs = {"hsmpool": hsmpool_argv(cfg, WORKERS), "trivial": trivial_argv,
+                 "moto": moto_argv}
+        envs = {"moto": MOTO_ENV}
+        for name in order:  # all started, then waited for
+            servers.append(start_free(name, argvs[name], tmp, envs.get(name)))
         for i, s in enumerate(servers):
             path = {"hsmpool": "/metrics", "trivial": "/", "moto": "/moto-api/"}[s.name]
             want = WORKERS if s.name == "hsmpool" else 1
-            try:
-                wait_ready(s, path, want)
-            except RuntimeError as exc:
-                # Seen on this shared machine: a worker's startup failing on the SoftHSM
-                # tokens (TokenNotFoundError, C_Login CKR_GENERAL_ERROR) while other
-                # processes use the token directory. Reported, and retried once.
-                note = (f"{s.name} failed to start, retried once: "
-                        f"{' | '.join(str(exc).splitlines()[-3:])}")
-                notes.append(note)
-                print(f"WARNING: {note}", flush=True)
-                s.stop()
-                port = free_port()
-                argv = [port_arg if prev != "--port" and prev != "-p" else str(port)
-                        for prev, port_arg in zip(["", *s.proc.args[:-1]], s.proc.args,
-                                                  strict=True)]
-                servers[i] = s = start(s.name, argv, port, tmp,
-                                       {"AWS_DEFAULT_REGION": REGION} if s.name == "moto"
-                                       else None)
-                ports[s.name] = port
-                wait_ready(s, path, want)
+            servers[i] = ensure_ready(s, argvs[s.name], path, want, tmp, notes,
+                                      envs.get(s.name))
         by_name = {s.name: s for s in servers}
         prepared: dict[str, Target] = {}
         if "hsmpool" in targets:
-            prepared["hsmpool"] = prepare_target("hsmpool", ports["hsmpool"], ak, sk,
+            prepared["hsmpool"] = prepare_target("hsmpool", by_name["hsmpool"].port, ak, sk,
                                                  args.distinct)
         if "moto" in targets:
-            prepared["moto"] = prepare_target("moto", ports["moto"], "testing", "testing",
-                                              args.distinct)
+            prepared["moto"] = prepare_target("moto", by_name["moto"].port, "testing",
+                                              "testing", args.distinct)
         # The trivial app is sent hsmpool's requests (signed for its own Host).
         source = prepared.get("hsmpool") or Target("trivial", 0, ak, sk, "k", [bytes(94)])
         t_setup = time.monotonic() - t_start
         print(f"setup {t_setup:.1f} s; {loadgen}, {args.connections} connections, "
               f"{warmup:g} s warm-up + {seconds:g} s per cell", flush=True)
-        order = [t for t in ("hsmpool", "trivial", "moto") if t in targets]
         for op in args.ops:
             plan = []
             for name in order:
@@ -1022,54 +1253,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if srv.proc.poll() is not None:
                     raise RuntimeError(f"{srv.name} exited; log:\n"
                                        f"{srv.log.read_text()[-2000:]}")
-        audit_files = sorted(p.name for p in (tmp / "audit").glob("*")) \
-            if (tmp / "audit").exists() else []
-        audit_bytes = sum(p.stat().st_size for p in (tmp / "audit").rglob("*") if p.is_file()) \
-            if (tmp / "audit").exists() else 0
+        audit = audit_summary(tmp)
     finally:
-        for s in reversed(servers):
-            s.stop()
-        if args.keep:
-            print(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        teardown(servers, tmp, args.keep)
     text, summary = report(cells, loadgen)
-    print()
-    print(text)
-    print(f"audit: {len(audit_files)} files, {audit_bytes / 1e6:.1f} MB written by the "
-          "hsmpool workers during the run")
-    total = time.monotonic() - t_start
-    print(f"\nsetup {t_setup:.1f} s, total {total:.1f} s")
+    total = print_report(text, audit, t_setup, t_start)
     doc = {"meta": {
-        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "host": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version(),
-        "platform": platform.platform(), "loadgen": loadgen,
+        **meta_head(), "loadgen": loadgen,
         "wrk_threads": args.wrk_threads if loadgen == "wrk" else None,
         "connections": args.connections, "seconds_per_cell": seconds, "warmup_seconds": warmup,
         "rounds": rounds,
         "distinct_requests": args.distinct, "workers": WORKERS, "instance": INSTANCE,
         "tokens": [f"hsmpool-{i}" for i in TOKENS], "plaintext_bytes": PLAINTEXT_BYTES,
-        "audit_files": audit_files, "audit_bytes": audit_bytes, "versions": versions(),
-        "git_commit": _command(["git", "-C", str(ROOT), "rev-parse", "HEAD"]),
-        "modified": _command(["git", "-C", str(ROOT), "status", "--porcelain", "--",
-                              "hsmpool", "kms", "native"]).splitlines(),
-        "setup_seconds": t_setup, "total_seconds": total, "notes": notes},
+        **meta_tail(audit, versions(), t_setup, total, notes)},
         "cells": [asdict(c) for c in cells], **summary}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(doc, indent=2) + "\n")
-    print(f"wrote {args.json}")
-    write_plots(args.json, doc, "server")
+    write_results(args.json, doc)
     return 0
-
-
-def _prepare_port(cfg: Path, tmp: Path, servers: list[Server]) -> int:
-    """Start a normal one-worker server just to create the profile's key; its port."""
-    port = free_port()
-    s = start("hsmpool-setup", [hsmpool_bin(), "--config", str(cfg), "serve", "--host", HOST,
-                                "--port", str(port), "--workers", "1"], port, tmp)
-    servers.append(s)
-    wait_ready(s, "/healthz")
-    return port
 
 
 if __name__ == "__main__":
