@@ -1,128 +1,7 @@
 """The audit trail: one hash-chained record per KMS call, in per-process SQLite segments.
 
-Use::
-
-    log = AuditLog("var/audit", "worker-0")
-    log.append(AuditEvent(time.time(), "default", "alice", "kms:Encrypt", key_id, version,
-                          "ok", request_id, {"purpose": "backup"}))
-    log.record(time.time(), "default", "alice", "kms:Encrypt", key_id, version, "ok",
-               request_id, {"purpose": "backup"})     # the same, unchecked (trusted callers)
-    log.flush()          # only where a response must wait for durability
-    log.close()
-
-    report = verify("var/audit")      # or: hsmpool audit verify --dir var/audit
-
-Segments
-    Every writer process has its own segment, the SQLite file ``audit-{segment}.db`` in the
-    audit directory, so two processes never share a SQLite writer lock. A segment is held by
-    one :class:`AuditLog` at a time (an exclusive ``flock`` on ``audit-{segment}.lock``;
-    :class:`SegmentInUse` otherwise); a server restarting ``worker-0`` reopens its segment
-    and continues its chain. Command-line runs share ``cli-{host}-{user}``
-    (:func:`open_cli_log`; a run that finds it held writes ``cli-{host}-{user}-{pid}``), and
-    a log opened with ``discard_if_empty`` deletes its segment at close if it holds no
-    records, so short runs leave no empty files. Reading: :mod:`kms.audit_reader`.
-
-Writing
-    :meth:`AuditLog.append` checks an :class:`AuditEvent` and hands its fields to the
-    writer; :meth:`AuditLog.record` does the same from the nine fields given directly,
-    without building or checking an :class:`AuditEvent` - the fast path for a caller that
-    builds the values itself (the KMS service); a value of a wrong type there fails the log
-    (closed) instead of being recorded. The writer is native (``native/auditw.c``): a
-    thread without Python and without the GIL, that builds each record's canonical text,
-    chains its hash and commits the queue in batches: it sleeps until ``wake_at`` records
-    are queued (default 256) or ``max_delay`` seconds (default 0.01) have passed since it
-    saw the first one, or a flush or close asks; then it takes everything waiting (up to
-    8192 records per transaction) and inserts it, updates the head and commits in one
-    transaction ("group commit"). So the fixed cost of a commit is shared by many records,
-    and a caller spends about 3 microseconds per record (measured). :meth:`AuditLog.flush`
-    wakes the writer at once (no delay) and waits until everything recorded before it is
-    committed. With ``sync=True`` the segment runs with ``synchronous=FULL`` in WAL mode, so
-    a committed batch is on disk (fsync) before flush returns; with ``sync=False``
-    (``synchronous=NORMAL``) it survives a process crash but not a power cut. Python sets a
-    segment up (schema, head, format checks) and then hands the file to the writer.
-
-    Durability window: a record is not durable when ``append``/``record`` returns; without a
-    flush it is committed at most ``max_delay`` plus the duration of the commit in flight
-    and of its own commit later (about 10 ms plus two fsyncs by default; longer only while
-    more than 8192 records are queued, i.e. the disk cannot keep up). Records appended
-    but not yet committed are lost if the process dies; a caller that must not answer
-    before its record is durable calls ``flush()``. If a write fails (disk full, I/O error),
-    the log fails closed: ``flush`` and every later ``append``/``record`` raise
-    :class:`AuditError`.
-
-Record format (version 2)
-    Table ``records`` holds one row per event: ``seq`` (1, 2, 3, ... within the segment),
-    ``record`` (the canonical record, as text), ``prev_hash`` and ``hash``. The canonical
-    record of an event is the JSON array::
-
-        [2, time, instance, principal, action, key_id, key_version, result, request_id,
-         details]
-
-    exactly as ``json.dumps(..., sort_keys=True, separators=(",", ":"), ensure_ascii=True)``
-    writes it: the format version first, ``time`` a number (Python's shortest round-trip
-    float repr; an int only if a trusted caller passed one), ``key_id`` and ``key_version``
-    string or null, ``details`` an object of strings with sorted keys. JSON keeps every
-    field unambiguous; the fixed order (no keys) makes it cheap to write. The stored text is
-    the hashed byte string (it is ASCII); verify accepts a record only in this exact
-    encoding, so a record has one reading. Then::
-
-        hash     = SHA-256(prev_hash || seq as 8-byte big-endian || record)
-        genesis  = SHA-256(b"hsmpool-audit-genesis/1\\0" || segment name (UTF-8))
-
-    where the first record's ``prev_hash`` is the genesis of its segment, so a record (or a
-    whole file) cannot be moved to another segment. Table ``head`` (one row) holds the last
-    seq and hash, updated in the same transaction as the records; a fresh segment's head is
-    ``(0, genesis)``. If the log is opened with ``head_key``, the head also carries
-    ``HMAC-SHA-256(head_key, b"hsmpool-audit-head/1\\0" || segment || b"\\0" || seq(8) ||
-    hash)``. Table ``meta`` names the segment and the format (``format`` = ``2``).
-
-    The view ``audit`` decodes the records into columns for SQL queries (``seq, v, time,
-    instance, principal, action, key_id, key_version, result, request_id, details`` (JSON
-    text), ``prev_hash, hash``), e.g. ``SELECT time, principal FROM audit WHERE action =
-    'kms:Decrypt'``; the chain is always checked on the ``records`` table.
-
-    Format 1 (one column per field, hashed over a sorted-keys JSON object) was replaced by
-    format 2 before any deployment: this version neither writes nor verifies format 1
-    segments (opening one raises :class:`AuditError`; verify reports it unchecked).
-
-Verification
-    :func:`verify` recomputes every hash and reports, per segment and seq: a changed field
-    (hash mismatch; or a malformed record, when the edit breaks the format or its canonical
-    encoding), records removed from the middle (a seq gap), records renumbered or
-    reordered (a record whose hash only checks under another seq is reported as "written as
-    seq N"), records replaced or inserted with recomputed hashes (the next record's
-    ``prev_hash`` no longer links), a bad genesis (first record not chained to this
-    segment's name), and a removed tail (the head names a later seq or another hash than the
-    last record). With the head key it also checks the head's MAC.
-
-Threat model (what this does and does not protect)
-    The chain makes tampering *evident*, not impossible. Someone who can only change rows
-    of a segment without rewriting everything after them - an edited field, a deleted,
-    swapped or inserted record - is caught by ``verify``, with the seq named. Deleting the
-    last records is caught through the head.
-
-    An attacker with full write access to a segment file can still rewrite history
-    consistently: recompute every hash after the change and update the head (or delete
-    the tail and roll the head back, or replace the whole file with a shorter chain). The
-    chain alone cannot tell; only state kept out of the attacker's reach can:
-
-    * ``head_key``: with a key file the attacker cannot read, they cannot produce a valid head
-      MAC, so any rewrite that moves the head (truncation, a recomputed chain) is caught -
-      but they can still roll the file back to an older copy whose head MAC is genuine
-      (a backup), and a key readable by the KMS process is readable by whoever owns the
-      KMS host;
-    * external anchors: ``hsmpool audit verify`` prints every segment's head as an anchor
-      ``SEGMENT:SEQ:HASH``; an operator who copies those to a separate system (ticket, log
-      host, paper) can later pass them back (``--anchor``, ``--anchor-file``) and verify
-      checks that each is still in its chain, which exposes any rewrite, truncation or
-      rollback of records up to an anchor. Records after the last anchor are protected by
-      nothing but the head key.
-
-    Nothing here stops an attacker from deleting a whole segment file (keep the list of
-    segments and their anchors elsewhere), from writing false events through the KMS itself,
-    or from reading the log: the log holds no plaintext, key material or secret context
-    values (callers pass only non-secret ``details``), but it does reveal who used which key
-    when. Events lost in a crash before ``flush`` leave no trace: there is no gap to detect.
+The full description (record format, chaining, segments, durability, verification):
+``docs/audit.md``.
 """
 
 from __future__ import annotations
@@ -245,7 +124,7 @@ class AuditEvent:
 
 _enc = json.encoder.encode_basestring_ascii  # the C string encoder json.dumps uses
 
-# The record of format 2: a JSON array (see the module docstring). "%r" of a float is
+# The record of format 2: a JSON array (see docs/audit.md). "%r" of a float is
 # float.__repr__, the shortest round-trip form json.dumps writes too.
 _FMT = "[2,%r,%s,%s,%s,%s,%s,%s,%s,%s]"
 
@@ -401,7 +280,7 @@ class AuditLog:
     """An append-only, hash-chained audit segment with a background group-commit writer.
 
     Create it in the process that uses it (after any fork): the writer thread does not
-    survive ``fork``. ``wake_at`` and ``max_delay`` set the batching (module docstring).
+    survive ``fork``. ``wake_at`` and ``max_delay`` set the batching (docs/audit.md).
     With ``discard_if_empty``, a segment that holds no records when the log closes is
     deleted (its database and lock files), so short-lived writers leave nothing behind.
     Raises :class:`SegmentInUse` if another log holds the segment.

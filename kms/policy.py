@@ -1,143 +1,6 @@
 """Access control inside the KMS service: policies, principals, and the allow/deny decision.
 
-Pure logic, no I/O.  The service asks :func:`identity_effect` (through the caching
-:class:`Authorizer`) and, for an operation on a key, :func:`key_decision` before every
-operation and, on a refusal, answers as if the key did not exist; this module only says yes or
-no.  Grants (:mod:`kms.keys.grants`) are the service's last step, described below.
-
-Model
------
-A :class:`Principal` belongs to one *instance* (tenant) and carries :class:`Policy` documents
-(its *own*, or identity, policies).  A policy is a tuple of :class:`Statement`; each statement
-allows or denies some *actions* (``kms:Encrypt``, ``kms:Generate*``, ``kms:*``, ``*``) on some
-*resources*, optionally only from some networks and only for some encryption contexts.  A key
-may carry a :class:`KeyPolicy` (statements that also name *principals*) and grants.
-
-Principal ARNs
---------------
-Key policies and grants name principals by ARN: ``arn:aws:iam::<account>:user/<principal
-name>`` (:func:`principal_arn`), where the account is the instance's (the one in its key
-ARNs), and the account itself by ``arn:aws:iam::<account>:root`` or the bare 12-digit account
-id.  Any partition (``arn:aws-cn:...``) is read as ``aws``.  Roles, services and federated
-principals do not exist here and are refused.
-
-Resource names of a key
------------------------
-A request on a key carries every name of the key (``Request.resources``): its key ARN and the
-ARNs of *all aliases pointing at it now* (AWS's ``kms:ResourceAliases``; the alias a caller
-named it by, ``kms:RequestAlias``, is always among them).  So ``"Resource":
-"arn:aws:kms:*:*:alias/app-*"`` covers Encrypt by alias, by key id, and Decrypt (which names
-no key) of every key with an ``app-`` alias, and stops covering a key once its last such alias
-is deleted or moved.  Alias management (CreateAlias, UpdateAlias, DeleteAlias) is the
-exception: it is authorised on the alias ARN and, separately, on the key ARN alone (its own
-aliases are the subject of the operation, not a name for it), as AWS requires permission on
-both the alias and every key involved.
-
-Decision, principal's own policies (:func:`identity_effect`, :func:`is_allowed`)
-------------------------------------------------------------------------------
-1. A principal of another instance is refused, whatever its policies say (even ``kms:*`` on
-   ``*``).
-2. A statement *applies* to a request when its action patterns match the action, one of its
-   resource patterns matches one of the names of the target, and its conditions hold.
-3. Any applicable ``Deny`` refuses (``"Deny"``); otherwise any applicable ``Allow`` allows
-   (``"Allow"``); otherwise nothing applies (None: refused unless a key policy or a grant
-   allows).  The order of policies and statements does not matter.
-
-Decision on a key (:func:`key_decision`, then grants)
-----------------------------------------------------
-The subset of AWS's key-policy evaluation that a single account needs:
-
-1. An applicable ``Deny`` of the principal's own policies refuses.
-2. An applicable ``Deny`` of the key policy that names the principal, ``"*"`` or the account
-   (root ARN or account id) refuses.
-3. An applicable ``Allow`` of the key policy that names the principal or ``"*"`` allows, even
-   if the principal's own policies say nothing.
-4. An applicable ``Allow`` of the key policy that names the account root defers: it allows if
-   the principal's own policies allow (this is the default key policy's "Enable IAM User
-   Permissions" statement).
-5. Otherwise a grant on the key to the principal that allows the operation (with its
-   encryption-context constraints met) allows; otherwise refused.
-
-A key without a key policy (none given) behaves as under AWS's default key policy: the
-principal's own policies decide (steps 1, 4, 5), as before key policies were evaluated.  The
-embedding caller (no principal, and so the command line) is bound by neither key policies nor
-grants: it is the instance's administrator and the way back from a key policy that locks
-everyone out.  Key policy statements use the same actions, resources and conditions as the
-principal's (below); ``Resource: "*"`` means the key.  Not supported (a
-:class:`PolicyError`): ``NotPrincipal``, non-AWS principals, other condition keys and
-operators (``kms:CallerAccount``, ``kms:ViaService``, ``kms:GrantIsForAWSResource`` ...).
-
-Patterns
---------
-``*`` matches any run of characters (``:`` and ``/`` included) and ``?`` exactly one, as in IAM;
-nothing else is special.  Actions match case-insensitively, resources case-sensitively.  Every
-action pattern must match at least one name of :data:`ACTIONS` (a typo such as ``kms:Encrpyt``
-is a :class:`PolicyError`).  Resource patterns are
-
-* ``*``: everything, including account-level requests (see below);
-* an ARN pattern, ``arn:aws:kms:us-east-1:111122223333:key/1234abcd-...``,
-  ``arn:aws:kms:*:*:alias/app-*``;
-* for convenience, ``alias/<name>``, ``key/<id>`` or a bare key id ``<id>`` (each may hold
-  wildcards), which stand for that alias or key in any partition, region and account (the three
-  ARN fields are matched by ``[^:]*``: no wildcard spill-over into other fields).
-
-Requests for account-level actions (``kms:CreateKey``, ``kms:ListKeys``, ``kms:GenerateRandom``
-...) carry no resource names (``resources=()``); only a statement with a resource pattern made
-of nothing but ``*`` applies to them, as AWS requires ``"Resource": "*"`` for those actions.
-
-Wildcard matching runs in time linear in the product of the lengths of pattern and name, never
-exponential: each ``*``-separated segment is matched at its leftmost position and that choice
-is committed (atomic groups), which is exact for glob patterns.
-
-Conditions (the whole supported subset; anything else is a :class:`PolicyError`)
--------------------------------------------------------------------------------
-``{"IpAddress": {"aws:SourceIp": [cidr, ...]}}``
-    (``Statement.source_cidrs``) the statement applies only to requests from inside one of the
-    networks.  IPv4 and IPv6; an IPv4-mapped IPv6 source (``::ffff:10.0.0.1``) counts as its
-    IPv4 address.  Networks must not have host bits set (``10.0.0.1/8`` is refused).
-``{"NotIpAddress": {"aws:SourceIp": [cidr, ...]}}``
-    (``Statement.not_source_cidrs``; an addition to the brief) the statement applies only to
-    requests from *outside* all of them: the usual "deny from anywhere but the office" rule.
-``{"StringEquals": {"kms:EncryptionContext:<key>": value-or-values, ...}}``
-    (``Statement.encryption_context``) for every listed key, the request's encryption context
-    must carry the key with one of the listed values (values: exact, case-sensitive).  As in
-    AWS, the key part of the condition key is matched case-insensitively; if the request's
-    context holds several keys differing only by case, an Allow's condition holds only when all
-    of them carry a listed value and a Deny's when any of them does (fail closed both ways).
-
-Condition operator names are case-sensitive (as in AWS), condition key names are not.
-
-Requests without a source IP (the embedded caller, or a front end that does not know it): an IP
-condition on an ``Allow`` is *not* satisfied (no grant), and an IP condition on a ``Deny`` *is*
-satisfied (the deny applies: fail closed).
-
-JSON
-----
-:meth:`Policy.from_json` reads the AWS document format: ``Version`` (``2012-10-17`` or
-``2008-10-17``; missing means ``2012-10-17``), optional ``Id`` (accepted and dropped),
-``Statement`` (one object or a list) with ``Sid`` (optional), ``Effect``, ``Action`` and
-``Resource`` (string or list), ``Condition`` (the subset above).  ``Principal``,
-``NotPrincipal``, ``NotAction`` and ``NotResource`` are refused: these are identity policies,
-attached to a principal.  Duplicate keys in a JSON object are refused.  :meth:`Policy.to_json`
-writes the same format; ``Policy.from_json(p.to_json()) == p``.
-
-:meth:`KeyPolicy.from_json` reads key policies: the same format, where every statement must
-also have ``Principal``: ``"*"`` or ``{"AWS": <principal or list>}`` with principals as above
-(``"*"``, an account id, an account root ARN, a principal ARN).  A principal ARN of a name
-that does not exist (yet) is accepted; one of another account never applies.
-
-Caching
--------
-:class:`Authorizer` memoises the principal's own effect per (principal id, action, resource
-names, source IP, instance), and its generation voids every decision cached elsewhere (the
-service's per-client decisions, which include key policies and grants; the service calls
-:meth:`Authorizer.invalidate` after a key policy or grant changes, or another process
-commits).  Principals whose policies use encryption-context conditions are never cached
-(their decisions depend on per-request data with unbounded variety).  Call
-:meth:`Authorizer.invalidate` after a principal's policies change, *after* the new
-:class:`Principal` object is what callers get: a check that started with the old object and
-finishes after the invalidation does not store its result, but one that starts after it with a
-stale object would.
+The full reference (rules, patterns, conditions, what is refused): ``docs/policy.md``.
 """
 
 from __future__ import annotations
@@ -411,7 +274,7 @@ def _str_tuple(value: object, what: str) -> tuple[str, ...]:
 
 @dataclass(frozen=True, slots=True)
 class Statement:
-    """One Allow or Deny rule.  See the module docstring for the pattern and condition rules.
+    """One Allow or Deny rule.  See docs/policy.md for the pattern and condition rules.
 
     ``encryption_context`` maps an encryption-context key to the values it may have (any of
     them); it is the ``StringEquals`` / ``kms:EncryptionContext:<key>`` condition.
@@ -876,7 +739,7 @@ KeyPolicyEffect = Literal["Deny", "Allow", "Identity"]
 
 @dataclass(frozen=True, slots=True)
 class KeyPolicy:
-    """A key policy document: statements with a ``Principal`` (see the module docstring)."""
+    """A key policy document: statements with a ``Principal`` (see docs/policy.md)."""
 
     statements: tuple[KeyStatement, ...]
     version: str = "2012-10-17"
