@@ -1,60 +1,45 @@
-"""The console's secrets panel: a hook for the secrets manager.
+"""The console's secrets panel: the caller's secrets as plain rows, never a value.
 
-The panel is shown only when the service offers secrets: when the caller's service client
-(:class:`kms.KmsClient`) has a ``list_secrets(limit, marker)`` method returning a page (an
-object with ``items`` and ``next_marker``, as ``list_keys`` does). Of each item the console
-reads only these attributes (any may be missing), never a secret's value:
-
-* ``name`` (str), ``arn`` (str), ``description`` (str);
-* ``stages``: a mapping of version id -> stage names (``AWSCURRENT``, ``AWSPENDING``...);
-* ``rotation_enabled`` (bool), ``last_rotated`` and ``next_rotation`` (epoch seconds);
-* ``rotation_failures`` (int) and ``last_rotation_error`` (a short text, no secret);
-* ``deletion_date`` (epoch seconds, for a secret scheduled for deletion).
-
-Whatever the service's secrets look like, only the names above are read (``getattr``), so
-a value held by an item never reaches the page.
+Each row holds a secret's name, ARN, description, the stages its versions carry, its
+rotation state (enabled, last and next rotation, the last failure's reason: a short text,
+never a value) and its deletion date. Only the records are read (``list_secrets``), never
+an envelope or a value.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any, Final
 
+from kms.service import KmsClient
+
 MAX_SECRETS: Final = 10_000
-_TEXT: Final = ("name", "arn", "description", "last_rotation_error")
-_TIMES: Final = ("last_rotated", "next_rotation", "deletion_date")
 
 
-def available(client: Any) -> bool:
-    return callable(getattr(client, "list_secrets", None))
+def available(client: KmsClient) -> bool:
+    """Whether the caller may list secrets (the panel is shown then)."""
+    try:
+        client.list_secrets(1)
+    except Exception:  # noqa: BLE001 - AccessDenied, or a store that is down: no panel
+        return False
+    return True
 
 
-def rows(client: Any, page_size: int = 100) -> list[dict[str, Any]]:
-    """Every secret of the client's instance it may list, as plain rows (see above)."""
+def rows(client: KmsClient, page_size: int = 100) -> list[dict[str, Any]]:
+    """Every secret of the client's instance (those scheduled for deletion too)."""
     out: list[dict[str, Any]] = []
-    marker: str | None = None
+    token: str | None = None
     while len(out) < MAX_SECRETS:
-        page = client.list_secrets(page_size, marker)
-        for item in page.items:
-            out.append(row(item))
-        marker = page.next_marker
-        if not marker:
+        page = client.list_secrets(page_size, token, include_planned_deletion=True)
+        for rec, versions in page.items:
+            out.append({
+                "name": rec.name, "arn": rec.arn, "description": rec.description[:300],
+                "stages": sorted({s for v in versions for s in v.stages}),
+                "rotation_enabled": rec.rotation_enabled, "last_rotated": rec.last_rotated,
+                "next_rotation": rec.next_rotation if rec.rotation_enabled else None,
+                "last_rotation_error": (rec.rotation_error or "")[:300] or None,
+                "rotation_failures": 1 if rec.rotation_error else 0,
+                "deletion_date": rec.deletion_date})
+        token = page.next_token
+        if not token:
             break
     return out
-
-
-def row(item: Any) -> dict[str, Any]:
-    r: dict[str, Any] = {}
-    for name in _TEXT:
-        v = getattr(item, name, None)
-        r[name] = v[:300] if isinstance(v, str) else None
-    for name in _TIMES:
-        v = getattr(item, name, None)
-        r[name] = float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
-    stages = getattr(item, "stages", None)
-    r["stages"] = sorted({str(s) for v in stages.values() for s in v}) \
-        if isinstance(stages, Mapping) else []
-    r["rotation_enabled"] = bool(getattr(item, "rotation_enabled", False))
-    failures = getattr(item, "rotation_failures", 0)
-    r["rotation_failures"] = failures if isinstance(failures, int) else 0
-    return r
