@@ -42,6 +42,7 @@ from kms.keys.crypto import (
     KeyCrypto,
     PublicKeyInfo,
 )
+from kms.keys.export import DataKeyExport
 from kms.keys.grants import Grants
 from kms.keys.importing import KeyImport
 from kms.keys.lifecycle import DAY, KeyLifecycle, check_key_policy, default_key_policy
@@ -513,7 +514,7 @@ class Kms:
             raise E.NotFound(f"token {token!r} is not in the pool") from None
 
 
-class KmsClient(KeyLifecycle, Aliases, Secrets, KeyCrypto, KeyImport, Grants):
+class KmsClient(KeyLifecycle, Aliases, Secrets, DataKeyExport, KeyCrypto, KeyImport, Grants):
     """The operations of the service, as one caller (instance + principal) sees them.
 
     Method names and arguments follow the AWS KMS API (snake_case). Key ids may be a key

@@ -315,6 +315,37 @@ def generate_data_key_without_plaintext(c: KmsClient, p: Params) -> dict[str, An
     return _data_key(c, p, False)
 
 
+_WRAPPING_SPECS: Final = {"RSA_2048": ("RSAES_OAEP_SHA_256", "RSAES_OAEP_SHA_1"),
+                          "EC_SM2": ("SM2PKE",)}
+
+
+def _wrapping(p: Params) -> tuple[bytes, str]:
+    spec, alg = _p(p, "WrappingKeySpec"), _p(p, "WrappingAlgorithm")
+    if alg not in _WRAPPING_SPECS.get(spec, ()):
+        raise E.Validation("WrappingKeySpec/WrappingAlgorithm must be RSA_2048 with "
+                           "RSAES_OAEP_SHA_256 or RSAES_OAEP_SHA_1, or EC_SM2 with SM2PKE")
+    return _b64(p, "PublicKeyBlob"), alg
+
+
+def export_data_key(c: KmsClient, p: Params) -> dict[str, Any]:
+    public, alg = _wrapping(p)
+    r = c.export_data_key(_b64(p, "CiphertextBlob"), public, alg, _ctx(p))
+    return {"ExportedDataKey": _b(r.exported), "KeyId": r.key_id.rsplit("/", 1)[-1],
+            "KeyVersionId": r.key_version}
+
+
+def generate_and_export_data_key(c: KmsClient, p: Params) -> dict[str, Any]:
+    public, alg = _wrapping(p)
+    spec = _opt(p, "KeySpec")
+    n = _opt(p, "NumberOfBytes")
+    r = c.generate_and_export_data_key(
+        _key_id(p), public, alg, spec if n is None else None,
+        _int(p, "NumberOfBytes", 0) if n is not None else None, _ctx(p))
+    assert r.ciphertext_blob is not None
+    return {"CiphertextBlob": _b(r.ciphertext_blob), "ExportedDataKey": _b(r.exported),
+            "KeyId": r.key_id.rsplit("/", 1)[-1], "KeyVersionId": r.key_version}
+
+
 def get_random_password(c: KmsClient, p: Params) -> dict[str, Any]:
     def flag(name: str) -> bool:
         v = (_opt(p, name) or "false").lower()
@@ -587,6 +618,8 @@ _KEY_OPS: Final[dict[str, Callable[[KmsClient, Params], dict[str, Any]]]] = {
     "GenerateDataKey": generate_data_key,
     "GenerateDataKeyWithoutPlaintext": generate_data_key_without_plaintext,
     "GetRandomPassword": get_random_password,
+    "ExportDataKey": export_data_key,
+    "GenerateAndExportDataKey": generate_and_export_data_key,
     "CreateKeyVersion": create_key_version,
     "ListKeyVersions": list_key_versions,
     "DescribeKeyVersion": describe_key_version,

@@ -240,3 +240,42 @@ def test_asymmetric_keys_cross_checked(ali_python: Path, server: Server) -> None
     verifier = gmssl_verifier(der)
     assert verifier.verify_with_sm3(der_to_raw(sig).hex(), msg)
     assert not verifier.verify_with_sm3(der_to_raw(sig).hex(), msg + b"!")
+
+
+EXPORT_SCRIPT = r"""
+k = c.create_key(m.CreateKeyRequest(key_spec="Aliyun_AES_256")).body.key_metadata
+g = c.generate_and_export_data_key(m.GenerateAndExportDataKeyRequest(
+    key_id=k.key_id, key_spec="AES_256", public_key_blob=args[0], wrapping_key_spec="RSA_2048",
+    wrapping_algorithm="RSAES_OAEP_SHA_256", encryption_context={"use": "export"})).body
+plain = c.decrypt(m.DecryptRequest(ciphertext_blob=g.ciphertext_blob, encryption_context={"use": "export"})).body.plaintext
+e = c.export_data_key(m.ExportDataKeyRequest(
+    ciphertext_blob=g.ciphertext_blob, public_key_blob=args[1], wrapping_key_spec="EC_SM2",
+    wrapping_algorithm="SM2PKE", encryption_context={"use": "export"})).body
+out["rsa"] = g.exported_data_key
+out["sm2"] = e.exported_data_key
+out["plain"] = plain
+out["mismatch"] = code_of(lambda: c.export_data_key(m.ExportDataKeyRequest(
+    ciphertext_blob=g.ciphertext_blob, public_key_blob=args[1], wrapping_key_spec="RSA_2048",
+    wrapping_algorithm="RSAES_OAEP_SHA_256", encryption_context={"use": "export"})))
+"""
+
+
+def test_data_keys_exported_under_a_callers_public_key(ali_python: Path,
+                                                       server: Server) -> None:
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+    from hsmpool.gm import SM2PrivateKey
+
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    rsa_pub = rsa_key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    sm2_key = SM2PrivateKey.generate()
+    out = _run(ali_python, server, EXPORT_SCRIPT, base64.b64encode(rsa_pub).decode(),
+               base64.b64encode(sm2_key.public_key().to_der()).decode())
+    plain = base64.b64decode(out["plain"])
+    assert len(plain) == 32
+    oaep = padding.OAEP(padding.MGF1(hashes.SHA256()), hashes.SHA256(), None)
+    assert rsa_key.decrypt(base64.b64decode(out["rsa"]), oaep) == plain
+    assert sm2_key.decrypt(base64.b64decode(out["sm2"])) == plain
+    assert out["mismatch"][0] == "InvalidParameter"  # an SM2 key is not an RSA key
