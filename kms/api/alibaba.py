@@ -713,12 +713,12 @@ class AlibabaFrontend:
             return self._answer(400, "InvalidVersion", f"the API version is {VERSION}", op,
                                 request_id)
         try:
+            self.auth.fresh()  # a revoked access key is refused within 50 ms
             if acs3:
                 akid = self.verifier.verify_acs3(req.method, req.path, query_params,
                                                  req.headers, req.body)
             else:
                 akid = self.verifier.verify_v1(req.method, params)
-            self.auth.fresh()
             client = self.auth.client(akid, req.peer, req.headers.get("x-forwarded-for"))
         except AuthError as exc:
             return self._answer(_AUTH_STATUS.get(exc.code, 400), exc.code, exc.message, op,

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
@@ -46,7 +47,7 @@ def encrypt_to(public_key_der: bytes, algorithm: str, data: bytes) -> bytes:
             raise E.Validation("the public key is not an SM2 public key") from None
     try:
         pk = serialization.load_der_public_key(public_key_der)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, UnsupportedAlgorithm):
         raise E.Validation("the public key is not a valid RSA public key") from None
     if not isinstance(pk, rsa.RSAPublicKey) or pk.key_size < 2048:
         raise E.Validation("the public key must be RSA of 2048 bits or more")

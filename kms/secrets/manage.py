@@ -430,8 +430,13 @@ class Secrets(KeyCrypto):
                 raise E.Validation("a secret name is 1..512 of A-Z a-z 0-9 /_+=.@-")
             if not isinstance(description, str) or len(description) > 2048:
                 raise E.Validation("Description must be at most 2048 characters")
-            if self.principal is not None and not self._allow(action("CreateSecret"), ()):
-                raise E.AccessDenied("not allowed to create secrets")
+            # Authorised on the secret's ARN without its random suffix (what a policy's
+            # "secret:app/*" pattern matches; "*" matches it too).
+            partial = (f"arn:aws:secretsmanager:{self.kms.settings.region}:{self._account}:"
+                       f"secret:{name}")
+            if self.principal is not None and not self._allow(action("CreateSecret"),
+                                                              (partial,)):
+                raise E.AccessDenied("not allowed to create this secret")
             value = _value(secret_string, secret_binary, required=False)
             token = _token(client_request_token)
             key = self._secret_key_check(kms_key_id)

@@ -295,3 +295,15 @@ def test_the_default_key_disabled_stops_reads_even_when_warm(client: KmsClient) 
         client.get_secret_value(name)
     client.enable_key(default.key_id)
     assert client.get_secret_value(name).string == "hot"
+
+
+def test_create_is_authorised_on_the_secrets_name(kms: Kms) -> None:
+    team = unique("team")
+    writer = make_principal(kms, unique("writer"), allow(
+        ["secretsmanager:CreateSecret", "secretsmanager:GetSecretValue"],
+        f"arn:aws:secretsmanager:*:*:secret:{team}/*"))
+    c = as_principal(kms, writer)
+    rec, _ = c.create_secret(f"{team}/db", secret_string="mine")
+    assert c.get_secret_value(rec.arn).string == "mine"
+    with pytest.raises(E.AccessDenied):
+        c.create_secret(unique("other") + "/db", secret_string="not mine")

@@ -343,8 +343,11 @@ async function refreshSecrets() {
   let doc;
   try { doc = await api("GET", "/console/api/secrets?instance=" + encodeURIComponent(C.instance)); }
   catch (e) { $("secrets-none").textContent = e.message; return; }
-  $("secrets-none").hidden = doc.available;
-  $("secrets").hidden = !doc.available;
+  const none = $("secrets-none"), some = doc.available && doc.secrets.length > 0;
+  none.textContent = doc.available ? "No secrets in this instance yet."
+    : "Your policies do not let you list this instance's secrets.";
+  none.hidden = some;
+  $("secrets").hidden = !some;
   $("secrets").tBodies[0].replaceChildren(...doc.secrets.map((s) => el("tr", {},
     el("td", {}, s.name), el("td", {}, s.stages.join(", ")),
     el("td", {}, s.rotation_enabled ? "on" : "off"), el("td", {}, when(s.last_rotated)),
