@@ -8,4 +8,4 @@ bash scripts/setup.sh --test
 .venv/bin/ruff check hsmpool kms tests benchmarks native
 .venv/bin/mypy
 .venv/bin/lint-imports --no-cache  # layers (pyproject.toml [tool.importlinter])
-exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+exec .venv/bin/python -m pytest -q -p no:cacheprovider --durations=25 "$@"

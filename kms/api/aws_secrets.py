@@ -11,9 +11,11 @@ seconds, ``SecretBinary`` in base64). Errors carry the names boto3 knows
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
+from kms import errors as E
 from kms.api.aws_kms import AwsKmsFrontend, Body, _b64, _blob, _bool, _int, _req, _str
 from kms.errors import KmsError
 from kms.secrets.manage import SecretValue
@@ -69,8 +71,6 @@ def _value_out(sv: SecretValue) -> dict[str, Any]:
 
 def _describe(rec: SecretRecord, versions: tuple[SecretVersion, ...],
               stages_field: str = "VersionIdsToStages") -> dict[str, Any]:
-    import json
-
     out: dict[str, Any] = {**_names(rec), "CreatedDate": rec.created,
                            "RotationEnabled": rec.rotation_enabled}
     if rec.description:
@@ -106,8 +106,6 @@ def _list_of_str(body: Body, name: str) -> list[str] | None:
 
 
 def _invalid(message: str) -> KmsError:
-    from kms import errors as E
-
     return E.Validation(message)
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import hmac
+import json
 import re
 import secrets as _random
 import time
@@ -783,7 +784,6 @@ class Secrets(KeyCrypto):
             if not isinstance(policy, str) or not 1 <= len(policy) <= 20480:
                 raise E.MalformedPolicyDocument("ResourcePolicy must be a JSON document of "
                                                 "at most 20480 characters")
-            import json
             try:
                 doc = json.loads(policy)
             except ValueError:
@@ -830,7 +830,6 @@ class Secrets(KeyCrypto):
             rotator_named(rotator)
             changes: dict[str, object] = {"rotator": rotator}
             if rotation_rules is not None:
-                import json
                 try:
                     rules = parse_rules(rotation_rules)
                 except ScheduleError as exc:
