@@ -13,6 +13,11 @@ from typing import Final
 
 from hsmpool.blob import KeySpec as PoolSpec
 
+#: The rotation periods the service keeps (days): the union of its protocols' ranges (AWS
+#: KMS 90..2560, Alibaba Cloud 7..730); each front end checks its own.
+MIN_ROTATION_DAYS: Final = 7
+MAX_ROTATION_DAYS: Final = 2560
+
 
 class KeySpec(enum.StrEnum):
     SYMMETRIC_DEFAULT = "SYMMETRIC_DEFAULT"
@@ -144,8 +149,9 @@ class KeyRecord:
     def __post_init__(self) -> None:
         if self.usage not in SPECS[self.spec].usages:
             raise ValueError(f"{self.spec} keys cannot have usage {self.usage}")
-        if not 90 <= self.rotation_period_days <= 2560:
-            raise ValueError("rotation period must be 90..2560 days")
+        if not MIN_ROTATION_DAYS <= self.rotation_period_days <= MAX_ROTATION_DAYS:
+            raise ValueError(f"rotation period must be {MIN_ROTATION_DAYS}..{MAX_ROTATION_DAYS} "
+                             "days")
         if self.min_decrypt_version < 1:
             raise ValueError("minimum decryption version must be at least 1")
 

@@ -20,6 +20,7 @@ import base64
 import binascii
 import json
 import logging
+import re
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -455,6 +456,26 @@ def get_public_key(c: KmsClient, p: Params) -> dict[str, Any]:
     return {"KeyId": rec.key_id, "KeyVersionId": rec.primary_version, "PublicKey": pem}
 
 
+_INTERVAL: Final = re.compile(r"(\d{1,9})([dhms])")
+_UNIT_SECONDS: Final = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+
+
+def update_rotation_policy(c: KmsClient, p: Params) -> dict[str, Any]:
+    enable = (_p(p, "EnableAutomaticRotation")).lower()
+    if enable not in ("true", "false"):
+        raise E.Validation("EnableAutomaticRotation must be true or false")
+    key = _key_id(p)
+    if enable == "false":
+        c.disable_key_rotation(key)
+        return {}
+    m = _INTERVAL.fullmatch(_p(p, "RotationInterval"))
+    seconds = int(m.group(1)) * _UNIT_SECONDS[m.group(2)] if m else -1
+    if seconds % 86400 or not 7 <= seconds // 86400 <= 730:
+        raise E.Validation("RotationInterval is 7 to 730 whole days, e.g. 30d or 2592000s")
+    c.enable_key_rotation(key, seconds // 86400)
+    return {}
+
+
 def _json_list(p: Params, name: str) -> list[Any]:
     try:
         doc = json.loads(_p(p, name))
@@ -621,6 +642,7 @@ _KEY_OPS: Final[dict[str, Callable[[KmsClient, Params], dict[str, Any]]]] = {
     "ExportDataKey": export_data_key,
     "GenerateAndExportDataKey": generate_and_export_data_key,
     "CreateKeyVersion": create_key_version,
+    "UpdateRotationPolicy": update_rotation_policy,
     "ListKeyVersions": list_key_versions,
     "DescribeKeyVersion": describe_key_version,
     "AsymmetricSign": asymmetric_sign,
@@ -655,7 +677,8 @@ OPERATIONS: Final[dict[str, tuple[str, Callable[[KmsClient, Params], dict[str, A
     **{a: ("alias", h) for a, h in _ALIAS_OPS.items()},
     **{a: ("secret", h) for a, h in _SECRET_OPS.items()},
 }
-BLOCKING: Final = frozenset({"CreateKey", "CreateKeyVersion", "TagResource", "UntagResource",
+BLOCKING: Final = frozenset({"CreateKey", "CreateKeyVersion", "UpdateRotationPolicy",
+                             "TagResource", "UntagResource",
                              "EnableKey", "DisableKey", "ScheduleKeyDeletion",
                              "CancelKeyDeletion", "CreateAlias", "UpdateAlias", "DeleteAlias",
                              "CreateSecret", "PutSecretValue", "DeleteSecret",

@@ -328,6 +328,8 @@ def list_aliases(c: KmsClient, b: Body) -> dict[str, Any]:
 
 def enable_key_rotation(c: KmsClient, b: Body) -> dict[str, Any]:
     period = _int(b, "RotationPeriodInDays", 365)
+    if not 90 <= period <= 2560:
+        raise E.Validation("RotationPeriodInDays must be 90..2560")
     c.enable_key_rotation(_req(b, "KeyId"), period)
     return {}
 

@@ -286,7 +286,7 @@ def add_key_commands(ks: Any, leaf: Leaf) -> None:
 
     p = keyed("enable-rotation", "rotate a symmetric key automatically", cmd_enable_rotation)
     p.add_argument("--days", type=int, default=365,
-                   help="rotation period, 90..2560 days (default %(default)s)")
+                   help="rotation period, 7..2560 days (default %(default)s)")
     keyed("disable-rotation", "stop automatic rotation", cmd_disable_rotation)
     keyed("rotation-status", "show automatic rotation settings", cmd_rotation_status)
 

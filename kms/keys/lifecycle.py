@@ -20,7 +20,17 @@ from kms import errors as E
 from kms.caller import Caller, ListPage, Op, any_state, check_limit, check_marker, declare
 from kms.keys import grants as _grants
 from kms.keys.material import backend
-from kms.model import SPECS, KeyRecord, KeySpec, KeyState, KeyUsage, KeyVersion, Origin
+from kms.model import (
+    MAX_ROTATION_DAYS,
+    MIN_ROTATION_DAYS,
+    SPECS,
+    KeyRecord,
+    KeySpec,
+    KeyState,
+    KeyUsage,
+    KeyVersion,
+    Origin,
+)
 from kms.policy import KeyPolicy, PolicyError, Request, identity_effect, key_decision
 from kms.store import Conflict
 
@@ -325,8 +335,12 @@ class KeyLifecycle(Caller):
     # --- rotation ----------------------------------------------------------------------
 
     def enable_key_rotation(self, key_id: str, rotation_period_days: int = 365) -> KeyRecord:
-        if not isinstance(rotation_period_days, int) or not 90 <= rotation_period_days <= 2560:
-            raise E.Validation("RotationPeriodInDays must be 90..2560")
+        """Rotate every ``rotation_period_days`` (7..2560: AWS KMS's front end allows
+        90..2560, Alibaba's 7..730)."""
+        if isinstance(rotation_period_days, bool) or not isinstance(rotation_period_days, int) \
+                or not MIN_ROTATION_DAYS <= rotation_period_days <= MAX_ROTATION_DAYS:
+            raise E.Validation(f"the rotation period must be {MIN_ROTATION_DAYS}.."
+                               f"{MAX_ROTATION_DAYS} days")
 
         def fn(rec: KeyRecord) -> KeyRecord | None:
             if not rec.info.rotatable or rec.origin is Origin.EXTERNAL:

@@ -139,7 +139,7 @@ def test_key_rotation_settings(cli: Cli) -> None:
     assert fields(cli.run("key", "enable-rotation", key_id).stdout)[
         "RotationPeriodInDays"] == "365"  # the default period
     assert cli.json("key", "disable-rotation", key_id)["KeyRotationEnabled"] is False
-    assert "Validation" in cli.fail("key", "enable-rotation", key_id, "--days", "30")
+    assert "Validation" in cli.fail("key", "enable-rotation", key_id, "--days", "6")
     ec = cli.json("key", "create", "--spec", "ECC_NIST_P256")["KeyId"]
     assert "UnsupportedOperation" in cli.fail("key", "enable-rotation", ec)
 

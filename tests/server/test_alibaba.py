@@ -187,6 +187,9 @@ c.tag_resource(m.TagResourceRequest(key_id=k.key_id, tags=json.dumps([{"TagKey":
 res["tags"] = [(t.tag_key, t.tag_value) for t in c.list_resource_tags(m.ListResourceTagsRequest(key_id=k.key_id)).body.tags.tag]
 v2 = c.create_key_version(m.CreateKeyVersionRequest(key_id=k.key_id)).body.key_version.key_version_id
 res["versions"] = len(c.list_key_versions(m.ListKeyVersionsRequest(key_id=k.key_id)).body.key_versions.key_version)
+c.update_rotation_policy(m.UpdateRotationPolicyRequest(key_id=k.key_id, enable_automatic_rotation=True, rotation_interval="7d"))
+res["rotation"] = c.describe_key(m.DescribeKeyRequest(key_id=k.key_id)).body.key_metadata.rotation_interval
+res["bad_interval"] = code_of(lambda: c.update_rotation_policy(m.UpdateRotationPolicyRequest(key_id=k.key_id, enable_automatic_rotation=True, rotation_interval="6d")))
 res["described"] = c.describe_key_version(m.DescribeKeyVersionRequest(key_id=k.key_id, key_version_id=v2)).body.key_version.key_version_id == v2
 out.update(res)
 """
@@ -230,6 +233,7 @@ def test_asymmetric_keys_cross_checked(ali_python: Path, server: Server) -> None
     assert out["wrong_version"][0] == "Forbidden.KeyNotFound"
     assert out["tags"] == [["team", "blue"]]
     assert out["versions"] == 2 and out["described"]
+    assert out["rotation"] == f"{7 * 86400}s" and out["bad_interval"][0] == "InvalidParameter"
     # SM2DSA over SM3(Z || M) with the default user id, verified by gmssl.
     key_id, version, pem = _run(ali_python, server, SM2_KEY)["key"]
     der = base64.b64decode("".join(line for line in pem.splitlines()

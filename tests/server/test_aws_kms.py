@@ -447,6 +447,17 @@ def test_rotation_status_enable_disable(kms: Any) -> None:
         kms.enable_key_rotation(KeyId=kid, RotationPeriodInDays=2561)
 
 
+def test_rotation_periods_below_aws_minimum_are_refused_on_the_wire(server: Server,
+                                                                    kms: Any) -> None:
+    """The service keeps 7..2560 days (Alibaba's front end allows 7..730); the AWS front
+    end still refuses what AWS refuses (boto3 checks 90 itself, so this goes raw)."""
+    kid = _new_key(kms)["KeyId"]
+    status, body = call(server.port, server.creds["admin"], "EnableKeyRotation",
+                        {"KeyId": kid, "RotationPeriodInDays": 30})
+    assert (status, body["__type"]) == (400, "ValidationException")
+    assert kms.get_key_rotation_status(KeyId=kid)["KeyRotationEnabled"] is False
+
+
 def test_rotate_on_demand_and_list_rotations(kms: Any, sm4: dict[str, Any]) -> None:
     for md in (_new_key(kms), sm4):
         kid = md["KeyId"]
