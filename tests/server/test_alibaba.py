@@ -167,6 +167,28 @@ out["stale"] = code_of(lambda: c.list_keys(m.ListKeysRequest()))
     assert replay["stale"] == ["InvalidTimeStamp.Expired", 400]
 
 
+def test_a_request_changed_after_signing_is_refused(ali_python: Path, server: Server) -> None:
+    """The SDK signs, then its request is changed (a parameter, as a man in the middle
+    would): refused, and nothing runs (the key is not disabled)."""
+    out = _run(ali_python, server, r'''
+import alibabacloud_tea_openapi.client as oc
+k = c.create_key(m.CreateKeyRequest(key_spec="Aliyun_AES_256")).body.key_metadata
+other = c.create_key(m.CreateKeyRequest(key_spec="Aliyun_AES_256")).body.key_metadata
+real = oc.Utils.get_authorization
+def tampered(request, *a):
+    auth = real(request, *a)
+    request.query["KeyId"] = other.key_id  # signed for k, sent for other
+    return auth
+oc.Utils.get_authorization = staticmethod(tampered)
+out["tampered"] = code_of(lambda: c.disable_key(m.DisableKeyRequest(key_id=k.key_id)))
+oc.Utils.get_authorization = staticmethod(real)
+out["states"] = [c.describe_key(m.DescribeKeyRequest(key_id=x.key_id)).body.key_metadata.key_state
+                 for x in (k, other)]
+''')
+    assert out["tampered"] == ["SignatureDoesNotMatch", 400]
+    assert out["states"] == ["Enabled", "Enabled"]
+
+
 ASYM_SCRIPT = r"""
 res = {}
 for spec, alg in (("RSA_2048", "RSA_PSS_SHA_256"), ("EC_P256", "ECDSA_SHA_256")):
