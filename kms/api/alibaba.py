@@ -144,6 +144,11 @@ def _key_id(params: Params, name: str = "KeyId") -> str:
     return v
 
 
+def _short(arn: str) -> str:
+    """The key id of a key ARN (Alibaba's answers name keys by id)."""
+    return arn.rsplit("/", 1)[-1]
+
+
 def _time(t: float | None) -> str | None:
     return None if t is None else datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -275,13 +280,13 @@ def encrypt(c: KmsClient, p: Params) -> dict[str, Any]:
     if len(data) > MAX_PLAINTEXT:
         raise E.Validation(f"Plaintext is at most {MAX_PLAINTEXT} bytes")
     r = c.encrypt(_key_id(p), data, _ctx(p))
-    return {"CiphertextBlob": _b(r.ciphertext_blob), "KeyId": r.key_id.rsplit("/", 1)[-1],
+    return {"CiphertextBlob": _b(r.ciphertext_blob), "KeyId": _short(r.key_id),
             "KeyVersionId": c.ciphertext_version(r.ciphertext_blob)}
 
 
 def decrypt(c: KmsClient, p: Params) -> dict[str, Any]:
     r = c.decrypt(_b64(p, "CiphertextBlob"), _ctx(p))
-    return {"Plaintext": _b(r.plaintext), "KeyId": r.key_id.rsplit("/", 1)[-1],
+    return {"Plaintext": _b(r.plaintext), "KeyId": _short(r.key_id),
             "KeyVersionId": r.key_version}
 
 
@@ -289,7 +294,7 @@ def re_encrypt(c: KmsClient, p: Params) -> dict[str, Any]:
     r, _ = c.re_encrypt(_b64(p, "CiphertextBlob"), _key_id(p, "DestinationKeyId"),
                         _ctx(p, "SourceEncryptionContext"),
                         _ctx(p, "DestinationEncryptionContext"))
-    return {"CiphertextBlob": _b(r.ciphertext_blob), "KeyId": r.key_id.rsplit("/", 1)[-1],
+    return {"CiphertextBlob": _b(r.ciphertext_blob), "KeyId": _short(r.key_id),
             "KeyVersionId": c.ciphertext_version(r.ciphertext_blob)}
 
 
@@ -299,9 +304,9 @@ def _data_key(c: KmsClient, p: Params, with_plaintext: bool) -> dict[str, Any]:
     if spec is not None and spec not in ("AES_256", "AES_128"):
         raise E.Validation("KeySpec must be AES_256 or AES_128")
     r = c.generate_data_key(_key_id(p), spec if n is None else None,
-                            int(n) if n is not None and n.isdigit() else None, _ctx(p),
+                            _int(p, "NumberOfBytes", 0) if n is not None else None, _ctx(p),
                             with_plaintext=with_plaintext)
-    out = {"CiphertextBlob": _b(r.ciphertext_blob), "KeyId": r.key_id.rsplit("/", 1)[-1],
+    out = {"CiphertextBlob": _b(r.ciphertext_blob), "KeyId": _short(r.key_id),
            "KeyVersionId": c.ciphertext_version(r.ciphertext_blob)}
     if r.plaintext is not None:
         out["Plaintext"] = _b(r.plaintext)
@@ -331,7 +336,7 @@ def _wrapping(p: Params) -> tuple[bytes, str]:
 def export_data_key(c: KmsClient, p: Params) -> dict[str, Any]:
     public, alg = _wrapping(p)
     r = c.export_data_key(_b64(p, "CiphertextBlob"), public, alg, _ctx(p))
-    return {"ExportedDataKey": _b(r.exported), "KeyId": r.key_id.rsplit("/", 1)[-1],
+    return {"ExportedDataKey": _b(r.exported), "KeyId": _short(r.key_id),
             "KeyVersionId": r.key_version}
 
 
@@ -344,7 +349,7 @@ def generate_and_export_data_key(c: KmsClient, p: Params) -> dict[str, Any]:
         _int(p, "NumberOfBytes", 0) if n is not None else None, _ctx(p))
     assert r.ciphertext_blob is not None
     return {"CiphertextBlob": _b(r.ciphertext_blob), "ExportedDataKey": _b(r.exported),
-            "KeyId": r.key_id.rsplit("/", 1)[-1], "KeyVersionId": r.key_version}
+            "KeyId": _short(r.key_id), "KeyVersionId": r.key_version}
 
 
 def get_random_password(c: KmsClient, p: Params) -> dict[str, Any]:

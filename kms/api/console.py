@@ -552,10 +552,7 @@ class ConsoleFrontend:
         return {"started": True}
 
     def _secrets(self, v: Viewer, q: dict[str, str], b: dict[str, Any]) -> Any:
-        client = self._client(v, q.get("instance"))
-        if not console_secrets.available(client):
-            return {"available": False, "secrets": []}
-        return {"available": True, "secrets": console_secrets.rows(client)}
+        return console_secrets.panel(self._client(v, q.get("instance")))
 
     def _token_action(self, v: Viewer, q: dict[str, str], b: dict[str, Any]) -> Any:
         if not v.admin:

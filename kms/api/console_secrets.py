@@ -10,18 +10,19 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+from kms import errors as E
 from kms.service import KmsClient
 
 MAX_SECRETS: Final = 10_000
 
 
-def available(client: KmsClient) -> bool:
-    """Whether the caller may list secrets (the panel is shown then)."""
+def panel(client: KmsClient) -> dict[str, Any]:
+    """The panel's answer: the rows, or ``available: False`` if the caller may not list
+    the instance's secrets."""
     try:
-        client.list_secrets(1)
-    except Exception:  # noqa: BLE001 - AccessDenied, or a store that is down: no panel
-        return False
-    return True
+        return {"available": True, "secrets": rows(client)}
+    except E.AccessDenied:
+        return {"available": False, "secrets": []}
 
 
 def rows(client: KmsClient, page_size: int = 100) -> list[dict[str, Any]]:

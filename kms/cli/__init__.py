@@ -219,13 +219,17 @@ def _aliases_by_key(client: KmsClient, key_id: str | None = None) -> dict[str, l
     return out
 
 
-def show_key(args: argparse.Namespace, client: KmsClient, rec: KeyRecord) -> int:
-    doc = _key_json(rec, _aliases_by_key(client, rec.key_id).get(rec.key_id, []))
+def emit(args: argparse.Namespace, doc: Mapping[str, Any]) -> int:
+    """Print a record: JSON with ``--json``, else ``Field  value`` lines. Exit status 0."""
     if args.json:
         print(json.dumps(doc, indent=2))
     else:
         print_fields(doc)
     return 0
+
+
+def show_key(args: argparse.Namespace, client: KmsClient, rec: KeyRecord) -> int:
+    return emit(args, _key_json(rec, _aliases_by_key(client, rec.key_id).get(rec.key_id, [])))
 
 
 def cmd_key_create(args: argparse.Namespace) -> int:

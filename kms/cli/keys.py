@@ -32,9 +32,9 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from kms.cli import (
     context_arg,
     context_pairs,
+    emit,
     iso_time,
     open_client,
-    print_fields,
     print_table,
     show_key,
 )
@@ -47,13 +47,6 @@ Leaf = Callable[[Any, str, str, Callable[[argparse.Namespace], int]], argparse.A
 MAX_INPUT = 1 << 20  # bytes read from a message, digest, signature, token or material file
 _B64 = base64.b64encode
 
-
-def _emit(args: argparse.Namespace, doc: dict[str, Any]) -> int:
-    if args.json:
-        print(json.dumps(doc, indent=2))
-    else:
-        print_fields(doc)
-    return 0
 
 
 def _read(path: str, what: str) -> bytes:
@@ -101,17 +94,17 @@ def _rotation_json(rec: KeyRecord) -> dict[str, Any]:
 
 def cmd_enable_rotation(args: argparse.Namespace) -> int:
     with open_client(args) as client:
-        return _emit(args, _rotation_json(client.enable_key_rotation(args.key, args.days)))
+        return emit(args, _rotation_json(client.enable_key_rotation(args.key, args.days)))
 
 
 def cmd_disable_rotation(args: argparse.Namespace) -> int:
     with open_client(args) as client:
-        return _emit(args, _rotation_json(client.disable_key_rotation(args.key)))
+        return emit(args, _rotation_json(client.disable_key_rotation(args.key)))
 
 
 def cmd_rotation_status(args: argparse.Namespace) -> int:
     with open_client(args) as client:
-        return _emit(args, _rotation_json(client.get_key_rotation_status(args.key)))
+        return emit(args, _rotation_json(client.get_key_rotation_status(args.key)))
 
 
 # --- tags and policy ----------------------------------------------------------------------
@@ -177,7 +170,7 @@ def cmd_sign(args: argparse.Namespace) -> int:
         _write(args.out, sig, args.force)
     doc = {"KeyId": arn, "SigningAlgorithm": args.algorithm, "MessageType": kind,
            "Signature": _B64(sig).decode()}
-    return _emit(args, doc)
+    return emit(args, doc)
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -191,7 +184,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             _usage("--signature is not base64 (or give --signature-file)")
     with open_client(args) as client:
         arn = client.verify(args.key, data, sig, args.algorithm, kind)  # or raises
-    return _emit(args, {"KeyId": arn, "SignatureValid": True,
+    return emit(args, {"KeyId": arn, "SignatureValid": True,
                         "SigningAlgorithm": args.algorithm, "MessageType": kind})
 
 
@@ -208,7 +201,7 @@ def cmd_public_key(args: argparse.Namespace) -> int:
         doc["SigningAlgorithms"] = list(info.signing_algorithms)
     if info.encryption_algorithms:
         doc["EncryptionAlgorithms"] = list(info.encryption_algorithms)
-    return _emit(args, doc)
+    return emit(args, doc)
 
 
 # --- data keys ----------------------------------------------------------------------------
@@ -227,7 +220,7 @@ def cmd_generate_data_key(args: argparse.Namespace) -> int:
         print("hsmpool: warning: the output holds the plaintext data key, a secret: keep "
               "it out of logs, shells' history and files", file=sys.stderr)
         doc["Plaintext"] = _B64(dk.plaintext).decode()
-    return _emit(args, doc)
+    return emit(args, doc)
 
 
 # --- importing key material ---------------------------------------------------------------
@@ -240,7 +233,7 @@ def cmd_get_parameters_for_import(args: argparse.Namespace) -> int:
                                              args.wrapping_key_spec)
     _write(args.public_key_out, p.public_key, args.force)
     _write(args.token_out, p.import_token, args.force)
-    return _emit(args, {"KeyId": p.key_id, "WrappingAlgorithm": args.wrapping_algorithm,
+    return emit(args, {"KeyId": p.key_id, "WrappingAlgorithm": args.wrapping_algorithm,
                         "WrappingKeySpec": args.wrapping_key_spec,
                         "PublicKeyFile": args.public_key_out, "ImportTokenFile": args.token_out,
                         "ParametersValidTo": iso_time(p.parameters_valid_to)})

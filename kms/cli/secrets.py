@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from kms.cli import context_arg, iso_time, open_client, print_fields, print_table
+from kms.cli import context_arg, emit, iso_time, open_client, print_table
 
 Leaf = Callable[[Any, str, str, Callable[[argparse.Namespace], int]], argparse.ArgumentParser]
 MAX_VALUE = 65536
@@ -77,20 +77,13 @@ def _describe(rec: Any, versions: Any) -> dict[str, Any]:
             "Versions": {v.version_id: list(v.stages) for v in versions}}
 
 
-def _emit(args: argparse.Namespace, doc: dict[str, Any]) -> int:
-    if args.json:
-        print(json.dumps(doc, indent=2))
-    else:
-        print_fields(doc)
-    return 0
-
 
 def cmd_create(args: argparse.Namespace) -> int:
     with open_client(args) as client:
         rec, v = client.create_secret(args.name, description=args.description,
                                       kms_key_id=args.kms_key, tags=args.tag or None,
                                       **_value(args))
-        return _emit(args, {"ARN": rec.arn, "Name": rec.name,
+        return emit(args, {"ARN": rec.arn, "Name": rec.name,
                             "VersionId": v.version_id if v else None})
 
 
@@ -128,7 +121,7 @@ def cmd_put(args: argparse.Namespace) -> int:
     with open_client(args) as client:
         rec, v = client.put_secret_value(args.secret, version_stages=args.stage,
                                          **_value(args))
-        return _emit(args, {"ARN": rec.arn, "VersionId": v.version_id,
+        return emit(args, {"ARN": rec.arn, "VersionId": v.version_id,
                             "VersionStages": list(v.stages)})
 
 
@@ -154,7 +147,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_describe(args: argparse.Namespace) -> int:
     with open_client(args) as client:
-        return _emit(args, _describe(*client.describe_secret(args.secret)))
+        return emit(args, _describe(*client.describe_secret(args.secret)))
 
 
 def cmd_rotate(args: argparse.Namespace) -> int:
@@ -167,7 +160,7 @@ def cmd_rotate(args: argparse.Namespace) -> int:
         rec, version = client.rotate_secret(
             args.secret, rotation_lambda_arn=args.rotator, rotation_rules=rules,
             rotate_immediately=not args.later)
-        return _emit(args, {"ARN": rec.arn, "VersionId": version,
+        return emit(args, {"ARN": rec.arn, "VersionId": version,
                             "NextRotationDate": iso_time(rec.next_rotation)})
 
 
@@ -175,13 +168,13 @@ def cmd_delete(args: argparse.Namespace) -> int:
     with open_client(args) as client:
         rec = client.delete_secret(args.secret, recovery_window_in_days=args.days,
                                    force_delete_without_recovery=args.force)
-        return _emit(args, {"ARN": rec.arn, "DeletionDate": iso_time(rec.deletion_date)})
+        return emit(args, {"ARN": rec.arn, "DeletionDate": iso_time(rec.deletion_date)})
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
     with open_client(args) as client:
         rec = client.restore_secret(args.secret)
-        return _emit(args, {"ARN": rec.arn, "Name": rec.name})
+        return emit(args, {"ARN": rec.arn, "Name": rec.name})
 
 
 # --- delivery --------------------------------------------------------------------------

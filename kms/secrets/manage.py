@@ -60,8 +60,12 @@ _READS: Final = frozenset({"GetSecretValue", "BatchGetSecretValue", "DescribeSec
 declare(*(any_state(f"secretsmanager:{a}", durable=a not in _READS) for a in _ACTIONS))
 
 
+_ACTION_NAMES: Final = {a: f"secretsmanager:{a}" for a in _ACTIONS}
+
+
 def action(name: str) -> str:
-    return f"secretsmanager:{name}"
+    """The policy action of an operation (``secretsmanager:<name>``)."""
+    return _ACTION_NAMES[name]
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,12 +281,31 @@ class Secrets(KeyCrypto):
                 self._secret_update(rec, new)
                 return new
             except Conflict:
-                fresh = self._store.get_secret(rec.secret_id)
-                if fresh is None:
-                    raise E.NotFound("Secrets Manager can't find the specified secret.") \
-                        from None
-                rec = fresh
+                rec = self._secret_reread(rec)
         raise E.Internal("the secret is changing too fast; retry")
+
+    def _secret_reread(self, rec: SecretRecord) -> SecretRecord:
+        """The stored record after a lost compare-and-swap (NotFound if it went)."""
+        fresh = self._store.get_secret(rec.secret_id)
+        if fresh is None:
+            raise E.NotFound("Secrets Manager can't find the specified secret.")
+        return fresh
+
+    def _secret_edit(self, name: str, secret_id: str,
+                     fn: Callable[[SecretRecord], SecretRecord],
+                     check: Callable[[], object] | None = None) -> SecretRecord:
+        """An operation that only changes a secret's record: check its arguments, resolve
+        and authorise, compare-and-swap ``fn``'s change, audit (a failure too)."""
+
+        def body() -> SecretRecord:
+            if check is not None:
+                check()
+            out = self._secret_change(self._secret_for(name, secret_id), fn)
+            self._audit_secret(name, out)
+            return out
+
+        result: SecretRecord = self._secret_op(name, body)
+        return result
 
     # --- keys --------------------------------------------------------------------------
 
@@ -367,6 +390,7 @@ class Secrets(KeyCrypto):
     def _add_secret_version(self, rec: SecretRecord, token: str, data: bytes, binary: bool,
                      stages: tuple[str, ...]) -> tuple[SecretRecord, SecretVersion]:
         """Write a new version (idempotent by ``token``); returns the record and version."""
+        sealed: bytes | None = None  # made once: a lost compare-and-swap does not re-seal
         for _ in range(CAS_ATTEMPTS):
             versions = self._store.secret_versions(rec.secret_id)
             same = next((v for v in versions if v.version_id == token), None)
@@ -376,8 +400,9 @@ class Secrets(KeyCrypto):
                     return rec, same  # a retried request: already done
                 raise E.AlreadyExists("a version with this ClientRequestToken exists with "
                                       "another value")
-            v = SecretVersion(rec.secret_id, token, self.kms.now(), stages,
-                              self._seal_value(rec, token, data), binary)
+            if sealed is None:
+                sealed = self._seal_value(rec, token, data)
+            v = SecretVersion(rec.secret_id, token, self.kms.now(), stages, sealed, binary)
             changed = [c for c in move_stages(versions, token, stages)
                        if c.version_id != token]
             new = rec.evolve(last_changed=self.kms.now())
@@ -386,11 +411,7 @@ class Secrets(KeyCrypto):
                                           _prune([*versions, v], changed))
                 return new, v
             except Conflict:
-                fresh = self._store.get_secret(rec.secret_id)
-                if fresh is None:
-                    raise E.NotFound("Secrets Manager can't find the specified secret.") \
-                        from None
-                rec = fresh
+                rec = self._secret_reread(rec)
         raise E.Internal("the secret is changing too fast; retry")
 
     def _secret_version(self, rec: SecretRecord, version_id: object, stage: object
@@ -652,11 +673,7 @@ class Secrets(KeyCrypto):
                 try:
                     self._secret_update(rec, new, changed)
                 except Conflict:
-                    fresh = self._store.get_secret(rec.secret_id)
-                    if fresh is None:
-                        raise E.NotFound("Secrets Manager can't find the specified "
-                                         "secret.") from None
-                    rec = fresh
+                    rec = self._secret_reread(rec)
                     continue
                 self._audit_secret("UpdateSecretVersionStage", new)
                 return new
@@ -698,14 +715,8 @@ class Secrets(KeyCrypto):
         return result
 
     def restore_secret(self, secret_id: str) -> SecretRecord:
-        def body() -> SecretRecord:
-            rec = self._secret_for("RestoreSecret", secret_id)
-            out = self._secret_change(rec, lambda r: r.evolve(deletion_date=None))
-            self._audit_secret("RestoreSecret", out)
-            return out
-
-        result: SecretRecord = self._secret_op("RestoreSecret", body)
-        return result
+        return self._secret_edit("RestoreSecret", secret_id,
+                                 lambda r: r.evolve(deletion_date=None))
 
     def get_random_password(self, password_length: int = 32, *,
                             exclude_characters: str = "", exclude_numbers: bool = False,
@@ -737,38 +748,26 @@ class Secrets(KeyCrypto):
         return result
 
     def tag_secret(self, secret_id: str, tags: Sequence[Any]) -> SecretRecord:
-        def body() -> SecretRecord:
-            rec = self._secret_for("TagResource", secret_id)
-            add = dict(_check_tags(tags))
+        def fn(r: SecretRecord) -> SecretRecord:
+            merged = {**dict(r.tags), **dict(_check_tags(tags))}
+            if len(merged) > 50:
+                raise E.LimitExceeded("a secret has at most 50 tags")
+            rotator = merged.get("hsmpool:rotator", r.rotator)
+            return r.evolve(tags=tuple(sorted(merged.items())), rotator=rotator)
 
-            def fn(r: SecretRecord) -> SecretRecord:
-                merged = {**dict(r.tags), **add}
-                if len(merged) > 50:
-                    raise E.LimitExceeded("a secret has at most 50 tags")
-                rotator = merged.get("hsmpool:rotator", r.rotator)
-                return r.evolve(tags=tuple(sorted(merged.items())), rotator=rotator)
-
-            out = self._secret_change(rec, fn)
-            self._audit_secret("TagResource", out)
-            return out
-
-        result: SecretRecord = self._secret_op("TagResource", body)
-        return result
+        return self._secret_edit("TagResource", secret_id, fn, lambda: _check_tags(tags))
 
     def untag_secret(self, secret_id: str, tag_keys: Sequence[str]) -> SecretRecord:
-        def body() -> SecretRecord:
+        def check() -> None:
             if not isinstance(tag_keys, list | tuple) or not all(
                     isinstance(k, str) for k in tag_keys):
                 raise E.Validation("TagKeys must be a list of strings")
-            rec = self._secret_for("UntagResource", secret_id)
-            drop = set(tag_keys)
-            out = self._secret_change(rec, lambda r: r.evolve(
-                tags=tuple(t for t in r.tags if t[0] not in drop)))
-            self._audit_secret("UntagResource", out)
-            return out
 
-        result: SecretRecord = self._secret_op("UntagResource", body)
-        return result
+        def fn(r: SecretRecord) -> SecretRecord:
+            drop = set(tag_keys)
+            return r.evolve(tags=tuple(t for t in r.tags if t[0] not in drop))
+
+        return self._secret_edit("UntagResource", secret_id, fn, check)
 
     def get_secret_policy(self, secret_id: str) -> SecretRecord:
         def body() -> SecretRecord:
@@ -780,33 +779,13 @@ class Secrets(KeyCrypto):
         return result
 
     def put_secret_policy(self, secret_id: str, policy: str) -> SecretRecord:
-        def body() -> SecretRecord:
-            if not isinstance(policy, str) or not 1 <= len(policy) <= 20480:
-                raise E.MalformedPolicyDocument("ResourcePolicy must be a JSON document of "
-                                                "at most 20480 characters")
-            try:
-                doc = json.loads(policy)
-            except ValueError:
-                raise E.MalformedPolicyDocument("the policy is not valid JSON") from None
-            if not isinstance(doc, dict) or "Statement" not in doc:
-                raise E.MalformedPolicyDocument("a policy document has a Statement")
-            rec = self._secret_for("PutResourcePolicy", secret_id)
-            out = self._secret_change(rec, lambda r: r.evolve(policy=policy))
-            self._audit_secret("PutResourcePolicy", out)
-            return out
-
-        result: SecretRecord = self._secret_op("PutResourcePolicy", body)
-        return result
+        return self._secret_edit("PutResourcePolicy", secret_id,
+                                 lambda r: r.evolve(policy=policy),
+                                 lambda: _check_policy(policy))
 
     def delete_secret_policy(self, secret_id: str) -> SecretRecord:
-        def body() -> SecretRecord:
-            rec = self._secret_for("DeleteResourcePolicy", secret_id)
-            out = self._secret_change(rec, lambda r: r.evolve(policy=None))
-            self._audit_secret("DeleteResourcePolicy", out)
-            return out
-
-        result: SecretRecord = self._secret_op("DeleteResourcePolicy", body)
-        return result
+        return self._secret_edit("DeleteResourcePolicy", secret_id,
+                                 lambda r: r.evolve(policy=None))
 
     # --- rotation (the steps: kms.secrets.rotation) ----------------------------------
 
@@ -881,6 +860,18 @@ class _ServiceDecrypt:
         rec, v, plaintext = self.service._open(ciphertext_blob, encryption_context,
                                                "kms:Decrypt", None)
         return DecryptResult(plaintext, rec.arn, "SYMMETRIC_DEFAULT", v.version_id)
+
+
+def _check_policy(policy: object) -> None:
+    if not isinstance(policy, str) or not 1 <= len(policy) <= 20480:
+        raise E.MalformedPolicyDocument("ResourcePolicy must be a JSON document of at most "
+                                        "20480 characters")
+    try:
+        doc = json.loads(policy)
+    except ValueError:
+        raise E.MalformedPolicyDocument("the policy is not valid JSON") from None
+    if not isinstance(doc, dict) or "Statement" not in doc:
+        raise E.MalformedPolicyDocument("a policy document has a Statement")
 
 
 def _max_results(value: object, cap: int) -> int:

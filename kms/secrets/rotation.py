@@ -173,22 +173,13 @@ def _finish(sm: Secrets, rec: SecretRecord, version_id: str) -> SecretRecord:
             sm._secret_update(rec, new, list(changed.values()))
             return new
         except Conflict:
-            fresh = store.get_secret(rec.secret_id)
-            if fresh is None:
-                raise E.NotFound("the secret was deleted during its rotation") from None
-            rec = fresh
+            rec = sm._secret_reread(rec)
     raise E.Internal("the secret is changing too fast; retry")
 
 
 def _record_failure(sm: Secrets, rec: SecretRecord, reason: str) -> None:
-    from kms.store import Conflict
-
-    for _ in range(3):
-        fresh = sm._store.get_secret(rec.secret_id)
-        if fresh is None:
-            return
-        try:
-            sm._secret_update(fresh, fresh.evolve(rotation_error=reason[:1024]))
-            return
-        except Conflict:
-            continue
+    try:
+        sm._secret_change(sm._secret_reread(rec),
+                          lambda r: r.evolve(rotation_error=reason[:1024]))
+    except (E.NotFound, E.Internal):
+        pass  # deleted meanwhile, or changing too fast: the caller still gets the reason

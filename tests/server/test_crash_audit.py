@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import random
-import signal
 import sqlite3
 import subprocess
 import threading
@@ -20,15 +19,14 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import pytest
 from botocore.exceptions import BotoCoreError, ClientError
 
 from tests.server.conftest import (
     HSMPOOL,
     Server,
     create_credential,
+    kill_group,
     run_server,
-    write_server_config,
 )
 
 CRASHES = 5
@@ -102,15 +100,6 @@ class Loader:
             i += THREADS
 
 
-@pytest.fixture
-def crash_config(token_dir: Path, tmp_path: Path) -> Path:
-    return write_server_config(tmp_path, token_dir, {"crash": [3, 4]})
-
-
-def _kill_group(server: Server) -> None:
-    os.killpg(server.proc.pid, signal.SIGKILL)
-    server.proc.wait(timeout=30)
-
 
 def test_sigkill_keeps_the_audit_record_of_every_acknowledged_change(
         crash_config: Path) -> None:
@@ -125,7 +114,7 @@ def test_sigkill_keeps_the_audit_record_of_every_acknowledged_change(
             with ThreadPoolExecutor(THREADS) as pool:
                 futures = [pool.submit(loader.run, k) for k in range(THREADS)]
                 time.sleep(1.0 + 2.0 * rng.random())
-                _kill_group(srv)  # mid-load, the workers with it
+                kill_group(srv)  # mid-load, the workers with it
                 loader.stop.set()
                 for f in futures:
                     f.result(timeout=120)

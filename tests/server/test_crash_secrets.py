@@ -11,9 +11,7 @@ and at most one AWSPENDING (a rotation cut off), and a new rotation finishes.
 
 from __future__ import annotations
 
-import os
 import random
-import signal
 import threading
 import time
 import uuid
@@ -21,10 +19,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import pytest
 from botocore.exceptions import BotoCoreError, ClientError
 
-from tests.server.conftest import Server, create_credential, run_server, write_server_config
+from tests.server.conftest import Server, create_credential, kill_group, run_server
 
 CRASHES = 4
 THREADS = 4
@@ -71,15 +68,6 @@ class Loader:
             i += THREADS
 
 
-@pytest.fixture
-def crash_config(token_dir: Path, tmp_path: Path) -> Path:
-    return write_server_config(tmp_path, token_dir, {"crash": [3, 4]})
-
-
-def _kill_group(server: Server) -> None:
-    os.killpg(server.proc.pid, signal.SIGKILL)
-    server.proc.wait(timeout=30)
-
 
 def _consistent(sm: Any, name: str) -> dict[str, list[str]]:
     stages = sm.describe_secret(SecretId=name)["VersionIdsToStages"]
@@ -110,7 +98,7 @@ def test_sigkill_during_puts_and_rotations_loses_no_acknowledged_version(
             with ThreadPoolExecutor(THREADS) as pool:
                 futures = [pool.submit(loader.run, k) for k in range(THREADS)]
                 time.sleep(1.5 + 2.0 * rng.random())
-                _kill_group(srv)
+                kill_group(srv)
                 loader.stop.set()
                 for f in futures:
                     f.result(timeout=120)
