@@ -6,6 +6,8 @@ A new implementation passes ``tests/store/test_contract.py``."""
 from kms.store.interface import (
     AccessKeyInfo,
     AccessKeySecret,
+    AccessPointRecord,
+    ClientKeyRecord,
     Conflict,
     MetadataStore,
     PrincipalRecord,
@@ -44,5 +46,6 @@ def open_store(database: str) -> MetadataStore:
         return PostgresStore(database)
     return SqliteStore(database)
 
-__all__ = ["MIGRATIONS", "AccessKeyInfo", "AccessKeySecret", "Conflict", "MetadataStore",
-           "PrincipalRecord", "SqliteStore", "Store", "is_url", "open_store", "redacted"]
+__all__ = ["MIGRATIONS", "AccessKeyInfo", "AccessKeySecret", "AccessPointRecord", "ClientKeyRecord",
+           "Conflict", "MetadataStore", "PrincipalRecord", "SqliteStore", "Store", "is_url",
+           "open_store", "redacted"]

@@ -24,8 +24,8 @@ from kms.errors import Internal
 from kms.model import AliasRecord, Grant, ImportToken, KeyRecord, KeyVersion
 from kms.secrets.model import SecretRecord, SecretVersion
 
-__all__ = ["AccessKeyInfo", "AccessKeySecret", "Conflict", "MetadataStore", "PrincipalRecord",
-           "SecretStore"]
+__all__ = ["AccessKeyInfo", "AccessKeySecret", "AccessPointRecord", "AccessPointStore",
+           "ClientKeyRecord", "Conflict", "MetadataStore", "PrincipalRecord", "SecretStore"]
 
 
 class Conflict(Internal):
@@ -66,6 +66,63 @@ class AccessKeySecret:
     access_key_id: str
     principal_id: str
     secret_blob: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AccessPointRecord:
+    """An application access point (:mod:`kms.access_points`): its principal, and its spec
+    (a JSON object: roles, resources, networks, description)."""
+
+    instance: str
+    name: str
+    principal_id: str
+    spec: str
+    created: float
+
+
+@dataclass(frozen=True, slots=True)
+class ClientKeyRecord:
+    """A client key of an access point: only its public key (SubjectPublicKeyInfo, DER) is
+    kept; the private key went to the client at creation."""
+
+    client_key_id: str
+    instance: str
+    access_point: str
+    public_key: bytes
+    not_before: float
+    not_after: float
+    revoked: float | None
+    created: float
+
+
+class AccessPointStore(Protocol):
+    """Application access points and their client keys."""
+
+    def put_access_point(self, record: AccessPointRecord) -> None:
+        """Create an access point, or replace its spec."""
+        ...
+
+    def get_access_point(self, instance: str, name: str) -> AccessPointRecord | None: ...
+
+    def list_access_points(self, instance: str | None = None) -> list[AccessPointRecord]:
+        """By instance and name."""
+        ...
+
+    def put_client_key(self, record: ClientKeyRecord) -> None:
+        """A new client key of an existing access point (:class:`kms.errors.AlreadyExists`
+        if the id is taken or the access point is missing)."""
+        ...
+
+    def get_client_key(self, client_key_id: str) -> ClientKeyRecord | None: ...
+
+    def list_client_keys(self, instance: str | None = None,
+                         access_point: str | None = None) -> list[ClientKeyRecord]:
+        """By instance, access point and creation time."""
+        ...
+
+    def revoke_client_key(self, client_key_id: str, when: float) -> bool:
+        """Mark a client key revoked (for good); False if there is none or it already is."""
+        ...
 
 
 class SecretStore(Protocol):
@@ -114,7 +171,7 @@ class SecretStore(Protocol):
         ...
 
 
-class MetadataStore(SecretStore, Protocol):
+class MetadataStore(SecretStore, AccessPointStore, Protocol):
     """The metadata of every instance: keys and versions, aliases, grants, import tokens,
     imported material fingerprints, principals and access keys, secrets (see the module
     docstring for the rules). Thread-safe."""

@@ -88,6 +88,18 @@ MIGRATIONS: Final[list[list[str]]] = [[
         "binary" INTEGER NOT NULL, PRIMARY KEY (secret_id, version_id))""",
     "CREATE TABLE store_changes (id INTEGER PRIMARY KEY, n BIGINT NOT NULL)",
     "INSERT INTO store_changes VALUES (1, 0)",
+], [
+    # 2: application access points and their client keys (SQLite's migration 8)
+    f"""CREATE TABLE access_points (
+        instance {_T} NOT NULL, name {_T} NOT NULL,
+        principal_id {_T} NOT NULL REFERENCES principals (principal_id), spec {_T} NOT NULL,
+        created {_F} NOT NULL, PRIMARY KEY (instance, name))""",
+    f"""CREATE TABLE client_keys (
+        client_key_id {_T} PRIMARY KEY, instance {_T} NOT NULL, access_point {_T} NOT NULL,
+        public_key BYTEA NOT NULL, not_before {_F} NOT NULL, not_after {_F} NOT NULL,
+        revoked {_F}, created {_F} NOT NULL,
+        FOREIGN KEY (instance, access_point) REFERENCES access_points (instance, name))""",
+    "CREATE INDEX client_keys_by_point ON client_keys (instance, access_point, created)",
 ]]
 
 _NUMBERED: Final = re.compile(r"\?(\d+)")

@@ -30,6 +30,7 @@ from kms.model import (
     Origin,
 )
 from kms.store.interface import AccessKeyInfo, AccessKeySecret, Conflict, PrincipalRecord
+from kms.store.sql_access_points import SqlAccessPoints
 from kms.store.sql_secrets import SqlSecrets
 
 T = TypeVar("T")
@@ -125,7 +126,7 @@ def _swap_key(db: Db, old: KeyRecord, new: KeyRecord) -> None:
 
 
 
-class SqlStore(SqlSecrets):
+class SqlStore(SqlSecrets, SqlAccessPoints):
     """The SQL of every store method (see the module docstring); an engine subclasses it."""
 
     #: The driver's exception for a broken uniqueness constraint.

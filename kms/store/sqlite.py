@@ -18,6 +18,7 @@ from typing import TypeVar
 
 from kms.private_files import private_dir, private_file
 from kms.store.sql import SqlStore
+from kms.store.sql_access_points import MIGRATION as ACCESS_POINTS_MIGRATION
 from kms.store.sql_secrets import MIGRATION as SECRETS_MIGRATION
 
 T = TypeVar("T")
@@ -150,6 +151,8 @@ MIGRATIONS: list[str] = [
     """,
     # 7: the secrets manager (kms/secrets): secrets and their versions
     SECRETS_MIGRATION,
+    # 8: application access points and their client keys (kms/access_points.py)
+    ACCESS_POINTS_MIGRATION,
 ]
 
 

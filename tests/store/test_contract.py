@@ -483,3 +483,37 @@ def test_secrets_list_due_and_purge(store: MetadataStore) -> None:
     assert store.get_secret(recs[0].secret_id) is None
     assert store.secret_versions(recs[0].secret_id) == []
     store.insert_secret(_secret("s0"))  # the name is free again
+
+
+# --- application access points and client keys --------------------------------------------
+
+
+def test_access_points_and_client_keys_read_back_and_revoke(opener: Opener) -> None:
+    from kms.store import AccessPointRecord, ClientKeyRecord
+
+    a, b = opener(), opener()
+    a.put_principal("p-aap", "default", "aap/app", "[]")
+    point = AccessPointRecord("default", "app", "p-aap", '{"roles": ["SecretUser"]}', 10.0)
+    a.put_access_point(point)
+    assert b.get_access_point("default", "app") == point
+    a.put_access_point(replace(point, spec='{"roles": []}', created=99.0))  # spec replaced
+    again = b.get_access_point("default", "app")
+    assert again is not None and again.spec == '{"roles": []}' and again.created == 10.0
+    assert b.get_access_point("other", "app") is None
+    key = ClientKeyRecord("KAAP.1", "default", "app", b"\x30\x82der", 1.0, 2.0, None, 3.0)
+    a.put_client_key(key)
+    a.put_client_key(replace(key, client_key_id="KAAP.2", created=4.0))
+    with pytest.raises(AlreadyExists):
+        a.put_client_key(key)  # the id is taken
+    with pytest.raises(AlreadyExists):
+        a.put_client_key(replace(key, client_key_id="KAAP.3", access_point="nope"))
+    assert b.get_client_key("KAAP.1") == key
+    assert [k.client_key_id for k in b.list_client_keys("default", "app")] == ["KAAP.1",
+                                                                              "KAAP.2"]
+    assert b.list_client_keys("other") == []
+    assert a.revoke_client_key("KAAP.1", 50.0) is True
+    assert a.revoke_client_key("KAAP.1", 60.0) is False  # already revoked: stays at 50
+    assert a.revoke_client_key("KAAP.9", 60.0) is False
+    got = b.get_client_key("KAAP.1")
+    assert got is not None and got.revoked == 50.0
+    assert [p.name for p in b.list_access_points()] == ["app"]
