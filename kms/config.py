@@ -32,8 +32,13 @@
     console_admins = []          # "instance/name" principals that are console administrators
                                  # of every instance (docs/console.md)
     console_session_hours = 8.0  # a console sign-in lasts this long
+    kms_instance_port = -1       # TCP port of the KMS-instance API (HTTPS, protobuf; the
+                                 # Alibaba KMS-instance SDKs): -1 off, 0 any free port
+    kms_instance_tls_dir = "kms-instance-tls"  # its CA (ca.pem), certificate and key,
+                                 # made at first start if missing
 
-Relative paths (``tls_cert``, ``tls_key``, ``state_dir``, ``seed``) are relative to the
+Relative paths (``tls_cert``, ``tls_key``, ``state_dir``, ``seed``,
+``kms_instance_tls_dir``) are relative to the
 configuration file. The full reference is ``docs/configuration.md``.
 """
 
@@ -109,6 +114,11 @@ class ServerSettings:
     console_admins: tuple[str, ...] = ()
     #: How long a console sign-in lasts (hours).
     console_session_hours: float = 8.0
+    #: The KMS-instance API's port (:mod:`kms.api.kms_instance`): -1 off, 0 any free port.
+    kms_instance_port: int = -1
+    #: Its TLS folder: ``ca.pem``, ``server.pem``, ``server.key`` (made at start if missing;
+    #: replace the last two with a certificate of your own CA to use it).
+    kms_instance_tls_dir: str = "kms-instance-tls"
     #: ``trusted_proxies`` parsed.
     proxy_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = field(
         init=False, repr=False, compare=False)
@@ -127,7 +137,8 @@ class ServerSettings:
         if not isinstance(self.host, str) or not self.host.strip() or any(
                 c.isspace() for c in self.host):
             raise ConfigError("server.host must be a host name or an IP address")
-        for name, lo, hi in (("port", 0, 65535), ("workers", 0, MAX_WORKERS)):
+        for name, lo, hi in (("port", 0, 65535), ("workers", 0, MAX_WORKERS),
+                             ("kms_instance_port", -1, 65535)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
                 raise ConfigError(f"server.{name} must be an integer {lo}..{hi}")
@@ -140,8 +151,10 @@ class ServerSettings:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("server.tls_cert and server.tls_key go together: give both "
                               "or neither")
-        if not isinstance(self.state_dir, str) or not self.state_dir:
-            raise ConfigError("server.state_dir must be a folder name")
+        for name in ("state_dir", "kms_instance_tls_dir"):
+            v = getattr(self, name)
+            if not isinstance(v, str) or not v:
+                raise ConfigError(f"server.{name} must be a folder name")
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"server.log_level must be one of {', '.join(LOG_LEVELS)}")
         if self.access_log not in ACCESS_LOGS:
@@ -177,7 +190,7 @@ class ServerSettings:
         return self.workers or os.cpu_count() or 1
 
 
-_SERVER_PATHS = ("tls_cert", "tls_key", "state_dir", "seed")
+_SERVER_PATHS = ("tls_cert", "tls_key", "state_dir", "seed", "kms_instance_tls_dir")
 
 
 def parse_server_settings(doc: Mapping[str, Any], base: Path | None = None) -> ServerSettings:
@@ -195,8 +208,9 @@ def parse_server_settings(doc: Mapping[str, Any], base: Path | None = None) -> S
         value = kw.get(key)
         if isinstance(value, str) and value:
             kw[key] = resolve_path(value, base or Path.cwd())
-    if "state_dir" not in kw:
-        kw["state_dir"] = resolve_path("run", base or Path.cwd())
+    for key, default in (("state_dir", "run"), ("kms_instance_tls_dir", "kms-instance-tls")):
+        if key not in kw:
+            kw[key] = resolve_path(default, base or Path.cwd())
     return ServerSettings(**kw)
 
 

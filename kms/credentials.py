@@ -189,7 +189,7 @@ class CredentialStore:
         row = self.kms.store.get_access_key(access_key_id)
         if row is None:
             return None
-        principal = self._load_principal(row.principal_id)
+        principal = self.load_principal(row.principal_id)
         if principal is None:
             return None
         try:
@@ -213,12 +213,12 @@ class CredentialStore:
             pid = self._owner[access_key_id]
         principal = self._principals.get(pid)
         if principal is None:
-            principal = self._load_principal(pid)
+            principal = self.load_principal(pid)
             if principal is None:
                 raise NotFound("unknown principal")
         return principal
 
-    def _load_principal(self, principal_id: str) -> Any:
+    def load_principal(self, principal_id: str) -> Any:
         from kms.policy import Principal
 
         row = self.kms.store.get_principal(principal_id)

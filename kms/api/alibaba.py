@@ -452,12 +452,16 @@ def asymmetric_decrypt(c: KmsClient, p: Params) -> dict[str, Any]:
             "Plaintext": _b(r.plaintext)}
 
 
-def get_public_key(c: KmsClient, p: Params) -> dict[str, Any]:
-    rec = _asymmetric(c, p)
-    der = c.get_public_key(rec.key_id).public_key
+def public_key_pem(der: bytes) -> str:
+    """A SubjectPublicKeyInfo (DER) as PEM, as Alibaba's GetPublicKey answers."""
     body = base64.encodebytes(der).decode().replace("\n", "")
     lines = [body[i:i + 64] for i in range(0, len(body), 64)]
-    pem = "-----BEGIN PUBLIC KEY-----\n" + "\n".join(lines) + "\n-----END PUBLIC KEY-----\n"
+    return "-----BEGIN PUBLIC KEY-----\n" + "\n".join(lines) + "\n-----END PUBLIC KEY-----\n"
+
+
+def get_public_key(c: KmsClient, p: Params) -> dict[str, Any]:
+    rec = _asymmetric(c, p)
+    pem = public_key_pem(c.get_public_key(rec.key_id).public_key)
     return {"KeyId": rec.key_id, "KeyVersionId": rec.primary_version, "PublicKey": pem}
 
 

@@ -4,8 +4,9 @@
 protocol, :mod:`kms.api.http11`, or from ASGI): ``GET /healthz`` and ``GET /metrics`` are
 answered here; everything else goes through the shared request pipeline
 (:mod:`kms.api.pipeline`) to the front end that speaks its protocol (the AWS KMS JSON
-protocol, :class:`kms.api.aws_kms.AwsKmsFrontend`, and the operators' console under
-``/console``, :class:`kms.api.console.ConsoleFrontend`).
+protocol, :class:`kms.api.aws_kms.AwsKmsFrontend`; Secrets Manager; Alibaba's OpenAPI; the
+operators' console under ``/console``, :class:`kms.api.console.ConsoleFrontend`; and, on
+its own port, Alibaba's KMS-instance API, :class:`kms.api.kms_instance.KmsInstanceFrontend`).
 
 Where an operation runs (see the pipeline): cryptographic and read-only operations run on
 the event loop in a request greenlet of the worker's :class:`kms.calls.AsyncHub`, their token
@@ -30,6 +31,7 @@ from kms.api.auth import Authenticator
 from kms.api.aws_kms import AwsKmsFrontend
 from kms.api.aws_secrets import AwsSecretsFrontend
 from kms.api.console import ConsoleFrontend
+from kms.api.kms_instance import KmsInstanceFrontend
 from kms.api.logs import AccessLog
 from kms.api.metrics import Metrics
 from kms.api.peer_health import PeerEjections
@@ -75,7 +77,7 @@ class KmsApp:
         self.metrics.tick_hooks.append(PeerEjections(kms, self.metrics).tick)
         self.pipeline = Pipeline(
             [AwsKmsFrontend(self.auth), AwsSecretsFrontend(self.auth),
-             AlibabaFrontend(self.auth), self.console],
+             AlibabaFrontend(self.auth), self.console, KmsInstanceFrontend(self.auth)],
             self.metrics,
             Limits(server.rate_limit, server.rate_burst, server.max_blocking_per_principal),
             server.request_timeout, trusted_proxies=server.proxy_networks)
@@ -186,8 +188,10 @@ class KmsApp:
     # --- every request -----------------------------------------------------------------
 
     def serve(self, method: str, path: str, query: str, headers: dict[str, str], body: bytes,
-              peer: str | None, respond: Respond) -> None:
-        """Answer one HTTP request (headers: lower-case names, repeated ones joined by ",").
+              peer: str | None, respond: Respond, listener: str = "main") -> None:
+        """Answer one HTTP request (headers: lower-case names, repeated ones joined by ",")
+        that came in on ``listener`` (``"main"``, or ``"kms-instance"``: the KMS-instance
+        API's port).
 
         ``respond(status, body, content_type)`` is called exactly once, on the event loop's
         thread: at once, or later when the request's token calls or its blocking work are
@@ -205,7 +209,8 @@ class KmsApp:
         if self.pipeline is None:
             respond(503, _STARTING, b"application/x-amz-json-1.1")
             return
-        self.pipeline.serve(Request(method, path, query, headers, body, peer), respond)
+        self.pipeline.serve(Request(method, path, query, headers, body, peer, listener),
+                            respond)
 
     def _health(self) -> tuple[int, bytes]:
         if self.kms is None:

@@ -14,7 +14,7 @@ The source address is the TCP peer's, or what trusted proxies say it was
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from kms.api.netaddr import Network, source_address
 from kms.api.sigv4 import Credential, Verifier
@@ -33,6 +33,8 @@ class Authenticator:
         self._clients: dict[tuple[str, str | None], KmsClient] = {}
         self._version = kms.change_token()
         self._checked = time.monotonic()
+        #: Called when the caches are dropped (other front ends' caches of callers).
+        self.on_forget: list[Callable[[], None]] = []
 
     def verifier(self, service: str) -> Verifier:
         v = self._verifiers.get(service)
@@ -80,4 +82,6 @@ class Authenticator:
             v.forget()  # no signing key of a revoked secret outlives the change
         self.creds.forget()
         self._clients.clear()
+        for forget in self.on_forget:
+            forget()
         self.kms.forget_authorizations()  # after the new principals are what callers get

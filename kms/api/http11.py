@@ -73,13 +73,15 @@ class KmsHttpProtocol(asyncio.Protocol):
     by uvicorn's middleware, which is looked through)."""
 
     def __init__(self, config: Any, server_state: Any, app_state: Any = None,
-                 _loop: asyncio.AbstractEventLoop | None = None) -> None:
+                 _loop: asyncio.AbstractEventLoop | None = None, *,
+                 listener: str = "main") -> None:
         if not config.loaded:
             config.load()
         app = config.loaded_app
         while not hasattr(app, "serve") and hasattr(app, "app"):
             app = app.app
         self.app = app
+        self.listener = listener  # which port: KmsApp.serve routes by it
         self.max_body: int = app.max_body
         self.loop = _loop or asyncio.get_event_loop()
         self.connections: set[Any] = server_state.connections
@@ -232,7 +234,7 @@ class KmsHttpProtocol(asyncio.Protocol):
 
         try:
             self.app.serve(req.method, path.decode("latin-1"), query, req.headers, req.body,
-                           self.peer, respond)
+                           self.peer, respond, self.listener)
         except Exception:  # noqa: BLE001 - a bug of the application: answer, keep serving
             log.exception("internal error")
             self._respond(500, b'{"__type":"InternalFailure","message":"internal error"}',

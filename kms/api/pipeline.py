@@ -73,6 +73,7 @@ class Request:
     headers: dict[str, str]  # lower-case names; repeated headers joined by ","
     body: bytes
     peer: str | None  # the TCP peer's address
+    listener: str = "main"  # which of the server's ports it came in on
 
 
 @dataclass(slots=True)
@@ -88,7 +89,9 @@ class Call:
 
 
 class Frontend(Protocol):
-    """One wire protocol. Its methods answer in its own dialect and never raise."""
+    """One wire protocol. Its methods answer in its own dialect and never raise. A front
+    end serves the requests of one listener: its ``listener`` attribute, if it has one,
+    else ``"main"``."""
 
     name: str
 
@@ -178,6 +181,9 @@ class Pipeline:
                  request_timeout: float, blocking_threads: int = 16,
                  trusted_proxies: tuple[Network, ...] = ()) -> None:
         self.frontends = frontends
+        self._by_listener: dict[str, list[Frontend]] = {}
+        for f in frontends:
+            self._by_listener.setdefault(getattr(f, "listener", "main"), []).append(f)
         self.metrics = metrics
         self.limits = limits
         self.request_timeout = request_timeout
@@ -208,7 +214,8 @@ class Pipeline:
         """Run one request; ``respond`` is called exactly once, now or later, on the
         loop's thread."""
         t0 = time.perf_counter()
-        frontend = next((f for f in self.frontends if f.accepts(req)), None)
+        frontend = next((f for f in self._by_listener.get(req.listener, ())
+                         if f.accepts(req)), None)
         if frontend is None:
             self._answer(UNKNOWN_OPERATION if req.method == "POST" and req.path == "/"
                          else NOT_FOUND, t0, respond, req, None, "-")

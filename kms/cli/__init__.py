@@ -14,6 +14,7 @@
     hsmpool decrypt [--context K=V ...] [--force] IN OUT
     hsmpool serve ... | credentials ...                              (:mod:`kms.cli.server`)
     hsmpool audit verify|tail|show|export ...          (:mod:`kms.cli.audit`)
+    hsmpool aap create|list|revoke ...                 (:mod:`kms.cli.aap`)
 
 The key and alias commands and encrypt/decrypt take ``--instance`` (default ``default``) and
 ``--json``; KEY is a key id, key ARN, alias name or alias ARN; an alias NAME may omit the
@@ -67,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     from kms.cli import pkcs11 as pkcs11_commands
 
     pkcs11_commands.add_commands(sub)
+    from kms.cli import aap as aap_commands
+
+    aap_commands.add_commands(sub)
     _one_line_errors(parser)
     return parser
 

@@ -159,6 +159,18 @@ class KeyCrypto(Caller):
         its integrity: that is Decrypt's)."""
         return ctf.parse(blob).version_id
 
+    def ciphertext_from_parts(self, version_id: str, body: bytes) -> bytes:
+        """This service's ciphertext of key version ``version_id`` (32 hex digits) whose
+        nonce, ciphertext and tag are ``body``, for a protocol that carries the parts apart
+        (:mod:`kms.api.kms_instance`). No check of access or integrity: Decrypt does both.
+        Raises InvalidCiphertext for a version of no symmetric key."""
+        self.kms._fresh()
+        v = self.kms._version(version_id)
+        rec = self.kms._key(v.key_id) if v is not None else None
+        if v is None or rec is None or not rec.info.symmetric:
+            raise E.InvalidCiphertext("the ciphertext is not valid")
+        return ctf.header(v.version_bytes, backend(rec.spec).algorithm) + bytes(body)
+
     def encrypt(self, key_id: str, plaintext: bytes,
                 encryption_context: Mapping[str, str] | None = None,
                 encryption_algorithm: str = "SYMMETRIC_DEFAULT", *,

@@ -75,18 +75,34 @@ def _workers_text(n: int) -> str:
 # --- uvicorn -----------------------------------------------------------------------------
 
 
-def _uvicorn_server(app: KmsApp, server: ServerSettings,
-                    on_ready: Callable[[], None]) -> uvicorn.Server:
+def _uvicorn_server(app: KmsApp, server: ServerSettings, on_ready: Callable[[], None],
+                    instance_sock: socket.socket | None = None) -> uvicorn.Server:
     import uvicorn
 
     class ReadyServer(uvicorn.Server):
+        extra: asyncio.AbstractServer | None = None
+
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
             await super().startup(sockets)
+            if self.started and instance_sock is not None:
+                # The KMS-instance API: our protocol on its own socket and TLS context,
+                # answered by the same application (routed by listener).
+                from kms.server import instance_tls
+
+                loop = asyncio.get_running_loop()
+                config, state = self.config, self.server_state
+                self.extra = await loop.create_server(
+                    lambda: KmsHttpProtocol(config, state, None, loop,
+                                            listener="kms-instance"),
+                    sock=instance_sock, ssl=instance_tls.context(server.kms_instance_tls_dir),
+                    backlog=2048)
             if self.started:
                 on_ready()
 
         async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
             app.metrics.stop_publishing(app.kms)
+            if self.extra is not None:
+                self.extra.close()
             await super().shutdown(sockets)
 
     config = uvicorn.Config(
@@ -120,8 +136,10 @@ def _ignore(_signum: int, _frame: object) -> None:
 
 
 def run_app(app: KmsApp, sock: socket.socket, server: ServerSettings,
-            on_ready: Callable[[], None]) -> bool:
-    """Serve ``app`` on ``sock`` until SIGTERM/SIGINT; False if uvicorn did not start."""
+            on_ready: Callable[[], None], *, instance_sock: socket.socket | None = None
+            ) -> bool:
+    """Serve ``app`` on ``sock`` (and the KMS-instance API on ``instance_sock``) until
+    SIGTERM/SIGINT; False if uvicorn did not start."""
     for s in (signal.SIGTERM, signal.SIGINT):
         signal.signal(s, _ignore)
 
@@ -130,7 +148,7 @@ def run_app(app: KmsApp, sock: socket.socket, server: ServerSettings,
             app.metrics.start_publishing(asyncio.get_running_loop(), app.kms)
         on_ready()
 
-    uv = _uvicorn_server(app, server, ready)
+    uv = _uvicorn_server(app, server, ready, instance_sock)
     try:
         uv.run(sockets=[sock])
     except SystemExit:  # uvicorn's way of saying its startup failed
@@ -195,17 +213,28 @@ def serve(config: str, overrides: Mapping[str, Any] | None = None, *,
             except SeedError as exc:
                 raise StartupError(f"seed file: {exc}", startup.EXIT_CONFIG) from None
         workers = server.worker_count
+        instance_tls_dir = startup.check_instance_tls(server)
         sock = startup.bind(server.host, server.port)
     except StartupError as exc:
         say(exc.message)
         return exc.exit_code
+    instance_sock = None
+    if instance_tls_dir is not None:
+        try:
+            instance_sock = startup.bind(server.host, server.kms_instance_port)
+        except StartupError as exc:
+            sock.close()
+            say(f"KMS-instance API: {exc.message}")
+            return exc.exit_code
     url = startup.listen_url(sock, server.host, server.tls_cert is not None)
     segment = f"{socket.gethostname()}-{os.getpid()}"
+    socks = [sock] if instance_sock is None else [sock, instance_sock]
     try:
         kms = startup.open_service(pool_cfg, settings, segment=segment,
                                    discard_if_empty=workers > 1)
     except StartupError as exc:
-        sock.close()
+        for s_ in socks:
+            s_.close()
         say(exc.message)
         return exc.exit_code
     try:
@@ -221,31 +250,42 @@ def serve(config: str, overrides: Mapping[str, Any] | None = None, *,
         if prepare is not None:
             lines += prepare(kms)
         lines += startup.summary(kms, workers, url)
+        if instance_sock is not None and instance_tls_dir is not None:
+            lines.append(f"KMS-instance API on "
+                         f"{startup.listen_url(instance_sock, server.host, True)} "
+                         f"(CA file {instance_tls_dir / 'ca.pem'})")
     except StartupError as exc:
         kms.close()
-        sock.close()
+        for s_ in socks:
+            s_.close()
         say(exc.message)
         return exc.exit_code
     except BaseException:
         kms.close()
-        sock.close()
+        for s_ in socks:
+            s_.close()
         raise
     for line in lines:
         say(line)
     serving = f"serving AWS KMS on {url} ({_workers_text(workers)})"
     if workers == 1:
-        return _serve_here(kms, sock, server, serving)
+        return _serve_here(kms, sock, server, serving, instance_sock)
     kms.close()  # the workers open their own pools; nothing PKCS#11 crosses a process
-    return _serve_workers(config, overrides or {}, sock, server, workers, serving)
+    return _serve_workers(config, overrides or {}, sock, server, workers, serving,
+                          instance_sock)
 
 
-def _serve_here(kms: Kms, sock: socket.socket, server: ServerSettings, serving: str) -> int:
+def _serve_here(kms: Kms, sock: socket.socket, server: ServerSettings, serving: str,
+                instance_sock: socket.socket | None) -> int:
     kms.start_scheduler(60.0)
     app = setup_app(kms, server)
     try:
-        started = run_app(app, sock, server, lambda: say(serving))
+        started = run_app(app, sock, server, lambda: say(serving),
+                          instance_sock=instance_sock)
     finally:
         sock.close()
+        if instance_sock is not None:
+            instance_sock.close()
         if app.kms is not None:
             app.kms.close()  # idempotent after the lifespan's close
     if not started:
@@ -255,7 +295,8 @@ def _serve_here(kms: Kms, sock: socket.socket, server: ServerSettings, serving: 
 
 
 def _serve_workers(config: str, overrides: Mapping[str, Any], sock: socket.socket,
-                   server: ServerSettings, workers: int, serving: str) -> int:
+                   server: ServerSettings, workers: int, serving: str,
+                   instance_sock: socket.socket | None) -> int:
     from kms.server.supervisor import Supervisor
 
     try:
@@ -270,12 +311,18 @@ def _serve_workers(config: str, overrides: Mapping[str, Any], sock: socket.socke
         return [sys.executable, "-m", "kms.server.worker", "--config", os.path.abspath(config),
                 "--overrides", settings_json, "--fd", str(sock.fileno()),
                 "--status-fd", str(status_fd), "--state-dir", str(state),
-                "--index", str(index)]
+                "--index", str(index)] + (
+                    [] if instance_sock is None else ["--instance-fd",
+                                                      str(instance_sock.fileno())])
 
+    extra = () if instance_sock is None else (instance_sock,)
     try:
-        code, why = Supervisor(argv, sock, workers).run(lambda: say(serving))
+        code, why = Supervisor(argv, sock, workers, extra_socks=extra).run(
+            lambda: say(serving))
     finally:
         sock.close()
+        if instance_sock is not None:
+            instance_sock.close()
         with contextlib.suppress(OSError):
             shutil.rmtree(state)
     if why:

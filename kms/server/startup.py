@@ -23,6 +23,7 @@ import sqlite3
 import ssl
 from collections.abc import Mapping
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -98,6 +99,22 @@ def check_tls(server: ServerSettings) -> ssl.SSLContext | None:
         raise StartupError(f"TLS: cannot read {exc.filename or server.tls_cert!r}: "
                            f"{exc.strerror}", EXIT_CONFIG) from None
     return ctx
+
+
+def check_instance_tls(server: ServerSettings) -> Path | None:
+    """The KMS-instance API's TLS folder, its files made if missing and loadable (None when
+    ``kms_instance_port`` is -1: the API is off)."""
+    if server.kms_instance_port < 0:
+        return None
+    from kms.server import instance_tls
+
+    try:
+        folder = instance_tls.ensure(server.kms_instance_tls_dir, server.host)
+        instance_tls.context(str(folder))
+    except (OSError, ValueError, ssl.SSLError) as exc:
+        raise StartupError(f"KMS-instance API TLS folder {server.kms_instance_tls_dir!r}: "
+                           f"{exc}", EXIT_CONFIG) from None
+    return folder
 
 
 def _check_pem_files(cert: str, key: str) -> None:

@@ -49,10 +49,13 @@ class _Worker:
 class Supervisor:
     def __init__(self, argv: Callable[[int, int], Sequence[str]], sock: socket.socket,
                  workers: int, *, start_timeout: float = 180.0, max_restarts: int = 5,
-                 restart_window: float = 60.0, stop_timeout: float = 30.0) -> None:
-        """``argv(index, status_fd)`` is a worker's command line."""
+                 restart_window: float = 60.0, stop_timeout: float = 30.0,
+                 extra_socks: Sequence[socket.socket] = ()) -> None:
+        """``argv(index, status_fd)`` is a worker's command line; the workers inherit
+        ``sock`` and ``extra_socks`` (the KMS-instance API's)."""
         self._argv = argv
         self._sock = sock
+        self._fds = (sock.fileno(), *(s.fileno() for s in extra_socks))
         self._n = workers
         self._start_timeout = start_timeout
         self._max_restarts = max_restarts
@@ -69,7 +72,7 @@ class Supervisor:
         r, w = os.pipe()
         try:
             proc = subprocess.Popen(list(self._argv(index, w)),
-                                    pass_fds=(self._sock.fileno(), w), close_fds=True)
+                                    pass_fds=(*self._fds, w), close_fds=True)
         except BaseException:
             os.close(r)
             raise

@@ -15,6 +15,9 @@ ROOT = Path(__file__).resolve().parents[2]
 BASE = ROOT / "var" / "sdk-venvs"
 
 ALIBABA_OPENAPI = ("alibabacloud-kms20160120==3.3.1", "alibabacloud-tea-openapi>=0.4,<0.5")
+#: The KMS-instance SDKs: dkms-gcs's Client and kms-python-sdk's TransferClient (which pins
+#: its own alibabacloud-kms20160120).
+ALIBABA_KMS_INSTANCE = ("alibabacloud-dkms-gcs==1.0.2", "alibabacloud-kms-python-sdk==1.1.3")
 
 
 def sdk_python(name: str, requirements: tuple[str, ...]) -> Path:
@@ -43,4 +46,4 @@ def run_sdk(python: Path, code: str, *args: str, timeout: float = 120) -> Any:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-__all__ = ["ALIBABA_OPENAPI", "run_sdk", "sdk_python"]
+__all__ = ["ALIBABA_KMS_INSTANCE", "ALIBABA_OPENAPI", "run_sdk", "sdk_python"]

@@ -114,6 +114,7 @@ class Server:
     proc: subprocess.Popen[bytes]
     log: Path
     creds: dict[str, Cred] = field(default_factory=dict)
+    instance_port: int | None = None  # the KMS-instance API's (HTTPS), if it serves one
 
     @property
     def url(self) -> str:
@@ -202,19 +203,23 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def run_server(config: Path, workers: int = 1) -> Iterator[Server]:
-    """Start ``hsmpool serve`` on a free port and wait until ``/healthz`` answers 200."""
+def run_server(config: Path, workers: int = 1, *, kms_instance: bool = False
+               ) -> Iterator[Server]:
+    """Start ``hsmpool serve`` on a free port (and, with ``kms_instance``, the KMS-instance
+    API on another) and wait until ``/healthz`` answers 200."""
     instances = set(load_config(config)[0].instances)
     last_log = ""
     for _attempt in range(3):
         port = free_port()
+        instance_port = free_port() if kms_instance else None
         log = config.parent / f"server-{port}.log"
+        extra = [] if instance_port is None else ["--kms-instance-port", str(instance_port)]
         with log.open("wb") as fh:
             proc = subprocess.Popen(
                 [str(HSMPOOL), "--config", str(config), "serve", "--host", "127.0.0.1",
-                 "--port", str(port), "--workers", str(workers)],
+                 "--port", str(port), "--workers", str(workers), *extra],
                 stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
-        server = Server(config, port, proc, log)
+        server = Server(config, port, proc, log, instance_port=instance_port)
         try:
             if _wait_healthy(server, instances):
                 break
@@ -259,12 +264,13 @@ def _wait_healthy(server: Server, instances: set[str]) -> bool:
 
 @pytest.fixture(scope="session")
 def server(token_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """The session's server: one worker, instances "srv" and "srv2"; admin credentials
-    "admin" (srv) and "admin2" (srv2) with the default policy (kms:* on *)."""
+    """The session's server: one worker, instances "srv" and "srv2", the KMS-instance API on
+    a port of its own; admin credentials "admin" (srv) and "admin2" (srv2) with the default
+    policy (kms:* on *)."""
     config = write_server_config(tmp_path_factory.mktemp("server"), token_dir, INSTANCES)
     admin = create_credential(config, "srv", "admin")
     admin2 = create_credential(config, "srv2", "admin2")
-    with run_server(config, workers=1) as srv:
+    with run_server(config, workers=1, kms_instance=True) as srv:
         srv.creds.update(admin=admin, admin2=admin2)
         yield srv
 

@@ -47,7 +47,7 @@ def wserver(token_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     config = write_server_config(tmp_path_factory.mktemp("workers"), token_dir,
                                  {"srvw": [5, 6]})
     admin = create_credential(config, "srvw", "admin")
-    with run_server(config, workers=2) as srv:
+    with run_server(config, workers=2, kms_instance=True) as srv:
         srv.creds["admin"] = admin
         yield srv
 
@@ -433,3 +433,32 @@ def test_disabled_credential_is_refused_by_every_worker(wserver: Server) -> None
     listed = json.loads(_credentials_cli(wserver, "list", "--name", name, "--json").stdout)
     assert listed == {"AccessKeys": []}
     assert set(_burst(wserver, cred, 16)) == {"UnrecognizedClientException"}
+
+
+INSTANCE_LOOP = r"""
+for i in range(16):  # a new client, so a new connection, each time
+    c = Client(cfg)
+    e = c.advance_encrypt(m.AdvanceEncryptRequest(key_id=args[0], plaintext=b"%d" % i))
+    d = c.advance_decrypt(m.AdvanceDecryptRequest(ciphertext_blob=e.ciphertext_blob))
+    out[str(i)] = d.plaintext.decode()
+"""
+
+
+def test_kms_instance_api_served_by_the_workers(wserver: Server, tmp_path: Path) -> None:
+    """The KMS-instance port is inherited by both workers like the main one."""
+    from tests.sdk.venvs import ALIBABA_KMS_INSTANCE, sdk_python
+    from tests.server import test_kms_instance as ki
+
+    kms = wserver.client(wserver.creds["admin"])
+    key_id = kms.create_key()["KeyMetadata"]["KeyId"]
+    cmd = [str(ki.HSMPOOL), "--config", str(wserver.config), "aap", "create", "--instance",
+           "srvw", "--name", "w", "--role", "CryptoServiceKeyUser", "--resource", "key/*",
+           "--network", "127.0.0.1/32", "--out", str(tmp_path), "--json"]
+    doc = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True,
+                                    timeout=60).stdout)
+    key = (doc["ClientKeyId"], Path(doc["KeyFile"]), Path(doc["PasswordFile"]))
+    py = sdk_python("alibaba-kms-instance", ALIBABA_KMS_INSTANCE)
+    out = ki._run(py, wserver, key, INSTANCE_LOOP, key_id)
+    assert out == {str(i): str(i) for i in range(16)}
+    seen, _ = _metrics(wserver)
+    assert len(seen) == 2
