@@ -7,6 +7,7 @@ from kms.store.interface import (
     AccessKeyInfo,
     AccessKeySecret,
     AccessPointRecord,
+    AuditCheckpoint,
     ClientKeyRecord,
     Conflict,
     MetadataStore,
@@ -46,6 +47,7 @@ def open_store(database: str) -> MetadataStore:
         return PostgresStore(database)
     return SqliteStore(database)
 
-__all__ = ["MIGRATIONS", "AccessKeyInfo", "AccessKeySecret", "AccessPointRecord", "ClientKeyRecord",
+__all__ = ["MIGRATIONS", "AccessKeyInfo", "AccessKeySecret", "AccessPointRecord",
+           "AuditCheckpoint", "ClientKeyRecord",
            "Conflict", "MetadataStore", "PrincipalRecord", "SqliteStore", "Store", "is_url",
            "open_store", "redacted"]

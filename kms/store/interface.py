@@ -25,7 +25,8 @@ from kms.model import AliasRecord, Grant, ImportToken, KeyRecord, KeyVersion
 from kms.secrets.model import SecretRecord, SecretVersion
 
 __all__ = ["AccessKeyInfo", "AccessKeySecret", "AccessPointRecord", "AccessPointStore",
-           "ClientKeyRecord", "Conflict", "MetadataStore", "PrincipalRecord", "SecretStore"]
+           "AuditAnchorStore", "AuditCheckpoint", "ClientKeyRecord", "Conflict",
+           "MetadataStore", "PrincipalRecord", "SealedSecret", "SecretStore"]
 
 
 class Conflict(Internal):
@@ -125,6 +126,50 @@ class AccessPointStore(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class SealedSecret:
+    """A secret of the service (not of a tenant), wrapped by ``instance``'s domain key."""
+
+    name: str
+    instance: str
+    blob: bytes
+    created: float
+
+
+@dataclass(frozen=True, slots=True)
+class AuditCheckpoint:
+    """An audit segment the store knows of, and the last head of it recorded here."""
+
+    segment: str
+    keyed: bool  # its head is MACed with the audit head key
+    seq: int
+    hash: bytes
+    created: float
+    updated: float
+
+
+class AuditAnchorStore(Protocol):
+    """What the audit trail anchors outside its own files (:mod:`kms.audit_anchor`)."""
+
+    def seal_once(self, name: str, instance: str, blob: bytes, when: float) -> SealedSecret:
+        """Store the sealed secret ``name`` unless one is stored already; the stored one
+        (so of several processes racing, every one gets the same)."""
+        ...
+
+    def checkpoint_audit(self, segment: str, keyed: bool, seq: int, hash_: bytes,
+                         when: float) -> None:
+        """Register a segment, or move its checkpoint forward (never back)."""
+        ...
+
+    def forget_audit_segment(self, segment: str) -> None:
+        """Drop a segment that never had a record (its file was discarded)."""
+        ...
+
+    def audit_checkpoints(self) -> list[AuditCheckpoint]:
+        """Every registered segment, by name."""
+        ...
+
+
 class SecretStore(Protocol):
     """The secrets manager's part of the store (:mod:`kms.secrets`): secrets and their
     versions. Every change names the secret revision it read (compare-and-swap) and writes
@@ -171,7 +216,7 @@ class SecretStore(Protocol):
         ...
 
 
-class MetadataStore(SecretStore, AccessPointStore, Protocol):
+class MetadataStore(SecretStore, AccessPointStore, AuditAnchorStore, Protocol):
     """The metadata of every instance: keys and versions, aliases, grants, import tokens,
     imported material fingerprints, principals and access keys, secrets (see the module
     docstring for the rules). Thread-safe."""

@@ -100,6 +100,14 @@ MIGRATIONS: Final[list[list[str]]] = [[
         revoked {_F}, created {_F} NOT NULL,
         FOREIGN KEY (instance, access_point) REFERENCES access_points (instance, name))""",
     "CREATE INDEX client_keys_by_point ON client_keys (instance, access_point, created)",
+], [
+    # 3: the audit trail's anchors (SQLite's migration 9)
+    f"""CREATE TABLE sealed_secrets (
+        name {_T} PRIMARY KEY, instance {_T} NOT NULL, blob BYTEA NOT NULL,
+        created {_F} NOT NULL)""",
+    f"""CREATE TABLE audit_segments (
+        segment {_T} PRIMARY KEY, keyed INTEGER NOT NULL, seq BIGINT NOT NULL,
+        hash BYTEA NOT NULL, created {_F} NOT NULL, updated {_F} NOT NULL)""",
 ]]
 
 _NUMBERED: Final = re.compile(r"\?(\d+)")

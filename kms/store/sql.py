@@ -31,6 +31,7 @@ from kms.model import (
 )
 from kms.store.interface import AccessKeyInfo, AccessKeySecret, Conflict, PrincipalRecord
 from kms.store.sql_access_points import SqlAccessPoints
+from kms.store.sql_audit import SqlAudit
 from kms.store.sql_secrets import SqlSecrets
 
 T = TypeVar("T")
@@ -126,7 +127,7 @@ def _swap_key(db: Db, old: KeyRecord, new: KeyRecord) -> None:
 
 
 
-class SqlStore(SqlSecrets, SqlAccessPoints):
+class SqlStore(SqlSecrets, SqlAccessPoints, SqlAudit):
     """The SQL of every store method (see the module docstring); an engine subclasses it."""
 
     #: The driver's exception for a broken uniqueness constraint.

@@ -19,6 +19,7 @@ from typing import TypeVar
 from kms.private_files import private_dir, private_file
 from kms.store.sql import SqlStore
 from kms.store.sql_access_points import MIGRATION as ACCESS_POINTS_MIGRATION
+from kms.store.sql_audit import MIGRATION as AUDIT_MIGRATION
 from kms.store.sql_secrets import MIGRATION as SECRETS_MIGRATION
 
 T = TypeVar("T")
@@ -153,6 +154,8 @@ MIGRATIONS: list[str] = [
     SECRETS_MIGRATION,
     # 8: application access points and their client keys (kms/access_points.py)
     ACCESS_POINTS_MIGRATION,
+    # 9: the audit trail's anchors: the sealed head key, the segments and their checkpoints
+    AUDIT_MIGRATION,
 ]
 
 

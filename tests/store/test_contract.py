@@ -517,3 +517,24 @@ def test_access_points_and_client_keys_read_back_and_revoke(opener: Opener) -> N
     got = b.get_client_key("KAAP.1")
     assert got is not None and got.revoked == 50.0
     assert [p.name for p in b.list_access_points()] == ["app"]
+
+
+# --- the audit trail's anchors ------------------------------------------------------------
+
+
+def test_sealed_secret_is_stored_once_and_checkpoints_only_move_forward(opener: Opener) -> None:
+    a, b = opener(), opener()
+    first = a.seal_once("audit-head-key", "default", b"blob-1", 1.0)
+    assert first.blob == b"blob-1" and first.instance == "default"
+    second = b.seal_once("audit-head-key", "other", b"blob-2", 2.0)  # lost the race
+    assert second == first
+    a.checkpoint_audit("worker-1", True, 0, b"g" * 32, 10.0)
+    b.checkpoint_audit("worker-1", False, 5, b"h" * 32, 11.0)
+    a.checkpoint_audit("worker-1", False, 3, b"x" * 32, 12.0)  # older: ignored
+    [cp] = b.audit_checkpoints()
+    assert (cp.segment, cp.keyed, cp.seq, cp.hash, cp.created) == ("worker-1", True, 5,
+                                                                    b"h" * 32, 10.0)
+    a.checkpoint_audit("cli-x", False, 0, b"g" * 32, 13.0)
+    b.forget_audit_segment("worker-1")  # has records: kept
+    b.forget_audit_segment("cli-x")     # never had one: dropped
+    assert [c.segment for c in a.audit_checkpoints()] == ["worker-1"]
