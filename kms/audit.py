@@ -203,16 +203,20 @@ def cli_segment() -> str:
     return f"cli-{host}-{_name_part(local_user()) or 'user'}"
 
 
-def open_cli_log(directory: str | os.PathLike[str], *, sync: bool = True) -> AuditLog:
+def open_cli_log(directory: str | os.PathLike[str], *, sync: bool = True,
+                 head_key: bytes | None = None) -> AuditLog:
     """The audit log of one command-line run: the shared segment :func:`cli_segment`,
     continued across runs, or, while a concurrent run holds it, a segment of this process
-    (``cli-<host>-<user>-<pid>``). Either is deleted at close if it holds no records."""
-    shared = cli_segment()
+    (``cli-<host>-<user>-<pid>``). Either is deleted at close if it holds no records. Runs
+    without the ``head_key`` (metadata-only commands, no HSM) write ``cli-<host>-<user>-plain``
+    instead, so a segment's heads are either all MACed or none."""
+    shared = cli_segment() if head_key is not None else cli_segment() + "-plain"
     try:
-        return AuditLog(directory, shared, sync=sync, discard_if_empty=True)
+        return AuditLog(directory, shared, sync=sync, discard_if_empty=True,
+                        head_key=head_key)
     except SegmentInUse:
         return AuditLog(directory, f"{shared}-{os.getpid()}", sync=sync,
-                        discard_if_empty=True)
+                        discard_if_empty=True, head_key=head_key)
 
 
 # --------------------------------------------------------------------------- schema
@@ -426,6 +430,26 @@ class AuditLog:
             if self._error is None:
                 self._fail("a record could not be encoded (invalid text)")
             raise AuditError(self._why_closed())
+
+    @property
+    def keyed(self) -> bool:
+        """Whether the segment's head is MACed with a head key."""
+        return self._head_key is not None
+
+    def head(self) -> tuple[int, bytes] | None:
+        """The committed head (last seq, its hash) as the file says now; None if the file
+        is gone (discarded at close, being empty)."""
+        if not os.path.exists(self.path):
+            return None
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            db.execute("PRAGMA busy_timeout = 5000")
+            row = db.execute("SELECT seq, hash FROM head WHERE id = 1").fetchone()
+        finally:
+            db.close()
+        if row is None or not isinstance(row[0], int) or not isinstance(row[1], bytes):
+            raise AuditError(f"{self.path}: corrupt audit head")
+        return row[0], row[1]
 
     def flush(self, timeout: float | None = None) -> None:
         """Block until every event recorded before this call is committed (and fsync'd
@@ -835,12 +859,16 @@ def parse_anchor(text: str) -> tuple[str, int, str]:
 
 def verify(directory: str | os.PathLike[str], *, head_key: bytes | None = None,
            segments: Iterable[str] | None = None,
-           anchors: Iterable[tuple[str, int, str]] = ()) -> VerifyReport:
+           anchors: Iterable[tuple[str, int, str]] = (),
+           keyed: Iterable[str] | None = None) -> VerifyReport:
     """Check every segment (or the named ones) in ``directory``.
 
     ``anchors`` are (segment, seq, hash hex) triples recorded earlier, e.g. from a previous
-    report's ``heads``, and kept outside the audit directory: each must still be in its chain.
+    report's ``heads`` or the store's checkpoints (:mod:`kms.audit_anchor`), and kept outside
+    the audit directory: each must still be in its chain, and its segment must exist.
+    ``head_key`` checks the heads' MACs: of every segment, or only of those in ``keyed``.
     """
+    keyed_set = None if keyed is None else set(keyed)
     report = VerifyReport()
     d = os.fspath(directory)
     if not os.path.isdir(d):
@@ -856,7 +884,8 @@ def verify(directory: str | os.PathLike[str], *, head_key: bytes | None = None,
             continue
         found.add(segment)
         report.segments += 1
-        _verify_segment(path, segment, report, head_key, by_segment.get(segment, []))
+        key = head_key if keyed_set is None or segment in keyed_set else None
+        _verify_segment(path, segment, report, key, by_segment.get(segment, []))
     required = (wanted or set()) | (set(by_segment) if wanted is None else set())
     for missing in sorted(required - found):
         report.problem(f"segment {missing}: missing ({segment_path(d, missing)} not found)")

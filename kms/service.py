@@ -17,6 +17,7 @@ most every 50 ms).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
@@ -134,6 +135,8 @@ class Kms:
         self._scheduler: threading.Thread | None = None
         self._lease_owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._stop = threading.Event()
+        if audit is not None and hasattr(audit, "head"):
+            self.checkpoint_audit()  # registered in the store from the start (kms/audit_anchor)
 
     # --- opening -----------------------------------------------------------------------
 
@@ -148,9 +151,9 @@ class Kms:
             store = open_store(settings.database)
             audit = None
             if settings.audit_dir is not None:
-                from kms.audit import AuditLog
+                from kms.audit_anchor import open_log
 
-                audit = AuditLog(settings.audit_dir, audit_segment)
+                audit = open_log(pool, store, settings.audit_dir, audit_segment)
             return cls(pool, store, settings, audit=audit, now=now, owns_pool=True)
         except BaseException:
             pool.close()
@@ -206,12 +209,24 @@ class Kms:
                 from None
         return KmsClient(self, instance, principal, source_ip, audit_name=audit_name)
 
+    def checkpoint_audit(self) -> None:
+        """Record the audit segment's head in the store (:mod:`kms.audit_anchor`): at open,
+        every few seconds from the scheduler, and at close."""
+        from kms.audit_anchor import checkpoint
+
+        if self.audit is not None:
+            checkpoint(self.audit, self.store)
+
     def close(self) -> None:
         self._stop.set()
         if self._scheduler is not None:
             self._scheduler.join(timeout=10)
         if self.audit is not None:
-            self.audit.close()
+            try:
+                self.audit.close()
+            finally:
+                with contextlib.suppress(Exception):  # the store may be what failed
+                    self.checkpoint_audit()
         self.store.close()
         if self._owns_pool:
             self.pool.close()
@@ -443,8 +458,19 @@ class Kms:
             job._audit("kms:RotateKey", rec, v.version_id, "ok")
 
     def start_scheduler(self, interval: float = 60.0) -> None:
+        """Run the due jobs every ``interval`` seconds, and checkpoint the audit segment
+        every :data:`kms.audit_anchor.CHECKPOINT_INTERVAL` seconds, in a thread."""
+        from kms.audit_anchor import CHECKPOINT_INTERVAL
+
         def loop() -> None:
-            while not self._stop.wait(interval):
+            tick = min(interval, CHECKPOINT_INTERVAL)
+            next_jobs = time.monotonic() + interval
+            while not self._stop.wait(tick):
+                with contextlib.suppress(Exception):  # a store outage: the next tick retries
+                    self.checkpoint_audit()
+                if time.monotonic() < next_jobs:
+                    continue
+                next_jobs = time.monotonic() + interval
                 try:
                     self.run_due()
                 except Exception:  # noqa: BLE001 - the scheduler must keep running

@@ -118,7 +118,9 @@ def open_service(config: str) -> Kms:
     try:
         store = open_store(settings.database)
         if settings.audit_dir is not None:
-            audit = open_cli_log(settings.audit_dir)
+            from kms.audit_anchor import head_key
+
+            audit = open_cli_log(settings.audit_dir, head_key=head_key(pool, store))
         return Kms(pool, store, settings, audit=audit, owns_pool=True)
     except BaseException:
         if audit is not None:
@@ -136,6 +138,7 @@ def open_records(config: str, *, audit: bool = True
     HSM pool (for commands that read or change only metadata: a leaked access key can be
     disabled while every token is down)."""
     from kms.audit import open_cli_log
+    from kms.audit_anchor import checkpoint
     from kms.config import load
     from kms.store import open_store
 
@@ -143,12 +146,15 @@ def open_records(config: str, *, audit: bool = True
     store = open_store(settings.database)
     try:
         log = None if settings.audit_dir is None or not audit else open_cli_log(
-            settings.audit_dir)
+            settings.audit_dir)  # no HSM here: its head carries no MAC (kms/audit_anchor)
+        if log is not None:
+            checkpoint(log, store)
         try:
             yield store, log
         finally:
             if log is not None:
                 log.close()
+                checkpoint(log, store)
     finally:
         store.close()
 

@@ -66,6 +66,20 @@ def _configured(config: str) -> tuple[str | None, frozenset[str]]:
     return settings.audit_dir, settings.secret_context_keys
 
 
+def _config_path(args: argparse.Namespace) -> str | None:
+    """The configuration whose store anchors the trail (as :func:`audit_location` finds it):
+    ``--config``, else ``$HSMPOOL_CONFIG`` or ``var/hsmpool.toml`` when no ``--dir`` or
+    ``$HSMPOOL_AUDIT_DIR`` is given."""
+    config = getattr(args, "config", None)
+    if config is not None:
+        return str(config)
+    if args.dir is not None or os.environ.get("HSMPOOL_AUDIT_DIR"):
+        return None
+    config = os.environ.get("HSMPOOL_CONFIG") or (
+        DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else None)
+    return config
+
+
 def _usage(message: str) -> NoReturn:
     print(f"hsmpool: {message}", file=sys.stderr)
     raise SystemExit(2)
@@ -86,8 +100,26 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    keyed = None
+    note = "none given"
+    config = _config_path(args)
+    if config is not None:
+        from kms.audit_anchor import store_anchors
+
+        try:
+            found = store_anchors(config)
+        except Exception as exc:  # noqa: BLE001 - the store's driver errors: one line
+            print(f"error: cannot read the audit anchors of {config}: {exc}", file=sys.stderr)
+            return 2
+        anchors += [(c.segment, c.seq, c.hash.hex()) for c in found.checkpoints]
+        keyed = {c.segment for c in found.checkpoints if c.keyed}
+        if key is None:
+            key = found.head_key
+        note = found.note
+        print(f"store: {len(found.checkpoints)} registered segments; head key {note}")
     started = time.perf_counter()
-    report = verify(directory, head_key=key, segments=args.segment or None, anchors=anchors)
+    report = verify(directory, head_key=key, segments=args.segment or None, anchors=anchors,
+                    keyed=keyed if key is not None and not args.head_key_file else None)
     took = time.perf_counter() - started
     for h in report.heads:
         print(f"segment {h.segment}: {h.records} records, head seq {h.seq}, "

@@ -147,7 +147,8 @@ def open_service(pool_cfg: PoolConfig, settings: KmsSettings, *, segment: str,
                  discard_if_empty: bool = False) -> Kms:
     """The service over the (degraded-start) pool, the store and an audit segment."""
     from hsmpool import Pool
-    from kms.audit import AuditError, AuditLog
+    from kms.audit import AuditError
+    from kms.audit_anchor import AnchorError, open_log
     from kms.service import Kms
     from kms.store import open_store, redacted
 
@@ -169,7 +170,10 @@ def open_service(pool_cfg: PoolConfig, settings: KmsSettings, *, segment: str,
         audit = None
         if settings.audit_dir is not None:
             try:
-                audit = AuditLog(settings.audit_dir, segment, discard_if_empty=discard_if_empty)
+                audit = open_log(pool, store, settings.audit_dir, segment,
+                                 discard_if_empty=discard_if_empty)
+            except AnchorError as exc:
+                raise StartupError(f"audit: {exc}") from None
             except (AuditError, sqlite3.Error, OSError) as exc:
                 raise StartupError(f"cannot open the audit directory "
                                    f"{settings.audit_dir!r}: {exc}") from None

@@ -156,6 +156,8 @@ class AuditAnchorStore(Protocol):
         (so of several processes racing, every one gets the same)."""
         ...
 
+    def get_sealed(self, name: str) -> SealedSecret | None: ...
+
     def checkpoint_audit(self, segment: str, keyed: bool, seq: int, hash_: bytes,
                          when: float) -> None:
         """Register a segment, or move its checkpoint forward (never back)."""

@@ -48,6 +48,12 @@ class SqlAudit:
         return SealedSecret(row["name"], row["instance"], bytes(row["blob"]),
                             float(row["created"]))
 
+    def get_sealed(self, name: str) -> SealedSecret | None:
+        row = self._read(lambda db: db.execute(
+            "SELECT * FROM sealed_secrets WHERE name = ?", (name,)).fetchone())
+        return None if row is None else SealedSecret(row["name"], row["instance"],
+                                                     bytes(row["blob"]), float(row["created"]))
+
     def checkpoint_audit(self, segment: str, keyed: bool, seq: int, hash_: bytes,
                          when: float) -> None:
         with self.transaction() as db:

@@ -243,6 +243,8 @@ def test_migration_keeps_real_purges_and_unhides_forged_marks(svc_pool: Pool,
         old.execute("DROP TABLE leases")
         old.execute("DROP TABLE secret_versions")
         old.execute("DROP TABLE secrets")
+        for table in ("client_keys", "access_points", "sealed_secrets", "audit_segments"):
+            old.execute(f"DROP TABLE {table}")
         old.execute(f"PRAGMA user_version = {3}")
     old.close()
     service = Kms(svc_pool, Store(db), KmsSettings(database=str(db), audit_dir=None),

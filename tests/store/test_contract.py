@@ -524,7 +524,9 @@ def test_access_points_and_client_keys_read_back_and_revoke(opener: Opener) -> N
 
 def test_sealed_secret_is_stored_once_and_checkpoints_only_move_forward(opener: Opener) -> None:
     a, b = opener(), opener()
+    assert a.get_sealed("audit-head-key") is None
     first = a.seal_once("audit-head-key", "default", b"blob-1", 1.0)
+    assert b.get_sealed("audit-head-key") == first
     assert first.blob == b"blob-1" and first.instance == "default"
     second = b.seal_once("audit-head-key", "other", b"blob-2", 2.0)  # lost the race
     assert second == first
