@@ -67,8 +67,18 @@ SCHEDULER_LEASE_TTL: Final = 120.0  # seconds; renewed before each job
 _NOBODY: Final = KeyPolicy(())  # a key policy that allows no principal
 
 
+class _Unchecked:
+    """The default of :meth:`Kms.health`: the store not asked yet."""
+
+
+UNCHECKED: Final = _Unchecked()
+
 #: A token's statistics, as the pool reports them (``Kms.token_stats``).
 TokenStats = hsmpool.MemberStats
+
+
+#: Seconds a health check waits for the store (a connection, then ``SELECT 1``).
+STORE_PING_TIMEOUT: Final = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,10 +87,16 @@ class ServiceHealth:
     tokens: Mapping[str, str]  # token name -> state ("healthy", "ejected", ...)
     healthy_per_instance: Mapping[str, int]
     missing: Mapping[str, str] = field(default_factory=dict)  # left out at start: why
+    store_error: str | None = None  # why the store is not ok
 
     @property
     def ok(self) -> bool:
-        return self.store_ok and all(n > 0 for n in self.healthy_per_instance.values())
+        return self.store_ok and not self.instances_without_tokens
+
+    @property
+    def instances_without_tokens(self) -> list[str]:
+        """Instances none of whose tokens is healthy now."""
+        return sorted(name for name, n in self.healthy_per_instance.items() if n <= 0)
 
 
 class Kms:
@@ -165,18 +181,33 @@ class Kms:
         """Per token of the pool: state, in-flight, ops, errors, latency percentiles."""
         return self.pool.stats()
 
-    def health(self) -> ServiceHealth:
-        """The tokens' states, the healthy tokens per instance, whether the store answers."""
-        try:
-            self.store.change_token()
-            store_ok = True
-        except Exception:  # noqa: BLE001 - any failure of the store is "not ok"
-            store_ok = False
+    def health(self, store_error: str | None | _Unchecked = UNCHECKED) -> ServiceHealth:
+        """The tokens' states, the healthy tokens per instance, whether the store answers.
+
+        By default the store is asked now (:meth:`store_error`, which waits up to
+        :data:`STORE_PING_TIMEOUT`); a caller that asked it elsewhere (off the event loop:
+        :mod:`kms.api.health`) passes what it found, None for ok."""
+        if isinstance(store_error, _Unchecked):
+            store_error = self.store_error()
         return ServiceHealth(
-            store_ok,
+            store_error is None,
             {name: s.state for name, s in self.pool.stats().items()},
             {name: len(inst.healthy_members()) for name, inst in self.pool.instances.items()},
-            dict(self.pool.missing))
+            dict(self.pool.missing), store_error)
+
+    def missing_tokens(self) -> dict[str, str]:
+        """Tokens left out of the pool at start, and why (no store access)."""
+        return dict(self.pool.missing)
+
+    def store_error(self, timeout: float = STORE_PING_TIMEOUT) -> str | None:
+        """None if the store answers a trivial query within about ``timeout`` seconds,
+        else why not (one line)."""
+        try:
+            self.store.ping(timeout)
+        except Exception as exc:  # noqa: BLE001 - any failure of the store is "not ok"
+            text = " ".join(str(exc).split()) or "no detail"
+            return f"{type(exc).__name__}: {text[:300]}"
+        return None
 
     def token_latency(self, token: str, bounds_s: tuple[float, ...]) -> tuple[list[int], float]:
         """A token's call latencies in buckets up to each bound (and one more), and their

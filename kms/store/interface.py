@@ -125,6 +125,11 @@ class MetadataStore(SecretStore, Protocol):
         """A number that changes once another process has committed to the store."""
         ...
 
+    def ping(self, timeout: float) -> None:
+        """Run the cheapest query there is, waiting at most about ``timeout`` seconds for a
+        connection (readiness checks); raises if the store does not answer."""
+        ...
+
     def try_lock(self, name: str, owner: str, ttl: float) -> bool:
         """Take or renew the lease ``name`` for ``owner`` for ``ttl`` seconds; False if
         another owner holds an unexpired lease."""

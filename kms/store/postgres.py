@@ -203,5 +203,15 @@ class PostgresStore(SqlStore):
         return int(self._read(lambda db: db.execute(
             "SELECT n FROM store_changes WHERE id = 1").fetchone()[0]))
 
+    def ping(self, timeout: float) -> None:
+        """``SELECT 1`` on a pooled connection, waiting at most ``timeout`` for one (a
+        stopped server fails the query at once, and then fails to hand out a connection
+        within ``timeout`` while the pool tries to reconnect)."""
+        with self._pool.connection(timeout=timeout) as conn:
+            try:
+                conn.execute("SELECT 1").fetchone()
+            finally:
+                conn.rollback()
+
     def close(self) -> None:
         self._pool.close()

@@ -210,6 +210,14 @@ class SqliteStore(SqlStore):
         with self._lock:
             return int(self._db.execute("PRAGMA data_version").fetchone()[0])
 
+    def ping(self, timeout: float) -> None:
+        if not self._lock.acquire(timeout=timeout):
+            raise TimeoutError(f"the store is busy (no turn within {timeout:g} s)")
+        try:
+            self._db.execute("SELECT 1").fetchone()
+        finally:
+            self._lock.release()
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
