@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     from kms.cli import pkcs11 as pkcs11_commands
 
     pkcs11_commands.add_commands(sub)
+    from kms.cli import cluster as cluster_commands
+
+    cluster_commands.add_commands(sub)
     _one_line_errors(parser)
     return parser
 

@@ -233,15 +233,54 @@ def serve(config: str, overrides: Mapping[str, Any] | None = None, *,
     for line in lines:
         say(line)
     serving = f"serving AWS KMS on {url} ({_workers_text(workers)})"
-    if workers == 1:
-        return _serve_here(kms, sock, server, serving)
-    kms.close()  # the workers open their own pools; nothing PKCS#11 crosses a process
-    return _serve_workers(config, overrides or {}, sock, server, workers, serving)
+    node = _Node(settings.database, sock.getsockname()[1], url)
+    try:
+        if workers == 1:
+            return _serve_here(kms, sock, server, serving, node)
+        kms.close()  # the workers open their own pools; nothing PKCS#11 crosses a process
+        return _serve_workers(config, overrides or {}, sock, server, workers, serving, node)
+    finally:
+        node.close()
 
 
-def _serve_here(kms: Kms, sock: socket.socket, server: ServerSettings, serving: str) -> int:
+class _Node:
+    """This node's heartbeat (kms/cluster.py), on a store connection of its own (the
+    service's is closed by the lifespan, or in the parent of workers before they start)."""
+
+    def __init__(self, database: str, port: int, url: str) -> None:
+        self._database, self._port, self._url = database, port, url
+        self._store: Any = None
+        self._beat: Any = None
+
+    def start(self, workers: Callable[[], int]) -> None:
+        if self._database == ":memory:":  # serve --dev: nobody else can see its store
+            return
+        from kms.cluster import Heartbeat
+        from kms.store import open_store
+
+        try:
+            self._store = open_store(self._database)
+        except Exception as exc:  # noqa: BLE001 - the node serves without heartbeats
+            say(f"no heartbeats for this node (the store: {type(exc).__name__}: {exc})")
+            return
+        self._beat = Heartbeat(self._store, port=self._port, address=self._url,
+                               workers=workers)
+        self._beat.start()
+
+    def close(self) -> None:
+        if self._beat is not None:
+            self._beat.stop()
+            self._beat = None
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+
+def _serve_here(kms: Kms, sock: socket.socket, server: ServerSettings, serving: str,
+                node: _Node) -> int:
     kms.start_scheduler(60.0)
     app = setup_app(kms, server)
+    node.start(lambda: 1)
     try:
         started = run_app(app, sock, server, lambda: say(serving))
     finally:
@@ -255,7 +294,7 @@ def _serve_here(kms: Kms, sock: socket.socket, server: ServerSettings, serving: 
 
 
 def _serve_workers(config: str, overrides: Mapping[str, Any], sock: socket.socket,
-                   server: ServerSettings, workers: int, serving: str) -> int:
+                   server: ServerSettings, workers: int, serving: str, node: _Node) -> int:
     from kms.server.supervisor import Supervisor
 
     try:
@@ -272,8 +311,10 @@ def _serve_workers(config: str, overrides: Mapping[str, Any], sock: socket.socke
                 "--status-fd", str(status_fd), "--state-dir", str(state),
                 "--index", str(index)]
 
+    supervisor = Supervisor(argv, sock, workers)
+    node.start(supervisor.serving)
     try:
-        code, why = Supervisor(argv, sock, workers).run(lambda: say(serving))
+        code, why = supervisor.run(lambda: say(serving))
     finally:
         sock.close()
         with contextlib.suppress(OSError):

@@ -8,6 +8,7 @@ from kms.store.interface import (
     AccessKeySecret,
     Conflict,
     MetadataStore,
+    NodeRecord,
     PrincipalRecord,
 )
 from kms.store.sqlite import MIGRATIONS, SqliteStore
@@ -45,4 +46,5 @@ def open_store(database: str) -> MetadataStore:
     return SqliteStore(database)
 
 __all__ = ["MIGRATIONS", "AccessKeyInfo", "AccessKeySecret", "Conflict", "MetadataStore",
-           "PrincipalRecord", "SqliteStore", "Store", "is_url", "open_store", "redacted"]
+           "NodeRecord", "PrincipalRecord", "SqliteStore", "Store", "is_url", "open_store",
+           "redacted"]

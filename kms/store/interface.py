@@ -24,8 +24,8 @@ from kms.errors import Internal
 from kms.model import AliasRecord, Grant, ImportToken, KeyRecord, KeyVersion
 from kms.secrets.model import SecretRecord, SecretVersion
 
-__all__ = ["AccessKeyInfo", "AccessKeySecret", "Conflict", "MetadataStore", "PrincipalRecord",
-           "SecretStore"]
+__all__ = ["AccessKeyInfo", "AccessKeySecret", "Conflict", "MetadataStore", "NodeRecord",
+           "PrincipalRecord", "SecretStore"]
 
 
 class Conflict(Internal):
@@ -66,6 +66,27 @@ class AccessKeySecret:
     access_key_id: str
     principal_id: str
     secret_blob: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRecord:
+    """A serving node's heartbeat row (:mod:`kms.cluster`): one per ``hsmpool serve``, not
+    per worker."""
+
+    node_id: str  # "<hostname>:<port>"
+    hostname: str
+    address: str  # the URL it serves on
+    version: str  # of hsmpool
+    pid: int  # of the process that beats (the supervisor of a multi-worker node)
+    started: float  # epoch seconds
+    heartbeat: float  # epoch seconds of the last beat
+    beat_interval: float  # seconds between beats
+    workers: int  # serving now
+    stopped: float | None = None  # a clean stop's time
+
+    def __post_init__(self) -> None:
+        if self.beat_interval <= 0 or self.workers < 0:
+            raise ValueError("a node's beat interval is positive and its workers >= 0")
 
 
 class SecretStore(Protocol):
@@ -140,6 +161,15 @@ class MetadataStore(SecretStore, Protocol):
         ...
 
     def close(self) -> None: ...
+
+    def put_node(self, node: NodeRecord) -> None:
+        """Write a node's heartbeat row (insert or replace). Not a change of metadata: it
+        moves no change token on PostgreSQL (SQLite's moves with every commit)."""
+        ...
+
+    def list_nodes(self) -> list[NodeRecord]:
+        """Every node that ever beat, by node id."""
+        ...
 
     def instance_account(self, name: str, make: Callable[[], str]) -> str:
         """The instance's account id, made by ``make`` and stored on first use (every

@@ -88,6 +88,13 @@ MIGRATIONS: Final[list[list[str]]] = [[
         "binary" INTEGER NOT NULL, PRIMARY KEY (secret_id, version_id))""",
     "CREATE TABLE store_changes (id INTEGER PRIMARY KEY, n BIGINT NOT NULL)",
     "INSERT INTO store_changes VALUES (1, 0)",
+], [
+    # 2: the serving nodes' heartbeats (kms/cluster.py), as SQLite's "nodes" migration
+    f"""CREATE TABLE nodes (
+        node_id {_T} PRIMARY KEY, hostname {_T} NOT NULL, address {_T} NOT NULL,
+        version {_T} NOT NULL, pid INTEGER NOT NULL, started {_F} NOT NULL,
+        heartbeat {_F} NOT NULL, beat_interval {_F} NOT NULL, workers INTEGER NOT NULL,
+        stopped {_F})""",
 ]]
 
 _NUMBERED: Final = re.compile(r"\?(\d+)")
@@ -183,14 +190,23 @@ class PostgresStore(SqlStore):
 
     @contextmanager
     def transaction(self) -> Iterator[Any]:
+        with self._write(changes=True) as db:
+            yield db
+
+    @contextmanager
+    def _write(self, *, changes: bool) -> Iterator[Any]:
         with self._pool.connection() as conn:
             try:
                 yield _Db(conn)
-                conn.execute("UPDATE store_changes SET n = n + 1 WHERE id = 1")
+                if changes:
+                    conn.execute("UPDATE store_changes SET n = n + 1 WHERE id = 1")
             except BaseException:
                 conn.rollback()
                 raise
             conn.commit()
+
+    def _quiet_transaction(self) -> Any:
+        return self._write(changes=False)
 
     def _read(self, fn: Callable[[Any], T]) -> T:
         with self._pool.connection() as conn:

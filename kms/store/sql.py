@@ -29,7 +29,13 @@ from kms.model import (
     KeyVersion,
     Origin,
 )
-from kms.store.interface import AccessKeyInfo, AccessKeySecret, Conflict, PrincipalRecord
+from kms.store.interface import (
+    AccessKeyInfo,
+    AccessKeySecret,
+    Conflict,
+    NodeRecord,
+    PrincipalRecord,
+)
 from kms.store.sql_secrets import SqlSecrets
 
 T = TypeVar("T")
@@ -110,6 +116,9 @@ def _same_grant(a: Grant, b: Grant) -> bool:
         b.subset and dict(b.subset), b.equals and dict(b.equals))
 
 
+_NODE_COLUMNS = ("node_id", "hostname", "address", "version", "pid", "started", "heartbeat",
+                 "beat_interval", "workers", "stopped")
+_NODE_SETS = ", ".join(f"{c} = excluded.{c}" for c in _NODE_COLUMNS[1:])
 _KEY_SETS = ", ".join(f"{c} = ?" for c in _KEY_COLUMNS[1:])
 
 
@@ -156,6 +165,25 @@ class SqlStore(SqlSecrets):
     def unlock(self, name: str, owner: str) -> None:
         with self.transaction() as db:
             db.execute("DELETE FROM leases WHERE name = ? AND owner = ?", (name, owner))
+
+    def _quiet_transaction(self) -> AbstractContextManager[Db]:
+        """A write that is no metadata change (heartbeats): the engine may leave its change
+        token alone, so that no process drops its caches for it."""
+        return self.transaction()
+
+    # --- nodes -------------------------------------------------------------------------
+
+    def put_node(self, node: NodeRecord) -> None:
+        with self._quiet_transaction() as db:
+            db.execute(f"INSERT INTO nodes ({', '.join(_NODE_COLUMNS)}) VALUES "
+                       f"({', '.join('?' * len(_NODE_COLUMNS))}) ON CONFLICT (node_id) DO "
+                       f"UPDATE SET {_NODE_SETS}",
+                       tuple(getattr(node, c) for c in _NODE_COLUMNS))
+
+    def list_nodes(self) -> list[NodeRecord]:
+        rows = self._read(lambda db: db.execute(
+            "SELECT * FROM nodes ORDER BY node_id").fetchall())
+        return [NodeRecord(**{c: r[c] for c in _NODE_COLUMNS}) for r in rows]
 
     # --- instances ---------------------------------------------------------------------
 

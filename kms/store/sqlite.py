@@ -150,6 +150,22 @@ MIGRATIONS: list[str] = [
     """,
     # 7: the secrets manager (kms/secrets): secrets and their versions
     SECRETS_MIGRATION,
+    # the serving nodes' heartbeats (kms/cluster.py, hsmpool cluster status); one row per
+    # node. (Self-contained: it may be renumbered when migrations from elsewhere merge.)
+    """
+    CREATE TABLE IF NOT EXISTS nodes (
+        node_id TEXT PRIMARY KEY,
+        hostname TEXT NOT NULL,
+        address TEXT NOT NULL,
+        version TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        started REAL NOT NULL,
+        heartbeat REAL NOT NULL,
+        beat_interval REAL NOT NULL,
+        workers INTEGER NOT NULL,
+        stopped REAL
+    )
+    """,
 ]
 
 

@@ -15,8 +15,15 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
+from kms.cluster import VERSION
 from tests.postgres import PostgresCluster
-from tests.server.conftest import Server, create_credential, run_server, write_server_config
+from tests.server.conftest import (
+    Server,
+    cluster_status,
+    create_credential,
+    run_server,
+    write_server_config,
+)
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +94,17 @@ def test_secrets_and_credentials_across_nodes(nodes: list[Server], pg_config: Pa
     for srv in nodes:
         c = srv.client(cred, service="secretsmanager")
         _until(lambda c=c: c.get_secret_value(SecretId=name)["SecretString"] == "two")
+
+
+def test_cluster_status_shows_both_nodes(nodes: list[Server], pg_config: Path) -> None:
+    doc = cluster_status(pg_config)
+    by_port = {int(n["NodeId"].rsplit(":", 1)[1]): n for n in doc["Nodes"]}
+    assert set(by_port) >= {srv.port for srv in nodes}
+    for srv, workers in zip(nodes, (1, 2), strict=True):
+        node = by_port[srv.port]
+        assert (node["Address"], node["State"], node["Workers"], node["Version"]) == (
+            srv.url, "up", workers, VERSION), node
+        assert node["HeartbeatAgeSeconds"] <= 3 * node["HeartbeatIntervalSeconds"]
 
 
 def _code(fn: Any) -> str | None:
