@@ -11,8 +11,9 @@ domain (:mod:`kms.keys.lifecycle`, :mod:`kms.keys.aliases`, :mod:`kms.keys.crypt
 
 Key records are immutable; a change builds the new record, the store writes it in one
 transaction (compare-and-swap on the revision), and then the cached record is evicted.
-Caches are dropped when another process commits to the store (its change token, checked at
-most every 50 ms).
+Caches are dropped when another process commits to the store: at once where the store
+pushes changes (:meth:`Kms.start_watching`; PostgreSQL's LISTEN/NOTIFY), and by its change
+token, checked at most every 50 ms (every 5 s while changes are pushed).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ from kms.model import Grant, KeyRecord, KeyState, KeyVersion
 from kms.policy import Authorizer, KeyPolicy, PolicyError
 from kms.secrets.cache import DataKeyCache, SecretCache
 from kms.secrets.manage import Secrets
-from kms.store import Conflict, MetadataStore, open_store
+from kms.store import ChangeWatch, Conflict, MetadataStore, open_store
 
 __all__ = [
     "DURABLE_ACTIONS", "DataKey", "DataKeyPair", "DecryptResult", "EncryptResult", "Kms",
@@ -77,6 +78,10 @@ UNCHECKED: Final = _Unchecked()
 TokenStats = hsmpool.MemberStats
 
 
+#: Seconds between polls of the store's change token (the cache check of every operation).
+POLL_INTERVAL: Final = 0.05
+#: The same while the store pushes changes (Kms.start_watching): only a safety net then.
+WATCHED_POLL_INTERVAL: Final = 5.0
 #: Seconds a health check waits for the store (a connection, then ``SELECT 1``).
 STORE_PING_TIMEOUT: Final = 1.0
 
@@ -147,6 +152,10 @@ class Kms:
         self._change_token = store.change_token()
         self._generation = 0  # bumped by every write and drop (see _key)
         self._checked = time.monotonic()
+        self._watch: ChangeWatch | None = None  # the store's push of changes, if started
+        #: Seconds between polls of the change token while the store pushes changes (a
+        #: safety net; without a push: :data:`POLL_INTERVAL`).
+        self.watched_poll_interval = WATCHED_POLL_INTERVAL
         self._scheduler: threading.Thread | None = None
         self._lease_owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._stop = threading.Event()
@@ -255,10 +264,30 @@ class Kms:
 
     # --- caches ------------------------------------------------------------------------
 
+    def start_watching(self) -> bool:
+        """Have the store push changes, where it can (PostgreSQL: LISTEN/NOTIFY, a thread
+        and a connection per process): caches are then dropped as soon as another process
+        commits, and the change token is polled only every :attr:`watched_poll_interval`
+        seconds while the listener is connected. False if the store cannot push (it is
+        polled every :data:`POLL_INTERVAL`, as before)."""
+        if self._watch is None:
+            self._watch = self.store.watch(self._changed)
+        return self._watch is not None
+
+    def _changed(self, token: int | None) -> None:
+        """From the store's listener: a commit (its change token), or None: changes may
+        have been missed."""
+        if token is not None:
+            self._change_token = max(self._change_token, token)
+        self._drop_caches()
+
     def _fresh(self) -> None:
         """Drop caches if another process committed since we last looked."""
         t = time.monotonic()
-        if t - self._checked < 0.05:
+        watch = self._watch
+        period = self.watched_poll_interval if watch is not None and watch.live \
+            else POLL_INTERVAL
+        if t - self._checked < period:
             return
         self._checked = t
         token = self.store.change_token()

@@ -59,6 +59,7 @@ def make_app() -> KmsApp:
         segment = f"{socket.gethostname()}-{os.getpid()}"
         kms = Kms.open(config, audit_segment=segment)
         kms.start_scheduler(60.0)
+        kms.start_watching()
         return kms
 
     return KmsApp(build)
@@ -279,6 +280,7 @@ class _Node:
 def _serve_here(kms: Kms, sock: socket.socket, server: ServerSettings, serving: str,
                 node: _Node) -> int:
     kms.start_scheduler(60.0)
+    kms.start_watching()  # PostgreSQL: other nodes' changes are pushed (LISTEN/NOTIFY)
     app = setup_app(kms, server)
     node.start(lambda: 1)
     try:

@@ -6,6 +6,7 @@ A new implementation passes ``tests/store/test_contract.py``."""
 from kms.store.interface import (
     AccessKeyInfo,
     AccessKeySecret,
+    ChangeWatch,
     Conflict,
     MetadataStore,
     NodeRecord,
@@ -45,6 +46,6 @@ def open_store(database: str) -> MetadataStore:
         return PostgresStore(database)
     return SqliteStore(database)
 
-__all__ = ["MIGRATIONS", "AccessKeyInfo", "AccessKeySecret", "Conflict", "MetadataStore",
-           "NodeRecord", "PrincipalRecord", "SqliteStore", "Store", "is_url", "open_store",
-           "redacted"]
+__all__ = ["MIGRATIONS", "AccessKeyInfo", "AccessKeySecret", "ChangeWatch", "Conflict",
+           "MetadataStore", "NodeRecord", "PrincipalRecord", "SqliteStore", "Store", "is_url",
+           "open_store", "redacted"]

@@ -9,7 +9,8 @@ Every implementation passes the contract suite ``tests/store/test_contract.py`` 
   (``old``) and fails with :class:`Conflict` if the stored record moved on; the caller
   re-reads and retries (:data:`kms.keys.lifecycle.CAS_ATTEMPTS`);
 * **a change token** (:meth:`MetadataStore.change_token`) that changes once another process
-  (another store object) has committed, so the processes' caches can be dropped;
+  (another store object) has committed, so the processes' caches can be dropped; an engine
+  may also push changes (:meth:`MetadataStore.watch`: PostgreSQL's LISTEN/NOTIFY);
 * **named leases** (:meth:`MetadataStore.try_lock`): one process at a time runs the
   scheduler's jobs.
 """
@@ -24,8 +25,8 @@ from kms.errors import Internal
 from kms.model import AliasRecord, Grant, ImportToken, KeyRecord, KeyVersion
 from kms.secrets.model import SecretRecord, SecretVersion
 
-__all__ = ["AccessKeyInfo", "AccessKeySecret", "Conflict", "MetadataStore", "NodeRecord",
-           "PrincipalRecord", "SecretStore"]
+__all__ = ["AccessKeyInfo", "AccessKeySecret", "ChangeWatch", "Conflict", "MetadataStore",
+           "NodeRecord", "PrincipalRecord", "SecretStore"]
 
 
 class Conflict(Internal):
@@ -89,6 +90,17 @@ class NodeRecord:
             raise ValueError("a node's beat interval is positive and its workers >= 0")
 
 
+class ChangeWatch(Protocol):
+    """A store's push of changes (:meth:`MetadataStore.watch`)."""
+
+    @property
+    def live(self) -> bool:
+        """Listening now: every commit from now on is told (else poll the change token)."""
+        ...
+
+    def close(self) -> None: ...
+
+
 class SecretStore(Protocol):
     """The secrets manager's part of the store (:mod:`kms.secrets`): secrets and their
     versions. Every change names the secret revision it read (compare-and-swap) and writes
@@ -143,7 +155,15 @@ class MetadataStore(SecretStore, Protocol):
     # --- plumbing
 
     def change_token(self) -> int:
-        """A number that changes once another process has committed to the store."""
+        """A number that changes once another process has committed to the store (a
+        metadata change: an engine may leave it alone for leases and heartbeats)."""
+        ...
+
+    def watch(self, on_change: Callable[[int | None], None]) -> ChangeWatch | None:
+        """Call ``on_change`` from a thread of the store's soon after any process commits
+        (with the new change token, when known), and with None whenever changes may have
+        been missed (listening began or resumed). None: this engine cannot push changes
+        (poll :meth:`change_token`). Closed with the store."""
         ...
 
     def ping(self, timeout: float) -> None:

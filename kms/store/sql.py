@@ -32,6 +32,7 @@ from kms.model import (
 from kms.store.interface import (
     AccessKeyInfo,
     AccessKeySecret,
+    ChangeWatch,
     Conflict,
     NodeRecord,
     PrincipalRecord,
@@ -154,7 +155,7 @@ class SqlStore(SqlSecrets):
 
     def try_lock(self, name: str, owner: str, ttl: float) -> bool:
         now = time.time()
-        with self.transaction() as db:
+        with self._quiet_transaction() as db:  # a lease is no metadata: no cache drops
             cur = db.execute(
                 "INSERT INTO leases VALUES (?1, ?2, ?3) ON CONFLICT (name) DO UPDATE SET "
                 "owner = excluded.owner, expires = excluded.expires "
@@ -163,12 +164,15 @@ class SqlStore(SqlSecrets):
             return bool(cur.rowcount == 1)
 
     def unlock(self, name: str, owner: str) -> None:
-        with self.transaction() as db:
+        with self._quiet_transaction() as db:
             db.execute("DELETE FROM leases WHERE name = ? AND owner = ?", (name, owner))
 
+    def watch(self, on_change: Callable[[int | None], None]) -> ChangeWatch | None:
+        return None  # the change token is polled
+
     def _quiet_transaction(self) -> AbstractContextManager[Db]:
-        """A write that is no metadata change (heartbeats): the engine may leave its change
-        token alone, so that no process drops its caches for it."""
+        """A write that is no metadata change (leases, heartbeats): the engine may leave its
+        change token alone, so that no process drops its caches for it."""
         return self.transaction()
 
     # --- nodes -------------------------------------------------------------------------

@@ -96,6 +96,24 @@ def test_secrets_and_credentials_across_nodes(nodes: list[Server], pg_config: Pa
         _until(lambda c=c: c.get_secret_value(SecretId=name)["SecretString"] == "two")
 
 
+def test_a_key_disabled_on_one_node_is_refused_by_the_other_at_once(
+        nodes: list[Server]) -> None:
+    """Pushed by LISTEN/NOTIFY: measured (printed), bounded at 3 s per round (the fallback
+    poll would take up to 5 s)."""
+    a, b = (srv.client(srv.creds["admin"]) for srv in nodes)
+    key = a.create_key(Description="notify")["KeyMetadata"]["KeyId"]
+    _until(lambda: b.encrypt(KeyId=key, Plaintext=b"x")["KeyId"].endswith(key), 3.0)
+    seen = []
+    for _ in range(5):
+        a.disable_key(KeyId=key)
+        seen.append(_until(lambda: _code(lambda: b.encrypt(KeyId=key, Plaintext=b"x"))
+                           == "DisabledException", 3.0))
+        a.enable_key(KeyId=key)
+        _until(lambda: b.encrypt(KeyId=key, Plaintext=b"x")["KeyId"].endswith(key), 3.0)
+    ms = sorted(round(t * 1000, 1) for t in seen)
+    print(f"node b refused Encrypt after node a's DisableKey returned, ms: {ms}")
+
+
 def test_cluster_status_shows_both_nodes(nodes: list[Server], pg_config: Path) -> None:
     doc = cluster_status(pg_config)
     by_port = {int(n["NodeId"].rsplit(":", 1)[1]): n for n in doc["Nodes"]}
