@@ -25,6 +25,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -66,6 +67,12 @@ SCHEDULER_PRINCIPAL: Final = "hsmpool:scheduler"  # the audit trail's name for s
 SCHEDULER_LEASE: Final = "scheduler"  # the store lease of the process running due jobs
 SCHEDULER_LEASE_TTL: Final = 120.0  # seconds; renewed before each job
 _NOBODY: Final = KeyPolicy(())  # a key policy that allows no principal
+
+
+def domain_key_lock(store: MetadataStore) -> Callable[[str], AbstractContextManager[object]]:
+    """The pool's cluster-wide lock around an instance's domain-key set-up
+    (:class:`hsmpool.Pool`'s ``setup_lock``): the store's, named per instance."""
+    return lambda instance: store.exclusive(f"domain-keys:{instance}")
 
 
 class _Unchecked:
@@ -168,9 +175,13 @@ class Kms:
         from kms.config import load
 
         pool_cfg, settings = load(config_path)
-        pool = Pool(pool_cfg)
+        store = open_store(settings.database)  # first: its lock covers domain-key set-up
         try:
-            store = open_store(settings.database)
+            pool = Pool(pool_cfg, setup_lock=domain_key_lock(store))
+        except BaseException:
+            store.close()
+            raise
+        try:
             audit = None
             if settings.audit_dir is not None:
                 from kms.audit import AuditLog
@@ -179,6 +190,7 @@ class Kms:
             return cls(pool, store, settings, audit=audit, now=now, owns_pool=True)
         except BaseException:
             pool.close()
+            store.close()
             raise
 
     def change_token(self) -> int:

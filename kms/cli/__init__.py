@@ -107,23 +107,26 @@ def open_service(config: str) -> Kms:
     from hsmpool.config import degraded_default
     from kms.audit import open_cli_log
     from kms.config import load
-    from kms.service import Kms
+    from kms.service import Kms, domain_key_lock
     from kms.store import open_store
 
     pool_cfg, settings = load(config)
-    pool = Pool(degraded_default(pool_cfg))  # a token that is down: the others serve
-    store: MetadataStore | None = None
+    store = open_store(settings.database)  # first: its lock covers domain-key set-up
+    try:
+        # a token that is down: the others serve
+        pool = Pool(degraded_default(pool_cfg), setup_lock=domain_key_lock(store))
+    except BaseException:
+        store.close()
+        raise
     audit: AuditLog | None = None
     try:
-        store = open_store(settings.database)
         if settings.audit_dir is not None:
             audit = open_cli_log(settings.audit_dir)
         return Kms(pool, store, settings, audit=audit, owns_pool=True)
     except BaseException:
         if audit is not None:
             audit.close()
-        if store is not None:
-            store.close()
+        store.close()
         pool.close()
         raise
 

@@ -18,6 +18,7 @@ Every implementation passes the contract suite ``tests/store/test_contract.py`` 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -164,6 +165,12 @@ class MetadataStore(SecretStore, Protocol):
         (with the new change token, when known), and with None whenever changes may have
         been missed (listening began or resumed). None: this engine cannot push changes
         (poll :meth:`change_token`). Closed with the store."""
+        ...
+
+    def exclusive(self, name: str) -> AbstractContextManager[object]:
+        """Held by one process of the whole cluster at a time, while the block runs (the
+        first set-up of an instance's domain keys). SQLite's is a no-op: its processes
+        share one host, whose own lock serialises them."""
         ...
 
     def ping(self, timeout: float) -> None:

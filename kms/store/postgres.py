@@ -19,6 +19,7 @@ migrate once.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import threading
@@ -243,6 +244,25 @@ class PostgresStore(SqlStore):
                 conn.execute("SELECT 1").fetchone()
             finally:
                 conn.rollback()
+
+    @contextmanager
+    def exclusive(self, name: str) -> Iterator[None]:
+        """A session advisory lock named by ``name`` (hashed to 64 bits), on a pooled
+        connection held while the block runs; no transaction stays open meanwhile. A
+        connection lost meanwhile releases the lock on the server."""
+        lock = int.from_bytes(hashlib.sha256(f"hsmpool:{name}".encode()).digest()[:8], "big",
+                              signed=True)
+        with self._pool.connection() as conn:
+            conn.execute("SELECT pg_advisory_lock(%s)", (lock,))
+            conn.commit()
+            try:
+                yield
+            finally:
+                try:
+                    conn.execute("SELECT pg_advisory_unlock(%s)", (lock,))
+                    conn.commit()
+                except self._psycopg.Error as exc:  # the lock went with the connection
+                    log.warning("advisory lock %r: unlock failed (%s)", name, exc)
 
     def watch(self, on_change: Callable[[int | None], None]) -> _Listener:
         """LISTEN on :data:`CHANNEL` from a thread with a connection of its own (see

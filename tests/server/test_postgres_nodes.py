@@ -15,13 +15,17 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
+from hsmpool import Pool
 from kms.cluster import VERSION
+from kms.config import load as load_config
+from tests.faults import FaultInjector
 from tests.postgres import PostgresCluster
 from tests.server.conftest import (
     Server,
     cluster_status,
     create_credential,
     run_server,
+    start_serve,
     write_server_config,
 )
 
@@ -131,3 +135,36 @@ def _code(fn: Any) -> str | None:
     except ClientError as exc:
         return str(exc.response["Error"]["Code"])
     return None
+
+
+def test_two_nodes_started_at_once_make_one_domain_key(
+        token_dir: Path, tmp_path: Path, postgres: PostgresCluster,
+        faults: FaultInjector) -> None:
+    """A new instance, two nodes starting together as if on two hosts (each its own
+    TMPDIR, so the host-local lock does not serialise them), every call to the instance's
+    token slowed so that their domain-key set-ups overlap: the store's advisory lock lets
+    one make the keys and the other find them."""
+    db = f"dk_{uuid.uuid4().hex[:10]}"
+    postgres.execute(f"CREATE DATABASE {db}")
+    url = f"postgresql://{postgres.user}:{postgres.password}@{postgres.host}:{postgres.port}/{db}"
+    instance = f"dk{uuid.uuid4().hex[:8]}"
+    cfg = write_server_config(tmp_path, token_dir, {instance: [7]})
+    cfg.write_text(re.sub(r'^database = ".*"$', f'database = "{url}"', cfg.read_text(),
+                          flags=re.M))
+    faults.fail("hsmpool-7", "hang", hang_ms=40)
+    runs = []
+    try:
+        for host in ("a", "b"):
+            tmp = tmp_path / f"host-{host}"
+            tmp.mkdir()
+            runs.append(start_serve(["--port", "0", "--workers", "1"],
+                                    tmp_path / f"node-{host}.log", config=cfg,
+                                    env={"TMPDIR": str(tmp)}))
+        for run in runs:
+            run.wait_for("hsmpool: serving AWS KMS on ")
+    finally:
+        faults.heal()
+        for run in runs:
+            run.stop()
+    with Pool.open(load_config(cfg)[0]) as pool:  # several keys on the token: ConfigError
+        assert set(pool.instance(instance).kek_ids) == {"kek", "swkek"}

@@ -1,7 +1,8 @@
-"""PostgreSQL's push of changes (kms/store/postgres.py: NOTIFY in each write transaction,
-a LISTEN thread per store) and its use by the service (``Kms.start_watching``), on the
-session's real PostgreSQL cluster; the listener's outage through a TCP relay the test cuts.
-Every wait is a bounded loop that fails if the change is never heard."""
+"""What PostgreSQL gives a cluster beyond the store contract (kms/store/postgres.py), on the
+session's real PostgreSQL cluster: the push of changes (NOTIFY in each write transaction, a
+LISTEN thread per store) and its use by the service (``Kms.start_watching``), with the
+listener's outage through a TCP relay the test cuts; and the cluster-wide lock
+(``exclusive``). Every wait is a bounded loop that fails if the awaited thing never comes."""
 
 from __future__ import annotations
 
@@ -154,3 +155,30 @@ def _encrypts(kms: Kms, key: str) -> bool:
     except Disabled:
         return False
     return True
+
+
+def test_the_cluster_lock_is_held_by_one_store_at_a_time(url: str) -> None:
+    a, b = PostgresStore(url), PostgresStore(url)
+    try:
+        inside = threading.Event()
+        leave = threading.Event()
+
+        def hold_on_b() -> None:
+            with b.exclusive("domain-keys:x"):
+                inside.set()
+                leave.wait(LIMIT)
+
+        with a.exclusive("domain-keys:x"):
+            with b.exclusive("domain-keys:y"):  # another name: not blocked
+                pass
+            t = threading.Thread(target=hold_on_b)
+            t.start()
+            assert not inside.wait(0.5)  # b waits while a holds it
+        assert inside.wait(LIMIT)  # and gets it once a let go
+        leave.set()
+        t.join(LIMIT)
+        with a.exclusive("domain-keys:x"):  # released by b in turn
+            pass
+    finally:
+        a.close()
+        b.close()
