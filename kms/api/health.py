@@ -2,7 +2,9 @@
 
 * ``GET /livez``: 200 while the event loop runs (answered on the loop, touching nothing).
 * ``GET /readyz``: 200 only if the store answers a trivial query and every instance has at
-  least one healthy token; else 503 and a JSON body saying which part is not.
+  least one healthy token; else 503 and a JSON body saying which part is not (of the store's
+  failure only its kind, e.g. ``OperationalError``: the endpoint is unauthenticated, and
+  the full reason, which may name hosts and users, is logged when an outage starts).
 * ``GET /healthz``: as before (``ok``/``degraded``/``unavailable``, tokens, store).
 
 The store is asked off the event loop, in a thread, by one probe at a time
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
@@ -28,6 +31,8 @@ if TYPE_CHECKING:
 #: Seconds after which a store check that has not answered counts as a failed one.
 ANSWER_BOUND: Final = STORE_PING_TIMEOUT + 0.5
 
+log = logging.getLogger("hsmpool.server")
+
 Done = Callable[[str | None], None]
 
 
@@ -38,6 +43,7 @@ class StoreProbe:
         self.kms = kms
         self._lock = threading.Lock()
         self._waiting: list[Done] | None = None  # the callers of the probe in flight
+        self._last: str | None = None  # what the last probe found
 
     def check(self, loop: asyncio.AbstractEventLoop, done: Done) -> None:
         """Call ``done(None)`` (the store answered) or ``done(why not)`` on the loop's
@@ -58,7 +64,7 @@ class StoreProbe:
                 pass
 
         timer = loop.call_later(ANSWER_BOUND, finish,
-                                f"the store gave no answer within {ANSWER_BOUND:g} s")
+                                f"NoAnswer: the store gave none within {ANSWER_BOUND:g} s")
         with self._lock:
             start = self._waiting is None
             if self._waiting is None:
@@ -69,6 +75,12 @@ class StoreProbe:
 
     def _probe(self) -> None:
         error = self.kms.store_error()
+        if (error is None) != (self._last is None):  # the start and the end of an outage
+            if error is None:
+                log.warning("the store answers again")
+            else:
+                log.warning("the store does not answer: %s", error)
+        self._last = error
         with self._lock:
             waiting, self._waiting = self._waiting or [], None
         for tell in waiting:
@@ -94,8 +106,8 @@ def readyz(h: ServiceHealth) -> tuple[int, bytes]:
         "status": "ready" if h.ok else "not ready",
         "store": "ok" if h.store_ok else "error",
         "healthy_tokens_per_instance": dict(h.healthy_per_instance)}
-    if h.store_error is not None:
-        body["store_error"] = h.store_error
+    if h.store_error is not None:  # the kind only: the details (hosts, users) are logged
+        body["store_error"] = h.store_error.split(":", 1)[0]
     if h.instances_without_tokens:
         body["instances_without_healthy_tokens"] = h.instances_without_tokens
     return (200 if h.ok else 503), json.dumps(body).encode()
