@@ -18,6 +18,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, TypeVar
 
@@ -153,6 +154,12 @@ _GEN_MECH: Final = {
 _CURVES: Final = {KeySpec.EC_P256: ec.SECP256R1(), KeySpec.EC_SECP256K1: ec.SECP256K1()}
 
 
+#: A lock beyond this host around an instance's domain-key set-up, by instance name (the
+#: embedder's: ``kms`` takes a PostgreSQL advisory lock, so that nodes on different hosts
+#: sharing the tokens do not each make a domain key). See :class:`hsmpool.Pool`.
+SetupLock = Callable[[str], AbstractContextManager[object]]
+
+
 class Instance:
     """A tenant: its partition of tokens and its domain keys. Obtain via ``pool.instance()``.
 
@@ -163,14 +170,16 @@ class Instance:
     member cannot wrap keys at all.
     """
 
-    def __init__(self, balancer: Balancer, name: str, members: list[Member]) -> None:
+    def __init__(self, balancer: Balancer, name: str, members: list[Member], *,
+                 setup_lock: SetupLock | None = None) -> None:
         self.balancer = balancer
         self.name = name
         self.members = tuple(members)
         self._by_need: dict[tuple[int, ...], tuple[Member, ...]] = {}
         self.kek_ids: dict[str, bytes] = {}
         self.domain_key_state: dict[str, dict[str, str]] = {m.name: {} for m in members}
-        with _instance_lock(name, members):
+        with _instance_lock(name, members), \
+                (setup_lock(name) if setup_lock is not None else contextlib.nullcontext()):
             for domain in _kek.DOMAINS:
                 self._ensure_domain_key(domain)
         self._warn_about_domain_keys(self.members)

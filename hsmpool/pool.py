@@ -47,7 +47,7 @@ from hsmpool.errors import (
     TokenError,
     TokenNotFoundError,
 )
-from hsmpool.instance import Instance
+from hsmpool.instance import Instance, SetupLock
 from hsmpool.member import Member, MemberState, MemberStats
 
 __all__ = ["Pool"]
@@ -58,7 +58,10 @@ log = logging.getLogger("hsmpool.pool")
 class Pool:
     """A pool of PKCS#11 tokens partitioned into instances. Thread-safe."""
 
-    def __init__(self, config: PoolConfig) -> None:
+    def __init__(self, config: PoolConfig, *, setup_lock: SetupLock | None = None) -> None:
+        """``setup_lock(instance)``, if given, is held (inside this host's own lock) while
+        an instance's domain keys are looked for and, the first time, made or copied: a
+        lock of the whole cluster, for nodes on several hosts sharing the tokens."""
         self.config = config
         self.settings = config.settings
         self._modules: dict[str, Module] = {}
@@ -99,7 +102,8 @@ class Pool:
                         f"instance {inst.name!r}: token(s) {', '.join(gone)} missing, and no "
                         "token present holds the instance's domain keys; refusing to make "
                         "new ones while part of the partition is missing")
-                self.instances[inst.name] = Instance(self.balancer, inst.name, members)
+                self.instances[inst.name] = Instance(self.balancer, inst.name, members,
+                                                     setup_lock=setup_lock)
         except BaseException:
             self.close()
             raise
@@ -109,11 +113,12 @@ class Pool:
             m.on_eject = self._on_eject
 
     @classmethod
-    def open(cls, config: PoolConfig | str | os.PathLike[str]) -> Pool:
+    def open(cls, config: PoolConfig | str | os.PathLike[str], *,
+             setup_lock: SetupLock | None = None) -> Pool:
         """Open a pool from a :class:`PoolConfig` or the path of a TOML file."""
         if not isinstance(config, PoolConfig):
             config = load_config(config)
-        return cls(config)
+        return cls(config, setup_lock=setup_lock)
 
     # --- opening -----------------------------------------------------------------------
 

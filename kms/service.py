@@ -11,8 +11,9 @@ domain (:mod:`kms.keys.lifecycle`, :mod:`kms.keys.aliases`, :mod:`kms.keys.crypt
 
 Key records are immutable; a change builds the new record, the store writes it in one
 transaction (compare-and-swap on the revision), and then the cached record is evicted.
-Caches are dropped when another process commits to the store (its change token, checked at
-most every 50 ms).
+Caches are dropped when another process commits to the store: at once where the store
+pushes changes (:meth:`Kms.start_watching`; PostgreSQL's LISTEN/NOTIFY), and by its change
+token, checked at most every 50 ms (every 5 s while changes are pushed).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -52,7 +54,7 @@ from kms.model import Grant, KeyRecord, KeyState, KeyVersion
 from kms.policy import Authorizer, KeyPolicy, PolicyError
 from kms.secrets.cache import DataKeyCache, SecretCache
 from kms.secrets.manage import Secrets
-from kms.store import Conflict, MetadataStore, open_store
+from kms.store import ChangeWatch, Conflict, MetadataStore, open_store
 
 __all__ = [
     "DURABLE_ACTIONS", "DataKey", "DataKeyPair", "DecryptResult", "EncryptResult", "Kms",
@@ -68,8 +70,28 @@ SCHEDULER_LEASE_TTL: Final = 120.0  # seconds; renewed before each job
 _NOBODY: Final = KeyPolicy(())  # a key policy that allows no principal
 
 
+def domain_key_lock(store: MetadataStore) -> Callable[[str], AbstractContextManager[object]]:
+    """The pool's cluster-wide lock around an instance's domain-key set-up
+    (:class:`hsmpool.Pool`'s ``setup_lock``): the store's, named per instance."""
+    return lambda instance: store.exclusive(f"domain-keys:{instance}")
+
+
+class _Unchecked:
+    """The default of :meth:`Kms.health`: the store not asked yet."""
+
+
+UNCHECKED: Final = _Unchecked()
+
 #: A token's statistics, as the pool reports them (``Kms.token_stats``).
 TokenStats = hsmpool.MemberStats
+
+
+#: Seconds between polls of the store's change token (the cache check of every operation).
+POLL_INTERVAL: Final = 0.05
+#: The same while the store pushes changes (Kms.start_watching): only a safety net then.
+WATCHED_POLL_INTERVAL: Final = 5.0
+#: Seconds a health check waits for the store (a connection, then ``SELECT 1``).
+STORE_PING_TIMEOUT: Final = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,10 +100,16 @@ class ServiceHealth:
     tokens: Mapping[str, str]  # token name -> state ("healthy", "ejected", ...)
     healthy_per_instance: Mapping[str, int]
     missing: Mapping[str, str] = field(default_factory=dict)  # left out at start: why
+    store_error: str | None = None  # why the store is not ok
 
     @property
     def ok(self) -> bool:
-        return self.store_ok and all(n > 0 for n in self.healthy_per_instance.values())
+        return self.store_ok and not self.instances_without_tokens
+
+    @property
+    def instances_without_tokens(self) -> list[str]:
+        """Instances none of whose tokens is healthy now."""
+        return sorted(name for name, n in self.healthy_per_instance.items() if n <= 0)
 
 
 class Kms:
@@ -132,6 +160,10 @@ class Kms:
         self._change_token = store.change_token()
         self._generation = 0  # bumped by every write and drop (see _key)
         self._checked = time.monotonic()
+        self._watch: ChangeWatch | None = None  # the store's push of changes, if started
+        #: Seconds between polls of the change token while the store pushes changes (a
+        #: safety net; without a push: :data:`POLL_INTERVAL`).
+        self.watched_poll_interval = WATCHED_POLL_INTERVAL
         self._scheduler: threading.Thread | None = None
         self._lease_owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._stop = threading.Event()
@@ -146,9 +178,13 @@ class Kms:
         from kms.config import load
 
         pool_cfg, settings = load(config_path)
-        pool = Pool(pool_cfg)
+        store = open_store(settings.database)  # first: its lock covers domain-key set-up
         try:
-            store = open_store(settings.database)
+            pool = Pool(pool_cfg, setup_lock=domain_key_lock(store))
+        except BaseException:
+            store.close()
+            raise
+        try:
             audit = None
             if settings.audit_dir is not None:
                 from kms.audit_anchor import open_log
@@ -157,6 +193,7 @@ class Kms:
             return cls(pool, store, settings, audit=audit, now=now, owns_pool=True)
         except BaseException:
             pool.close()
+            store.close()
             raise
 
     def change_token(self) -> int:
@@ -168,18 +205,33 @@ class Kms:
         """Per token of the pool: state, in-flight, ops, errors, latency percentiles."""
         return self.pool.stats()
 
-    def health(self) -> ServiceHealth:
-        """The tokens' states, the healthy tokens per instance, whether the store answers."""
-        try:
-            self.store.change_token()
-            store_ok = True
-        except Exception:  # noqa: BLE001 - any failure of the store is "not ok"
-            store_ok = False
+    def health(self, store_error: str | None | _Unchecked = UNCHECKED) -> ServiceHealth:
+        """The tokens' states, the healthy tokens per instance, whether the store answers.
+
+        By default the store is asked now (:meth:`store_error`, which waits up to
+        :data:`STORE_PING_TIMEOUT`); a caller that asked it elsewhere (off the event loop:
+        :mod:`kms.api.health`) passes what it found, None for ok."""
+        if isinstance(store_error, _Unchecked):
+            store_error = self.store_error()
         return ServiceHealth(
-            store_ok,
+            store_error is None,
             {name: s.state for name, s in self.pool.stats().items()},
             {name: len(inst.healthy_members()) for name, inst in self.pool.instances.items()},
-            dict(self.pool.missing))
+            dict(self.pool.missing), store_error)
+
+    def missing_tokens(self) -> dict[str, str]:
+        """Tokens left out of the pool at start, and why (no store access)."""
+        return dict(self.pool.missing)
+
+    def store_error(self, timeout: float = STORE_PING_TIMEOUT) -> str | None:
+        """None if the store answers a trivial query within about ``timeout`` seconds,
+        else why not (one line)."""
+        try:
+            self.store.ping(timeout)
+        except Exception as exc:  # noqa: BLE001 - any failure of the store is "not ok"
+            text = " ".join(str(exc).split()) or "no detail"
+            return f"{type(exc).__name__}: {text[:300]}"
+        return None
 
     def token_latency(self, token: str, bounds_s: tuple[float, ...]) -> tuple[list[int], float]:
         """A token's call latencies in buckets up to each bound (and one more), and their
@@ -239,10 +291,30 @@ class Kms:
 
     # --- caches ------------------------------------------------------------------------
 
+    def start_watching(self) -> bool:
+        """Have the store push changes, where it can (PostgreSQL: LISTEN/NOTIFY, a thread
+        and a connection per process): caches are then dropped as soon as another process
+        commits, and the change token is polled only every :attr:`watched_poll_interval`
+        seconds while the listener is connected. False if the store cannot push (it is
+        polled every :data:`POLL_INTERVAL`, as before)."""
+        if self._watch is None:
+            self._watch = self.store.watch(self._changed)
+        return self._watch is not None
+
+    def _changed(self, token: int | None) -> None:
+        """From the store's listener: a commit (its change token), or None: changes may
+        have been missed."""
+        if token is not None:
+            self._change_token = max(self._change_token, token)
+        self._drop_caches()
+
     def _fresh(self) -> None:
         """Drop caches if another process committed since we last looked."""
         t = time.monotonic()
-        if t - self._checked < 0.05:
+        watch = self._watch
+        period = self.watched_poll_interval if watch is not None and watch.live \
+            else POLL_INTERVAL
+        if t - self._checked < period:
             return
         self._checked = t
         token = self.store.change_token()

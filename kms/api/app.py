@@ -1,12 +1,13 @@
-"""One server worker's application: its service, its front ends, ``/healthz`` and ``/metrics``.
+"""One server worker's application: its service, its front ends, health and ``/metrics``.
 
 ``KmsApp.serve`` is the door every HTTP request comes through (from our own HTTP/1.1
-protocol, :mod:`kms.api.http11`, or from ASGI): ``GET /healthz`` and ``GET /metrics`` are
-answered here; everything else goes through the shared request pipeline
-(:mod:`kms.api.pipeline`) to the front end that speaks its protocol (the AWS KMS JSON
-protocol, :class:`kms.api.aws_kms.AwsKmsFrontend`; Secrets Manager; Alibaba's OpenAPI; the
-operators' console under ``/console``, :class:`kms.api.console.ConsoleFrontend`; and, on
-its own port, Alibaba's KMS-instance API, :class:`kms.api.kms_instance.KmsInstanceFrontend`).
+protocol, :mod:`kms.api.http11`, or from ASGI): ``GET /livez``, ``/readyz``, ``/healthz``
+(:mod:`kms.api.health`) and ``GET /metrics`` are answered here; everything else goes through
+the shared request pipeline (:mod:`kms.api.pipeline`) to the front end that speaks its
+protocol (the AWS KMS JSON protocol, :class:`kms.api.aws_kms.AwsKmsFrontend`; Secrets
+Manager; Alibaba's OpenAPI; the operators' console under ``/console``,
+:class:`kms.api.console.ConsoleFrontend`; and, on its own port, Alibaba's KMS-instance API,
+:class:`kms.api.kms_instance.KmsInstanceFrontend`).
 
 Where an operation runs (see the pipeline): cryptographic and read-only operations run on
 the event loop in a request greenlet of the worker's :class:`kms.calls.AsyncHub`, their token
@@ -26,6 +27,7 @@ import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Final
 
+from kms.api import health
 from kms.api.alibaba import AlibabaFrontend
 from kms.api.auth import Authenticator
 from kms.api.aws_kms import AwsKmsFrontend
@@ -64,6 +66,7 @@ class KmsApp:
         self.pipeline: Pipeline | None = None
         self.console: ConsoleFrontend | None = None
         self._access_log: AccessLog | None = None
+        self._probe: health.StoreProbe | None = None
         if self.kms is not None:
             self._setup(self.kms)
 
@@ -198,9 +201,11 @@ class KmsApp:
         done. The body size was checked by the caller (``max_body``).
         """
         if method == "GET":
-            if path == "/healthz":
-                status, out = self._health()
-                respond(status, out, _JSON)
+            if path == "/livez":
+                respond(200, health.LIVE, _JSON)
+                return
+            if path in ("/healthz", "/readyz"):
+                self._health(path, respond)
                 return
             if path == "/metrics":
                 text = self.metrics.render(self.kms).encode()
@@ -212,16 +217,23 @@ class KmsApp:
         self.pipeline.serve(Request(method, path, query, headers, body, peer, listener),
                             respond)
 
-    def _health(self) -> tuple[int, bytes]:
-        if self.kms is None:
-            return 503, json.dumps({"status": "starting"}).encode()
-        h = self.kms.health()
-        tokens = dict(h.tokens)
-        tokens.update((name, "missing") for name in h.missing)
-        body: dict[str, object] = {
-            "status": ("ok" if not h.missing else "degraded") if h.ok else "unavailable",
-            "store": "ok" if h.store_ok else "error", "tokens": tokens,
-            "healthy_tokens_per_instance": dict(h.healthy_per_instance)}
-        if h.missing:  # tokens left out at start (degraded start): which, and why
-            body["missing_tokens"] = dict(h.missing)
-        return (200 if h.ok else 503), json.dumps(body).encode()
+    def _health(self, path: str, respond: Respond) -> None:
+        """``/healthz`` or ``/readyz``: the store asked off the loop (kms/api/health.py)."""
+        kms = self.kms
+        if kms is None:
+            respond(503, health.STARTING, _JSON)
+            return
+        answer = health.readyz if path == "/readyz" else health.healthz
+
+        def done(store_error: str | None) -> None:
+            status, out = answer(kms.health(store_error))
+            respond(status, out, _JSON)
+
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # called outside an event loop: ask the store here
+            done(kms.store_error())
+            return
+        if self._probe is None:
+            self._probe = health.StoreProbe(kms)
+        self._probe.check(loop, done)

@@ -155,7 +155,7 @@ class Metrics:
                                 "errors": s.errors, "ejections": s.ejections, "hist": hist,
                                 "sum": total, "p50_ms": s.p50_ms, "p99_ms": s.p99_ms,
                                 "held": s.held}
-            missing = sorted(kms.health().missing)
+            missing = sorted(kms.missing_tokens())  # never the store: on the loop
             pending = kms.audit_backlog()
         return {"pid": self.pid, "time": time.time(),
                 "requests": [[op, res, n] for (op, res), n in self.requests.items()],

@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     from kms.cli import aap as aap_commands
 
     aap_commands.add_commands(sub)
+    from kms.cli import cluster as cluster_commands
+
+    cluster_commands.add_commands(sub)
     _one_line_errors(parser)
     return parser
 
@@ -108,15 +111,19 @@ def open_service(config: str) -> Kms:
     from hsmpool.config import degraded_default
     from kms.audit import open_cli_log
     from kms.config import load
-    from kms.service import Kms
+    from kms.service import Kms, domain_key_lock
     from kms.store import open_store
 
     pool_cfg, settings = load(config)
-    pool = Pool(degraded_default(pool_cfg))  # a token that is down: the others serve
-    store: MetadataStore | None = None
+    store = open_store(settings.database)  # first: its lock covers domain-key set-up
+    try:
+        # a token that is down: the others serve
+        pool = Pool(degraded_default(pool_cfg), setup_lock=domain_key_lock(store))
+    except BaseException:
+        store.close()
+        raise
     audit: AuditLog | None = None
     try:
-        store = open_store(settings.database)
         if settings.audit_dir is not None:
             from kms.audit_anchor import head_key
 
@@ -125,8 +132,7 @@ def open_service(config: str) -> Kms:
     except BaseException:
         if audit is not None:
             audit.close()
-        if store is not None:
-            store.close()
+        store.close()
         pool.close()
         raise
 

@@ -59,6 +59,7 @@ def make_app() -> KmsApp:
         segment = f"{socket.gethostname()}-{os.getpid()}"
         kms = Kms.open(config, audit_segment=segment)
         kms.start_scheduler(60.0)
+        kms.start_watching()
         return kms
 
     return KmsApp(build)
@@ -268,17 +269,56 @@ def serve(config: str, overrides: Mapping[str, Any] | None = None, *,
     for line in lines:
         say(line)
     serving = f"serving AWS KMS on {url} ({_workers_text(workers)})"
-    if workers == 1:
-        return _serve_here(kms, sock, server, serving, instance_sock)
-    kms.close()  # the workers open their own pools; nothing PKCS#11 crosses a process
-    return _serve_workers(config, overrides or {}, sock, server, workers, serving,
-                          instance_sock)
+    node = _Node(settings.database, sock.getsockname()[1], url)
+    try:
+        if workers == 1:
+            return _serve_here(kms, sock, server, serving, node, instance_sock)
+        kms.close()  # the workers open their own pools; nothing PKCS#11 crosses a process
+        return _serve_workers(config, overrides or {}, sock, server, workers, serving, node,
+                              instance_sock)
+    finally:
+        node.close()
+
+
+class _Node:
+    """This node's heartbeat (kms/cluster.py), on a store connection of its own (the
+    service's is closed by the lifespan, or in the parent of workers before they start)."""
+
+    def __init__(self, database: str, port: int, url: str) -> None:
+        self._database, self._port, self._url = database, port, url
+        self._store: Any = None
+        self._beat: Any = None
+
+    def start(self, workers: Callable[[], int]) -> None:
+        if self._database == ":memory:":  # serve --dev: nobody else can see its store
+            return
+        from kms.cluster import Heartbeat
+        from kms.store import open_store
+
+        try:
+            self._store = open_store(self._database)
+        except Exception as exc:  # noqa: BLE001 - the node serves without heartbeats
+            say(f"no heartbeats for this node (the store: {type(exc).__name__}: {exc})")
+            return
+        self._beat = Heartbeat(self._store, port=self._port, address=self._url,
+                               workers=workers)
+        self._beat.start()
+
+    def close(self) -> None:
+        if self._beat is not None:
+            self._beat.stop()
+            self._beat = None
+        if self._store is not None:
+            self._store.close()
+            self._store = None
 
 
 def _serve_here(kms: Kms, sock: socket.socket, server: ServerSettings, serving: str,
-                instance_sock: socket.socket | None) -> int:
+                node: _Node, instance_sock: socket.socket | None) -> int:
     kms.start_scheduler(60.0)
+    kms.start_watching()  # PostgreSQL: other nodes' changes are pushed (LISTEN/NOTIFY)
     app = setup_app(kms, server)
+    node.start(lambda: 1)
     try:
         started = run_app(app, sock, server, lambda: say(serving),
                           instance_sock=instance_sock)
@@ -295,7 +335,7 @@ def _serve_here(kms: Kms, sock: socket.socket, server: ServerSettings, serving: 
 
 
 def _serve_workers(config: str, overrides: Mapping[str, Any], sock: socket.socket,
-                   server: ServerSettings, workers: int, serving: str,
+                   server: ServerSettings, workers: int, serving: str, node: _Node,
                    instance_sock: socket.socket | None) -> int:
     from kms.server.supervisor import Supervisor
 
@@ -316,9 +356,10 @@ def _serve_workers(config: str, overrides: Mapping[str, Any], sock: socket.socke
                                                       str(instance_sock.fileno())])
 
     extra = () if instance_sock is None else (instance_sock,)
+    supervisor = Supervisor(argv, sock, workers, extra_socks=extra)
+    node.start(supervisor.serving)
     try:
-        code, why = Supervisor(argv, sock, workers, extra_socks=extra).run(
-            lambda: say(serving))
+        code, why = supervisor.run(lambda: say(serving))
     finally:
         sock.close()
         if instance_sock is not None:

@@ -145,28 +145,30 @@ def _check_pem_files(cert: str, key: str) -> None:
 
 def open_service(pool_cfg: PoolConfig, settings: KmsSettings, *, segment: str,
                  discard_if_empty: bool = False) -> Kms:
-    """The service over the (degraded-start) pool, the store and an audit segment."""
+    """The service over the store, the (degraded-start) pool and an audit segment. The
+    store opens first: the instances' first domain-key set-up runs under its cluster-wide
+    lock (:meth:`kms.store.MetadataStore.exclusive`)."""
     from hsmpool import Pool
     from kms.audit import AuditError
     from kms.audit_anchor import AnchorError, open_log
-    from kms.service import Kms
+    from kms.service import Kms, domain_key_lock
     from kms.store import open_store, redacted
 
     try:
-        pool = Pool(pool_cfg)
-    except hsmpool.ConfigError as exc:
-        raise StartupError(f"configuration error: {exc}", EXIT_CONFIG) from None
-    except hsmpool.HsmPoolError as exc:
-        raise StartupError(f"HSM: {exc}") from None
-    store = None
+        store = open_store(settings.database)
+    except (sqlite3.Error, OSError) as exc:
+        raise StartupError(f"cannot open the store {settings.database!r}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - PostgreSQL: the driver's errors, one line
+        raise StartupError(f"cannot open the store {redacted(settings.database)}: "
+                           f"{type(exc).__name__}: {str(exc).strip()[:200]}") from None
+    pool = None
     try:
         try:
-            store = open_store(settings.database)
-        except (sqlite3.Error, OSError) as exc:
-            raise StartupError(f"cannot open the store {settings.database!r}: {exc}") from None
-        except Exception as exc:  # noqa: BLE001 - PostgreSQL: the driver's errors, one line
-            raise StartupError(f"cannot open the store {redacted(settings.database)}: "
-                               f"{type(exc).__name__}: {str(exc).strip()[:200]}") from None
+            pool = Pool(pool_cfg, setup_lock=domain_key_lock(store))
+        except hsmpool.ConfigError as exc:
+            raise StartupError(f"configuration error: {exc}", EXIT_CONFIG) from None
+        except hsmpool.HsmPoolError as exc:
+            raise StartupError(f"HSM: {exc}") from None
         audit = None
         if settings.audit_dir is not None:
             try:
@@ -179,9 +181,9 @@ def open_service(pool_cfg: PoolConfig, settings: KmsSettings, *, segment: str,
                                    f"{settings.audit_dir!r}: {exc}") from None
         return Kms(pool, store, settings, audit=audit, owns_pool=True)
     except BaseException:
-        if store is not None:
-            store.close()
-        pool.close()
+        if pool is not None:
+            pool.close()
+        store.close()
         raise
 
 

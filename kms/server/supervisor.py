@@ -125,6 +125,10 @@ class Supervisor:
                 w.proc.wait()
             self._close_status(w)
 
+    def serving(self) -> int:
+        """Workers ready and running now (any thread may ask: the node's heartbeat)."""
+        return sum(1 for w in list(self._workers) if w.ready and w.proc.poll() is None)
+
     # --- the loop ------------------------------------------------------------------------
 
     def _on_signal(self, signum: int, _frame: object) -> None:

@@ -71,6 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from kms.server.run import run_app, setup_app
 
     kms.start_scheduler(60.0)
+    kms.start_watching()  # PostgreSQL: other nodes' changes are pushed (LISTEN/NOTIFY)
     app = setup_app(kms, server, args.state_dir)
     sock = socket.socket(fileno=args.fd)
     instance_sock = None if args.instance_fd is None else socket.socket(fileno=args.instance_fd)

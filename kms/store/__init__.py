@@ -8,9 +8,11 @@ from kms.store.interface import (
     AccessKeySecret,
     AccessPointRecord,
     AuditCheckpoint,
+    ChangeWatch,
     ClientKeyRecord,
     Conflict,
     MetadataStore,
+    NodeRecord,
     PrincipalRecord,
 )
 from kms.store.sqlite import MIGRATIONS, SqliteStore
@@ -48,6 +50,6 @@ def open_store(database: str) -> MetadataStore:
     return SqliteStore(database)
 
 __all__ = ["MIGRATIONS", "AccessKeyInfo", "AccessKeySecret", "AccessPointRecord",
-           "AuditCheckpoint", "ClientKeyRecord",
-           "Conflict", "MetadataStore", "PrincipalRecord", "SqliteStore", "Store", "is_url",
+           "AuditCheckpoint", "ChangeWatch", "ClientKeyRecord", "Conflict", "MetadataStore",
+           "NodeRecord", "PrincipalRecord", "SqliteStore", "Store", "is_url",
            "open_store", "redacted"]

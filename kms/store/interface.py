@@ -9,7 +9,8 @@ Every implementation passes the contract suite ``tests/store/test_contract.py`` 
   (``old``) and fails with :class:`Conflict` if the stored record moved on; the caller
   re-reads and retries (:data:`kms.keys.lifecycle.CAS_ATTEMPTS`);
 * **a change token** (:meth:`MetadataStore.change_token`) that changes once another process
-  (another store object) has committed, so the processes' caches can be dropped;
+  (another store object) has committed, so the processes' caches can be dropped; an engine
+  may also push changes (:meth:`MetadataStore.watch`: PostgreSQL's LISTEN/NOTIFY);
 * **named leases** (:meth:`MetadataStore.try_lock`): one process at a time runs the
   scheduler's jobs.
 """
@@ -17,6 +18,7 @@ Every implementation passes the contract suite ``tests/store/test_contract.py`` 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -25,8 +27,8 @@ from kms.model import AliasRecord, Grant, ImportToken, KeyRecord, KeyVersion
 from kms.secrets.model import SecretRecord, SecretVersion
 
 __all__ = ["AccessKeyInfo", "AccessKeySecret", "AccessPointRecord", "AccessPointStore",
-           "AuditAnchorStore", "AuditCheckpoint", "ClientKeyRecord", "Conflict",
-           "MetadataStore", "PrincipalRecord", "SealedSecret", "SecretStore"]
+           "AuditAnchorStore", "AuditCheckpoint", "ChangeWatch", "ClientKeyRecord", "Conflict",
+           "MetadataStore", "NodeRecord", "PrincipalRecord", "SealedSecret", "SecretStore"]
 
 
 class Conflict(Internal):
@@ -172,6 +174,38 @@ class AuditAnchorStore(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class NodeRecord:
+    """A serving node's heartbeat row (:mod:`kms.cluster`): one per ``hsmpool serve``, not
+    per worker."""
+
+    node_id: str  # "<hostname>:<port>"
+    hostname: str
+    address: str  # the URL it serves on
+    version: str  # of hsmpool
+    pid: int  # of the process that beats (the supervisor of a multi-worker node)
+    started: float  # epoch seconds
+    heartbeat: float  # epoch seconds of the last beat
+    beat_interval: float  # seconds between beats
+    workers: int  # serving now
+    stopped: float | None = None  # a clean stop's time
+
+    def __post_init__(self) -> None:
+        if self.beat_interval <= 0 or self.workers < 0:
+            raise ValueError("a node's beat interval is positive and its workers >= 0")
+
+
+class ChangeWatch(Protocol):
+    """A store's push of changes (:meth:`MetadataStore.watch`)."""
+
+    @property
+    def live(self) -> bool:
+        """Listening now: every commit from now on is told (else poll the change token)."""
+        ...
+
+    def close(self) -> None: ...
+
+
 class SecretStore(Protocol):
     """The secrets manager's part of the store (:mod:`kms.secrets`): secrets and their
     versions. Every change names the secret revision it read (compare-and-swap) and writes
@@ -226,7 +260,26 @@ class MetadataStore(SecretStore, AccessPointStore, AuditAnchorStore, Protocol):
     # --- plumbing
 
     def change_token(self) -> int:
-        """A number that changes once another process has committed to the store."""
+        """A number that changes once another process has committed to the store (a
+        metadata change: an engine may leave it alone for leases and heartbeats)."""
+        ...
+
+    def watch(self, on_change: Callable[[int | None], None]) -> ChangeWatch | None:
+        """Call ``on_change`` from a thread of the store's soon after any process commits
+        (with the new change token, when known), and with None whenever changes may have
+        been missed (listening began or resumed). None: this engine cannot push changes
+        (poll :meth:`change_token`). Closed with the store."""
+        ...
+
+    def exclusive(self, name: str) -> AbstractContextManager[object]:
+        """Held by one process of the whole cluster at a time, while the block runs (the
+        first set-up of an instance's domain keys). SQLite's is a no-op: its processes
+        share one host, whose own lock serialises them."""
+        ...
+
+    def ping(self, timeout: float) -> None:
+        """Run the cheapest query there is, waiting at most about ``timeout`` seconds for a
+        connection (readiness checks); raises if the store does not answer."""
         ...
 
     def try_lock(self, name: str, owner: str, ttl: float) -> bool:
@@ -239,6 +292,15 @@ class MetadataStore(SecretStore, AccessPointStore, AuditAnchorStore, Protocol):
         ...
 
     def close(self) -> None: ...
+
+    def put_node(self, node: NodeRecord) -> None:
+        """Write a node's heartbeat row (insert or replace). Not a change of metadata: it
+        moves no change token on PostgreSQL (SQLite's moves with every commit)."""
+        ...
+
+    def list_nodes(self) -> list[NodeRecord]:
+        """Every node that ever beat, by node id."""
+        ...
 
     def instance_account(self, name: str, make: Callable[[], str]) -> str:
         """The instance's account id, made by ``make`` and stored on first use (every

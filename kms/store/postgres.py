@@ -9,13 +9,18 @@ needs no type). Text columns use the "C" collation, so pages come in the same by
 in SQLite whatever the database's locale.
 
 The change token is a counter row bumped by every write transaction (another node's write
-moves it; so does this process's own, which only costs a cache refill). Schema migrations
+moves it; so does this process's own, which only costs a cache refill), and the same
+transaction NOTIFYs the new counter on :data:`CHANNEL`: :meth:`PostgresStore.watch` LISTENs
+for it, so the other nodes drop their caches within milliseconds of the commit instead of
+at their next poll. Schema migrations
 are versioned in ``store_schema`` and run under an advisory lock, so nodes starting together
 migrate once.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -25,6 +30,7 @@ from typing import Any, Final, TypeVar
 from kms.store.sql import SqlStore
 
 T = TypeVar("T")
+log = logging.getLogger("hsmpool.store")
 
 _T: Final = 'TEXT COLLATE "C"'
 _F: Final = "DOUBLE PRECISION"
@@ -108,8 +114,24 @@ MIGRATIONS: Final[list[list[str]]] = [[
     f"""CREATE TABLE audit_segments (
         segment {_T} PRIMARY KEY, keyed INTEGER NOT NULL, seq BIGINT NOT NULL,
         hash BYTEA NOT NULL, created {_F} NOT NULL, updated {_F} NOT NULL)""",
+], [
+    # 4: the serving nodes' heartbeats (kms/cluster.py), as SQLite's "nodes" migration
+    f"""CREATE TABLE nodes (
+        node_id {_T} PRIMARY KEY, hostname {_T} NOT NULL, address {_T} NOT NULL,
+        version {_T} NOT NULL, pid INTEGER NOT NULL, started {_F} NOT NULL,
+        heartbeat {_F} NOT NULL, beat_interval {_F} NOT NULL, workers INTEGER NOT NULL,
+        stopped {_F})""",
 ]]
 
+#: The channel of change notifications: the payload is the new change counter.
+CHANNEL: Final = "hsmpool_changes"
+_BUMP: Final = ("WITH c AS (UPDATE store_changes SET n = n + 1 WHERE id = 1 RETURNING n) "
+                f"SELECT pg_notify('{CHANNEL}', n::text) FROM c")
+#: libpq settings of the listening connection: a server that vanished without closing the
+#: connection (a host or network gone) is noticed within about 15 s, not TCP's minutes.
+_LISTEN_KWARGS: Final[dict[str, Any]] = {"autocommit": True, "connect_timeout": 5, "keepalives": 1,
+                         "keepalives_idle": 5, "keepalives_interval": 2,
+                         "keepalives_count": 3, "tcp_user_timeout": 10_000}
 _NUMBERED: Final = re.compile(r"\?(\d+)")
 _PLAIN: Final = re.compile(r"\?")
 _MIGRATION_LOCK: Final = 0x68736D706F6F6C  # "hsmpool": the advisory lock of migrations
@@ -179,6 +201,7 @@ class PostgresStore(SqlStore):
                                     kwargs={"autocommit": False, "connect_timeout": 10},
                                     configure=configure, open=True, timeout=30.0)
         self._lock = threading.Lock()
+        self._watches: list[_Listener] = []
         self._migrate()
 
     # --- plumbing ----------------------------------------------------------------------
@@ -203,14 +226,23 @@ class PostgresStore(SqlStore):
 
     @contextmanager
     def transaction(self) -> Iterator[Any]:
+        with self._write(changes=True) as db:
+            yield db
+
+    @contextmanager
+    def _write(self, *, changes: bool) -> Iterator[Any]:
         with self._pool.connection() as conn:
             try:
                 yield _Db(conn)
-                conn.execute("UPDATE store_changes SET n = n + 1 WHERE id = 1")
+                if changes:  # the listeners hear it when (and only if) this commits
+                    conn.execute(_BUMP)
             except BaseException:
                 conn.rollback()
                 raise
             conn.commit()
+
+    def _quiet_transaction(self) -> Any:
+        return self._write(changes=False)
 
     def _read(self, fn: Callable[[Any], T]) -> T:
         with self._pool.connection() as conn:
@@ -223,5 +255,102 @@ class PostgresStore(SqlStore):
         return int(self._read(lambda db: db.execute(
             "SELECT n FROM store_changes WHERE id = 1").fetchone()[0]))
 
+    def ping(self, timeout: float) -> None:
+        """``SELECT 1`` on a pooled connection, waiting at most ``timeout`` for one (a
+        stopped server fails the query at once, and then fails to hand out a connection
+        within ``timeout`` while the pool tries to reconnect)."""
+        with self._pool.connection(timeout=timeout) as conn:
+            try:
+                conn.execute("SELECT 1").fetchone()
+            finally:
+                conn.rollback()
+
+    @contextmanager
+    def exclusive(self, name: str) -> Iterator[None]:
+        """A session advisory lock named by ``name`` (hashed to 64 bits), on a pooled
+        connection held while the block runs; no transaction stays open meanwhile. A
+        connection lost meanwhile releases the lock on the server."""
+        lock = int.from_bytes(hashlib.sha256(f"hsmpool:{name}".encode()).digest()[:8], "big",
+                              signed=True)
+        with self._pool.connection() as conn:
+            conn.execute("SELECT pg_advisory_lock(%s)", (lock,))
+            conn.commit()
+            try:
+                yield
+            finally:
+                try:
+                    conn.execute("SELECT pg_advisory_unlock(%s)", (lock,))
+                    conn.commit()
+                except self._psycopg.Error as exc:  # the lock went with the connection
+                    log.warning("advisory lock %r: unlock failed (%s)", name, exc)
+
+    def watch(self, on_change: Callable[[int | None], None]) -> _Listener:
+        """LISTEN on :data:`CHANNEL` from a thread with a connection of its own (see
+        :class:`_Listener`)."""
+        listener = _Listener(self.url, on_change)
+        with self._lock:
+            self._watches.append(listener)
+        return listener
+
     def close(self) -> None:
+        with self._lock:
+            watches, self._watches = self._watches, []
+        for w in watches:
+            w.close()
         self._pool.close()
+
+
+class _Listener:
+    """A thread that LISTENs for change notifications on a connection of its own and calls
+    ``on_change(counter)`` for each one; ``on_change(None)`` each time it starts listening
+    (at first, and after reconnecting: notifications sent meanwhile are lost). While it is
+    not connected :attr:`live` is False, and the caller polls the change counter instead.
+    It reconnects with a backoff of 0.1 s doubling to 5 s."""
+
+    WAKE: Final = 0.25  # seconds: how often the thread looks at its stop flag
+
+    def __init__(self, url: str, on_change: Callable[[int | None], None]) -> None:
+        self._url = url
+        self._on_change = on_change
+        self._live = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="kms-store-listen",
+                                        daemon=True)
+        self._thread.start()
+
+    @property
+    def live(self) -> bool:
+        return self._live
+
+    def _run(self) -> None:
+        import psycopg
+
+        backoff = 0.1
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(self._url, **_LISTEN_KWARGS) as conn:
+                    conn.execute(f"LISTEN {CHANNEL}")
+                    self._live = True
+                    backoff = 0.1
+                    self._tell(None)
+                    while not self._stop.is_set():
+                        for note in conn.notifies(timeout=self.WAKE):
+                            self._tell(int(note.payload) if note.payload.isdigit() else None)
+            except Exception as exc:  # noqa: BLE001 - any failure: reconnect
+                if self._live:
+                    log.warning("store change listener: %s: %s; polling until it "
+                                "reconnects", type(exc).__name__, " ".join(str(exc).split()))
+            finally:
+                self._live = False
+            self._stop.wait(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+    def _tell(self, counter: int | None) -> None:
+        try:
+            self._on_change(counter)
+        except Exception:  # noqa: BLE001 - the listener must go on
+            log.exception("store change listener: the change callback failed")
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)

@@ -11,6 +11,7 @@ exception its driver raises for a broken uniqueness constraint (``IntegrityError
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -29,7 +30,14 @@ from kms.model import (
     KeyVersion,
     Origin,
 )
-from kms.store.interface import AccessKeyInfo, AccessKeySecret, Conflict, PrincipalRecord
+from kms.store.interface import (
+    AccessKeyInfo,
+    AccessKeySecret,
+    ChangeWatch,
+    Conflict,
+    NodeRecord,
+    PrincipalRecord,
+)
 from kms.store.sql_access_points import SqlAccessPoints
 from kms.store.sql_audit import SqlAudit
 from kms.store.sql_secrets import SqlSecrets
@@ -112,6 +120,9 @@ def _same_grant(a: Grant, b: Grant) -> bool:
         b.subset and dict(b.subset), b.equals and dict(b.equals))
 
 
+_NODE_COLUMNS = ("node_id", "hostname", "address", "version", "pid", "started", "heartbeat",
+                 "beat_interval", "workers", "stopped")
+_NODE_SETS = ", ".join(f"{c} = excluded.{c}" for c in _NODE_COLUMNS[1:])
 _KEY_SETS = ", ".join(f"{c} = ?" for c in _KEY_COLUMNS[1:])
 
 
@@ -147,7 +158,7 @@ class SqlStore(SqlSecrets, SqlAccessPoints, SqlAudit):
 
     def try_lock(self, name: str, owner: str, ttl: float) -> bool:
         now = time.time()
-        with self.transaction() as db:
+        with self._quiet_transaction() as db:  # a lease is no metadata: no cache drops
             cur = db.execute(
                 "INSERT INTO leases VALUES (?1, ?2, ?3) ON CONFLICT (name) DO UPDATE SET "
                 "owner = excluded.owner, expires = excluded.expires "
@@ -156,8 +167,33 @@ class SqlStore(SqlSecrets, SqlAccessPoints, SqlAudit):
             return bool(cur.rowcount == 1)
 
     def unlock(self, name: str, owner: str) -> None:
-        with self.transaction() as db:
+        with self._quiet_transaction() as db:
             db.execute("DELETE FROM leases WHERE name = ? AND owner = ?", (name, owner))
+
+    def exclusive(self, name: str) -> AbstractContextManager[object]:
+        return contextlib.nullcontext()
+
+    def watch(self, on_change: Callable[[int | None], None]) -> ChangeWatch | None:
+        return None  # the change token is polled
+
+    def _quiet_transaction(self) -> AbstractContextManager[Db]:
+        """A write that is no metadata change (leases, heartbeats): the engine may leave its
+        change token alone, so that no process drops its caches for it."""
+        return self.transaction()
+
+    # --- nodes -------------------------------------------------------------------------
+
+    def put_node(self, node: NodeRecord) -> None:
+        with self._quiet_transaction() as db:
+            db.execute(f"INSERT INTO nodes ({', '.join(_NODE_COLUMNS)}) VALUES "
+                       f"({', '.join('?' * len(_NODE_COLUMNS))}) ON CONFLICT (node_id) DO "
+                       f"UPDATE SET {_NODE_SETS}",
+                       tuple(getattr(node, c) for c in _NODE_COLUMNS))
+
+    def list_nodes(self) -> list[NodeRecord]:
+        rows = self._read(lambda db: db.execute(
+            "SELECT * FROM nodes ORDER BY node_id").fetchall())
+        return [NodeRecord(**{c: r[c] for c in _NODE_COLUMNS}) for r in rows]
 
     # --- instances ---------------------------------------------------------------------
 

@@ -156,6 +156,22 @@ MIGRATIONS: list[str] = [
     ACCESS_POINTS_MIGRATION,
     # 9: the audit trail's anchors: the sealed head key, the segments and their checkpoints
     AUDIT_MIGRATION,
+    # 10: the serving nodes' heartbeats (kms/cluster.py, hsmpool cluster status); one row
+    # per node
+    """
+    CREATE TABLE IF NOT EXISTS nodes (
+        node_id TEXT PRIMARY KEY,
+        hostname TEXT NOT NULL,
+        address TEXT NOT NULL,
+        version TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        started REAL NOT NULL,
+        heartbeat REAL NOT NULL,
+        beat_interval REAL NOT NULL,
+        workers INTEGER NOT NULL,
+        stopped REAL
+    )
+    """,
 ]
 
 
@@ -215,6 +231,14 @@ class SqliteStore(SqlStore):
         """Changes whenever another connection commits (PRAGMA data_version)."""
         with self._lock:
             return int(self._db.execute("PRAGMA data_version").fetchone()[0])
+
+    def ping(self, timeout: float) -> None:
+        if not self._lock.acquire(timeout=timeout):
+            raise TimeoutError(f"the store is busy (no turn within {timeout:g} s)")
+        try:
+            self._db.execute("SELECT 1").fetchone()
+        finally:
+            self._lock.release()
 
     def close(self) -> None:
         with self._lock:

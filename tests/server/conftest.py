@@ -107,6 +107,14 @@ def create_credential(config: Path, instance: str, name: str,
     return Cred(doc["AccessKeyId"], doc["SecretAccessKey"], instance)
 
 
+def cluster_status(config: Path) -> dict[str, Any]:
+    """``hsmpool cluster status --json`` (the real CLI)."""
+    out = subprocess.run([str(HSMPOOL), "cluster", "status", "--config", str(config),
+                          "--json"], check=True, capture_output=True, text=True, timeout=60)
+    doc: dict[str, Any] = json.loads(out.stdout)
+    return doc
+
+
 @dataclass
 class Server:
     config: Path

@@ -29,7 +29,7 @@ from kms.model import (
     Origin,
 )
 from kms.secrets.model import SecretRecord, SecretVersion
-from kms.store import Conflict, MetadataStore, SqliteStore
+from kms.store import Conflict, MetadataStore, NodeRecord, SqliteStore
 
 Opener = Callable[[], MetadataStore]
 
@@ -382,6 +382,31 @@ def test_the_change_token_moves_when_another_store_commits(opener: Opener) -> No
     after = a.change_token()
     assert after != before
     assert a.get_key(key.key_id) == key  # and the other store's write is visible
+
+
+def test_a_store_that_answers_answers_a_ping(store: MetadataStore) -> None:
+    store.ping(1.0)
+    store.ping(1.0)
+
+
+def test_nodes_heartbeat_rows_are_one_per_node(opener: Opener) -> None:
+    a, b = opener(), opener()
+    assert a.list_nodes() == []
+    n1 = NodeRecord(node_id="host-a:8080", hostname="host-a", address="http://h:8080",
+                    version="1.0", pid=10, started=100.0, heartbeat=100.0, beat_interval=5.0,
+                    workers=2)
+    n2 = replace(n1, node_id="host-b:8080", hostname="host-b", pid=11)
+    a.put_node(n1)
+    b.put_node(n2)
+    assert a.list_nodes() == [n1, n2] == b.list_nodes()
+    beat = replace(n1, heartbeat=105.0, workers=1)
+    b.put_node(beat)  # the same node again: its row replaced
+    assert a.list_nodes() == [beat, n2]
+    gone = replace(beat, heartbeat=107.5, workers=0, stopped=107.5)
+    a.put_node(gone)
+    assert b.list_nodes()[0] == gone
+    with pytest.raises(ValueError):
+        replace(n1, beat_interval=0.0)
 
 
 def test_leases_are_held_by_one_owner_until_they_expire(opener: Opener) -> None:
