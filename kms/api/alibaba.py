@@ -12,6 +12,12 @@ response shape: key specs ``Aliyun_AES_256`` (SYMMETRIC_DEFAULT), ``Aliyun_SM4``
 ``EC_P256``/``EC_P256K``/``EC_SM2``; usages ``ENCRYPT/DECRYPT`` and ``SIGN/VERIFY``; key ARNs
 ``acs:kms:<region>:<account>:key/<id>`` (accepted wherever a KeyId is); secrets with the
 stages ``ACSCurrent``/``ACSPrevious``/``ACSPending`` (the same stages as AWS's).
+
+Bring your own key: CreateKey with ``Origin=EXTERNAL``, GetParametersForImport
+(``WrappingKeySpec`` RSA_2048 with RSAES_OAEP_SHA_256 or RSAES_OAEP_SHA_1, or EC_SM2 with
+SM2PKE; Alibaba's RSAES_PKCS1_V1_5 is refused with UnsupportedOperation) and
+ImportKeyMaterial (``KeyMaterialExpireUnix``, 0 for never), over
+:mod:`kms.keys.importing`.
 """
 
 from __future__ import annotations
@@ -352,6 +358,37 @@ def generate_and_export_data_key(c: KmsClient, p: Params) -> dict[str, Any]:
             "KeyId": _short(r.key_id), "KeyVersionId": r.key_version}
 
 
+# --- bring your own key (Origin=EXTERNAL) --------------------------------------------------
+
+#: Alibaba's wrapping key specs, as the service names them.
+_IMPORT_WRAPPING_SPECS: Final = {"RSA_2048": "RSA_2048", "EC_SM2": "SM2"}
+
+
+def get_parameters_for_import(c: KmsClient, p: Params) -> dict[str, Any]:
+    spec, alg = _p(p, "WrappingKeySpec"), _p(p, "WrappingAlgorithm")
+    if alg == "RSAES_PKCS1_V1_5":
+        # Alibaba offers it; PKCS#1 v1.5 decryption of caller-chosen data is a padding
+        # oracle (Bleichenbacher), so the service does not.
+        raise E.UnsupportedOperation("the wrapping algorithm RSAES_PKCS1_V1_5 is not "
+                                     "supported; use RSAES_OAEP_SHA_256")
+    if alg not in _WRAPPING_SPECS.get(spec, ()):
+        raise E.Validation("WrappingKeySpec/WrappingAlgorithm must be RSA_2048 with "
+                           "RSAES_OAEP_SHA_256 or RSAES_OAEP_SHA_1, or EC_SM2 with SM2PKE")
+    r = c.get_parameters_for_import(_key_id(p), alg, _IMPORT_WRAPPING_SPECS[spec])
+    return {"KeyId": _short(r.key_id), "ImportToken": _b(r.import_token),
+            "PublicKey": _b(r.public_key), "TokenExpireTime": _time(r.parameters_valid_to)}
+
+
+def import_key_material(c: KmsClient, p: Params) -> dict[str, Any]:
+    expire = _int(p, "KeyMaterialExpireUnix", 0)  # seconds since the epoch; 0: never
+    if expire < 0:
+        raise E.Validation("KeyMaterialExpireUnix is 0 (never) or a time in seconds")
+    c.import_key_material(_key_id(p), _b64(p, "ImportToken"), _b64(p, "EncryptedKeyMaterial"),
+                          float(expire) if expire else None,
+                          "KEY_MATERIAL_EXPIRES" if expire else "KEY_MATERIAL_DOES_NOT_EXPIRE")
+    return {}
+
+
 def get_random_password(c: KmsClient, p: Params) -> dict[str, Any]:
     def flag(name: str) -> bool:
         v = (_opt(p, name) or "false").lower()
@@ -646,6 +683,8 @@ _KEY_OPS: Final[dict[str, Callable[[KmsClient, Params], dict[str, Any]]]] = {
     "GetRandomPassword": get_random_password,
     "ExportDataKey": export_data_key,
     "GenerateAndExportDataKey": generate_and_export_data_key,
+    "GetParametersForImport": get_parameters_for_import,
+    "ImportKeyMaterial": import_key_material,
     "CreateKeyVersion": create_key_version,
     "UpdateRotationPolicy": update_rotation_policy,
     "ListKeyVersions": list_key_versions,
@@ -683,6 +722,7 @@ OPERATIONS: Final[dict[str, tuple[str, Callable[[KmsClient, Params], dict[str, A
     **{a: ("secret", h) for a, h in _SECRET_OPS.items()},
 }
 BLOCKING: Final = frozenset({"CreateKey", "CreateKeyVersion", "UpdateRotationPolicy",
+                             "GetParametersForImport", "ImportKeyMaterial",
                              "TagResource", "UntagResource",
                              "EnableKey", "DisableKey", "ScheduleKeyDeletion",
                              "CancelKeyDeletion", "CreateAlias", "UpdateAlias", "DeleteAlias",

@@ -304,3 +304,151 @@ def test_data_keys_exported_under_a_callers_public_key(ali_python: Path,
     assert rsa_key.decrypt(base64.b64decode(out["rsa"]), oaep) == plain
     assert sm2_key.decrypt(base64.b64decode(out["sm2"])) == plain
     assert out["mismatch"][0] == "InvalidParameter"  # an SM2 key is not an RSA key
+
+
+# --- bring your own key -------------------------------------------------------------------
+
+BYOK_PARAMETERS = r'''
+spec, wrap_spec, wrap_alg = args
+k = c.create_key(m.CreateKeyRequest(key_spec=spec, origin="EXTERNAL")).body.key_metadata
+other = c.create_key(m.CreateKeyRequest(key_spec=spec, origin="EXTERNAL")).body.key_metadata
+plain = c.create_key(m.CreateKeyRequest(key_spec=spec)).body.key_metadata
+out["meta"] = [k.origin, k.key_state]
+out["encrypt_before_import"] = code_of(lambda: c.encrypt(m.EncryptRequest(key_id=k.key_id, plaintext=b64(b"x"))))
+def params(key_id, spec=wrap_spec, alg=wrap_alg):
+    return c.get_parameters_for_import(m.GetParametersForImportRequest(
+        key_id=key_id, wrapping_key_spec=spec, wrapping_algorithm=alg)).body
+p = params(k.arn)  # an ARN names the key too
+out["params"] = [p.key_id, p.import_token, p.public_key, p.token_expire_time]
+out["foreign_token"] = params(other.key_id).import_token
+out["not_external"] = code_of(lambda: params(plain.key_id))
+out["pkcs1"] = code_of(lambda: params(k.key_id, "RSA_2048", "RSAES_PKCS1_V1_5"))
+out["mismatch"] = code_of(lambda: params(k.key_id, "EC_SM2", "RSAES_OAEP_SHA_256"))
+'''
+
+BYOK_IMPORT = r'''
+kid, token, good, wrong_size, garbage, foreign = args
+def imp(material, token=token, expire=None):
+    c.import_key_material(m.ImportKeyMaterialRequest(
+        key_id=kid, import_token=token, encrypted_key_material=material,
+        key_material_expire_unix=expire))
+out["foreign_token"] = code_of(lambda: imp(good, foreign))
+out["unknown_token"] = code_of(lambda: imp(good, b64(bytes(32))))
+out["garbage"] = code_of(lambda: imp(garbage))
+out["wrong_size"] = code_of(lambda: imp(wrong_size))
+out["negative_expiry"] = code_of(lambda: imp(good, expire=-5))
+out["state_after_refusals"] = c.describe_key(m.DescribeKeyRequest(key_id=kid)).body.key_metadata.key_state
+imp(good, expire=0)
+out["state"] = c.describe_key(m.DescribeKeyRequest(key_id=kid)).body.key_metadata.key_state
+out["token_reused"] = code_of(lambda: imp(good))
+e = c.encrypt(m.EncryptRequest(key_id=kid, plaintext=b64(b"imported through alibaba"),
+                               encryption_context={"byok": "1"})).body
+out["blob"] = e.ciphertext_blob
+out["decrypted"] = base64.b64decode(c.decrypt(m.DecryptRequest(
+    ciphertext_blob=e.ciphertext_blob, encryption_context={"byok": "1"})).body.plaintext).decode()
+'''
+
+
+def _wrap_for_import(public_der: bytes, algorithm: str, material: bytes) -> bytes:
+    """The customer's side of BYOK: the material under the downloaded wrapping key, with
+    ``cryptography`` (RSA-OAEP) or ``gmssl`` (SM2PKE, C1C3C2), not with hsmpool's code."""
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+    from tests.kms.test_service import gmssl_verifier
+
+    if algorithm == "SM2PKE":
+        return b"\x04" + gmssl_verifier(public_der).encrypt(material)
+    pub = serialization.load_der_public_key(public_der)
+    assert isinstance(pub, rsa.RSAPublicKey) and pub.key_size == 2048
+    h = hashes.SHA256() if algorithm == "RSAES_OAEP_SHA_256" else hashes.SHA1()
+    return pub.encrypt(material, padding.OAEP(padding.MGF1(h), h, None))
+
+
+def _open_with_material(blob: bytes, material: bytes, context: dict[str, str]) -> bytes:
+    """Open an Encrypt ciphertext with the customer's own copy of the imported key."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    from hsmpool.gm import SM4GCM
+    from kms import ciphertext as ctf
+
+    aad = blob[:ctf.HEADER_LEN] + ctf.canonical_context(context)
+    body = blob[ctf.HEADER_LEN:]
+    nonce, sealed = body[:ctf.NONCE_LEN], body[ctf.NONCE_LEN:]
+    aead = AESGCM(material) if len(material) == 32 else SM4GCM(material)
+    return aead.decrypt(nonce, sealed, aad)
+
+
+@pytest.mark.parametrize(("spec", "wrap_spec", "wrap_alg", "size"), [
+    ("Aliyun_AES_256", "RSA_2048", "RSAES_OAEP_SHA_256", 32),
+    ("Aliyun_SM4", "EC_SM2", "SM2PKE", 16),
+])
+def test_bring_your_own_key(ali_python: Path, server: Server, spec: str, wrap_spec: str,
+                            wrap_alg: str, size: int) -> None:
+    """CreateKey Origin=EXTERNAL, GetParametersForImport, the material wrapped here,
+    ImportKeyMaterial; then the key encrypts with exactly that material. Refusals on the
+    way, each with its Alibaba code, none of them a 500 and none changing the key."""
+    import os
+    from datetime import UTC, datetime
+
+    from cryptography.hazmat.primitives import serialization
+
+    from hsmpool.gm import SM2PublicKey
+
+    first = _run(ali_python, server, BYOK_PARAMETERS, spec, wrap_spec, wrap_alg)
+    assert first["meta"] == ["EXTERNAL", "PendingImport"]
+    assert first["encrypt_before_import"] == ["Rejected.UnexpectedState", 400]
+    assert first["not_external"] == ["UnsupportedOperation", 400]
+    assert first["pkcs1"] == ["UnsupportedOperation", 400]
+    assert first["mismatch"] == ["InvalidParameter", 400]
+    key_id, token, public_b64, expires = first["params"]
+    public = base64.b64decode(public_b64)
+    # a DER SubjectPublicKeyInfo (cryptography knows no SM2 curve)
+    (SM2PublicKey.from_der if wrap_spec == "EC_SM2" else serialization.load_der_public_key)(
+        public)
+    assert len(base64.b64decode(token)) == 32
+    left = (datetime.strptime(expires, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+            - datetime.now(UTC)).total_seconds()
+    assert 86400 - 120 < left <= 86400  # 24 hours, as Alibaba's
+    material = os.urandom(size)
+    wrapped = {name: base64.b64encode(data).decode() for name, data in (
+        ("good", _wrap_for_import(public, wrap_alg, material)),
+        ("wrong_size", _wrap_for_import(public, wrap_alg, os.urandom(size + 8))),
+        ("garbage", os.urandom(256 if wrap_spec == "RSA_2048" else 160)))}
+    out = _run(ali_python, server, BYOK_IMPORT, key_id, token, wrapped["good"],
+               wrapped["wrong_size"], wrapped["garbage"], first["foreign_token"])
+    assert out["foreign_token"] == ["Rejected.InvalidImportToken", 400]
+    assert out["unknown_token"] == ["Rejected.InvalidImportToken", 400]
+    assert out["garbage"] == ["Rejected.InvalidCiphertext", 400]
+    assert out["wrong_size"] == ["Rejected.IncorrectKeyMaterial", 400]
+    assert out["negative_expiry"] == ["InvalidParameter", 400]
+    assert out["state_after_refusals"] == "PendingImport"
+    assert out["state"] == "Enabled"
+    assert out["token_reused"] == ["Rejected.InvalidImportToken", 400]  # consumed
+    assert out["decrypted"] == "imported through alibaba"
+    assert _open_with_material(base64.b64decode(out["blob"]), material, {"byok": "1"}) \
+        == b"imported through alibaba"
+
+
+def test_expired_import_token(ali_python: Path, token_dir: Path, tmp_path: Path) -> None:
+    """A token past its TokenExpireTime (a server whose tokens live 2 s) is refused with
+    Rejected.ImportTokenExpired, before the material is looked at."""
+    from tests.server.conftest import create_credential, run_server, write_server_config
+
+    config = write_server_config(tmp_path, token_dir, {"aliexp": [4]})
+    config.write_text(config.read_text() + "import_token_ttl = 2\n")  # [kms] is last
+    cred = create_credential(config, "aliexp", "admin")
+    with run_server(config) as srv:
+        srv.creds["admin"] = cred
+        out = _run(ali_python, srv, r'''
+import time
+k = c.create_key(m.CreateKeyRequest(key_spec="Aliyun_SM4", origin="EXTERNAL")).body.key_metadata
+p = c.get_parameters_for_import(m.GetParametersForImportRequest(
+    key_id=k.key_id, wrapping_key_spec="EC_SM2", wrapping_algorithm="SM2PKE")).body
+time.sleep(3)
+out["expired"] = code_of(lambda: c.import_key_material(m.ImportKeyMaterialRequest(
+    key_id=k.key_id, import_token=p.import_token, encrypted_key_material=b64(b"\x04" * 113))))
+out["state"] = c.describe_key(m.DescribeKeyRequest(key_id=k.key_id)).body.key_metadata.key_state
+''')
+    assert out["expired"] == ["Rejected.ImportTokenExpired", 400]
+    assert out["state"] == "PendingImport"
