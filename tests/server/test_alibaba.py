@@ -6,9 +6,11 @@ the same keys and secrets through boto3."""
 from __future__ import annotations
 
 import base64
+import shutil
+import subprocess
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import pytest
 
@@ -121,6 +123,48 @@ out["blob"] = c.encrypt(m.EncryptRequest(key_id=args[1], plaintext=b64(b"from al
         b"from alibaba"
 
 
+def test_a_key_made_through_alibaba_serves_boto3(ali_python: Path, server: Server,
+                                                 kms: Any) -> None:
+    """The other way round: keys made with the Alibaba SDK (SM4, and SM2 for signing) are
+    described, used and checked by boto3, and what boto3 made is opened and verified
+    through the Alibaba SDK."""
+    from hsmpool.gm import SM2PublicKey
+
+    made = _run(ali_python, server, r'''
+sm4 = c.create_key(m.CreateKeyRequest(key_spec="Aliyun_SM4")).body.key_metadata
+sm2 = c.create_key(m.CreateKeyRequest(key_spec="EC_SM2", key_usage="SIGN/VERIFY")).body.key_metadata
+vid = c.list_key_versions(m.ListKeyVersionsRequest(key_id=sm2.key_id)).body.key_versions.key_version[0].key_version_id
+out["ids"] = [sm4.key_id, sm2.key_id, vid]
+''')
+    sm4_id, sm2_id, version = made["ids"]
+    assert kms.describe_key(KeyId=sm4_id)["KeyMetadata"]["KeySpec"] == "SM4"
+    meta = kms.describe_key(KeyId=sm2_id)["KeyMetadata"]
+    assert (meta["KeySpec"], meta["KeyUsage"]) == ("SM2", "SIGN_VERIFY")
+    blob = kms.encrypt(KeyId=sm4_id, Plaintext=b"from boto3 under an alibaba key",
+                       EncryptionAlgorithm="SM4_GCM")["CiphertextBlob"]
+    msg = b"signed by boto3, verified through alibaba"
+    sig = kms.sign(KeyId=sm2_id, Message=msg, MessageType="RAW",
+                   SigningAlgorithm="SM2DSA")["Signature"]
+    public = kms.get_public_key(KeyId=sm2_id)["PublicKey"]
+    e = SM2PublicKey.from_der(public).message_digest(msg)
+    e_other = SM2PublicKey.from_der(public).message_digest(msg + b"!")
+    out = _run(ali_python, server, r'''
+blob, sm2_id, vid, sig, e, e_other = args
+d = c.decrypt(m.DecryptRequest(ciphertext_blob=blob)).body
+out["plain"] = [base64.b64decode(d.plaintext).decode(), d.key_id]
+out["verified"] = [c.asymmetric_verify(m.AsymmetricVerifyRequest(
+    key_id=sm2_id, key_version_id=vid, algorithm="SM2DSA", digest=digest, value=sig)).body.value
+    for digest in (e, e_other)]
+out["alibaba_sig"] = c.asymmetric_sign(m.AsymmetricSignRequest(
+    key_id=sm2_id, key_version_id=vid, algorithm="SM2DSA", digest=e)).body.value
+''', base64.b64encode(blob).decode(), sm2_id, version,
+               *(base64.b64encode(x).decode() for x in (sig, e, e_other)))
+    assert out["plain"] == ["from boto3 under an alibaba key", sm4_id]
+    assert out["verified"] == [True, False]
+    assert kms.verify(KeyId=sm2_id, Message=msg, MessageType="RAW", SigningAlgorithm="SM2DSA",
+                      Signature=base64.b64decode(out["alibaba_sig"]))["SignatureValid"]
+
+
 def test_secrets_with_acs_stages(ali_python: Path, server: Server) -> None:
     sm = server.client(server.creds["admin"], service="secretsmanager")
     name = f"ali/{uuid.uuid4().hex[:8]}"
@@ -190,14 +234,16 @@ out["states"] = [c.describe_key(m.DescribeKeyRequest(key_id=x.key_id)).body.key_
 
 ASYM_SCRIPT = r"""
 res = {}
-for spec, alg in (("RSA_2048", "RSA_PSS_SHA_256"), ("EC_P256", "ECDSA_SHA_256")):
+for spec, algs in (("RSA_2048", ("RSA_PSS_SHA_256", "RSA_PKCS1_SHA_256")),
+                   ("EC_P256", ("ECDSA_SHA_256",))):
     k = c.create_key(m.CreateKeyRequest(key_spec=spec, key_usage="SIGN/VERIFY")).body.key_metadata
     vid = c.list_key_versions(m.ListKeyVersionsRequest(key_id=k.key_id)).body.key_versions.key_version[0].key_version_id
     pem = c.get_public_key(m.GetPublicKeyRequest(key_id=k.key_id, key_version_id=vid)).body.public_key
-    sig = c.asymmetric_sign(m.AsymmetricSignRequest(key_id=k.key_id, key_version_id=vid, algorithm=alg, digest=args[0])).body.value
-    ok = c.asymmetric_verify(m.AsymmetricVerifyRequest(key_id=k.key_id, key_version_id=vid, algorithm=alg, digest=args[0], value=sig)).body.value
-    bad = c.asymmetric_verify(m.AsymmetricVerifyRequest(key_id=k.key_id, key_version_id=vid, algorithm=alg, digest=args[1], value=sig)).body.value
-    res[spec] = [pem, sig, ok, bad]
+    for alg in algs:
+        sig = c.asymmetric_sign(m.AsymmetricSignRequest(key_id=k.key_id, key_version_id=vid, algorithm=alg, digest=args[0])).body.value
+        ok = c.asymmetric_verify(m.AsymmetricVerifyRequest(key_id=k.key_id, key_version_id=vid, algorithm=alg, digest=args[0], value=sig)).body.value
+        bad = c.asymmetric_verify(m.AsymmetricVerifyRequest(key_id=k.key_id, key_version_id=vid, algorithm=alg, digest=args[1], value=sig)).body.value
+        res[alg] = [pem, sig, ok, bad]
 e = c.create_key(m.CreateKeyRequest(key_spec="RSA_2048", key_usage="ENCRYPT/DECRYPT")).body.key_metadata
 evid = c.list_key_versions(m.ListKeyVersionsRequest(key_id=e.key_id)).body.key_versions.key_version[0].key_version_id
 ct = c.asymmetric_encrypt(m.AsymmetricEncryptRequest(key_id=e.key_id, key_version_id=evid, algorithm="RSAES_OAEP_SHA_256", plaintext=b64(b"rsa secret"))).body.ciphertext_blob
@@ -226,9 +272,11 @@ out["sig"] = c.asymmetric_sign(m.AsymmetricSignRequest(key_id=args[0], key_versi
 """
 
 
-def test_asymmetric_keys_cross_checked(ali_python: Path, server: Server) -> None:
+def test_asymmetric_keys_cross_checked(ali_python: Path, server: Server,
+                                       tmp_path: Path) -> None:
     import hashlib
 
+    from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
@@ -239,17 +287,27 @@ def test_asymmetric_keys_cross_checked(ali_python: Path, server: Server) -> None
     digest = base64.b64encode(hashlib.sha256(msg).digest()).decode()
     other = base64.b64encode(hashlib.sha256(msg + b"!").digest()).decode()
     out = _run(ali_python, server, ASYM_SCRIPT, digest, other)
-    for spec in ("RSA_2048", "EC_P256"):
-        pem, sig, ok, bad = out[spec]
-        assert ok is True and bad is False, spec
+    pss = padding.PSS(padding.MGF1(hashes.SHA256()), padding.PSS.DIGEST_LENGTH)
+    for alg in ("RSA_PSS_SHA_256", "RSA_PKCS1_SHA_256", "ECDSA_SHA_256"):
+        pem, sig, ok, bad = out[alg]
+        assert ok is True and bad is False, alg
         pub = serialization.load_pem_public_key(pem.encode())
         raw = base64.b64decode(sig)
-        if isinstance(pub, rsa.RSAPublicKey):
-            pub.verify(raw, msg, padding.PSS(padding.MGF1(hashes.SHA256()),
-                                             padding.PSS.DIGEST_LENGTH), hashes.SHA256())
+        if alg.startswith("RSA_"):  # made by the token, checked by cryptography
+            assert isinstance(pub, rsa.RSAPublicKey) and pub.key_size == 2048
+            pad = pss if alg == "RSA_PSS_SHA_256" else padding.PKCS1v15()
+            pub.verify(raw, msg, pad, hashes.SHA256())
+            with pytest.raises(InvalidSignature):
+                pub.verify(raw, msg + b"!", pad, hashes.SHA256())
         else:
             assert isinstance(pub, ec.EllipticCurvePublicKey)
             pub.verify(raw, msg, ec.ECDSA(hashes.SHA256()))
+    # PSS and PKCS#1 v1.5 are not confused: each fails the other's check
+    with pytest.raises(InvalidSignature):
+        pub_rsa = serialization.load_pem_public_key(out["RSA_PSS_SHA_256"][0].encode())
+        assert isinstance(pub_rsa, rsa.RSAPublicKey)
+        pub_rsa.verify(base64.b64decode(out["RSA_PSS_SHA_256"][1]), msg, padding.PKCS1v15(),
+                       hashes.SHA256())
     assert out["rsa_decrypt"] == "rsa secret"
     assert out["wrong_version"][0] == "Forbidden.KeyNotFound"
     assert out["tags"] == [["team", "blue"]]
@@ -265,6 +323,38 @@ def test_asymmetric_keys_cross_checked(ali_python: Path, server: Server) -> None
     verifier = gmssl_verifier(der)
     assert verifier.verify_with_sm3(der_to_raw(sig).hex(), msg)
     assert not verifier.verify_with_sm3(der_to_raw(sig).hex(), msg + b"!")
+    # ... and by OpenSSL, which computes Z itself (the default id given as distid)
+    for tool in ("dgst", "pkeyutl"):
+        assert _openssl_sm2_verifies(tmp_path, tool, pem, sig, msg), tool
+        assert not _openssl_sm2_verifies(tmp_path, tool, pem, sig, msg + b"!"), tool
+
+
+SM2_DEFAULT_ID: Final = "1234567812345678"
+
+
+def _openssl_sm2_verifies(tmp: Path, tool: str, pem: str, sig: bytes, msg: bytes) -> bool:
+    """Whether the ``openssl`` command accepts an SM2DSA signature (DER) of ``msg`` with
+    SM3 and the default user id, by ``openssl dgst`` or ``openssl pkeyutl``; anything but
+    a plain yes or no (a key or signature it cannot read) fails the test."""
+    assert shutil.which("openssl"), "the openssl command (scripts/setup.sh installs it)"
+    (tmp / "pub.pem").write_text(pem)
+    (tmp / "sig.der").write_bytes(sig)
+    (tmp / "msg.bin").write_bytes(msg)
+    if tool == "dgst":
+        argv = ["openssl", "dgst", "-sm3", "-verify", "pub.pem", "-signature", "sig.der",
+                "-sigopt", f"distid:{SM2_DEFAULT_ID}", "msg.bin"]
+        yes, no = "Verified OK", "Verification failure"
+    else:
+        argv = ["openssl", "pkeyutl", "-verify", "-pubin", "-inkey", "pub.pem", "-rawin",
+                "-digest", "sm3", "-in", "msg.bin", "-sigfile", "sig.der", "-pkeyopt",
+                f"distid:{SM2_DEFAULT_ID}"]
+        yes, no = "Signature Verified Successfully", "Signature Verification Failure"
+    done = subprocess.run(argv, cwd=tmp, capture_output=True, text=True, timeout=30)
+    said = done.stdout + done.stderr
+    if done.returncode == 0 and yes in said:
+        return True
+    assert done.returncode == 1 and no in said, said
+    return False
 
 
 EXPORT_SCRIPT = r"""
