@@ -542,3 +542,28 @@ out["state"] = c.describe_key(m.DescribeKeyRequest(key_id=k.key_id)).body.key_me
 ''')
     assert out["expired"] == ["Rejected.ImportTokenExpired", 400]
     assert out["state"] == "PendingImport"
+
+
+def test_benchmark_acs3_requests_are_valid_once(server: Server, kms: Any) -> None:
+    """benchmarks.server's ACS3 request generator (the "Alibaba Encrypt (ACS3)" row): each
+    request is served, and refused when sent again (its nonce), so a run never replays."""
+    import json
+
+    from benchmarks.server import Target, raw_call, sign_acs3_requests
+
+    cred = server.creds["admin"]
+    key_id = kms.create_key()["KeyMetadata"]["KeyId"]
+    target = Target("alibaba", server.port, cred.access_key_id, cred.secret, key_id, [])
+    reqs = sign_acs3_requests("Encrypt", target, server.port, 4)
+    assert len({r.split(b"x-acs-signature-nonce: ")[1][:32] for r in reqs}) == 4
+    for r in reqs:
+        status, body = raw_call(server.port, r)
+        assert status == 200, body
+        blob = base64.b64decode(json.loads(body)["CiphertextBlob"])
+        assert len(kms.decrypt(CiphertextBlob=blob)["Plaintext"]) == 32
+    status, body = raw_call(server.port, reqs[0])
+    assert (status, json.loads(body)["Code"]) == (400, "SignatureNonceUsed")
+    wrong = Target("alibaba", server.port, cred.access_key_id, "not-the-secret", key_id, [])
+    status, body = raw_call(server.port, sign_acs3_requests("Encrypt", wrong, server.port,
+                                                            1)[0])
+    assert (status, json.loads(body)["Code"]) == (400, "SignatureDoesNotMatch")
