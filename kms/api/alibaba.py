@@ -26,8 +26,8 @@ import base64
 import binascii
 import json
 import logging
+import os
 import re
-import uuid
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -733,6 +733,13 @@ BLOCKING: Final = frozenset({"CreateKey", "CreateKeyVersion", "UpdateRotationPol
 # --- the front end ------------------------------------------------------------------------
 
 
+def _request_id() -> str:
+    """A RequestId in Alibaba's shape (a UUID's, upper case) of 16 random bytes (a third
+    of uuid4()'s cost, on every request)."""
+    h = os.urandom(16).hex().upper()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
 class AlibabaFrontend:
     """Alibaba Cloud KMS OpenAPI, RPC style (see the module docstring)."""
 
@@ -756,7 +763,7 @@ class AlibabaFrontend:
         return Answer(status, body, _JSON, op, code)
 
     def prepare(self, req: Request) -> Call | Answer:
-        request_id = str(uuid.uuid4()).upper()
+        request_id = _request_id()
         params: dict[str, str] = dict(parse_qsl(req.query, keep_blank_values=True))
         query_params = dict(params)
         ctype = req.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -818,12 +825,12 @@ class AlibabaFrontend:
 
     def throttled(self, operation: str) -> Answer:
         return self._answer(400, "Throttling.User", "Request was denied due to user flow "
-                            "control.", operation, str(uuid.uuid4()).upper())
+                            "control.", operation, _request_id())
 
     def timed_out(self, operation: str) -> Answer:
         return self._answer(503, "ServiceUnavailable", "the request did not finish in time; "
-                            "retry", operation, str(uuid.uuid4()).upper())
+                            "retry", operation, _request_id())
 
     def internal_error(self, operation: str) -> Answer:
         return self._answer(500, "InternalFailure", "internal error", operation,
-                            str(uuid.uuid4()).upper())
+                            _request_id())
