@@ -567,3 +567,17 @@ def test_benchmark_acs3_requests_are_valid_once(server: Server, kms: Any) -> Non
     status, body = raw_call(server.port, sign_acs3_requests("Encrypt", wrong, server.port,
                                                             1)[0])
     assert (status, json.loads(body)["Code"]) == (400, "SignatureDoesNotMatch")
+
+
+def test_readme_lists_every_action() -> None:
+    """README's table of Alibaba actions is OPERATIONS, no more and no less."""
+    import re
+
+    from kms.api.alibaba import OPERATIONS
+
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    table = text[text.index("| what | actions |"):]
+    table = table[:table.index("\n\n")]
+    named = {n for row in table.splitlines()[2:] for n in
+             re.findall(r"\b[A-Z][A-Za-z]+\b", re.sub(r"`[^`]*`|\([^)]*\)", "", row))}
+    assert named == set(OPERATIONS)
