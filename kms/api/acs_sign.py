@@ -146,8 +146,8 @@ class AcsVerifier:
         if not hmac.compare_digest(payload, hashlib.sha256(body).hexdigest()):
             raise AuthError("ContentSHA256NotMatched", "x-acs-content-sha256 does not match "
                             "the body")
-        canonical_headers = "".join(f"{n}:{headers.get(n, '').strip()}\n" for n in names)
-        query = "&".join(f"{k}={_enc(v)}" for k, v in sorted(params.items()))
+        canonical_headers = "".join([f"{n}:{headers.get(n, '').strip()}\n" for n in names])
+        query = "&".join([f"{k}={_enc(v)}" for k, v in sorted(params.items())])
         # Each canonical header line ends with a newline, and the lines are then joined to
         # the rest by newlines: an empty line precedes the signed headers.
         canonical = f"{method}\n{path or '/'}\n{query}\n{canonical_headers}\n{signed}\n{payload}"

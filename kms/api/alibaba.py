@@ -31,7 +31,7 @@ import re
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
-from urllib.parse import parse_qsl
+from urllib.parse import unquote_plus
 
 import orjson
 
@@ -96,6 +96,23 @@ _AUTH_STATUS: Final = {"InvalidAccessKeyId.NotFound": 404}
 
 
 # --- parameters ---------------------------------------------------------------------------
+
+
+def parse_query(text: str) -> dict[str, str]:
+    """``dict(parse_qsl(text, keep_blank_values=True))`` (``&``-separated, ``+`` is a
+    space, UTF-8 percent-escapes with errors replaced, the last of a repeated name), in a
+    third of its time: most names and values have no escape to undo."""
+    out: dict[str, str] = {}
+    for piece in text.split("&"):
+        if not piece:
+            continue
+        k, _, v = piece.partition("=")
+        if "%" in k or "+" in k:
+            k = unquote_plus(k)
+        if "%" in v or "+" in v:
+            v = unquote_plus(v)
+        out[k] = v
+    return out
 
 
 def _p(params: Params, name: str) -> str:
@@ -764,12 +781,12 @@ class AlibabaFrontend:
 
     def prepare(self, req: Request) -> Call | Answer:
         request_id = _request_id()
-        params: dict[str, str] = dict(parse_qsl(req.query, keep_blank_values=True))
+        params = parse_query(req.query)
         query_params = dict(params)
         ctype = req.headers.get("content-type", "").split(";")[0].strip().lower()
         if req.body and ctype == "application/x-www-form-urlencoded":
             try:
-                form = dict(parse_qsl(req.body.decode(), keep_blank_values=True))
+                form = parse_query(req.body.decode())
             except UnicodeDecodeError:
                 return self._answer(400, "InvalidParameter", "the body is not UTF-8", "-",
                                     request_id)
