@@ -24,8 +24,10 @@ the same server is not caught: the store is not touched per request).
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -41,10 +43,31 @@ WINDOW: Final = 15 * 60.0
 MAX_NONCES: Final = 200_000
 
 
+#: What percent-encoding leaves as it is (RFC 3986 unreserved characters).
+_UNRESERVED: Final = re.compile(r"[A-Za-z0-9_.~-]*")
+_UNRESERVED_CHARS: Final = frozenset(
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.~-")
+_PERCENT: Final = {chr(c): f"%{c:02X}" for c in range(128)}
+
+
 def _enc(text: str) -> str:
-    return quote(text, safe="~", encoding="utf-8")
+    """Percent-encoding, ``~`` kept: quote's, with fast paths for what requests carry (an
+    id or a name is usually all unreserved; base64 has a few ASCII characters to encode:
+    one replace each, ``%`` first so that no escape is escaped again)."""
+    if _UNRESERVED.fullmatch(text):
+        return text
+    if not text.isascii():
+        return quote(text, safe="~", encoding="utf-8")
+    reserved = set(text) - _UNRESERVED_CHARS
+    if "%" in reserved:
+        text = text.replace("%", "%25")
+        reserved.discard("%")
+    for ch in reserved:
+        text = text.replace(ch, _PERCENT[ch])
+    return text
 
 
+@functools.lru_cache(maxsize=256)  # an SDK's requests share their second
 def _parse_time(text: str) -> float:
     try:
         return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
@@ -123,14 +146,14 @@ class AcsVerifier:
         if not hmac.compare_digest(payload, hashlib.sha256(body).hexdigest()):
             raise AuthError("ContentSHA256NotMatched", "x-acs-content-sha256 does not match "
                             "the body")
-        canonical_headers = "".join(f"{n}:{headers.get(n, '').strip()}\n" for n in names)
-        query = "&".join(f"{k}={_enc(v)}" for k, v in sorted(params.items()))
+        canonical_headers = "".join([f"{n}:{headers.get(n, '').strip()}\n" for n in names])
+        query = "&".join([f"{k}={_enc(v)}" for k, v in sorted(params.items())])
         # Each canonical header line ends with a newline, and the lines are then joined to
         # the rest by newlines: an empty line precedes the signed headers.
         canonical = f"{method}\n{path or '/'}\n{query}\n{canonical_headers}\n{signed}\n{payload}"
         to_sign = f"{ACS3}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
         secret = self._secret(akid)
-        want = hmac.new(secret.encode(), to_sign.encode(), hashlib.sha256).hexdigest()
+        want = hmac.digest(secret.encode(), to_sign.encode(), "sha256").hex()
         if not hmac.compare_digest(want, signature):
             raise AuthError("SignatureDoesNotMatch",
                             "Specified signature does not match our calculation.")

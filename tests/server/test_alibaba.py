@@ -6,9 +6,11 @@ the same keys and secrets through boto3."""
 from __future__ import annotations
 
 import base64
+import shutil
+import subprocess
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import pytest
 
@@ -121,6 +123,48 @@ out["blob"] = c.encrypt(m.EncryptRequest(key_id=args[1], plaintext=b64(b"from al
         b"from alibaba"
 
 
+def test_a_key_made_through_alibaba_serves_boto3(ali_python: Path, server: Server,
+                                                 kms: Any) -> None:
+    """The other way round: keys made with the Alibaba SDK (SM4, and SM2 for signing) are
+    described, used and checked by boto3, and what boto3 made is opened and verified
+    through the Alibaba SDK."""
+    from hsmpool.gm import SM2PublicKey
+
+    made = _run(ali_python, server, r'''
+sm4 = c.create_key(m.CreateKeyRequest(key_spec="Aliyun_SM4")).body.key_metadata
+sm2 = c.create_key(m.CreateKeyRequest(key_spec="EC_SM2", key_usage="SIGN/VERIFY")).body.key_metadata
+vid = c.list_key_versions(m.ListKeyVersionsRequest(key_id=sm2.key_id)).body.key_versions.key_version[0].key_version_id
+out["ids"] = [sm4.key_id, sm2.key_id, vid]
+''')
+    sm4_id, sm2_id, version = made["ids"]
+    assert kms.describe_key(KeyId=sm4_id)["KeyMetadata"]["KeySpec"] == "SM4"
+    meta = kms.describe_key(KeyId=sm2_id)["KeyMetadata"]
+    assert (meta["KeySpec"], meta["KeyUsage"]) == ("SM2", "SIGN_VERIFY")
+    blob = kms.encrypt(KeyId=sm4_id, Plaintext=b"from boto3 under an alibaba key",
+                       EncryptionAlgorithm="SM4_GCM")["CiphertextBlob"]
+    msg = b"signed by boto3, verified through alibaba"
+    sig = kms.sign(KeyId=sm2_id, Message=msg, MessageType="RAW",
+                   SigningAlgorithm="SM2DSA")["Signature"]
+    public = kms.get_public_key(KeyId=sm2_id)["PublicKey"]
+    e = SM2PublicKey.from_der(public).message_digest(msg)
+    e_other = SM2PublicKey.from_der(public).message_digest(msg + b"!")
+    out = _run(ali_python, server, r'''
+blob, sm2_id, vid, sig, e, e_other = args
+d = c.decrypt(m.DecryptRequest(ciphertext_blob=blob)).body
+out["plain"] = [base64.b64decode(d.plaintext).decode(), d.key_id]
+out["verified"] = [c.asymmetric_verify(m.AsymmetricVerifyRequest(
+    key_id=sm2_id, key_version_id=vid, algorithm="SM2DSA", digest=digest, value=sig)).body.value
+    for digest in (e, e_other)]
+out["alibaba_sig"] = c.asymmetric_sign(m.AsymmetricSignRequest(
+    key_id=sm2_id, key_version_id=vid, algorithm="SM2DSA", digest=e)).body.value
+''', base64.b64encode(blob).decode(), sm2_id, version,
+               *(base64.b64encode(x).decode() for x in (sig, e, e_other)))
+    assert out["plain"] == ["from boto3 under an alibaba key", sm4_id]
+    assert out["verified"] == [True, False]
+    assert kms.verify(KeyId=sm2_id, Message=msg, MessageType="RAW", SigningAlgorithm="SM2DSA",
+                      Signature=base64.b64decode(out["alibaba_sig"]))["SignatureValid"]
+
+
 def test_secrets_with_acs_stages(ali_python: Path, server: Server) -> None:
     sm = server.client(server.creds["admin"], service="secretsmanager")
     name = f"ali/{uuid.uuid4().hex[:8]}"
@@ -190,14 +234,16 @@ out["states"] = [c.describe_key(m.DescribeKeyRequest(key_id=x.key_id)).body.key_
 
 ASYM_SCRIPT = r"""
 res = {}
-for spec, alg in (("RSA_2048", "RSA_PSS_SHA_256"), ("EC_P256", "ECDSA_SHA_256")):
+for spec, algs in (("RSA_2048", ("RSA_PSS_SHA_256", "RSA_PKCS1_SHA_256")),
+                   ("EC_P256", ("ECDSA_SHA_256",))):
     k = c.create_key(m.CreateKeyRequest(key_spec=spec, key_usage="SIGN/VERIFY")).body.key_metadata
     vid = c.list_key_versions(m.ListKeyVersionsRequest(key_id=k.key_id)).body.key_versions.key_version[0].key_version_id
     pem = c.get_public_key(m.GetPublicKeyRequest(key_id=k.key_id, key_version_id=vid)).body.public_key
-    sig = c.asymmetric_sign(m.AsymmetricSignRequest(key_id=k.key_id, key_version_id=vid, algorithm=alg, digest=args[0])).body.value
-    ok = c.asymmetric_verify(m.AsymmetricVerifyRequest(key_id=k.key_id, key_version_id=vid, algorithm=alg, digest=args[0], value=sig)).body.value
-    bad = c.asymmetric_verify(m.AsymmetricVerifyRequest(key_id=k.key_id, key_version_id=vid, algorithm=alg, digest=args[1], value=sig)).body.value
-    res[spec] = [pem, sig, ok, bad]
+    for alg in algs:
+        sig = c.asymmetric_sign(m.AsymmetricSignRequest(key_id=k.key_id, key_version_id=vid, algorithm=alg, digest=args[0])).body.value
+        ok = c.asymmetric_verify(m.AsymmetricVerifyRequest(key_id=k.key_id, key_version_id=vid, algorithm=alg, digest=args[0], value=sig)).body.value
+        bad = c.asymmetric_verify(m.AsymmetricVerifyRequest(key_id=k.key_id, key_version_id=vid, algorithm=alg, digest=args[1], value=sig)).body.value
+        res[alg] = [pem, sig, ok, bad]
 e = c.create_key(m.CreateKeyRequest(key_spec="RSA_2048", key_usage="ENCRYPT/DECRYPT")).body.key_metadata
 evid = c.list_key_versions(m.ListKeyVersionsRequest(key_id=e.key_id)).body.key_versions.key_version[0].key_version_id
 ct = c.asymmetric_encrypt(m.AsymmetricEncryptRequest(key_id=e.key_id, key_version_id=evid, algorithm="RSAES_OAEP_SHA_256", plaintext=b64(b"rsa secret"))).body.ciphertext_blob
@@ -226,9 +272,11 @@ out["sig"] = c.asymmetric_sign(m.AsymmetricSignRequest(key_id=args[0], key_versi
 """
 
 
-def test_asymmetric_keys_cross_checked(ali_python: Path, server: Server) -> None:
+def test_asymmetric_keys_cross_checked(ali_python: Path, server: Server,
+                                       tmp_path: Path) -> None:
     import hashlib
 
+    from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
@@ -239,17 +287,27 @@ def test_asymmetric_keys_cross_checked(ali_python: Path, server: Server) -> None
     digest = base64.b64encode(hashlib.sha256(msg).digest()).decode()
     other = base64.b64encode(hashlib.sha256(msg + b"!").digest()).decode()
     out = _run(ali_python, server, ASYM_SCRIPT, digest, other)
-    for spec in ("RSA_2048", "EC_P256"):
-        pem, sig, ok, bad = out[spec]
-        assert ok is True and bad is False, spec
+    pss = padding.PSS(padding.MGF1(hashes.SHA256()), padding.PSS.DIGEST_LENGTH)
+    for alg in ("RSA_PSS_SHA_256", "RSA_PKCS1_SHA_256", "ECDSA_SHA_256"):
+        pem, sig, ok, bad = out[alg]
+        assert ok is True and bad is False, alg
         pub = serialization.load_pem_public_key(pem.encode())
         raw = base64.b64decode(sig)
-        if isinstance(pub, rsa.RSAPublicKey):
-            pub.verify(raw, msg, padding.PSS(padding.MGF1(hashes.SHA256()),
-                                             padding.PSS.DIGEST_LENGTH), hashes.SHA256())
+        if alg.startswith("RSA_"):  # made by the token, checked by cryptography
+            assert isinstance(pub, rsa.RSAPublicKey) and pub.key_size == 2048
+            pad = pss if alg == "RSA_PSS_SHA_256" else padding.PKCS1v15()
+            pub.verify(raw, msg, pad, hashes.SHA256())
+            with pytest.raises(InvalidSignature):
+                pub.verify(raw, msg + b"!", pad, hashes.SHA256())
         else:
             assert isinstance(pub, ec.EllipticCurvePublicKey)
             pub.verify(raw, msg, ec.ECDSA(hashes.SHA256()))
+    # PSS and PKCS#1 v1.5 are not confused: each fails the other's check
+    with pytest.raises(InvalidSignature):
+        pub_rsa = serialization.load_pem_public_key(out["RSA_PSS_SHA_256"][0].encode())
+        assert isinstance(pub_rsa, rsa.RSAPublicKey)
+        pub_rsa.verify(base64.b64decode(out["RSA_PSS_SHA_256"][1]), msg, padding.PKCS1v15(),
+                       hashes.SHA256())
     assert out["rsa_decrypt"] == "rsa secret"
     assert out["wrong_version"][0] == "Forbidden.KeyNotFound"
     assert out["tags"] == [["team", "blue"]]
@@ -265,6 +323,38 @@ def test_asymmetric_keys_cross_checked(ali_python: Path, server: Server) -> None
     verifier = gmssl_verifier(der)
     assert verifier.verify_with_sm3(der_to_raw(sig).hex(), msg)
     assert not verifier.verify_with_sm3(der_to_raw(sig).hex(), msg + b"!")
+    # ... and by OpenSSL, which computes Z itself (the default id given as distid)
+    for tool in ("dgst", "pkeyutl"):
+        assert _openssl_sm2_verifies(tmp_path, tool, pem, sig, msg), tool
+        assert not _openssl_sm2_verifies(tmp_path, tool, pem, sig, msg + b"!"), tool
+
+
+SM2_DEFAULT_ID: Final = "1234567812345678"
+
+
+def _openssl_sm2_verifies(tmp: Path, tool: str, pem: str, sig: bytes, msg: bytes) -> bool:
+    """Whether the ``openssl`` command accepts an SM2DSA signature (DER) of ``msg`` with
+    SM3 and the default user id, by ``openssl dgst`` or ``openssl pkeyutl``; anything but
+    a plain yes or no (a key or signature it cannot read) fails the test."""
+    assert shutil.which("openssl"), "the openssl command (scripts/setup.sh installs it)"
+    (tmp / "pub.pem").write_text(pem)
+    (tmp / "sig.der").write_bytes(sig)
+    (tmp / "msg.bin").write_bytes(msg)
+    if tool == "dgst":
+        argv = ["openssl", "dgst", "-sm3", "-verify", "pub.pem", "-signature", "sig.der",
+                "-sigopt", f"distid:{SM2_DEFAULT_ID}", "msg.bin"]
+        yes, no = "Verified OK", "Verification failure"
+    else:
+        argv = ["openssl", "pkeyutl", "-verify", "-pubin", "-inkey", "pub.pem", "-rawin",
+                "-digest", "sm3", "-in", "msg.bin", "-sigfile", "sig.der", "-pkeyopt",
+                f"distid:{SM2_DEFAULT_ID}"]
+        yes, no = "Signature Verified Successfully", "Signature Verification Failure"
+    done = subprocess.run(argv, cwd=tmp, capture_output=True, text=True, timeout=30)
+    said = done.stdout + done.stderr
+    if done.returncode == 0 and yes in said:
+        return True
+    assert done.returncode == 1 and no in said, said
+    return False
 
 
 EXPORT_SCRIPT = r"""
@@ -304,3 +394,190 @@ def test_data_keys_exported_under_a_callers_public_key(ali_python: Path,
     assert rsa_key.decrypt(base64.b64decode(out["rsa"]), oaep) == plain
     assert sm2_key.decrypt(base64.b64decode(out["sm2"])) == plain
     assert out["mismatch"][0] == "InvalidParameter"  # an SM2 key is not an RSA key
+
+
+# --- bring your own key -------------------------------------------------------------------
+
+BYOK_PARAMETERS = r'''
+spec, wrap_spec, wrap_alg = args
+k = c.create_key(m.CreateKeyRequest(key_spec=spec, origin="EXTERNAL")).body.key_metadata
+other = c.create_key(m.CreateKeyRequest(key_spec=spec, origin="EXTERNAL")).body.key_metadata
+plain = c.create_key(m.CreateKeyRequest(key_spec=spec)).body.key_metadata
+out["meta"] = [k.origin, k.key_state]
+out["encrypt_before_import"] = code_of(lambda: c.encrypt(m.EncryptRequest(key_id=k.key_id, plaintext=b64(b"x"))))
+def params(key_id, spec=wrap_spec, alg=wrap_alg):
+    return c.get_parameters_for_import(m.GetParametersForImportRequest(
+        key_id=key_id, wrapping_key_spec=spec, wrapping_algorithm=alg)).body
+p = params(k.arn)  # an ARN names the key too
+out["params"] = [p.key_id, p.import_token, p.public_key, p.token_expire_time]
+out["foreign_token"] = params(other.key_id).import_token
+out["not_external"] = code_of(lambda: params(plain.key_id))
+out["pkcs1"] = code_of(lambda: params(k.key_id, "RSA_2048", "RSAES_PKCS1_V1_5"))
+out["mismatch"] = code_of(lambda: params(k.key_id, "EC_SM2", "RSAES_OAEP_SHA_256"))
+'''
+
+BYOK_IMPORT = r'''
+kid, token, good, wrong_size, garbage, foreign = args
+def imp(material, token=token, expire=None):
+    c.import_key_material(m.ImportKeyMaterialRequest(
+        key_id=kid, import_token=token, encrypted_key_material=material,
+        key_material_expire_unix=expire))
+out["foreign_token"] = code_of(lambda: imp(good, foreign))
+out["unknown_token"] = code_of(lambda: imp(good, b64(bytes(32))))
+out["garbage"] = code_of(lambda: imp(garbage))
+out["wrong_size"] = code_of(lambda: imp(wrong_size))
+out["negative_expiry"] = code_of(lambda: imp(good, expire=-5))
+out["state_after_refusals"] = c.describe_key(m.DescribeKeyRequest(key_id=kid)).body.key_metadata.key_state
+imp(good, expire=0)
+out["state"] = c.describe_key(m.DescribeKeyRequest(key_id=kid)).body.key_metadata.key_state
+out["token_reused"] = code_of(lambda: imp(good))
+e = c.encrypt(m.EncryptRequest(key_id=kid, plaintext=b64(b"imported through alibaba"),
+                               encryption_context={"byok": "1"})).body
+out["blob"] = e.ciphertext_blob
+out["decrypted"] = base64.b64decode(c.decrypt(m.DecryptRequest(
+    ciphertext_blob=e.ciphertext_blob, encryption_context={"byok": "1"})).body.plaintext).decode()
+'''
+
+
+def _wrap_for_import(public_der: bytes, algorithm: str, material: bytes) -> bytes:
+    """The customer's side of BYOK: the material under the downloaded wrapping key, with
+    ``cryptography`` (RSA-OAEP) or ``gmssl`` (SM2PKE, C1C3C2), not with hsmpool's code."""
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+    from tests.kms.test_service import gmssl_verifier
+
+    if algorithm == "SM2PKE":
+        return b"\x04" + gmssl_verifier(public_der).encrypt(material)
+    pub = serialization.load_der_public_key(public_der)
+    assert isinstance(pub, rsa.RSAPublicKey) and pub.key_size == 2048
+    h = hashes.SHA256() if algorithm == "RSAES_OAEP_SHA_256" else hashes.SHA1()
+    return pub.encrypt(material, padding.OAEP(padding.MGF1(h), h, None))
+
+
+def _open_with_material(blob: bytes, material: bytes, context: dict[str, str]) -> bytes:
+    """Open an Encrypt ciphertext with the customer's own copy of the imported key."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    from hsmpool.gm import SM4GCM
+    from kms import ciphertext as ctf
+
+    aad = blob[:ctf.HEADER_LEN] + ctf.canonical_context(context)
+    body = blob[ctf.HEADER_LEN:]
+    nonce, sealed = body[:ctf.NONCE_LEN], body[ctf.NONCE_LEN:]
+    aead = AESGCM(material) if len(material) == 32 else SM4GCM(material)
+    return aead.decrypt(nonce, sealed, aad)
+
+
+@pytest.mark.parametrize(("spec", "wrap_spec", "wrap_alg", "size"), [
+    ("Aliyun_AES_256", "RSA_2048", "RSAES_OAEP_SHA_256", 32),
+    ("Aliyun_SM4", "EC_SM2", "SM2PKE", 16),
+])
+def test_bring_your_own_key(ali_python: Path, server: Server, spec: str, wrap_spec: str,
+                            wrap_alg: str, size: int) -> None:
+    """CreateKey Origin=EXTERNAL, GetParametersForImport, the material wrapped here,
+    ImportKeyMaterial; then the key encrypts with exactly that material. Refusals on the
+    way, each with its Alibaba code, none of them a 500 and none changing the key."""
+    import os
+    from datetime import UTC, datetime
+
+    from cryptography.hazmat.primitives import serialization
+
+    from hsmpool.gm import SM2PublicKey
+
+    first = _run(ali_python, server, BYOK_PARAMETERS, spec, wrap_spec, wrap_alg)
+    assert first["meta"] == ["EXTERNAL", "PendingImport"]
+    assert first["encrypt_before_import"] == ["Rejected.UnexpectedState", 400]
+    assert first["not_external"] == ["UnsupportedOperation", 400]
+    assert first["pkcs1"] == ["UnsupportedOperation", 400]
+    assert first["mismatch"] == ["InvalidParameter", 400]
+    key_id, token, public_b64, expires = first["params"]
+    public = base64.b64decode(public_b64)
+    # a DER SubjectPublicKeyInfo (cryptography knows no SM2 curve)
+    (SM2PublicKey.from_der if wrap_spec == "EC_SM2" else serialization.load_der_public_key)(
+        public)
+    assert len(base64.b64decode(token)) == 32
+    left = (datetime.strptime(expires, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+            - datetime.now(UTC)).total_seconds()
+    assert 86400 - 120 < left <= 86400  # 24 hours, as Alibaba's
+    material = os.urandom(size)
+    wrapped = {name: base64.b64encode(data).decode() for name, data in (
+        ("good", _wrap_for_import(public, wrap_alg, material)),
+        ("wrong_size", _wrap_for_import(public, wrap_alg, os.urandom(size + 8))),
+        ("garbage", os.urandom(256 if wrap_spec == "RSA_2048" else 160)))}
+    out = _run(ali_python, server, BYOK_IMPORT, key_id, token, wrapped["good"],
+               wrapped["wrong_size"], wrapped["garbage"], first["foreign_token"])
+    assert out["foreign_token"] == ["Rejected.InvalidImportToken", 400]
+    assert out["unknown_token"] == ["Rejected.InvalidImportToken", 400]
+    assert out["garbage"] == ["Rejected.InvalidCiphertext", 400]
+    assert out["wrong_size"] == ["Rejected.IncorrectKeyMaterial", 400]
+    assert out["negative_expiry"] == ["InvalidParameter", 400]
+    assert out["state_after_refusals"] == "PendingImport"
+    assert out["state"] == "Enabled"
+    assert out["token_reused"] == ["Rejected.InvalidImportToken", 400]  # consumed
+    assert out["decrypted"] == "imported through alibaba"
+    assert _open_with_material(base64.b64decode(out["blob"]), material, {"byok": "1"}) \
+        == b"imported through alibaba"
+
+
+def test_expired_import_token(ali_python: Path, token_dir: Path, tmp_path: Path) -> None:
+    """A token past its TokenExpireTime (a server whose tokens live 2 s) is refused with
+    Rejected.ImportTokenExpired, before the material is looked at."""
+    from tests.server.conftest import create_credential, run_server, write_server_config
+
+    config = write_server_config(tmp_path, token_dir, {"aliexp": [4]})
+    config.write_text(config.read_text() + "import_token_ttl = 2\n")  # [kms] is last
+    cred = create_credential(config, "aliexp", "admin")
+    with run_server(config) as srv:
+        srv.creds["admin"] = cred
+        out = _run(ali_python, srv, r'''
+import time
+k = c.create_key(m.CreateKeyRequest(key_spec="Aliyun_SM4", origin="EXTERNAL")).body.key_metadata
+p = c.get_parameters_for_import(m.GetParametersForImportRequest(
+    key_id=k.key_id, wrapping_key_spec="EC_SM2", wrapping_algorithm="SM2PKE")).body
+time.sleep(3)
+out["expired"] = code_of(lambda: c.import_key_material(m.ImportKeyMaterialRequest(
+    key_id=k.key_id, import_token=p.import_token, encrypted_key_material=b64(b"\x04" * 113))))
+out["state"] = c.describe_key(m.DescribeKeyRequest(key_id=k.key_id)).body.key_metadata.key_state
+''')
+    assert out["expired"] == ["Rejected.ImportTokenExpired", 400]
+    assert out["state"] == "PendingImport"
+
+
+def test_benchmark_acs3_requests_are_valid_once(server: Server, kms: Any) -> None:
+    """benchmarks.server's ACS3 request generator (the "Alibaba Encrypt (ACS3)" row): each
+    request is served, and refused when sent again (its nonce), so a run never replays."""
+    import json
+
+    from benchmarks.server import Target, raw_call, sign_acs3_requests
+
+    cred = server.creds["admin"]
+    key_id = kms.create_key()["KeyMetadata"]["KeyId"]
+    target = Target("alibaba", server.port, cred.access_key_id, cred.secret, key_id, [])
+    reqs = sign_acs3_requests("Encrypt", target, server.port, 4)
+    assert len({r.split(b"x-acs-signature-nonce: ")[1][:32] for r in reqs}) == 4
+    for r in reqs:
+        status, body = raw_call(server.port, r)
+        assert status == 200, body
+        blob = base64.b64decode(json.loads(body)["CiphertextBlob"])
+        assert len(kms.decrypt(CiphertextBlob=blob)["Plaintext"]) == 32
+    status, body = raw_call(server.port, reqs[0])
+    assert (status, json.loads(body)["Code"]) == (400, "SignatureNonceUsed")
+    wrong = Target("alibaba", server.port, cred.access_key_id, "not-the-secret", key_id, [])
+    status, body = raw_call(server.port, sign_acs3_requests("Encrypt", wrong, server.port,
+                                                            1)[0])
+    assert (status, json.loads(body)["Code"]) == (400, "SignatureDoesNotMatch")
+
+
+def test_readme_lists_every_action() -> None:
+    """README's table of Alibaba actions is OPERATIONS, no more and no less."""
+    import re
+
+    from kms.api.alibaba import OPERATIONS
+
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    table = text[text.index("| what | actions |"):]
+    table = table[:table.index("\n\n")]
+    named = {n for row in table.splitlines()[2:] for n in
+             re.findall(r"\b[A-Z][A-Za-z]+\b", re.sub(r"`[^`]*`|\([^)]*\)", "", row))}
+    assert named == set(OPERATIONS)
