@@ -30,6 +30,13 @@ interleaved rounds, see below):
   (:class:`FreshRequests`), as many as 3x the fastest rate seen so far allows (the warm-up's
   are made for 40,000 req/s); a run that comes within ``--connections`` of using them up is
   an error, not a figure.
+* ``kms-instance``: the same ``hsmpool`` server on its KMS-instance port (HTTPS, its own CA),
+  sent Alibaba KMS-instance (dkms-gcs protocol) Encrypt requests under the same key, each
+  with a protobuf body and an RSA-2048 client-key signature (:mod:`benchmarks.instance_load`;
+  the client key made by ``hsmpool aap create``). The server refuses a signed request seen
+  more than 2 s earlier, so these are :class:`FreshRequests` too (signing costs about 1 ms of
+  CPU each, before each run's clock starts). The report names what one RSA signature check
+  costs, measured in the same run. wrk only (the python load generator has no TLS).
 * ``trivial``: :func:`trivial_app` on the same stack as ``hsmpool serve`` (uvicorn with
   httptools, uvloop, 2 workers, no access log): it reads the body, parses the JSON and answers
   a fixed JSON of the size of an Encrypt response. It is the ceiling of the stack; it is sent
@@ -70,7 +77,8 @@ one core per server process (moto is one process under one GIL).
 
 Bars (from the issue; a report, not a test): hsmpool Encrypt >= 25x moto's Encrypt req/s,
 >= 0.3x the trivial app's req/s, >= 10,000 req/s absolute; Alibaba Encrypt (ACS3) >= 0.8x
-hsmpool's (AWS) Encrypt req/s; hsmpool and alibaba rows have 0 errors.
+hsmpool's (AWS) Encrypt req/s; KMS-instance Encrypt >= 0.5x AWS Encrypt; hsmpool, alibaba
+and kms-instance rows have 0 errors.
 Results go to ``bench-results/server.json``.
 
 ``--profile`` starts a one-worker hsmpool server under cProfile (the worker runs
@@ -120,10 +128,11 @@ REGION: Final = "us-east-1"
 HOST: Final = "127.0.0.1"
 
 OPS: Final = ("Encrypt", "Decrypt", "GenerateDataKey")
-TARGETS: Final = ("hsmpool", "trivial", "moto", "alibaba")
+TARGETS: Final = ("hsmpool", "trivial", "moto", "alibaba", "kms-instance")
 WORKERS: Final = 2
-SERVER_PROCESSES: Final = {"hsmpool": WORKERS, "alibaba": WORKERS, "trivial": WORKERS,
-                           "moto": 1, "hsmpool-profiled": 1}
+SERVER_PROCESSES: Final = {"hsmpool": WORKERS, "alibaba": WORKERS, "kms-instance": WORKERS,
+                           "trivial": WORKERS, "moto": 1, "hsmpool-profiled": 1}
+INSTANCE_OPS: Final = ("Encrypt",)  # the operations the kms-instance target is measured on
 ALIBABA_OPS: Final = ("Encrypt",)  # the operations the alibaba target is measured on
 PLAINTEXT_BYTES: Final = 32
 
@@ -131,6 +140,7 @@ BAR_VS_MOTO: Final = 25.0
 BAR_VS_TRIVIAL: Final = 0.3
 BAR_ABSOLUTE: Final = 10_000.0
 BAR_ALIBABA_VS_AWS: Final = 0.8
+BAR_INSTANCE_VS_AWS: Final = 0.5
 MAX_REQUESTS: Final = 2_000_000  # per load-generator run, besides the time limit
 OTHER_CPU_WARN: Final = 0.15
 WRK_QUANTILES: Final = 400  # quantiles wrk reports per run (0.125 %, 0.375 %, ... 99.875 %)
@@ -222,6 +232,7 @@ class Server:
     proc: subprocess.Popen[bytes]
     port: int
     log: Path
+    scheme: str = "http"  # the KMS-instance port's is https
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -354,9 +365,11 @@ def start_ready(name: str, argv: Callable[[int], list[str]], path: str, want: in
     return ensure_ready(start_free(name, argv, tmp, env), argv, path, want, tmp, notes, env)
 
 
-def hsmpool_argv(cfg: Path, workers: int) -> Callable[[int], list[str]]:
+def hsmpool_argv(cfg: Path, workers: int, instance_port: int | None = None
+                 ) -> Callable[[int], list[str]]:
+    extra = [] if instance_port is None else ["--kms-instance-port", str(instance_port)]
     return lambda port: [hsmpool_bin(), "--config", str(cfg), "serve", "--host", HOST,
-                         "--port", str(port), "--workers", str(workers)]
+                         "--port", str(port), "--workers", str(workers), *extra]
 
 
 def moto_argv(port: int) -> list[str]:
@@ -555,6 +568,7 @@ class FreshRequests:
     make: Callable[[int], list[bytes]]
     rate: float = ACS3_FIRST_RATE
     fastest: float = 0.0
+    headroom: float = ACS3_HEADROOM
 
     def count(self, seconds: float) -> int:
         return min(MAX_REQUESTS, max(ACS3_MIN_REQUESTS, math.ceil(self.rate * seconds)))
@@ -567,7 +581,7 @@ class FreshRequests:
                                "requests: raise ACS3_FIRST_RATE / ACS3_HEADROOM")
         if res.seconds > 0 and res.requests > 0:
             self.fastest = max(self.fastest, res.requests / res.seconds)
-            self.rate = ACS3_HEADROOM * self.fastest
+            self.rate = self.headroom * self.fastest
 
 
 def check_replies(what: str, port: int, reqs: Sequence[bytes], want: bytes, k: int) -> None:
@@ -696,9 +710,10 @@ def _result_line(text: str, what: str) -> dict[str, Any]:
 
 
 def run_wrk(port: int, reqfile: Path, script: Path, conns: int, threads: int,
-            seconds: int) -> LoadResult:
+            seconds: int, scheme: str = "http") -> LoadResult:
     argv = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{seconds}s", "--timeout", "5s",
-            "-s", str(script), f"http://{HOST}:{port}/", "--", str(reqfile), str(MAX_REQUESTS)]
+            "-s", str(script), f"{scheme}://{HOST}:{port}/", "--", str(reqfile),
+            str(MAX_REQUESTS)]
     text, cpu = _run_child(argv, seconds + 30)
     doc = _result_line(text, "wrk")
     errors = doc["connect"] + doc["read"] + doc["write"] + doc["status"] + doc["timeout"]
@@ -718,10 +733,13 @@ def write_lua(work: Path) -> Path:
 
 
 def run_loadgen(loadgen: str, port: int, reqfile: Path, script: Path, conns: int,
-                threads: int, seconds: float) -> LoadResult:
-    """One run of the ``wrk`` (whole seconds) or ``python`` load generator."""
+                threads: int, seconds: float, scheme: str = "http") -> LoadResult:
+    """One run of the ``wrk`` (whole seconds) or ``python`` load generator (plain HTTP
+    only: an https target needs wrk)."""
     if loadgen == "wrk":
-        return run_wrk(port, reqfile, script, conns, threads, max(1, round(seconds)))
+        return run_wrk(port, reqfile, script, conns, threads, max(1, round(seconds)), scheme)
+    if scheme != "http":
+        raise RuntimeError("the python load generator speaks plain HTTP: use wrk")
     return run_python(port, reqfile, conns, seconds)
 
 
@@ -935,7 +953,8 @@ def run_op(loadgen: str, op: str,
             made = fresh[name].count(max(1, round(secs)) if loadgen == "wrk" else secs)
             write_requests(files[name], fresh[name].make(made))
         since = mark(srv.proc.pid)
-        res = run_loadgen(loadgen, srv.port, files[name], script, conns, threads, secs)
+        res = run_loadgen(loadgen, srv.port, files[name], script, conns, threads, secs,
+                          srv.scheme)
         if into is not None:
             into.add(res, srv.proc.pid, since)
         if name in fresh:
@@ -990,11 +1009,12 @@ def table(label_head: str, rows: Iterable[tuple[str, Cell]]) -> list[str]:
 def _label(c: Cell) -> str:
     """A row's name: the target and the operation (Alibaba's: "alibaba Encrypt (ACS3)")."""
     op = f"{c.op} (ACS3)" if c.target == "alibaba" else c.op
-    return f"{c.target:<8} {op:<16}"
+    return f"{c.target:<12} {op:<16}"
 
 
-def report(cells: Sequence[Cell], loadgen: str) -> tuple[str, dict[str, Any]]:
-    out = table(f"{'target':<8} {'op':<16}", ((_label(c), c) for c in cells))
+def report(cells: Sequence[Cell], loadgen: str, verify_us: float | None = None
+           ) -> tuple[str, dict[str, Any]]:
+    out = table(f"{'target':<12} {'op':<16}", ((_label(c), c) for c in cells))
     out.append(f"load generator: {loadgen}; cpu columns: CPU time / wall time (100% = one "
                f"core of {os.cpu_count()}); other = machine busy time not ours; µs/req = CPU "
                "time per request;")
@@ -1038,6 +1058,19 @@ def report(cells: Sequence[Cell], loadgen: str) -> tuple[str, dict[str, Any]]:
                    f"(same server, same rounds; srv µs/req {a.server_us_per_req:.0f} vs "
                    f"{h.server_us_per_req:.0f}; projected from cap: "
                    f"{proj['alibaba_vs_aws'][op]:.2f}x)")
+    ratios["kms_instance_vs_aws"], proj["kms_instance_vs_aws"] = {}, {}
+    for op in INSTANCE_OPS:
+        a, h = find(cells, "kms-instance", op), find(cells, "hsmpool", op)
+        if a is None or h is None or h.req_per_s <= 0:
+            continue
+        ratios["kms_instance_vs_aws"][op] = a.req_per_s / h.req_per_s
+        proj["kms_instance_vs_aws"][op] = a.capacity_req_per_s / h.capacity_req_per_s
+        cost = "" if verify_us is None else (
+            f"; one RSA-2048 signature check costs {verify_us:.0f} µs here")
+        out.append(f"ratio KMS-instance {op}: {a.req_per_s / h.req_per_s:.2f}x AWS {op} (same "
+                   f"server, HTTPS vs HTTP; srv µs/req {a.server_us_per_req:.0f} vs "
+                   f"{h.server_us_per_req:.0f}{cost}; projected from cap: "
+                   f"{proj['kms_instance_vs_aws'][op]:.2f}x)")
     out.append("")
     bars: list[dict[str, Any]] = []
 
@@ -1061,8 +1094,12 @@ def report(cells: Sequence[Cell], loadgen: str) -> tuple[str, dict[str, Any]]:
     r = ratios["alibaba_vs_aws"].get("Encrypt")
     bar(f"Alibaba Encrypt (ACS3) >= {BAR_ALIBABA_VS_AWS}x AWS Encrypt", r,
         None if r is None else r >= BAR_ALIBABA_VS_AWS, "-" if r is None else f"{r:.2f}x")
-    errs = sum(c.errors for c in cells if c.target in ("hsmpool", "alibaba"))
-    bar("hsmpool and alibaba rows have 0 errors", float(errs), errs == 0, f"{errs}")
+    r = ratios["kms_instance_vs_aws"].get("Encrypt")
+    bar(f"KMS-instance Encrypt >= {BAR_INSTANCE_VS_AWS}x AWS Encrypt", r,
+        None if r is None else r >= BAR_INSTANCE_VS_AWS, "-" if r is None else f"{r:.2f}x")
+    errs = sum(c.errors for c in cells if c.target in ("hsmpool", "alibaba", "kms-instance"))
+    bar("hsmpool, alibaba and kms-instance rows have 0 errors", float(errs), errs == 0,
+        f"{errs}")
     busy = [c for c in cells if c.other_cpu > OTHER_CPU_WARN]
     if busy:
         out.append(f"WARNING: {len(busy)} of {len(cells)} cells saw > {OTHER_CPU_WARN:.0%} of "
@@ -1346,6 +1383,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     tmp = begin(N_TOKENS, "serverbench-")
     servers: list[Server] = []
     cells: list[Cell] = []
+    verify_us: float | None = None
     notes: list[str] = []
     try:
         cfg, ak, sk = configure(tmp, TOKENS, INSTANCE)
@@ -1360,12 +1398,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_profile(cfg, target, tmp, seconds, args.connections, args.wrk_threads,
                         alibaba=args.targets == ["alibaba"])
             return 0
-        order = [t for t in ("hsmpool", "alibaba", "trivial", "moto") if t in targets]
-        # The alibaba target is the hsmpool server, spoken to in Alibaba's protocol.
+        order = [t for t in ("hsmpool", "alibaba", "kms-instance", "trivial", "moto")
+                 if t in targets]
+        # The alibaba and kms-instance targets are the hsmpool server, spoken to in
+        # Alibaba's protocols (the latter on its KMS-instance port).
         started = [t for t in ("hsmpool", "trivial", "moto")
-                   if t in targets or (t == "hsmpool" and "alibaba" in targets)]
-        argvs = {"hsmpool": hsmpool_argv(cfg, WORKERS), "trivial": trivial_argv,
-                 "moto": moto_argv}
+                   if t in targets or (t == "hsmpool" and targets & {"alibaba",
+                                                                     "kms-instance"})]
+        instance_port = free_port() if "kms-instance" in targets else None
+        argvs = {"hsmpool": hsmpool_argv(cfg, WORKERS, instance_port),
+                 "trivial": trivial_argv, "moto": moto_argv}
         envs = {"moto": MOTO_ENV}
         for name in started:  # all started, then waited for
             servers.append(start_free(name, argvs[name], tmp, envs.get(name)))
@@ -1382,6 +1424,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "moto" in targets:
             prepared["moto"] = prepare_target("moto", by_name["moto"].port, "testing",
                                               "testing", args.distinct)
+        client_key = None
+        if instance_port is not None:
+            from benchmarks import instance_load
+
+            client_key = instance_load.make_client_key(hsmpool_bin(), cfg, INSTANCE, tmp / "aap")
+            hs = by_name["hsmpool"]
+            by_name["kms-instance"] = Server("kms-instance", hs.proc, instance_port, hs.log,
+                                             scheme="https")
+            verify_us = instance_load.verify_cost(client_key)
         # The trivial app is sent hsmpool's requests (signed for its own Host).
         source = prepared.get("hsmpool") or Target("trivial", 0, ak, sk, "k", [bytes(94)])
         t_setup = time.monotonic() - t_start
@@ -1399,6 +1450,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                     plan.append((name, srv, FreshRequests(
                         functools.partial(sign_acs3_requests, op, t, srv.port))))
                     continue
+                if name == "kms-instance":
+                    if op not in INSTANCE_OPS or client_key is None:
+                        continue
+                    srv, key_id = by_name[name], prepared["hsmpool"].key_id
+                    instance_load.check(client_key, srv.port, key_id)
+                    plan.append((name, srv, FreshRequests(
+                        functools.partial(instance_load.sign_encrypts, client_key, srv.port,
+                                          key_id),
+                        rate=instance_load.FIRST_RATE, headroom=instance_load.HEADROOM)))
+                    continue
                 srv = by_name[name]
                 t = source if name == "trivial" else prepared[name]
                 reqs = sign_requests(op, t, srv.port, args.distinct)
@@ -1407,7 +1468,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 plan.append((name, srv, reqs))
             for c in run_op(loadgen, op, plan, tmp, args.connections, args.wrk_threads,
                             warmup, seconds, rounds):
-                print(f"  {c.target:<8} {op:<16} {c.req_per_s:>9,.0f} req/s  p50 "
+                print(f"  {c.target:<12} {op:<16} {c.req_per_s:>9,.0f} req/s  p50 "
                       f"{c.p50_ms:.2f} ms  p99 {c.p99_ms:.2f} ms  errors {c.errors}  lg cpu "
                       f"{c.loadgen_cpu:.0%}  srv cpu {c.server_cpu:.0%}  other "
                       f"{c.other_cpu:.0%}", flush=True)
@@ -1419,7 +1480,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         audit = audit_summary(tmp)
     finally:
         teardown(servers, tmp, args.keep)
-    text, summary = report(cells, loadgen)
+    text, summary = report(cells, loadgen, verify_us)
     total = print_report(text, audit, t_setup, t_start)
     doc = {"meta": {
         **meta_head(), "loadgen": loadgen,

@@ -109,8 +109,9 @@ def _symmetric(p: Mapping[str, Any]) -> None:
                            f"or an asymmetric one")
 
 
-def _algorithm_name(c: KmsClient, key_id: str) -> str:
-    return "SM4_GCM" if c.describe_key(key_id).spec.value == "SM4" else "AES_GCM"
+def _algorithm_name(native: bytes) -> str:
+    """The algorithm of one of this service's ciphertexts, as the SDKs name it."""
+    return "SM4_GCM" if native[ctf.HEADER_LEN - 1] == ctf.ALG_SM4_GCM else "AES_GCM"
 
 
 def _advance(native: bytes) -> tuple[bytes, str]:
@@ -134,9 +135,10 @@ def _short(arn: str) -> str:
     return arn.rsplit("/", 1)[-1]
 
 
-def _primary(c: KmsClient, key_id: str) -> str | None:
-    """The key's primary version (the version an asymmetric or HMAC key uses)."""
-    return c.describe_key(key_id).primary_version
+def _primary(c: KmsClient, arn: str) -> str | None:
+    """The version an asymmetric or HMAC key used (its primary) in the call that just
+    returned ``arn``."""
+    return c.used_version(arn)
 
 
 def _nonce(native: bytes) -> bytes:
@@ -152,12 +154,12 @@ def encrypt(c: KmsClient, p: dict[str, Any]) -> dict[str, Any]:
     if algorithm in ENCRYPTION:
         r = c.encrypt(key_id, _plaintext(p), None, ENCRYPTION[algorithm])
         return {"KeyId": _short(r.key_id), "CiphertextBlob": r.ciphertext_blob,
-                "Algorithm": algorithm, _VERSION: _primary(c, key_id)}
+                "Algorithm": algorithm, _VERSION: _primary(c, r.key_id)}
     _symmetric(p)
     r = c.encrypt(key_id, _plaintext(p), _context(p))
     return {"KeyId": _short(r.key_id), "CiphertextBlob": r.ciphertext_blob,
             "Iv": _nonce(r.ciphertext_blob), "Algorithm": algorithm or
-            _algorithm_name(c, key_id), "PaddingMode": p.get("PaddingMode", ""),
+            _algorithm_name(r.ciphertext_blob), "PaddingMode": p.get("PaddingMode", ""),
             _VERSION: c.ciphertext_version(r.ciphertext_blob)}
 
 
@@ -189,7 +191,7 @@ def advance_encrypt(c: KmsClient, p: dict[str, Any]) -> dict[str, Any]:
     r = c.encrypt(key_id, _plaintext(p), _context(p))
     blob, version = _advance(r.ciphertext_blob)
     return {"KeyId": _short(r.key_id), "CiphertextBlob": blob,
-            "Iv": _nonce(r.ciphertext_blob), "Algorithm": _algorithm_name(c, key_id),
+            "Iv": _nonce(r.ciphertext_blob), "Algorithm": _algorithm_name(r.ciphertext_blob),
             "KeyVersionId": version, _VERSION: _version_hex(version)}
 
 
@@ -219,7 +221,7 @@ def generate_data_key(c: KmsClient, p: dict[str, Any]) -> dict[str, Any]:
     r, key_id = _data_key(c, p)
     return {"KeyId": _short(r.key_id), "Iv": _nonce(r.ciphertext_blob),
             "Plaintext": r.plaintext, "CiphertextBlob": r.ciphertext_blob,
-            "Algorithm": algorithm or _algorithm_name(c, key_id),
+            "Algorithm": algorithm or _algorithm_name(r.ciphertext_blob),
             _VERSION: c.ciphertext_version(r.ciphertext_blob)}
 
 
@@ -229,7 +231,7 @@ def advance_generate_data_key(c: KmsClient, p: dict[str, Any]
     blob, version = _advance(r.ciphertext_blob)
     return {"KeyId": _short(r.key_id), "Iv": _nonce(r.ciphertext_blob),
             "Plaintext": r.plaintext, "CiphertextBlob": blob,
-            "Algorithm": _algorithm_name(c, key_id), "KeyVersionId": version,
+            "Algorithm": _algorithm_name(r.ciphertext_blob), "KeyVersionId": version,
             _VERSION: _version_hex(version)}
 
 
@@ -249,7 +251,7 @@ def sign(c: KmsClient, p: dict[str, Any]) -> dict[str, Any]:
     key_id = _need(p, "KeyId")
     signature, arn = c.sign(key_id, message, algorithm, kind)
     return {"KeyId": _short(arn), "Signature": signature, "Algorithm": p["Algorithm"],
-            "MessageType": kind, _VERSION: _primary(c, key_id)}
+            "MessageType": kind, _VERSION: _primary(c, arn)}
 
 
 def verify(c: KmsClient, p: dict[str, Any]) -> dict[str, Any]:
@@ -262,23 +264,18 @@ def verify(c: KmsClient, p: dict[str, Any]) -> dict[str, Any]:
     except E.InvalidSignature:
         arn, ok = key_id, False
     return {"KeyId": _short(arn), "Value": ok, "Algorithm": p["Algorithm"],
-            "MessageType": kind, _VERSION: _primary(c, key_id)}
+            "MessageType": kind, _VERSION: _primary(c, arn)}
 
 
 def get_public_key(c: KmsClient, p: dict[str, Any]) -> dict[str, Any]:
-    key_id = _need(p, "KeyId")
-    info = c.get_public_key(key_id)
+    info = c.get_public_key(_need(p, "KeyId"))
     return {"KeyId": _short(info.key_id), "PublicKey": public_key_pem(info.public_key),
-            _VERSION: _primary(c, key_id)}
+            _VERSION: _primary(c, info.key_id)}
 
 
 def hmac(c: KmsClient, p: dict[str, Any]) -> dict[str, Any]:
-    rec = c.describe_key(_need(p, "KeyId"))
-    algorithms = rec.info.mac_algorithms
-    if not algorithms:
-        raise E.InvalidKeyUsage("the key is not an HMAC key")
-    mac, arn = c.generate_mac(p["KeyId"], _need(p, "Message"), algorithms[0])
-    return {"KeyId": _short(arn), "Signature": mac, _VERSION: rec.primary_version}
+    mac, arn = c.generate_mac(_need(p, "KeyId"), _need(p, "Message"), None)
+    return {"KeyId": _short(arn), "Signature": mac, _VERSION: _primary(c, arn)}
 
 
 def generate_random(c: KmsClient, p: dict[str, Any]) -> dict[str, Any]:

@@ -89,6 +89,7 @@ class ClientKeyVerifier:
         self._keys: dict[str, ClientKey | None] = {}
         self._seen: dict[bytes, float] = {}
         self._order: deque[tuple[float, bytes]] = deque()
+        self._dates: dict[str, float] = {}
         self._lock = threading.Lock()
 
     def forget(self) -> None:
@@ -141,10 +142,7 @@ class ClientKeyVerifier:
             raise Refused("Unauthorized", 401, "the client key has expired")
         if now < key.not_before:
             raise Refused("Unauthorized", 401, "the client key is not valid yet")
-        try:
-            when = parsedate_to_datetime(headers.get("date", "")).timestamp()
-        except (TypeError, ValueError, IndexError):
-            raise Refused("InvalidParam", 400, DATE_INVALID) from None
+        when = self._date(headers.get("date", ""))
         if abs(now - when) > MAX_SKEW:
             raise Refused("InvalidParam", 400, DATE_INVALID)
         auth = headers.get("authorization", "")
@@ -167,6 +165,19 @@ class ClientKeyVerifier:
             raise Refused("Forbidden.NoPermission", 403,
                           "the source address is outside the access point's network rules")
         return key
+
+    def _date(self, text: str) -> float:
+        """The Date header's time (parsed once per distinct value: it changes each second)."""
+        when = self._dates.get(text)
+        if when is None:
+            try:
+                when = parsedate_to_datetime(text).timestamp()
+            except (TypeError, ValueError, IndexError):
+                raise Refused("InvalidParam", 400, DATE_INVALID) from None
+            if len(self._dates) > 4096:
+                self._dates.clear()
+            self._dates[text] = when
+        return when
 
     @staticmethod
     def _admitted(key: ClientKey, source_ip: str) -> bool:

@@ -159,6 +159,16 @@ class KeyCrypto(Caller):
         its integrity: that is Decrypt's)."""
         return ctf.parse(blob).version_id
 
+    def used_version(self, key_arn: str) -> str | None:
+        """The primary version of the key a result of this caller just named (its
+        ``key_id`` ARN): for protocols whose answers name the version used (the KMS-instance
+        API). Not an operation: no authorisation and no audit record, so front ends pass
+        only ARNs that a successful call of this caller returned."""
+        rec = self.kms._key(key_arn.rsplit("/", 1)[-1])
+        if rec is None or rec.instance != self.instance_name:
+            return None
+        return rec.primary_version
+
     def ciphertext_from_parts(self, version_id: str, body: bytes) -> bytes:
         """This service's ciphertext of key version ``version_id`` (32 hex digits) whose
         nonce, ciphertext and tag are ``body``, for a protocol that carries the parts apart
@@ -384,17 +394,22 @@ class KeyCrypto(Caller):
 
         return self._run(GET_PUBLIC_KEY.action, body)
 
-    def _mac(self, op: Op, key_id: str, message: bytes, algorithm: str,
+    def _mac(self, op: Op, key_id: str, message: bytes, algorithm: str | None,
              grant_tokens: Sequence[str]) -> tuple[KeyRecord, KeyVersion, bytes]:
         data = check_bytes(message, "Message", max_len=MAX_MESSAGE)
         rec = self._key_op(op, key_id, tokens=_grants.parse_tokens(grant_tokens))
+        if algorithm is None and rec.info.mac_algorithms:
+            algorithm = rec.info.mac_algorithms[0]  # an HMAC key has one
         if algorithm not in rec.info.mac_algorithms:
             raise E.InvalidKeyUsage(f"{rec.spec.value} keys do not support {algorithm}")
         v = self._primary(rec)
         return rec, v, backend(rec.spec).mac(self._versions_cache, self.inst, v, data)
 
-    def generate_mac(self, key_id: str, message: bytes, mac_algorithm: str, *,
+    def generate_mac(self, key_id: str, message: bytes, mac_algorithm: str | None, *,
                      grant_tokens: Sequence[str] = ()) -> tuple[bytes, str]:
+        """The MAC of ``message`` and the key's ARN; ``mac_algorithm`` None: the key's own
+        (each HMAC key spec has one), for protocols that do not name it."""
+
         def body() -> tuple[bytes, str]:
             rec, v, mac = self._mac(GENERATE_MAC, key_id, message, mac_algorithm,
                                     grant_tokens)

@@ -134,6 +134,23 @@ def test_symmetric_apis_and_cross_protocol_ciphertexts(dkms_python: Path, server
     assert kms.decrypt(CiphertextBlob=made_here)["Plaintext"] == b"to boto3"
     assert out["unknown_key"][0] == "Forbidden.KeyNotFound"
     assert out["disabled"] == ["Rejected.Disabled", 400]
+    # Each API is one service call, audited as itself (no extra DescribeKey records).
+    actions = _audited_actions(server, "aap/app")
+    assert "kms:Encrypt" in actions and "kms:Decrypt" in actions
+    assert "kms:DescribeKey" not in actions
+
+
+def _audited_actions(server: Server, principal: str) -> set[str]:
+    time.sleep(0.3)  # the audit writer commits within about 10 ms
+    actions: set[str] = set()
+    for path in sorted((server.config.parent / "audit").glob("audit-*.db")):
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            actions |= {a for (a,) in db.execute(
+                "SELECT DISTINCT action FROM audit WHERE principal = ?", (principal,))}
+        finally:
+            db.close()
+    return actions
 
 
 ASYMMETRIC = r'''
