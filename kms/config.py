@@ -36,6 +36,10 @@
                                  # Alibaba KMS-instance SDKs): -1 off, 0 any free port
     kms_instance_tls_dir = "kms-instance-tls"  # its CA (ca.pem), certificate and key,
                                  # made at first start if missing
+    ops_networks = ["127.0.0.1/32", "::1/128"]  # who sees /metrics and health details on
+                                 # the API ports (others: status only, no /metrics)
+    ops_host = "127.0.0.1"       # the operators' listener (/metrics, health; plain HTTP)
+    ops_port = -1                # its port: -1 off, 0 any free port
 
 Relative paths (``tls_cert``, ``tls_key``, ``state_dir``, ``seed``,
 ``kms_instance_tls_dir``) are relative to the
@@ -119,6 +123,18 @@ class ServerSettings:
     #: Its TLS folder: ``ca.pem``, ``server.pem``, ``server.key`` (made at start if missing;
     #: replace the last two with a certificate of your own CA to use it).
     kms_instance_tls_dir: str = "kms-instance-tls"
+    #: Source networks that see ``/metrics`` and the health endpoints' details (token and
+    #: instance names) on the API ports; everyone else gets the status only and no
+    #: ``/metrics``. A request through a proxy that is not a ``trusted_proxies`` entry is
+    #: never one of them.
+    ops_networks: tuple[str, ...] = ("127.0.0.1/32", "::1/128")
+    #: The operators' listener: ``/metrics`` and detailed health to whoever reaches it
+    #: (plain HTTP; bind it to a private interface). -1: off.
+    ops_host: str = "127.0.0.1"
+    ops_port: int = -1
+    #: ``ops_networks`` parsed.
+    ops_nets: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = field(
+        init=False, repr=False, compare=False)
     #: ``trusted_proxies`` parsed.
     proxy_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = field(
         init=False, repr=False, compare=False)
@@ -138,7 +154,7 @@ class ServerSettings:
                 c.isspace() for c in self.host):
             raise ConfigError("server.host must be a host name or an IP address")
         for name, lo, hi in (("port", 0, 65535), ("workers", 0, MAX_WORKERS),
-                             ("kms_instance_port", -1, 65535)):
+                             ("kms_instance_port", -1, 65535), ("ops_port", -1, 65535)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
                 raise ConfigError(f"server.{name} must be an integer {lo}..{hi}")
@@ -183,6 +199,23 @@ class ServerSettings:
         if isinstance(h, bool) or not isinstance(h, int | float) or not 0.05 <= h <= 168:
             raise ConfigError("server.console_session_hours must be 0.05..168")
         object.__setattr__(self, "proxy_networks", tuple(nets))
+        ops = self.ops_networks
+        if not isinstance(ops, list | tuple):
+            raise ConfigError("server.ops_networks must be a list of IP addresses or CIDR "
+                              "networks")
+        ops_nets = []
+        for entry in ops:
+            try:
+                if not isinstance(entry, str):
+                    raise ValueError(entry)
+                ops_nets.append(ipaddress.ip_network(entry.strip(), strict=False))
+            except ValueError:
+                raise ConfigError(f"server.ops_networks: {entry!r} is not an IP address or "
+                                  "a CIDR network") from None
+        object.__setattr__(self, "ops_networks", tuple(ops))
+        object.__setattr__(self, "ops_nets", tuple(ops_nets))
+        if not isinstance(self.ops_host, str) or not self.ops_host.strip():
+            raise ConfigError("server.ops_host must be a host name or an IP address")
 
     @property
     def worker_count(self) -> int:
@@ -199,7 +232,7 @@ def parse_server_settings(doc: Mapping[str, Any], base: Path | None = None) -> S
     raw = doc.get("server", {})
     if not isinstance(raw, dict):
         raise ConfigError("[server] must be a table")
-    known = set(ServerSettings.__dataclass_fields__) - {"proxy_networks"}
+    known = set(ServerSettings.__dataclass_fields__) - {"proxy_networks", "ops_nets"}
     bad = set(raw) - known
     if bad:
         raise ConfigError(f"unknown [server] key(s) {sorted(bad)}")

@@ -22,6 +22,7 @@ the worker), so PKCS#11 libraries are initialised in the worker, never across fo
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -36,6 +37,7 @@ from kms.api.console import ConsoleFrontend
 from kms.api.kms_instance import KmsInstanceFrontend
 from kms.api.logs import AccessLog
 from kms.api.metrics import Metrics
+from kms.api.netaddr import Network, source_address
 from kms.api.peer_health import PeerEjections
 from kms.api.pipeline import Headers, Limits, Pipeline, Request, Respond
 from kms.service import Kms
@@ -49,6 +51,8 @@ log = logging.getLogger("hsmpool.server")
 
 MAX_BODY: Final = 256 * 1024
 _JSON: Final = b"application/json"
+_OPS_PATHS: Final = frozenset({"/livez", "/healthz", "/readyz", "/metrics"})
+_NO_SUCH: Final = b'{"__type":"UnknownOperationException","message":"no such resource"}'
 _STARTING: Final = (b'{"__type":"ServiceUnavailableException","message":"the service is '
                     b'starting"}')
 
@@ -200,25 +204,57 @@ class KmsApp:
         thread: at once, or later when the request's token calls or its blocking work are
         done. The body size was checked by the caller (``max_body``).
         """
-        if method == "GET":
+        if method == "GET" and path in _OPS_PATHS:
+            detail = listener == "ops" or self._ops_caller(peer, headers)
             if path == "/livez":
                 respond(200, health.LIVE, _JSON)
-                return
-            if path in ("/healthz", "/readyz"):
-                self._health(path, respond)
-                return
-            if path == "/metrics":
+            elif path != "/metrics":
+                self._health(path, respond, detail)
+            elif detail:
                 text = self.metrics.render(self.kms).encode()
                 respond(200, text, b"text/plain; version=0.0.4")
-                return
+            else:
+                respond(404, _NO_SUCH, _JSON)
+            return
+        if listener == "ops":  # the operators' listener serves nothing else
+            respond(404, _NO_SUCH, _JSON)
+            return
         if self.pipeline is None:
             respond(503, _STARTING, b"application/x-amz-json-1.1")
             return
         self.pipeline.serve(Request(method, path, query, headers, body, peer, listener),
                             respond)
 
-    def _health(self, path: str, respond: Respond) -> None:
-        """``/healthz`` or ``/readyz``: the store asked off the loop (kms/api/health.py)."""
+    def _ops_caller(self, peer: str | None, headers: dict[str, str]) -> bool:
+        """Whether a request on an API port may see /metrics and health details: its source
+        is in ``[server] ops_networks``, and it did not come through a proxy that is not a
+        trusted one (a local reverse proxy would make every client look local)."""
+        server = self.kms.settings.server if self.kms is not None else None
+        if server is None or peer is None:
+            return False
+        proxied = "x-forwarded-for" in headers or "forwarded" in headers
+        if proxied and not self._trusted_peer(peer, server.proxy_networks):
+            return False
+        source = source_address(peer, headers.get("x-forwarded-for"), server.proxy_networks)
+        try:
+            addr = ipaddress.ip_address(source or "")
+        except ValueError:
+            return False
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
+        return any(addr in net for net in server.ops_nets)
+
+    @staticmethod
+    def _trusted_peer(peer: str, trusted: tuple[Network, ...]) -> bool:
+        try:
+            addr = ipaddress.ip_address(peer)
+        except ValueError:
+            return False
+        return any(addr in net for net in trusted)
+
+    def _health(self, path: str, respond: Respond, detail: bool = True) -> None:
+        """``/healthz`` or ``/readyz``: the store asked off the loop (kms/api/health.py);
+        without ``detail`` only the status (no token, instance or store names)."""
         kms = self.kms
         if kms is None:
             respond(503, health.STARTING, _JSON)
@@ -227,7 +263,7 @@ class KmsApp:
 
         def done(store_error: str | None) -> None:
             status, out = answer(kms.health(store_error))
-            respond(status, out, _JSON)
+            respond(status, out if detail else health.status_only(out), _JSON)
 
         try:
             loop = asyncio.get_running_loop()

@@ -113,5 +113,11 @@ def readyz(h: ServiceHealth) -> tuple[int, bytes]:
     return (200 if h.ok else 503), json.dumps(body).encode()
 
 
+def status_only(body: bytes) -> bytes:
+    """A health answer without its details (token, instance and store names): what a caller
+    outside ``[server] ops_networks`` is told."""
+    return json.dumps({"status": json.loads(body)["status"]}).encode()
+
+
 LIVE: Final = b'{"status":"live"}'
 STARTING: Final = b'{"status":"starting"}'

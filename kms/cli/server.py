@@ -1,6 +1,6 @@
 """CLI commands of the server: ``hsmpool serve`` and ``hsmpool credentials``.
 
-    hsmpool serve [--host H] [--port P] [--kms-instance-port P] [--workers N]
+    hsmpool serve [--host H] [--port P] [--kms-instance-port P] [--ops-port P] [--workers N]
                   [--tls-cert C --tls-key K]
                   [--log-level critical|error|warning|info|debug|trace]
                   [--access-log json|text|off] [--seed FILE] [--dev]
@@ -62,7 +62,8 @@ def _config(args: argparse.Namespace) -> str:
 def _serve_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The ``[server]`` values given on the command line (paths made absolute)."""
     out: dict[str, Any] = {}
-    for name in ("host", "port", "workers", "log_level", "access_log", "kms_instance_port"):
+    for name in ("host", "port", "workers", "log_level", "access_log", "kms_instance_port",
+                 "ops_port"):
         value = getattr(args, name)
         if value is not None:
             out[name] = value
@@ -209,6 +210,10 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     serve.add_argument("--kms-instance-port", type=_int_in(-1, 65535),
                        help="HTTPS port of the KMS-instance API (Alibaba's KMS-instance "
                             "SDKs), 0 for any free one, -1 off (default -1)")
+    serve.add_argument("--ops-port", type=_int_in(-1, 65535),
+                       help="port of the operators' listener (/metrics, detailed health; "
+                            "plain HTTP on [server] ops_host), 0 any free one, -1 off "
+                            "(default -1)")
     serve.add_argument("--workers", type=_int_in(1, MAX_WORKERS),
                        help="worker processes (default: one per core)")
     serve.add_argument("--tls-cert", metavar="FILE",

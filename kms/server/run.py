@@ -23,15 +23,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import shutil
 import signal
 import socket
+import ssl
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from kms.api import logs
 from kms.api.app import KmsApp
@@ -76,34 +78,47 @@ def _workers_text(n: int) -> str:
 # --- uvicorn -----------------------------------------------------------------------------
 
 
+#: The server's other listeners, by name (the application routes by it): the KMS-instance
+#: API's (HTTPS with its own TLS folder) and the operators' (plain HTTP: /metrics, health).
+INSTANCE: Final = "kms-instance"
+OPS: Final = "ops"
+Extra = Mapping[str, socket.socket]
+
+
+def _listener_tls(name: str, server: ServerSettings) -> ssl.SSLContext | None:
+    if name == INSTANCE:
+        from kms.server import instance_tls
+
+        return instance_tls.context(server.kms_instance_tls_dir)
+    return None
+
+
 def _uvicorn_server(app: KmsApp, server: ServerSettings, on_ready: Callable[[], None],
-                    instance_sock: socket.socket | None = None) -> uvicorn.Server:
+                    extra: Extra) -> uvicorn.Server:
     import uvicorn
 
     class ReadyServer(uvicorn.Server):
-        extra: asyncio.AbstractServer | None = None
+        extra_servers: list[asyncio.AbstractServer] = []
 
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
             await super().startup(sockets)
-            if self.started and instance_sock is not None:
-                # The KMS-instance API: our protocol on its own socket and TLS context,
-                # answered by the same application (routed by listener).
-                from kms.server import instance_tls
-
+            if self.started:
+                # Each other listener: our protocol on its own socket (and TLS context),
+                # answered by the same application, which routes by the listener's name.
                 loop = asyncio.get_running_loop()
                 config, state = self.config, self.server_state
-                self.extra = await loop.create_server(
-                    lambda: KmsHttpProtocol(config, state, None, loop,
-                                            listener="kms-instance"),
-                    sock=instance_sock, ssl=instance_tls.context(server.kms_instance_tls_dir),
-                    backlog=2048)
-            if self.started:
+                self.extra_servers = []
+                for name, sock in extra.items():
+                    self.extra_servers.append(await loop.create_server(
+                        functools.partial(KmsHttpProtocol, config, state, None, loop,
+                                          listener=name),
+                        sock=sock, ssl=_listener_tls(name, server), backlog=2048))
                 on_ready()
 
         async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
             app.metrics.stop_publishing(app.kms)
-            if self.extra is not None:
-                self.extra.close()
+            for listening in self.extra_servers:
+                listening.close()
             await super().shutdown(sockets)
 
     config = uvicorn.Config(
@@ -137,10 +152,9 @@ def _ignore(_signum: int, _frame: object) -> None:
 
 
 def run_app(app: KmsApp, sock: socket.socket, server: ServerSettings,
-            on_ready: Callable[[], None], *, instance_sock: socket.socket | None = None
-            ) -> bool:
-    """Serve ``app`` on ``sock`` (and the KMS-instance API on ``instance_sock``) until
-    SIGTERM/SIGINT; False if uvicorn did not start."""
+            on_ready: Callable[[], None], *, extra: Extra | None = None) -> bool:
+    """Serve ``app`` on ``sock`` (and on the ``extra`` listeners) until SIGTERM/SIGINT;
+    False if uvicorn did not start."""
     for s in (signal.SIGTERM, signal.SIGINT):
         signal.signal(s, _ignore)
 
@@ -149,7 +163,7 @@ def run_app(app: KmsApp, sock: socket.socket, server: ServerSettings,
             app.metrics.start_publishing(asyncio.get_running_loop(), app.kms)
         on_ready()
 
-    uv = _uvicorn_server(app, server, ready, instance_sock)
+    uv = _uvicorn_server(app, server, ready, extra or {})
     try:
         uv.run(sockets=[sock])
     except SystemExit:  # uvicorn's way of saying its startup failed
@@ -219,17 +233,22 @@ def serve(config: str, overrides: Mapping[str, Any] | None = None, *,
     except StartupError as exc:
         say(exc.message)
         return exc.exit_code
-    instance_sock = None
-    if instance_tls_dir is not None:
+    extra: dict[str, socket.socket] = {}
+    wanted = ([(INSTANCE, server.host, server.kms_instance_port, "KMS-instance API")]
+              if instance_tls_dir is not None else [])
+    if server.ops_port >= 0:
+        wanted.append((OPS, server.ops_host, server.ops_port, "operators' listener"))
+    for name, host, port, what in wanted:
         try:
-            instance_sock = startup.bind(server.host, server.kms_instance_port)
+            extra[name] = startup.bind(host, port)
         except StartupError as exc:
-            sock.close()
-            say(f"KMS-instance API: {exc.message}")
+            for s_ in [sock, *extra.values()]:
+                s_.close()
+            say(f"{what}: {exc.message}")
             return exc.exit_code
     url = startup.listen_url(sock, server.host, server.tls_cert is not None)
     segment = f"{socket.gethostname()}-{os.getpid()}"
-    socks = [sock] if instance_sock is None else [sock, instance_sock]
+    socks = [sock, *extra.values()]
     try:
         kms = startup.open_service(pool_cfg, settings, segment=segment,
                                    discard_if_empty=workers > 1)
@@ -251,10 +270,13 @@ def serve(config: str, overrides: Mapping[str, Any] | None = None, *,
         if prepare is not None:
             lines += prepare(kms)
         lines += startup.summary(kms, workers, url)
-        if instance_sock is not None and instance_tls_dir is not None:
+        if INSTANCE in extra and instance_tls_dir is not None:
             lines.append(f"KMS-instance API on "
-                         f"{startup.listen_url(instance_sock, server.host, True)} "
+                         f"{startup.listen_url(extra[INSTANCE], server.host, True)} "
                          f"(CA file {instance_tls_dir / 'ca.pem'})")
+        if OPS in extra:
+            lines.append(f"operators' listener (/metrics, /healthz, /readyz, /livez) on "
+                         f"{startup.listen_url(extra[OPS], server.ops_host, False)}")
     except StartupError as exc:
         kms.close()
         for s_ in socks:
@@ -272,10 +294,10 @@ def serve(config: str, overrides: Mapping[str, Any] | None = None, *,
     node = _Node(settings.database, sock.getsockname()[1], url)
     try:
         if workers == 1:
-            return _serve_here(kms, sock, server, serving, node, instance_sock)
+            return _serve_here(kms, sock, server, serving, node, extra)
         kms.close()  # the workers open their own pools; nothing PKCS#11 crosses a process
         return _serve_workers(config, overrides or {}, sock, server, workers, serving, node,
-                              instance_sock)
+                              extra)
     finally:
         node.close()
 
@@ -314,18 +336,16 @@ class _Node:
 
 
 def _serve_here(kms: Kms, sock: socket.socket, server: ServerSettings, serving: str,
-                node: _Node, instance_sock: socket.socket | None) -> int:
+                node: _Node, extra: Extra) -> int:
     kms.start_scheduler(60.0)
     kms.start_watching()  # PostgreSQL: other nodes' changes are pushed (LISTEN/NOTIFY)
     app = setup_app(kms, server)
     node.start(lambda: 1)
     try:
-        started = run_app(app, sock, server, lambda: say(serving),
-                          instance_sock=instance_sock)
+        started = run_app(app, sock, server, lambda: say(serving), extra=extra)
     finally:
-        sock.close()
-        if instance_sock is not None:
-            instance_sock.close()
+        for s_ in [sock, *extra.values()]:
+            s_.close()
         if app.kms is not None:
             app.kms.close()  # idempotent after the lifespan's close
     if not started:
@@ -336,7 +356,7 @@ def _serve_here(kms: Kms, sock: socket.socket, server: ServerSettings, serving: 
 
 def _serve_workers(config: str, overrides: Mapping[str, Any], sock: socket.socket,
                    server: ServerSettings, workers: int, serving: str, node: _Node,
-                   instance_sock: socket.socket | None) -> int:
+                   extra: Extra) -> int:
     from kms.server.supervisor import Supervisor
 
     try:
@@ -351,19 +371,17 @@ def _serve_workers(config: str, overrides: Mapping[str, Any], sock: socket.socke
         return [sys.executable, "-m", "kms.server.worker", "--config", os.path.abspath(config),
                 "--overrides", settings_json, "--fd", str(sock.fileno()),
                 "--status-fd", str(status_fd), "--state-dir", str(state),
-                "--index", str(index)] + (
-                    [] if instance_sock is None else ["--instance-fd",
-                                                      str(instance_sock.fileno())])
+                "--index", str(index),
+                *(a for name, s_ in extra.items()
+                  for a in ("--listener", f"{name}={s_.fileno()}"))]
 
-    extra = () if instance_sock is None else (instance_sock,)
-    supervisor = Supervisor(argv, sock, workers, extra_socks=extra)
+    supervisor = Supervisor(argv, sock, workers, extra_socks=tuple(extra.values()))
     node.start(supervisor.serving)
     try:
         code, why = supervisor.run(lambda: say(serving))
     finally:
-        sock.close()
-        if instance_sock is not None:
-            instance_sock.close()
+        for s_ in [sock, *extra.values()]:
+            s_.close()
         with contextlib.suppress(OSError):
             shutil.rmtree(state)
     if why:

@@ -2,10 +2,10 @@
 :mod:`kms.server.supervisor`, never by hand)::
 
     python -m kms.server.worker --config CFG --overrides JSON --fd N --status-fd M
-                             --state-dir DIR --index I [--instance-fd K]
+                             --state-dir DIR --index I [--listener NAME=K ...]
 
 It opens its own service (pool, store, audit segment ``<host>-<pid>``), serves on the
-inherited listening socket ``N`` (and the KMS-instance API on ``K``) and writes ``ready``
+inherited listening socket ``N`` (and the other listeners, by name) and writes ``ready``
 to the status pipe ``M`` once it serves, or ``failed <one line>`` if it cannot start (and
 exits with status 3). It prints no traceback of its own and dies with its parent
 (``PR_SET_PDEATHSIG``).
@@ -49,7 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--config", required=True)
     parser.add_argument("--overrides", default="{}")
     parser.add_argument("--fd", type=int, required=True)
-    parser.add_argument("--instance-fd", type=int, help="the KMS-instance API's socket")
+    parser.add_argument("--listener", action="append", default=[], metavar="NAME=FD",
+                        help="another inherited listening socket (kms-instance, ops)")
     parser.add_argument("--status-fd", type=int, required=True)
     parser.add_argument("--state-dir")
     parser.add_argument("--index", type=int, default=0)
@@ -74,10 +75,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     kms.start_watching()  # PostgreSQL: other nodes' changes are pushed (LISTEN/NOTIFY)
     app = setup_app(kms, server, args.state_dir)
     sock = socket.socket(fileno=args.fd)
-    instance_sock = None if args.instance_fd is None else socket.socket(fileno=args.instance_fd)
+    extra = {name: socket.socket(fileno=int(fd))
+             for name, fd in (spec.split("=", 1) for spec in args.listener)}
     try:
-        started = run_app(app, sock, server, lambda: _report(status, "ready"),
-                          instance_sock=instance_sock)
+        started = run_app(app, sock, server, lambda: _report(status, "ready"), extra=extra)
     finally:
         kms.close()
     if not started:
