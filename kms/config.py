@@ -175,20 +175,8 @@ class ServerSettings:
             raise ConfigError(f"server.log_level must be one of {', '.join(LOG_LEVELS)}")
         if self.access_log not in ACCESS_LOGS:
             raise ConfigError(f"server.access_log must be one of {', '.join(ACCESS_LOGS)}")
-        proxies = self.trusted_proxies
-        if not isinstance(proxies, list | tuple):
-            raise ConfigError("server.trusted_proxies must be a list of IP addresses or "
-                              "CIDR networks")
-        nets = []
-        for entry in proxies:
-            try:
-                if not isinstance(entry, str):
-                    raise ValueError(entry)
-                nets.append(ipaddress.ip_network(entry.strip(), strict=True))
-            except ValueError:
-                raise ConfigError(f"server.trusted_proxies: {entry!r} is not an IP address "
-                                  "or a CIDR network without host bits") from None
-        object.__setattr__(self, "trusted_proxies", tuple(proxies))
+        nets = _networks("trusted_proxies", self.trusted_proxies, strict=True)
+        object.__setattr__(self, "trusted_proxies", tuple(self.trusted_proxies))
         admins = self.console_admins
         if not isinstance(admins, list | tuple) or not all(
                 isinstance(a, str) and a.count("/") == 1 and all(a.split("/")) for a in admins):
@@ -199,21 +187,9 @@ class ServerSettings:
         if isinstance(h, bool) or not isinstance(h, int | float) or not 0.05 <= h <= 168:
             raise ConfigError("server.console_session_hours must be 0.05..168")
         object.__setattr__(self, "proxy_networks", tuple(nets))
-        ops = self.ops_networks
-        if not isinstance(ops, list | tuple):
-            raise ConfigError("server.ops_networks must be a list of IP addresses or CIDR "
-                              "networks")
-        ops_nets = []
-        for entry in ops:
-            try:
-                if not isinstance(entry, str):
-                    raise ValueError(entry)
-                ops_nets.append(ipaddress.ip_network(entry.strip(), strict=False))
-            except ValueError:
-                raise ConfigError(f"server.ops_networks: {entry!r} is not an IP address or "
-                                  "a CIDR network") from None
-        object.__setattr__(self, "ops_networks", tuple(ops))
-        object.__setattr__(self, "ops_nets", tuple(ops_nets))
+        ops_nets = _networks("ops_networks", self.ops_networks, strict=False)
+        object.__setattr__(self, "ops_networks", tuple(self.ops_networks))
+        object.__setattr__(self, "ops_nets", ops_nets)
         if not isinstance(self.ops_host, str) or not self.ops_host.strip():
             raise ConfigError("server.ops_host must be a host name or an IP address")
 
@@ -221,6 +197,24 @@ class ServerSettings:
     def worker_count(self) -> int:
         """``workers``, with 0 resolved to the number of cores."""
         return self.workers or os.cpu_count() or 1
+
+
+def _networks(name: str, entries: Any, *, strict: bool
+              ) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """A ``[server]`` list of IP addresses and CIDR networks, parsed (``strict``: no host
+    bits set)."""
+    if not isinstance(entries, list | tuple):
+        raise ConfigError(f"server.{name} must be a list of IP addresses or CIDR networks")
+    nets = []
+    for entry in entries:
+        try:
+            if not isinstance(entry, str):
+                raise ValueError(entry)
+            nets.append(ipaddress.ip_network(entry.strip(), strict=strict))
+        except ValueError:
+            raise ConfigError(f"server.{name}: {entry!r} is not an IP address or a CIDR "
+                              "network" + (" without host bits" if strict else "")) from None
+    return tuple(nets)
 
 
 _SERVER_PATHS = ("tls_cert", "tls_key", "state_dir", "seed", "kms_instance_tls_dir")
