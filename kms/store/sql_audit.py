@@ -37,6 +37,7 @@ class SqlAudit:
 
     IntegrityError: ClassVar[type[Exception]]
     transaction: Callable[[], AbstractContextManager[Any]]
+    _quiet_transaction: Callable[[], AbstractContextManager[Any]]
     _read: Callable[[Callable[[Any], Any]], Any]
 
     def seal_once(self, name: str, instance: str, blob: bytes, when: float) -> SealedSecret:
@@ -56,7 +57,8 @@ class SqlAudit:
 
     def checkpoint_audit(self, segment: str, keyed: bool, seq: int, hash_: bytes,
                          when: float) -> None:
-        with self.transaction() as db:
+        # A checkpoint is no metadata change: no process drops its caches for it.
+        with self._quiet_transaction() as db:
             db.execute("INSERT INTO audit_segments VALUES (?, ?, ?, ?, ?, ?) "
                        "ON CONFLICT (segment) DO UPDATE SET seq = excluded.seq, "
                        "hash = excluded.hash, updated = excluded.updated, "
