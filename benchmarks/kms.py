@@ -23,7 +23,7 @@ sign_sm2               Sign 32 B, SM2, SM2DSA                       ``SM2Private
 =====================  ===========================================  ===========================
 
 The raw operations get what the service hands the pool: the parsed ``KeyBlob`` the service
-caches (``Kms._blob``), an AAD of the same length as the service's (18-byte ciphertext header
+caches (``Kms.versions``), an AAD of the same length as the service's (18-byte ciphertext header
 plus the canonical context), the same SM4/SM2 key material. So ``kms / raw`` is the cost of
 the service's own layers (resolve, authorise, state checks, ciphertext format, result
 objects, audit) over the work that has to be done anyway.
@@ -215,10 +215,11 @@ def setup(tmp: Path) -> Setup:
             if v is None:
                 raise RuntimeError(f"{role} key has no primary version")
             versions[role] = v
-        aes_kb = kms._blob(versions["aes"])
-        ec_kb, rsa_kb = kms._blob(versions["ecdsa"]), kms._blob(versions["rsa"])
-        sm4 = SM4GCM(kms.software_secret(inst, versions["sm4"]))
-        sm2 = SM2PrivateKey.from_bytes(kms.software_secret(inst, versions["sm2"]))
+        material = kms.versions  # the service's parsed blobs and software secrets
+        aes_kb = material.blob(versions["aes"])
+        ec_kb, rsa_kb = material.blob(versions["ecdsa"]), material.blob(versions["rsa"])
+        sm4 = SM4GCM(material.secret(inst, versions["sm4"]))
+        sm2 = SM2PrivateKey.from_bytes(material.secret(inst, versions["sm2"]))
         from kms.ciphertext import canonical_context
 
         aad = bytes(HEADER_LEN)
