@@ -243,6 +243,12 @@ class Kms:
         approximate sum in seconds (Prometheus histograms)."""
         return self.pool.members[token].latency_buckets(bounds_s)
 
+    def store_statements(self) -> int | None:
+        """SQL statements the store has run for this process (PostgreSQL's round trips to
+        the database; None for a store that does not count them)."""
+        n = getattr(self.store, "statements", None)
+        return int(n) if n is not None else None
+
     def audit_backlog(self) -> int:
         """Audit records waiting for the writer."""
         return self.audit.pending if self.audit is not None else 0

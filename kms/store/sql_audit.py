@@ -37,6 +37,7 @@ class SqlAudit:
 
     IntegrityError: ClassVar[type[Exception]]
     transaction: Callable[[], AbstractContextManager[Any]]
+    _quiet_transaction: Callable[[], AbstractContextManager[Any]]
     _read: Callable[[Callable[[Any], Any]], Any]
 
     def seal_once(self, name: str, instance: str, blob: bytes, when: float) -> SealedSecret:
@@ -56,7 +57,9 @@ class SqlAudit:
 
     def checkpoint_audit(self, segment: str, keyed: bool, seq: int, hash_: bytes,
                          when: float) -> None:
-        with self.transaction() as db:
+        # No metadata change (no cache holds it): on PostgreSQL it moves no change counter,
+        # else every worker of every node would drop its caches at each one's checkpoint.
+        with self._quiet_transaction() as db:
             db.execute("INSERT INTO audit_segments VALUES (?, ?, ?, ?, ?, ?) "
                        "ON CONFLICT (segment) DO UPDATE SET seq = excluded.seq, "
                        "hash = excluded.hash, updated = excluded.updated, "
@@ -66,7 +69,7 @@ class SqlAudit:
                        (segment, int(keyed), seq, hash_, when, when))
 
     def forget_audit_segment(self, segment: str) -> None:
-        with self.transaction() as db:
+        with self._quiet_transaction() as db:
             db.execute("DELETE FROM audit_segments WHERE segment = ? AND seq = 0", (segment,))
 
     def audit_checkpoints(self) -> list[AuditCheckpoint]:
