@@ -348,8 +348,8 @@ class ConsoleFrontend:
         if not (isinstance(akid, str) and isinstance(secret, str) and 0 < len(akid) <= 128
                 and akid.isalnum() and 0 < len(secret) <= 256):
             return _error(400, "BadRequest", "give access_key_id and secret_access_key", op)
-        self.auth.fresh()
         try:
+            self.auth.fresh()
             expected = self.auth.creds.secret_for(akid)
             principal = self.auth.creds.principal_for(akid) if expected is not None else None
         except (E.KeyUnavailable, E.DependencyTimeout) as exc:
@@ -386,8 +386,8 @@ class ConsoleFrontend:
         session = self.sessions.check(cookie_value(req.headers.get("cookie")))
         if session is None:
             return _error(401, "SignInRequired", "sign in first", op)
-        self.auth.fresh()
         try:
+            self.auth.fresh()
             if self.auth.creds.secret_for(session.access_key_id) is None:
                 return _error(401, "SignInRequired", "the access key is disabled or gone", op)
             principal = self.auth.creds.principal_for(session.access_key_id)
