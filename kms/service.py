@@ -162,6 +162,7 @@ class Kms:
         self._drops = 0  # bumped by every drop of the caches (see refresh)
         self._checked = time.monotonic()
         self._confirmed = self._checked  # the last time the store told us its change token
+        self._cut_off = False  # the store did not answer past the grace: serve nothing
         #: Seconds after :attr:`_confirmed` that caches are still served while the store does
         #: not answer (``[kms] store_grace``; see :meth:`_fresh`).
         self.store_grace = settings.store_grace
@@ -318,6 +319,7 @@ class Kms:
         if token is not None:
             self._change_token = max(self._change_token, token)
         self._confirmed = time.monotonic()
+        self._cut_off = False
         self._drop_caches()
 
     def _fresh(self) -> None:
@@ -337,14 +339,18 @@ class Kms:
         else:
             period = POLL_INTERVAL
         if t - self._checked < period:
+            if self._cut_off:  # past the grace: no cache is served between polls either
+                raise E.StoreUnavailable("the metadata store is unavailable; retry")
             return
         self._checked = t
         try:
             token = self.store.change_token()
         except E.StoreUnavailable:
             if t - self._confirmed >= self.store_grace:
+                self._cut_off = True
                 raise
             return
+        self._cut_off = False
         self._confirmed = t
         if token != self._change_token:
             self._change_token = token

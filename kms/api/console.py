@@ -353,7 +353,7 @@ class ConsoleFrontend:
             expected = self.auth.creds.secret_for(akid)
             principal = self.auth.creds.principal_for(akid) if expected is not None else None
         except (E.KeyUnavailable, E.DependencyTimeout) as exc:
-            return _error(503, exc.kind, "the HSMs cannot check the secret now; retry", op)
+            return _error(503, exc.kind, "the secret cannot be checked now; retry", op)
         except E.KmsError:
             expected, principal = None, None
         # Compared in constant time, also for an unknown access key.
@@ -392,7 +392,7 @@ class ConsoleFrontend:
                 return _error(401, "SignInRequired", "the access key is disabled or gone", op)
             principal = self.auth.creds.principal_for(session.access_key_id)
         except (E.KeyUnavailable, E.DependencyTimeout) as exc:
-            return _error(503, exc.kind, "the HSMs cannot check the session now; retry", op)
+            return _error(503, exc.kind, "the session cannot be checked now; retry", op)
         except E.KmsError:
             return _error(401, "SignInRequired", "the access key is disabled or gone", op)
         return self._make_viewer(session.access_key_id, principal,

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
+from tests.console.conftest import ConsoleClient
 from tests.postgres import PostgresCluster, TcpRelay
 from tests.sdk.venvs import ALIBABA_OPENAPI, run_sdk, sdk_python
 from tests.server.conftest import Server, create_credential, run_server, write_server_config
@@ -123,6 +124,11 @@ def test_a_store_outage_is_a_fast_retryable_error_and_the_node_recovers(
     assert got[:2] == ("DependencyTimeoutException", 503)
     assert _outcome(lambda: sm.get_secret_value(SecretId="outage/before"))[:2] == \
         ("InternalServiceError", 503)
+    status, doc = ConsoleClient(srv.port).request(
+        "POST", "/console/api/session",
+        {"access_key_id": admin.access_key_id, "secret_access_key": admin.secret})
+    print(f"store cut, console sign-in: {status} {doc}")
+    assert status == 503, doc
 
     relay.restore()
     t0 = time.monotonic()
