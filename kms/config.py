@@ -10,6 +10,7 @@
     max_plaintext = 4096         # Encrypt limit, bytes (AWS: 4096)
     import_token_ttl = 86400     # seconds a GetParametersForImport token stays valid
     secret_context_keys = []     # encryption-context keys whose values never reach the audit
+    store_grace = 30             # seconds a node cut off from its store serves from its caches
     [kms.accounts]
     default = "111122223333"     # account id of an instance (ARNs); else one is generated
 
@@ -66,6 +67,9 @@ class KmsSettings:
     region: str = "us-east-1"
     max_plaintext: int = 4096
     import_token_ttl: float = 86400.0
+    #: Seconds after its last word from the store that a node that lost it goes on serving
+    #: what it has cached (0: fail every request at once); see docs/decisions.md.
+    store_grace: float = 30.0
     secret_context_keys: frozenset[str] = frozenset()
     accounts: Mapping[str, str] = field(default_factory=dict)
     server: ServerSettings = field(default_factory=lambda: ServerSettings())
@@ -78,6 +82,8 @@ class KmsSettings:
                 raise ConfigError(f"kms.accounts.{inst} must be 12 digits")
         if not 1 <= self.max_plaintext <= 65536:
             raise ConfigError("kms.max_plaintext must be 1..65536")
+        if not 0 <= self.store_grace <= 3600:
+            raise ConfigError("kms.store_grace must be 0..3600 seconds")
 
 
 LOG_LEVELS: tuple[str, ...] = ("critical", "error", "warning", "info", "debug", "trace")
@@ -252,7 +258,7 @@ def parse_kms_settings(doc: Mapping[str, Any], base: Path) -> KmsSettings:
     if not isinstance(raw, dict):
         raise ConfigError("[kms] must be a table")
     known = {"database", "audit_dir", "region", "max_plaintext", "import_token_ttl",
-             "secret_context_keys", "accounts"}
+             "store_grace", "secret_context_keys", "accounts"}
     bad = set(raw) - known
     if bad:
         raise ConfigError(f"unknown [kms] key(s) {sorted(bad)}")
@@ -267,7 +273,8 @@ def parse_kms_settings(doc: Mapping[str, Any], base: Path) -> KmsSettings:
     audit = raw.get("audit_dir", "audit")
     server = parse_server_settings(doc, base)
     for key, kind in (("database", str), ("region", str), ("max_plaintext", int),
-                      ("import_token_ttl", int | float), ("secret_context_keys", list),
+                      ("import_token_ttl", int | float), ("store_grace", int | float),
+                      ("secret_context_keys", list),
                       ("accounts", dict)):
         if key in raw and (not isinstance(raw[key], kind) or isinstance(raw[key], bool)):
             raise ConfigError(f"kms.{key} has the wrong type ({type(raw[key]).__name__})")
@@ -280,6 +287,7 @@ def parse_kms_settings(doc: Mapping[str, Any], base: Path) -> KmsSettings:
         region=str(raw.get("region", "us-east-1")),
         max_plaintext=int(raw.get("max_plaintext", 4096)),
         import_token_ttl=float(raw.get("import_token_ttl", 86400)),
+        store_grace=float(raw.get("store_grace", 30)),
         secret_context_keys=frozenset(str(k) for k in raw.get("secret_context_keys", [])),
         accounts={str(k): str(v) for k, v in raw.get("accounts", {}).items()},
     )

@@ -13,9 +13,11 @@ audit trail records as the result of a failed operation.
         UnsupportedOperation, LimitExceeded, InvalidImportToken,
         ExpiredImportToken, InvalidGrantToken, InvalidGrantId,
         IncorrectKeyMaterial, InvalidTag, MalformedPolicyDocument, Validation,
-        AccessDenied, KeyUnavailable, DependencyTimeout, Internal
+        AccessDenied, KeyUnavailable, DependencyTimeout (StoreUnavailable), Internal
 
-(InstanceNotFound is a NotFound: the pool has no such instance.)
+(InstanceNotFound is a NotFound: the pool has no such instance. StoreUnavailable is a
+DependencyTimeout: the metadata store did not answer, and every front end answers it with
+its retryable 503.)
 
 Messages never contain plaintext, key material, encryption-context values or secrets.
 """
@@ -190,6 +192,13 @@ class DependencyTimeout(KmsError):
     """The HSMs did not answer in time (retry)."""
 
     kind = "DependencyTimeout"
+
+
+class StoreUnavailable(DependencyTimeout):
+    """The metadata store did not answer: unreachable, or no connection within the store's
+    short wait (:class:`kms.store.postgres.PostgresStore` raises it for psycopg's connection
+    failures and pool timeouts, ``raise ... from`` the cause). Its kind is DependencyTimeout,
+    so a client sees a retryable 503; the message names no host or user."""
 
 
 class Internal(KmsError):

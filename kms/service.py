@@ -159,7 +159,13 @@ class Kms:
         self._write_lock = threading.RLock()
         self._change_token = store.change_token()
         self._generation = 0  # bumped by every write and drop (see _key)
+        self._drops = 0  # bumped by every drop of the caches (see refresh)
         self._checked = time.monotonic()
+        self._confirmed = self._checked  # the last time the store told us its change token
+        self._cut_off = False  # the store did not answer past the grace: serve nothing
+        #: Seconds after :attr:`_confirmed` that caches are still served while the store does
+        #: not answer (``[kms] store_grace``; see :meth:`_fresh`).
+        self.store_grace = settings.store_grace
         self._watch: ChangeWatch | None = None  # the store's push of changes, if started
         #: Seconds between polls of the change token while the store pushes changes (a
         #: safety net; without a push: :data:`POLL_INTERVAL`).
@@ -238,6 +244,12 @@ class Kms:
         approximate sum in seconds (Prometheus histograms)."""
         return self.pool.members[token].latency_buckets(bounds_s)
 
+    def store_statements(self) -> int | None:
+        """SQL statements the store has run for this process (PostgreSQL's round trips to
+        the database; None for a store that does not count them)."""
+        n = getattr(self.store, "statements", None)
+        return int(n) if n is not None else None
+
     def audit_backlog(self) -> int:
         """Audit records waiting for the writer."""
         return self.audit.pending if self.audit is not None else 0
@@ -306,24 +318,55 @@ class Kms:
         have been missed."""
         if token is not None:
             self._change_token = max(self._change_token, token)
+        self._confirmed = time.monotonic()
+        self._cut_off = False
         self._drop_caches()
 
     def _fresh(self) -> None:
-        """Drop caches if another process committed since we last looked."""
+        """Drop caches if another process committed since we last looked.
+
+        While the store does not answer (:class:`kms.errors.StoreUnavailable`), what is
+        cached is served for :attr:`store_grace` seconds after the store was last heard
+        from (a poll answered, or the change listener still connected; a key disabled on
+        another node meanwhile stays usable here that long);
+        past it, every request fails with the store's error until it answers again. A cache
+        miss needs the store and fails at once whatever the grace."""
         t = time.monotonic()
         watch = self._watch
-        period = self.watched_poll_interval if watch is not None and watch.live \
-            else POLL_INTERVAL
+        if watch is not None and watch.live:  # connected: a commit would have been pushed
+            self._confirmed = t
+            period = self.watched_poll_interval
+        else:
+            period = POLL_INTERVAL
         if t - self._checked < period:
+            if self._cut_off:  # past the grace: no cache is served between polls either
+                raise E.StoreUnavailable("the metadata store is unavailable; retry")
             return
         self._checked = t
-        token = self.store.change_token()
+        try:
+            token = self.store.change_token()
+        except E.StoreUnavailable:
+            if t - self._confirmed >= self.store_grace:
+                self._cut_off = True
+                raise
+            return
+        self._cut_off = False
+        self._confirmed = t
         if token != self._change_token:
             self._change_token = token
             self._drop_caches()
 
+    def refresh(self) -> int:
+        """Look for other processes' commits as requests do (:meth:`_fresh`: at most every
+        50 ms, or every few seconds while the store pushes changes; the store's outage
+        policy included) and return how many times the caches have been dropped so far:
+        the front ends drop theirs when it moves (:class:`kms.api.auth.Authenticator`)."""
+        self._fresh()
+        return self._drops
+
     def _drop_caches(self) -> None:
         with self._cache_lock:
+            self._drops += 1
             self._generation += 1
             self._keys.clear()
             self._aliases.clear()

@@ -13,7 +13,6 @@ The source address is the TCP peer's, or what trusted proxies say it was
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping
 
 from kms.api.netaddr import Network, source_address
@@ -31,8 +30,7 @@ class Authenticator:
         self.trusted_proxies = trusted_proxies
         self._verifiers: dict[str, Verifier] = {}
         self._clients: dict[tuple[str, str | None], KmsClient] = {}
-        self._version = kms.change_token()
-        self._checked = time.monotonic()
+        self._version = kms.refresh()
         #: Called when the caches are dropped (other front ends' caches of callers).
         self.on_forget: list[Callable[[], None]] = []
 
@@ -68,13 +66,10 @@ class Authenticator:
     def fresh(self) -> None:
         """Forget cached principals, their clients, the SigV4 signing keys and the
         authorization decisions when another process committed (``credentials create``
-        replaces a principal's policies; ``credentials disable|delete`` revokes a key):
-        checked at most every 50 ms, as the service checks its key caches."""
-        t = time.monotonic()
-        if t - self._checked < 0.05:
-            return
-        self._checked = t
-        dv = self.kms.change_token()
+        replaces a principal's policies; ``credentials disable|delete`` revokes a key): when
+        the service drops its key caches (:meth:`kms.service.Kms.refresh`: within 50 ms, or
+        at the store's notification; served from caches for a while if the store is down)."""
+        dv = self.kms.refresh()
         if dv == self._version:
             return
         self._version = dv

@@ -348,12 +348,12 @@ class ConsoleFrontend:
         if not (isinstance(akid, str) and isinstance(secret, str) and 0 < len(akid) <= 128
                 and akid.isalnum() and 0 < len(secret) <= 256):
             return _error(400, "BadRequest", "give access_key_id and secret_access_key", op)
-        self.auth.fresh()
         try:
+            self.auth.fresh()
             expected = self.auth.creds.secret_for(akid)
             principal = self.auth.creds.principal_for(akid) if expected is not None else None
         except (E.KeyUnavailable, E.DependencyTimeout) as exc:
-            return _error(503, exc.kind, "the HSMs cannot check the secret now; retry", op)
+            return _error(503, exc.kind, "the secret cannot be checked now; retry", op)
         except E.KmsError:
             expected, principal = None, None
         # Compared in constant time, also for an unknown access key.
@@ -386,13 +386,13 @@ class ConsoleFrontend:
         session = self.sessions.check(cookie_value(req.headers.get("cookie")))
         if session is None:
             return _error(401, "SignInRequired", "sign in first", op)
-        self.auth.fresh()
         try:
+            self.auth.fresh()
             if self.auth.creds.secret_for(session.access_key_id) is None:
                 return _error(401, "SignInRequired", "the access key is disabled or gone", op)
             principal = self.auth.creds.principal_for(session.access_key_id)
         except (E.KeyUnavailable, E.DependencyTimeout) as exc:
-            return _error(503, exc.kind, "the HSMs cannot check the session now; retry", op)
+            return _error(503, exc.kind, "the session cannot be checked now; retry", op)
         except E.KmsError:
             return _error(401, "SignInRequired", "the access key is disabled or gone", op)
         return self._make_viewer(session.access_key_id, principal,

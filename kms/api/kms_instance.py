@@ -397,6 +397,9 @@ class KmsInstanceFrontend:
             key = self.verifier.verify(req.method, req.headers, req.body, source_ip)
         except Refused as exc:
             return self._error(exc.status, exc.code, exc.message, op, request_id)
+        except (E.KeyUnavailable, E.DependencyTimeout) as exc:  # the store, or the HSMs
+            code, status = WIRE_ERRORS[exc.kind]
+            return self._error(status, code, exc.message, op, request_id)
         schema, handler, out_schema = api
         try:
             params = pw.decode(req.body, schema)
@@ -406,7 +409,11 @@ class KmsInstanceFrontend:
         version = req.headers.get(VERSION_HEADER)
         if version:
             params[_VERSION] = version
-        client = self._client(key.principal, key.client_key_id, source_ip)
+        try:
+            client = self._client(key.principal, key.client_key_id, source_ip)
+        except (E.KeyUnavailable, E.DependencyTimeout) as exc:  # the instance's account
+            code, status = WIRE_ERRORS[exc.kind]
+            return self._error(status, code, exc.message, op, request_id)
         secret = op in _SECRET_APIS
 
         def run() -> Answer:

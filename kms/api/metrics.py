@@ -148,6 +148,7 @@ class Metrics:
         tokens: dict[str, dict[str, Any]] = {}
         missing: list[str] = []
         pending = 0
+        statements: int | None = None
         if kms is not None:
             for name, s in kms.token_stats().items():
                 hist, total = kms.token_latency(name, BUCKETS)
@@ -157,11 +158,13 @@ class Metrics:
                                 "held": s.held}
             missing = sorted(kms.missing_tokens())  # never the store: on the loop
             pending = kms.audit_backlog()
+            statements = kms.store_statements()
         return {"pid": self.pid, "time": time.time(),
                 "requests": [[op, res, n] for (op, res), n in self.requests.items()],
                 "hist": dict(self.hist), "sums": dict(self.sums), "tokens": tokens,
                 "calls": [[*k, n] for k, n in self.calls.items()],
-                "missing": missing, "audit_pending": pending, "process": process_figures()}
+                "missing": missing, "audit_pending": pending, "process": process_figures(),
+                "store_statements": statements}
 
     def publish(self, kms: Kms | None) -> None:
         if self.share is not None:
@@ -280,6 +283,14 @@ def render(own: Mapping[str, Any], peers: Iterable[Mapping[str, Any]]) -> str:
     out += ["# HELP hsmpool_audit_backlog Audit records queued, not yet taken by the writer.",
             "# TYPE hsmpool_audit_backlog gauge",
             f"hsmpool_audit_backlog {sum(int(s.get('audit_pending', 0)) for s in alive)}"]
+    counted = [snap for snap in alive if snap.get("store_statements") is not None]
+    if counted:  # the stores that count their statements (PostgreSQL)
+        out += ["# HELP hsmpool_store_statements_total SQL statements the service's store "
+                "ran (round trips to the database), each worker.",
+                "# TYPE hsmpool_store_statements_total counter"]
+        out += [f'hsmpool_store_statements_total{{worker="{snap["pid"]}"}} '
+                f'{int(snap["store_statements"])}'
+                for snap in sorted(counted, key=lambda s: int(s["pid"]))]
     for metric, help_text, key, kind in (
             ("process_resident_memory_bytes", "Resident memory of each worker.", "rss",
              "gauge"),

@@ -15,6 +15,15 @@ for it, so the other nodes drop their caches within milliseconds of the commit i
 at their next poll. Schema migrations
 are versioned in ``store_schema`` and run under an advisory lock, so nodes starting together
 migrate once.
+
+An outage is a typed, bounded error: a connection failure, a connection lost mid-statement
+or no pooled connection within :attr:`PostgresStore.connect_wait` (2 s, not the pool's 30 s:
+the callers run on a worker's event loop) raises :class:`kms.errors.StoreUnavailable` (kind
+DependencyTimeout: a retryable 503 on every front end) from psycopg's error. Once one has
+been seen the store is *down*: further calls wait only :data:`DOWN_WAIT` for a connection
+(the pool reconnects in the background), so a node cut off from its database answers each
+request that needs the store at once instead of freezing its event loop; the first call
+that gets a working connection again ends it (logged both ways, once).
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Final, TypeVar
 
+from kms.errors import StoreUnavailable
 from kms.store.sql import SqlStore
 
 T = TypeVar("T")
@@ -135,6 +145,11 @@ _LISTEN_KWARGS: Final[dict[str, Any]] = {"autocommit": True, "connect_timeout": 
 _NUMBERED: Final = re.compile(r"\?(\d+)")
 _PLAIN: Final = re.compile(r"\?")
 _MIGRATION_LOCK: Final = 0x68736D706F6F6C  # "hsmpool": the advisory lock of migrations
+#: Seconds a call waits for a pooled connection once the store is down (see the module's
+#: docstring): long enough to pick up a connection the pool has just made, short enough not
+#: to be felt by the other requests of the event loop.
+DOWN_WAIT: Final = 0.005
+_DOWN_CLASSES: Final = ("08", "57")  # SQLSTATE classes: connection exception, intervention
 
 
 def _translate(sql: str, params: Sequence[Any] | None) -> tuple[str, Any]:
@@ -167,15 +182,17 @@ def _row_factory(cursor: Any) -> Callable[[Sequence[Any]], _Row]:
 
 
 class _Db:
-    """A connection as :class:`SqlStore`'s SQL uses it."""
+    """A connection as :class:`SqlStore`'s SQL uses it (counting statements in its store)."""
 
-    __slots__ = ("conn",)
+    __slots__ = ("conn", "store")
 
-    def __init__(self, conn: Any) -> None:
+    def __init__(self, conn: Any, store: PostgresStore) -> None:
         self.conn = conn
+        self.store = store
 
     def execute(self, sql: str, params: Sequence[Any] | None = None) -> Any:
         query, values = _translate(sql, params)
+        self.store.statements += 1  # not atomic across threads: a measure, not an account
         cur = self.conn.cursor()
         cur.execute(query, values)
         return cur
@@ -185,11 +202,18 @@ class PostgresStore(SqlStore):
     """Thread-safe access to one PostgreSQL database (:class:`kms.store.MetadataStore`)."""
 
     def __init__(self, url: str, *, min_connections: int = 1,
-                 max_connections: int = 8) -> None:
+                 max_connections: int = 8, connect_wait: float = 2.0) -> None:
         import psycopg
         from psycopg_pool import ConnectionPool
 
         self.url = url
+        #: Seconds a call waits for a pooled connection while the store is up (all busy, or
+        #: the pool reconnecting) before :class:`kms.errors.StoreUnavailable`.
+        self.connect_wait = connect_wait
+        self._down = False
+        #: Statements executed by this store's calls (not the listener's): round-trips, for
+        #: the benchmarks and tests (``/metrics`` ``hsmpool_store_statements_total``).
+        self.statements = 0
         self.IntegrityError = psycopg.errors.IntegrityError  # type: ignore[misc]
         self._psycopg = psycopg
 
@@ -208,7 +232,7 @@ class PostgresStore(SqlStore):
 
     def _migrate(self) -> None:
         with self._pool.connection() as conn:
-            db = _Db(conn)
+            db = _Db(conn, self)
             db.execute("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK,))
             db.execute("CREATE TABLE IF NOT EXISTS store_schema (version INTEGER NOT NULL)")
             row = db.execute("SELECT max(version) FROM store_schema").fetchone()
@@ -230,11 +254,33 @@ class PostgresStore(SqlStore):
             yield db
 
     @contextmanager
+    def _connection(self) -> Iterator[Any]:
+        """A pooled connection; psycopg's connection failures and pool timeouts, raised
+        getting it or by the block, become :class:`kms.errors.StoreUnavailable`."""
+        psycopg = self._psycopg
+        try:
+            with self._pool.connection(timeout=DOWN_WAIT if self._down
+                                       else self.connect_wait) as conn:
+                yield conn
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            state = getattr(exc, "sqlstate", None)
+            if (state is None or state[:2] in _DOWN_CLASSES) and not self._down:
+                self._down = True
+                log.warning("the metadata store is unavailable (%s: %s); failing fast "
+                            "until it answers again", type(exc).__name__,
+                            " ".join(str(exc).split())[:300])
+            raise StoreUnavailable("the metadata store is unavailable; retry") from exc
+        if self._down:
+            self._down = False
+            log.warning("the metadata store answers again")
+
+    @contextmanager
     def _write(self, *, changes: bool) -> Iterator[Any]:
-        with self._pool.connection() as conn:
+        with self._connection() as conn:
             try:
-                yield _Db(conn)
+                yield _Db(conn, self)
                 if changes:  # the listeners hear it when (and only if) this commits
+                    self.statements += 1
                     conn.execute(_BUMP)
             except BaseException:
                 conn.rollback()
@@ -245,9 +291,9 @@ class PostgresStore(SqlStore):
         return self._write(changes=False)
 
     def _read(self, fn: Callable[[Any], T]) -> T:
-        with self._pool.connection() as conn:
+        with self._connection() as conn:
             try:
-                return fn(_Db(conn))
+                return fn(_Db(conn, self))
             finally:
                 conn.rollback()  # a read leaves no transaction open
 
@@ -272,7 +318,7 @@ class PostgresStore(SqlStore):
         connection lost meanwhile releases the lock on the server."""
         lock = int.from_bytes(hashlib.sha256(f"hsmpool:{name}".encode()).digest()[:8], "big",
                               signed=True)
-        with self._pool.connection() as conn:
+        with self._connection() as conn:
             conn.execute("SELECT pg_advisory_lock(%s)", (lock,))
             conn.commit()
             try:

@@ -198,17 +198,30 @@ class SqlStore(SqlSecrets, SqlAccessPoints, SqlAudit):
     # --- instances ---------------------------------------------------------------------
 
     def instance_account(self, name: str, make: Callable[[], str]) -> str:
-        row = self._read(lambda db: db.execute(
-            "SELECT account FROM instances WHERE name = ?", (name,)).fetchone())
+        def read() -> Any:
+            return self._read(lambda db: db.execute(
+                "SELECT account FROM instances WHERE name = ?", (name,)).fetchone())
+
+        row = read()
         if row is not None:
             return str(row["account"])
-        with self.transaction() as db:
-            row = db.execute("SELECT account FROM instances WHERE name = ?", (name,)).fetchone()
-            if row is not None:
-                return str(row["account"])
-            account = make()
-            db.execute("INSERT INTO instances VALUES (?, ?, ?)", (name, account, time.time()))
-            return account
+        try:
+            with self.transaction() as db:
+                row = db.execute("SELECT account FROM instances WHERE name = ?",
+                                 (name,)).fetchone()
+                if row is not None:
+                    return str(row["account"])
+                account = make()
+                db.execute("INSERT INTO instances VALUES (?, ?, ?)",
+                           (name, account, time.time()))
+                return account
+        except self.IntegrityError:
+            # Another node inserted it since our SELECT (PostgreSQL's READ COMMITTED lets
+            # two transactions both see no row): theirs is the instance's account.
+            row = read()
+            if row is None:
+                raise
+            return str(row["account"])
 
     # --- keys and versions -------------------------------------------------------------
 

@@ -57,7 +57,8 @@ class SqlAudit:
 
     def checkpoint_audit(self, segment: str, keyed: bool, seq: int, hash_: bytes,
                          when: float) -> None:
-        # A checkpoint is no metadata change: no process drops its caches for it.
+        # No metadata change (no cache holds it): on PostgreSQL it moves no change counter,
+        # else every worker of every node would drop its caches at each one's checkpoint.
         with self._quiet_transaction() as db:
             db.execute("INSERT INTO audit_segments VALUES (?, ?, ?, ?, ?, ?) "
                        "ON CONFLICT (segment) DO UPDATE SET seq = excluded.seq, "
@@ -68,7 +69,7 @@ class SqlAudit:
                        (segment, int(keyed), seq, hash_, when, when))
 
     def forget_audit_segment(self, segment: str) -> None:
-        with self.transaction() as db:
+        with self._quiet_transaction() as db:
             db.execute("DELETE FROM audit_segments WHERE segment = ? AND seq = 0", (segment,))
 
     def audit_checkpoints(self) -> list[AuditCheckpoint]:

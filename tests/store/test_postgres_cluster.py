@@ -74,12 +74,15 @@ def test_a_commit_elsewhere_is_pushed_with_its_change_token(url: str) -> None:
         _until(lambda: token in heard.since(1), "the commit's notification")
         print(f"a commit on another store object was heard {time.monotonic() - t0:.4f} s "
               "after the write began")
-        # Heartbeats and leases are no change: no counter moves (nobody drops a cache).
+        # Heartbeats, leases and audit checkpoints are no change: no counter moves (nobody
+        # drops a cache; every worker checkpoints its audit segment every 10 s).
         writer.put_node(NodeRecord(node_id="n:1", hostname="n", address="a", version="v",
                                    pid=1, started=1.0, heartbeat=1.0, beat_interval=5.0,
                                    workers=1))
         assert writer.try_lock("scheduler", "n:1", 60.0)
         writer.unlock("scheduler", "n:1")
+        writer.checkpoint_audit("segment-1", False, 3, b"h" * 32, 1.0)
+        writer.forget_audit_segment("segment-2")
         assert watcher.change_token() == token
         # A rolled-back transaction notifies nobody; the next commit is heard in order.
         with pytest.raises(RuntimeError), writer.transaction() as db:
