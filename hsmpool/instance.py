@@ -718,6 +718,13 @@ class Instance:
     def healthy_members(self) -> list[str]:
         return [m.name for m in self.members if m.state is MemberState.HEALTHY]
 
+    def serving_members(self) -> list[str]:
+        """The healthy members that can serve the instance's operations: not those its
+        domain keys are ``"missing"`` on (no SO PIN to copy them there), which serve none of
+        its key operations however healthy the token is."""
+        return [m.name for m in self.members if m.state is MemberState.HEALTHY
+                and "missing" not in self.domain_key_state.get(m.name, {}).values()]
+
 
 _NEED_GCM: Final = (p.CKM_AES_GCM, p.CKM_AES_KEY_WRAP_PAD)
 
