@@ -8,7 +8,8 @@ workers) on three SoftHSM2 tokens behind the PKCS#11 fault shim, ``T`` threads o
 Decrypt, GenerateDataKey, Sign (ECC and RSA) and CreateKey (``tests/reliability/load.py``).
 Time is cut into cycles of ``--fault-every`` seconds: a quiet phase, then a fault phase of
 ``--fault-seconds`` in which one token (the next one each cycle) fails with the next fault
-kind (device_error, device_removed, a 2 s hang), then heals. Per phase it prints and records
+kind (device_error, device_removed, a 2 s hang), then heals, and a recovery phase lasts until
+every worker sees the token healthy again. Per phase it prints and records
 the requests, failures (by error code), latency p50/p99/max, the ejections ``/metrics``
 counted, how long the healed token took to be readmitted, and the workers' RSS and open
 file descriptors (``/metrics``). At the end a sample of the ciphertexts made is decrypted,
@@ -78,6 +79,7 @@ class Phase:
     p50_ms: float = 0.0
     p99_ms: float = 0.0
     max_ms: float = 0.0
+    slowest: str = ""  # the operation of the slowest request
     ejections: int = 0
     readmitted_s: float | None = None
     rss_mb: float = 0.0  # summed over the workers, at the end of the phase
@@ -178,13 +180,14 @@ def _close(phase: Phase, load: Load, t0: float, t1: float, origin: float) -> Non
     phase.p50_ms = round(percentile(secs, 0.5) * 1e3, 2)
     phase.p99_ms = round(percentile(secs, 0.99) * 1e3, 2)
     phase.max_ms = round(max(secs, default=0.0) * 1e3, 2)
+    phase.slowest = max(outs, key=lambda o: o.seconds).op if outs else ""
 
 
 def _print(p: Phase) -> None:
-    what = f"{p.fault} on {p.token}" if p.fault else "quiet"
+    what = f"{p.fault} on {p.token}" if p.fault else p.name.split(".", 1)[1]
     readmit = "" if p.readmitted_s is None else f", readmitted after {p.readmitted_s:.2f} s"
     print(f"{p.name:>9} {what:<22} {p.requests:6d} req, {p.failed} failed {p.errors or ''}, "
-          f"p50 {p.p50_ms:6.1f} p99 {p.p99_ms:6.1f} max {p.max_ms:7.1f} ms, "
+          f"p50 {p.p50_ms:6.1f} p99 {p.p99_ms:6.1f} max {p.max_ms:7.1f} ms ({p.slowest}), "
           f"ejections {p.ejections}{readmit}, RSS {p.rss_mb:.1f} MB, fds {p.open_fds}",
           flush=True)
 
@@ -229,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         with Load(client, keys, threads=args.threads) as load:
             while time.monotonic() < end:
                 quiet = Phase(f"{cycle}.quiet", None, None)
-                t0 = time.monotonic()
+                t0 = time.monotonic()  # (phases are contiguous: every request is in one)
                 time.sleep(max(0.0, min(args.fault_every - args.fault_seconds,
                                         end - time.monotonic())))
                 t1 = time.monotonic()
@@ -246,19 +249,22 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(args.fault_seconds)
                 faults.heal()
                 t2 = time.monotonic()
-                fault.readmitted_s = None
+                _close(fault, load, t1, t2, origin)
+                # Recovery: from healing until every worker sees every token healthy.
+                recovery = Phase(f"{cycle}.recovery", None, TOKENS[index])
                 while time.monotonic() - t2 < 30:
-                    seen = TokenMetrics.read(port)
-                    if seen.all_healthy(TOKENS):
-                        fault.readmitted_s = round(time.monotonic() - t2, 2)
+                    if TokenMetrics.read(port).all_healthy(TOKENS):
+                        recovery.readmitted_s = round(time.monotonic() - t2, 2)
                         break
                     time.sleep(0.1)
+                t3 = time.monotonic()
                 fault.ejections = TokenMetrics.read(port).ejections.get(TOKENS[index], 0) \
                     - before
-                _close(fault, load, t1, t2, origin)
-                fault.rss_mb, fault.open_fds = _process(port)
-                phases.append(fault)
-                _print(fault)
+                _close(recovery, load, t2, t3, origin)
+                for ph in (fault, recovery):
+                    ph.rss_mb, ph.open_fds = _process(port)
+                    phases.append(ph)
+                    _print(ph)
                 cycle += 1
         end_rss, end_fds = _process(port)
         rng = random.Random(11)
