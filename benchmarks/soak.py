@@ -1,7 +1,8 @@
 """Soak: a long mixed boto3 load on a real ``hsmpool serve`` with a token fault every so often.
 
     python -m benchmarks.soak [--minutes M] [--workers W] [--threads T]
-                              [--fault-every S] [--fault-seconds S] [--json PATH]
+                              [--fault-every S] [--fault-seconds S] [--verify N]
+                              [--no-create-key] [--json PATH]
 
 The long version of ``tests/reliability/test_token_faults_http.py``: a real server (``W``
 workers) on three SoftHSM2 tokens behind the PKCS#11 fault shim, ``T`` threads of Encrypt,
@@ -44,6 +45,7 @@ from botocore.config import Config
 
 from tests.faults import FaultInjector, FaultKind
 from tests.reliability.load import (
+    MIX,
     Load,
     TokenMetrics,
     make_keys,
@@ -201,6 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fault-seconds", type=float, default=5.0)
     ap.add_argument("--verify", type=int, default=3000,
                     help="ciphertexts (and as many signatures) checked at the end")
+    ap.add_argument("--no-create-key", action="store_true",
+                    help="Encrypt in place of CreateKey (the store and its caches then stay "
+                         "the same size: memory growth is not the keys')")
     ap.add_argument("--json", type=Path, default=DEFAULT_JSON)
     args = ap.parse_args(argv)
     if not 0 < args.fault_seconds < args.fault_every:
@@ -229,7 +234,9 @@ def main(argv: list[str] | None = None) -> int:
         origin = time.monotonic()
         end = origin + args.minutes * 60
         cycle = 0
-        with Load(client, keys, threads=args.threads) as load:
+        mix = tuple("Encrypt" if op == "CreateKey" else op for op in MIX) \
+            if args.no_create_key else MIX
+        with Load(client, keys, threads=args.threads, mix=mix) as load:
             while time.monotonic() < end:
                 quiet = Phase(f"{cycle}.quiet", None, None)
                 t0 = time.monotonic()  # (phases are contiguous: every request is in one)
@@ -279,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     total_failed = sum(p.failed for p in phases)
     summary: dict[str, Any] = {
         "minutes": args.minutes, "workers": args.workers, "threads": args.threads,
+        "mix": list(mix),
         "fault_every_s": args.fault_every, "fault_seconds": args.fault_seconds,
         "hang_ms": HANG_MS, "hang_budget_ms": HANG_BUDGET_MS,
         "requests": len(load.outcomes), "failed": total_failed,

@@ -22,8 +22,8 @@ from botocore.exceptions import ClientError
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
-__all__ = ["Keys", "Load", "Outcome", "TokenMetrics", "make_keys", "metrics",
-           "percentile", "verify_products"]
+__all__ = ["MIX", "Keys", "Load", "Outcome", "TokenMetrics", "make_keys", "metrics",
+           "percentile", "verify_products", "wait_until"]
 
 # One round of a thread's operations (CreateKey once in ten).
 MIX: tuple[str, ...] = ("Encrypt", "Decrypt", "GenerateDataKey", "SignECC", "SignRSA",
@@ -58,11 +58,13 @@ def make_keys(client: Any) -> Keys:
 
 @dataclass
 class Load:
-    """``threads`` threads running :data:`MIX` on ``client`` until :meth:`stop`."""
+    """``threads`` threads running ``mix`` (default :data:`MIX`) on ``client`` until
+    :meth:`stop`."""
 
     client: Any
     keys: Keys
     threads: int = 4
+    mix: tuple[str, ...] = MIX
     outcomes: list[Outcome] = field(default_factory=list)
     ciphertexts: list[tuple[bytes, bytes]] = field(default_factory=list)
     signatures: list[tuple[str, bytes, bytes]] = field(default_factory=list)  # key, msg, sig
@@ -74,7 +76,7 @@ class Load:
 
     def one(self, i: int) -> Outcome:
         """Run operation ``i`` of the mix, record and return its outcome."""
-        op = MIX[i % len(MIX)]
+        op = self.mix[i % len(self.mix)]
         t0 = time.monotonic()
         try:
             self._run(op, i)
