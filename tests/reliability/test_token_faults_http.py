@@ -173,7 +173,8 @@ def test_all_tokens_failing_is_a_retryable_error_then_recovers(
                    READMIT_LIMIT)
     for kind, outs in results.items():
         print(_summary(f"all {kind}", outs),
-              sorted({(o.error, o.status, o.message) for o in outs}, key=str))
+              sorted({(o.error, o.status, o.message) for o in outs}, key=str),
+              "slowest:", sorted((round(o.seconds * 1e3), o.op) for o in outs)[-3:])
     for kind, outs in results.items():
         for o in outs:
             assert o.error in RETRYABLE and o.status >= 500, (kind, o)
