@@ -10,7 +10,7 @@ greenlet, so this works for plain threads too):
   returns; the breaker ejects the token after ``failure_threshold`` slow calls.
 * **a deadline** (:func:`deadline`; the server's worker threads; the pool's prober): the
   call runs on the member's executor (C threads, ``native/p11exec.c``) and the caller
-  sleeps in C until it is done, it has *run* for the hang budget (``hang_ms``; key
+  sleeps in C until it is done, it has *run* for the hang budget (``hang_ms``; key pair
   generation has none), or the deadline passes. Then the call is abandoned:
   :class:`~hsmpool._p11.CallTimeout` is raised, the member is ejected at once, its session
   is never used again (it is closed once the call returns), and the pool retries the

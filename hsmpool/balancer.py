@@ -36,7 +36,8 @@ class Balancer:
         self._rr = itertools.count()
 
     def execute(self, members: tuple[Member, ...], fn: Callable[[Member, int], T],
-                what: str, *, slow_is_failure: bool = True) -> T:
+                what: str, *, slow_is_failure: bool = True,
+                hang_budget: bool | None = None) -> T:
         """Run ``fn(member, session)`` on the least-loaded healthy member; fail over.
 
         Device faults (and abandoned calls) move the operation to another member; when every
@@ -84,7 +85,8 @@ class Balancer:
                 continue
             member = best
             try:
-                return member.run(functools.partial(fn, member), slow_is_failure)
+                return member.run(functools.partial(fn, member), slow_is_failure,
+                                  hang_budget)
             except CallTimeout as exc:
                 if exc.deadline_passed:
                     raise DeadlineExceededError(f"{what}: no token answered in time "

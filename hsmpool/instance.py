@@ -308,9 +308,10 @@ class Instance:
         return hit
 
     def _run(self, need: tuple[int, ...], fn: Callable[[Member, int], T], what: str,
-             *, slow_is_failure: bool = True) -> T:
+             *, slow_is_failure: bool = True, hang_budget: bool | None = None) -> T:
         return self.balancer.execute(self.capable(need), fn, what,
-                                 slow_is_failure=slow_is_failure)
+                                     slow_is_failure=slow_is_failure,
+                                     hang_budget=hang_budget)
 
     def _blob(self, blob: BlobLike) -> KeyBlob:
         kb = KeyBlob.parse(blob)
@@ -351,8 +352,14 @@ class Instance:
         if spec is KeySpec.SECRET:
             raise ValueError("use generate_secret(n) for SOFTWARE material")
         need = (_GEN_MECH[spec], p.CKM_AES_KEY_WRAP_PAD)
+        # Generation is slow by nature: slowness never counts against the token. Key pairs
+        # (RSA: seconds) have no hang budget either, only the deadline; a secret key's
+        # generation does: a call past it is a hung token, abandoned and retried on another
+        # (else a CreateKey that meets a hung token first waits out the hang while every
+        # other operation has moved on).
         return self._run(need, lambda m, s: self._generate_on(m, s, spec),
-                         f"generating a {spec.name} key", slow_is_failure=False)
+                         f"generating a {spec.name} key", slow_is_failure=False,
+                         hang_budget=not spec.is_pair)
 
     def _generate_on(self, m: Member, s: int, spec: KeySpec) -> KeyBlob:
         mod = m.module
@@ -717,6 +724,13 @@ class Instance:
 
     def healthy_members(self) -> list[str]:
         return [m.name for m in self.members if m.state is MemberState.HEALTHY]
+
+    def serving_members(self) -> list[str]:
+        """The healthy members that can serve the instance's operations: not those its
+        domain keys are ``"missing"`` on (no SO PIN to copy them there), which serve none of
+        its key operations however healthy the token is."""
+        return [m.name for m in self.members if m.state is MemberState.HEALTHY
+                and "missing" not in self.domain_key_state.get(m.name, {}).values()]
 
 
 _NEED_GCM: Final = (p.CKM_AES_GCM, p.CKM_AES_KEY_WRAP_PAD)

@@ -272,12 +272,15 @@ class Member:
             except P11Error:  # CallTimeout included: the session is gone either way
                 pass
 
-    def run(self, fn: Callable[[int], T], slow_is_failure: bool = True) -> T:
+    def run(self, fn: Callable[[int], T], slow_is_failure: bool = True,
+            hang_budget: bool | None = None) -> T:
         """Run ``fn(session)`` on a leased session; count it; feed the breaker.
 
         ``slow_is_failure=False`` for operations that are slow by nature (RSA key
         generation takes seconds): only their errors count against the token, and they
-        have no hang budget (only the deadline bounds them).
+        have no hang budget (only the deadline bounds them), unless ``hang_budget=True``:
+        then a call that runs past the hang budget is still abandoned as hung (secret key
+        generation: its time varies, but it never takes what a hang takes).
 
         Device faults are re-raised as :class:`P11Error` for the pool to retry elsewhere
         (a :class:`CallTimeout` too, after the member was ejected); any other exception
@@ -287,7 +290,8 @@ class Member:
         outer: float | None = None
         if ctx is not None:
             outer = ctx.budget
-            ctx.budget = self._hang_s if slow_is_failure else None
+            budgeted = slow_is_failure if hang_budget is None else hang_budget
+            ctx.budget = self._hang_s if budgeted else None
         try:
             session = self._lease(ctx)
         except CallTimeout:

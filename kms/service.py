@@ -98,7 +98,7 @@ STORE_PING_TIMEOUT: Final = 1.0
 class ServiceHealth:
     store_ok: bool
     tokens: Mapping[str, str]  # token name -> state ("healthy", "ejected", ...)
-    healthy_per_instance: Mapping[str, int]
+    healthy_per_instance: Mapping[str, int]  # healthy tokens that hold its domain keys
     missing: Mapping[str, str] = field(default_factory=dict)  # left out at start: why
     store_error: str | None = None  # why the store is not ok
 
@@ -108,7 +108,7 @@ class ServiceHealth:
 
     @property
     def instances_without_tokens(self) -> list[str]:
-        """Instances none of whose tokens is healthy now."""
+        """Instances none of whose tokens is healthy now and holds their domain keys."""
         return sorted(name for name, n in self.healthy_per_instance.items() if n <= 0)
 
 
@@ -222,7 +222,7 @@ class Kms:
         return ServiceHealth(
             store_error is None,
             {name: s.state for name, s in self.pool.stats().items()},
-            {name: len(inst.healthy_members()) for name, inst in self.pool.instances.items()},
+            {name: len(inst.serving_members()) for name, inst in self.pool.instances.items()},
             dict(self.pool.missing), store_error)
 
     def missing_tokens(self) -> dict[str, str]:
