@@ -91,3 +91,16 @@ def postgres() -> Iterator[PostgresCluster]:
         pytest.skip(why)
     with postgres_cluster() as pg:
         yield pg
+
+
+_SDK_TESTS = ("tests/server/test_alibaba.py", "tests/server/test_kms_instance.py",
+              "tests/server/test_workers.py")
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Make the SDK venvs (tests/sdk/venvs.py) in the background from the start, when a test
+    that uses one is collected: on a fresh checkout they take about 20 s each."""
+    if any(item.nodeid.startswith(_SDK_TESTS) for item in session.items):
+        from tests.sdk.venvs import prepare_in_background
+
+        prepare_in_background()

@@ -401,10 +401,17 @@ def test_cancelled_deletion_keeps_material(kms: Kms, client: KmsClient,
 # --------------------------------------------------------------------------- cache coherence
 
 
-def test_a_slow_writer_does_not_resurrect_an_older_record(kms: Kms, client: KmsClient) -> None:
+def test_a_slow_writer_does_not_resurrect_an_older_record(kms: Kms, client: KmsClient,
+                                                           clock: FakeClock) -> None:
     """Thread A enables a key and is held between its store commit and its cache update;
-    meanwhile the key is changed and disabled. When A resumes, the service must still see the
-    disabled key (the stored truth), not A's older "enabled" record."""
+    meanwhile another process changes and disables the key (a second service on the same
+    store: in one process the write lock would make them wait for A). When A resumes, its
+    service must still see the disabled key (the stored truth), not A's older "enabled"
+    record."""
+    from tests.kms.conftest import make_kms
+
+    other = make_kms(kms.pool, Path(kms.store.path), clock)  # type: ignore[attr-defined]
+    other_client = other.client(client.instance_name)
     k = client.create_key()
     client.disable_key(k.key_id)
     store = kms.store
@@ -432,12 +439,14 @@ def test_a_slow_writer_does_not_resurrect_an_older_record(kms: Kms, client: KmsC
     a.start()
     try:
         assert committed.wait(30)
-        assert client.update_key_description(k.key_id, "changed").state is KeyState.ENABLED
-        assert client.disable_key(k.key_id).state is KeyState.DISABLED
+        assert other_client.update_key_description(k.key_id, "changed").state \
+            is KeyState.ENABLED
+        assert other_client.disable_key(k.key_id).state is KeyState.DISABLED
     finally:
         resume.set()
         a.join(30)
-    assert not errors
+        other.close()
+    assert not a.is_alive() and not errors
     assert store.get_key(k.key_id).state is KeyState.DISABLED  # type: ignore[union-attr]
     rec = client.describe_key(k.key_id)
     assert (rec.state, rec.description) == (KeyState.DISABLED, "changed")
