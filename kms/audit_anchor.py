@@ -26,7 +26,9 @@ the last checkpoint are protected only by the head MAC.
 
 from __future__ import annotations
 
+import os
 import secrets
+import socket
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
@@ -89,9 +91,15 @@ def checkpoint(log: AuditLog, store: MetadataStore) -> None:
     at close without a record)."""
     head = log.head()
     if head is None:
-        store.forget_audit_segment(log.segment)
+        store.forget_audit_segment(log.segment, location(log.directory))
         return
-    store.checkpoint_audit(log.segment, log.keyed, head[0], head[1], time.time())
+    store.checkpoint_audit(log.segment, log.keyed, head[0], head[1], time.time(),
+                           location(log.directory))
+
+
+def location(directory: str) -> str:
+    """Where a segment's file lives, as the registry records it: ``<host>:<folder>``."""
+    return f"{socket.gethostname()}:{os.path.realpath(directory)}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,8 +112,10 @@ class StoreAnchors:
     note: str
 
 
-def store_anchors(config: str) -> StoreAnchors:
-    """The anchors of the deployment of ``config``; never makes a head key."""
+def store_anchors(config: str, directory: str | None = None) -> StoreAnchors:
+    """The anchors of the deployment of ``config`` (of the segments that live in
+    ``directory`` on this host, when given: the other nodes' are verified on their own
+    hosts); never makes a head key."""
     from hsmpool.config import degraded_default
     from kms.config import load
     from kms.store import open_store
@@ -114,6 +124,9 @@ def store_anchors(config: str) -> StoreAnchors:
     store = open_store(settings.database)
     try:
         checkpoints = store.audit_checkpoints()
+        if directory is not None:
+            here = location(directory)
+            checkpoints = [c for c in checkpoints if c.location in ("", here)]
         if store.get_sealed(HEAD_KEY) is None:
             return StoreAnchors(checkpoints, None, "no head key has been sealed yet")
         try:

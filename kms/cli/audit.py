@@ -107,7 +107,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         from kms.audit_anchor import store_anchors
 
         try:
-            found = store_anchors(config)
+            found = store_anchors(config, directory)
         except Exception as exc:  # noqa: BLE001 - the store's driver errors: one line
             print(f"error: cannot read the audit anchors of {config}: {exc}", file=sys.stderr)
             return 2
@@ -116,7 +116,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         if key is None:
             key = found.head_key
         note = found.note
-        print(f"store: {len(found.checkpoints)} registered segments; head key {note}")
+        print(f"store: {len(found.checkpoints)} registered segments here; head key {note}")
     started = time.perf_counter()
     report = verify(directory, head_key=key, segments=args.segment or None, anchors=anchors,
                     keyed=keyed if key is not None and not args.head_key_file else None)

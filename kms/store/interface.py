@@ -148,6 +148,7 @@ class AuditCheckpoint:
     hash: bytes
     created: float
     updated: float
+    location: str = ""  # "<host>:<audit folder>" of its file ("": not recorded)
 
 
 class AuditAnchorStore(Protocol):
@@ -161,16 +162,18 @@ class AuditAnchorStore(Protocol):
     def get_sealed(self, name: str) -> SealedSecret | None: ...
 
     def checkpoint_audit(self, segment: str, keyed: bool, seq: int, hash_: bytes,
-                         when: float) -> None:
-        """Register a segment, or move its checkpoint forward (never back)."""
+                         when: float, location: str = "") -> None:
+        """Register a segment (at ``location``: a segment is known by both), or move its
+        checkpoint forward (never back)."""
         ...
 
-    def forget_audit_segment(self, segment: str) -> None:
-        """Drop a segment that never had a record (its file was discarded)."""
+    def forget_audit_segment(self, segment: str, location: str = "") -> None:
+        """Drop a segment (at ``location``) that never had a record (its file was
+        discarded)."""
         ...
 
     def audit_checkpoints(self) -> list[AuditCheckpoint]:
-        """Every registered segment, by name."""
+        """Every registered segment, by name and location."""
         ...
 
 

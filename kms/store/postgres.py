@@ -131,6 +131,11 @@ MIGRATIONS: Final[list[list[str]]] = [[
         version {_T} NOT NULL, pid INTEGER NOT NULL, started {_F} NOT NULL,
         heartbeat {_F} NOT NULL, beat_interval {_F} NOT NULL, workers INTEGER NOT NULL,
         stopped {_F})""",
+], [
+    # 5: where each audit segment lives, part of its key (SQLite's migration 11)
+    f"ALTER TABLE audit_segments ADD COLUMN location {_T} NOT NULL DEFAULT ''",
+    "ALTER TABLE audit_segments DROP CONSTRAINT audit_segments_pkey",
+    "ALTER TABLE audit_segments ADD PRIMARY KEY (location, segment)",
 ]]
 
 #: The channel of change notifications: the payload is the new change counter.

@@ -3,7 +3,7 @@ used by :mod:`kms.audit_anchor`): sealed service secrets (the audit head key, wr
 instance's domain key) and the registry of audit segments with their last checkpoint.
 
 A mixin of :class:`kms.store.sql.SqlStore`; the tables are made by SQLite's migration 9
-(:data:`MIGRATION`) and PostgreSQL's schema version 3.
+(:data:`MIGRATION`, and 11 for the location) and PostgreSQL's schema versions 3 and 5.
 """
 
 from __future__ import annotations
@@ -56,24 +56,27 @@ class SqlAudit:
                                                      bytes(row["blob"]), float(row["created"]))
 
     def checkpoint_audit(self, segment: str, keyed: bool, seq: int, hash_: bytes,
-                         when: float) -> None:
+                         when: float, location: str = "") -> None:
         # No metadata change (no cache holds it): on PostgreSQL it moves no change counter,
         # else every worker of every node would drop its caches at each one's checkpoint.
         with self._quiet_transaction() as db:
-            db.execute("INSERT INTO audit_segments VALUES (?, ?, ?, ?, ?, ?) "
-                       "ON CONFLICT (segment) DO UPDATE SET seq = excluded.seq, "
+            db.execute("INSERT INTO audit_segments (segment, keyed, seq, hash, created, "
+                       "updated, location) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                       "ON CONFLICT (location, segment) DO UPDATE SET seq = excluded.seq, "
                        "hash = excluded.hash, updated = excluded.updated, "
                        "keyed = CASE WHEN excluded.keyed > audit_segments.keyed "
                        "THEN excluded.keyed ELSE audit_segments.keyed END "
                        "WHERE excluded.seq >= audit_segments.seq",
-                       (segment, int(keyed), seq, hash_, when, when))
+                       (segment, int(keyed), seq, hash_, when, when, location))
 
-    def forget_audit_segment(self, segment: str) -> None:
+    def forget_audit_segment(self, segment: str, location: str = "") -> None:
         with self._quiet_transaction() as db:
-            db.execute("DELETE FROM audit_segments WHERE segment = ? AND seq = 0", (segment,))
+            db.execute("DELETE FROM audit_segments WHERE segment = ? AND location = ? AND "
+                       "seq = 0", (segment, location))
 
     def audit_checkpoints(self) -> list[AuditCheckpoint]:
         rows = self._read(lambda db: db.execute(
-            "SELECT * FROM audit_segments ORDER BY segment").fetchall())
+            "SELECT * FROM audit_segments ORDER BY segment, location").fetchall())
         return [AuditCheckpoint(r["segment"], bool(r["keyed"]), int(r["seq"]), bytes(r["hash"]),
-                                float(r["created"]), float(r["updated"])) for r in rows]
+                                float(r["created"]), float(r["updated"]), r["location"])
+                for r in rows]

@@ -172,6 +172,24 @@ MIGRATIONS: list[str] = [
         stopped REAL
     )
     """,
+    # 11: where each audit segment lives (host and folder; a node verifies its own), part
+    # of its key: two folders on one host may hold segments of the same name
+    """
+    CREATE TABLE audit_segments_11 (
+        location TEXT NOT NULL,
+        segment TEXT NOT NULL,
+        keyed INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        hash BLOB NOT NULL,
+        created REAL NOT NULL,
+        updated REAL NOT NULL,
+        PRIMARY KEY (location, segment)
+    );
+    INSERT INTO audit_segments_11 SELECT '', segment, keyed, seq, hash, created, updated
+        FROM audit_segments;
+    DROP TABLE audit_segments;
+    ALTER TABLE audit_segments_11 RENAME TO audit_segments
+    """,
 ]
 
 

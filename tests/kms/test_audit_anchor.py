@@ -75,3 +75,17 @@ def test_metadata_only_commands_are_registered_without_the_key(config: Path) -> 
     run(config, "credentials", "disable", key_id)  # no HSM: its CLI segment has no MAC
     out = run(config, "audit", "verify").stdout
     assert ", OK in" in out, out
+
+
+def test_each_node_verifies_its_own_segments(config: Path) -> None:
+    """Two nodes on one store, each with its own audit folder: the registry holds both
+    nodes' segments, and each node's verify checks the ones that live with it (a segment of
+    the other node is not reported missing here)."""
+    other = config.parent / "node-b.toml"
+    other.write_text(config.read_text().replace('audit_dir = "audit"',
+                                                'audit_dir = "audit-b"'))
+    run(config, "key", "create", "--instance", INSTANCE)
+    run(other, "key", "create", "--instance", INSTANCE)
+    for cfg in (config, other):
+        out = run(cfg, "audit", "verify").stdout
+        assert "store: 1 registered segments here" in out and ", OK in" in out, out

@@ -561,7 +561,12 @@ def test_sealed_secret_is_stored_once_and_checkpoints_only_move_forward(opener: 
     [cp] = b.audit_checkpoints()
     assert (cp.segment, cp.keyed, cp.seq, cp.hash, cp.created) == ("worker-1", True, 5,
                                                                     b"h" * 32, 10.0)
-    a.checkpoint_audit("cli-x", False, 0, b"g" * 32, 13.0)
+    a.checkpoint_audit("cli-x", False, 0, b"g" * 32, 13.0, "host-a:/var/audit")
+    a.checkpoint_audit("cli-x", False, 4, b"y" * 32, 14.0, "host-a:/srv/audit")  # another
+    assert [(c.segment, c.location, c.seq) for c in b.audit_checkpoints()] == [
+        ("cli-x", "host-a:/srv/audit", 4), ("cli-x", "host-a:/var/audit", 0),
+        ("worker-1", "", 5)]
     b.forget_audit_segment("worker-1")  # has records: kept
-    b.forget_audit_segment("cli-x")     # never had one: dropped
-    assert [c.segment for c in a.audit_checkpoints()] == ["worker-1"]
+    b.forget_audit_segment("cli-x", "host-a:/var/audit")  # never had one: dropped
+    assert [(c.segment, c.location) for c in a.audit_checkpoints()] == [
+        ("cli-x", "host-a:/srv/audit"), ("worker-1", "")]
