@@ -157,7 +157,10 @@ class KmsHttpProtocol(asyncio.Protocol):
     def shutdown(self) -> None:
         self.closing = True
         if not self.busy and not self.queue:
-            self._close()
+            # An idle TLS connection is dropped, not closed: a TLS close waits for the
+            # client's close_notify (up to the loop's 30 s), which an idle keep-alive client
+            # never sends, and the server's shutdown would wait for it.
+            self._close(abort=self.scheme == "https")
 
     # --- httptools callbacks -----------------------------------------------------------
 
@@ -292,10 +295,13 @@ class KmsHttpProtocol(asyncio.Protocol):
             self.paused = False
             self.transport.resume_reading()
 
-    def _close(self) -> None:
+    def _close(self, abort: bool = False) -> None:
         if self.transport is not None and not self.transport.is_closing():
             with contextlib.suppress(Exception):
-                self.transport.close()
+                if abort:
+                    self.transport.abort()
+                else:
+                    self.transport.close()
 
 
 class _Refused(Exception):

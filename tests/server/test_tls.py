@@ -139,3 +139,30 @@ def test_the_console_cookie_is_secure_over_https(tls_server: tuple[int, Path, ob
     finally:
         conn.close()
     assert "; Secure" in cookie and "HttpOnly" in cookie and "SameSite=Strict" in cookie
+
+
+def test_sigterm_stops_a_tls_server_with_idle_keep_alive_clients(token_dir: Path,
+                                                                 tmp_path: Path) -> None:
+    """A client that keeps its TLS connection open and idle (as every SDK does) must not hold
+    the server's shutdown: it exits by itself on SIGTERM (status 0), where it used to wait
+    for the client's close_notify until the test killed it."""
+    import http.client
+
+    from tests.server.conftest import serving
+
+    config = write_server_config(tmp_path, token_dir, {"tlsq": [6]})
+    cert, key = _self_signed(tmp_path)
+    with serving(["--port", "0", "--workers", "2", "--tls-cert", str(cert), "--tls-key",
+                  str(key)], tmp_path / "serve.log", config=config) as (run, url):
+        port = int(url.rsplit(":", 1)[1])
+        clients = []
+        for _ in range(4):  # likely on both workers
+            conn = http.client.HTTPSConnection(
+                "127.0.0.1", port, context=ssl.create_default_context(cafile=str(cert)),
+                timeout=30)
+            conn.request("GET", "/livez")
+            assert conn.getresponse().read() == b'{"status":"live"}'
+            clients.append(conn)  # kept open, idle
+        assert run.stop() == 0
+    for conn in clients:
+        conn.close()
