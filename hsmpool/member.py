@@ -126,10 +126,11 @@ class Member:
     def _login(self) -> int:
         """Open the anchor session and log in. While another process rewrites a SoftHSM2
         token's files (several processes opening at once) it may answer CKR_GENERAL_ERROR
-        or even CKR_USER_PIN_NOT_INITIALIZED: those are retried a few times with a short
-        pause; a PIN problem is not."""
+        or even CKR_USER_PIN_NOT_INITIALIZED: those are retried for about 5 s with short
+        pauses (another process making an instance's domain keys keeps rewriting them for
+        seconds on a loaded machine); a PIN problem is not."""
         pin = self.config.user_pin()
-        attempts = 12
+        attempts = 30
         for attempt in range(attempts):
             session = self.module.open_session(self.slot)
             try:
@@ -143,7 +144,7 @@ class Member:
                         f"token {self.name!r} refused the PIN ({exc.name})") from None
                 if exc.rv not in _LOGIN_TRANSIENT or attempt == attempts - 1:
                     raise
-                time.sleep(0.02 * (attempt + 1))
+                time.sleep(min(0.02 * (attempt + 1), 0.2))
         raise AssertionError("unreachable")
 
     # --- sessions --------------------------------------------------------------------
