@@ -372,12 +372,6 @@ def serving(args: Sequence[str], log: Path, *, config: Path | None = None,
 # --- crash tests ------------------------------------------------------------------------
 
 
-@pytest.fixture
-def crash_config(token_dir: Path, tmp_path: Path) -> Path:
-    """A server configuration of its own (instance "crash" on tokens 3 and 4)."""
-    return write_server_config(tmp_path, token_dir, {"crash": [3, 4]})
-
-
 def kill_group(server: Server) -> None:
     """SIGKILL a running server with its workers (its whole process group)."""
     os.killpg(server.proc.pid, signal.SIGKILL)
