@@ -437,7 +437,7 @@ def boto_client(port: int, ak: str, sk: str, service: str = "kms") -> Any:
 
     return boto3.client(service, endpoint_url=f"http://{HOST}:{port}", region_name=REGION,
                         aws_access_key_id=ak, aws_secret_access_key=sk,
-                        config=Config(retries={"max_attempts": 1}))
+                        config=Config(retries={"total_max_attempts": 1}))
 
 
 @dataclass

@@ -224,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
         client = boto3.client(
             "kms", endpoint_url=f"http://127.0.0.1:{port}", region_name=REGION,
             aws_access_key_id=cred["AccessKeyId"], aws_secret_access_key=cred["SecretAccessKey"],
-            config=Config(retries={"max_attempts": 1, "mode": "standard"}, read_timeout=30,
+            config=Config(retries={"total_max_attempts": 1, "mode": "standard"},
+                          read_timeout=30,
                           connect_timeout=10, max_pool_connections=args.threads * 2 + 2))
         keys = make_keys(client)
         start_rss, start_fds = _process(port)

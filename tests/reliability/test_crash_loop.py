@@ -45,8 +45,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -56,7 +54,6 @@ from botocore.exceptions import (
 
 from tests.server.conftest import (
     HSMPOOL,
-    REGION,
     Server,
     create_credential,
     kill_group,
@@ -132,16 +129,10 @@ class Model:
 
 
 def client(server: Server, service: str, read_timeout: float) -> Any:
-    """A boto3 client that sends each request once. (``"max_attempts": 1`` in botocore's
-    retry configuration means one *retry*: a request cut off by the kill would be sent again,
-    and its answer - connection refused - would hide that the first one arrived.)"""
-    cred = server.creds["admin"]
-    cfg = Config(retries={"total_max_attempts": 1, "mode": "standard"},
-                 read_timeout=read_timeout, connect_timeout=2,
-                 max_pool_connections=THREADS + 2)
-    return boto3.client(service, endpoint_url=server.url, region_name=REGION,
-                        aws_access_key_id=cred.access_key_id,
-                        aws_secret_access_key=cred.secret, config=cfg)
+    """A boto3 client that sends each request once (a request cut off by the kill and sent
+    again would be answered "connection refused", hiding that the first one arrived)."""
+    return server.client(server.creds["admin"], service=service, read_timeout=read_timeout,
+                         connect_timeout=2, max_pool_connections=THREADS + 2)
 
 
 def attempt(model: Model, op: str, resource: str | None, fn: Callable[[], Any],

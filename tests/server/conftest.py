@@ -87,6 +87,14 @@ def write_server_config(directory: Path, token_dir: Path,
     return path
 
 
+def send_once(**config: Any) -> Config:
+    """botocore configuration of a client that sends each request once. (Its
+    ``retries={"max_attempts": N}`` counts *retries*: ``1`` sends a request twice when the
+    first attempt fails, a 5xx or a broken connection; ``total_max_attempts`` counts the
+    first one too.)"""
+    return Config(retries={"total_max_attempts": 1, "mode": "standard"}, **config)
+
+
 @dataclass(frozen=True)
 class Cred:
     access_key_id: str
@@ -129,12 +137,11 @@ class Server:
         return f"http://127.0.0.1:{self.port}"
 
     def client(self, cred: Cred, *, service: str = "kms", **config: Any) -> Any:
-        """A boto3 client (``kms`` or ``secretsmanager``) on this server (no retries:
-        every answer is seen)."""
-        cfg = Config(retries={"max_attempts": 1, "mode": "standard"}, **config)
+        """A boto3 client (``kms`` or ``secretsmanager``) on this server that sends each
+        request once (no retries: every answer is seen)."""
         return boto3.client(service, endpoint_url=self.url, region_name=REGION,
                             aws_access_key_id=cred.access_key_id,
-                            aws_secret_access_key=cred.secret, config=cfg)
+                            aws_secret_access_key=cred.secret, config=send_once(**config))
 
     def credential(self, instance: str, name: str,
                    policy: Mapping[str, Any] | None = None) -> Cred:

@@ -16,7 +16,6 @@ from typing import Any
 
 import boto3
 import pytest
-from botocore.config import Config
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -24,6 +23,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from tests.server.conftest import (
     REGION,
     create_credential,
+    send_once,
     serving,
     start_serve,
     write_server_config,
@@ -40,7 +40,7 @@ EC_ID = "0a1b2c3d-0000-4000-8000-000000000a04"
 def _client(url: str, akid: str, secret: str) -> Any:
     return boto3.client("kms", endpoint_url=url, region_name=REGION,
                         aws_access_key_id=akid, aws_secret_access_key=secret,
-                        config=Config(retries={"max_attempts": 1}))
+                        config=send_once())
 
 
 # --- --dev -----------------------------------------------------------------------------------

@@ -21,7 +21,6 @@ from urllib.parse import urlsplit
 
 import boto3
 import pytest
-from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from tests.faults import FaultInjector
@@ -31,6 +30,7 @@ from tests.server.conftest import (
     call,
     create_credential,
     raw_post,
+    send_once,
     serving,
     sign_headers,
     write_server_config,
@@ -130,7 +130,7 @@ def test_access_log_lines_and_failed_authentications(token_dir: Path, tmp_path: 
         kms = boto3.client("kms", endpoint_url=url, region_name=REGION,
                            aws_access_key_id=cred.access_key_id,
                            aws_secret_access_key=cred.secret,
-                           config=Config(retries={"max_attempts": 1}))
+                           config=send_once())
         key = kms.create_key()["KeyMetadata"]
         ct = kms.encrypt(KeyId=key["KeyId"], Plaintext=SECRET_PT,
                          EncryptionContext={"purpose": SECRET_CTX})["CiphertextBlob"]
