@@ -58,7 +58,11 @@ def pool_error(exc: hsmpool.HsmPoolError) -> E.KmsError:
         return E.InvalidCiphertext("the ciphertext could not be decrypted")
     if isinstance(exc, hsmpool.DeadlineExceededError):
         return E.DependencyTimeout("the HSMs did not answer in time; retry")
-    if isinstance(exc, hsmpool.UnsupportedOperationError | hsmpool.PoolUnavailableError):
+    if isinstance(exc, hsmpool.PoolUnavailableError):
+        # Every token of the partition is down or failed: the HSMs are a dependency that is
+        # out for now (a 503 on every front end, retried by the SDKs), as a store outage is.
+        return E.DependencyTimeout("no HSM is available to serve the request; retry")
+    if isinstance(exc, hsmpool.UnsupportedOperationError):
         return E.KeyUnavailable("no HSM is available to serve the request")
     return E.Internal("the HSM pool failed")
 

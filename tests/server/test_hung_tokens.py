@@ -256,9 +256,8 @@ def test_all_tokens_hung_every_request_ends_within_its_deadline(
         health = [_timed_health(hang_server) for _ in range(12)]
     assert time.monotonic() - t0 < 3 * (REQUEST_TIMEOUT * 1.1)
     for r in results:
-        assert r.error in {"KeyUnavailableException", "DependencyTimeoutException",
-                           "KMSInternalException"}, r
-        assert r.status >= 500  # retryable by the SDKs
+        assert r.error == "DependencyTimeoutException", r
+        assert r.status == 503  # retryable by the SDKs
         assert r.seconds <= REQUEST_TIMEOUT * 1.1, r
     # /healthz stays fast; a worker that met the hung tokens says it cannot serve (a worker
     # that no request sent to them has not seen them fail: tokens are judged by use).
