@@ -12,9 +12,10 @@ Time is cut into cycles of ``--fault-every`` seconds: a quiet phase, then a faul
 kind (device_error, device_removed, a 2 s hang), then heals, and a recovery phase lasts until
 every worker sees the token healthy again. Per phase it prints and records
 the requests, failures (by error code), latency p50/p99/max, the ejections ``/metrics``
-counted, how long the healed token took to be readmitted, and the workers' RSS and open
-file descriptors (``/metrics``). At the end a sample of the ciphertexts made is decrypted,
-signatures are verified and created keys described. Results: ``bench-results/soak.json``.
+counted, how long the healed token took to be readmitted, and the workers' RSS, open file
+descriptors and PKCS#11 sessions (``/metrics``). At the end a sample of the ciphertexts made
+is decrypted, signatures are verified and created keys described. Results:
+``bench-results/soak.json``.
 
 Tokens live in ``var/soak-tokens`` (git-ignored; made by ``softhsm-config/make-tokens.sh``);
 the server's store, audit trail and log in a fresh ``var/soak/<time>/``.
@@ -86,6 +87,7 @@ class Phase:
     readmitted_s: float | None = None
     rss_mb: float = 0.0  # summed over the workers, at the end of the phase
     open_fds: int = 0
+    sessions: int = 0  # PKCS#11 sessions open, every token and worker
 
 
 def _free_port() -> int:
@@ -157,19 +159,24 @@ def serve(config: Path, workers: int, env: dict[str, str]) -> Iterator[int]:
             os.killpg(proc.pid, signal.SIGKILL)
 
 
-_PROC = re.compile(r'^(process_resident_memory_bytes|process_open_fds)\{[^}]*\} (\S+)$')
+_PROC = re.compile(r'^(process_resident_memory_bytes|process_open_fds|hsmpool_token_sessions)'
+                   r'\{[^}]*\} (\S+)$')
 
 
-def _process(port: int) -> tuple[float, int]:
-    """(RSS in MB, open fds), summed over the workers."""
-    rss, fds = 0.0, 0
+def _process(port: int) -> tuple[float, int, int]:
+    """(RSS in MB, open fds, PKCS#11 sessions), summed over the workers (and tokens)."""
+    rss, fds, sessions = 0.0, 0, 0
     for line in metrics(port).splitlines():
         m = _PROC.match(line)
-        if m and m.group(1) == "process_resident_memory_bytes":
+        if m is None:
+            continue
+        if m.group(1) == "process_resident_memory_bytes":
             rss += float(m.group(2)) / 2**20
-        elif m:
+        elif m.group(1) == "process_open_fds":
             fds += int(float(m.group(2)))
-    return rss, fds
+        else:
+            sessions += int(float(m.group(2)))
+    return rss, fds, sessions
 
 
 def _close(phase: Phase, load: Load, t0: float, t1: float, origin: float) -> None:
@@ -190,7 +197,8 @@ def _print(p: Phase) -> None:
     readmit = "" if p.readmitted_s is None else f", readmitted after {p.readmitted_s:.2f} s"
     print(f"{p.name:>9} {what:<22} {p.requests:6d} req, {p.failed} failed {p.errors or ''}, "
           f"p50 {p.p50_ms:6.1f} p99 {p.p99_ms:6.1f} max {p.max_ms:7.1f} ms ({p.slowest}), "
-          f"ejections {p.ejections}{readmit}, RSS {p.rss_mb:.1f} MB, fds {p.open_fds}",
+          f"ejections {p.ejections}{readmit}, RSS {p.rss_mb:.1f} MB, fds {p.open_fds}, "
+          f"sessions {p.sessions}",
           flush=True)
 
 
@@ -228,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
                           read_timeout=30,
                           connect_timeout=10, max_pool_connections=args.threads * 2 + 2))
         keys = make_keys(client)
-        start_rss, start_fds = _process(port)
+        start_rss, start_fds, start_sessions = _process(port)
         print(f"soak: {args.minutes} min, {args.workers} workers, {args.threads} threads, "
               f"a {args.fault_seconds} s fault every {args.fault_every} s; "
               f"server on port {port}, run dir {run_dir}", flush=True)
@@ -245,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
                                         end - time.monotonic())))
                 t1 = time.monotonic()
                 _close(quiet, load, t0, t1, origin)
-                quiet.rss_mb, quiet.open_fds = _process(port)
+                quiet.rss_mb, quiet.open_fds, quiet.sessions = _process(port)
                 phases.append(quiet)
                 _print(quiet)
                 if t1 >= end:
@@ -270,11 +278,11 @@ def main(argv: list[str] | None = None) -> int:
                     - before
                 _close(recovery, load, t2, t3, origin)
                 for ph in (fault, recovery):
-                    ph.rss_mb, ph.open_fds = _process(port)
+                    ph.rss_mb, ph.open_fds, ph.sessions = _process(port)
                     phases.append(ph)
                     _print(ph)
                 cycle += 1
-        end_rss, end_fds = _process(port)
+        end_rss, end_fds, end_sessions = _process(port)
         rng = random.Random(11)
         sample = Load(client, keys)
         sample.ciphertexts = rng.sample(load.ciphertexts, min(args.verify, len(load.ciphertexts)))
@@ -297,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         "max_ms": round(max(secs, default=0.0) * 1e3, 2),
         "rss_mb": {"start": round(start_rss, 1), "end": round(end_rss, 1)},
         "open_fds": {"start": start_fds, "end": end_fds},
+        "sessions": {"start": start_sessions, "end": end_sessions},
         "verified": {"ciphertexts": len(sample.ciphertexts),
                      "signatures": len(sample.signatures), "created_keys": len(sample.created),
                      "problems": problems[:20]},
@@ -308,7 +317,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"soak: {summary['requests']} requests, {total_failed} failed, p50 "
           f"{summary['p50_ms']} p99 {summary['p99_ms']} max {summary['max_ms']} ms; faults "
           f"{summary['faults_injected']}; RSS {start_rss:.1f} -> {end_rss:.1f} MB, fds "
-          f"{start_fds} -> {end_fds}; verified {len(sample.ciphertexts)} ciphertexts, "
+          f"{start_fds} -> {end_fds}, sessions {start_sessions} -> {end_sessions}; verified "
+          f"{len(sample.ciphertexts)} ciphertexts, "
           f"{len(sample.signatures)} signatures, {len(sample.created)} keys: "
           f"{len(problems)} problems; results in {args.json}")
     return 0 if total_failed == 0 and not problems and alive else 1

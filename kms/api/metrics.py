@@ -155,7 +155,7 @@ class Metrics:
                 tokens[name] = {"state": s.state, "in_flight": s.in_flight, "ops": s.ops,
                                 "errors": s.errors, "ejections": s.ejections, "hist": hist,
                                 "sum": total, "p50_ms": s.p50_ms, "p99_ms": s.p99_ms,
-                                "held": s.held}
+                                "held": s.held, "sessions": s.sessions_open}
             missing = sorted(kms.missing_tokens())  # never the store: on the loop
             pending = kms.audit_backlog()
             statements = kms.store_statements()
@@ -262,13 +262,19 @@ def render(own: Mapping[str, Any], peers: Iterable[Mapping[str, Any]]) -> str:
                 out.append(f'hsmpool_token_state{{worker="{snap["pid"]}",token="{name}",'
                            f'state="{st}"}} {int(state == st)}')
     in_flight: defaultdict[str, int] = defaultdict(int)
+    sessions: defaultdict[str, int] = defaultdict(int)
     for snap in alive:
         for name, t in snap.get("tokens", {}).items():
             in_flight[name] += int(t.get("in_flight", 0))
+            sessions[name] += int(t.get("sessions", 0))
     out += ["# HELP hsmpool_token_in_flight Operations in flight, every worker.",
             "# TYPE hsmpool_token_in_flight gauge"]
     out += [f'hsmpool_token_in_flight{{token="{name}"}} {n}'
             for name, n in sorted(in_flight.items())]
+    out += ["# HELP hsmpool_token_sessions PKCS#11 sessions open on the token, every worker.",
+            "# TYPE hsmpool_token_sessions gauge"]
+    out += [f'hsmpool_token_sessions{{token="{name}"}} {n}'
+            for name, n in sorted(sessions.items())]
     for metric, help_text, key in (
             ("hsmpool_token_operations_total", "Operations run.", "ops"),
             ("hsmpool_token_errors_total", "Operations failed.", "errors"),

@@ -108,6 +108,10 @@ def test_metrics_of_every_worker_summed_in_every_scrape(token_dir: Path,
         ops = sum(int(n) for n in re.findall(r'^hsmpool_token_operations_total\{token="t\d"\} '
                                              r"(\d+)$", text, re.M))
         assert ops >= N
+        # Sessions open, every worker: each worker that served a call keeps at least one.
+        sessions = [int(n) for n in re.findall(r'^hsmpool_token_sessions\{token="t\d"\} (\d+)$',
+                                               text, re.M)]
+        assert len(sessions) == len(TOKENS) and sum(sessions) >= 2, sessions
         assert re.search(r"^hsmpool_audit_backlog \d+$", text, re.M)
         for metric in ("process_resident_memory_bytes", "process_cpu_seconds_total",
                        "process_open_fds"):
