@@ -116,6 +116,11 @@ class ServerSettings:
     #: Per principal: operations that write state or generate keys in progress at once in
     #: one worker (they run on its thread pool: one principal cannot take all of it).
     max_blocking_per_principal: int = 8
+    #: Per worker: requests in progress at once (read, being run or waiting for a token or a
+    #: thread); more are refused at once with a throttling error the SDKs retry.
+    max_requests_in_progress: int = 1024
+    #: Request bodies larger than this (bytes) are refused with a 413 before they are read.
+    max_body: int = 256 * 1024
     #: The reverse proxies (IP addresses or CIDR networks) whose ``X-Forwarded-For`` the
     #: server believes; by default none, and the TCP peer is the request's source address.
     trusted_proxies: tuple[str, ...] = ()
@@ -156,6 +161,11 @@ class ServerSettings:
         b = self.max_blocking_per_principal
         if isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= 1024:
             raise ConfigError("server.max_blocking_per_principal must be 1..1024")
+        for name, lo, hi in (("max_requests_in_progress", 1, 1_000_000),
+                             ("max_body", 1024, 64 * 1024 * 1024)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+                raise ConfigError(f"server.{name} must be an integer {lo}..{hi}")
         if not isinstance(self.host, str) or not self.host.strip() or any(
                 c.isspace() for c in self.host):
             raise ConfigError("server.host must be a host name or an IP address")

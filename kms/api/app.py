@@ -61,11 +61,13 @@ class KmsApp:
     """One worker's application over one :class:`Kms` (its own pool and store handles)."""
 
     def __init__(self, kms: Kms | Callable[[], Kms], *, regions: tuple[str, ...] | None = None,
-                 max_body: int = MAX_BODY) -> None:
+                 max_body: int | None = None) -> None:
         self._factory = kms if callable(kms) and not isinstance(kms, Kms) else None
         self.kms: Kms | None = kms if isinstance(kms, Kms) else None
         self._regions = regions
-        self.max_body = max_body
+        # The body limit: the argument, else ``[server] max_body`` once the service is known.
+        self._max_body_arg = max_body
+        self.max_body = max_body if max_body is not None else MAX_BODY
         self.metrics = Metrics()
         self.pipeline: Pipeline | None = None
         self.console: ConsoleFrontend | None = None
@@ -80,6 +82,8 @@ class KmsApp:
         self.auth = Authenticator(kms, self._regions or (kms.settings.region,),
                                   server.proxy_networks)
         self.request_timeout = server.request_timeout
+        if self._max_body_arg is None:
+            self.max_body = server.max_body
         self.console = ConsoleFrontend(kms, self.auth, self.metrics)
         self.metrics.tick_hooks.append(PeerEjections(kms, self.metrics).tick)
         self.pipeline = Pipeline(
@@ -87,7 +91,8 @@ class KmsApp:
              AlibabaFrontend(self.auth), self.console, KmsInstanceFrontend(self.auth)],
             self.metrics,
             Limits(server.rate_limit, server.rate_burst, server.max_blocking_per_principal),
-            server.request_timeout, trusted_proxies=server.proxy_networks)
+            server.request_timeout, trusted_proxies=server.proxy_networks,
+            max_in_progress=server.max_requests_in_progress)
         self.pipeline.access_log = self._access_log
 
     @property

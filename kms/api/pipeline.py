@@ -179,8 +179,13 @@ class Pipeline:
 
     def __init__(self, frontends: list[Frontend], metrics: Metrics, limits: Limits,
                  request_timeout: float, blocking_threads: int = 16,
-                 trusted_proxies: tuple[Network, ...] = ()) -> None:
+                 trusted_proxies: tuple[Network, ...] = (),
+                 max_in_progress: int = 1024) -> None:
         self.frontends = frontends
+        #: Requests in progress in this worker (from :meth:`serve` to their answer), and the
+        #: cap past which a request is refused at once (throttled: the SDKs retry it).
+        self.in_progress = 0
+        self.max_in_progress = max_in_progress
         self._by_listener: dict[str, list[Frontend]] = {}
         for f in frontends:
             self._by_listener.setdefault(getattr(f, "listener", "main"), []).append(f)
@@ -214,8 +219,12 @@ class Pipeline:
         """Run one request; ``respond`` is called exactly once, now or later, on the
         loop's thread."""
         t0 = time.perf_counter()
+        self.in_progress += 1  # every request is answered once, by _answer, which counts it out
         frontend = next((f for f in self._by_listener.get(req.listener, ())
                          if f.accepts(req)), None)
+        if frontend is not None and self.in_progress > self.max_in_progress:
+            self._answer(frontend.throttled("-"), t0, respond, req, None, frontend.name)
+            return
         if frontend is None:
             self._answer(UNKNOWN_OPERATION if req.method == "POST" and req.path == "/"
                          else NOT_FOUND, t0, respond, req, None, "-")
@@ -298,6 +307,7 @@ class Pipeline:
 
     def _answer(self, answer: Answer, t0: float, respond: Respond, req: Request,
                 call: Call | None, frontend: str) -> None:
+        self.in_progress -= 1
         seconds = time.perf_counter() - t0
         self.metrics.observe(answer.operation, answer.result, seconds)
         self.metrics.count(frontend, call.caller if call is not None else None,

@@ -19,7 +19,16 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.server.conftest import Server, create_credential, run_server, write_server_config
+from hsmpool.errors import ConfigError
+from kms.config import parse_server_settings
+from tests.server.conftest import (
+    Server,
+    create_credential,
+    raw_post,
+    run_server,
+    sign_headers,
+    write_server_config,
+)
 
 SLOW_BOUND = 0.5  # seconds: far below an RSA-4096 generation, far above a GenerateRandom
 
@@ -130,3 +139,56 @@ def test_a_principal_past_its_rate_is_throttled(token_dir: Path, tmp_path: Path)
         assert o.generate_random(NumberOfBytes=8)["Plaintext"]  # another principal: its own
         time.sleep(1.5)  # the bucket refills at the rate
         assert c.generate_random(NumberOfBytes=8)["Plaintext"]
+
+
+def test_requests_past_the_workers_cap_and_large_bodies_are_refused_at_once(
+        token_dir: Path, tmp_path: Path) -> None:
+    """``[server] max_requests_in_progress`` and ``max_body`` hold: past the cap a request
+    is refused at once (ThrottlingException, which the SDKs retry), and the count goes back
+    down as requests are answered; a body over the limit is a 413 before it is read."""
+    cfg = write_server_config(tmp_path, token_dir, {"cap": [4]})
+    cfg.write_text(cfg.read_text() + "[server]\nmax_requests_in_progress = 2\n"
+                   "max_body = 4096\nrequest_timeout = 60\n")
+    cred = create_credential(cfg, "cap", "c")
+    with run_server(cfg, workers=1) as srv:
+        c = srv.client(cred, read_timeout=120, max_pool_connections=16)
+
+        def slow(_: int) -> tuple[str, float]:
+            t0 = time.monotonic()
+            try:
+                c.create_key(KeySpec="RSA_4096", KeyUsage="SIGN_VERIFY")
+                return "ok", time.monotonic() - t0
+            except ClientError as exc:
+                return str(exc.response["Error"]["Code"]), time.monotonic() - t0
+
+        with ThreadPoolExecutor(8) as pool:
+            out = list(pool.map(slow, range(8)))  # 8 at once against a cap of 2
+        codes = [code for code, _ in out]
+        assert set(codes) <= {"ok", "ThrottlingException"}, out
+        assert codes.count("ThrottlingException") >= 3, out
+        assert all(s < SLOW_BOUND for code, s in out if code != "ok"), out  # refused at once
+        # Every answered request left the count: two at once are served again.
+        with ThreadPoolExecutor(2) as pool:
+            again = list(pool.map(slow, range(2)))
+        assert [code for code, _ in again] == ["ok", "ok"], again
+
+        body = b'{"NumberOfBytes": 8, "x": "' + b"a" * 4100 + b'"}'
+        status, _, data = raw_post(srv.port, body,
+                                   sign_headers(cred, srv.port, "TrentService.GenerateRandom",
+                                                body))
+        assert status == 413, (status, data)
+        small = b'{"NumberOfBytes": 8}'
+        status, _, data = raw_post(srv.port, small,
+                                   sign_headers(cred, srv.port, "TrentService.GenerateRandom",
+                                                small))
+        assert status == 200, (status, data)
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("max_requests_in_progress", 0), ("max_requests_in_progress", "8"),
+    ("max_requests_in_progress", True), ("max_body", 1023), ("max_body", 64 * 2**20 + 1),
+    ("max_body", 2.5)])
+def test_limits_out_of_range_are_configuration_errors(key: str, value: object) -> None:
+    with pytest.raises(ConfigError, match=f"server.{key} must be an integer"):
+        parse_server_settings({"server": {key: value}})
+    assert getattr(parse_server_settings({"server": {key: 4096}}), key) == 4096
