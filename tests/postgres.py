@@ -87,9 +87,22 @@ class PostgresCluster:
             fh.write(f"listen_addresses = '127.0.0.1'\nport = {self.port}\n"
                      f"unix_socket_directories = '{self.directory}'\n"
                      "fsync = off\nsynchronous_commit = off\nmax_connections = 200\n")
+        self.up()
+
+    def up(self) -> None:
+        """``pg_ctl start`` on the existing data folder, waiting until it accepts connections
+        (after a :meth:`down` in ``immediate`` mode, once it has replayed its WAL)."""
         self._as_postgres(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l",
                           str(self.directory / "log"), "-w", "-t", "60", "start")
         self._started = True
+
+    def down(self, mode: str = "fast") -> None:
+        """``pg_ctl stop -m MODE``, waiting until the server has exited: ``fast`` ends the
+        sessions (their transactions rolled back) and checkpoints; ``immediate`` kills
+        every process at once, a crash of the database. The data stays for :meth:`up`."""
+        self._as_postgres(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", mode,
+                          "-w", "-t", "60", "stop")
+        self._started = False
 
     def stop(self) -> None:
         if self._started:
