@@ -216,3 +216,16 @@ def test_secret_values_never_reach_logs_audit_errors_or_metrics(server: Server,
     assert "secretsmanager:GetSecretValue" in texts["audit"]
     for where, text in texts.items():
         assert marker not in text, where
+
+
+def test_a_refused_create_makes_no_secret(sm: Any) -> None:
+    """CreateSecret with replica regions (not supported) is refused, and leaves no secret
+    behind: the refusal once came after the secret was made, so the error answer hid a
+    change (seen while building ``benchmarks.fuzz``)."""
+    name = _name("replica")
+    with raises_code(sm, "InvalidParameterException"):
+        sm.create_secret(Name=name, SecretString="v",
+                         AddReplicaRegions=[{"Region": "eu-west-1"}])
+    with raises_code(sm, "ResourceNotFoundException"):
+        sm.describe_secret(SecretId=name)
+    assert sm.create_secret(Name=name, SecretString="v")["Name"] == name  # the name is free
