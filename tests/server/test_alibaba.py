@@ -620,3 +620,29 @@ def test_malformed_parameters_are_refused_not_500(server: Server, kms: Any, acti
                    [{"PageNumber": "1", "PageSize": str(2**31)}])[0]  # a Long: in range
     status, body = raw_call(server.port, ok)
     assert (status, json.loads(body)["Code"]) == (400, "InvalidParameter")  # (1..100)
+
+
+def test_non_ascii_signatures_are_refused_not_500(server: Server) -> None:
+    """A signature or body hash with non-ASCII characters (latin-1 bytes in a header, or
+    percent-escapes in a v1 query) is a signature that does not match: constant-time string
+    comparison raises TypeError for such text, which was a 500 (found by benchmarks.fuzz)."""
+    import json
+
+    from benchmarks.server import raw_call, sign_acs3
+
+    cred = server.creds["admin"]
+    req = sign_acs3(cred.access_key_id, cred.secret, server.port, "ListKeys", [{}])[0]
+    head, _, rest = req.partition(b"\r\n\r\n")
+    bad_sig = head[:head.index(b"Signature=") + 10] + b"\xe9" * 64 + head[head.index(
+        b"\r\n", head.index(b"Signature=")):]
+    sha = head.index(b"x-acs-content-sha256: ") + 22
+    bad_sha = head[:sha] + b"\xe9" * 64 + head[sha + 64:]
+    v1 = ("POST /?Action=ListKeys&Version=2016-01-20&AccessKeyId=" + cred.access_key_id
+          + "&SignatureMethod=HMAC-SHA1&SignatureVersion=1.0&SignatureNonce=n1"
+          "&Timestamp=2026-01-01T00:00:00Z&Signature=%C3%A9%C3%BF HTTP/1.1\r\n"
+          f"Host: 127.0.0.1:{server.port}\r\nContent-Length: 0\r\n\r\n").encode()
+    for raw, code in ((bad_sig + b"\r\n\r\n" + rest, "SignatureDoesNotMatch"),
+                      (bad_sha + b"\r\n\r\n" + rest, "ContentSHA256NotMatched"),
+                      (v1, "SignatureDoesNotMatch")):
+        status, body = raw_call(server.port, raw)
+        assert (status, json.loads(body)["Code"]) == (400, code), body
