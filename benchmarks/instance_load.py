@@ -62,31 +62,40 @@ def make_client_key(hsmpool: str, cfg: Path, instance: str, out: Path) -> Client
     return ClientKey(doc["ClientKeyId"], private_key, cfg.parent / "kms-instance-tls" / "ca.pem")
 
 
-def sign_encrypts(key: ClientKey, port: int, key_id: str, n: int) -> list[bytes]:
-    """``n`` raw HTTP/1.1 Encrypt requests, each with its own plaintext, signed now."""
+def signed_request(private_key: Any, client_key_id: str, port: int, api: str, body: bytes,
+                   date: str | None = None, extra: dict[str, str] | None = None) -> bytes:
+    """One raw HTTP/1.1 request of the KMS-instance API ``api`` with ``body`` (protobuf, as
+    given: it need not be a valid message), with the headers the SDK signs (and ``extra``
+    ones: an ``x-kms-*`` header is signed too), RSA PKCS#1 v1.5 SHA-256 signed by
+    ``private_key`` now (or with ``date``, an RFC 7231 date)."""
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import padding
 
+    headers = {"accept": "application/x-protobuf", "host": f"{HOST}:{port}",
+               "date": date or email.utils.formatdate(usegmt=True),
+               "user-agent": "benchmarks.server (kms-instance)",
+               "x-kms-apiversion": "dkms-gcs-0.2", "x-kms-apiname": api,
+               "x-kms-signaturemethod": "RSA_PKCS1_SHA_256",
+               "x-kms-acccesskeyid": client_key_id,
+               "content-type": "application/x-protobuf",
+               "content-length": str(len(body)),
+               "content-sha256": hashlib.sha256(body).hexdigest().upper(), **(extra or {})}
+    signature = private_key.sign(string_to_sign("POST", headers), padding.PKCS1v15(),
+                                 hashes.SHA256())
+    headers["authorization"] = "Bearer " + base64.b64encode(signature).decode()
+    head = "POST / HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    return head.encode("latin-1") + b"\r\n" + body
+
+
+def sign_encrypts(key: ClientKey, port: int, key_id: str, n: int) -> list[bytes]:
+    """``n`` raw HTTP/1.1 Encrypt requests, each with its own plaintext, signed now."""
     schema = APIS["Encrypt"][0]
     date = email.utils.formatdate(usegmt=True)
-    out = []
-    for _ in range(n):
-        body = protowire.encode({"KeyId": key_id,
-                                 "Plaintext": secrets.token_bytes(PLAINTEXT_BYTES)}, schema)
-        headers = {"accept": "application/x-protobuf", "host": f"{HOST}:{port}",
-                   "date": date, "user-agent": "benchmarks.server (kms-instance)",
-                   "x-kms-apiversion": "dkms-gcs-0.2", "x-kms-apiname": "Encrypt",
-                   "x-kms-signaturemethod": "RSA_PKCS1_SHA_256",
-                   "x-kms-acccesskeyid": key.client_key_id,
-                   "content-type": "application/x-protobuf",
-                   "content-length": str(len(body)),
-                   "content-sha256": hashlib.sha256(body).hexdigest().upper()}
-        signature = key.private_key.sign(string_to_sign("POST", headers), padding.PKCS1v15(),
-                                         hashes.SHA256())
-        headers["authorization"] = "Bearer " + base64.b64encode(signature).decode()
-        head = "POST / HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-        out.append(head.encode() + b"\r\n" + body)
-    return out
+    return [signed_request(key.private_key, key.client_key_id, port, "Encrypt",
+                           protowire.encode({"KeyId": key_id,
+                                             "Plaintext": secrets.token_bytes(PLAINTEXT_BYTES)},
+                                            schema), date)
+            for _ in range(n)]
 
 
 def check(key: ClientKey, port: int, key_id: str, k: int = 4) -> None:

@@ -397,15 +397,17 @@ def make_tokens(n: int = N_TOKENS) -> None:
     subprocess.run(["bash", str(script), str(TOKEN_DIR), str(n)], check=True)
 
 
-def write_config(tmp: Path, tokens: Sequence[int] = TOKENS, instance: str = INSTANCE) -> Path:
-    """A config of one instance on ``tokens``, its ``[kms]`` database and audit in tmp."""
+def write_config(tmp: Path, tokens: Sequence[int] = TOKENS, instance: str = INSTANCE, *,
+                 token_dir: Path = TOKEN_DIR, label: str = "hsmpool") -> Path:
+    """A config of one instance on ``tokens`` (``label``-N in ``token_dir``), its ``[kms]``
+    database and audit in tmp."""
     lines = ["[pool]", "sessions_per_token = 8", "",
              "[modules.softhsm]", f'path = "{SOFTHSM_LIB}"',
-             f'env = {{ SOFTHSM2_CONF = "{TOKEN_DIR / "softhsm2.conf"}" }}', ""]
+             f'env = {{ SOFTHSM2_CONF = "{token_dir / "softhsm2.conf"}" }}', ""]
     for i in tokens:
-        lines += [f"[tokens.t{i}]", 'module = "softhsm"', f'label = "hsmpool-{i}"',
-                  f'pin_file = "{TOKEN_DIR / "user.pin"}"',
-                  f'so_pin_file = "{TOKEN_DIR / "so.pin"}"', ""]
+        lines += [f"[tokens.t{i}]", 'module = "softhsm"', f'label = "{label}-{i}"',
+                  f'pin_file = "{token_dir / "user.pin"}"',
+                  f'so_pin_file = "{token_dir / "so.pin"}"', ""]
     names = ", ".join(f'"t{i}"' for i in tokens)
     lines += [f"[instances.{instance}]", f"tokens = [{names}]", "",
               "[kms]", f'database = "{tmp / "kms.db"}"', f'audit_dir = "{tmp / "audit"}"',
@@ -465,21 +467,26 @@ def prepare_target(name: str, port: int, ak: str, sk: str, n: int) -> Target:
     return Target(name, port, ak, sk, key_id, cts)
 
 
-def sign_raw(ak: str, sk: str, service: str, amz_target: str, port: int,
-             bodies: Iterable[bytes]) -> list[bytes]:
+def sign_raw(ak: str, sk: str, service: str, amz_target: str | None, port: int,
+             bodies: Iterable[bytes], *,
+             content_type: str | None = "application/x-amz-json-1.1",
+             region: str = REGION) -> list[bytes]:
     """Raw HTTP/1.1 JSON POSTs of ``bodies`` for ``port``, SigV4-signed now with botocore
-    (``X-Amz-Target: amz_target``)."""
+    (``X-Amz-Target: amz_target``; None: no such header; ``content_type`` None: none)."""
     from botocore.auth import SigV4Auth
     from botocore.awsrequest import AWSRequest
     from botocore.credentials import Credentials
 
-    auth = SigV4Auth(Credentials(ak, sk), service, REGION)
+    auth = SigV4Auth(Credentials(ak, sk), service, region)
     host = f"{HOST}:{port}"
+    fixed = {"Host": host}
+    if content_type is not None:
+        fixed["Content-Type"] = content_type
+    if amz_target is not None:
+        fixed["X-Amz-Target"] = amz_target
     out = []
     for data in bodies:
-        req = AWSRequest(method="POST", url=f"http://{host}/", data=data, headers={
-            "Content-Type": "application/x-amz-json-1.1",
-            "X-Amz-Target": amz_target, "Host": host})
+        req = AWSRequest(method="POST", url=f"http://{host}/", data=data, headers=dict(fixed))
         auth.add_auth(req)
         lines = ["POST / HTTP/1.1"]
         lines += [f"{k}: {v}" for k, v in req.headers.items()]
@@ -515,30 +522,36 @@ def _acs_enc(text: str) -> str:
 
 
 def sign_acs3(ak: str, sk: str, port: int, action: str,
-              params: Iterable[Mapping[str, str]]) -> list[bytes]:
-    """Raw HTTP/1.1 POSTs of Alibaba Cloud OpenAPI RPC requests (``params`` in the query,
-    an empty body), ACS3-HMAC-SHA256 signed now, each with its own random
+              params: Iterable[Mapping[str, str]], *, body: bytes = b"",
+              content_type: str | None = None, version: str = ACS_VERSION,
+              date: str | None = None) -> list[bytes]:
+    """Raw HTTP/1.1 POSTs of Alibaba Cloud OpenAPI RPC requests (``params`` in the query;
+    ``body``, of ``content_type``, the same for each: empty by default), ACS3-HMAC-SHA256
+    signed now (``x-acs-date`` now, or ``date``), each with its own random
     ``x-acs-signature-nonce``: each may be sent once."""
     host = f"{HOST}:{port}"
-    date = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    date = date or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     key = sk.encode()
+    payload = _EMPTY_SHA256 if not body else hashlib.sha256(body).hexdigest()
     out = []
     for p in params:
         query = "&".join(f"{k}={_acs_enc(v)}" for k, v in sorted(p.items()))
         headers = {"accept": "application/json", "host": host, "user-agent": ACS_USER_AGENT,
-                   "x-acs-action": action, "x-acs-content-sha256": _EMPTY_SHA256,
+                   "x-acs-action": action, "x-acs-content-sha256": payload,
                    "x-acs-date": date, "x-acs-signature-nonce": secrets.token_hex(16),
-                   "x-acs-version": ACS_VERSION}
+                   "x-acs-version": version}
+        if content_type is not None:
+            headers["content-type"] = content_type
         names = sorted(headers)
         signed = ";".join(names)
         canonical_headers = "".join(f"{n}:{headers[n]}\n" for n in names)
-        canonical = f"POST\n/\n{query}\n{canonical_headers}\n{signed}\n{_EMPTY_SHA256}"
+        canonical = f"POST\n/\n{query}\n{canonical_headers}\n{signed}\n{payload}"
         to_sign = f"{ACS3}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
         signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
         lines = [f"POST /?{query} HTTP/1.1", *(f"{n}: {headers[n]}" for n in names),
                  f"Authorization: {ACS3} Credential={ak},SignedHeaders={signed},"
-                 f"Signature={signature}", "Content-Length: 0", "", ""]
-        out.append("\r\n".join(lines).encode())
+                 f"Signature={signature}", f"Content-Length: {len(body)}", "", ""]
+        out.append("\r\n".join(lines).encode() + body)
     return out
 
 

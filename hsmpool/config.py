@@ -271,8 +271,15 @@ def read_toml(path: str | os.PathLike[str]) -> tuple[dict[str, Any], Path]:
             doc = tomllib.load(fh)
     except FileNotFoundError:
         raise ConfigError(f"configuration file {str(p)!r} does not exist") from None
+    except OSError as exc:  # a folder, no permission, ...
+        raise ConfigError(f"configuration file {str(p)!r} cannot be read: "
+                          f"{exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:  # tomllib decodes the file itself
+        raise ConfigError(f"{p}: not valid TOML: not UTF-8 (byte {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+    except RecursionError:  # tomllib parses nested arrays and tables recursively
+        raise ConfigError(f"{p}: not valid TOML: arrays or tables nested too deep") from None
     return doc, p.resolve().parent
 
 

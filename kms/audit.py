@@ -87,7 +87,10 @@ class AuditEvent:
         if type(t) is not float:
             if isinstance(t, bool) or not isinstance(t, int | float):
                 raise TypeError(f"AuditEvent.time must be a number, not {type(t).__name__}")
-            t = float(t)
+            try:
+                t = float(t)
+            except OverflowError:  # an int past any float (a damaged record's time)
+                t = math.inf
             object.__setattr__(self, "time", t)
         if not math.isfinite(t):
             raise ValueError("AuditEvent.time must be finite")
@@ -600,7 +603,10 @@ def _row_record(text: object) -> bytes:
     record of this format in its canonical encoding (so each record has one reading)."""
     if not isinstance(text, str):
         raise TypeError("record is not text")
-    fields = json.loads(text)
+    try:
+        fields = json.loads(text)
+    except RecursionError:  # (json.loads's own limit on nesting)
+        raise ValueError("record is nested too deep to be one") from None
     if not isinstance(fields, list) or len(fields) != 10:
         raise ValueError("record is not a list of 10 fields")
     if type(fields[0]) is not int or fields[0] != FORMAT_VERSION:
@@ -810,7 +816,7 @@ def _check_head(db: sqlite3.Connection, segment: str, where: str, gen: bytes, la
         report.problem(f"{where}: head missing (cannot tell whether the tail was removed)")
         return
     hseq, hhash, mac = head
-    if not isinstance(hseq, int) or not isinstance(hhash, bytes):
+    if not isinstance(hseq, int) or not 0 <= hseq < 1 << 63 or not isinstance(hhash, bytes):
         report.problem(f"{where}: head malformed")
         return
     report.heads.append(SegmentHead(segment, count, hseq, hhash.hex()))

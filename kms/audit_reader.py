@@ -184,7 +184,7 @@ class Reader:
                     and all(isinstance(v, str) for v in f[9].values())
                     and isinstance(seq, int) and isinstance(hash_, bytes)):
                 raise ValueError("not a record")
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, RecursionError):  # (RecursionError: nested too deep)
             self.skipped[segment] = self.skipped.get(segment, 0) + 1
             return None
         return AuditRecord(segment, seq, float(f[1]), f[2], f[3], f[4], f[5], f[6], f[7],

@@ -68,7 +68,11 @@ def canonical_context(context: Mapping[str, str] | None) -> bytes:
     for k, v in context.items():
         if not isinstance(k, str) or not isinstance(v, str):
             raise Validation("EncryptionContext keys and values must be strings")
-        items.append((k.encode(), v.encode()))
+        try:
+            items.append((k.encode(), v.encode()))
+        except UnicodeEncodeError:  # a lone surrogate (from a JSON "\ud800" escape)
+            raise Validation("EncryptionContext keys and values must be valid Unicode "
+                             "text") from None
     items.sort()
     out = bytearray()
     for kb, vb in items:

@@ -50,6 +50,7 @@ configuration file. The full reference is ``docs/configuration.md``.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -290,17 +291,32 @@ def parse_kms_settings(doc: Mapping[str, Any], base: Path) -> KmsSettings:
             raise ConfigError(f"kms.{key} has the wrong type ({type(raw[key]).__name__})")
     if not isinstance(audit, str | bool) or audit is True:
         raise ConfigError("kms.audit_dir must be a folder name, or false for no audit")
+    ttl = _seconds(raw, "import_token_ttl", 86400)
+    if not ttl > 0:
+        raise ConfigError("kms.import_token_ttl must be a positive number of seconds")
     return KmsSettings(
         server=server,
         database=path(raw.get("database"), "kms.db"),
         audit_dir=None if audit in (False, "") else path(audit, "audit"),
         region=str(raw.get("region", "us-east-1")),
         max_plaintext=int(raw.get("max_plaintext", 4096)),
-        import_token_ttl=float(raw.get("import_token_ttl", 86400)),
-        store_grace=float(raw.get("store_grace", 30)),
+        import_token_ttl=ttl,
+        store_grace=_seconds(raw, "store_grace", 30),
         secret_context_keys=frozenset(str(k) for k in raw.get("secret_context_keys", [])),
         accounts={str(k): str(v) for k, v in raw.get("accounts", {}).items()},
     )
+
+
+def _seconds(raw: Mapping[str, Any], key: str, default: float) -> float:
+    """A finite number of seconds of ``[kms]`` (TOML integers may be of any size: one past
+    what a float holds is an error here, not an OverflowError)."""
+    try:
+        value = float(raw.get(key, default))
+    except OverflowError:
+        value = math.inf
+    if not math.isfinite(value):
+        raise ConfigError(f"kms.{key} must be a finite number of seconds")
+    return value
 
 
 def load(path: str | os.PathLike[str]) -> tuple[PoolConfig, KmsSettings]:

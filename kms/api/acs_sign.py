@@ -76,6 +76,12 @@ def _parse_time(text: str) -> float:
                         "the timestamp is not yyyy-MM-ddTHH:mm:ssZ") from None
 
 
+def _same(a: str, b: str) -> bool:
+    """Constant-time equality of two strings from a request, which may hold any latin-1 or
+    decoded character (``hmac.compare_digest`` raises TypeError for non-ASCII text)."""
+    return a.isascii() and b.isascii() and hmac.compare_digest(a, b)
+
+
 class NonceCache:
     """Nonces seen within the window (oldest dropped first)."""
 
@@ -143,7 +149,7 @@ class AcsVerifier:
                                           "x-acs-content-sha256"} <= set(names):
             raise AuthError("IncompleteSignature", "the signed headers are incomplete")
         payload = headers.get("x-acs-content-sha256", "")
-        if not hmac.compare_digest(payload, hashlib.sha256(body).hexdigest()):
+        if not _same(payload, hashlib.sha256(body).hexdigest()):
             raise AuthError("ContentSHA256NotMatched", "x-acs-content-sha256 does not match "
                             "the body")
         canonical_headers = "".join([f"{n}:{headers.get(n, '').strip()}\n" for n in names])
@@ -154,7 +160,7 @@ class AcsVerifier:
         to_sign = f"{ACS3}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
         secret = self._secret(akid)
         want = hmac.digest(secret.encode(), to_sign.encode(), "sha256").hex()
-        if not hmac.compare_digest(want, signature):
+        if not _same(want, signature):
             raise AuthError("SignatureDoesNotMatch",
                             "Specified signature does not match our calculation.")
         self._check_time_and_nonce(headers.get("x-acs-date"),
@@ -176,7 +182,7 @@ class AcsVerifier:
         secret = self._secret(akid)
         want = base64.b64encode(hmac.new((secret + "&").encode(), to_sign.encode(),
                                          hashlib.sha1).digest()).decode()
-        if not hmac.compare_digest(want, signature):
+        if not _same(want, signature):
             raise AuthError("SignatureDoesNotMatch",
                             "Specified signature does not match our calculation.")
         self._check_time_and_nonce(params.get("Timestamp"), params.get("SignatureNonce"))

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import logging
 import os
 import re
@@ -127,14 +126,30 @@ def _opt(params: Params, name: str) -> str | None:
     return None if v is None or v == "" else v
 
 
+_INTEGER: Final = re.compile(r"-?[0-9]{1,19}")
+
+
 def _int(params: Params, name: str, default: int) -> int:
+    """An integer parameter: ASCII digits, in the signed 64-bit range of Alibaba's Long
+    (not Python's ``int()``, which takes any size, other scripts' digits and ``1_000``: a
+    value past 64 bits could not even be echoed in a JSON answer)."""
     v = params.get(name)
     if v is None or v == "":
         return default
+    if _INTEGER.fullmatch(v) is None or not -2**63 <= (n := int(v)) < 2**63:
+        raise E.Validation(f"the parameter {name} must be a 64-bit integer")
+    return n
+
+
+def _json(raw: str, name: str, what: str) -> Any:
+    """A parameter that holds JSON. orjson, as the AWS front end parses bodies: it refuses
+    lone surrogates (which could not be encoded as UTF-8 later, in the ciphertext's context
+    or in SQLite) and nesting deeper than 1024 (the standard parser's RecursionError), with a
+    ValueError, as it does any other malformed JSON."""
     try:
-        return int(v)
+        return orjson.loads(raw)
     except ValueError:
-        raise E.Validation(f"the parameter {name} must be an integer") from None
+        raise E.Validation(f"the parameter {name} must be {what}") from None
 
 
 def _b64(params: Params, name: str) -> bytes:
@@ -148,10 +163,7 @@ def _ctx(params: Params, name: str = "EncryptionContext") -> dict[str, str] | No
     raw = _opt(params, name)
     if raw is None:
         return None
-    try:
-        doc = json.loads(raw)
-    except ValueError:
-        raise E.Validation(f"the parameter {name} must be a JSON object") from None
+    doc = _json(raw, name, "a JSON object")
     if not isinstance(doc, dict) or not all(isinstance(k, str) and isinstance(v, str)
                                             for k, v in doc.items()):
         raise E.Validation(f"the parameter {name} must map strings to strings")
@@ -540,10 +552,7 @@ def update_rotation_policy(c: KmsClient, p: Params) -> dict[str, Any]:
 
 
 def _json_list(p: Params, name: str) -> list[Any]:
-    try:
-        doc = json.loads(_p(p, name))
-    except ValueError:
-        raise E.Validation(f"the parameter {name} must be a JSON list") from None
+    doc = _json(_p(p, name), name, "a JSON list")
     if not isinstance(doc, list):
         raise E.Validation(f"the parameter {name} must be a JSON list")
     return doc
@@ -578,10 +587,7 @@ def list_resource_tags(c: KmsClient, p: Params) -> dict[str, Any]:
 def _stage_list(raw: str | None) -> list[str] | None:
     if raw is None:
         return None
-    try:
-        stages = json.loads(raw)
-    except ValueError:
-        raise E.Validation("VersionStages must be a JSON list") from None
+    stages = _json(raw, "VersionStages", "a JSON list")
     if not isinstance(stages, list):
         raise E.Validation("VersionStages must be a JSON list")
     return [STAGES.get(s, s) if isinstance(s, str) else s for s in stages]

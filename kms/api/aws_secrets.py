@@ -118,13 +118,13 @@ def _secret_value_fields(body: Body) -> dict[str, Any]:
 
 
 def create_secret(c: KmsClient, b: Body) -> dict[str, Any]:
+    if b.get("AddReplicaRegions"):  # refused before anything is made
+        raise _invalid("replica regions are not supported")
     rec, v = c.create_secret(
         _req(b, "Name"), description=_str(b, "Description", False, "") or "",
         kms_key_id=_str(b, "KmsKeyId", required=False), tags=b.get("Tags"),
         client_request_token=_str(b, "ClientRequestToken", required=False),
         **_secret_value_fields(b))
-    if b.get("AddReplicaRegions"):
-        raise _invalid("replica regions are not supported")
     out = _names(rec)
     if v is not None:
         out["VersionId"] = v.version_id

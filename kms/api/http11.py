@@ -142,7 +142,11 @@ class KmsHttpProtocol(asyncio.Protocol):
         self.closing = True
         if not self.busy and not self.queue:
             self._close()
-        return True  # keep the transport open for the responses in progress
+        # Keep the transport open for the responses in progress. Not over TLS: a TLS
+        # transport closes at the client's close_notify whatever this says, and logs a
+        # warning ("returning true from eof_received() has no effect when using ssl") for
+        # every such client if it is told to stay open.
+        return self.scheme != "https"
 
     def pause_writing(self) -> None:  # the client reads slowly: stop reading from it too
         if self.transport is not None and not self.paused:

@@ -277,7 +277,7 @@ def _is_pkcs8(der: bytes) -> bool:
     if inner != len(der):
         return False
     pos = 2 + (der[1] & 0x7F if der[1] & 0x80 else 0)
-    if der[pos] != 0x02:
+    if pos >= len(der) or der[pos] != 0x02:  # (an empty SEQUENCE: nothing at pos)
         return False
     nxt = skip(pos)
     return nxt is not None and nxt < len(der) and der[nxt] == 0x30

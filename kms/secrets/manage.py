@@ -910,13 +910,13 @@ def _filter(filters: object) -> Callable[[SecretRecord], bool]:
         raise E.Validation("Filters must be a list of at most 10 {Key, Values}")
     tests: list[Callable[[SecretRecord], bool]] = []
     for f in filters:
-        if not isinstance(f, Mapping) or f.get("Key") not in _FILTER_KEYS:
+        key = f.get("Key") if isinstance(f, Mapping) else None
+        if not isinstance(key, str) or key not in _FILTER_KEYS:  # (a list is unhashable)
             raise E.Validation(f"filter keys are {sorted(_FILTER_KEYS)}")
         values = f.get("Values")
         if not isinstance(values, list | tuple) or not values or not all(
                 isinstance(v, str) and 1 <= len(v) <= 512 for v in values):
             raise E.Validation("a filter has 1..10 Values of 1..512 characters")
-        key = f["Key"]
 
         def fields(rec: SecretRecord, key: str = key) -> list[str]:
             if key == "name":

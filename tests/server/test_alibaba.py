@@ -581,3 +581,68 @@ def test_readme_lists_every_action() -> None:
     named = {n for row in table.splitlines()[2:] for n in
              re.findall(r"\b[A-Z][A-Za-z]+\b", re.sub(r"`[^`]*`|\([^)]*\)", "", row))}
     assert named == set(OPERATIONS)
+
+
+@pytest.mark.parametrize("action, params, code", [
+    # JSON nested past any parser's depth: once the standard parser's RecursionError, a 500
+    ("Encrypt", {"Plaintext": "aGk=", "EncryptionContext": "[" * 1100 + "]" * 1100},
+     "InvalidParameter"),
+    ("TagResource", {"Tags": '[{"a":' * 520 + "1" + "}]" * 520}, "InvalidParameter"),
+    ("UntagResource", {"TagKeys": "[" * 2000 + "]" * 2000}, "InvalidParameter"),
+    # lone surrogates: once a UnicodeEncodeError in the ciphertext's context, a 500
+    ("Encrypt", {"Plaintext": "aGk=", "EncryptionContext": '{"\\ud800": "x"}'},
+     "InvalidParameter"),
+    ("Encrypt", {"Plaintext": "aGk=", "EncryptionContext": '{"k": "\\udc00"}'},
+     "InvalidParameter"),
+    ("TagResource", {"Tags": '[{"TagKey": "\\ud83d", "TagValue": "v"}]'}, "InvalidParameter"),
+    # integers past 64 bits: once echoed into a JSON answer orjson cannot write, a 500
+    ("ListKeys", {"PageNumber": str(2**64)}, "InvalidParameter"),
+    ("ListAliases", {"PageNumber": "9" * 30}, "InvalidParameter"),
+    ("ListKeys", {"PageSize": "1_0"}, "InvalidParameter"),
+    ("ListKeys", {"PageSize": "\u0661\u0660"}, "InvalidParameter"),  # Arabic-Indic "10"
+])
+def test_malformed_parameters_are_refused_not_500(server: Server, kms: Any, action: str,
+                                                  params: dict[str, str], code: str) -> None:
+    """Found by ``benchmarks.fuzz``: parameters that made the Alibaba front end fail with a
+    500 (and a traceback in the log) are refused as the invalid parameters they are."""
+    import json
+
+    from benchmarks.server import raw_call, sign_acs3
+
+    cred = server.creds["admin"]
+    key_id = kms.create_key()["KeyMetadata"]["KeyId"]
+    req = sign_acs3(cred.access_key_id, cred.secret, server.port, action,
+                    [{"KeyId": key_id, **params}])[0]
+    status, body = raw_call(server.port, req)
+    assert (status, json.loads(body)["Code"]) == (400, code), body
+    assert kms.list_resource_tags(KeyId=key_id)["Tags"] == []  # nothing was tagged
+    ok = sign_acs3(cred.access_key_id, cred.secret, server.port, "ListKeys",
+                   [{"PageNumber": "1", "PageSize": str(2**31)}])[0]  # a Long: in range
+    status, body = raw_call(server.port, ok)
+    assert (status, json.loads(body)["Code"]) == (400, "InvalidParameter")  # (1..100)
+
+
+def test_non_ascii_signatures_are_refused_not_500(server: Server) -> None:
+    """A signature or body hash with non-ASCII characters (latin-1 bytes in a header, or
+    percent-escapes in a v1 query) is a signature that does not match: constant-time string
+    comparison raises TypeError for such text, which was a 500 (found by benchmarks.fuzz)."""
+    import json
+
+    from benchmarks.server import raw_call, sign_acs3
+
+    cred = server.creds["admin"]
+    req = sign_acs3(cred.access_key_id, cred.secret, server.port, "ListKeys", [{}])[0]
+    head, _, rest = req.partition(b"\r\n\r\n")
+    bad_sig = head[:head.index(b"Signature=") + 10] + b"\xe9" * 64 + head[head.index(
+        b"\r\n", head.index(b"Signature=")):]
+    sha = head.index(b"x-acs-content-sha256: ") + 22
+    bad_sha = head[:sha] + b"\xe9" * 64 + head[sha + 64:]
+    v1 = ("POST /?Action=ListKeys&Version=2016-01-20&AccessKeyId=" + cred.access_key_id
+          + "&SignatureMethod=HMAC-SHA1&SignatureVersion=1.0&SignatureNonce=n1"
+          "&Timestamp=2026-01-01T00:00:00Z&Signature=%C3%A9%C3%BF HTTP/1.1\r\n"
+          f"Host: 127.0.0.1:{server.port}\r\nContent-Length: 0\r\n\r\n").encode()
+    for raw, code in ((bad_sig + b"\r\n\r\n" + rest, "SignatureDoesNotMatch"),
+                      (bad_sha + b"\r\n\r\n" + rest, "ContentSHA256NotMatched"),
+                      (v1, "SignatureDoesNotMatch")):
+        status, body = raw_call(server.port, raw)
+        assert (status, json.loads(body)["Code"]) == (400, code), body

@@ -216,3 +216,33 @@ def test_secret_values_never_reach_logs_audit_errors_or_metrics(server: Server,
     assert "secretsmanager:GetSecretValue" in texts["audit"]
     for where, text in texts.items():
         assert marker not in text, where
+
+
+def test_a_refused_create_makes_no_secret(sm: Any) -> None:
+    """CreateSecret with replica regions (not supported) is refused, and leaves no secret
+    behind: the refusal once came after the secret was made, so the error answer hid a
+    change (seen while building ``benchmarks.fuzz``)."""
+    name = _name("replica")
+    with raises_code(sm, "InvalidParameterException"):
+        sm.create_secret(Name=name, SecretString="v",
+                         AddReplicaRegions=[{"Region": "eu-west-1"}])
+    with raises_code(sm, "ResourceNotFoundException"):
+        sm.describe_secret(SecretId=name)
+    assert sm.create_secret(Name=name, SecretString="v")["Name"] == name  # the name is free
+
+
+@pytest.mark.parametrize("filters", [[{"Key": ["name"], "Values": ["a"]}],
+                                     [{"Key": {"a": 1}, "Values": ["a"]}], [{"Key": 5}],
+                                     [["name"]]])
+def test_malformed_filters_are_refused_not_500(server: Server, filters: Any) -> None:
+    """ListSecrets with a filter Key that is not a string (a list once failed the set lookup
+    as unhashable: a 500; found by benchmarks.fuzz). boto3 checks the types itself, so this
+    is a signed request of our own."""
+    from tests.server.conftest import raw_post, sign_headers
+
+    cred = server.creds["admin"]
+    body = json.dumps({"Filters": filters}).encode()
+    headers = sign_headers(cred, server.port, "secretsmanager.ListSecrets", body,
+                           service="secretsmanager")
+    status, _, data = raw_post(server.port, body, headers)
+    assert (status, json.loads(data)["__type"]) == (400, "InvalidParameterException"), data

@@ -166,3 +166,26 @@ def test_sigterm_stops_a_tls_server_with_idle_keep_alive_clients(token_dir: Path
         assert run.stop() == 0
     for conn in clients:
         conn.close()
+
+
+def test_a_client_closing_its_tls_connection_logs_nothing(tls_server: tuple[int, Path, object]
+                                                          ) -> None:
+    """A client that ends its TLS connection politely (close_notify, then its end of the
+    socket) is not a warning: every such client once logged "returning true from
+    eof_received() has no effect when using ssl" (seen in ``benchmarks.fuzz``'s server log)."""
+    port, cert, _ = tls_server
+    log = cert.parent / "server.log"
+    ctx = ssl.create_default_context(cafile=str(cert))
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            tls = ctx.wrap_socket(raw, server_hostname="127.0.0.1")
+            tls.sendall(b"GET /livez HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            got = b""
+            while b'"live"' not in got:
+                got += tls.recv(4096)
+            tls.unwrap().close()  # close_notify: the server sees the end of the stream
+    # One more request on the same one-worker server: the loop has handled those ends.
+    with urllib.request.urlopen(f"https://127.0.0.1:{port}/livez", context=ctx,
+                                timeout=5) as resp:
+        assert resp.status == 200
+    assert "eof_received" not in log.read_text(errors="replace")
