@@ -176,12 +176,18 @@ def _shape(sh: Any, depth: int = 0) -> Shape:
 
 
 def aws_schema(service: str) -> dict[str, dict[str, Shape]]:
-    """Operation -> input member -> shape, from botocore's model of ``service``."""
+    """Operation -> input member -> shape, from botocore's model of ``service``, for the
+    operations the server has (the others are only unknown targets, sent as such)."""
     import botocore.session
 
+    from kms.api import aws_kms, aws_secrets
+
+    served = aws_kms.OPERATIONS if service == "kms" else aws_secrets.OPERATIONS
     model = botocore.session.get_session().get_service_model(service)
     out: dict[str, dict[str, Shape]] = {}
     for op in model.operation_names:
+        if op not in served:
+            continue
         ish = model.operation_model(op).input_shape
         out[op] = {} if ish is None else {k: _shape(v) for k, v in ish.members.items()}
     return out
