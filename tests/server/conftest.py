@@ -19,7 +19,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -180,6 +180,31 @@ def sign_headers(cred: Cred, port: int, target: str | None, body: bytes,
     req = AWSRequest("POST", f"http://127.0.0.1:{port}/", data=body, headers=headers)
     SigV4Auth(Credentials(cred.access_key_id, cred.secret), service, region).add_auth(req)
     return dict(req.headers.items())
+
+
+def error_code(fn: Callable[[], object]) -> str | None:
+    """The AWS error code of the ClientError ``fn()`` raised, or None if it succeeded."""
+    try:
+        fn()
+    except ClientError as exc:
+        return str(exc.response["Error"]["Code"])
+    return None
+
+
+def until(check: Callable[[], object], limit: float = 1.0, what: str = "the condition",
+          step: float = 0.02) -> float:
+    """Seconds until ``check()`` is true (a ClientError counts as not yet); AssertionError
+    naming ``what`` past ``limit`` seconds."""
+    t0 = time.monotonic()
+    while True:
+        try:
+            if check():
+                return time.monotonic() - t0
+        except ClientError:
+            pass
+        if time.monotonic() - t0 > limit:
+            raise AssertionError(f"{what}: not within {limit} s")
+        time.sleep(step)
 
 
 def raw_post(port: int, body: bytes, headers: Mapping[str, str], path: str = "/"

@@ -10,10 +10,8 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from botocore.exceptions import ClientError
 
 from hsmpool import Pool
 from kms.cluster import VERSION
@@ -24,8 +22,10 @@ from tests.server.conftest import (
     Server,
     cluster_status,
     create_credential,
+    error_code,
     run_server,
     start_serve,
+    until,
     write_server_config,
 )
 
@@ -52,52 +52,39 @@ def nodes(pg_config: Path) -> Iterator[list[Server]]:
         yield servers
 
 
-def _until(check: Any, limit: float = 1.0) -> float:
-    """Seconds until ``check()`` holds (AssertionError past ``limit``)."""
-    t0 = time.monotonic()
-    while True:
-        try:
-            if check():
-                return time.monotonic() - t0
-        except ClientError:
-            pass
-        if time.monotonic() - t0 > limit:
-            raise AssertionError(f"not seen within {limit} s")
-        time.sleep(0.02)
-
 
 def test_a_key_made_on_one_node_works_on_the_other(nodes: list[Server]) -> None:
     a, b = (srv.client(srv.creds["admin"]) for srv in nodes)
     key = a.create_key(Description="on node a")["KeyMetadata"]["KeyId"]
     blob = a.encrypt(KeyId=key, Plaintext=b"across nodes")["CiphertextBlob"]
-    _until(lambda: b.decrypt(CiphertextBlob=blob)["Plaintext"] == b"across nodes")
+    until(lambda: b.decrypt(CiphertextBlob=blob)["Plaintext"] == b"across nodes")
     a.create_alias(AliasName=f"alias/pg-{uuid.uuid4().hex[:8]}", TargetKeyId=key)
     a.disable_key(KeyId=key)
-    seen = _until(lambda: _code(lambda: b.encrypt(KeyId=key, Plaintext=b"x"))
+    seen = until(lambda: error_code(lambda: b.encrypt(KeyId=key, Plaintext=b"x"))
                   == "DisabledException")
     assert seen < 1.0
     a.enable_key(KeyId=key)
-    _until(lambda: b.encrypt(KeyId=key, Plaintext=b"x")["KeyId"].endswith(key))
+    until(lambda: b.encrypt(KeyId=key, Plaintext=b"x")["KeyId"].endswith(key))
     v = b.rotate_key_on_demand(KeyId=key)
     assert v["KeyId"] == key
     rotations = a.list_key_rotations(KeyId=key)["Rotations"]
     assert len(rotations) == 1
     a.schedule_key_deletion(KeyId=key, PendingWindowInDays=7)
-    _until(lambda: b.describe_key(KeyId=key)["KeyMetadata"]["KeyState"] == "PendingDeletion")
+    until(lambda: b.describe_key(KeyId=key)["KeyMetadata"]["KeyState"] == "PendingDeletion")
 
 
 def test_secrets_and_credentials_across_nodes(nodes: list[Server], pg_config: Path) -> None:
     a, b = (srv.client(srv.creds["admin"], service="secretsmanager") for srv in nodes)
     name = f"pg/{uuid.uuid4().hex[:8]}"
     a.create_secret(Name=name, SecretString="one")
-    _until(lambda: b.get_secret_value(SecretId=name)["SecretString"] == "one")
+    until(lambda: b.get_secret_value(SecretId=name)["SecretString"] == "one")
     b.put_secret_value(SecretId=name, SecretString="two")
-    _until(lambda: a.get_secret_value(SecretId=name)["SecretString"] == "two")
+    until(lambda: a.get_secret_value(SecretId=name)["SecretString"] == "two")
     # A credential made now (another process) is honoured by both nodes.
     cred = create_credential(pg_config, "pg", f"late-{uuid.uuid4().hex[:6]}")
     for srv in nodes:
         c = srv.client(cred, service="secretsmanager")
-        _until(lambda c=c: c.get_secret_value(SecretId=name)["SecretString"] == "two")
+        until(lambda c=c: c.get_secret_value(SecretId=name)["SecretString"] == "two")
 
 
 def test_a_key_disabled_on_one_node_is_refused_by_the_other_at_once(
@@ -106,14 +93,14 @@ def test_a_key_disabled_on_one_node_is_refused_by_the_other_at_once(
     poll would take up to 5 s)."""
     a, b = (srv.client(srv.creds["admin"]) for srv in nodes)
     key = a.create_key(Description="notify")["KeyMetadata"]["KeyId"]
-    _until(lambda: b.encrypt(KeyId=key, Plaintext=b"x")["KeyId"].endswith(key), 3.0)
+    until(lambda: b.encrypt(KeyId=key, Plaintext=b"x")["KeyId"].endswith(key), 3.0)
     seen = []
     for _ in range(5):
         a.disable_key(KeyId=key)
-        seen.append(_until(lambda: _code(lambda: b.encrypt(KeyId=key, Plaintext=b"x"))
+        seen.append(until(lambda: error_code(lambda: b.encrypt(KeyId=key, Plaintext=b"x"))
                            == "DisabledException", 3.0))
         a.enable_key(KeyId=key)
-        _until(lambda: b.encrypt(KeyId=key, Plaintext=b"x")["KeyId"].endswith(key), 3.0)
+        until(lambda: b.encrypt(KeyId=key, Plaintext=b"x")["KeyId"].endswith(key), 3.0)
     ms = sorted(round(t * 1000, 1) for t in seen)
     print(f"node b refused Encrypt after node a's DisableKey returned, ms: {ms}")
 
@@ -128,13 +115,6 @@ def test_cluster_status_shows_both_nodes(nodes: list[Server], pg_config: Path) -
             srv.url, "up", workers, VERSION), node
         assert node["HeartbeatAgeSeconds"] <= 3 * node["HeartbeatIntervalSeconds"]
 
-
-def _code(fn: Any) -> str | None:
-    try:
-        fn()
-    except ClientError as exc:
-        return str(exc.response["Error"]["Code"])
-    return None
 
 
 def test_two_nodes_started_at_once_make_one_domain_key(

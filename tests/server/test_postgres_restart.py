@@ -28,7 +28,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +43,9 @@ from tests.server.conftest import (
     Cred,
     Server,
     create_credential,
+    error_code,
     run_server,
+    until,
     write_server_config,
 )
 
@@ -176,26 +178,6 @@ def _probe(rec: _Record, node: str, client: Any, key: str, blob: bytes,
         time.sleep(0.02)
 
 
-def _until(check: Callable[[], bool], limit: float, what: str) -> float:
-    """Seconds until ``check()`` holds (a ClientError counts as not yet)."""
-    t0 = time.monotonic()
-    while True:
-        try:
-            if check():
-                return time.monotonic() - t0
-        except ClientError:
-            pass
-        if time.monotonic() - t0 > limit:
-            raise AssertionError(f"{what}: not within {limit} s")
-        time.sleep(0.02)
-
-
-def _code(fn: Callable[[], Any]) -> str:
-    try:
-        fn()
-    except ClientError as exc:
-        return _outcome(exc)[0]
-    return "ok"
 
 
 def _listeners(pg: PostgresCluster, db: str) -> int:
@@ -284,13 +266,13 @@ def test_postgres_restarted_under_load(setup: _Setup) -> None:
                 recovered: dict[str, float] = {}
                 while len(recovered) < len(nodes):
                     for name, kms in zip(names, clients, strict=True):
-                        if name not in recovered and _code(lambda n=name, k=kms: _once(
-                                rec, n, k, "list_keys", Limit=1)) == "ok":
+                        if name not in recovered and error_code(lambda n=name, k=kms: _once(
+                                rec, n, k, "list_keys", Limit=1)) is None:
                             recovered[name] = time.monotonic() - t_up
                     assert time.monotonic() - t_up < RECOVERY_BOUND, \
                         f"{mode}: not serving again within {RECOVERY_BOUND} s: {recovered}"
                     time.sleep(0.05)
-                _until(lambda: _listeners(pg, setup.db) >= baseline,
+                until(lambda: _listeners(pg, setup.db) >= baseline,
                        RECOVERY_BOUND - (time.monotonic() - t_up),
                        f"{mode}: the change listeners back on the database")
                 listen_at = time.monotonic() - t_up
@@ -299,12 +281,12 @@ def test_postgres_restarted_under_load(setup: _Setup) -> None:
                 writes.clear()
                 a, b = clients
                 key = a.create_key(Description=f"visible {mode}")["KeyMetadata"]["KeyId"]
-                _until(lambda k=key, c=b: c.encrypt(KeyId=k, Plaintext=b"x")["KeyId"]
+                until(lambda k=key, c=b: c.encrypt(KeyId=k, Plaintext=b"x")["KeyId"]
                        .endswith(k), VISIBLE_BOUND, f"{mode}: node b using a new key")
                 time.sleep(0.2)
                 b.encrypt(KeyId=key, Plaintext=b"x")
                 a.disable_key(KeyId=key)
-                visible = _until(lambda k=key, c=b: _code(lambda: c.encrypt(
+                visible = until(lambda k=key, c=b: error_code(lambda: c.encrypt(
                     KeyId=k, Plaintext=b"x")) == "DisabledException",
                     VISIBLE_BOUND, f"{mode}: node a's DisableKey on node b")
                 rec.states[key] = "Disabled"
@@ -381,7 +363,7 @@ def test_postgres_restarted_under_load(setup: _Setup) -> None:
                 if rec.states[key] == "Enabled":
                     assert kms.decrypt(CiphertextBlob=blob)["Plaintext"] == pt, name
                 else:
-                    assert _code(lambda bl=blob, c=kms: c.decrypt(CiphertextBlob=bl)) == \
+                    assert error_code(lambda bl=blob, c=kms: c.decrypt(CiphertextBlob=bl)) == \
                         "DisabledException", name
         a, b = clients
         disabled = {k for k, s in rec.states.items() if s == "Disabled"}
@@ -389,7 +371,7 @@ def test_postgres_restarted_under_load(setup: _Setup) -> None:
             a.enable_key(KeyId=key)
         for key, blob, pt in rec.ciphertexts:
             if key in disabled:
-                got = _until(lambda bl=blob, p=pt: b.decrypt(CiphertextBlob=bl)["Plaintext"]
+                got = until(lambda bl=blob, p=pt: b.decrypt(CiphertextBlob=bl)["Plaintext"]
                              == p, VISIBLE_BOUND, "a key enabled on node a, on node b")
                 assert got < VISIBLE_BOUND
         print(f"checked {len(rec.states)} keys, {len(rec.aliases)} aliases and "
