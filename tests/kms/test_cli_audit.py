@@ -251,11 +251,26 @@ def test_damaged_rows_are_skipped_with_a_warning(trail: Path) -> None:
     assert "seq 2" in run(trail, "audit", "verify", rc=1).stdout
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+def _signal_state() -> str:
+    """SigBlk/SigIgn of this process's main thread, for a failure message."""
+    lines = Path("/proc/self/status").read_text().splitlines()
+    return " ".join(line for line in lines if line.startswith(("SigBlk", "SigIgn")))
+
+
 def test_follow_prints_new_records(config: Path) -> None:
     run(config, "alias", "list", "--instance", INSTANCE)
+    # Ctrl-C as a terminal would send it: SIGINT at its default and unblocked in the child,
+    # whatever this test process inherited (a process whose parent ignores SIGINT ignores it
+    # too, as Python keeps an inherited SIG_IGN; in full clean-clone runs the tail here did).
     proc = subprocess.Popen([HSMPOOL, "--config", str(config), "audit", "tail", "--follow",
                              "--json", "-n", "1", "--interval", "0.1"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint)
     assert proc.stdout is not None
     out: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [out.put(line) for line in proc.stdout or ()],
@@ -278,7 +293,8 @@ def test_follow_prints_new_records(config: Path) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             raise AssertionError("audit tail --follow did not stop on SIGINT; stderr: "
-                                 + "".join(err)[-3000:]) from None
+                                 + "".join(err)[-3000:] + "; this process's signal state: "
+                                 + _signal_state()) from None
     assert proc.returncode == 130, "".join(err)[-3000:]
     assert "Traceback" not in "".join(err)
 
