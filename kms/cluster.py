@@ -23,26 +23,16 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from importlib import metadata
 from typing import Final
 
 from kms.store.interface import MetadataStore, NodeRecord
+from kms.version import VERSION
 
 log = logging.getLogger("hsmpool.server")
 
 HEARTBEAT_INTERVAL: Final = 5.0  # seconds
 STALE_BEATS: Final = 3  # a node silent for more beats than this is stale
 _WATCH: Final = 0.2  # seconds: how often the beating thread looks at the worker count
-
-
-def _version() -> str:
-    try:
-        return metadata.version("hsmpool")
-    except metadata.PackageNotFoundError:
-        return "unknown"
-
-
-VERSION: Final = _version()
 
 
 def node_id(port: int, hostname: str | None = None) -> str:

@@ -34,9 +34,10 @@ import os
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
+
+from kms.version import VERSION
 
 if TYPE_CHECKING:
     from kms.service import Kms
@@ -48,16 +49,6 @@ BUCKETS: Final = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0
 _STATES: Final = ("healthy", "ejected", "closed", "missing")
 PUBLISH_INTERVAL: Final = 1.0
 STALE_AFTER: Final = 5.0  # seconds: a snapshot older than this is from a worker gone
-
-
-def _version() -> str:
-    try:
-        return metadata.version("hsmpool")
-    except metadata.PackageNotFoundError:
-        return "unknown"
-
-
-VERSION: Final = _version()
 
 
 def process_figures() -> dict[str, float]:
