@@ -136,6 +136,16 @@ MIGRATIONS: Final[list[list[str]]] = [[
     f"ALTER TABLE audit_segments ADD COLUMN location {_T} NOT NULL DEFAULT ''",
     "ALTER TABLE audit_segments DROP CONSTRAINT audit_segments_pkey",
     "ALTER TABLE audit_segments ADD PRIMARY KEY (location, segment)",
+], [
+    # 6: shipped copies of audit segments (SQLite's migration 12)
+    f"""CREATE TABLE audit_shipped (
+        location {_T} NOT NULL, segment {_T} NOT NULL, seq BIGINT NOT NULL,
+        record TEXT NOT NULL, prev_hash BYTEA NOT NULL, hash BYTEA NOT NULL,
+        PRIMARY KEY (location, segment, seq))""",
+    f"""CREATE TABLE audit_shipped_heads (
+        location {_T} NOT NULL, segment {_T} NOT NULL, seq BIGINT NOT NULL,
+        hash BYTEA NOT NULL, mac BYTEA, updated {_F} NOT NULL,
+        PRIMARY KEY (location, segment))""",
 ]]
 
 #: The channel of change notifications: the payload is the new change counter.
