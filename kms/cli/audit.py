@@ -103,6 +103,13 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     keyed = None
     note = "none given"
     config = _config_path(args)
+    if args.all_nodes:
+        if config is None:
+            print("error: --all-nodes needs the configuration (--config, $HSMPOOL_CONFIG or "
+                  f"{DEFAULT_CONFIG}): the other nodes' segments are in its store",
+                  file=sys.stderr)
+            return 2
+        return _verify_all_nodes(args, config, directory, key, anchors)
     if config is not None:
         from kms.audit_anchor import store_anchors
 
@@ -132,6 +139,35 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _verify_all_nodes(args: argparse.Namespace, config: str, directory: str,
+                      key: bytes | None, anchors: list[tuple[str, int, str]]) -> int:
+    """``audit verify --all-nodes``: this folder's segments from their files, every other
+    location's from the copies shipped into the store (:func:`kms.audit_ship.verify_all_nodes`)."""
+    from kms.audit_ship import verify_all_nodes
+
+    started = time.perf_counter()
+    try:
+        report = verify_all_nodes(config, directory, head_key=key, anchors=anchors,
+                                  segments=args.segment or None)
+    except Exception as exc:  # noqa: BLE001 - the store's driver errors: one line
+        print(f"error: cannot read the audit anchors of {config}: {exc}", file=sys.stderr)
+        return 2
+    took = time.perf_counter() - started
+    print(f"store: {report.registered} registered segments, here and at "
+          f"{len(report.locations)} other locations; head key {report.note}")
+    for h in report.heads:
+        source = "its file" if h.source == "file" else f"its copy {h.source}"
+        print(f"segment {h.segment}: {h.records} records, head seq {h.seq}, "
+              f"anchor {h.segment}:{h.seq}:{h.hash} (verified from {source})")
+    for p in report.problems:
+        print(f"PROBLEM: {p}")
+    state = "OK" if report.ok else f"FAILED ({len(report.problems)} problems)"
+    print(f"audit of every node: {report.segments} segments ({report.from_files} from the "
+          f"files of {directory}, {report.from_shipped} from shipped copies), "
+          f"{report.records} records, {state} in {took:.2f} s")
+    return 0 if report.ok else 1
+
+
 def add_cli(subparsers: Any) -> None:
     """Register ``audit verify|tail|show|export`` on an ``argparse`` subparsers object."""
     audit = subparsers.add_parser("audit", help="the audit trail: verify and read it")
@@ -152,6 +188,10 @@ def add_cli(subparsers: Any) -> None:
                         "still be in its chain (repeatable)")
     v.add_argument("--anchor-file", action="append", metavar="FILE",
                    help="file of anchors, one SEGMENT:SEQ:HASH per line ('#' comments)")
+    v.add_argument("--all-nodes", action="store_true",
+                   help="also every segment the store knows at other locations (nodes), "
+                        "from the copies shipped into it ([kms] audit_ship); one that was "
+                        "not shipped is a problem")
     v.set_defaults(func=_cmd_verify)
     _add_readers(sub, where)
 
