@@ -29,7 +29,8 @@ copy: the rows are written into a scratch file in the segment format and checked
 same checker as a file (:func:`kms.audit.verify_segment_file`: chain from the genesis, head,
 head MAC with the head key), and its checkpoint must be in that chain. A segment of
 another location with no shipped copy, or one whose copy stops before its checkpoint, is a
-problem ("not shipped: verify it on <host>"): OK means every node's segments were checked.
+problem ("not shipped: verify it on <host>"): OK means every node's segments were checked
+(except a segment registered at seq 0, without records: nothing to ship or to check).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 from kms.audit import (
+    SegmentHead,
     VerifyReport,
     genesis,
     segment_files,
@@ -243,6 +245,7 @@ class NodesReport(VerifyReport):
 
     from_files: int = 0
     from_shipped: int = 0
+    empty: int = 0  # of another location, registered at seq 0 and never shipped: no records
     locations: list[str] = field(default_factory=list)
     registered: int = 0  # segments in the store's registry (every location)
     note: str = ""  # where the head key came from
@@ -327,6 +330,14 @@ def verify_nodes(store: AuditAnchorStore, directory: str,
             cp = remote_cps.get(key)
             copy = remote_shipped.get(key)
             where = f"segment {seg} of {loc}"
+            if copy is None and cp is not None and cp.seq == 0:
+                # Registered without a record (a worker that served nothing): there is
+                # nothing to ship, and nothing its checkpoint could be checked against.
+                report.heads.append(SegmentHead(seg, 0, 0, cp.hash.hex(),
+                                                f"registered at {loc} without records"))
+                report.segments += 1
+                report.empty += 1
+                continue
             if copy is None:
                 report.problem(f"{where}: not shipped: verify it on {_host(loc)}")
                 continue

@@ -156,14 +156,20 @@ def _verify_all_nodes(args: argparse.Namespace, config: str, directory: str,
     print(f"store: {report.registered} registered segments, here and at "
           f"{len(report.locations)} other locations; head key {report.note}")
     for h in report.heads:
-        source = "its file" if h.source == "file" else f"its copy {h.source}"
+        if h.source == "file":
+            how = "verified from its file"
+        elif h.source.startswith("shipped from "):
+            how = f"verified from its copy {h.source}"
+        else:
+            how = f"nothing to verify: {h.source}"
         print(f"segment {h.segment}: {h.records} records, head seq {h.seq}, "
-              f"anchor {h.segment}:{h.seq}:{h.hash} (verified from {source})")
+              f"anchor {h.segment}:{h.seq}:{h.hash} ({how})")
     for p in report.problems:
         print(f"PROBLEM: {p}")
     state = "OK" if report.ok else f"FAILED ({len(report.problems)} problems)"
+    empty = f", {report.empty} registered without records" if report.empty else ""
     print(f"audit of every node: {report.segments} segments ({report.from_files} from the "
-          f"files of {directory}, {report.from_shipped} from shipped copies), "
+          f"files of {directory}, {report.from_shipped} from shipped copies{empty}), "
           f"{report.records} records, {state} in {took:.2f} s")
     return 0 if report.ok else 1
 
@@ -173,6 +179,9 @@ def add_cli(subparsers: Any) -> None:
     audit = subparsers.add_parser("audit", help="the audit trail: verify and read it")
     sub = audit.add_subparsers(dest="audit_command", required=True, metavar="COMMAND")
     where = argparse.ArgumentParser(add_help=False)
+    where.add_argument("--config", default=argparse.SUPPRESS,  # as hsmpool --config
+                       help="configuration (TOML): its [kms] audit_dir and store; default "
+                            f"$HSMPOOL_CONFIG or {DEFAULT_CONFIG}")
     where.add_argument("--dir", default=None,
                        help="audit directory (default: the [kms] audit_dir of --config; "
                             "else $HSMPOOL_AUDIT_DIR; else that of $HSMPOOL_CONFIG or "

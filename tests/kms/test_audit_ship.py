@@ -361,8 +361,11 @@ def test_a_local_file_rewritten_after_shipping_is_caught(nodes: Deployment) -> N
 def test_a_node_that_did_not_ship_is_a_problem_naming_its_host(nodes: Deployment,
                                                                token_dir: Path) -> None:
     """A third node that never shipped; and node b reopened with shipping off, so its
-    registry checkpoint moves past its shipped copy."""
+    registry checkpoint moves past its shipped copy. (A fourth that ships but never had a
+    record has nothing to ship: no problem.)"""
     root = nodes.configs["a"].parent.parent
+    idle = Kms.open(_node_config(root / "d", token_dir, nodes.url, True), audit_segment="node-d")
+    idle.close()
     quiet_c = _node_config(root / "c", token_dir, nodes.url, False)
     quiet_b = _node_config(root / "b-quiet", token_dir, nodes.url, False)
     quiet_b.parent.joinpath("audit").symlink_to(nodes.audit("b"))  # b's folder, unshipped
@@ -379,5 +382,6 @@ def test_a_node_that_did_not_ship_is_a_problem_naming_its_host(nodes: Deployment
         f"segment node-b of {loc_b}: the shipped copy stops at seq 5, before its "
         f"checkpoint (seq 7): not shipped: verify it on {HOST}",
         f"segment node-c of {loc_c}: not shipped: verify it on {HOST}"], report.problems
+    assert (report.from_files, report.from_shipped, report.empty) == (1, 1, 1)
     out = run(nodes.configs["a"], "audit", "verify", "--all-nodes", rc=1).stdout
     assert f"PROBLEM: segment node-c of {loc_c}: not shipped: verify it on {HOST}" in out
