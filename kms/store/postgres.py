@@ -212,6 +212,17 @@ class _Db:
         cur.execute(query, values)
         return cur
 
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> Any:
+        """One statement (``?`` parameters, none of them NULL) for each of ``rows``: psycopg
+        sends them in a pipeline, one round trip however many rows (counted as one
+        statement), with the values bound on the server (the parameters of one statement
+        are parsed once, not quoted into each)."""
+        query, _ = _translate(sql, None)
+        self.store.statements += 1
+        cur = self.store._psycopg.Cursor(self.conn)
+        cur.executemany(query, [tuple(r) for r in rows])
+        return cur
+
 
 class PostgresStore(SqlStore):
     """Thread-safe access to one PostgreSQL database (:class:`kms.store.MetadataStore`)."""

@@ -63,9 +63,6 @@ SHIP_MIGRATION = """
     )
 """
 
-#: Records per INSERT statement of a shipment (6 parameters each: far below SQLite's limit
-#: of 32,766 parameters, and few round trips on PostgreSQL).
-_SHIP_CHUNK: Final = 250
 #: The most records one :meth:`SqlAudit.shipped_audit_records` page returns.
 MAX_PAGE: Final = 10_000
 _MAX_SEQ: Final = (1 << 63) - 1
@@ -168,15 +165,12 @@ class SqlAudit:
                               and stored[r.seq] != (r.record, r.prev_hash, r.hash))
             # A conflicting shipment stores nothing: the copy stays as first shipped.
             new = [] if conflicts else [r for r in rows if r.seq not in stored]
-            for i in range(0, len(new), _SHIP_CHUNK):
-                chunk = new[i:i + _SHIP_CHUNK]
-                params: list[Any] = []
-                for r in chunk:
-                    params += [location, segment, r.seq, r.record, r.prev_hash, r.hash]
-                db.execute("INSERT INTO audit_shipped (location, segment, seq, record, "
-                           "prev_hash, hash) VALUES "
-                           + ", ".join(["(?, ?, ?, ?, ?, ?)"] * len(chunk))
-                           + " ON CONFLICT (location, segment, seq) DO NOTHING", params)
+            if new:
+                db.executemany("INSERT INTO audit_shipped (location, segment, seq, record, "
+                               "prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?) "
+                               "ON CONFLICT (location, segment, seq) DO NOTHING",
+                               [(location, segment, r.seq, r.record, r.prev_hash, r.hash)
+                                for r in new])
             if not conflicts:
                 at = db.execute("SELECT hash FROM audit_shipped WHERE location = ? AND "
                                 "segment = ? AND seq = ?", (*key, head.seq)).fetchone()
