@@ -11,7 +11,8 @@ so commits cost less than on a production server) and into a SQLite store (WAL,
 
 * **catch-up**: one :meth:`kms.audit_ship.Shipper.run` with an ample budget ships the whole
   segment (transactions of :data:`kms.audit_ship.SHIP_BATCH` records) - the checkpoint after
-  ``N`` records were written: its time, and records per second;
+  ``N`` records were written: its time, records per second, and this process's CPU per
+  record (what a worker's scheduler thread spends, the database's own CPU not counted);
 * **steady**: 10 s of traffic at 1,000 records/s between checkpoints, i.e. 10,000 new
   records per checkpoint, is the catch-up above; the idle checkpoint (nothing new: one read
   of the file's head) is timed too;
@@ -76,16 +77,18 @@ def _measure(store: Any, log: Any, key: bytes, rounds: int, scratch: Path
     from kms.audit_ship import Shipper, verify_nodes
     from kms.store import AuditCheckpoint
 
-    catch_up, idle, verify_s = [], [], []
+    catch_up, cpu, idle, verify_s = [], [], [], []
     n = log.last_seq
     statements = []
+    stored_bytes = None
     for r in range(rounds):
         shipper = Shipper(log, store)
         shipper.location = f"bench-host:/round-{r}-{uuid.uuid4().hex[:6]}"
         before = getattr(store, "statements", 0)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         shipped = shipper.run(budget=3600.0)
         catch_up.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
         statements.append(getattr(store, "statements", 0) - before)
         assert shipped == n, (shipped, n)
         t0 = time.perf_counter()
@@ -100,14 +103,33 @@ def _measure(store: Any, log: Any, key: bytes, rounds: int, scratch: Path
         report = verify_nodes(store, str(elsewhere), [cp], head_key=key)
         verify_s.append(time.perf_counter() - t0)
         assert report.ok and report.records == n, report.problems
+        if r == 0 and hasattr(store, "statements"):  # PostgreSQL: the room the copy takes
+            size = store._read(lambda db: db.execute(
+                "SELECT pg_total_relation_size('audit_shipped')").fetchone()[0])
+            stored_bytes = int(size)
         with store.transaction() as db:  # the next round's verify sees only its own copy
             for table in ("audit_shipped", "audit_shipped_heads"):
                 db.execute(f"DELETE FROM {table} WHERE location = ?", (shipper.location,))
     med = statistics.median
     return {"records": n, "catch_up_s": catch_up, "idle_ms": [x * 1e3 for x in idle],
+            "cpu_us_per_record": med(cpu) / n * 1e6,
             "verify_s": verify_s, "catch_up_records_per_s": n / med(catch_up),
             "verify_records_per_s": n / med(verify_s),
-            "statements_per_catch_up": statements[0] if statements else None}
+            "statements_per_catch_up": statements[0] if statements else None,
+            "db_bytes_per_record": None if stored_bytes is None else stored_bytes / n,
+            "file_bytes_per_record": _file_bytes(log.path) / n}
+
+
+def _file_bytes(path: str) -> int:
+    """The segment's size as a database (its WAL's pages included)."""
+    import sqlite3
+
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        pages = db.execute("PRAGMA page_count").fetchone()[0]
+        return int(pages) * int(db.execute("PRAGMA page_size").fetchone()[0])
+    finally:
+        db.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -142,16 +164,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                         store.close()
         finally:
             log.close()
-    print(f"\n{'store':<11} {'catch-up s (median)':>20} {'records/s':>11} "
+    print(f"\n{'store':<11} {'catch-up s (median)':>20} {'records/s':>11} {'CPU us/rec':>11} "
           f"{'idle ms':>8} {'verify s':>9} {'verify rec/s':>13}")
     for name, r in results.items():
         print(f"{name:<11} {statistics.median(r['catch_up_s']):>20.3f} "
-              f"{r['catch_up_records_per_s']:>11,.0f} {statistics.median(r['idle_ms']):>8.2f} "
+              f"{r['catch_up_records_per_s']:>11,.0f} {r['cpu_us_per_record']:>11.1f} "
+              f"{statistics.median(r['idle_ms']):>8.2f} "
               f"{statistics.median(r['verify_s']):>9.3f} {r['verify_records_per_s']:>13,.0f}")
     pg = results.get("postgresql", {})
     if pg.get("statements_per_catch_up"):
         print(f"PostgreSQL statements per catch-up of {args.records:,} records: "
-              f"{pg['statements_per_catch_up']}")
+              f"{pg['statements_per_catch_up']}; the copy takes "
+              f"{pg['db_bytes_per_record']:.0f} bytes per record with its index (the segment "
+              f"file {pg['file_bytes_per_record']:.0f})")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"records": args.records, "rounds": args.rounds,
                                      "results": results}, indent=2) + "\n")
