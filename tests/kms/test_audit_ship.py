@@ -21,9 +21,11 @@ from typing import Any
 
 import pytest
 
+from hsmpool.errors import ConfigError
 from kms.audit import AuditLog, chain_hash, verify
 from kms.audit_anchor import location
 from kms.audit_ship import Shipper, verify_all_nodes, verify_nodes
+from kms.config import parse_kms_settings
 from kms.service import Kms
 from kms.store import AuditCheckpoint, AuditHead, ShippedRecord, SqliteStore
 from kms.store.postgres import PostgresStore
@@ -101,6 +103,14 @@ def test_shipping_is_off_by_default(config: Path) -> None:
         assert [c.seq for c in kms.store.audit_checkpoints()] == [2]  # checkpoints as ever
     finally:
         kms.close()
+
+
+def test_audit_ship_is_a_boolean_of_kms(tmp_path: Path) -> None:
+    assert not parse_kms_settings({}, tmp_path).audit_ship
+    assert parse_kms_settings({"kms": {"audit_ship": True}}, tmp_path).audit_ship
+    for bad in ("yes", 1, 0):
+        with pytest.raises(ConfigError, match="kms.audit_ship must be true or false"):
+            parse_kms_settings({"kms": {"audit_ship": bad}}, tmp_path)
 
 
 def _records(log: AuditLog, n: int) -> None:
