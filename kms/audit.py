@@ -43,6 +43,8 @@ __all__ = [
     "segment_files",
     "segment_path",
     "verify",
+    "verify_segment_file",
+    "write_segment_file",
 ]
 
 FORMAT_VERSION = 2
@@ -439,6 +441,12 @@ class AuditLog:
         """Whether the segment's head is MACed with a head key."""
         return self._head_key is not None
 
+    def head_mac(self, seq: int, hash_: bytes) -> bytes | None:
+        """The MAC this log's writer gives a head at (``seq``, ``hash_``); None if the log
+        is not keyed (the shipper seals the heads of partial shipments with it:
+        :mod:`kms.audit_ship`)."""
+        return self._mac(seq, hash_)
+
     def head(self) -> tuple[int, bytes] | None:
         """The committed head (last seq, its hash) as the file says now; None if the file
         is gone (discarded at close, being empty)."""
@@ -562,6 +570,7 @@ class SegmentHead:
     records: int
     seq: int
     hash: str  # hex
+    source: str = "file"  # what was verified: "file", or "shipped from <location>"
 
 
 @dataclass(slots=True)
@@ -621,9 +630,22 @@ def _row_record(text: object) -> bytes:
     return text.encode("ascii")
 
 
+def verify_segment_file(path: str, segment: str, report: VerifyReport, *,
+                        head_key: bytes | None = None,
+                        anchors: Sequence[tuple[int, str]] = (), where: str | None = None,
+                        source: str = "file") -> None:
+    """Check one segment file (chain, head, head MAC with ``head_key``, the (seq, hash hex)
+    ``anchors``) into ``report``, as :func:`verify` does for each file of a directory.
+    ``where`` prefixes its problems (default ``segment NAME``); ``source`` is the
+    :attr:`SegmentHead.source` of its head (:mod:`kms.audit_ship` verifies shipped copies
+    with it, materialised in the segment format)."""
+    _verify_segment(path, segment, report, head_key, anchors, where, source)
+
+
 def _verify_segment(path: str, segment: str, report: VerifyReport,
-                    head_key: bytes | None, anchors: Sequence[tuple[int, str]]) -> None:
-    where = f"segment {segment}"
+                    head_key: bytes | None, anchors: Sequence[tuple[int, str]],
+                    where: str | None = None, source: str = "file") -> None:
+    where = where or f"segment {segment}"
     try:
         db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
     except sqlite3.Error as exc:
@@ -633,7 +655,7 @@ def _verify_segment(path: str, segment: str, report: VerifyReport,
     try:
         db.execute("BEGIN")  # one snapshot for rows and head, even while a writer runs
         try:
-            _check_segment(db, segment, where, report, head_key, anchors)
+            _check_segment(db, segment, where, report, head_key, anchors, source)
         finally:
             db.execute("COMMIT")
     except sqlite3.Error as exc:
@@ -653,7 +675,8 @@ def _problem_order(text: str) -> int:
 
 
 def _check_segment(db: sqlite3.Connection, segment: str, where: str, report: VerifyReport,
-                   head_key: bytes | None, anchors: Sequence[tuple[int, str]]) -> None:
+                   head_key: bytes | None, anchors: Sequence[tuple[int, str]],
+                   source: str = "file") -> None:
     meta = dict(db.execute("SELECT name, value FROM meta").fetchall())
     if meta.get("segment") != segment:
         report.problem(f"{where}: file names segment {segment!r} but it was created as "
@@ -705,7 +728,7 @@ def _check_segment(db: sqlite3.Connection, segment: str, where: str, report: Ver
         _diagnose(db, where, gen, anomalies, report)
     if undiagnosed:
         report.problem(f"{where}: {undiagnosed} more records fail the chain (not itemised)")
-    _check_head(db, segment, where, gen, last_seq, last_hash, report, head_key, count)
+    _check_head(db, segment, where, gen, last_seq, last_hash, report, head_key, count, source)
     for seq, hex_hash in anchors:
         if seq == 0:
             stored: Any = (gen,)
@@ -810,7 +833,7 @@ def _diagnose(db: sqlite3.Connection, where: str, gen: bytes, anomalies: list[_A
 
 def _check_head(db: sqlite3.Connection, segment: str, where: str, gen: bytes, last_seq: int,
                 last_hash: bytes, report: VerifyReport, head_key: bytes | None,
-                count: int) -> None:
+                count: int, source: str = "file") -> None:
     head = db.execute("SELECT seq, hash, mac FROM head WHERE id = 1").fetchone()
     if head is None:
         report.problem(f"{where}: head missing (cannot tell whether the tail was removed)")
@@ -819,7 +842,7 @@ def _check_head(db: sqlite3.Connection, segment: str, where: str, gen: bytes, la
     if not isinstance(hseq, int) or not 0 <= hseq < 1 << 63 or not isinstance(hhash, bytes):
         report.problem(f"{where}: head malformed")
         return
-    report.heads.append(SegmentHead(segment, count, hseq, hhash.hex()))
+    report.heads.append(SegmentHead(segment, count, hseq, hhash.hex(), source))
     if hseq > last_seq:
         report.problem(f"{where}: {_span(last_seq + 1, hseq)}: missing at the end (tail "
                        f"truncated; the head says the last record is seq {hseq})")
@@ -841,6 +864,33 @@ def _check_head(db: sqlite3.Connection, segment: str, where: str, gen: bytes, la
                 mac, _head_mac(head_key, segment, hseq, hhash)):
             report.problem(f"{where}: head MAC invalid at seq {hseq} (head rewritten, or "
                            "wrong key)")
+
+
+def write_segment_file(path: str, segment: str,
+                       rows: Iterable[Sequence[tuple[int, str, bytes, bytes]]],
+                       head: tuple[int, bytes, bytes | None]) -> None:
+    """Write a new segment file at ``path`` in this format from rows given elsewhere (pages
+    of (seq, record text, prev_hash, hash)) and a head (seq, hash, MAC): a shipped copy, to be
+    checked by :func:`verify_segment_file` exactly as a file of the writer is. Nothing is
+    checked here; the file is not durable (it is a scratch copy)."""
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        db.execute("PRAGMA journal_mode = OFF")
+        db.execute("PRAGMA synchronous = OFF")
+        db.execute("BEGIN")
+        db.execute(_META)
+        db.executemany("INSERT INTO meta VALUES (?, ?)",
+                       (("format", str(FORMAT_VERSION)), ("segment", segment)))
+        for statement in _SCHEMA.split(";"):
+            if statement.strip():
+                db.execute(statement)
+        for page in rows:
+            db.executemany("INSERT INTO records (seq, record, prev_hash, hash) VALUES "
+                           "(?, ?, ?, ?)", page)
+        db.execute("INSERT INTO head (id, seq, hash, mac) VALUES (1, ?, ?, ?)", head)
+        db.execute("COMMIT")
+    finally:
+        db.close()
 
 
 def segment_files(directory: str | os.PathLike[str]) -> list[tuple[str, str]]:

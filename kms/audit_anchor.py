@@ -37,6 +37,7 @@ from hsmpool import HsmPoolError, Pool
 from kms.errors import KeyUnavailable
 
 if TYPE_CHECKING:
+    from hsmpool.config import PoolConfig
     from kms.audit import AuditLog
     from kms.store import AuditCheckpoint, MetadataStore
 
@@ -115,29 +116,38 @@ class StoreAnchors:
 def store_anchors(config: str, directory: str | None = None) -> StoreAnchors:
     """The anchors of the deployment of ``config`` (of the segments that live in
     ``directory`` on this host, when given: the other nodes' are verified on their own
-    hosts); never makes a head key."""
-    from hsmpool.config import degraded_default
+    hosts, or from their shipped copies by :func:`kms.audit_ship.verify_all_nodes`); never
+    makes a head key."""
     from kms.config import load
     from kms.store import open_store
 
     pool_cfg, settings = load(config)
     store = open_store(settings.database)
     try:
-        checkpoints = store.audit_checkpoints()
-        if directory is not None:
-            here = location(directory)
-            checkpoints = [c for c in checkpoints if c.location in ("", here)]
-        if store.get_sealed(HEAD_KEY) is None:
-            return StoreAnchors(checkpoints, None, "no head key has been sealed yet")
-        try:
-            pool = Pool(degraded_default(pool_cfg))
-        except HsmPoolError as exc:
-            return StoreAnchors(checkpoints, None, f"the HSMs are unavailable: {exc}")
-        try:
-            return StoreAnchors(checkpoints, head_key(pool, store), "unsealed")
-        except AnchorError as exc:
-            return StoreAnchors(checkpoints, None, exc.message)
-        finally:
-            pool.close()
+        return anchors_in(store, pool_cfg, directory)
     finally:
         store.close()
+
+
+def anchors_in(store: MetadataStore, pool_cfg: PoolConfig,
+               directory: str | None = None) -> StoreAnchors:
+    """:func:`store_anchors` on an open store, the pool opened from ``pool_cfg`` (degraded:
+    a token down is left out) only to unseal the head key."""
+    from hsmpool.config import degraded_default
+
+    checkpoints = store.audit_checkpoints()
+    if directory is not None:
+        here = location(directory)
+        checkpoints = [c for c in checkpoints if c.location in ("", here)]
+    if store.get_sealed(HEAD_KEY) is None:
+        return StoreAnchors(checkpoints, None, "no head key has been sealed yet")
+    try:
+        pool = Pool(degraded_default(pool_cfg))
+    except HsmPoolError as exc:
+        return StoreAnchors(checkpoints, None, f"the HSMs are unavailable: {exc}")
+    try:
+        return StoreAnchors(checkpoints, head_key(pool, store), "unsealed")
+    except AnchorError as exc:
+        return StoreAnchors(checkpoints, None, exc.message)
+    finally:
+        pool.close()

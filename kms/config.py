@@ -6,6 +6,8 @@
     database = "kms.db"          # SQLite metadata file, relative to the config file,
                                  # or postgresql://user:password@host:port/dbname
     audit_dir = "audit"          # hash-chained audit segments
+    audit_ship = false           # also copy each process's segment into the store (several
+                                 # nodes: ``hsmpool audit verify --all-nodes``)
     region = "us-east-1"         # used in ARNs
     max_plaintext = 4096         # Encrypt limit, bytes (AWS: 4096)
     import_token_ttl = 86400     # seconds a GetParametersForImport token stays valid
@@ -73,6 +75,9 @@ class KmsSettings:
     store_grace: float = 30.0
     secret_context_keys: frozenset[str] = frozenset()
     accounts: Mapping[str, str] = field(default_factory=dict)
+    #: Ship each service process's audit segment into the store at its checkpoints
+    #: (:mod:`kms.audit_ship`), so that one ``audit verify --all-nodes`` checks every node.
+    audit_ship: bool = False
     server: ServerSettings = field(default_factory=lambda: ServerSettings())
 
     def __post_init__(self) -> None:
@@ -268,8 +273,8 @@ def parse_kms_settings(doc: Mapping[str, Any], base: Path) -> KmsSettings:
     raw = doc.get("kms", {})
     if not isinstance(raw, dict):
         raise ConfigError("[kms] must be a table")
-    known = {"database", "audit_dir", "region", "max_plaintext", "import_token_ttl",
-             "store_grace", "secret_context_keys", "accounts"}
+    known = {"database", "audit_dir", "audit_ship", "region", "max_plaintext",
+             "import_token_ttl", "store_grace", "secret_context_keys", "accounts"}
     bad = set(raw) - known
     if bad:
         raise ConfigError(f"unknown [kms] key(s) {sorted(bad)}")
@@ -291,6 +296,9 @@ def parse_kms_settings(doc: Mapping[str, Any], base: Path) -> KmsSettings:
             raise ConfigError(f"kms.{key} has the wrong type ({type(raw[key]).__name__})")
     if not isinstance(audit, str | bool) or audit is True:
         raise ConfigError("kms.audit_dir must be a folder name, or false for no audit")
+    ship = raw.get("audit_ship", False)
+    if not isinstance(ship, bool):
+        raise ConfigError("kms.audit_ship must be true or false")
     ttl = _seconds(raw, "import_token_ttl", 86400)
     if not ttl > 0:
         raise ConfigError("kms.import_token_ttl must be a positive number of seconds")
@@ -304,6 +312,7 @@ def parse_kms_settings(doc: Mapping[str, Any], base: Path) -> KmsSettings:
         store_grace=_seconds(raw, "store_grace", 30),
         secret_context_keys=frozenset(str(k) for k in raw.get("secret_context_keys", [])),
         accounts={str(k): str(v) for k, v in raw.get("accounts", {}).items()},
+        audit_ship=ship,
     )
 
 

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import hsmpool
 from hsmpool import Pool
@@ -55,6 +55,9 @@ from kms.policy import Authorizer, KeyPolicy, PolicyError
 from kms.secrets.cache import DataKeyCache, SecretCache
 from kms.secrets.manage import Secrets
 from kms.store import ChangeWatch, Conflict, MetadataStore, open_store
+
+if TYPE_CHECKING:
+    from kms.audit_ship import Shipper
 
 __all__ = [
     "DURABLE_ACTIONS", "DataKey", "DataKeyPair", "DecryptResult", "EncryptResult", "Kms",
@@ -173,7 +176,13 @@ class Kms:
         self._scheduler: threading.Thread | None = None
         self._lease_owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._stop = threading.Event()
+        #: Ships the audit segment into the store at each checkpoint (``[kms] audit_ship``).
+        self.audit_shipper: Shipper | None = None
         if audit is not None and hasattr(audit, "head"):
+            if settings.audit_ship:
+                from kms.audit_ship import Shipper
+
+                self.audit_shipper = Shipper(audit, store)
             self.checkpoint_audit()  # registered in the store from the start (kms/audit_anchor)
 
     # --- opening -----------------------------------------------------------------------
@@ -273,13 +282,20 @@ class Kms:
                 from None
         return KmsClient(self, instance, principal, source_ip, audit_name=audit_name)
 
-    def checkpoint_audit(self) -> None:
+    def checkpoint_audit(self, *, ship_budget: float | None = None) -> None:
         """Record the audit segment's head in the store (:mod:`kms.audit_anchor`): at open,
-        every few seconds from the scheduler, and at close."""
+        every few seconds from the scheduler, and at close; with ``[kms] audit_ship``, then
+        ship what the segment committed since (:mod:`kms.audit_ship`; for at most
+        ``ship_budget`` seconds, default :data:`kms.audit_ship.SHIP_BUDGET`; a shipping
+        failure is logged, never raised)."""
         from kms.audit_anchor import checkpoint
 
         if self.audit is not None:
             checkpoint(self.audit, self.store)
+            if self.audit_shipper is not None:
+                from kms.audit_ship import SHIP_BUDGET
+
+                self.audit_shipper.run(SHIP_BUDGET if ship_budget is None else ship_budget)
 
     def close(self) -> None:
         self._stop.set()
@@ -289,8 +305,10 @@ class Kms:
             try:
                 self.audit.close()
             finally:
+                from kms.audit_ship import CLOSE_BUDGET
+
                 with contextlib.suppress(Exception):  # the store may be what failed
-                    self.checkpoint_audit()
+                    self.checkpoint_audit(ship_budget=CLOSE_BUDGET)
         self.store.close()
         if self._owns_pool:
             self.pool.close()

@@ -161,6 +161,10 @@ def open_records(config: str, *, audit: bool = True
             if log is not None:
                 log.close()
                 checkpoint(log, store)
+                if settings.audit_ship:
+                    from kms.audit_ship import CLOSE_BUDGET, Shipper
+
+                    Shipper(log, store).run(CLOSE_BUDGET)
     finally:
         store.close()
 

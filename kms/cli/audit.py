@@ -103,6 +103,13 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     keyed = None
     note = "none given"
     config = _config_path(args)
+    if args.all_nodes:
+        if config is None:
+            print("error: --all-nodes needs the configuration (--config, $HSMPOOL_CONFIG or "
+                  f"{DEFAULT_CONFIG}): the other nodes' segments are in its store",
+                  file=sys.stderr)
+            return 2
+        return _verify_all_nodes(args, config, directory, key, anchors)
     if config is not None:
         from kms.audit_anchor import store_anchors
 
@@ -132,11 +139,49 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _verify_all_nodes(args: argparse.Namespace, config: str, directory: str,
+                      key: bytes | None, anchors: list[tuple[str, int, str]]) -> int:
+    """``audit verify --all-nodes``: this folder's segments from their files, every other
+    location's from the copies shipped into the store (:func:`kms.audit_ship.verify_all_nodes`)."""
+    from kms.audit_ship import verify_all_nodes
+
+    started = time.perf_counter()
+    try:
+        report = verify_all_nodes(config, directory, head_key=key, anchors=anchors,
+                                  segments=args.segment or None)
+    except Exception as exc:  # noqa: BLE001 - the store's driver errors: one line
+        print(f"error: cannot read the audit anchors of {config}: {exc}", file=sys.stderr)
+        return 2
+    took = time.perf_counter() - started
+    print(f"store: {report.registered} registered segments, here and at "
+          f"{len(report.locations)} other locations; head key {report.note}")
+    for h in report.heads:
+        if h.source == "file":
+            how = "verified from its file"
+        elif h.source.startswith("shipped from "):
+            how = f"verified from its copy {h.source}"
+        else:
+            how = f"nothing to verify: {h.source}"
+        print(f"segment {h.segment}: {h.records} records, head seq {h.seq}, "
+              f"anchor {h.segment}:{h.seq}:{h.hash} ({how})")
+    for p in report.problems:
+        print(f"PROBLEM: {p}")
+    state = "OK" if report.ok else f"FAILED ({len(report.problems)} problems)"
+    empty = f", {report.empty} registered without records" if report.empty else ""
+    print(f"audit of every node: {report.segments} segments ({report.from_files} from the "
+          f"files of {directory}, {report.from_shipped} from shipped copies{empty}), "
+          f"{report.records} records, {state} in {took:.2f} s")
+    return 0 if report.ok else 1
+
+
 def add_cli(subparsers: Any) -> None:
     """Register ``audit verify|tail|show|export`` on an ``argparse`` subparsers object."""
     audit = subparsers.add_parser("audit", help="the audit trail: verify and read it")
     sub = audit.add_subparsers(dest="audit_command", required=True, metavar="COMMAND")
     where = argparse.ArgumentParser(add_help=False)
+    where.add_argument("--config", default=argparse.SUPPRESS,  # as hsmpool --config
+                       help="configuration (TOML): its [kms] audit_dir and store; default "
+                            f"$HSMPOOL_CONFIG or {DEFAULT_CONFIG}")
     where.add_argument("--dir", default=None,
                        help="audit directory (default: the [kms] audit_dir of --config; "
                             "else $HSMPOOL_AUDIT_DIR; else that of $HSMPOOL_CONFIG or "
@@ -152,6 +197,10 @@ def add_cli(subparsers: Any) -> None:
                         "still be in its chain (repeatable)")
     v.add_argument("--anchor-file", action="append", metavar="FILE",
                    help="file of anchors, one SEGMENT:SEQ:HASH per line ('#' comments)")
+    v.add_argument("--all-nodes", action="store_true",
+                   help="also every segment the store knows at other locations (nodes), "
+                        "from the copies shipped into it ([kms] audit_ship); one that was "
+                        "not shipped is a problem")
     v.set_defaults(func=_cmd_verify)
     _add_readers(sub, where)
 

@@ -8,12 +8,16 @@ from kms.store.interface import (
     AccessKeySecret,
     AccessPointRecord,
     AuditCheckpoint,
+    AuditHead,
     ChangeWatch,
     ClientKeyRecord,
     Conflict,
     MetadataStore,
     NodeRecord,
     PrincipalRecord,
+    ShippedRecord,
+    ShippedSegment,
+    ShipResult,
 )
 from kms.store.sqlite import MIGRATIONS, SqliteStore
 
@@ -50,6 +54,6 @@ def open_store(database: str) -> MetadataStore:
     return SqliteStore(database)
 
 __all__ = ["MIGRATIONS", "AccessKeyInfo", "AccessKeySecret", "AccessPointRecord",
-           "AuditCheckpoint", "ChangeWatch", "ClientKeyRecord", "Conflict", "MetadataStore",
-           "NodeRecord", "PrincipalRecord", "SqliteStore", "Store", "is_url",
-           "open_store", "redacted"]
+           "AuditCheckpoint", "AuditHead", "ChangeWatch", "ClientKeyRecord", "Conflict",
+           "MetadataStore", "NodeRecord", "PrincipalRecord", "ShipResult", "ShippedRecord",
+           "ShippedSegment", "SqliteStore", "Store", "is_url", "open_store", "redacted"]

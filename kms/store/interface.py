@@ -151,8 +151,49 @@ class AuditCheckpoint:
     location: str = ""  # "<host>:<audit folder>" of its file ("": not recorded)
 
 
+@dataclass(frozen=True, slots=True)
+class AuditHead:
+    """An audit segment's head as its ``head`` row has it: the last seq, that record's hash,
+    and the head MAC (None: the segment is not keyed)."""
+
+    seq: int
+    hash: bytes
+    mac: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ShippedRecord:
+    """One record of an audit segment, exactly as its ``records`` row holds it (the stored
+    canonical text and both hashes), as shipped into the store (:mod:`kms.audit_ship`)."""
+
+    seq: int
+    record: str
+    prev_hash: bytes
+    hash: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ShippedSegment:
+    """An audit segment with a shipped copy in the store, and the head that copy reaches."""
+
+    location: str  # "<host>:<audit folder>" of its file
+    segment: str
+    head: AuditHead
+    updated: float  # epoch seconds of the last shipment that moved the head
+
+
+@dataclass(frozen=True, slots=True)
+class ShipResult:
+    """What :meth:`AuditAnchorStore.ship_audit` did."""
+
+    stored: int  # records newly stored
+    conflicts: tuple[int, ...] = ()  # seqs already shipped with another row (kept)
+    head_shipped: bool = False  # the shipped head is (now) the head offered
+
+
 class AuditAnchorStore(Protocol):
-    """What the audit trail anchors outside its own files (:mod:`kms.audit_anchor`)."""
+    """What the audit trail anchors outside its own files (:mod:`kms.audit_anchor`), and the
+    shipped copies of segments (:mod:`kms.audit_ship`)."""
 
     def seal_once(self, name: str, instance: str, blob: bytes, when: float) -> SealedSecret:
         """Store the sealed secret ``name`` unless one is stored already; the stored one
@@ -174,6 +215,32 @@ class AuditAnchorStore(Protocol):
 
     def audit_checkpoints(self) -> list[AuditCheckpoint]:
         """Every registered segment, by name and location."""
+        ...
+
+    def ship_audit(self, location: str, segment: str, records: Sequence[ShippedRecord],
+                   head: AuditHead, when: float) -> ShipResult:
+        """Store ``records`` (ascending seqs) of the segment at ``location`` and move its
+        shipped head forward to ``head``, in one transaction; a quiet write, as a
+        checkpoint. Idempotent: a record already shipped with the same row is skipped. A
+        shipped record is never changed: if one is offered with another row, the shipment
+        stores nothing and moves no head, and the seqs are reported in
+        :attr:`ShipResult.conflicts` (evidence of a rewrite of the segment). The head moves
+        only forward, and only to a shipped record with the head's hash.
+        :class:`ValueError` for malformed input."""
+        ...
+
+    def shipped_audit_head(self, location: str, segment: str) -> AuditHead | None:
+        """The head the shipped copy of a segment reaches (None: nothing shipped)."""
+        ...
+
+    def shipped_audit_records(self, location: str, segment: str, after_seq: int,
+                              limit: int) -> list[ShippedRecord]:
+        """At most ``limit`` (1..10,000) shipped records of a segment with a seq above
+        ``after_seq``, by seq."""
+        ...
+
+    def shipped_audit_segments(self) -> list[ShippedSegment]:
+        """Every segment with a shipped head, by location and name."""
         ...
 
 

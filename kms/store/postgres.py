@@ -136,6 +136,16 @@ MIGRATIONS: Final[list[list[str]]] = [[
     f"ALTER TABLE audit_segments ADD COLUMN location {_T} NOT NULL DEFAULT ''",
     "ALTER TABLE audit_segments DROP CONSTRAINT audit_segments_pkey",
     "ALTER TABLE audit_segments ADD PRIMARY KEY (location, segment)",
+], [
+    # 6: shipped copies of audit segments (SQLite's migration 12)
+    f"""CREATE TABLE audit_shipped (
+        location {_T} NOT NULL, segment {_T} NOT NULL, seq BIGINT NOT NULL,
+        record TEXT NOT NULL, prev_hash BYTEA NOT NULL, hash BYTEA NOT NULL,
+        PRIMARY KEY (location, segment, seq))""",
+    f"""CREATE TABLE audit_shipped_heads (
+        location {_T} NOT NULL, segment {_T} NOT NULL, seq BIGINT NOT NULL,
+        hash BYTEA NOT NULL, mac BYTEA, updated {_F} NOT NULL,
+        PRIMARY KEY (location, segment))""",
 ]]
 
 #: The channel of change notifications: the payload is the new change counter.
@@ -200,6 +210,17 @@ class _Db:
         self.store.statements += 1  # not atomic across threads: a measure, not an account
         cur = self.conn.cursor()
         cur.execute(query, values)
+        return cur
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> Any:
+        """One statement (``?`` parameters, none of them NULL) for each of ``rows``: psycopg
+        sends them in a pipeline, one round trip however many rows (counted as one
+        statement), with the values bound on the server (the parameters of one statement
+        are parsed once, not quoted into each)."""
+        query, _ = _translate(sql, None)
+        self.store.statements += 1
+        cur = self.store._psycopg.Cursor(self.conn)
+        cur.executemany(query, [tuple(r) for r in rows])
         return cur
 
 

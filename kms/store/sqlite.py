@@ -20,6 +20,7 @@ from kms.private_files import private_dir, private_file
 from kms.store.sql import SqlStore
 from kms.store.sql_access_points import MIGRATION as ACCESS_POINTS_MIGRATION
 from kms.store.sql_audit import MIGRATION as AUDIT_MIGRATION
+from kms.store.sql_audit import SHIP_MIGRATION as AUDIT_SHIP_MIGRATION
 from kms.store.sql_secrets import MIGRATION as SECRETS_MIGRATION
 
 T = TypeVar("T")
@@ -190,6 +191,9 @@ MIGRATIONS: list[str] = [
     DROP TABLE audit_segments;
     ALTER TABLE audit_segments_11 RENAME TO audit_segments
     """,
+    # 12: shipped copies of audit segments (kms/audit_ship.py): each node's records as in its
+    # segment files, and the head each copy reaches
+    AUDIT_SHIP_MIGRATION,
 ]
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from kms.audit import chain_hash, genesis
 from kms.errors import AlreadyExists, LimitExceeded
 from kms.model import (
     AliasRecord,
@@ -29,7 +30,16 @@ from kms.model import (
     Origin,
 )
 from kms.secrets.model import SecretRecord, SecretVersion
-from kms.store import Conflict, MetadataStore, NodeRecord, SqliteStore
+from kms.store import (
+    AuditHead,
+    Conflict,
+    MetadataStore,
+    NodeRecord,
+    ShippedRecord,
+    ShippedSegment,
+    ShipResult,
+    SqliteStore,
+)
 
 Opener = Callable[[], MetadataStore]
 
@@ -570,3 +580,81 @@ def test_sealed_secret_is_stored_once_and_checkpoints_only_move_forward(opener: 
     b.forget_audit_segment("cli-x", "host-a:/var/audit")  # never had one: dropped
     assert [(c.segment, c.location) for c in a.audit_checkpoints()] == [
         ("cli-x", "host-a:/srv/audit"), ("worker-1", "")]
+
+
+def _chain(segment: str, n: int, start: int = 1, prev: bytes | None = None,
+           tag: str = "r") -> list[ShippedRecord]:
+    """Records ``start``..``start + n - 1`` of a real chain (the store does not check it)."""
+    out = []
+    prev_hash = genesis(segment) if prev is None else prev
+    for seq in range(start, start + n):
+        text = f'[2,{seq}.5,"i","p","kms:Encrypt",null,null,"ok","{tag}-{seq}",{{}}]'
+        h = chain_hash(prev_hash, seq, text.encode())
+        out.append(ShippedRecord(seq, text, prev_hash, h))
+        prev_hash = h
+    return out
+
+
+def test_shipped_audit_records_are_kept_as_first_shipped(opener: Opener) -> None:
+    a, b = opener(), opener()
+    here, there = "host-a:/srv/audit", "host-b:/srv/audit"
+    rows = _chain("w-1", 5)
+    assert a.shipped_audit_head(here, "w-1") is None
+    assert a.shipped_audit_segments() == []
+    head3 = AuditHead(3, rows[2].hash, b"m" * 32)
+    assert a.ship_audit(here, "w-1", rows[:3], head3, 10.0) == ShipResult(3, (), True)
+    assert b.shipped_audit_head(here, "w-1") == head3
+    assert b.shipped_audit_records(here, "w-1", 0, 2) == rows[:2]
+    assert b.shipped_audit_records(here, "w-1", 2, 10) == rows[2:3]
+    # Shipped again (a retry after a lost answer): nothing changes.
+    assert b.ship_audit(here, "w-1", rows[:3], head3, 11.0) == ShipResult(0, (), True)
+    head5 = AuditHead(5, rows[4].hash, None)
+    assert b.ship_audit(here, "w-1", rows[2:5], head5, 12.0) == ShipResult(2, (), True)
+    assert a.shipped_audit_records(here, "w-1", 0, 100) == rows
+
+    # A rewrite offered for shipped seqs (another chain from seq 4): refused whole, the
+    # stored rows and head stay, the conflict is told.
+    forged = _chain("w-1", 3, start=4, prev=rows[2].hash, tag="forged")
+    result = a.ship_audit(here, "w-1", forged, AuditHead(6, forged[2].hash), 13.0)
+    assert result == ShipResult(0, (4, 5), False)
+    assert b.shipped_audit_records(here, "w-1", 3, 100) == rows[3:]
+    assert b.shipped_audit_head(here, "w-1") == head5
+    # The head moves only forward, and only to a shipped record with its hash.
+    assert not a.ship_audit(here, "w-1", [], head3, 14.0).head_shipped
+    assert not a.ship_audit(here, "w-1", [], AuditHead(9, rows[4].hash), 14.0).head_shipped
+    assert not a.ship_audit(here, "w-1", [], AuditHead(5, b"x" * 32), 14.0).head_shipped
+    assert b.shipped_audit_head(here, "w-1") == head5
+
+    # The same segment name at another location is another copy.
+    other = _chain("w-1", 2, tag="b")
+    b.ship_audit(there, "w-1", other, AuditHead(2, other[1].hash), 15.0)
+    assert a.shipped_audit_records(there, "w-1", 0, 10) == other
+    assert a.shipped_audit_segments() == [
+        ShippedSegment(here, "w-1", head5, 12.0), ShippedSegment(there, "w-1",
+                                                                 AuditHead(2, other[1].hash),
+                                                                 15.0)]
+
+
+@pytest.mark.parametrize("bad", [
+    "descending", "text-not-ascii", "short-hash", "head-zero", "not-a-record"])
+def test_a_malformed_shipment_is_a_value_error_and_stores_nothing(
+        store: MetadataStore, bad: str) -> None:
+    rows = _chain("w-2", 3)
+    head = AuditHead(3, rows[2].hash)
+    if bad == "descending":
+        rows = [rows[1], rows[0], rows[2]]
+    elif bad == "text-not-ascii":
+        rows[1] = replace(rows[1], record="[2,\u00e9]")
+    elif bad == "short-hash":
+        rows[1] = replace(rows[1], hash=b"short")
+    elif bad == "head-zero":
+        head = AuditHead(0, genesis("w-2"))
+    else:
+        rows[1] = ("2", "text", b"", b"")  # type: ignore[call-overload]
+    with pytest.raises(ValueError):
+        store.ship_audit("h:/a", "w-2", rows, head, 1.0)
+    assert store.shipped_audit_records("h:/a", "w-2", 0, 10) == []
+    assert store.shipped_audit_head("h:/a", "w-2") is None
+    for after, limit in ((0, 0), (-1, 10), (0, 10_001)):
+        with pytest.raises(ValueError):
+            store.shipped_audit_records("h:/a", "w-2", after, limit)

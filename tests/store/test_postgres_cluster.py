@@ -18,11 +18,11 @@ from hsmpool import Pool
 from kms import Kms
 from kms.config import KmsSettings
 from kms.errors import Disabled
-from kms.store import NodeRecord
+from kms.store import AuditHead, NodeRecord
 from kms.store.postgres import PostgresStore
 from tests.conftest import pool_toml
 from tests.postgres import PostgresCluster, TcpRelay
-from tests.store.test_contract import _key
+from tests.store.test_contract import _chain, _key
 
 LIMIT = 10.0  # seconds: what "never" means here
 
@@ -74,8 +74,8 @@ def test_a_commit_elsewhere_is_pushed_with_its_change_token(url: str) -> None:
         _until(lambda: token in heard.since(1), "the commit's notification")
         print(f"a commit on another store object was heard {time.monotonic() - t0:.4f} s "
               "after the write began")
-        # Heartbeats, leases and audit checkpoints are no change: no counter moves (nobody
-        # drops a cache; every worker checkpoints its audit segment every 10 s).
+        # Heartbeats, leases, audit checkpoints and shipments are no change: no counter
+        # moves (nobody drops a cache; every worker checkpoints its audit segment every 10 s).
         writer.put_node(NodeRecord(node_id="n:1", hostname="n", address="a", version="v",
                                    pid=1, started=1.0, heartbeat=1.0, beat_interval=5.0,
                                    workers=1))
@@ -83,6 +83,9 @@ def test_a_commit_elsewhere_is_pushed_with_its_change_token(url: str) -> None:
         writer.unlock("scheduler", "n:1")
         writer.checkpoint_audit("segment-1", False, 3, b"h" * 32, 1.0)
         writer.forget_audit_segment("segment-2")
+        [rec] = _chain("segment-1", 1)
+        assert writer.ship_audit("h:/a", "segment-1", [rec], AuditHead(1, rec.hash),
+                                 1.0).head_shipped
         assert watcher.change_token() == token
         # A rolled-back transaction notifies nobody; the next commit is heard in order.
         with pytest.raises(RuntimeError), writer.transaction() as db:
