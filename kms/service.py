@@ -432,7 +432,7 @@ class Kms:
                         self._keys[key_id] = rec
         return rec
 
-    def _swap(self, rec: KeyRecord) -> None:
+    def _evict_key(self, rec: KeyRecord) -> None:
         """After a write: forget the cached record; the next use reads the store. (Caching
         ``rec`` could go back in time: a slower writer's older revision would replace a newer
         one, and e.g. a key disabled meanwhile would stay usable in this process.)"""
@@ -442,7 +442,7 @@ class Kms:
 
     def _forget_alias(self, instance: str, name: str, *key_ids: str) -> None:
         """After an alias write: evict it and the resource names of the keys it pointed at
-        and points at (as :meth:`_swap` does for keys)."""
+        and points at (as :meth:`_evict_key` does for keys)."""
         with self._cache_lock:
             self._generation += 1
             self._aliases.pop((instance, name), None)
@@ -627,7 +627,7 @@ class Kms:
             changes["next_rotation"] = nxt
         new = rec.evolve(**changes)
         self.store.update_key(rec, new, v)
-        self._swap(new)
+        self._evict_key(new)
         return v
 
     def _purge(self, inst: Instance, rec: KeyRecord) -> None:
@@ -636,7 +636,7 @@ class Kms:
                          purged_at=self.now())
         self.store.destroy_material(rec, new)
         self._forget_versions(versions, inst)
-        self._swap(new)
+        self._evict_key(new)
 
     def _expire_import(self, inst: Instance, rec: KeyRecord) -> None:
         versions = self.store.list_versions(rec.key_id)
@@ -646,7 +646,7 @@ class Kms:
         # same material can be imported again.
         self.store.shred_imported_material(rec, new)
         self._forget_versions(versions, inst)
-        self._swap(new)
+        self._evict_key(new)
 
     # --- the operators' console (kms/api/console.py) -------------------------------------
 

@@ -1,7 +1,7 @@
 """Grants: CreateGrant, ListGrants, ListRetirableGrants, RetireGrant, RevokeGrant, as in
 AWS KMS, for the single account of an instance.
 
-The :class:`~kms.service.KmsClient` methods of the same names are thin wrappers over the
+The :class:`~kms.service.Caller` methods of the same names are thin wrappers over the
 functions here; the record is :class:`kms.model.Grant`, stored in the ``grants`` table.
 
 Principals. Grants name principals by ARN, ``arn:aws:iam::<account>:user/<principal name>``
@@ -65,8 +65,6 @@ RETIRE_GRANT: Final = any_state("kms:RetireGrant", durable=True)
 REVOKE_GRANT: Final = any_state("kms:RevokeGrant", durable=True)
 declare(CREATE_GRANT, LIST_GRANTS, LIST_RETIRABLE_GRANTS, RETIRE_GRANT, REVOKE_GRANT)
 
-KmsClient = Caller  # the functions below run as a caller of the key's instance
-
 PER_GRANTEE_LIMIT: Final = 500
 MAX_TOKENS: Final = 10
 TOKEN_PREFIX: Final = "hsmpool-grant-1."
@@ -129,7 +127,7 @@ def _new_token(grant_id: str) -> str:
 # --- arguments ---------------------------------------------------------------------------
 
 
-def _principal(client: KmsClient, arn: object, what: str) -> tuple[str, str]:
+def _principal(client: Caller, arn: object, what: str) -> tuple[str, str]:
     """(principal id, canonical ARN) of a principal ARN naming a principal of the caller's
     instance."""
     if not isinstance(arn, str) or not 1 <= len(arn) <= 256:
@@ -221,7 +219,7 @@ def _marker(value: object) -> str:
 # --- operations --------------------------------------------------------------------------
 
 
-def create_grant(client: KmsClient, key_id: str, grantee_principal: object,
+def create_grant(client: Caller, key_id: str, grantee_principal: object,
                  operations: object, retiring_principal: object = None,
                  constraints: object = None, name: object = None,
                  grant_tokens: Sequence[str] = ()) -> NewGrant:
@@ -258,7 +256,7 @@ def create_grant(client: KmsClient, key_id: str, grantee_principal: object,
     return NewGrant(stored.grant_id, stored.token)
 
 
-def list_grants(client: KmsClient, key_id: str, limit: object = 50, marker: object = None,
+def list_grants(client: Caller, key_id: str, limit: object = 50, marker: object = None,
                 grant_id: object = None, grantee_principal: object = None) -> ListPage:
     lim = _limit(limit)
     after = _marker(marker)
@@ -276,7 +274,7 @@ def list_grants(client: KmsClient, key_id: str, limit: object = 50, marker: obje
     return _page(rows, lim)
 
 
-def list_retirable_grants(client: KmsClient, retiring_principal: object, limit: object = 50,
+def list_retirable_grants(client: Caller, retiring_principal: object, limit: object = 50,
                           marker: object = None) -> ListPage:
     lim = _limit(limit)
     after = _marker(marker)
@@ -300,7 +298,7 @@ def _page(rows: list[Grant], limit: int) -> ListPage:
     return ListPage(tuple(rows), rows[-1].grant_id if more and rows else None)
 
 
-def _find_grant(client: KmsClient, grant_token: object, key_id: object,
+def _find_grant(client: Caller, grant_token: object, key_id: object,
                 grant_id: object) -> tuple[Grant, KeyRecord]:
     """The grant a RetireGrant names (by token, or by key and grant id) and its key;
     NotFound if there is none in the caller's instance."""
@@ -324,7 +322,7 @@ def _find_grant(client: KmsClient, grant_token: object, key_id: object,
     return g, rec
 
 
-def retire_grant(client: KmsClient, grant_token: object = None, key_id: object = None,
+def retire_grant(client: Caller, grant_token: object = None, key_id: object = None,
                  grant_id: object = None) -> None:
     g, rec = _find_grant(client, grant_token, key_id, grant_id)
     principal = client.principal
@@ -338,7 +336,7 @@ def retire_grant(client: KmsClient, grant_token: object = None, key_id: object =
     _delete(client, g, rec, "kms:RetireGrant")
 
 
-def revoke_grant(client: KmsClient, key_id: str, grant_id: object) -> None:
+def revoke_grant(client: Caller, key_id: str, grant_id: object) -> None:
     gid = _grant_id(grant_id)
     rec = client._key_for("kms:RevokeGrant", key_id)
     g = client.kms.store.get_grant(gid)
@@ -347,7 +345,7 @@ def revoke_grant(client: KmsClient, key_id: str, grant_id: object) -> None:
     _delete(client, g, rec, "kms:RevokeGrant")
 
 
-def _delete(client: KmsClient, g: Grant, rec: KeyRecord, action: str) -> None:
+def _delete(client: Caller, g: Grant, rec: KeyRecord, action: str) -> None:
     kms = client.kms
     if not kms.store.delete_grant(g.grant_id, g.key_id):
         raise E.NotFound("the grant does not exist")

@@ -2,7 +2,7 @@
 ImportKeyMaterial, DeleteImportedKeyMaterial), as in AWS KMS, plus SM2PKE (AWS China /
 Alibaba Cloud) for the Chinese algorithms.
 
-The :class:`~kms.service.KmsClient` methods of the same names are thin wrappers over the
+The :class:`~kms.service.Caller` methods of the same names are thin wrappers over the
 functions here.
 
 Wrapping keys. ``get_parameters_for_import`` makes a fresh key pair per call: RSA in the
@@ -81,8 +81,6 @@ IMPORT_KEY_MATERIAL: Final = any_state("kms:ImportKeyMaterial", durable=True)
 DELETE_IMPORTED_KEY_MATERIAL: Final = any_state("kms:DeleteImportedKeyMaterial", durable=True)
 declare(GET_PARAMETERS_FOR_IMPORT, IMPORT_KEY_MATERIAL, DELETE_IMPORTED_KEY_MATERIAL)
 
-KmsClient = Caller  # the functions below run as a caller of the key's instance
-
 DAY: Final = 86400.0
 MAX_VALID_DAYS: Final = 365
 TOKEN_LEN: Final = 32
@@ -110,7 +108,7 @@ class ImportParameters:
 
 
 @dataclass(frozen=True, slots=True)
-class _Material:
+class _CheckedMaterial:
     """Checked material: what goes into the pool, and its canonical identity."""
 
     spec: KeySpec
@@ -142,7 +140,7 @@ def _pending_deletion(rec: KeyRecord) -> None:
 MAX_IMPORT_TOKENS: Final = 8  # unexpired, unused import tokens per key
 
 
-def get_parameters_for_import(client: KmsClient, key_id: str, wrapping_algorithm: str,
+def get_parameters_for_import(client: Caller, key_id: str, wrapping_algorithm: str,
                               wrapping_key_spec: str) -> ImportParameters:
     if wrapping_algorithm not in WRAPPING_ALGORITHMS:
         raise E.Validation(f"unknown WrappingAlgorithm {wrapping_algorithm!r}")
@@ -184,7 +182,7 @@ def get_parameters_for_import(client: KmsClient, key_id: str, wrapping_algorithm
 # --- ImportKeyMaterial -----------------------------------------------------------------
 
 
-def _valid_to(client: KmsClient, valid_to: float | None, expiration_model: str) -> float | None:
+def _valid_to(client: Caller, valid_to: float | None, expiration_model: str) -> float | None:
     if expiration_model == DOES_NOT_EXPIRE:
         if valid_to is not None:
             raise E.Validation("ValidTo is only valid with KEY_MATERIAL_EXPIRES")
@@ -202,7 +200,7 @@ def _valid_to(client: KmsClient, valid_to: float | None, expiration_model: str) 
     return float(valid_to)
 
 
-def _token(client: KmsClient, rec: KeyRecord, import_token: object) -> ImportToken:
+def _token(client: Caller, rec: KeyRecord, import_token: object) -> ImportToken:
     if not isinstance(import_token, bytes | bytearray | memoryview) \
             or len(import_token) != TOKEN_LEN:
         raise E.InvalidImportToken("the import token is not valid")
@@ -215,7 +213,7 @@ def _token(client: KmsClient, rec: KeyRecord, import_token: object) -> ImportTok
     return row
 
 
-def _rsa_oaep(client: KmsClient, tok: ImportToken, data: bytes) -> bytes:
+def _rsa_oaep(client: Caller, tok: ImportToken, data: bytes) -> bytes:
     hash_name = "sha1" if tok.wrapping_algorithm.endswith("SHA_1") else "sha256"
     try:
         return client.inst.rsa_decrypt(tok.wrapping_blob, data, hash_name)
@@ -223,7 +221,7 @@ def _rsa_oaep(client: KmsClient, tok: ImportToken, data: bytes) -> bytes:
         raise E.InvalidCiphertext("the wrapped key material could not be decrypted") from None
 
 
-def _unwrap(client: KmsClient, tok: ImportToken, wrapped: bytes) -> bytes:
+def _unwrap(client: Caller, tok: ImportToken, wrapped: bytes) -> bytes:
     alg = tok.wrapping_algorithm
     if alg == "SM2PKE":
         try:
@@ -287,17 +285,17 @@ def _bad(spec: KeySpec, what: str) -> E.IncorrectKeyMaterial:
     return E.IncorrectKeyMaterial(f"the key material is not {what} for a {spec.value} key")
 
 
-def _check_material(spec: KeySpec, material: bytes) -> _Material:
+def _check_material(spec: KeySpec, material: bytes) -> _CheckedMaterial:
     if spec is KeySpec.SYMMETRIC_DEFAULT or spec is KeySpec.SM4:
         n = 32 if spec is KeySpec.SYMMETRIC_DEFAULT else 16
         if len(material) != n:
             raise _bad(spec, f"{n} bytes")
-        return _Material(spec, material, material)
+        return _CheckedMaterial(spec, material, material)
     if spec in _HMAC_SIZES:
         lo, hi = _HMAC_SIZES[spec]
         if not lo <= len(material) <= hi:
             raise _bad(spec, f"{lo}..{hi} bytes")
-        return _Material(spec, material, material)
+        return _CheckedMaterial(spec, material, material)
     if spec is KeySpec.SM2:
         try:
             if len(material) == 32:
@@ -309,7 +307,7 @@ def _check_material(spec: KeySpec, material: bytes) -> _Material:
         except (ValueError, TypeError):
             raise _bad(spec, "an SM2 private key (PKCS#8 DER or 32 raw bytes)") from None
         scalar = priv.to_bytes()
-        return _Material(spec, b"sm2:" + scalar, scalar, priv.public_key().to_der())
+        return _CheckedMaterial(spec, b"sm2:" + scalar, scalar, priv.public_key().to_der())
     if not _is_pkcs8(material):
         raise _bad(spec, "a DER PKCS#8 private key")
     try:
@@ -328,10 +326,10 @@ def _check_material(spec: KeySpec, material: bytes) -> _Material:
         identity = f"ec:{key.curve.name}:{key.private_numbers().private_value}".encode()
     else:
         raise E.UnsupportedOperation(f"{spec.value} keys cannot be imported")
-    return _Material(spec, identity, material)
+    return _CheckedMaterial(spec, identity, material)
 
 
-def _to_pool(client: KmsClient, m: _Material) -> tuple[bytes, bytes]:
+def _to_pool(client: Caller, m: _CheckedMaterial) -> tuple[bytes, bytes]:
     """Import checked material into a token; returns (wrapped blob, public key DER)."""
     info = SPECS[m.spec]
     try:
@@ -344,7 +342,7 @@ def _to_pool(client: KmsClient, m: _Material) -> tuple[bytes, bytes]:
     return bytes(kb), kb.public_key
 
 
-def import_key_material(client: KmsClient, key_id: str, import_token: bytes,
+def import_key_material(client: Caller, key_id: str, import_token: bytes,
                         encrypted_key_material: bytes, valid_to: float | None = None,
                         expiration_model: str = DOES_NOT_EXPIRE) -> KeyRecord:
     if not isinstance(encrypted_key_material, bytes | bytearray | memoryview) \
@@ -356,7 +354,7 @@ def import_key_material(client: KmsClient, key_id: str, import_token: bytes,
         return _import_cas(client, key_id, import_token, wrapped, valid_to, expiration_model)
 
 
-def _import_cas(client: KmsClient, key_id: str, import_token: bytes, wrapped: bytes,
+def _import_cas(client: Caller, key_id: str, import_token: bytes, wrapped: bytes,
                 valid_to: float | None, expiration_model: str) -> KeyRecord:
     kms = client.kms
     store = kms.store
@@ -404,7 +402,7 @@ def _import_cas(client: KmsClient, key_id: str, import_token: bytes, wrapped: by
         except ValueError:
             raise E.IncorrectKeyMaterial("the key material is not the material imported "
                                          "into this key before") from None
-        kms._swap(new)
+        kms._evict_key(new)
         client.inst.invalidate(tok.wrapping_blob)
         client._audit(IMPORT_KEY_MATERIAL.action, new, new.primary_version, "ok")
         return new
@@ -414,7 +412,7 @@ def _import_cas(client: KmsClient, key_id: str, import_token: bytes, wrapped: by
 # --- DeleteImportedKeyMaterial ---------------------------------------------------------
 
 
-def delete_imported_key_material(client: KmsClient, key_id: str) -> KeyRecord:
+def delete_imported_key_material(client: Caller, key_id: str) -> KeyRecord:
     kms = client.kms
     with kms._write_lock:
         for attempt in range(CAS_ATTEMPTS):
@@ -431,7 +429,7 @@ def delete_imported_key_material(client: KmsClient, key_id: str) -> KeyRecord:
                 conflict_pause(attempt)
                 continue
             kms._forget_versions(versions, client.inst)
-            kms._swap(new)
+            kms._evict_key(new)
             client._audit(DELETE_IMPORTED_KEY_MATERIAL.action, new, None, "ok")
             return new
     raise E.Internal("the key is changing too fast; retry")

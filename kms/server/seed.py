@@ -342,7 +342,7 @@ def create_key_with_id(client: KmsClient, key: SeedKey) -> KeyRecord:
             raise SeedError(f"key {key.key_id} was created meanwhile by another process") \
                 from None
         raise SeedError(f"key {key.key_id}: cannot store it ({type(exc).__name__})") from None
-    kms._swap(rec)
+    kms._evict_key(rec)
     client._audit("kms:CreateKey", rec, version.version_id if version else None, "ok")
     if key.material is not None:
         return _import(client, key.key_id, key.material)
