@@ -674,7 +674,8 @@ class Kms:
 
 
 class KmsClient(KeyLifecycle, Aliases, Secrets, DataKeyExport, KeyCrypto, KeyImport, Grants):
-    """The operations of the service, as one caller (instance + principal) sees them.
+    """The operations of the service, as one caller (instance + principal) sees them, in
+    this process (not a network client: the front ends hold one per request).
 
     Method names and arguments follow the AWS KMS API (snake_case). Key ids may be a key
     id, a key ARN, an alias name (``alias/x``) or an alias ARN. Each method is written in
