@@ -27,6 +27,7 @@ from hsmpool.gm import SM2PrivateKey, SM2PublicKey
 from kms import KeyRecord, Kms, KmsClient
 from kms import errors as E
 from kms.model import SPECS, KeySpec, KeyState, KeyUsage, Origin
+from tests.database import POSTGRES, database_for
 from tests.kms.conftest import FakeClock, make_kms
 
 ALLOWED = [(s, u) for s, info in SPECS.items() for u in info.usages]
@@ -1019,9 +1020,11 @@ def test_tag_arguments_of_the_wrong_type(client: KmsClient) -> None:
 
 def test_kms_open_from_a_configuration_file(svc_config: Path, tmp_path: Path) -> None:
     """Kms.open reads the [kms] section (database relative to the file, no audit), owns its
-    pool, and a second open of the same file sees the first one's keys."""
+    pool, and a second open of the same file sees the first one's keys. (On the PostgreSQL
+    pass the database is a URL, nothing relative.)"""
     cfg = tmp_path / "kms.toml"
-    cfg.write_text(svc_config.read_text() + '[kms]\ndatabase = "data/kms.db"\n'
+    database = database_for(tmp_path / "data" / "kms.db") if POSTGRES else "data/kms.db"
+    cfg.write_text(svc_config.read_text() + f'[kms]\ndatabase = "{database}"\n'
                    'audit_dir = false\nregion = "eu-central-1"\n'
                    '[kms.accounts]\nsvc = "123456789012"\n')
     with Kms.open(cfg) as service:
@@ -1030,7 +1033,7 @@ def test_kms_open_from_a_configuration_file(svc_config: Path, tmp_path: Path) ->
         assert rec.arn == f"arn:aws:kms:eu-central-1:123456789012:key/{rec.key_id}"
         ct = c.encrypt(rec.arn, b"opened").ciphertext_blob
         assert service.audit is None
-    assert (tmp_path / "data" / "kms.db").is_file()
+    assert (tmp_path / "data" / "kms.db").is_file() is not POSTGRES
     with Kms.open(cfg) as again:
         c2 = again.client("svc")
         assert c2.decrypt(ct).plaintext == b"opened"
