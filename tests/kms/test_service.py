@@ -1003,6 +1003,46 @@ def test_any_argument_types_give_kms_errors(mc: KmsClient, key: Callable[..., Ke
         pass
 
 
+def test_nul_is_refused_in_what_the_store_keeps_or_is_searched_by(client: KmsClient) -> None:
+    """A NUL (U+0000) in a description, a tag, a list marker, a secret's name, version or
+    stage: a client error on every engine (PostgreSQL text cannot hold one: these were 500s
+    on the PostgreSQL pass, and SQLite kept them). An encryption context may hold one."""
+    k = client.create_key()
+    nul = "a\x00b"
+    with pytest.raises(E.Validation):
+        client.create_key(description=nul)
+    with pytest.raises(E.Validation):
+        client.update_key_description(k.key_id, nul)
+    for tags in ({nul: "v"}, {"k": nul}):
+        with pytest.raises(E.InvalidTag):
+            client.tag_resource(k.key_id, tags)
+        with pytest.raises(E.InvalidTag):
+            client.create_key(tags=tags)
+    with pytest.raises(E.InvalidMarker):
+        client.list_keys(marker=nul)
+    with pytest.raises(E.InvalidMarker):
+        client.list_aliases(marker=nul)
+    assert client.describe_key(k.key_id).description == "" and not client.describe_key(
+        k.key_id).tags
+    ct = client.encrypt(k.key_id, b"p", {nul: nul}).ciphertext_blob
+    assert client.decrypt(ct, {nul: nul}).plaintext == b"p"
+    name = f"nul/{uuid.uuid4().hex[:8]}"
+    client.create_secret(name, secret_string="s")
+    with pytest.raises(E.Validation):
+        client.create_secret(f"nul/{uuid.uuid4().hex[:8]}", secret_string="s", description=nul)
+    with pytest.raises(E.Validation):
+        client.update_secret(name, description=nul)
+    with pytest.raises(E.Validation):
+        client.tag_secret(name, [{"Key": nul, "Value": "v"}])
+    with pytest.raises(E.Validation):
+        client.put_secret_value(name, secret_string="t", version_stages=[nul])
+    with pytest.raises(E.NotFound):
+        client.get_secret_value(nul)
+    with pytest.raises(E.NotFound):
+        client.get_secret_value(name, version_id=nul)
+    assert client.get_secret_value(name).string == "s"
+
+
 def test_tag_arguments_of_the_wrong_type(client: KmsClient) -> None:
     k = client.create_key()
     for bad in (True, 3, 2.5, "k=v", b"kv"):
