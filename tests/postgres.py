@@ -124,14 +124,20 @@ class PostgresCluster:
         with self.connect() as conn:
             conn.execute(sql, args or None)
 
+    def query(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        with self.connect() as conn:
+            return [tuple(r) for r in conn.execute(sql, args or None).fetchall()]
+
     def url(self, dbname: str) -> str:
         """The ``postgresql://`` URL of database ``dbname`` (as the superuser)."""
         return f"postgresql://{self.user}:{self.password}@{self.host}:{self.port}/{dbname}"
 
-    def create_database(self, prefix: str = "t") -> str:
-        """A new, empty database named ``PREFIX_<random>``; its URL."""
+    def create_database(self, prefix: str = "t", template: str | None = None) -> str:
+        """A new database named ``PREFIX_<random>`` (empty, or a copy of the database
+        ``template``, which nothing may be connected to); its URL."""
         name = f"{prefix}_{secrets.token_hex(6)}"
-        self.execute(f"CREATE DATABASE {name}")
+        self.execute(f"CREATE DATABASE {name}"
+                     + ("" if template is None else f" TEMPLATE {template}"))
         return self.url(name)
 
     def drop_database(self, url: str) -> None:

@@ -50,6 +50,7 @@ def _get(srv: Server, path: str) -> tuple[int, dict[str, object], float]:
     return status, json.loads(body), time.monotonic() - t0
 
 
+@pytest.mark.own_database  # PostgreSQL behind a relay, on both passes
 def test_a_node_without_its_store_is_live_but_not_ready(
         relayed_node: tuple[Server, TcpRelay]) -> None:
     srv, relay = relayed_node
