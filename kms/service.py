@@ -173,6 +173,8 @@ class Kms:
         self._scheduler: threading.Thread | None = None
         self._lease_owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._stop = threading.Event()
+        self._closed = False
+        self._close_lock = threading.Lock()
         if audit is not None and hasattr(audit, "head"):
             self.checkpoint_audit()  # registered in the store from the start (kms/audit_anchor)
 
@@ -282,6 +284,14 @@ class Kms:
             checkpoint(self.audit, self.store)
 
     def close(self) -> None:
+        """Stop the scheduler, close the audit log (with a last checkpoint), the store and an
+        owned pool. Once: later calls do nothing (a server worker closes its service when
+        the app's lifespan ends and again on its way out; a second checkpoint on the closed
+        PostgreSQL store logged a store outage at every stop)."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
         self._stop.set()
         if self._scheduler is not None:
             self._scheduler.join(timeout=10)

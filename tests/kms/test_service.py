@@ -26,6 +26,7 @@ from hsmpool import Pool
 from hsmpool.gm import SM2PrivateKey, SM2PublicKey
 from kms import KeyRecord, Kms, KmsClient
 from kms import errors as E
+from kms.config import KmsSettings
 from kms.model import SPECS, KeySpec, KeyState, KeyUsage, Origin
 from tests.database import POSTGRES, database_for
 from tests.kms.conftest import FakeClock, make_kms
@@ -1041,6 +1042,24 @@ def test_nul_is_refused_in_what_the_store_keeps_or_is_searched_by(client: KmsCli
     with pytest.raises(E.NotFound):
         client.get_secret_value(name, version_id=nul)
     assert client.get_secret_value(name).string == "s"
+
+
+def test_a_service_closed_twice_closes_once(svc_pool: Pool, tmp_path: Path,
+                                            caplog: pytest.LogCaptureFixture) -> None:
+    """Close is once (an ``hsmpool serve`` worker closes its service when the app's lifespan
+    ends and again on its way out): the second call touches nothing. On PostgreSQL it used
+    to checkpoint the audit log on the closed store and log a store outage."""
+    from kms.audit import AuditLog
+    from kms.store import open_store
+
+    db = database_for(tmp_path / "kms.db")
+    service = Kms(svc_pool, open_store(db), KmsSettings(database=db, audit_dir=None),
+                  audit=AuditLog(tmp_path / "audit", "twice", sync=False), now=FakeClock())
+    service.client("svc").create_key()
+    with caplog.at_level("WARNING", logger="hsmpool.store"):
+        service.close()
+        service.close()
+    assert not [r.getMessage() for r in caplog.records if "unavailable" in r.getMessage()]
 
 
 def test_tag_arguments_of_the_wrong_type(client: KmsClient) -> None:

@@ -265,11 +265,14 @@ def test_server_settings_come_from_the_file_and_options_override(token_dir: Path
 
 
 @pytest.mark.own_database
-def test_a_postgresql_store_is_named_without_its_password(token_dir: Path, tmp_path: Path,
-                                                         postgres: PostgresCluster) -> None:
+def test_a_postgresql_node_logs_no_password_and_no_outage_at_stop(token_dir: Path,
+                                                                  tmp_path: Path,
+                                                                  postgres: PostgresCluster
+                                                                  ) -> None:
     """The start-up summary names the store; a PostgreSQL URL's password is not in it, nor
     anywhere in what the server writes (found on the PostgreSQL pass: the summary printed
-    the URL as configured, password and all)."""
+    the URL as configured, password and all); and a stop logs no store outage (each worker
+    used to: its service closed twice, the second audit checkpoint on a closed store)."""
     url = postgres.create_database("summary")
     cfg = _config(tmp_path, token_dir)
     cfg.write_text(re.sub(r'^database = ".*"$', f'database = "{url}"', cfg.read_text(),
@@ -278,6 +281,8 @@ def test_a_postgresql_store_is_named_without_its_password(token_dir: Path, tmp_p
         (summary,) = [ln for ln in run.lines() if "listening on" in ln]
     assert f"store postgresql://postgres:***@127.0.0.1:{postgres.port}/summary_" in summary
     assert postgres.password not in run.text()
+    assert run.proc.returncode == 0, run.text()
+    assert "store is unavailable" not in run.text(), run.text()
 
 
 def test_help_says_every_default(token_dir: Path) -> None:
