@@ -5,14 +5,17 @@
 #   1. at the same time, two pytest processes, each with its own HSMPOOL_TEST_RUN_DIR
 #      (tokens, faults file, cache; tests/conftest.py), free ports and its own throw-away
 #      PostgreSQL cluster:
-#        - the main pass: the full suite, on SQLite (its output here, as it runs);
+#        - the main pass: the full suite but ENGINE_FREE, on SQLite (its output here, as it
+#          runs);
 #        - the PostgreSQL pass, under `nice -n 10`: the service and server suites
 #          (tests/kms, tests/server: the secrets manager's included) with
 #          HSMPOOL_TEST_DATABASE=postgresql, every store a database of its cluster
 #          (tests/database.py); its output in a log, printed when both are done. It leaves
 #          out the tests marked `latency` (assertions on latency bounds) and `own_database`
 #          (a PostgreSQL store of their own on both passes: the main pass runs them), and
-#          touches no machine-wide openCryptoki token (none of its tests use one).
+#          touches no machine-wide openCryptoki token (none of its tests use one). It also
+#          runs the suites that have no store engine to choose (ENGINE_FREE: the same on
+#          either pass), which the main pass leaves to it, so that both take about as long.
 #      The main pass keeps its latency-bound tests: the PostgreSQL pass is niced, so the
 #      CPU goes to the main pass first whenever both want it (measured: README, Tests);
 #   2. the PostgreSQL pass's `latency` tests, alone.
@@ -38,6 +41,8 @@ if [ $# -gt 0 ]; then
 fi
 
 PG_SUITES=(tests/kms tests/server)
+# Suites with no metadata store, no openCryptoki token and no latency bound.
+ENGINE_FREE=(tests/gm tests/native tests/bench tests/store)
 runs=$(mktemp -d /tmp/hsmpool-ci-XXXXXX)
 pg_pid=
 cleanup() {
@@ -58,7 +63,7 @@ ok_or_empty() { [ "$1" = 0 ] || [ "$1" = 5 ]; }
 (
   HSMPOOL_TEST_RUN_DIR="$runs/pg" HSMPOOL_TEST_DATABASE=postgresql \
     nice -n 10 "${pytest[@]}" --durations=15 -m "not latency and not own_database" \
-    "${PG_SUITES[@]}" &
+    "${PG_SUITES[@]}" "${ENGINE_FREE[@]}" &
   child=$!
   trap 'kill -TERM "$child" 2>/dev/null' TERM  # cleanup() below, if the run is stopped
   rc=0
@@ -69,7 +74,7 @@ ok_or_empty() { [ "$1" = 0 ] || [ "$1" = 5 ]; }
 pg_pid=$!
 rc=0
 HSMPOOL_TEST_RUN_DIR="$runs/main" HSMPOOL_TEST_DATABASE=sqlite \
-  "${pytest[@]}" --durations=25 || rc=$?
+  "${pytest[@]}" --durations=25 "${ENGINE_FREE[@]/#/--ignore=}" || rc=$?
 t_main=$(date +%s)
 ok_or_empty "$rc" || note "$rc"
 rc=0
@@ -78,7 +83,8 @@ pg_pid=
 t_phase1=$(date +%s)
 t_pg=$(cat "$runs/pg.end" 2>/dev/null || echo "$t_phase1")
 echo
-echo "========== the PostgreSQL pass (HSMPOOL_TEST_DATABASE=postgresql ${PG_SUITES[*]}) =========="
+echo "========== the PostgreSQL pass (HSMPOOL_TEST_DATABASE=postgresql ${PG_SUITES[*]};" \
+     "${ENGINE_FREE[*]}) =========="
 cat "$runs/pg.log"
 ok_or_empty "$rc" || note "$rc"
 

@@ -3,12 +3,13 @@
 
 Every store those tests open (tests/kms, tests/server: the ``kms`` fixture, the session's
 ``hsmpool serve``, each server a test starts, each ``Kms`` a test builds) is named by
-:func:`database_for`: the SQLite file the test gives, or, on the PostgreSQL pass, a
-database of the session's throw-away cluster (tests/postgres.py), which tests/conftest.py
-starts for the whole run on that pass. Tests about the SQLite file itself are marked
-``@pytest.mark.sqlite_only(reason=...)`` and skipped on the PostgreSQL pass. Raw reads and
-writes of a store's tables (a test tampering with a row, or checking what is stored) go
-through :func:`connect`, which speaks either engine with SQLite's ``?`` parameters.
+:func:`database_for`: the SQLite file the test gives, or, on the PostgreSQL pass, a fresh
+database of the session's throw-away cluster (tests/postgres.py; a copy of one migrated
+empty store), which tests/conftest.py starts for the whole run on that pass. Tests about
+the SQLite file itself are marked ``@pytest.mark.sqlite_only(reason=...)`` and skipped on
+the PostgreSQL pass. Raw reads and writes of a store's tables (a test tampering with a row,
+or checking what is stored) go through :func:`connect`, which speaks either engine with
+SQLite's ``?`` parameters.
 """
 
 from __future__ import annotations
