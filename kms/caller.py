@@ -126,10 +126,18 @@ def check_limit(limit: object) -> int:
     return limit
 
 
+def has_nul(*texts: str) -> bool:
+    """Whether any of ``texts`` holds a NUL (U+0000). The service refuses one in what it
+    stores or looks things up by (descriptions, tags, markers, names, stages) on every
+    engine alike: PostgreSQL text cannot hold it (psycopg refuses the statement: it was a
+    500 there), while SQLite kept it."""
+    return any("\x00" in t for t in texts)
+
+
 def check_marker(marker: object) -> str:
     if marker is None:
         return ""
-    if not isinstance(marker, str) or len(marker) > 1024:
+    if not isinstance(marker, str) or len(marker) > 1024 or has_nul(marker):
         raise E.InvalidMarker("the marker is not valid")
     return marker
 

@@ -178,6 +178,8 @@ class Kms:
         self._stop = threading.Event()
         #: Ships the audit segment into the store at each checkpoint (``[kms] audit_ship``).
         self.audit_shipper: Shipper | None = None
+        self._closed = False
+        self._close_lock = threading.Lock()
         if audit is not None and hasattr(audit, "head"):
             if settings.audit_ship:
                 from kms.audit_ship import Shipper
@@ -298,6 +300,14 @@ class Kms:
                 self.audit_shipper.run(SHIP_BUDGET if ship_budget is None else ship_budget)
 
     def close(self) -> None:
+        """Stop the scheduler, close the audit log (with a last checkpoint), the store and an
+        owned pool. Once: later calls do nothing (a server worker closes its service when
+        the app's lifespan ends and again on its way out; a second checkpoint on the closed
+        PostgreSQL store logged a store outage at every stop)."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
         self._stop.set()
         if self._scheduler is not None:
             self._scheduler.join(timeout=10)

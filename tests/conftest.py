@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from tests import database
 from tests.faults import FaultInjector
 from tests.postgres import PostgresCluster
 from tests.postgres import available as postgres_available
@@ -91,6 +92,39 @@ def postgres() -> Iterator[PostgresCluster]:
         pytest.skip(why)
     with postgres_cluster() as pg:
         yield pg
+
+
+@pytest.fixture(scope="session", autouse=True)
+def store_engine(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The stores' engine (tests/database.py). On the PostgreSQL pass
+    (``HSMPOOL_TEST_DATABASE=postgresql``) the session's cluster is started first, for every
+    store the tests make; a machine that cannot run one fails the pass, it does not skip it."""
+    if not database.POSTGRES:
+        yield database.ENGINE
+        return
+    why = postgres_available()
+    if why is not None:
+        pytest.fail(f"HSMPOOL_TEST_DATABASE=postgresql, but {why}")
+    pg = request.getfixturevalue("postgres")
+    database.attach(pg)
+    try:
+        yield database.ENGINE
+    finally:
+        database.attach(None)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``sqlite_only(reason=...)``: a test of the SQLite store itself, skipped on the
+    PostgreSQL pass; the reason is required."""
+    for item in items:
+        mark = item.get_closest_marker("sqlite_only")
+        if mark is None:
+            continue
+        reason = mark.kwargs.get("reason") or (mark.args[0] if mark.args else "")
+        if not reason:
+            raise pytest.UsageError(f"{item.nodeid}: sqlite_only needs a reason")
+        if database.POSTGRES:
+            item.add_marker(pytest.mark.skip(reason=f"SQLite only: {reason}"))
 
 
 _SDK_TESTS = ("tests/server/test_alibaba.py", "tests/server/test_kms_instance.py",

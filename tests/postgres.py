@@ -124,6 +124,28 @@ class PostgresCluster:
         with self.connect() as conn:
             conn.execute(sql, args or None)
 
+    def query(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        with self.connect() as conn:
+            return [tuple(r) for r in conn.execute(sql, args or None).fetchall()]
+
+    def url(self, dbname: str) -> str:
+        """The ``postgresql://`` URL of database ``dbname`` (as the superuser)."""
+        return f"postgresql://{self.user}:{self.password}@{self.host}:{self.port}/{dbname}"
+
+    def create_database(self, prefix: str = "t", template: str | None = None) -> str:
+        """A new database named ``PREFIX_<random>`` (empty, or a copy of the database
+        ``template``, which nothing may be connected to); its URL."""
+        name = f"{prefix}_{secrets.token_hex(6)}"
+        self.execute(f"CREATE DATABASE {name}"
+                     + ("" if template is None else f" TEMPLATE {template}"))
+        return self.url(name)
+
+    def drop_database(self, url: str) -> None:
+        """Drop the database of ``url`` (made by :meth:`create_database`), ending any
+        session still connected to it."""
+        name = url.rsplit("/", 1)[1]
+        self.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
     def wait_ready(self, timeout: float = 30.0) -> None:
         t0 = time.monotonic()
         while True:

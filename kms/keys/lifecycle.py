@@ -17,7 +17,16 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Final
 
 from kms import errors as E
-from kms.caller import Caller, ListPage, Op, any_state, check_limit, check_marker, declare
+from kms.caller import (
+    Caller,
+    ListPage,
+    Op,
+    any_state,
+    check_limit,
+    check_marker,
+    declare,
+    has_nul,
+)
 from kms.keys import grants as _grants
 from kms.keys.material import backend
 from kms.model import (
@@ -110,8 +119,10 @@ class KeyLifecycle(Caller):
                 raise E.Validation("invalid KeyUsage or Origin") from None
             if usage not in info.usages:
                 raise E.Validation(f"{spec.value} keys cannot have usage {usage.value}")
-            if not isinstance(description, str) or len(description) > 8192:
-                raise E.Validation("Description must be a string of at most 8192 characters")
+            if not isinstance(description, str) or len(description) > 8192 \
+                    or has_nul(description):
+                raise E.Validation("Description must be a string of at most 8192 characters "
+                                   "(no NUL)")
             if org is Origin.EXTERNAL and spec not in _IMPORTABLE:
                 raise E.UnsupportedOperation(f"{spec.value} keys cannot be imported")
             tag_pairs = _tags(tags)
@@ -241,8 +252,10 @@ class KeyLifecycle(Caller):
         return self._change(CANCEL_KEY_DELETION, key_id, fn)
 
     def update_key_description(self, key_id: str, description: str) -> KeyRecord:
-        if not isinstance(description, str) or len(description) > 8192:
-            raise E.Validation("Description must be a string of at most 8192 characters")
+        if not isinstance(description, str) or len(description) > 8192 \
+                or has_nul(description):
+            raise E.Validation("Description must be a string of at most 8192 characters "
+                               "(no NUL)")
         return self._change(UPDATE_KEY_DESCRIPTION, key_id,
                             lambda rec: rec.evolve(description=description))
 
@@ -460,8 +473,9 @@ def _tags(tags: Mapping[str, str] | Sequence[tuple[str, str]] | None
             raise E.InvalidTag("tags are (key, value) pairs")
         k, v = pair
         if not isinstance(k, str) or not isinstance(v, str) or not 1 <= len(k) <= 128 \
-                or len(v) > 256 or k.startswith("aws:"):
-            raise E.InvalidTag("tag keys are 1..128 characters (not aws:...), values up to 256")
+                or len(v) > 256 or k.startswith("aws:") or has_nul(k, v):
+            raise E.InvalidTag("tag keys are 1..128 characters (not aws:...), values up to "
+                               "256 (no NUL)")
         out[k] = v
     if len(out) > 50:
         raise E.LimitExceeded("a key has at most 50 tags")

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from kms import errors as E
-from kms.caller import any_state, declare
+from kms.caller import any_state, declare, has_nul
 from kms.keys.crypto import DecryptResult, KeyCrypto
 from kms.model import AliasRecord, KeyState
 from kms.secrets import envelope
@@ -127,7 +127,8 @@ def _stages(stages: object, default: tuple[str, ...]) -> tuple[str, ...]:
     if stages is None:
         return default
     if not isinstance(stages, list | tuple) or not 1 <= len(stages) <= 20 or not all(
-            isinstance(s, str) and 1 <= len(s) <= 256 and "," not in s for s in stages):
+            isinstance(s, str) and 1 <= len(s) <= 256 and "," not in s and not has_nul(s)
+            for s in stages):
         raise E.Validation("VersionStages must be 1..20 labels of 1..256 characters")
     return tuple(sorted(set(stages)))
 
@@ -146,8 +147,8 @@ def _check_tags(tags: object) -> tuple[tuple[str, str], ...]:
         else:
             raise E.Validation("Tags must be a list of {Key, Value}")
         if not isinstance(k, str) or not 1 <= len(k) <= 128 or not isinstance(v, str) \
-                or len(v) > 256:
-            raise E.Validation("a tag key is 1..128 characters, a value at most 256")
+                or len(v) > 256 or has_nul(k, v):
+            raise E.Validation("a tag key is 1..128 characters, a value at most 256 (no NUL)")
         out[k] = v
     return tuple(sorted(out.items()))
 
@@ -223,6 +224,8 @@ class Secrets(KeyCrypto):
     def _secret_find(self, secret_id: object) -> SecretRecord:
         if not isinstance(secret_id, str) or not 1 <= len(secret_id) <= 2048:
             raise E.Validation("SecretId must be a name or an ARN")
+        if has_nul(secret_id):  # no name or ARN holds one (nor can the store look it up)
+            raise E.NotFound("Secrets Manager can't find the specified secret.")
         self.kms._fresh()
         cache = self.kms.secret_cache
         hit = cache.record(self.instance_name, secret_id)
@@ -421,7 +424,10 @@ class Secrets(KeyCrypto):
         if stage is not None and not isinstance(stage, str):
             raise E.Validation("VersionStage must be a string")
         if version_id is not None:
-            v = self._store.get_secret_version(rec.secret_id, version_id)
+            # No version id holds a NUL (they are printable ASCII), nor can the store look
+            # one up.
+            v = None if has_nul(version_id) else self._store.get_secret_version(
+                rec.secret_id, version_id)
             if v is None or (stage is not None and stage not in v.stages):
                 raise E.NotFound("Secrets Manager can't find the specified secret value for "
                                  "VersionId" + (" and VersionStage" if stage else ""))
@@ -450,8 +456,9 @@ class Secrets(KeyCrypto):
         def body() -> tuple[SecretRecord, SecretVersion | None]:
             if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
                 raise E.Validation("a secret name is 1..512 of A-Z a-z 0-9 /_+=.@-")
-            if not isinstance(description, str) or len(description) > 2048:
-                raise E.Validation("Description must be at most 2048 characters")
+            if not isinstance(description, str) or len(description) > 2048 \
+                    or has_nul(description):
+                raise E.Validation("Description must be at most 2048 characters (no NUL)")
             # Authorised on the secret's ARN without its random suffix (what a policy's
             # "secret:app/*" pattern matches; "*" matches it too).
             partial = (f"arn:aws:secretsmanager:{self.kms.settings.region}:{self._account}:"
@@ -613,8 +620,9 @@ class Secrets(KeyCrypto):
             rec = self._secret_for("UpdateSecret", secret_id)
             self._secret_live(rec)
             if description is not None and (not isinstance(description, str)
-                                            or len(description) > 2048):
-                raise E.Validation("Description must be at most 2048 characters")
+                                            or len(description) > 2048
+                                            or has_nul(description)):
+                raise E.Validation("Description must be at most 2048 characters (no NUL)")
             value = _value(secret_string, secret_binary, required=False)
             changes: dict[str, object] = {}
             if description is not None:

@@ -157,7 +157,8 @@ def open_service(pool_cfg: PoolConfig, settings: KmsSettings, *, segment: str,
     try:
         store = open_store(settings.database)
     except (sqlite3.Error, OSError) as exc:
-        raise StartupError(f"cannot open the store {settings.database!r}: {exc}") from None
+        raise StartupError(f"cannot open the store {redacted(settings.database)!r}: {exc}"
+                           ) from None
     except Exception as exc:  # noqa: BLE001 - PostgreSQL: the driver's errors, one line
         raise StartupError(f"cannot open the store {redacted(settings.database)}: "
                            f"{type(exc).__name__}: {str(exc).strip()[:200]}") from None
@@ -217,7 +218,9 @@ def listen_url(sock: socket.socket, host: str, tls: bool) -> str:
 
 def summary(kms: Kms, workers: int, url: str) -> list[str]:
     """The startup summary: per instance its tokens and their state, then the store,
-    audit, workers and address (never a secret)."""
+    audit, workers and address (never a secret: a PostgreSQL URL's password is masked)."""
+    from kms.store import redacted
+
     pool = kms.pool
     stats = pool.stats()
     lines = []
@@ -237,7 +240,7 @@ def summary(kms: Kms, workers: int, url: str) -> list[str]:
         lines.append(f"instance {name}: {healthy} of {len(inst_cfg.tokens)} tokens healthy: "
                      + "; ".join(parts))
     s = kms.settings
-    lines.append(f"store {s.database}, audit {s.audit_dir or 'off'}, access log "
+    lines.append(f"store {redacted(s.database)}, audit {s.audit_dir or 'off'}, access log "
                  f"{s.server.access_log}, {workers} worker{'s' if workers != 1 else ''}, "
                  f"listening on {url}")
     return lines

@@ -1,10 +1,9 @@
 """Shared fixtures of the KMS service tests: one pool over real SoftHSM2 tokens for the run,
 a fresh SQLite store and service per test, and a settable clock.
 
-``HSMPOOL_TEST_DATABASE=postgresql`` gives the ``kms`` fixture a fresh database of the
-session's throw-away PostgreSQL cluster (tests/postgres.py) per test instead of a SQLite
-file (not in CI's default run; tests that open ``tmp_path / "kms.db"`` themselves stay on
-SQLite).
+``HSMPOOL_TEST_DATABASE=postgresql`` gives the ``kms`` fixture, and every store a test
+makes through tests/database.py, a fresh database of the session's throw-away PostgreSQL
+cluster (tests/postgres.py) instead of a SQLite file.
 
 Instances: "svc" on tokens 0, 1, 2 and "svc2" on tokens 3, 4 (names unique to these files;
 other test files use other instance names on the same tokens).
@@ -12,8 +11,6 @@ other test files use other instance names on the same tokens).
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,8 +19,9 @@ import pytest
 from hsmpool import Pool
 from kms import Kms, KmsClient
 from kms.config import KmsSettings
-from kms.store import open_store
+from kms.store import is_url, open_store
 from tests.conftest import pool_toml
+from tests.database import database_for, drop_database
 
 INSTANCES: dict[str, list[int]] = {"svc": [0, 1, 2], "svc2": [3, 4]}
 DAY = 86400.0
@@ -56,27 +54,22 @@ def svc_pool(svc_config: Path) -> Iterator[Pool]:
         yield pool
 
 
-#: The engine of the ``kms`` fixture's store: "sqlite" (default) or "postgresql".
-DATABASE = os.environ.get("HSMPOOL_TEST_DATABASE", "sqlite")
-
-
 def make_kms(pool: Pool, db: Path | str, clock: FakeClock) -> Kms:
-    """A service on the SQLite file ``db`` or the ``postgresql://`` URL ``db``."""
-    return Kms(pool, open_store(str(db)), KmsSettings(database=str(db), audit_dir=None),
+    """A service on the ``postgresql://`` URL ``db``, or on the store of the SQLite file
+    ``db`` (:func:`tests.database.database_for`: on the PostgreSQL pass, the database
+    standing for that file)."""
+    database = str(db) if is_url(str(db)) else database_for(db)
+    return Kms(pool, open_store(database), KmsSettings(database=database, audit_dir=None),
                now=clock)
 
 
 @pytest.fixture
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """The ``kms`` fixture's store: a SQLite file, or a fresh PostgreSQL database."""
-    if DATABASE == "sqlite":
-        return str(tmp_path / "kms.db")
-    if DATABASE != "postgresql":
-        raise pytest.UsageError(f"HSMPOOL_TEST_DATABASE={DATABASE!r}: sqlite or postgresql")
-    pg = request.getfixturevalue("postgres")
-    name = f"svc_{uuid.uuid4().hex[:12]}"
-    pg.execute(f"CREATE DATABASE {name}")
-    return f"postgresql://{pg.user}:{pg.password}@{pg.host}:{pg.port}/{name}"
+def database(tmp_path: Path) -> Iterator[str]:
+    """The ``kms`` fixture's store: a SQLite file, or a fresh PostgreSQL database (dropped
+    afterwards)."""
+    db = database_for(tmp_path / "kms.db")
+    yield db
+    drop_database(db)
 
 
 @pytest.fixture

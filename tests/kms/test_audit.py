@@ -852,17 +852,19 @@ class _AppendOnlyLog:
 
 def test_service_records_calls_with_secret_context_values_redacted(
         svc_pool: Any, tmp_path: Path) -> None:
-    from kms import Kms, Store
+    from kms import Kms
     from kms import errors as E
     from kms.config import KmsSettings
+    from kms.store import open_store
+    from tests.database import database_for
     from tests.kms.conftest import T0, FakeClock
 
     clock = FakeClock()
-    db = tmp_path / "kms.db"
-    settings = KmsSettings(database=str(db), audit_dir=None, secret_context_keys=frozenset(
+    db = database_for(tmp_path / "kms.db")
+    settings = KmsSettings(database=db, audit_dir=None, secret_context_keys=frozenset(
         {"pin"}))
     log = AuditLog(tmp_path / "audit", "svc-0", sync=False)
-    kms = Kms(svc_pool, Store(db), settings, audit=log, now=clock)
+    kms = Kms(svc_pool, open_store(db), settings, audit=log, now=clock)
     try:
         c = kms.client("svc")
         key = c.create_key()
@@ -893,7 +895,7 @@ def test_service_records_calls_with_secret_context_values_redacted(
 
     # A log without the fast path still gets AuditEvents, redacted the same way.
     plain = _AppendOnlyLog()
-    kms = Kms(svc_pool, Store(db), settings, audit=plain, now=clock)
+    kms = Kms(svc_pool, open_store(db), settings, audit=plain, now=clock)
     try:
         kms.client("svc").encrypt(key.key_id, b"data", context)
     finally:

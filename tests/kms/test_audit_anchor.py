@@ -1,7 +1,8 @@
 """The audit trail anchored outside its files by default (kms/audit_anchor.py): the head key
 sealed in a token, the segment registry and its checkpoints in the store. Through the real
-CLI and a real service over SoftHSM2 and SQLite; the tampering is done to the files as an
-attacker with write access to the audit directory (but not the HSM) would."""
+CLI and a real service over SoftHSM2 and the store (tests/database.py); the tampering is done
+to the files as an attacker with write access to the audit directory (but not the HSM)
+would."""
 
 from __future__ import annotations
 

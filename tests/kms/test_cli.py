@@ -22,6 +22,7 @@ import pytest
 
 from kms import fileenc as fe
 from tests.conftest import ROOT, pool_toml
+from tests.database import database_for, database_line, dump
 
 HSMPOOL = str(Path(sys.executable).parent / "hsmpool")
 if not os.path.exists(HSMPOOL):
@@ -34,7 +35,7 @@ def config(token_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("cli")
     cfg = d / "hsmpool.toml"
     cfg.write_text(pool_toml(token_dir, {INSTANCE: [6]})
-                   + '[kms]\ndatabase = "kms.db"\naudit_dir = "audit"\n')
+                   + '[kms]\n' + database_line(d / "kms.db") + 'audit_dir = "audit"\n')
     return cfg
 
 
@@ -348,6 +349,7 @@ def test_credentials_lifecycle(cli: Cli, config: Path) -> None:
     every_listing = cli.run("credentials", "list", "--json", instance=False).stdout
     every_listing += cli.run("credentials", "list", instance=False).stdout
     stored = b"".join(p.read_bytes() for p in config.parent.rglob("*") if p.is_file())
+    stored += dump(database_for(config.parent / "kms.db"))  # the store's rows, either engine
     for secret in secrets:
         assert secret.encode() not in every_listing and secret.encode() not in stored
 

@@ -23,6 +23,7 @@ import pytest
 
 from kms.audit import AuditLog, SegmentInUse, cli_segment, verify
 from tests.conftest import pool_toml
+from tests.database import database_line
 from tests.kms.test_cli import HSMPOOL
 
 INSTANCE = "clia"
@@ -34,7 +35,8 @@ def write_config(directory: Path, token_dir: Path, extra: str = "") -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     cfg = directory / "hsmpool.toml"
     cfg.write_text(pool_toml(token_dir, {INSTANCE: [7]})
-                   + f'[kms]\ndatabase = "kms.db"\naudit_dir = "audit"\n{extra}')
+                   + "[kms]\n" + database_line(directory / "kms.db")
+                   + f'audit_dir = "audit"\n{extra}')
     return cfg
 
 

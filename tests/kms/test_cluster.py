@@ -1,5 +1,5 @@
-"""Node heartbeats (kms/cluster.py) on a real SQLite store, and the stale rule, with an
-injected clock."""
+"""Node heartbeats (kms/cluster.py) on a real store (tests/database.py), and the stale rule,
+with an injected clock."""
 
 from __future__ import annotations
 
@@ -7,12 +7,13 @@ import time
 from pathlib import Path
 
 from kms.cluster import STALE_BEATS, VERSION, Heartbeat, node_status
-from kms.store import SqliteStore
+from kms.store import open_store
+from tests.database import database_for
 
 
 def test_a_heartbeat_writes_one_row_follows_the_workers_and_records_a_stop(
         tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "kms.db")
+    store = open_store(database_for(tmp_path / "kms.db"))
     workers = [0]
     clock = [1000.0]
     beat = Heartbeat(store, port=8443, address="http://127.0.0.1:8443",
@@ -41,7 +42,7 @@ def test_a_heartbeat_writes_one_row_follows_the_workers_and_records_a_stop(
 
 
 def test_a_node_silent_for_more_than_three_beats_is_stale(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "kms.db")
+    store = open_store(database_for(tmp_path / "kms.db"))
     beat = Heartbeat(store, port=1, address="a", workers=lambda: 1, interval=5.0,
                      now=lambda: 100.0)
     beat.beat()

@@ -13,6 +13,7 @@ import pytest
 
 from kms import Kms
 from tests.conftest import pool_toml
+from tests.database import POSTGRES, database_line
 
 INSTANCE = "modes"
 
@@ -35,7 +36,7 @@ def test_a_fresh_kms_makes_private_files(token_dir: Path, tmp_path: Path,
     state = tmp_path / "state" / "deeper"
     cfg = tmp_path / "pool.toml"
     cfg.write_text(pool_toml(token_dir, {INSTANCE: [7]})
-                   + f'[kms]\ndatabase = "{state / "kms.db"}"\n'
+                   + "[kms]\n" + database_line(state / "kms.db")
                    + f'audit_dir = "{state / "audit"}"\n')
     with Kms.open(cfg, audit_segment="modes-0") as kms:
         client = kms.client(INSTANCE)
@@ -43,10 +44,11 @@ def test_a_fresh_kms_makes_private_files(token_dir: Path, tmp_path: Path,
         client.encrypt(key.key_id, b"written")
         assert kms.audit is not None
         kms.audit.flush()
-        files = [state / "kms.db", state / "kms.db-wal", state / "kms.db-shm",
-                 state / "audit" / "audit-modes-0.db", state / "audit" / "audit-modes-0.db-wal",
+        files = [state / "audit" / "audit-modes-0.db", state / "audit" / "audit-modes-0.db-wal",
                  state / "audit" / "audit-modes-0.db-shm",
                  state / "audit" / "audit-modes-0.lock"]
+        if not POSTGRES:  # the SQLite store's files
+            files += [state / "kms.db", state / "kms.db-wal", state / "kms.db-shm"]
         modes = {p.name: oct(_mode(p)) for p in files}
         assert modes == {p.name: oct(0o600) for p in files}
         dirs = [tmp_path / "state", state, state / "audit"]

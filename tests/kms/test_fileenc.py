@@ -24,6 +24,7 @@ from kms import Kms, KmsClient, KmsError
 from kms import fileenc as fe
 from kms.errors import Disabled, InvalidCiphertext, InvalidKeyUsage, Validation
 from tests.conftest import pool_toml
+from tests.database import database_line
 
 INSTANCE = "files"
 C = 256  # a small chunk size, so that files of several chunks stay small
@@ -36,7 +37,7 @@ def service(token_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     d = tmp_path_factory.mktemp("fileenc")
     cfg = d / "hsmpool.toml"
     cfg.write_text(pool_toml(token_dir, {INSTANCE: [6]})
-                   + '[kms]\ndatabase = "kms.db"\naudit_dir = "audit"\n')
+                   + '[kms]\n' + database_line(d / "kms.db") + 'audit_dir = "audit"\n')
     with Kms.open(cfg) as kms:
         yield kms
 
@@ -452,8 +453,8 @@ def test_failed_chunks_leave_no_crashing_cycles(tmp_path: Path, token_dir: Path)
     buffer in a reference cycle, and collecting it segfaulted. Run in a child process, keeping
     every InvalidCiphertext in a cycle and collecting after each."""
     cfg = tmp_path / "hsmpool.toml"
-    cfg.write_text(pool_toml(token_dir, {INSTANCE: [6]}) + '[kms]\ndatabase = "kms.db"\n'
-                   'audit_dir = false\n')
+    cfg.write_text(pool_toml(token_dir, {INSTANCE: [6]}) + '[kms]\n'
+                   + database_line(tmp_path / "kms.db") + 'audit_dir = false\n')
     script = f"""
 import gc, io
 from kms import Kms

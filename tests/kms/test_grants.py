@@ -9,12 +9,12 @@ from typing import Any
 import pytest
 
 from hsmpool import Pool
-from kms import Kms, KmsClient, Store
+from kms import Kms, KmsClient
 from kms import errors as E
-from kms.config import KmsSettings
 from kms.keys import grants as grants_module
 from kms.policy import Principal
-from tests.kms.conftest import FakeClock
+from tests.database import database_of
+from tests.kms.conftest import FakeClock, make_kms
 from tests.kms.principals import INSTANCE, allow, as_principal, make_principal
 from tests.kms.principals import principal_arn_of as arn
 from tests.kms.principals import unique as _name
@@ -223,8 +223,7 @@ def test_a_grant_token_is_effective_before_the_commit_is_seen(
     grantee = as_principal(kms, people["grantee"])
     with pytest.raises(E.NotFound):
         grantee.encrypt(key.key_id, b"x")  # caches the key's grants and the decision
-    other = Kms(svc_pool, Store(kms.store.path), KmsSettings(database=kms.store.path,
-                                                             audit_dir=None), now=clock)
+    other = make_kms(svc_pool, database_of(kms.store), clock)
     try:
         g = other.client(INSTANCE).create_grant(key.key_id, arn(kms, people["grantee"]),
                                                 ["Encrypt"])

@@ -28,7 +28,9 @@ from kms import errors as E
 from kms.audit import AuditLog
 from kms.config import KmsSettings
 from kms.keys.importing import ImportParameters
+from kms.store import is_url, open_store
 from tests.conftest import pool_toml
+from tests.database import connect, database_for, dump
 
 INSTANCE = "imp"
 DAY = 86400.0
@@ -49,7 +51,7 @@ class Svc:
     kms: Kms
     client: KmsClient
     clock: Clock
-    db: Path
+    db: str  # the store's [kms] database (tests/database.py)
     audit_dir: Path
 
 
@@ -61,16 +63,17 @@ def imp_pool(token_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
         yield pool
 
 
-def open_kms(pool: Pool, db: Path, audit_dir: Path, clock: Clock, segment: str) -> Kms:
-    settings = KmsSettings(database=str(db), audit_dir=str(audit_dir), import_token_ttl=TTL)
-    return Kms(pool, Store(db, sync=False), settings,
+def open_kms(pool: Pool, db: str, audit_dir: Path, clock: Clock, segment: str) -> Kms:
+    settings = KmsSettings(database=db, audit_dir=str(audit_dir), import_token_ttl=TTL)
+    store = open_store(db) if is_url(db) else Store(db, sync=False)
+    return Kms(pool, store, settings,
                audit=AuditLog(audit_dir, segment, sync=False), now=clock)
 
 
 @pytest.fixture
 def svc(imp_pool: Pool, tmp_path: Path) -> Iterator[Svc]:
     clock = Clock()
-    db, audit_dir = tmp_path / "kms.db", tmp_path / "audit"
+    db, audit_dir = database_for(tmp_path / "kms.db"), tmp_path / "audit"
     kms = open_kms(imp_pool, db, audit_dir, clock, "w0")
     try:
         yield Svc(kms, kms.client(INSTANCE), clock, db, audit_dir)
@@ -342,7 +345,7 @@ def test_tokens_are_stored_hashed(svc: Svc) -> None:
     c = svc.client
     key = c.create_key(origin="EXTERNAL")
     params = c.get_parameters_for_import(key.key_id, "RSAES_OAEP_SHA_256", "RSA_2048")
-    db = sqlite3.connect(svc.db)
+    db = connect(svc.db)
     try:
         ids = [r[0] for r in db.execute("SELECT token_id FROM import_tokens")]
     finally:
@@ -630,12 +633,15 @@ def test_fingerprint_survives_reopening_and_reveals_nothing(svc: Svc, imp_pool: 
         assert c2.decrypt(ct).plaintext == b"persisted"
     finally:
         kms2.close()
-    # neither the material nor a token-free copy of it is anywhere on disk
-    for path in [*svc.db.parent.glob("kms.db*"), *svc.audit_dir.rglob("*")]:
-        if path.is_file():
-            data = path.read_bytes()
-            assert material not in data and material.hex().encode() not in data, path
-    svc.kms = open_kms(imp_pool, tmp_path / "spare.db", tmp_path / "audit2", clock, "w2")
+    # neither the material nor a token-free copy of it is anywhere on disk, or in the rows
+    stored = {str(path): path.read_bytes()
+              for path in [*tmp_path.glob("kms.db*"), *svc.audit_dir.rglob("*")]
+              if path.is_file()}
+    stored["the store's rows"] = dump(svc.db)
+    for where, data in stored.items():
+        assert material not in data and material.hex().encode() not in data, where
+    svc.kms = open_kms(imp_pool, database_for(tmp_path / "spare.db"), tmp_path / "audit2",
+                       clock, "w2")
 
 
 def test_audit_records_imports_without_material(svc: Svc) -> None:

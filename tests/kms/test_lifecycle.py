@@ -3,7 +3,6 @@ refusals, ciphertext tampering and the deletion purge, with a settable clock."""
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -13,14 +12,15 @@ import pytest
 from kms import AliasRecord, KeyRecord, KeyVersion, Kms, KmsClient
 from kms import errors as E
 from kms.model import KeyState
+from tests.database import connect, database_of
 from tests.kms.conftest import DAY, FakeClock
 
 SYMMETRIC = ["SYMMETRIC_DEFAULT", "SM4"]
 
 
 def version_blobs(kms: Kms, key_id: str) -> list[bytes | None]:
-    """The wrapped blobs of a key's versions, read with sqlite3 directly."""
-    db = sqlite3.connect(kms.store.path)
+    """The wrapped blobs of a key's versions, read from the store's tables directly."""
+    db = connect(database_of(kms.store))
     try:
         rows = db.execute("SELECT blob FROM key_versions WHERE key_id = ? ORDER BY number",
                           (key_id,)).fetchall()
@@ -372,7 +372,7 @@ def test_purge_is_seen_by_a_fresh_service(kms: Kms, client: KmsClient, clock: Fa
     client.schedule_key_deletion(k.key_id, 7)
     clock.advance(8)
     assert kms.run_due()["purged"] == [k.key_id]
-    fresh = make_kms(kms.pool, Path(kms.store.path), clock)
+    fresh = make_kms(kms.pool, database_of(kms.store), clock)
     try:
         c2 = fresh.client("svc")
         with pytest.raises(E.NotFound):
@@ -410,7 +410,7 @@ def test_a_slow_writer_does_not_resurrect_an_older_record(kms: Kms, client: KmsC
     record."""
     from tests.kms.conftest import make_kms
 
-    other = make_kms(kms.pool, Path(kms.store.path), clock)  # type: ignore[attr-defined]
+    other = make_kms(kms.pool, database_of(kms.store), clock)
     other_client = other.client(client.instance_name)
     k = client.create_key()
     client.disable_key(k.key_id)

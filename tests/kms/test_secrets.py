@@ -4,7 +4,6 @@ store (kms.secrets.manage, kms.secrets.rotation)."""
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from kms import Kms, KmsClient
 from kms import errors as E
 from kms.audit import AuditLog
 from kms.secrets.model import CURRENT, PENDING, PREVIOUS
+from tests.database import connect, database_of
 from tests.kms.conftest import FakeClock
 from tests.kms.principals import allow, as_principal, make_principal, unique
 
@@ -166,7 +166,7 @@ def test_tampered_envelope_fails_closed(kms: Kms, client: KmsClient, tmp_path: P
     name = unique("tamper")
     client.create_secret(name, secret_string="sealed", client_request_token=TOKEN_A)
     assert client.get_secret_value(name).string == "sealed"  # its data key now remembered
-    db = sqlite3.connect(tmp_path / "kms.db")
+    db = connect(database_of(kms.store))
     (blob,) = db.execute("SELECT envelope FROM secret_versions WHERE version_id = ?",
                          (TOKEN_A,)).fetchone()
     flipped = bytearray(blob)
@@ -183,6 +183,7 @@ def test_tampered_envelope_fails_closed(kms: Kms, client: KmsClient, tmp_path: P
     with db:
         db.execute("UPDATE secret_versions SET envelope = ? WHERE version_id = ?",
                    (blob, TOKEN_B))
+    db.close()
     time.sleep(0.1)
     with pytest.raises(E.InvalidCiphertext):
         client.get_secret_value(other)

@@ -26,7 +26,9 @@ from hsmpool import Pool
 from hsmpool.gm import SM2PrivateKey, SM2PublicKey
 from kms import KeyRecord, Kms, KmsClient
 from kms import errors as E
+from kms.config import KmsSettings
 from kms.model import SPECS, KeySpec, KeyState, KeyUsage, Origin
+from tests.database import POSTGRES, database_for
 from tests.kms.conftest import FakeClock, make_kms
 
 ALLOWED = [(s, u) for s, info in SPECS.items() for u in info.usages]
@@ -1002,6 +1004,64 @@ def test_any_argument_types_give_kms_errors(mc: KmsClient, key: Callable[..., Ke
         pass
 
 
+def test_nul_is_refused_in_what_the_store_keeps_or_is_searched_by(client: KmsClient) -> None:
+    """A NUL (U+0000) in a description, a tag, a list marker, a secret's name, version or
+    stage: a client error on every engine (PostgreSQL text cannot hold one: these were 500s
+    on the PostgreSQL pass, and SQLite kept them). An encryption context may hold one."""
+    k = client.create_key()
+    nul = "a\x00b"
+    with pytest.raises(E.Validation):
+        client.create_key(description=nul)
+    with pytest.raises(E.Validation):
+        client.update_key_description(k.key_id, nul)
+    for tags in ({nul: "v"}, {"k": nul}):
+        with pytest.raises(E.InvalidTag):
+            client.tag_resource(k.key_id, tags)
+        with pytest.raises(E.InvalidTag):
+            client.create_key(tags=tags)
+    with pytest.raises(E.InvalidMarker):
+        client.list_keys(marker=nul)
+    with pytest.raises(E.InvalidMarker):
+        client.list_aliases(marker=nul)
+    assert client.describe_key(k.key_id).description == "" and not client.describe_key(
+        k.key_id).tags
+    ct = client.encrypt(k.key_id, b"p", {nul: nul}).ciphertext_blob
+    assert client.decrypt(ct, {nul: nul}).plaintext == b"p"
+    name = f"nul/{uuid.uuid4().hex[:8]}"
+    client.create_secret(name, secret_string="s")
+    with pytest.raises(E.Validation):
+        client.create_secret(f"nul/{uuid.uuid4().hex[:8]}", secret_string="s", description=nul)
+    with pytest.raises(E.Validation):
+        client.update_secret(name, description=nul)
+    with pytest.raises(E.Validation):
+        client.tag_secret(name, [{"Key": nul, "Value": "v"}])
+    with pytest.raises(E.Validation):
+        client.put_secret_value(name, secret_string="t", version_stages=[nul])
+    with pytest.raises(E.NotFound):
+        client.get_secret_value(nul)
+    with pytest.raises(E.NotFound):
+        client.get_secret_value(name, version_id=nul)
+    assert client.get_secret_value(name).string == "s"
+
+
+def test_a_service_closed_twice_closes_once(svc_pool: Pool, tmp_path: Path,
+                                            caplog: pytest.LogCaptureFixture) -> None:
+    """Close is once (an ``hsmpool serve`` worker closes its service when the app's lifespan
+    ends and again on its way out): the second call touches nothing. On PostgreSQL it used
+    to checkpoint the audit log on the closed store and log a store outage."""
+    from kms.audit import AuditLog
+    from kms.store import open_store
+
+    db = database_for(tmp_path / "kms.db")
+    service = Kms(svc_pool, open_store(db), KmsSettings(database=db, audit_dir=None),
+                  audit=AuditLog(tmp_path / "audit", "twice", sync=False), now=FakeClock())
+    service.client("svc").create_key()
+    with caplog.at_level("WARNING", logger="hsmpool.store"):
+        service.close()
+        service.close()
+    assert not [r.getMessage() for r in caplog.records if "unavailable" in r.getMessage()]
+
+
 def test_tag_arguments_of_the_wrong_type(client: KmsClient) -> None:
     k = client.create_key()
     for bad in (True, 3, 2.5, "k=v", b"kv"):
@@ -1019,9 +1079,11 @@ def test_tag_arguments_of_the_wrong_type(client: KmsClient) -> None:
 
 def test_kms_open_from_a_configuration_file(svc_config: Path, tmp_path: Path) -> None:
     """Kms.open reads the [kms] section (database relative to the file, no audit), owns its
-    pool, and a second open of the same file sees the first one's keys."""
+    pool, and a second open of the same file sees the first one's keys. (On the PostgreSQL
+    pass the database is a URL, nothing relative.)"""
     cfg = tmp_path / "kms.toml"
-    cfg.write_text(svc_config.read_text() + '[kms]\ndatabase = "data/kms.db"\n'
+    database = database_for(tmp_path / "data" / "kms.db") if POSTGRES else "data/kms.db"
+    cfg.write_text(svc_config.read_text() + f'[kms]\ndatabase = "{database}"\n'
                    'audit_dir = false\nregion = "eu-central-1"\n'
                    '[kms.accounts]\nsvc = "123456789012"\n')
     with Kms.open(cfg) as service:
@@ -1030,7 +1092,7 @@ def test_kms_open_from_a_configuration_file(svc_config: Path, tmp_path: Path) ->
         assert rec.arn == f"arn:aws:kms:eu-central-1:123456789012:key/{rec.key_id}"
         ct = c.encrypt(rec.arn, b"opened").ciphertext_blob
         assert service.audit is None
-    assert (tmp_path / "data" / "kms.db").is_file()
+    assert (tmp_path / "data" / "kms.db").is_file() is not POSTGRES
     with Kms.open(cfg) as again:
         c2 = again.client("svc")
         assert c2.decrypt(ct).plaintext == b"opened"

@@ -300,7 +300,7 @@ def run_machine(pool: Pool, base: Path) -> None:
 
         @rule()
         def restart(self) -> None:
-            """A new service object on the same SQLite file (nothing cached survives)."""
+            """A new service object on the same store (nothing cached survives)."""
             self.kms.close()
             self.kms = make_kms(pool, self.db, self.clock)
             self.c = self.kms.client("svc")

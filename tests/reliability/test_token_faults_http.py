@@ -55,6 +55,9 @@ THREADS = 4
 # All tokens failing is the HSMs out as a dependency: a 503 the SDKs retry.
 RETRYABLE = {"DependencyTimeoutException"}
 
+# LATENCY_BOUND is 1.25 s: run alone, not beside another pytest process (scripts/test.sh).
+pytestmark = pytest.mark.latency
+
 # (phase name, {token index: fault kind})
 PHASES: list[tuple[str, dict[int, FaultKind]]] = [
     ("device_error", {0: "device_error"}),

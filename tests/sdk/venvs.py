@@ -1,9 +1,12 @@
 """Virtual environments for SDKs whose pins conflict with the test environment's (the
 Alibaba Cloud SDKs beside boto3): made once per checkout under ``var/sdk-venvs``, keyed by
-their requirements, and reused while those stay the same."""
+their requirements, and reused while those stay the same. Two test processes of one checkout
+(CI runs the PostgreSQL pass beside the main one) make each venv once: the making is under
+a lock file beside it as well as a thread lock."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import subprocess
@@ -54,7 +57,11 @@ def sdk_python(name: str, requirements: tuple[str, ...]) -> Path:
     stamp = home / ".installed"
     with _lock(home):
         if not stamp.exists():
-            _make(home, python, stamp, requirements)
+            home.parent.mkdir(parents=True, exist_ok=True)
+            with open(home.parent / f"{home.name}.lock", "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be making it
+                if not stamp.exists():
+                    _make(home, python, stamp, requirements)
     return python
 
 

@@ -1,5 +1,7 @@
 """Fixtures of the server tests: a real ``hsmpool serve`` process on a free loopback port,
-over real SoftHSM2 tokens and a real SQLite store, driven by the real boto3 ``kms`` client.
+over real SoftHSM2 tokens and a real SQLite store (a PostgreSQL database of the session's
+cluster with ``HSMPOOL_TEST_DATABASE=postgresql``: tests/database.py), driven by the real
+boto3 ``kms`` client.
 
 Instances: "srv" on tokens 0, 1, 2 and "srv2" on tokens 3, 4 (the session server), "srvw" on
 tokens 5, 6 (the two-worker server of test_workers.py). Names unique to these files.
@@ -34,6 +36,7 @@ from botocore.exceptions import ClientError
 
 from kms.config import load as load_config
 from tests.conftest import pool_toml
+from tests.database import database_for, database_line
 
 ROOT = Path(__file__).resolve().parents[2]
 HSMPOOL = ROOT / ".venv" / "bin" / "hsmpool"
@@ -79,12 +82,18 @@ def write_server_config(directory: Path, token_dir: Path,
     directory.mkdir(parents=True, exist_ok=True)
     text = pool_toml(token_dir, instances, {**SERVER_POOL_SETTINGS, **(settings or {})})
     text += "[kms]\n"
-    text += f'database = "{directory / "kms.db"}"\n'
+    text += database_line(directory / "kms.db")
     text += f'audit_dir = "{directory / "audit"}"\n'
     text += f'region = "{REGION}"\n'
     path = directory / "pool.toml"
     path.write_text(text)
     return path
+
+
+def config_database(config: Path) -> str:
+    """The ``[kms] database`` :func:`write_server_config` gave ``config``: the SQLite file
+    beside it, or on the PostgreSQL pass the database standing for that file."""
+    return database_for(config.parent / "kms.db")
 
 
 def send_once(**config: Any) -> Config:

@@ -1,5 +1,5 @@
-"""``hsmpool cluster status`` on the session's one-node SQLite server (the PostgreSQL nodes:
-test_postgres_nodes.py)."""
+"""``hsmpool cluster status`` on the session's one-node server (on its SQLite store, or on
+the PostgreSQL pass its database; several PostgreSQL nodes: test_postgres_nodes.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from kms.cluster import VERSION
 from tests.server.conftest import HSMPOOL, Server, cluster_status
 
 
-def test_a_sqlite_node_appears_in_cluster_status(server: Server) -> None:
+def test_the_session_node_appears_in_cluster_status(server: Server) -> None:
     doc = cluster_status(server.config)
     (node,) = [n for n in doc["Nodes"] if n["NodeId"].endswith(f":{server.port}")]
     assert (node["Address"], node["State"], node["Workers"], node["Version"]) == (

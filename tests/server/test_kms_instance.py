@@ -16,8 +16,9 @@ from typing import Any
 
 import pytest
 
+from tests.database import connect
 from tests.sdk.venvs import ALIBABA_KMS_INSTANCE, run_sdk, sdk_python
-from tests.server.conftest import HSMPOOL, Server
+from tests.server.conftest import HSMPOOL, Server, config_database
 
 PRELUDE = r'''
 import base64, hashlib, json, sys
@@ -358,7 +359,7 @@ def test_access_point_rules_network_role_revoked_expired(
 
     expiring = _aap(server, tmp_path / "ex", "expiring", "CryptoServiceKeyUser", ["key/*"],
                     "127.0.0.1/32")
-    db = sqlite3.connect(server.config.parent / "kms.db")
+    db = connect(config_database(server.config))
     with db:  # its validity ended a minute ago (a clock cannot be moved on demand)
         db.execute("UPDATE client_keys SET not_after = ? WHERE client_key_id = ?",
                    (time.time() - 60, expiring[0]))

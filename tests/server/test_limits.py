@@ -50,6 +50,7 @@ def _client(srv: Server, name: str) -> Any:
     return srv.client(srv.creds[name], read_timeout=120, max_pool_connections=16)
 
 
+@pytest.mark.latency  # SLOW_BOUND: run alone, not beside another pytest process
 def test_a_tenants_slow_operations_do_not_stall_another_tenant(two_tenants: Server) -> None:
     a, b = _client(two_tenants, "a"), _client(two_tenants, "b")
     ext = a.create_key(Origin="EXTERNAL")["KeyMetadata"]["KeyId"]
@@ -141,6 +142,7 @@ def test_a_principal_past_its_rate_is_throttled(token_dir: Path, tmp_path: Path)
         assert c.generate_random(NumberOfBytes=8)["Plaintext"]
 
 
+@pytest.mark.latency  # SLOW_BOUND: run alone, not beside another pytest process
 def test_requests_past_the_workers_cap_and_large_bodies_are_refused_at_once(
         token_dir: Path, tmp_path: Path) -> None:
     """``[server] max_requests_in_progress`` and ``max_body`` hold: past the cap a request

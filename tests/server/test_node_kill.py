@@ -25,6 +25,10 @@ from botocore.exceptions import BotoCoreError, ClientError
 from tests.postgres import PostgresCluster
 from tests.server.conftest import Cred, Server, create_credential, run_server, write_server_config
 
+# Its store is a PostgreSQL database of its own whatever HSMPOOL_TEST_DATABASE says:
+# the same test on both passes (scripts/test.sh runs it in the main one).
+pytestmark = pytest.mark.own_database
+
 THREADS = 4
 BEFORE_KILL = 2.5  # seconds of load before the kill, and after it
 AFTER_KILL = 3.0

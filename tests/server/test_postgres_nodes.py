@@ -29,6 +29,10 @@ from tests.server.conftest import (
     write_server_config,
 )
 
+# Its store is a PostgreSQL database of its own whatever HSMPOOL_TEST_DATABASE says:
+# the same test on both passes (scripts/test.sh runs it in the main one).
+pytestmark = pytest.mark.own_database
+
 
 @pytest.fixture(scope="module")
 def pg_config(token_dir: Path, tmp_path_factory: pytest.TempPathFactory,

@@ -49,6 +49,10 @@ from tests.server.conftest import (
     write_server_config,
 )
 
+# Its store is a PostgreSQL database of its own whatever HSMPOOL_TEST_DATABASE says:
+# the same test on both passes (scripts/test.sh runs it in the main one).
+pytestmark = pytest.mark.own_database
+
 REQUEST_TIMEOUT = 3.0  # [server] request_timeout of both nodes, seconds
 LATENCY_BOUND = REQUEST_TIMEOUT * 1.1
 GRACE = 20  # [kms] store_grace, seconds: longer than an outage here

@@ -16,10 +16,12 @@ from pathlib import Path
 import pytest
 
 from hsmpool import Pool
-from kms import Kms, Store
+from kms import Kms
 from kms.api.app import KmsApp
 from kms.config import KmsSettings
+from kms.store import open_store
 from tests.conftest import pool_toml
+from tests.database import database_for
 from tests.postgres import PostgresCluster, TcpRelay
 from tests.server.conftest import Server, run_server, write_server_config
 
@@ -48,6 +50,7 @@ def _get(srv: Server, path: str) -> tuple[int, dict[str, object], float]:
     return status, json.loads(body), time.monotonic() - t0
 
 
+@pytest.mark.own_database  # PostgreSQL behind a relay, on both passes
 def test_a_node_without_its_store_is_live_but_not_ready(
         relayed_node: tuple[Server, TcpRelay]) -> None:
     srv, relay = relayed_node
@@ -102,8 +105,8 @@ def test_an_instance_without_a_healthy_token_is_not_ready(token_dir: Path,
     cfg = tmp_path / "pool.toml"
     cfg.write_text(pool_toml(token_dir, {"readya": [6], "readyb": [7]}))
     with Pool.open(cfg) as pool:
-        db = tmp_path / "kms.db"
-        kms = Kms(pool, Store(db), KmsSettings(database=str(db), audit_dir=None))
+        db = database_for(tmp_path / "kms.db")
+        kms = Kms(pool, open_store(db), KmsSettings(database=db, audit_dir=None))
         app = KmsApp(kms)
         try:
             assert _serve(app, "/readyz")[0] == 200

@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from tests.faults import FaultInjector
+from tests.postgres import PostgresCluster
 from tests.server.conftest import (
     HSMPOOL,
     REGION,
@@ -261,6 +262,27 @@ def test_server_settings_come_from_the_file_and_options_override(token_dir: Path
         assert run.lines()[-1] == f"hsmpool: serving AWS KMS on {url} (1 worker)"
         summary = [ln for ln in run.lines() if "listening on" in ln]
         assert summary and "access log off, 1 worker," in summary[0]
+
+
+@pytest.mark.own_database
+def test_a_postgresql_node_logs_no_password_and_no_outage_at_stop(token_dir: Path,
+                                                                  tmp_path: Path,
+                                                                  postgres: PostgresCluster
+                                                                  ) -> None:
+    """The start-up summary names the store; a PostgreSQL URL's password is not in it, nor
+    anywhere in what the server writes (found on the PostgreSQL pass: the summary printed
+    the URL as configured, password and all); and a stop logs no store outage (each worker
+    used to: its service closed twice, the second audit checkpoint on a closed store)."""
+    url = postgres.create_database("summary")
+    cfg = _config(tmp_path, token_dir)
+    cfg.write_text(re.sub(r'^database = ".*"$', f'database = "{url}"', cfg.read_text(),
+                          flags=re.M))
+    with serving(["--port", "0", "--workers", "2"], tmp_path / "pg.log", config=cfg) as (run, _):
+        (summary,) = [ln for ln in run.lines() if "listening on" in ln]
+    assert f"store postgresql://postgres:***@127.0.0.1:{postgres.port}/summary_" in summary
+    assert postgres.password not in run.text()
+    assert run.proc.returncode == 0, run.text()
+    assert "store is unavailable" not in run.text(), run.text()
 
 
 def test_help_says_every_default(token_dir: Path) -> None:

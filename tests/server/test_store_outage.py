@@ -22,6 +22,10 @@ from tests.sdk.venvs import ALIBABA_OPENAPI, run_sdk, sdk_python
 from tests.server.conftest import Server, create_credential, run_server, write_server_config
 from tests.server.test_alibaba import PRELUDE
 
+# Its store is a PostgreSQL database of its own whatever HSMPOOL_TEST_DATABASE says:
+# the same test on both passes (scripts/test.sh runs it in the main one).
+pytestmark = pytest.mark.own_database
+
 GRACE = 4  # [kms] store_grace of the node under test, seconds
 
 
