@@ -151,6 +151,7 @@ def test_a_backlog_is_shipped_in_sealed_batches_over_several_checkpoints(
         store.close()
 
 
+@pytest.mark.own_database
 def test_a_store_outage_is_logged_once_without_content_and_shipping_resumes(
         tmp_path: Path, postgres: PostgresCluster, caplog: pytest.LogCaptureFixture) -> None:
     name = f"ship_{uuid.uuid4().hex[:10]}"
@@ -279,6 +280,7 @@ def nodes(token_dir: Path, tmp_path_factory: pytest.TempPathFactory,
     yield Deployment(configs, url, postgres, name)
 
 
+@pytest.mark.own_database
 def test_verify_all_nodes_checks_this_folder_from_files_and_the_other_from_its_copy(
         nodes: Deployment) -> None:
     report = nodes.verify("a")
@@ -298,6 +300,7 @@ def test_verify_all_nodes_checks_this_folder_from_files_and_the_other_from_its_c
     assert "store: 1 registered segments here" in out and ", OK in" in out, out
 
 
+@pytest.mark.own_database
 def test_a_shipped_record_changed_in_the_store_is_caught(nodes: Deployment) -> None:
     loc = nodes.location("b")
     [(text,)] = nodes.sql("SELECT record FROM audit_shipped WHERE location = %s AND "
@@ -316,6 +319,7 @@ def test_a_shipped_record_changed_in_the_store_is_caught(nodes: Deployment) -> N
     assert nodes.verify("a").ok
 
 
+@pytest.mark.own_database
 def test_a_shipped_record_deleted_from_the_middle_is_caught(nodes: Deployment) -> None:
     loc = nodes.location("b")
     [row] = nodes.sql("SELECT location, segment, seq, record, prev_hash, hash FROM "
@@ -351,6 +355,7 @@ def _rewrite_from(path: Path, seq: int) -> None:
     db.close()
 
 
+@pytest.mark.own_database
 def test_a_local_file_rewritten_after_shipping_is_caught(nodes: Deployment) -> None:
     path = nodes.audit("a") / "audit-node-a.db"
     saved = path.with_suffix(".saved")
@@ -368,6 +373,7 @@ def test_a_local_file_rewritten_after_shipping_is_caught(nodes: Deployment) -> N
     assert nodes.verify("a").ok
 
 
+@pytest.mark.own_database
 def test_a_node_that_did_not_ship_is_a_problem_naming_its_host(nodes: Deployment,
                                                                token_dir: Path) -> None:
     """A third node that never shipped; and node b reopened with shipping off, so its

@@ -11,9 +11,13 @@ import subprocess
 import uuid
 from pathlib import Path
 
+import pytest
+
 from kms.audit_anchor import location
 from tests.postgres import PostgresCluster
 from tests.server.conftest import HSMPOOL, create_credential, run_server, write_server_config
+
+pytestmark = pytest.mark.own_database  # two nodes on a database of their own
 
 _SEGMENT_LINE = re.compile(r"^segment (\S+): (\d+) records, head seq \d+, anchor \S+ "
                            r"\((verified from its file|verified from its copy shipped from "
