@@ -231,7 +231,8 @@ class KeyLifecycle(Caller):
         return self._change(DISABLE_KEY, key_id, fn)
 
     def schedule_key_deletion(self, key_id: str, pending_window_days: int = 30) -> KeyRecord:
-        if not isinstance(pending_window_days, int) or not 7 <= pending_window_days <= 30:
+        if isinstance(pending_window_days, bool) or not isinstance(pending_window_days, int) \
+                or not 7 <= pending_window_days <= 30:
             raise E.Validation("PendingWindowInDays must be 7..30")
 
         def fn(rec: KeyRecord) -> KeyRecord | None:
@@ -419,7 +420,9 @@ class KeyLifecycle(Caller):
 
         def fn(rec: KeyRecord) -> KeyRecord | None:
             primary = self._primary(rec)
-            if not isinstance(number, int) or not 1 <= number <= primary.number:
+            # Not a bool (an int to Python): PostgreSQL refuses one for the integer column.
+            if isinstance(number, bool) or not isinstance(number, int) \
+                    or not 1 <= number <= primary.number:
                 raise E.Validation(f"minimum decryption version must be 1..{primary.number}")
             return rec.evolve(min_decrypt_version=number)
 
