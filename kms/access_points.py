@@ -241,7 +241,8 @@ def issue_client_key(kms: Kms, instance: str, access_point: str, *, valid_days: 
     from cryptography.hazmat.primitives.asymmetric import rsa
     from cryptography.hazmat.primitives.serialization import pkcs12
 
-    if not isinstance(valid_days, int) or not 1 <= valid_days <= MAX_VALID_DAYS:
+    if isinstance(valid_days, bool) or not isinstance(valid_days, int) \
+            or not 1 <= valid_days <= MAX_VALID_DAYS:
         raise Validation(f"valid days must be 1..{MAX_VALID_DAYS}")
     describe(kms.store, instance, access_point)
     client_key_id = f"KAAP.{uuid.uuid4()}"

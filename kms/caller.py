@@ -121,7 +121,7 @@ def check_bytes(value: object, what: str, *, max_len: int | None = None,
 
 
 def check_limit(limit: object) -> int:
-    if type(limit) is not int or not 1 <= limit <= 1000:
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
         raise E.Validation("Limit must be 1..1000")
     return limit
 

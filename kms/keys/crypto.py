@@ -290,7 +290,7 @@ class KeyCrypto(Caller):
                     raise E.Validation(f"unknown data key spec {key_spec!r}")
             else:
                 n = number_of_bytes
-                if type(n) is not int or not 1 <= n <= 1024:
+                if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 1024:
                     raise E.Validation("NumberOfBytes must be 1..1024")
             rec = self._key_op(op, key_id, encryption_context,
                                tokens=_grants.parse_tokens(grant_tokens) if grant_tokens
@@ -434,7 +434,8 @@ class KeyCrypto(Caller):
 
     def generate_random(self, number_of_bytes: int) -> bytes:
         def body() -> bytes:
-            if type(number_of_bytes) is not int or not 1 <= number_of_bytes <= 1024:
+            if isinstance(number_of_bytes, bool) or not isinstance(number_of_bytes, int) \
+                    or not 1 <= number_of_bytes <= 1024:
                 raise E.Validation("NumberOfBytes must be 1..1024")
             if not self._allow(GENERATE_RANDOM.action, ()):
                 raise E.AccessDenied("not allowed to generate random bytes")

@@ -142,7 +142,7 @@ class KeyLifecycle(Caller):
                 primary_version=version.version_id if version else None, tags=tag_pairs,
                 policy=policy)
             self._store.insert_key(rec, version)
-            self.kms._evict_key(rec)
+            self.kms._swap(rec)
             self._audit("kms:CreateKey", rec, version.version_id if version else None, "ok")
             return rec
 
@@ -203,7 +203,7 @@ class KeyLifecycle(Caller):
                         self.kms._drop_caches()
                         conflict_pause(attempt)
                         continue
-                    self.kms._evict_key(new)
+                    self.kms._swap(new)
                     self._audit(action, new, None, "ok")
                     return new
             raise E.Internal("the key is changing too fast; retry")
@@ -231,7 +231,8 @@ class KeyLifecycle(Caller):
         return self._change(DISABLE_KEY, key_id, fn)
 
     def schedule_key_deletion(self, key_id: str, pending_window_days: int = 30) -> KeyRecord:
-        if type(pending_window_days) is not int or not 7 <= pending_window_days <= 30:
+        if isinstance(pending_window_days, bool) or not isinstance(pending_window_days, int) \
+                or not 7 <= pending_window_days <= 30:
             raise E.Validation("PendingWindowInDays must be 7..30")
 
         def fn(rec: KeyRecord) -> KeyRecord | None:
@@ -419,7 +420,9 @@ class KeyLifecycle(Caller):
 
         def fn(rec: KeyRecord) -> KeyRecord | None:
             primary = self._primary(rec)
-            if type(number) is not int or not 1 <= number <= primary.number:  # not a bool
+            # Not a bool (an int to Python): PostgreSQL refuses one for the integer column.
+            if isinstance(number, bool) or not isinstance(number, int) \
+                    or not 1 <= number <= primary.number:
                 raise E.Validation(f"minimum decryption version must be 1..{primary.number}")
             return rec.evolve(min_decrypt_version=number)
 

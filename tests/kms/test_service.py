@@ -1062,6 +1062,25 @@ def test_a_service_closed_twice_closes_once(svc_pool: Pool, tmp_path: Path,
     assert not [r.getMessage() for r in caplog.records if "unavailable" in r.getMessage()]
 
 
+def test_a_bool_is_not_a_number(client: KmsClient) -> None:
+    """True is an int to Python, not a version number, a page size or a byte count: a
+    Validation error on every engine (found by test_any_argument_types_give_kms_errors on
+    the PostgreSQL pass: set_min_decryption_version(key, True) reached the store, which
+    refused a boolean for its integer column; SQLite had stored 1)."""
+    k = client.create_key()
+    client.rotate_key_on_demand(k.key_id)
+    for call in (lambda: client.set_min_decryption_version(k.key_id, True),
+                 lambda: client.list_keys(limit=True),
+                 lambda: client.list_aliases(limit=True),
+                 lambda: client.schedule_key_deletion(k.key_id, True),
+                 lambda: client.generate_random(True),
+                 lambda: client.generate_data_key(k.key_id, number_of_bytes=True)):
+        with pytest.raises(E.Validation):
+            call()
+    assert client.describe_key(k.key_id).min_decrypt_version == 1
+    assert client.set_min_decryption_version(k.key_id, 2).min_decrypt_version == 2
+
+
 def test_tag_arguments_of_the_wrong_type(client: KmsClient) -> None:
     k = client.create_key()
     for bad in (True, 3, 2.5, "k=v", b"kv"):
