@@ -142,7 +142,7 @@ class KeyLifecycle(Caller):
                 primary_version=version.version_id if version else None, tags=tag_pairs,
                 policy=policy)
             self._store.insert_key(rec, version)
-            self.kms._swap(rec)
+            self.kms._evict_key(rec)
             self._audit("kms:CreateKey", rec, version.version_id if version else None, "ok")
             return rec
 
@@ -203,7 +203,7 @@ class KeyLifecycle(Caller):
                         self.kms._drop_caches()
                         conflict_pause(attempt)
                         continue
-                    self.kms._swap(new)
+                    self.kms._evict_key(new)
                     self._audit(action, new, None, "ok")
                     return new
             raise E.Internal("the key is changing too fast; retry")
