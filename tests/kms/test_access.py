@@ -247,7 +247,8 @@ def test_migration_keeps_real_purges_and_unhides_forged_marks(svc_pool: Pool,
         old.execute("DROP TABLE leases")
         old.execute("DROP TABLE secret_versions")
         old.execute("DROP TABLE secrets")
-        for table in ("client_keys", "access_points", "sealed_secrets", "audit_segments"):
+        for table in ("client_keys", "access_points", "sealed_secrets", "audit_segments",
+                      "audit_shipped", "audit_shipped_heads"):
             old.execute(f"DROP TABLE {table}")
         old.execute(f"PRAGMA user_version = {3}")
     old.close()
