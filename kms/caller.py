@@ -28,7 +28,7 @@ import re
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeGuard, TypeVar
 
 import hsmpool
 from kms import errors as E
@@ -120,8 +120,14 @@ def check_bytes(value: object, what: str, *, max_len: int | None = None,
     return data
 
 
+def int_in(value: object, lo: int, hi: int) -> TypeGuard[int]:
+    """Whether ``value`` is an int in ``lo..hi`` and not a bool (an int to Python, but not a
+    number to the service: PostgreSQL refuses one for an integer column)."""
+    return type(value) is int and lo <= value <= hi
+
+
 def check_limit(limit: object) -> int:
-    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
+    if not int_in(limit, 1, 1000):
         raise E.Validation("Limit must be 1..1000")
     return limit
 

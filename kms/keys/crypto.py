@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from hsmpool.gm import SM2PrivateKey
 from kms import ciphertext as ctf
 from kms import errors as E
-from kms.caller import Caller, Op, check_bytes, declare
+from kms.caller import Caller, Op, check_bytes, declare, int_in
 from kms.keys import grants as _grants
 from kms.keys.material import backend
 from kms.model import KeyRecord, KeyUsage, KeyVersion
@@ -290,7 +290,7 @@ class KeyCrypto(Caller):
                     raise E.Validation(f"unknown data key spec {key_spec!r}")
             else:
                 n = number_of_bytes
-                if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 1024:
+                if not int_in(n, 1, 1024):
                     raise E.Validation("NumberOfBytes must be 1..1024")
             rec = self._key_op(op, key_id, encryption_context,
                                tokens=_grants.parse_tokens(grant_tokens) if grant_tokens
@@ -434,8 +434,7 @@ class KeyCrypto(Caller):
 
     def generate_random(self, number_of_bytes: int) -> bytes:
         def body() -> bytes:
-            if isinstance(number_of_bytes, bool) or not isinstance(number_of_bytes, int) \
-                    or not 1 <= number_of_bytes <= 1024:
+            if not int_in(number_of_bytes, 1, 1024):
                 raise E.Validation("NumberOfBytes must be 1..1024")
             if not self._allow(GENERATE_RANDOM.action, ()):
                 raise E.AccessDenied("not allowed to generate random bytes")

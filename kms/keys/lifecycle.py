@@ -26,6 +26,7 @@ from kms.caller import (
     check_marker,
     declare,
     has_nul,
+    int_in,
 )
 from kms.keys import grants as _grants
 from kms.keys.material import backend
@@ -231,8 +232,7 @@ class KeyLifecycle(Caller):
         return self._change(DISABLE_KEY, key_id, fn)
 
     def schedule_key_deletion(self, key_id: str, pending_window_days: int = 30) -> KeyRecord:
-        if isinstance(pending_window_days, bool) or not isinstance(pending_window_days, int) \
-                or not 7 <= pending_window_days <= 30:
+        if not int_in(pending_window_days, 7, 30):
             raise E.Validation("PendingWindowInDays must be 7..30")
 
         def fn(rec: KeyRecord) -> KeyRecord | None:
@@ -351,8 +351,7 @@ class KeyLifecycle(Caller):
     def enable_key_rotation(self, key_id: str, rotation_period_days: int = 365) -> KeyRecord:
         """Rotate every ``rotation_period_days`` (7..2560: AWS KMS's front end allows
         90..2560, Alibaba's 7..730)."""
-        if isinstance(rotation_period_days, bool) or not isinstance(rotation_period_days, int) \
-                or not MIN_ROTATION_DAYS <= rotation_period_days <= MAX_ROTATION_DAYS:
+        if not int_in(rotation_period_days, MIN_ROTATION_DAYS, MAX_ROTATION_DAYS):
             raise E.Validation(f"the rotation period must be {MIN_ROTATION_DAYS}.."
                                f"{MAX_ROTATION_DAYS} days")
 
@@ -420,9 +419,7 @@ class KeyLifecycle(Caller):
 
         def fn(rec: KeyRecord) -> KeyRecord | None:
             primary = self._primary(rec)
-            # Not a bool (an int to Python): PostgreSQL refuses one for the integer column.
-            if isinstance(number, bool) or not isinstance(number, int) \
-                    or not 1 <= number <= primary.number:
+            if not int_in(number, 1, primary.number):
                 raise E.Validation(f"minimum decryption version must be 1..{primary.number}")
             return rec.evolve(min_decrypt_version=number)
 

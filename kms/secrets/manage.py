@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from kms import errors as E
-from kms.caller import any_state, declare, has_nul
+from kms.caller import any_state, declare, has_nul, int_in
 from kms.keys.crypto import DecryptResult, KeyCrypto
 from kms.model import AliasRecord, KeyState
 from kms.secrets import envelope
@@ -697,7 +697,7 @@ class Secrets(KeyCrypto):
                 raise E.Validation("give RecoveryWindowInDays or ForceDeleteWithoutRecovery, "
                                    "not both")
             days = 30 if recovery_window_in_days is None else recovery_window_in_days
-            if isinstance(days, bool) or not isinstance(days, int) or not 7 <= days <= 30:
+            if not int_in(days, 7, 30):
                 raise E.Validation("RecoveryWindowInDays must be 7..30")
             rec = self._secret_for("DeleteSecret", secret_id)
             now = self.kms.now()
@@ -885,7 +885,7 @@ def _check_policy(policy: object) -> None:
 def _max_results(value: object, cap: int) -> int:
     if value is None:
         return cap
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= cap:
+    if not int_in(value, 1, cap):
         raise E.Validation(f"MaxResults must be 1..{cap}")
     return value
 
