@@ -42,6 +42,7 @@ __all__ = [
     "parse_anchor",
     "segment_files",
     "segment_path",
+    "seq_span",
     "verify",
     "verify_segment_file",
     "write_segment_file",
@@ -586,7 +587,8 @@ class VerifyReport:
         self.problems.append(text)
 
 
-def _span(lo: int, hi: int) -> str:
+def seq_span(lo: int, hi: int) -> str:
+    """``seq N`` or ``seq LO..HI``, as problems name records."""
     return f"seq {lo}" if lo == hi else f"seq {lo}..{hi}"
 
 
@@ -707,7 +709,7 @@ def _check_segment(db: sqlite3.Connection, segment: str, where: str, report: Ver
             continue
         gap = seq != last_seq + 1
         if gap:
-            report.problem(f"{where}: {_span(last_seq + 1, seq - 1)}: missing "
+            report.problem(f"{where}: {seq_span(last_seq + 1, seq - 1)}: missing "
                            "(records removed)")
         if record is None:
             report.problem(f"{where}: seq {seq}: malformed record: {why}")
@@ -766,7 +768,7 @@ def _diagnose(db: sqlite3.Connection, where: str, gen: bytes, anomalies: list[_A
                 out.append((s0, f"{where}: seq {s0}: holds the record written as seq {t0} "
                                 "(records reordered or renumbered)"))
             else:
-                out.append((s0, f"{where}: {_span(s0, s1)}: hold the records written as "
+                out.append((s0, f"{where}: {seq_span(s0, s1)}: hold the records written as "
                                 f"seq {t0}..{t1} (records renumbered; shifted by "
                                 f"{s0 - t0:+d})"))
             i = j + 1
@@ -844,10 +846,10 @@ def _check_head(db: sqlite3.Connection, segment: str, where: str, gen: bytes, la
         return
     report.heads.append(SegmentHead(segment, count, hseq, hhash.hex(), source))
     if hseq > last_seq:
-        report.problem(f"{where}: {_span(last_seq + 1, hseq)}: missing at the end (tail "
+        report.problem(f"{where}: {seq_span(last_seq + 1, hseq)}: missing at the end (tail "
                        f"truncated; the head says the last record is seq {hseq})")
     elif hseq < last_seq:
-        report.problem(f"{where}: {_span(hseq + 1, last_seq)}: beyond the head (seq {hseq}); "
+        report.problem(f"{where}: {seq_span(hseq + 1, last_seq)}: beyond the head (seq {hseq}); "
                        "records added outside the writer")
         stored = db.execute("SELECT hash FROM records WHERE seq = ?", (hseq,)).fetchone()
         expect = gen if hseq == 0 else (stored[0] if stored else None)

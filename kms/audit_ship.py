@@ -51,6 +51,7 @@ from kms.audit import (
     genesis,
     segment_files,
     segment_path,
+    seq_span,
     verify,
     verify_segment_file,
     write_segment_file,
@@ -225,12 +226,11 @@ def _shippable(rows: Sequence[Any]) -> list[ShippedRecord]:
     """The rows as records, up to the first one the store would refuse (a damaged file:
     its own verify names it)."""
     out = []
-    for seq, text, prev_hash, hash_ in rows:
-        if not (type(seq) is int and isinstance(text, str) and text.isascii()
-                and "\0" not in text and isinstance(prev_hash, bytes)
-                and isinstance(hash_, bytes) and len(prev_hash) == len(hash_) == 32):
+    for row in rows:
+        record = ShippedRecord(*row)
+        if not record.well_formed():
             break
-        out.append(ShippedRecord(seq, text, prev_hash, hash_))
+        out.append(record)
     return out
 
 
@@ -413,8 +413,7 @@ def _compare_with_shipped(store: AuditAnchorStore, path: str, copy: ShippedSegme
                               "after shipping)")):
         ranges = _ranges(seqs)
         for lo, hi in ranges[:_MAX_RANGES]:
-            span = f"seq {lo}" if lo == hi else f"seq {lo}..{hi}"
-            report.problem(f"{where}: {span}: {what}")
+            report.problem(f"{where}: {seq_span(lo, hi)}: {what}")
         if len(ranges) > _MAX_RANGES:
             report.problem(f"{where}: {len(ranges) - _MAX_RANGES} more such ranges "
                            "(not itemised)")

@@ -171,6 +171,14 @@ class ShippedRecord:
     prev_hash: bytes
     hash: bytes
 
+    def well_formed(self) -> bool:
+        """Whether the store takes it: an int seq >= 1, ASCII record text without NUL (a
+        canonical record is ASCII), 32-byte hashes."""
+        return (type(self.seq) is int and 1 <= self.seq < 1 << 63
+                and isinstance(self.record, str) and self.record.isascii()
+                and "\0" not in self.record and isinstance(self.prev_hash, bytes)
+                and isinstance(self.hash, bytes) and len(self.prev_hash) == len(self.hash) == 32)
+
 
 @dataclass(frozen=True, slots=True)
 class ShippedSegment:

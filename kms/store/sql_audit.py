@@ -84,14 +84,11 @@ def _checked_shipment(location: str, segment: str, records: Sequence[ShippedReco
     rows = list(records)
     last = 0
     for r in rows:
-        if not isinstance(r, ShippedRecord) or type(r.seq) is not int \
-                or not last < r.seq <= _MAX_SEQ:
-            raise ValueError("shipped records are ShippedRecords in ascending seq order")
-        if not isinstance(r.record, str) or not r.record.isascii() or "\0" in r.record:
-            raise ValueError(f"shipped record seq {r.seq}: its text is not a record")
-        if not (isinstance(r.prev_hash, bytes) and isinstance(r.hash, bytes)
-                and len(r.prev_hash) == len(r.hash) == 32):
-            raise ValueError(f"shipped record seq {r.seq}: its hashes are not 32 bytes")
+        if not isinstance(r, ShippedRecord) or not r.well_formed():
+            raise ValueError("a shipped record is a ShippedRecord of a seq >= 1, ASCII "
+                             "record text without NUL and 32-byte hashes")
+        if r.seq <= last:
+            raise ValueError("shipped records are in ascending seq order")
         last = r.seq
     return rows
 
