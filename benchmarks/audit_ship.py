@@ -26,7 +26,6 @@ table, and ``--json``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import statistics
@@ -34,28 +33,14 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 
+from benchmarks.postgres import database
+
 ROOT: Final = Path(__file__).resolve().parents[1]
 DEFAULT_JSON: Final = ROOT / "bench-results" / "audit_ship.json"
-
-
-@contextlib.contextmanager
-def _database(url: str | None) -> Iterator[str]:
-    if url is not None:
-        yield url
-        return
-    sys.path.insert(0, str(ROOT))
-    from tests.postgres import available, cluster
-
-    why = available()
-    if why is not None:
-        raise SystemExit(f"benchmarks.audit_ship: no PostgreSQL cluster: {why} (or --postgres)")
-    with cluster() as pg:
-        pg.execute("CREATE DATABASE shipbench")
-        yield f"postgresql://{pg.user}:{pg.password}@{pg.host}:{pg.port}/shipbench"
 
 
 def _segment(directory: Path, n: int, key: bytes) -> Any:
@@ -155,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"segment of {args.records:,} records written in "
               f"{time.perf_counter() - t0:.2f} s", flush=True)
         try:
-            with _database(args.postgres) as url:
+            with database(args.postgres, "shipbench", "benchmarks.audit_ship") as url:
                 for name, store in (("postgresql", PostgresStore(url)),
                                     ("sqlite", SqliteStore(scratch / "kms.db"))):
                     try:

@@ -35,18 +35,17 @@ Bars (from issue 10; a report, not a test): ``pg 1x2`` >= 0.9x ``sqlite 1x2``;
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import re
 import shutil
-import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 
+from benchmarks.postgres import database
 from benchmarks.server import (
     HOST,
     ROOT,
@@ -98,23 +97,6 @@ class Nodes:
     servers: list[Server]
     workers: int  # per server
     postgres: bool
-
-
-@contextlib.contextmanager
-def _database(url: str | None) -> Iterator[str]:
-    """``url``, or a database in a throw-away cluster (tests/postgres.py)."""
-    if url is not None:
-        yield url
-        return
-    sys.path.insert(0, str(ROOT))
-    from tests.postgres import available, cluster
-
-    why = available()
-    if why is not None:
-        raise SystemExit(f"benchmarks.cluster: no PostgreSQL cluster: {why} (or --postgres)")
-    with cluster() as pg:
-        pg.execute("CREATE DATABASE clusterbench")
-        yield f"postgresql://{pg.user}:{pg.password}@{pg.host}:{pg.port}/clusterbench"
 
 
 def _statements(srv: Server) -> int:
@@ -258,7 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     servers: list[Server] = []
     notes: list[str] = []
     try:
-        with _database(args.postgres) as url:
+        with database(args.postgres, "clusterbench", "benchmarks.cluster") as url:
             cfgs: dict[str, Path] = {}
             for kind in ("sqlite", "pg"):
                 (tmp / kind).mkdir()
