@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, cast
 
+from hsmpool._hostlock import token_files
 from hsmpool._p11_cffi import ffi, lib
 
 # --- constants (values from the PKCS#11 v2.40 specification) ---------------------------
@@ -429,7 +430,8 @@ class Module:
         handle = lib.hp11_load(path.encode(), err, 512)
         if handle == ffi.NULL:
             raise OSError(ffi.string(err).decode("utf-8", "replace"))
-        rv = lib.hp11_initialize(handle)
+        with token_files():  # not while another process of this host logs in (_hostlock)
+            rv = lib.hp11_initialize(handle)
         if rv:
             lib.hp11_unload(handle)
             raise _fail(rv, "C_Initialize")
@@ -477,7 +479,8 @@ class Module:
         model = ffi.new("unsigned char[16]")
         serial = ffi.new("unsigned char[16]")
         flags = ffi.new("unsigned long*")
-        rv = lib.hp11_token_info(self._m, slot, label, manuf, model, serial, flags)
+        with token_files():  # it reads the file a login rewrites (hsmpool._hostlock)
+            rv = lib.hp11_token_info(self._m, slot, label, manuf, model, serial, flags)
         if rv:
             raise _fail(rv, "C_GetTokenInfo")
         return TokenInfo(
@@ -517,8 +520,9 @@ class Module:
             raise _fail(rv, "C_CloseSession")
 
     def login(self, session: int, pin: bytes, user_type: int = CKU_USER) -> None:
-        rv = self._call(lib.hp11_login, lib.hp11_submit_login,
-                        (self._m, session, user_type, pin, len(pin)), pin, "C_Login")
+        with token_files():  # a login rewrites SoftHSM2's token file (hsmpool._hostlock)
+            rv = self._call(lib.hp11_login, lib.hp11_submit_login,
+                            (self._m, session, user_type, pin, len(pin)), pin, "C_Login")
         if rv and rv != CKR_USER_ALREADY_LOGGED_IN:
             raise _fail(rv, "C_Login")
 

@@ -11,15 +11,12 @@ from __future__ import annotations
 import contextlib
 import copy
 import enum
-import fcntl
 import hashlib
 import hmac
 import logging
 import os
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import AbstractContextManager
-from pathlib import Path
 from typing import TYPE_CHECKING, Final, TypeVar
 
 from cryptography.exceptions import InvalidSignature
@@ -28,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 
 from hsmpool import _p11 as p
 from hsmpool import kek as _kek
+from hsmpool._hostlock import host_lock
 from hsmpool._p11 import Mechanism, P11Error, Template
 from hsmpool.blob import EC_PARAMS, HMAC_BYTES, RSA_BITS, KeyBlob, KeySpec
 from hsmpool.errors import (
@@ -736,21 +734,13 @@ class Instance:
 _NEED_GCM: Final = (p.CKM_AES_GCM, p.CKM_AES_KEY_WRAP_PAD)
 
 
-@contextlib.contextmanager
-def _instance_lock(name: str, members: list[Member]) -> Iterator[None]:
+def _instance_lock(name: str, members: list[Member]) -> AbstractContextManager[None]:
     """Serialise the first-time set-up of an instance's domain keys between the processes
     of this host (server workers, tools): without it, processes opening a new instance at
     the same moment each generate a domain key, and the partition ends up with several."""
     ident = hashlib.sha256("\0".join([name, *sorted(m.info.serial for m in members)])
                            .encode()).hexdigest()[:24]
-    directory = Path(tempfile.gettempdir()) / f"hsmpool-{os.getuid()}"
-    directory.mkdir(mode=0o700, exist_ok=True)
-    with open(directory / f"instance-{ident}.lock", "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    return host_lock(f"instance-{ident}")
 
 
 def _destroy(m: Member, s: int, handle: int) -> None:

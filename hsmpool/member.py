@@ -39,8 +39,8 @@ from hsmpool.errors import LeaseTimeoutError, LoginError
 T = TypeVar("T")
 
 
-# Login answers seen from SoftHSM2 while another process rewrites the token file.
-_LOGIN_TRANSIENT = frozenset({_p11.CKR_GENERAL_ERROR, _p11.CKR_USER_PIN_NOT_INITIALIZED})
+# The login answer seen from SoftHSM2 while a process elsewhere rewrites the token file.
+_LOGIN_TRANSIENT = frozenset({_p11.CKR_GENERAL_ERROR})
 
 
 class MemberState(enum.Enum):
@@ -124,11 +124,11 @@ class Member:
     # --- login -----------------------------------------------------------------------
 
     def _login(self) -> int:
-        """Open the anchor session and log in. While another process rewrites a SoftHSM2
-        token's files (several processes opening at once) it may answer CKR_GENERAL_ERROR
-        or even CKR_USER_PIN_NOT_INITIALIZED: those are retried for about 5 s with short
-        pauses (another process making an instance's domain keys keeps rewriting them for
-        seconds on a loaded machine); a PIN problem is not."""
+        """Open the anchor session and log in. The processes of this host log in one at a
+        time (``hsmpool._hostlock``); a SoftHSM2 token file rewritten by some other program
+        may still make a login answer CKR_GENERAL_ERROR, which is retried for about 5 s
+        with short pauses. A PIN problem is not retried, nor CKR_USER_PIN_NOT_INITIALIZED:
+        SoftHSM2 reads the user PIN once, at C_Initialize, so asking again cannot help."""
         pin = self.config.user_pin()
         attempts = 30
         for attempt in range(attempts):
