@@ -91,19 +91,20 @@ cat "$runs/pg.log"
 ok_or_empty "$rc" || note "$rc"
 
 # --- phase 2: the latency-bound tests, alone: on SQLite, then on PostgreSQL ----------------
-echo
-echo "========== latency-bound tests on SQLite, alone =========="
-rc=0
-HSMPOOL_TEST_RUN_DIR="$runs/latency-main" HSMPOOL_TEST_DATABASE=sqlite \
-  "${pytest[@]}" -m latency "${PG_ALSO[@]/#/--ignore=}" || rc=$?
-ok_or_empty "$rc" || note "$rc"
+# latency_alone ENGINE RUN_DIR TITLE PYTEST-PATH-ARGS...
+latency_alone() {
+  local engine=$1 dir=$2 title=$3
+  shift 3
+  echo
+  echo "========== latency-bound tests on $title, alone =========="
+  local rc=0
+  HSMPOOL_TEST_RUN_DIR="$dir" HSMPOOL_TEST_DATABASE="$engine" \
+    "${pytest[@]}" -m latency "$@" || rc=$?
+  ok_or_empty "$rc" || note "$rc"
+}
+latency_alone sqlite "$runs/latency-main" SQLite "${PG_ALSO[@]/#/--ignore=}"
 t_latency_main=$(date +%s)
-echo
-echo "========== latency-bound tests on PostgreSQL (${PG_SUITES[*]}), alone =========="
-rc=0
-HSMPOOL_TEST_RUN_DIR="$runs/latency-pg" HSMPOOL_TEST_DATABASE=postgresql \
-  "${pytest[@]}" -m latency "${PG_SUITES[@]}" || rc=$?
-ok_or_empty "$rc" || note "$rc"
+latency_alone postgresql "$runs/latency-pg" "PostgreSQL (${PG_SUITES[*]})" "${PG_SUITES[@]}"
 t_end=$(date +%s)
 
 echo
