@@ -11,9 +11,13 @@ they can for a few seconds, and every open must succeed.
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
+
+import pytest
 
 from tests.conftest import ROOT, SOFTHSM
 
@@ -51,3 +55,26 @@ def test_processes_opening_one_token_at_once_all_open_it(tmp_path: Path) -> None
     failures = {k: v for o in outcomes for k, v in o.items() if k != "ok"}
     assert failures == {}, failures
     assert all(o.get("ok", 0) >= 20 for o in outcomes), outcomes  # they did race
+
+
+def test_without_a_writable_temporary_directory(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """The token-files lock is a guard, not a condition: with no folder for it, opening goes
+    on unlocked, with one warning. The domain-key set-up lock is a condition: an error."""
+    from hsmpool import _hostlock
+
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")
+    monkeypatch.setattr(tempfile, "tempdir", str(not_a_folder))
+    monkeypatch.setattr(_hostlock, "_warned", False)
+    ran = []
+    with caplog.at_level(logging.WARNING, logger="hsmpool"):
+        for _ in range(2):
+            with _hostlock.token_files():
+                ran.append(1)
+    assert ran == [1, 1]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "token-files" in warnings[0], warnings
+    with pytest.raises(OSError), _hostlock.host_lock("instance-x"):
+        pass
