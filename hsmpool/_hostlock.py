@@ -2,15 +2,15 @@
 same tokens: an exclusive ``flock`` on a file in a per-user folder of the temporary
 directory, held only for a few short steps.
 
-``token_files()`` is held around each ``C_Initialize`` and each ``C_Login``. SoftHSM2's file
-store rewrites a token's ``token.object`` at every login (the login flags), and a process
-whose ``C_Initialize`` reads that file at the wrong moment keeps a token without its user
-PIN for as long as the library stays initialised: every later ``C_Login`` answers
-``CKR_USER_PIN_NOT_INITIALIZED``, and the label may read blank, so the token looks missing.
-Retrying in that process cannot help. Several processes opening one token at once (the
-workers of one ``hsmpool serve``) ran into it in CI. With the lock, the processes of one
-host do those steps one at a time. Each step takes milliseconds, and a real HSM pays the
-same small cost.
+``token_files()`` is held around each ``C_Initialize``, ``C_GetTokenInfo`` and ``C_Login``.
+SoftHSM2's file store rewrites a token's ``token.object`` at every login (the login flags),
+and a process whose ``C_Initialize`` reads that file at the wrong moment keeps a token
+without its user PIN for as long as the library stays initialised: every later ``C_Login``
+answers ``CKR_USER_PIN_NOT_INITIALIZED``, and the label may read blank, so the token looks
+missing. Retrying in that process cannot help. Several processes opening one token at once
+(the workers of one ``hsmpool serve``) ran into it in CI. With the lock, the processes of
+one host do those steps one at a time. Each step takes milliseconds; none is on a request
+path. See docs/decisions.md.
 """
 
 from __future__ import annotations
