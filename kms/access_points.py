@@ -32,6 +32,7 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
+from kms.caller import int_in
 from kms.errors import InstanceNotFound, NotFound, Validation
 from kms.store import AccessPointRecord, ClientKeyRecord
 
@@ -241,8 +242,7 @@ def issue_client_key(kms: Kms, instance: str, access_point: str, *, valid_days: 
     from cryptography.hazmat.primitives.asymmetric import rsa
     from cryptography.hazmat.primitives.serialization import pkcs12
 
-    if isinstance(valid_days, bool) or not isinstance(valid_days, int) \
-            or not 1 <= valid_days <= MAX_VALID_DAYS:
+    if not int_in(valid_days, 1, MAX_VALID_DAYS):
         raise Validation(f"valid days must be 1..{MAX_VALID_DAYS}")
     describe(kms.store, instance, access_point)
     client_key_id = f"KAAP.{uuid.uuid4()}"

@@ -137,7 +137,10 @@ def has_nul(*texts: str) -> bool:
     stores or looks things up by (descriptions, tags, markers, names, stages) on every
     engine alike: PostgreSQL text cannot hold it (psycopg refuses the statement: it was a
     500 there), while SQLite kept it."""
-    return any("\x00" in t for t in texts)
+    for t in texts:  # noqa: SIM110 - no generator (377 ns, this 142): per GetSecretValue
+        if "\x00" in t:
+            return True
+    return False
 
 
 def check_marker(marker: object) -> str:

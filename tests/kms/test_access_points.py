@@ -62,8 +62,9 @@ def test_create_issue_list_revoke(kms: Any) -> None:
     assert json.loads(principal.policies)[0]["Statement"][0]["Sid"] == "SecretUser"
     with pytest.raises(NotFound):
         ap.issue_client_key(service, "svc", "other")
-    with pytest.raises(Validation):
-        ap.issue_client_key(service, "svc", "app", valid_days=0)
+    for bad in (0, True, ap.MAX_VALID_DAYS + 1, "30"):  # True: an int, not a day count
+        with pytest.raises(Validation):
+            ap.issue_client_key(service, "svc", "app", valid_days=bad)  # type: ignore[arg-type]
     new = ap.issue_client_key(service, "svc", "app", valid_days=30)
     doc = json.loads(new.key_file())
     assert doc["KeyId"] == new.client_key_id and new.client_key_id.startswith("KAAP.")
