@@ -46,6 +46,7 @@ struct hp11_exec {
     pthread_cond_t done;      /* hp11_job_wait callers wait here */
     hp11_job *head, *tail;
     int threads, idle, busy, spinning, queued, max_threads;
+    int signalled;            /* idle threads woken for a job that have not run yet */
     int stopping;
     long spin_us;             /* a worker polls this long for more work before sleeping */
 };
@@ -199,6 +200,7 @@ static void *worker(void *arg) {
             e->idle++;
             pthread_cond_wait(&e->work, &e->mu);
             e->idle--;
+            if (e->signalled > 0) e->signalled--;  /* (or a spurious wake-up: harmless) */
         }
         if (!e->head && e->stopping) break;
         hp11_job *j = e->head;
@@ -261,9 +263,13 @@ static int submit(hp11_exec *e, hp11_job *j, int fn, const uintptr_t *args, int 
     if (e->tail) e->tail->next = j; else e->head = j;
     e->tail = j;
     e->queued++;
-    if (e->queued <= e->spinning) {
-        /* a polling worker takes it */
-    } else if (e->idle > 0) {
+    /* Every queued job needs a taker: a polling worker, or an idle one already woken (it
+     * is still counted idle until it runs: counting it again lost the wake-up, and the job
+     * waited for some other call to return), else an idle one woken now, else a new one. */
+    if (e->queued <= e->spinning + e->signalled) {
+        /* a polling or a woken worker takes it */
+    } else if (e->idle > e->signalled) {
+        e->signalled++;
         pthread_cond_signal(&e->work);
     } else if (e->threads < e->max_threads) {
         /* Every thread is inside a call: add one, up to the limit. */

@@ -55,9 +55,9 @@ def test_a_tenants_slow_operations_do_not_stall_another_tenant(two_tenants: Serv
     a, b = _client(two_tenants, "a"), _client(two_tenants, "b")
     ext = a.create_key(Origin="EXTERNAL")["KeyMetadata"]["KeyId"]
     # b's first call unwraps its access key's secret in a token (a one-off set-up); made
-    # before the slow calls start, so the probe measures b's steady requests. (Once, in a
-    # full suite run, that first call took 1.7 s while RSA_4096 keys were being made on
-    # a's tokens; it did not happen alone, and its cause is not established.)
+    # before the slow calls start, so the probe measures b's steady requests. (A probe call
+    # that took 1.1-1.9 s, about once in 15 runs, was the token-call executor losing a
+    # wake-up: tests/pool/test_executor.py.)
     b.generate_random(NumberOfBytes=16)
     stop = threading.Event()
     latencies: list[float] = []
