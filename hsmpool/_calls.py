@@ -18,7 +18,8 @@ greenlet, so this works for plain threads too):
 * **a hub** (a request greenlet on the server's event loop, :meth:`Hub.run`): the same, but
   the greenlet yields to the loop while the call runs, so other requests, ``/healthz`` and
   ``/metrics`` go on; the executor reports completion through an eventfd the loop watches,
-  and a sweep every few milliseconds throws ``CallTimeout`` into calls past their time.
+  and a sweep every few milliseconds throws ``CallTimeout`` into calls past their time (and
+  sees that a call still queued gets a thread: ``hp11_exec_kick``).
 
 A lock held across token calls (the anchor session's) must be a :class:`Lock` from here: a
 request greenlet that waits for it yields to the loop instead of blocking it (the holder
@@ -399,15 +400,23 @@ class Hub:
         self._sweeping = None
         now = time.monotonic()
         late: list[tuple[int, _Pending, bool]] = []
+        queued: Any = None
         for tag, p in self._pending.items():
             state = lib.hp11_job_state(p.job)
             if state == lib.HP11_JOB_DONE:
                 continue  # its notification is on the way
+            if state == lib.HP11_JOB_QUEUED:
+                queued = p.member
             if now >= p.deadline:
                 late.append((tag, p, True))
             elif (p.hang_us and state == lib.HP11_JOB_RUNNING
                   and lib.hp11_job_running_us(p.job) >= p.hang_us):
                 late.append((tag, p, False))
+        if queued is not None:
+            # A call still waits for a thread: if no thread is on its way (all inside slow
+            # calls), the executor adds one (native/p11exec.c, submit). The members of a
+            # process share one executor (hsmpool._calls.executor).
+            lib.hp11_exec_kick(queued.executor())
         for tag, p, deadline_passed in late:
             if self._pending.pop(tag, None) is None:
                 continue

@@ -92,6 +92,8 @@ hp11_exec *hp11_exec_new(int max_threads, long spin_us);
 int hp11_exec_stop(hp11_exec *e, long timeout_us);
 void hp11_exec_free(hp11_exec *e);
 void hp11_exec_stats(hp11_exec *e, int *threads, int *idle, int *busy, int *queued);
+#define HP11_KICK_US 2000
+void hp11_exec_kick(hp11_exec *e);
 
 hp11_job *hp11_job_new(hp11_notifier *notifier);
 void hp11_job_free(hp11_job *j);

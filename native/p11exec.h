@@ -47,6 +47,11 @@ hp11_exec *hp11_exec_new(int max_threads, long spin_us);
 int hp11_exec_stop(hp11_exec *e, long timeout_us);
 void hp11_exec_free(hp11_exec *e);
 void hp11_exec_stats(hp11_exec *e, int *threads, int *idle, int *busy, int *queued);
+/* A job queued this long with no thread on its way gets one (see submit in p11exec.c):
+ * hp11_job_wait sees to it for its job; a caller told through a notifier calls
+ * hp11_exec_kick about as often while its jobs are queued. */
+#define HP11_KICK_US 2000
+void hp11_exec_kick(hp11_exec *e);
 
 /* A job; its tagged completions go to notifier (may be NULL for jobs that are waited for).
  * A job is reusable once done; free it only when done (or never submitted). */
