@@ -60,7 +60,8 @@ def _wait(job: Any, seconds: float) -> int:
 def test_a_job_submitted_while_the_idle_thread_is_still_waking_gets_a_thread(
         sessions: dict[str, tuple[Any, int]], faults: FaultInjector, spin_us: int) -> None:
     """Two jobs submitted back to back while the executor has one idle thread: the first
-    wakes it, and the second must get a thread too (the executor makes one). The executor
+    wakes it, and the second must get a thread too (from its waiter's kick, 2 ms on, since
+    no thread is on its way: the woken one took the hung call). The executor
     once counted the woken thread as idle until it ran: the second job found "an idle
     thread", signalled nobody, and waited until the first job's call returned (a request on
     a healthy token waited 1.1-1.9 s for an RSA-4096 generation on another tenant's token
