@@ -1,11 +1,13 @@
 /* Executors: worker threads that run PKCS#11 calls off the caller's thread, so that a
  * caller can stop waiting for a token that hangs, and an event loop never blocks on one.
  *
- * One hp11_exec per token: up to max_threads threads, started on demand, take jobs from a
- * FIFO queue. A job is one glue call (an hp11_* function of p11glue.h with its arguments),
- * queued by the typed hp11_submit_* function of that call. Every pointer argument must stay
- * valid until the job is done: the caller keeps its buffers until hp11_job_state() says
- * HP11_JOB_DONE, even after it stopped waiting (an abandoned job).
+ * An hp11_exec (hsmpool makes one per process, shared by every token's calls): up to
+ * max_threads threads, started on demand, take jobs from a FIFO queue; every queued job
+ * gets a thread, at once or, in a burst, when a kick finds it queued HP11_KICK_US (see
+ * submit in p11exec.c). A job is one glue call (an hp11_* function of p11glue.h with its
+ * arguments), queued by the typed hp11_submit_* function of that call. Every pointer
+ * argument must stay valid until the job is done: the caller keeps its buffers until
+ * hp11_job_state() says HP11_JOB_DONE, even after it stopped waiting (an abandoned job).
  *
  * A caller learns of completion in one of two ways:
  *   - it waits: hp11_job_wait(job, timeout_us) sleeps in C (the GIL is released by cffi)
