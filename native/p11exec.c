@@ -306,9 +306,9 @@ static int submit(hp11_exec *e, hp11_job *j, int fn, const uintptr_t *args, int 
      * woken (for earlier jobs of a burst), none is added now: a woken or a busy worker
      * takes it when it is done (calls take microseconds; a version that woke or made a
      * thread for every job served about 7 % fewer HTTP Encrypts per second on two cores:
-     * docs/decisions.md). If none has after HP11_KICK_US (they are inside slow calls: a key pair
-     * generation, a hung token), the job's waiter adds one (kick: hp11_job_wait, and the
-     * event-loop hub's sweep through hp11_exec_kick). */
+     * docs/decisions.md). If none has after HP11_KICK_US (they are inside slow calls: a
+     * key pair generation, a hung token), the job's waiter adds one (kick: hp11_job_wait,
+     * and the event-loop hub's sweep through hp11_exec_kick). */
     if (e->queued <= e->spinning + e->signalled) {
         /* a polling or a woken worker takes it */
     } else if (e->idle > e->signalled || e->idle == 0) {

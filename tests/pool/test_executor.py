@@ -56,6 +56,24 @@ def _wait(job: Any, seconds: float) -> int:
     return int(lib.hp11_job_wait(job, 0, int(seconds * 1e6)))
 
 
+def _deferred_behind_a_hung_call(ex: Any, hung: tuple[Any, int], healthy: tuple[Any, int],
+                                 faults: FaultInjector, bufs: tuple[Any, Any],
+                                 second: Any, tag: int = 0) -> Any:
+    """With the executor's one thread idle: a hung call, then at once ``second`` (a job on
+    the healthy token, not waited for). The one wake-up goes to the hung call; the second
+    job is left for a woken or busy worker, which none is: it stays queued until a kick.
+    Returns the hung call's job. (``tag``: the notifier tag the second job is submitted
+    with.)"""
+    warm = _random(ex, *healthy, bufs[1])
+    assert _wait(warm, 5) == lib.HP11_WAIT_DONE
+    lib.hp11_job_free(warm)
+    time.sleep(0.05)
+    faults.fail("hsmpool-3", "hang", hang_ms=HANG_MS)
+    slow = _random(ex, *hung, bufs[0])
+    assert lib.hp11_submit_random(ex, second, tag, *healthy, bufs[1], 16) == 0
+    return slow
+
+
 @pytest.mark.parametrize("spin_us", [0, 50])
 def test_a_job_submitted_while_the_idle_thread_is_still_waking_gets_a_thread(
         sessions: dict[str, tuple[Any, int]], faults: FaultInjector, spin_us: int) -> None:
@@ -66,19 +84,16 @@ def test_a_job_submitted_while_the_idle_thread_is_still_waking_gets_a_thread(
     thread", signalled nobody, and waited until the first job's call returned (a request on
     a healthy token waited 1.1-1.9 s for an RSA-4096 generation on another tenant's token
     in test_limits, about once in 15 runs)."""
-    hung, healthy = sessions["t3"], sessions["t4"]
-    buf_a, buf_b = ffi.new("unsigned char[16]"), ffi.new("unsigned char[16]")
+    bufs = (ffi.new("unsigned char[16]"), ffi.new("unsigned char[16]"))
     for _round in range(3):
         ex = lib.hp11_exec_new(8, spin_us)
         assert ex != ffi.NULL
+        fast = lib.hp11_job_new(ffi.NULL)
+        slow = None
         try:
-            warm = _random(ex, *healthy, buf_b)  # the executor's one thread
-            assert _wait(warm, 5) == lib.HP11_WAIT_DONE
-            time.sleep(0.05)  # it is idle (done spinning) now
-            faults.fail("hsmpool-3", "hang", hang_ms=HANG_MS)
-            slow = _random(ex, *hung, buf_a)
+            slow = _deferred_behind_a_hung_call(ex, sessions["t3"], sessions["t4"], faults,
+                                                   bufs, fast)
             t0 = time.monotonic()
-            fast = _random(ex, *healthy, buf_b)
             assert _wait(fast, 5) == lib.HP11_WAIT_DONE
             took = time.monotonic() - t0
             assert lib.hp11_job_rv(fast) == 0
@@ -89,25 +104,9 @@ def test_a_job_submitted_while_the_idle_thread_is_still_waking_gets_a_thread(
             faults.heal()
             assert lib.hp11_exec_stop(ex, 5_000_000) == 1
             lib.hp11_exec_free(ex)
-        for job in (warm, slow, fast):
-            lib.hp11_job_free(job)
-
-
-def _deferred_behind_a_hung_call(ex: Any, hung: tuple[Any, int], healthy: tuple[Any, int],
-                                 faults: FaultInjector, bufs: tuple[Any, Any],
-                                 second: Any, tag: int = 0) -> tuple[Any, Any]:
-    """With the executor's one thread idle: a hung call, then at once ``second`` (a job on
-    the healthy token, not waited for). The one wake-up goes to the hung call; the second
-    job is left for a woken or busy worker, which none is: it stays queued until a kick.
-    (``tag``: the notifier tag the second job is submitted with.)"""
-    warm = _random(ex, *healthy, bufs[1])
-    assert _wait(warm, 5) == lib.HP11_WAIT_DONE
-    lib.hp11_job_free(warm)
-    time.sleep(0.05)
-    faults.fail("hsmpool-3", "hang", hang_ms=HANG_MS)
-    slow = _random(ex, *hung, bufs[0])
-    assert lib.hp11_submit_random(ex, second, tag, *healthy, bufs[1], 16) == 0
-    return slow, second
+            lib.hp11_job_free(fast)
+            if slow is not None:
+                lib.hp11_job_free(slow)
 
 
 def _until_done(job: Any, seconds: float) -> float:
@@ -132,7 +131,7 @@ def test_a_queued_job_that_no_thread_will_take_gets_one_when_kicked(
         ex = lib.hp11_exec_new(8, 0)
         fast = lib.hp11_job_new(ffi.NULL)
         try:
-            slow, _ = _deferred_behind_a_hung_call(ex, hung, healthy, faults, bufs, fast)
+            slow = _deferred_behind_a_hung_call(ex, hung, healthy, faults, bufs, fast)
             time.sleep(0.05)
             if lib.hp11_job_state(fast) == lib.HP11_JOB_QUEUED:  # deferred, nobody kicked
                 deferred += 1
@@ -195,7 +194,7 @@ def _hub_burst(ex: Any, hung: tuple[Any, int], healthy: tuple[Any, int],
 
             slow = None
             try:
-                slow, _ = _deferred_behind_a_hung_call(ex, hung, healthy, faults, bufs, job,
+                slow = _deferred_behind_a_hung_call(ex, hung, healthy, faults, bufs, job,
                                                        tag)
                 t0 = time.monotonic()
                 time.sleep(0.02)  # (the loop waits too: nothing kicks meanwhile)
